@@ -1,0 +1,3 @@
+"""ingot: immutable infrastructure for services."""
+
+__version__ = "0.1.0"
