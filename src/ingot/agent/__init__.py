@@ -1,0 +1,1 @@
+"""The long-running agent and its local client."""

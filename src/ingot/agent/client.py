@@ -1,0 +1,122 @@
+"""Talking to the agent from the CLI (or any other caller), starting it on demand."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ingot.agent.protocol import decode, encode
+from ingot.errors import IngotError, OperationFailed, UserInputError
+from ingot.paths import StatePaths
+
+OnEvent = Callable[[dict[str, Any]], None]
+START_TIMEOUT = 30.0
+
+
+class AgentUnavailable(OperationFailed):
+    pass
+
+
+class AgentClient:
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+
+    def _connect(self, timeout: float | None) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(self.paths.agent_socket))
+        except OSError as exc:
+            sock.close()
+            raise AgentUnavailable(f"the agent for {self.paths.root} is not running") from exc
+        return sock
+
+    def call(self, op: str, on_event: OnEvent | None = None, timeout: float | None = None,
+             **arguments: Any) -> dict[str, Any]:
+        with self._connect(timeout) as sock:
+            sock.sendall(encode({"op": op, **arguments}))
+            reader = sock.makefile("rb")
+            for line in reader:
+                message = decode(line)
+                if message.get("done"):
+                    return _result(message)
+                if on_event is not None:
+                    on_event(message)
+        raise OperationFailed("the agent closed the connection before answering (did it crash? see "
+                              f"{self.paths.agent_log})")
+
+    def alive(self) -> bool:
+        try:
+            self.call("ping", timeout=2.0)
+        except (AgentUnavailable, OSError, IngotError):
+            return False
+        return True
+
+
+def _result(message: dict[str, Any]) -> dict[str, Any]:
+    if message.get("ok"):
+        return message
+    error_type = UserInputError if message.get("exit_code") == 2 else OperationFailed
+    raise error_type(str(message.get("error")), details=list(message.get("details") or []))
+
+
+def agent_pid(paths: StatePaths) -> int | None:
+    try:
+        text = paths.agent_pid.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def ensure_agent(paths: StatePaths) -> AgentClient:
+    """Connect to the agent, starting it in the background first if it does not answer."""
+    client = AgentClient(paths)
+    if client.alive():
+        return client
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with open(paths.agent_log, "ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ingot", "--state", str(paths.root), "agent", "--foreground"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "INGOT_DAEMON": "1"},
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if client.alive():
+            return client
+        if child.poll() is not None:
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        if child.poll() is None:
+            child.kill()
+    tail = _tail(paths)
+    raise OperationFailed("the agent did not start", details=[f"its log ({paths.agent_log}):", *tail])
+
+
+def _tail(paths: StatePaths) -> list[str]:
+    try:
+        return paths.agent_log.read_text(errors="replace").splitlines()[-15:]
+    except OSError:
+        return []
+
+
+def wait_for_exit(paths: StatePaths, timeout: float = 30.0) -> bool:
+    pid = agent_pid(paths)
+    deadline = time.monotonic() + timeout
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return pid is None or time.monotonic() < deadline

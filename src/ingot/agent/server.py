@@ -1,0 +1,330 @@
+"""The long-running agent: owns instances and routers, applies deployments, survives its own restart.
+
+It listens on a local socket. Instances run in their own process groups, so when the agent dies they
+keep serving; when it starts again it adopts the ones that still run, replaces the missing, and
+brings each router back on the same address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ingot import __version__, ledger
+from ingot.actor import current_actor
+from ingot.agent.protocol import decode, encode
+from ingot.artifacts import ArtifactStore
+from ingot.deploy_params import DeployParams
+from ingot.errors import IngotError, OperationFailed, UserInputError
+from ingot.executor import Deployment, Executor, service_state
+from ingot.paths import StatePaths
+from ingot.plan import Target, plan_for
+from ingot.routers.base import Router
+from ingot.routers.builtin import BuiltinRouter
+from ingot.runtimes.process import ProcessRuntime
+from ingot.store import InstanceRow, Store
+
+Key = tuple[str, str]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+SUPERVISE_INTERVAL = 1.0
+
+
+class Agent:
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+        self.store = Store(paths.root)
+        self.runtime = ProcessRuntime()
+        self.artifacts = ArtifactStore(paths.artifacts)
+        self.executor = Executor(self.store, self.runtime, self.artifacts, paths)
+        self.routers: dict[Key, Router] = {}
+        self.locks: dict[Key, asyncio.Lock] = {}
+        self.actor = current_actor()
+        self._stopping = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def run(self) -> None:
+        await self.recover()
+        sock = self.paths.agent_socket
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        self._server = await asyncio.start_unix_server(self._handle, path=str(sock), limit=2**20)
+        os.chmod(sock, 0o600)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        supervisor = asyncio.create_task(self._supervise())
+        ledger.record(self.store, actor=self.actor, action="agent.start",
+                      payload={"pid": os.getpid(), "version": __version__})
+        await self._stopping.wait()
+        supervisor.cancel()
+        self._server.close()
+        for router in self.routers.values():
+            await router.stop()
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    async def router_for(self, key: Key, params: DeployParams) -> Router:
+        router = self.routers.get(key)
+        if router is not None and router.listen_address == params.listen:
+            return router
+        fresh = BuiltinRouter(params.listen, name=f"{key[0]}/{key[1]}")
+        await fresh.start()
+        if router is not None:
+            await router.stop()
+        self.routers[key] = fresh
+        return fresh
+
+    # ---- recovery after a restart -------------------------------------------------------
+    async def recover(self) -> None:
+        self._close_interrupted_deployments()
+        for activation in self.store.active_services():
+            key = (activation.environment, activation.service)
+            params = DeployParams.from_dict(activation.params)
+            release_id = activation.release_id
+            assert release_id is not None
+            router = await self.router_for(key, params)
+            adopted, stopped = await self._adopt(key, release_id, params)
+            await router.set_backends(release_id, [(r.host, r.port) for r in adopted])
+            await router.set_weights({release_id: 100})
+            replaced = await self._replace_missing(key, release_id, params, len(adopted))
+            ledger.record(
+                self.store, actor=self.actor, action="agent.recover", environment=key[0], service=key[1],
+                subject=release_id,
+                payload={"adopted": [r.id for r in adopted], "stopped": stopped, "replaced": replaced},
+            )
+
+    def _close_interrupted_deployments(self) -> None:
+        for dep in self.store.deployments(limit=50):
+            if self.store.deployment_outcome(dep.id) != "running":
+                continue
+            with self.store.begin() as conn:
+                self.store.add_step(conn, dep.id, "finish", "interrupted", {"outcome": "interrupted"})
+                ledger.append(conn, actor=self.actor, action=f"{dep.kind}.interrupted",
+                              environment=dep.environment, service=dep.service, subject=dep.id,
+                              payload={"release": dep.to_release,
+                                       "note": "the agent stopped during this deployment"})
+
+    async def _adopt(self, key: Key, release_id: str, params: DeployParams) -> tuple[list[InstanceRow], list[str]]:
+        adopted: list[InstanceRow] = []
+        stopped: list[str] = []
+        for row in self.store.live_instances(*key):
+            alive = self.runtime.observe(row).alive
+            if alive and row.release_id == release_id and row.state == "running":
+                adopted.append(row)
+                continue
+            if alive:
+                await self.executor.stop_instance(row, params.stop_timeout)
+            else:
+                self.store.set_instance_state(row.id, "failed", stopped=True)
+            stopped.append(row.id)
+        return adopted, stopped
+
+    async def _replace_missing(self, key: Key, release_id: str, params: DeployParams, have: int) -> int:
+        missing = params.replicas - have
+        if missing <= 0:
+            return 0
+        release = self.store.get_release(release_id)
+        if release is None:
+            return 0
+        with contextlib.suppress(IngotError):
+            await self.deploy(key, release_id, params, kind="recover", send=_discard)
+        return missing
+
+    # ---- supervision -------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_INTERVAL)
+            for row in self.store.live_instances():
+                if row.state != "running" or self.runtime.observe(row).alive:
+                    continue
+                self.store.set_instance_state(row.id, "failed", stopped=True)
+                ledger.record(
+                    self.store, actor=self.actor, action="instance.exited", environment=row.environment,
+                    service=row.service, subject=row.id,
+                    payload={"release": row.release_id, "last_log_lines": self.runtime.log_tail(row, 10)},
+                )
+                await self._refresh_pool((row.environment, row.service), row.release_id)
+
+    async def _refresh_pool(self, key: Key, release_id: str) -> None:
+        router = self.routers.get(key)
+        if router is None:
+            return
+        running = [(r.host, r.port) for r in self.store.live_instances(*key)
+                   if r.release_id == release_id and r.state == "running"]
+        await router.set_backends(release_id, running)
+
+    # ---- operations --------------------------------------------------------------------
+    async def deploy(self, key: Key, release_id: str, params: DeployParams, *, kind: str, send: Send,
+                     actor: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        release = self.store.get_release(release_id)
+        if release is None:
+            raise UserInputError(f"release {release_id} is not in the store")
+        lock = self.lock(key)
+        if lock.locked():
+            await send({"event": "waiting", "message": f"another operation on {key[1]} in {key[0]} is running"})
+        async with lock:
+            state = service_state(self.store, *key)
+            plan = plan_for(params.strategy, state, Target(release_id, params.replicas))
+            current = self.store.current_activation(*key)
+            same_params = current is not None and current.params == params.as_dict()
+            if plan.empty and same_params:
+                return {"nothing_to_do": True, "plan": plan.as_dict()}
+            if dry_run:
+                return {"plan": plan.as_dict()}
+            router = await self.router_for(key, params)
+            with self.store.begin() as conn:
+                row = self.store.create_deployment(
+                    conn, environment=key[0], service=key[1], kind=kind,
+                    from_release=current.release_id if current else None, to_release=release_id,
+                    strategy=plan.strategy, params=params.as_dict(), actor=actor or self.actor,
+                )
+                ledger.append(conn, actor=row.actor, action=f"{kind}.start", environment=key[0],
+                              service=key[1], subject=row.id,
+                              payload={"from": row.from_release, "to": release_id, "plan": plan.as_dict()})
+            await send({"event": "plan", "deployment": row.id, "plan": plan.as_dict()})
+            dep = Deployment(row=row, release=release, params=params, router=router)
+            if plan.empty:
+                self._activate_params(dep)
+            else:
+                await self.executor.apply(dep, plan, send)
+            return {"deployment": row.id, "release": release_id,
+                    "url": f"http://{params.listen[0]}:{params.listen[1]}/"}
+
+    def _activate_params(self, dep: Deployment) -> None:
+        with self.store.begin() as conn:
+            self.store.activate(conn, environment=dep.row.environment, service=dep.row.service,
+                                release_id=dep.release.id, deployment_id=dep.row.id,
+                                params=dep.params.as_dict())
+        self.executor.finish(dep, "succeeded", {"steps": 0, "note": "deployment parameters recorded"})
+
+    async def down(self, environment: str | None, actor: str) -> dict[str, Any]:
+        stopped: list[str] = []
+        for activation in self.store.active_services():
+            key = (activation.environment, activation.service)
+            if environment and key[0] != environment:
+                continue
+            async with self.lock(key):
+                router = self.routers.pop(key, None)
+                if router is not None:
+                    await router.stop()
+                for row in self.store.live_instances(*key):
+                    await self.executor.stop_instance(row, DeployParams.from_dict(activation.params).stop_timeout)
+                    stopped.append(row.id)
+                with self.store.begin() as conn:
+                    self.store.activate(conn, environment=key[0], service=key[1], release_id=None,
+                                        deployment_id=None, params=activation.params)
+                    ledger.append(conn, actor=actor, action="down", environment=key[0], service=key[1],
+                                  subject=activation.release_id, payload={"stopped": stopped})
+        # Instances that no environment claims (left by a crash) are stopped too: nothing is left running.
+        for row in self.store.live_instances():
+            if environment and row.environment != environment:
+                continue
+            await self.executor.stop_instance(row, 5.0)
+            stopped.append(row.id)
+        remaining = self.store.active_services()
+        if not remaining:
+            self._stopping.set()
+        return {"stopped": stopped, "agent_stopping": not remaining}
+
+    def status(self) -> dict[str, Any]:
+        services = []
+        for activation in self.store.active_services():
+            key = (activation.environment, activation.service)
+            router = self.routers.get(key)
+            instances = []
+            for row in self.store.live_instances(*key):
+                observed = self.runtime.observe(row)
+                instances.append({"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port,
+                                  "state": row.state if observed.alive else "exited",
+                                  "started_at": row.started_at})
+            services.append({
+                "environment": key[0], "service": key[1], "release": activation.release_id,
+                "url": f"http://{activation.params['listen']}/", "instances": instances,
+                "router": {"listening": router is not None,
+                           "weights": router.weights() if router else {},
+                           "stats": {k: v.as_dict() for k, v in router.stats().items()} if router else {}},
+            })
+        return {"agent": {"pid": os.getpid(), "version": __version__}, "services": services}
+
+    # ---- protocol ----------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def send(message: dict[str, Any]) -> None:
+            writer.write(encode(message))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+
+        try:
+            line = await reader.readline()
+            if not line:
+                return
+            request = decode(line)
+            result = await self._dispatch(request, send)
+            await send({"done": True, "ok": True, **result})
+        except IngotError as exc:
+            await send({"done": True, "ok": False, "error": exc.message, "details": exc.details,
+                        "exit_code": exc.exit_code})
+        except Exception as exc:  # the agent must outlive any one bad request
+            await send({"done": True, "ok": False, "error": f"agent error: {type(exc).__name__}: {exc}",
+                        "details": [], "exit_code": 1})
+        finally:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                writer.close()
+
+    async def _dispatch(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "ping":
+            return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root)}
+        if op == "status":
+            return self.status()
+        if op == "deploy":
+            key = (str(request["environment"]), str(request["service"]))
+            params = DeployParams.from_dict(request["params"])
+            return await self.deploy(key, str(request["release"]), params, kind=str(request.get("kind", "deploy")),
+                                     send=send, actor=request.get("actor"), dry_run=bool(request.get("dry_run")))
+        if op == "down":
+            return await self.down(request.get("environment"), str(request.get("actor") or self.actor))
+        if op == "shutdown":
+            self._stopping.set()
+            return {"stopping": True}
+        raise UserInputError(f"unknown agent operation {op!r}")
+
+
+async def _discard(_message: dict[str, Any]) -> None:
+    return None
+
+
+def acquire_pidfile(paths: StatePaths) -> int:
+    """Hold an exclusive lock on the pidfile for the agent's life; a second agent is refused."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.agent_pid, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        holder = paths.agent_pid.read_text().strip() or "?"
+        raise OperationFailed(f"an agent is already running for {paths.root} (pid {holder})") from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def run_agent(paths: StatePaths) -> None:
+    fd = acquire_pidfile(paths)
+    try:
+        from ingot.routers.builtin import install_fast_loop
+
+        install_fast_loop()
+        asyncio.run(Agent(paths).run())
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)

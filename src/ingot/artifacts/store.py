@@ -1,0 +1,232 @@
+"""The content-addressed artifact store.
+
+Layout under `root`:
+
+    objects/<hex>/          the artifact tree, named by its tree digest, read-only moded
+    listings/<hex>.json     the file listing at store time, so corruption can be pinned to files
+    inputs/<input-hex>      text: the artifact digest built from that input (the build cache index)
+    tmp/                    staging dirs; on the same filesystem so objects appear by one rename
+
+An object is complete once visible: its tree is staged, its listing written and its modes set
+before the rename that publishes it. Mode bits do not stop root, so `verify` is the real guarantee.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from ingot.artifacts.digest import (
+    DIGEST_PREFIX,
+    diff_listings,
+    file_listing,
+    is_digest,
+    is_executable,
+    listing_digest,
+)
+from ingot.errors import OperationFailed, UserInputError
+
+
+class ArtifactNotFound(OperationFailed):
+    """The store holds no artifact with the requested digest."""
+
+
+class ArtifactCorrupt(OperationFailed):
+    """A stored artifact no longer matches its digest; `details` name the changed entries."""
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects_dir = root / "objects"
+        self.listings_dir = root / "listings"
+        self.inputs_dir = root / "inputs"
+        self.tmp_dir = root / "tmp"
+
+    # -- lookup -------------------------------------------------------------------------------
+
+    def path_for(self, digest: str) -> Path:
+        """Where the artifact `digest` lives (whether or not it is stored)."""
+        return self.objects_dir / _hex(digest)
+
+    def has(self, digest: str) -> bool:
+        return self.path_for(digest).is_dir()
+
+    def list_digests(self) -> list[str]:
+        if not self.objects_dir.is_dir():
+            return []
+        digests = (DIGEST_PREFIX + p.name for p in self.objects_dir.iterdir() if p.is_dir())
+        return sorted(d for d in digests if is_digest(d))
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def new_staging_dir(self) -> Path:
+        """A fresh empty directory to assemble a tree in before `put_tree`."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="stage-", dir=self.tmp_dir))
+
+    def put_tree(self, staging_dir: Path) -> str:
+        """Store the tree at `staging_dir` and return its digest. Consumes `staging_dir`.
+
+        If the artifact is already stored, the staged copy is discarded and the stored one reused.
+        """
+        staging_dir = self._on_store_filesystem(staging_dir)
+        listing = file_listing(staging_dir)
+        digest = listing_digest(listing)
+        target = self.path_for(digest)
+        if target.is_dir():
+            force_rmtree(staging_dir)
+            return digest
+        self._write_listing(digest, listing)
+        _make_read_only(staging_dir, include_root=False)
+        self.objects_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(staging_dir, target)
+        except OSError as exc:
+            # A concurrent build of the same content won the race: its object is as good as ours.
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and target.is_dir():
+                force_rmtree(staging_dir)
+                return digest
+            raise
+        # The root is made read-only last: renaming a directory needs write access to it (for `..`).
+        target.chmod(0o555)
+        return digest
+
+    def remove(self, digest: str) -> None:
+        """Delete an artifact and its listing; input records pointing at it become misses."""
+        path = self.path_for(digest)
+        if path.exists():
+            force_rmtree(path)
+        self._listing_path(digest).unlink(missing_ok=True)
+
+    # -- verification -------------------------------------------------------------------------
+
+    def verify(self, digest: str) -> Path:
+        """Recompute the digest of the stored tree; return its path, or raise `ArtifactCorrupt`."""
+        path = self.path_for(digest)
+        if not path.is_dir():
+            raise ArtifactNotFound(f"artifact {digest} is not in the store at {self.root}")
+        try:
+            actual = file_listing(path)
+        except UserInputError as exc:  # e.g. a FIFO planted in the tree: corruption, not bad input
+            raise ArtifactCorrupt(f"artifact {digest} at {path} has been modified: {exc.message}") from exc
+        if listing_digest(actual) == digest:
+            return path
+        raise ArtifactCorrupt(
+            f"artifact {digest} at {path} has been modified since it was stored",
+            details=self._describe_changes(digest, actual),
+        )
+
+    def _describe_changes(self, digest: str, actual: dict[str, str]) -> list[str]:
+        expected = self.read_listing(digest)
+        if expected is None or listing_digest(expected) != digest:
+            return ["the listing recorded at store time is missing or damaged: cannot name the changes"]
+        return [f"{change}: {rel}" for rel, change in diff_listings(expected, actual)]
+
+    def read_listing(self, digest: str) -> dict[str, str] | None:
+        """The listing recorded when `digest` was stored, or None if missing or unreadable."""
+        try:
+            data = json.loads(self._listing_path(digest).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            return None
+        return {str(k): v for k, v in data.items()}
+
+    # -- build cache index --------------------------------------------------------------------
+
+    def lookup_input(self, input_key: str) -> str | None:
+        """The artifact digest recorded for `input_key`, if any. It may since have been removed."""
+        try:
+            recorded = (self.inputs_dir / _hex(input_key)).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return recorded if is_digest(recorded) else None
+
+    def record_input(self, input_key: str, digest: str) -> None:
+        _hex(digest)  # refuse to record garbage that lookup_input would later have to ignore
+        _atomic_write(self.inputs_dir / _hex(input_key), digest + "\n")
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _listing_path(self, digest: str) -> Path:
+        return self.listings_dir / f"{_hex(digest)}.json"
+
+    def _write_listing(self, digest: str, listing: dict[str, str]) -> None:
+        _atomic_write(self._listing_path(digest), json.dumps(listing, indent=0, sort_keys=True) + "\n")
+
+    def _on_store_filesystem(self, staging_dir: Path) -> Path:
+        # Publishing is a rename, which cannot cross filesystems: copy a foreign staging dir in first.
+        if staging_dir.stat().st_dev == self._tmp_dev():
+            return staging_dir
+        local = self.new_staging_dir()
+        shutil.copytree(staging_dir, local, symlinks=True, dirs_exist_ok=True)
+        force_rmtree(staging_dir)
+        return local
+
+    def _tmp_dev(self) -> int:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self.tmp_dir.stat().st_dev
+
+
+def _hex(digest: str) -> str:
+    # Validating here also keeps a crafted "digest" from naming a path outside the store.
+    if not is_digest(digest):
+        raise UserInputError(f"not a digest: {digest!r}", details=["expected sha256:<64 hex digits>"])
+    return digest.removeprefix(DIGEST_PREFIX)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _dirs_and_files(root: Path) -> tuple[list[str], list[str]]:
+    """Real directories and regular files below `root`, parents first; symlinks are left out."""
+    dirs: list[str] = []
+    files: list[str] = []
+    for current, dirnames, filenames in os.walk(root):
+        # os.walk lists symlinks to directories among dirnames; chmod on them would follow them out.
+        dirs.extend(p for p in (os.path.join(current, n) for n in dirnames) if not os.path.islink(p))
+        files.extend(p for p in (os.path.join(current, n) for n in filenames) if not os.path.islink(p))
+    return dirs, files
+
+
+def _make_read_only(root: Path, *, include_root: bool) -> None:
+    dirs, files = _dirs_and_files(root)
+    for f in files:
+        os.chmod(f, 0o555 if is_executable(os.stat(f).st_mode) else 0o444)
+    for d in reversed(dirs):  # children first, so a parent is still writable while we work in it
+        os.chmod(d, 0o555)
+    if include_root:
+        root.chmod(0o555)
+
+
+def force_rmtree(root: Path) -> None:
+    """Delete a tree even if it was made read-only (as stored objects are)."""
+    if root.is_symlink():
+        # Only the link goes: walking it would chmod and delete whatever it points at.
+        root.unlink()
+        return
+    # Unlinking needs write access to the parent dir (for non-root users); files' modes do not matter.
+    root.chmod(stat.S_IMODE(root.stat().st_mode) | 0o700)
+    dirs, _ = _dirs_and_files(root)
+    for d in dirs:
+        os.chmod(d, 0o755)
+    shutil.rmtree(root)

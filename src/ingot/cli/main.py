@@ -1,0 +1,325 @@
+"""The `ingot` command line: a thin layer over `ingot.operations`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.table import Table
+
+from ingot import __version__, ledger, operations
+from ingot.cli.output import Progress, console, errors, print_json, short, when
+from ingot.errors import IngotError
+from ingot.project import Project, open_project
+
+app = typer.Typer(
+    name="ingot",
+    help="Immutable infrastructure: build signed releases, deploy them by replacement, roll back instantly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+audit_app = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Spec file.", envvar="INGOT_FILE")]
+Env = Annotated[str | None, typer.Option("--env", "-e", help="Environment (default: the spec's first).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Service = Annotated[str | None, typer.Option("--service", "-s", help="Only this service.")]
+
+_state_override: dict[str, Path | None] = {"state": None}
+T = TypeVar("T")
+
+
+@app.callback()
+def main(
+    state: Annotated[Path | None, typer.Option("--state", help="State directory (default: .ingot beside "
+                                                "the spec, or $INGOT_HOME).")] = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    _state_override["state"] = state
+    if version:
+        console.print(f"ingot {__version__}")
+        raise typer.Exit(0)
+
+
+def guarded(action: Callable[[], T]) -> T:
+    """Run `action`, turning ingot's errors into a message and an exit code instead of a traceback."""
+    try:
+        return action()
+    except IngotError as exc:
+        errors.print(f"[bold red]error:[/bold red] {exc.message}", markup=True, soft_wrap=True)
+        for line in exc.details:
+            errors.print(f"  {line}", markup=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def project_for(spec_file: Path) -> Project:
+    return guarded(lambda: open_project(spec_file, _state_override["state"]))
+
+
+@app.command()
+def validate(file: SpecFile = Path("ingot.yaml"), as_json: AsJson = False) -> None:
+    """Check the spec; print problems as FILE:LINE: key: what is wrong."""
+    project = project_for(file)
+    spec = project.spec
+    if as_json:
+        print_json({"valid": True, "project": spec.project, "services": list(spec.services),
+                    "environments": spec.environment_names})
+        return
+    console.print(f"{spec.path.name}: valid — project {spec.project}, services: {', '.join(spec.services)}; "
+                  f"environments: {', '.join(spec.environment_names)}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of ingot.yaml (for editors)."""
+    from ingot.spec import json_schema
+
+    print_json(json_schema())
+
+
+@app.command()
+def build(service: Annotated[str | None, typer.Argument(help="Service to build (default: all).")] = None,
+          file: SpecFile = Path("ingot.yaml"), env: Env = None, as_json: AsJson = False) -> None:
+    """Build immutable artifacts (reused when the input is unchanged)."""
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env))
+    results = []
+    for name in guarded(lambda: project.services(service)):
+        result = guarded(lambda n=name: operations.build(project, environment, n,  # type: ignore[misc]
+                                                         None if as_json else _pip_line))
+        results.append({"service": name, "digest": result.digest, "reused": result.reused,
+                        "path": str(result.path)})
+        if not as_json:
+            how = "unchanged, reused" if result.reused else "built"
+            console.print(f"{name}: {result.digest} ({how})")
+    if as_json:
+        print_json(results)
+
+
+def _pip_line(line: str) -> None:
+    console.print(f"  | {line}", markup=False, highlight=False)
+
+
+@app.command()
+def deploy(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service = None,
+           as_json: AsJson = False) -> None:
+    """Build, release and deploy: fresh instances, health gate, traffic switch, drain, retire the old."""
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env))
+    names = guarded(lambda: project.services(service))
+    with Progress() as progress:
+        outcomes = guarded(lambda: operations.deploy(
+            project, environment, names,
+            on_event=None if as_json else progress.event,
+            on_output=None if as_json else progress.output))
+    if as_json:
+        print_json([o.as_dict() for o in outcomes])
+        return
+    for outcome in outcomes:
+        if outcome.nothing_changed:
+            console.print(f"{outcome.service}: nothing changed — release {outcome.release} already serves "
+                          f"{outcome.url} (no new release)")
+        else:
+            console.print(f"{outcome.service}: release {outcome.release} is live at {outcome.url}")
+
+
+@app.command()
+def rollback(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service = None,
+             to: Annotated[str | None, typer.Option("--to", help="Release id (or prefix); default: the "
+                                                    "previous release.")] = None,
+             as_json: AsJson = False) -> None:
+    """Go back to the previous release (or --to any earlier one), through the same health gate."""
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env))
+    names = guarded(lambda: project.services(service))
+    if len(names) > 1 and to:
+        errors.print("error: --to needs --service when the spec has several services")
+        raise typer.Exit(2)
+    results = []
+    with Progress() as progress:
+        for name in names:
+            outcome = guarded(lambda n=name: operations.rollback(  # type: ignore[misc]
+                project, environment, n, to, on_event=None if as_json else progress.event))
+            results.append(outcome)
+    if as_json:
+        print_json([o.as_dict() for o in results])
+        return
+    for outcome in results:
+        if outcome.nothing_changed:
+            console.print(f"{outcome.service}: release {outcome.release} already serves {outcome.url}")
+        else:
+            console.print(f"{outcome.service}: rolled back to release {outcome.release}, live at {outcome.url}")
+
+
+@app.command()
+def plan(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service = None,
+         as_json: AsJson = False) -> None:
+    """Print the steps a deploy would take, without doing anything."""
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env))
+    plans = guarded(lambda: operations.plan(project, environment, guarded(lambda: project.services(service))))
+    if as_json:
+        print_json(plans)
+        return
+    for item in plans:
+        note = " (needs a build first; the release id is known after it)" if item["needs_build"] else ""
+        console.print(f"{item['service']} in {environment}: {item['strategy']} to {item['release']}{note}")
+        if not item["steps"]:
+            console.print("  nothing to do")
+        for number, step in enumerate(item["steps"], start=1):
+            console.print(f"  {number}. {step['description']}")
+
+
+@app.command()
+def status(file: SpecFile = Path("ingot.yaml"), env: Env = None, as_json: AsJson = False) -> None:
+    """Per service: live release, instances, health, router URL."""
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env)) if env else None
+    report = guarded(lambda: operations.status(project, environment))
+    if as_json:
+        print_json(report)
+        return
+    agent = report["agent"]
+    console.print(f"project {report['project']} — agent "
+                  + (f"running (pid {agent['pid']})" if agent["running"] else "not running"))
+    if not report["services"]:
+        console.print("nothing deployed")
+        return
+    table = Table(show_edge=False)
+    for column in ("environment", "service", "release", "url", "instances", "requests", "5xx", "p99 ms"):
+        table.add_column(column)
+    for item in report["services"]:
+        stats = item["router"]["stats"].get(item["release"] or "", {})
+        healthy = sum(1 for i in item["instances"] if i["state"] == "running")
+        table.add_row(item["environment"], item["service"], item["release"] or "-", item["url"],
+                      f"{healthy}/{len(item['instances'])} running", str(stats.get("requests", "-")),
+                      str(stats.get("errors_5xx", "-")), f"{stats['p99_ms']:.1f}" if stats else "-")
+    console.print(table)
+
+
+@app.command()
+def history(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service = None,
+            limit: Annotated[int, typer.Option(help="How many deployments.")] = 30,
+            as_json: AsJson = False) -> None:
+    """Deployments newest first: release, commit, artifact, who, when, outcome."""
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env))
+    rows = guarded(lambda: operations.history(project, environment, service, limit))
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print(f"no deployments in {environment} yet")
+        return
+    table = Table(show_edge=False)
+    for column in ("when", "service", "kind", "release", "commit", "artifact", "who", "outcome", ""):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(when(row["at"]), row["service"], row["kind"], row["release"], short(row["commit"], 10),
+                      short(row["artifact"]), row["actor"], row["outcome"], "← live" if row["live"] else "")
+    console.print(table)
+
+
+@app.command()
+def logs(service: Annotated[str, typer.Argument(help="Service.")], file: SpecFile = Path("ingot.yaml"),
+         env: Env = None, lines: Annotated[int, typer.Option("--lines", "-n")] = 50) -> None:
+    """The last lines of each running instance's log."""
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env))
+    guarded(lambda: project.services(service))
+    for instance, text in guarded(lambda: operations.logs(project, environment, service, lines)):
+        console.print(f"==> {instance} <==", style="bold")
+        for line in text:
+            console.print(line, markup=False, highlight=False)
+
+
+@app.command()
+def down(file: SpecFile = Path("ingot.yaml"), env: Env = None, as_json: AsJson = False) -> None:
+    """Stop instances and routers (of one environment, or all) and the agent when nothing is left."""
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env)) if env else None
+    result = guarded(lambda: operations.down(project, environment))
+    if as_json:
+        print_json(result)
+        return
+    console.print(f"stopped {len(result['stopped'])} instance(s)" if result["stopped"] else "nothing was running")
+
+
+@app.command()
+def agent(foreground: Annotated[bool, typer.Option("--foreground", help="Run attached to this terminal.")] = False,
+          file: SpecFile = Path("ingot.yaml")) -> None:
+    """The long-running process that owns instances and routers (started on demand by other commands)."""
+    from ingot.agent.client import ensure_agent
+    from ingot.agent.server import run_agent
+    from ingot.paths import StatePaths
+
+    state = _state_override["state"]
+    paths = StatePaths(state.resolve()) if state is not None else project_for(file).paths
+    if foreground:
+        guarded(lambda: run_agent(paths))
+        return
+    client = guarded(lambda: ensure_agent(paths))
+    console.print(f"agent running for {paths.root} (pid {client.call('ping')['pid']})")
+
+
+@audit_app.command("log")
+def audit_log(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service = None,
+              limit: Annotated[int, typer.Option(help="Show the last N entries.")] = 50,
+              as_json: AsJson = False) -> None:
+    """The ledger: who did what, when, with the evidence."""
+    project = project_for(file)
+    entries = guarded(lambda: ledger.entries(project.store, environment=env, service=service))[-limit:]
+    if as_json:
+        print_json([e.as_dict() for e in entries])
+        return
+    table = Table(show_edge=False)
+    for column in ("#", "when", "who", "action", "env", "service", "subject", "details"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        table.add_row(str(entry.seq), when(entry.at), entry.actor, entry.action, entry.environment or "",
+                      entry.service or "", entry.subject or "", _summary(entry.payload))
+    console.print(table)
+
+
+def _summary(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+@audit_app.command("verify")
+def audit_verify(file: SpecFile = Path("ingot.yaml"), as_json: AsJson = False) -> None:
+    """Check the ledger's hash chain and every release signature; exit 1 naming the first bad entry."""
+    project = project_for(file)
+    report = guarded(lambda: operations.audit_verify(project))
+    if as_json:
+        print_json({"ok": report.ok, "entries": report.entries_checked, "releases": report.releases_checked,
+                    "problems": report.problems})
+    elif report.ok:
+        console.print(f"ledger intact: {report.entries_checked} entries chained; "
+                      f"{report.releases_checked} release signatures valid")
+    else:
+        for problem in report.problems:
+            errors.print(f"TAMPERED: {problem}", markup=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def run() -> None:
+    try:
+        app()
+    except Exception as exc:  # a bug, not bad input: say so plainly
+        if os.environ.get("INGOT_DEBUG"):
+            raise
+        errors.print(f"internal error: {type(exc).__name__}: {exc} (set INGOT_DEBUG=1 for the traceback)",
+                     markup=False)
+        sys.exit(1)

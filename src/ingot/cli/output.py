@@ -1,0 +1,94 @@
+"""Terminal output: a live progress display on a terminal, plain lines otherwise, JSON on request."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.status import Status
+
+console = Console(highlight=False)
+errors = Console(stderr=True, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def short(digest: str | None, length: int = 12) -> str:
+    if not digest:
+        return "-"
+    return digest.split(":", 1)[-1][:length]
+
+
+class Progress:
+    """Renders deploy events: a spinner line for the running step on a terminal, plain lines elsewhere."""
+
+    def __init__(self) -> None:
+        self.live = console.is_terminal
+        self._status: Status | None = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop_spinner()
+
+    def _stop_spinner(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def _line(self, text: str) -> None:
+        self._stop_spinner()
+        console.print(text)
+
+    def _running(self, text: str) -> None:
+        if not self.live:
+            console.print(text)
+            return
+        self._stop_spinner()
+        self._status = console.status(text)
+        self._status.start()
+
+    def output(self, line: str) -> None:
+        self._line(f"  [dim]│ {line}[/dim]" if self.live else f"  | {line}")
+
+    def event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        service = event.get("service", "")
+        if kind == "build":
+            self._running(f"{service}: building")
+        elif kind == "built":
+            how = "unchanged, reused" if event.get("reused") else "built"
+            self._line(f"{service}: artifact {short(event['digest'])} ({how})")
+        elif kind == "release":
+            how = "new, signed" if event.get("created") else "already exists"
+            self._line(f"{service}: release {event['release']} ({how})")
+        elif kind == "plan":
+            steps = event["plan"]["steps"]
+            self._line(f"{service}: deployment {event['deployment']}, {len(steps)} steps")
+        elif kind == "waiting":
+            self._running(f"{service}: {event['message']}")
+        elif kind == "step":
+            self._step(service, event)
+
+    def _step(self, service: str, event: dict[str, Any]) -> None:
+        label = f"[{event['index']}/{event['total']}] {event['step']['description']}"
+        if event["status"] == "started":
+            self._running(f"{service}: {label}")
+        elif event["status"] == "done":
+            mark = "[green]✓[/green]" if self.live else "done"
+            self._line(f"{service}: {mark} {label} ({event['seconds']:.2f}s)")
+        else:
+            mark = "[red]✗[/red]" if self.live else "FAILED"
+            self._line(f"{service}: {mark} {label}: {event.get('error', '')}")

@@ -1,0 +1,43 @@
+"""The deployment parameters of a service in an environment: how many, how gated, where routed.
+
+They are not part of a release's identity: changing replicas or the router address deploys the same
+release differently, while changing what runs (code, command, env, config) makes a new release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ingot.health import HealthPolicy
+
+
+@dataclass(frozen=True)
+class DeployParams:
+    replicas: int
+    health: HealthPolicy
+    listen: tuple[str, int]
+    router_kind: str = "builtin"
+    strategy: str = "blue-green"
+    drain_timeout: float = 30.0
+    stop_timeout: float = 10.0
+    runtime: str = "process"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["listen"] = f"{self.listen[0]}:{self.listen[1]}"
+        return data
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> DeployParams:
+        host, _, port = str(data["listen"]).rpartition(":")
+        return DeployParams(
+            replicas=int(data["replicas"]),
+            health=HealthPolicy(**data["health"]),
+            listen=(host, int(port)),
+            router_kind=str(data.get("router_kind", "builtin")),
+            strategy=str(data.get("strategy", "blue-green")),
+            drain_timeout=float(data.get("drain_timeout", 30.0)),
+            stop_timeout=float(data.get("stop_timeout", 10.0)),
+            runtime=str(data.get("runtime", "process")),
+        )

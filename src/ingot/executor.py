@@ -1,0 +1,232 @@
+"""Applies a plan step by step.
+
+Each step is written to the store (and the ledger) before it is taken and again when it is done, so
+an interrupted deploy can be recognised and cleaned up. Until the `route` step, the previous release
+keeps all traffic; a failure before it stops only what this deployment started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ingot import ledger
+from ingot.artifacts import ArtifactStore
+from ingot.deploy_params import DeployParams
+from ingot.errors import IngotError, OperationFailed
+from ingot.health import wait_healthy
+from ingot.paths import StatePaths
+from ingot.plan import Plan, ServiceState, Step
+from ingot.routers.base import Router
+from ingot.runtimes.base import InstanceRequest, Runtime
+from ingot.store import DeploymentRow, InstanceRow, ReleaseRow, Store
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class StepFailed(OperationFailed):
+    pass
+
+
+def service_state(store: Store, environment: str, service: str) -> ServiceState:
+    """The planner's view, from the store: live weights and running instances per release."""
+    activation = store.current_activation(environment, service)
+    weights: tuple[tuple[str, int], ...] = ()
+    if activation and activation.release_id:
+        weights = ((activation.release_id, 100),)
+    counts: dict[str, int] = {}
+    for instance in store.live_instances(environment, service):
+        if instance.state == "running":
+            counts[instance.release_id] = counts.get(instance.release_id, 0) + 1
+    return ServiceState(weights=weights, instances=tuple(sorted(counts.items())))
+
+
+@dataclass
+class Deployment:
+    row: DeploymentRow
+    release: ReleaseRow
+    params: DeployParams
+    router: Router
+    started: list[InstanceRow] = field(default_factory=list)
+    switched: bool = False
+
+
+class Executor:
+    def __init__(self, store: Store, runtime: Runtime, artifacts: ArtifactStore, paths: StatePaths) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.artifacts = artifacts
+        self.paths = paths
+
+    # ---- recording ---------------------------------------------------------------------
+    def _record(self, dep: Deployment, name: str, status: str, detail: dict[str, Any]) -> None:
+        with self.store.begin() as conn:
+            self.store.add_step(conn, dep.row.id, name, status, detail)
+            ledger.append(
+                conn,
+                actor=dep.row.actor,
+                action=f"{dep.row.kind}.step",
+                environment=dep.row.environment,
+                service=dep.row.service,
+                subject=dep.row.id,
+                payload={"step": name, "status": status, **detail},
+            )
+
+    def finish(self, dep: Deployment, outcome: str, detail: dict[str, Any]) -> None:
+        action = {"succeeded": "finish", "failed": "fail"}.get(outcome, outcome)
+        with self.store.begin() as conn:
+            self.store.add_step(conn, dep.row.id, "finish", outcome, {"outcome": outcome, **detail})
+            ledger.append(
+                conn,
+                actor=dep.row.actor,
+                action=f"{dep.row.kind}.{action}",
+                environment=dep.row.environment,
+                service=dep.row.service,
+                subject=dep.row.id,
+                payload={"release": dep.release.id, "outcome": outcome, **detail},
+            )
+
+    # ---- applying ----------------------------------------------------------------------
+    async def apply(self, dep: Deployment, plan: Plan, emit: Emit) -> None:
+        for index, step in enumerate(plan.steps, start=1):
+            description = step.describe()
+            await emit({"event": "step", "index": index, "total": len(plan.steps), "status": "started",
+                        "step": step.as_dict()})
+            self._record(dep, step.kind, "started", step.as_dict())
+            started = time.monotonic()
+            try:
+                detail = await self._run(dep, step)
+            except IngotError as exc:
+                self._record(dep, step.kind, "failed", {"error": exc.message, "details": exc.details})
+                await emit({"event": "step", "index": index, "total": len(plan.steps), "status": "failed",
+                            "step": step.as_dict(), "error": exc.message})
+                await self._undo(dep)
+                serving = self._serving_text(dep)
+                self.finish(dep, "failed", {"error": exc.message, "details": exc.details, "serving": serving})
+                raise OperationFailed(
+                    f"{dep.row.kind} of {dep.row.service} to {dep.release.id} failed at step "
+                    f"'{description}': {exc.message}",
+                    details=[*exc.details, serving],
+                ) from exc
+            elapsed = round(time.monotonic() - started, 3)
+            self._record(dep, step.kind, "done", {**detail, "seconds": elapsed})
+            await emit({"event": "step", "index": index, "total": len(plan.steps), "status": "done",
+                        "step": step.as_dict(), "seconds": elapsed, "detail": detail})
+        self.finish(dep, "succeeded", {"steps": len(plan.steps)})
+
+    async def _run(self, dep: Deployment, step: Step) -> dict[str, Any]:
+        match step.kind:
+            case "start":
+                return await self._start(dep, step)
+            case "wait_healthy":
+                return await self._wait_healthy(dep)
+            case "route":
+                return await self._route(dep, step)
+            case "drain":
+                assert step.release is not None
+                drained = await dep.router.drain(step.release, dep.params.drain_timeout)
+                await dep.router.remove_release(step.release)
+                return {"drained": drained}
+            case "stop":
+                assert step.release is not None
+                return await self._stop(dep, step.release, step.count)
+        raise AssertionError(step.kind)
+
+    async def _start(self, dep: Deployment, step: Step) -> dict[str, Any]:
+        artifact = await asyncio.to_thread(self.artifacts.verify, dep.release.artifact_digest)
+        spec = dep.release.spec
+        rows = []
+        for _ in range(step.count):
+            instance_id = f"{dep.row.service}-{dep.release.id[:6]}-{uuid.uuid4().hex[:6]}"
+            request = InstanceRequest(
+                instance_id=instance_id,
+                environment=dep.row.environment,
+                service=dep.row.service,
+                release_id=dep.release.id,
+                artifact_path=artifact,
+                command=tuple(spec["command"]),
+                env=release_environment(dep.release),
+                log_path=self.paths.instance_log(dep.row.environment, dep.row.service, instance_id),
+            )
+            row = await asyncio.to_thread(self.runtime.start, request)
+            self.store.add_instance(row)
+            dep.started.append(row)
+            rows.append(row)
+        return {"instances": [{"id": r.id, "port": r.port, "pid": r.pid} for r in rows]}
+
+    async def _wait_healthy(self, dep: Deployment) -> dict[str, Any]:
+        pending = [row for row in dep.started if row.state == "starting"]
+        verdicts = await asyncio.gather(*(self.gate(row, dep.params) for row in pending))
+        failed = [(row, v) for row, v in zip(pending, verdicts, strict=True) if not v.healthy]
+        if failed:
+            row, verdict = failed[0]
+            raise StepFailed(
+                f"instance {row.id} did not become healthy: {verdict.reason}",
+                details=[f"last log lines of {row.id} ({row.log_path}):",
+                         *[f"  | {line}" for line in self.runtime.log_tail(row, 15)]],
+            )
+        for row in pending:
+            self.store.set_instance_state(row.id, "running")
+        dep.started = [replace(r, state="running") if r in pending else r for r in dep.started]
+        return {"healthy": [{"id": r.id, "seconds": round(v.waited_s, 3)} for r, v in
+                            zip(pending, verdicts, strict=True)]}
+
+    async def gate(self, row: InstanceRow, params: DeployParams) -> Any:
+        def still_running() -> str | None:
+            observed = self.runtime.observe(row)
+            return None if observed.alive else f"it exited before becoming healthy ({observed.detail})"
+
+        return await wait_healthy(row.host, row.port, params.health, still_running)
+
+    async def _route(self, dep: Deployment, step: Step) -> dict[str, Any]:
+        weights = dict(step.weights)
+        for release in weights:
+            backends = [(r.host, r.port) for r in self.store.live_instances(dep.row.environment, dep.row.service)
+                        if r.release_id == release and r.state == "running"]
+            await dep.router.set_backends(release, backends)
+        await dep.router.set_weights(weights)
+        full = [release for release, weight in weights.items() if weight == 100]
+        with self.store.begin() as conn:
+            self.store.activate(
+                conn,
+                environment=dep.row.environment,
+                service=dep.row.service,
+                release_id=full[0] if full else None,
+                deployment_id=dep.row.id,
+                params=dep.params.as_dict(),
+            )
+        dep.switched = True
+        return {"weights": weights}
+
+    async def _stop(self, dep: Deployment, release: str, count: int) -> dict[str, Any]:
+        victims = [r for r in self.store.live_instances(dep.row.environment, dep.row.service)
+                   if r.release_id == release][:count]
+        await asyncio.gather(*(self.stop_instance(r, dep.params.stop_timeout) for r in victims))
+        return {"stopped": [r.id for r in victims]}
+
+    async def stop_instance(self, row: InstanceRow, timeout: float) -> None:
+        await asyncio.to_thread(self.runtime.stop, row, timeout)
+        self.store.set_instance_state(row.id, "stopped", stopped=True)
+
+    async def _undo(self, dep: Deployment) -> None:
+        """After a failure before the switch: stop what this deployment started; nothing else changes."""
+        if dep.switched:
+            return
+        await asyncio.gather(*(self.stop_instance(r, dep.params.stop_timeout) for r in dep.started))
+
+    def _serving_text(self, dep: Deployment) -> str:
+        current = self.store.current_activation(dep.row.environment, dep.row.service)
+        if current and current.release_id:
+            return f"still serving: release {current.release_id} on {dep.router.listen_address[0]}:" \
+                   f"{dep.router.listen_address[1]}"
+        return "nothing was serving this service before, and nothing serves it now"
+
+
+def release_environment(release: ReleaseRow) -> dict[str, str]:
+    env = {str(k): str(v) for k, v in release.spec.get("env", {}).items()}
+    env.update({str(k): str(v) for k, v in release.config.get("values", {}).items()})
+    return env

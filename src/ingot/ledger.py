@@ -1,0 +1,184 @@
+"""The append-only, hash-chained record of every action: who, what, when, evidence.
+
+Each entry's hash covers its own content and the previous entry's hash, so altering, removing or
+reordering any entry breaks every hash after it. The chain is appended inside the caller's
+transaction (BEGIN IMMEDIATE), so concurrent writers serialise and cannot fork it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from ingot.canonical import canonical_json, sha256_hex
+from ingot.store import Store
+from ingot.store import schema as t
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    seq: int
+    at: float
+    actor: str
+    action: str
+    environment: str | None
+    service: str | None
+    subject: str | None
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def entry_hash(
+    *,
+    seq: int,
+    at: float,
+    actor: str,
+    action: str,
+    environment: str | None,
+    service: str | None,
+    subject: str | None,
+    payload: dict[str, Any],
+    prev_hash: str,
+) -> str:
+    body = canonical_json(
+        {
+            "seq": seq,
+            "at": repr(at),
+            "actor": actor,
+            "action": action,
+            "environment": environment,
+            "service": service,
+            "subject": subject,
+            "payload": payload,
+        }
+    )
+    return sha256_hex(prev_hash + "\n" + body)
+
+
+def append(
+    conn: Connection,
+    *,
+    actor: str,
+    action: str,
+    environment: str | None = None,
+    service: str | None = None,
+    subject: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> LedgerEntry:
+    last = conn.execute(select(t.ledger.c.seq, t.ledger.c.hash).order_by(t.ledger.c.seq.desc()).limit(1)).first()
+    seq = (last.seq + 1) if last else 1
+    prev_hash = last.hash if last else GENESIS
+    body = payload or {}
+    # Round-trip through JSON so the hash is computed over exactly what is stored.
+    body = json.loads(canonical_json(body))
+    at = time.time()
+    digest = entry_hash(
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action,
+        environment=environment,
+        service=service,
+        subject=subject,
+        payload=body,
+        prev_hash=prev_hash,
+    )
+    conn.execute(
+        t.ledger.insert().values(
+            seq=seq,
+            at=at,
+            actor=actor,
+            action=action,
+            environment=environment,
+            service=service,
+            subject=subject,
+            payload_json=canonical_json(body),
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+    )
+    return LedgerEntry(seq, at, actor, action, environment, service, subject, body, prev_hash, digest)
+
+
+def record(store: Store, **kwargs: Any) -> LedgerEntry:
+    """Append one entry in a transaction of its own."""
+    with store.begin() as conn:
+        return append(conn, **kwargs)
+
+
+def entries(
+    store: Store,
+    *,
+    environment: str | None = None,
+    service: str | None = None,
+    limit: int | None = None,
+    after: int = 0,
+) -> list[LedgerEntry]:
+    query = select(t.ledger).where(t.ledger.c.seq > after).order_by(t.ledger.c.seq)
+    if environment:
+        query = query.where(t.ledger.c.environment == environment)
+    if service:
+        query = query.where(t.ledger.c.service == service)
+    if limit:
+        query = query.limit(limit)
+    with store.engine.connect() as conn:
+        return [
+            LedgerEntry(
+                r.seq,
+                r.at,
+                r.actor,
+                r.action,
+                r.environment,
+                r.service,
+                r.subject,
+                json.loads(r.payload_json),
+                r.prev_hash,
+                r.hash,
+            )
+            for r in conn.execute(query)
+        ]
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    seq: int
+    reason: str
+
+
+def verify_chain(store: Store) -> tuple[int, ChainProblem | None]:
+    """Recompute the chain from the start; return how many entries were checked and the first break."""
+    prev = GENESIS
+    expected_seq = 1
+    checked = 0
+    for entry in entries(store):
+        if entry.seq != expected_seq:
+            return checked, ChainProblem(expected_seq, f"entry {expected_seq} is missing (next is {entry.seq})")
+        if entry.prev_hash != prev:
+            return checked, ChainProblem(entry.seq, "its previous-hash link does not match the entry before it")
+        recomputed = entry_hash(
+            seq=entry.seq,
+            at=entry.at,
+            actor=entry.actor,
+            action=entry.action,
+            environment=entry.environment,
+            service=entry.service,
+            subject=entry.subject,
+            payload=entry.payload,
+            prev_hash=entry.prev_hash,
+        )
+        if recomputed != entry.hash:
+            return checked, ChainProblem(entry.seq, "its content does not match its hash (it was altered)")
+        prev = entry.hash
+        expected_seq += 1
+        checked += 1
+    return checked, None

@@ -1,0 +1,280 @@
+"""The service functions behind every command. The CLI and the HTTP API are thin layers over these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ingot import ledger
+from ingot.actor import current_actor
+from ingot.agent.client import AgentClient, AgentUnavailable, agent_pid, ensure_agent, wait_for_exit
+from ingot.artifacts import BuildResult, build_artifact, cached_build
+from ingot.canonical import content_digest
+from ingot.deploy_params import DeployParams
+from ingot.errors import OperationFailed, UserInputError
+from ingot.executor import service_state
+from ingot.health import HealthPolicy
+from ingot.plan import Target, plan_for
+from ingot.project import Project
+from ingot.releases import load_or_create_key, new_release, public_key_text, verify_release
+from ingot.releases import release_id as make_release_id
+from ingot.runtimes.process import ProcessRuntime, tail_lines
+from ingot.spec import ServiceSpec
+from ingot.store import ReleaseRow
+
+OnEvent = Callable[[dict[str, Any]], None]
+OnOutput = Callable[[str], None]
+
+
+def deploy_params(service: ServiceSpec) -> DeployParams:
+    health = service.health
+    return DeployParams(
+        replicas=service.replicas,
+        health=HealthPolicy(path=health.path, interval=health.interval, timeout=health.timeout,
+                            healthy_threshold=health.healthy_threshold, deadline=health.deadline),
+        listen=service.router.address,
+        router_kind=service.router.kind,
+        strategy=service.strategy.type,
+        drain_timeout=service.strategy.drain_timeout,
+        stop_timeout=service.stop_timeout,
+        runtime=service.runtime,
+    )
+
+
+def _check_supported(project: Project, environment: str, name: str, service: ServiceSpec) -> None:
+    where = f"{project.spec.path.name}: environments.{environment} / services.{name}"
+    if service.runtime != "process":
+        raise UserInputError(f"{where}: runtime {service.runtime!r} is not available yet; use 'process'")
+    if service.router.kind != "builtin":
+        raise UserInputError(f"{where}: router kind {service.router.kind!r} is not available yet; use 'builtin'")
+    if service.config or service.secrets:
+        raise UserInputError(f"{where}: config and secrets keys need the config store, which is not "
+                             "available yet; put plain values under env")
+
+
+# ---- build and release ------------------------------------------------------------------
+EMPTY_CONFIG: dict[str, Any] = {"values": {}}
+
+
+def _context(project: Project, service: ServiceSpec) -> Path:
+    return (project.spec.root_dir / (service.build or ".")).resolve()
+
+
+def build(project: Project, environment: str, name: str, on_output: OnOutput | None = None) -> BuildResult:
+    service = project.spec.service_for(environment, name)
+    _check_supported(project, environment, name, service)
+    context = _context(project, service)
+    result = build_artifact(project.artifacts, context, on_output=on_output)
+    project.store.record_artifact(result.digest, name, result.input_key)
+    ledger.record(project.store, actor=current_actor(), action="build", environment=environment, service=name,
+                  subject=result.digest,
+                  payload={"context": str(context), "reused": result.reused, "input_key": result.input_key})
+    return result
+
+
+def release(project: Project, environment: str, name: str, artifact: BuildResult,
+            commit: str | None = None) -> tuple[ReleaseRow, bool]:
+    """The release of this artifact with this spec; created (and signed) only if it is new."""
+    service = project.spec.service_for(environment, name)
+    key = load_or_create_key(project.paths.keys)
+    candidate = new_release(key=key, project=project.spec.project, service=name,
+                            artifact_digest=artifact.digest, spec=service.release_fields(),
+                            config=EMPTY_CONFIG, actor=current_actor(), commit=commit)
+    existing = project.store.get_release(candidate.id)
+    if existing is not None:
+        return existing, False
+    with project.store.begin() as conn:
+        project.store.insert_release(conn, candidate)
+        ledger.append(conn, actor=candidate.created_by, action="release", environment=environment, service=name,
+                      subject=candidate.id,
+                      payload={"artifact": candidate.artifact_digest, "config": candidate.config_digest,
+                               "spec": candidate.spec_digest, "commit": commit})
+    return candidate, True
+
+
+# ---- deploy and rollback ----------------------------------------------------------------
+@dataclass(frozen=True)
+class DeployOutcome:
+    service: str
+    release: str
+    release_created: bool
+    nothing_changed: bool
+    url: str
+    deployment: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def deploy(project: Project, environment: str, names: list[str], *, on_event: OnEvent | None = None,
+           on_output: OnOutput | None = None) -> list[DeployOutcome]:
+    emit = on_event or (lambda _e: None)
+    for name in names:
+        _check_supported(project, environment, name, project.spec.service_for(environment, name))
+    commit = project.git_commit()
+    outcomes = []
+    for name in names:
+        emit({"event": "build", "service": name})
+        artifact = build(project, environment, name, on_output)
+        emit({"event": "built", "service": name, "digest": artifact.digest, "reused": artifact.reused})
+        row, created = release(project, environment, name, artifact, commit)
+        emit({"event": "release", "service": name, "release": row.id, "created": created})
+        outcomes.append(_apply(project, environment, name, row, created, "deploy", emit))
+    return outcomes
+
+
+def _apply(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
+           emit: OnEvent) -> DeployOutcome:
+    params = deploy_params(project.spec.service_for(environment, name))
+    client = ensure_agent(project.paths)
+
+    def forward(event: dict[str, Any]) -> None:
+        emit({**event, "service": name})
+
+    result = client.call("deploy", on_event=forward, environment=environment, service=name, release=row.id,
+                         kind=kind, params=params.as_dict(), actor=current_actor())
+    url = f"http://{params.listen[0]}:{params.listen[1]}/"
+    return DeployOutcome(service=name, release=row.id, release_created=created,
+                         nothing_changed=bool(result.get("nothing_to_do")), url=url,
+                         deployment=result.get("deployment"))
+
+
+def rollback_target(project: Project, environment: str, name: str, to: str | None) -> ReleaseRow:
+    history = [a.release_id for a in project.store.activation_history(environment, name) if a.release_id]
+    current = project.store.current_activation(environment, name)
+    current_id = current.release_id if current else None
+    if to:
+        matches = project.store.find_releases(to, service=name)
+        if not matches:
+            raise UserInputError(f"no release of {name} starts with {to!r}; see 'ingot history'")
+        if len(matches) > 1:
+            raise UserInputError(f"{to!r} matches several releases of {name}: "
+                                 f"{', '.join(r.id for r in matches)}; give more characters")
+        return matches[0]
+    earlier = [r for r in history if r != current_id]
+    if not earlier:
+        raise UserInputError(f"{name} in {environment} has no earlier release to roll back to; see 'ingot history'")
+    target = project.store.get_release(earlier[-1])
+    assert target is not None
+    return target
+
+
+def rollback(project: Project, environment: str, name: str, to: str | None, *,
+             on_event: OnEvent | None = None) -> DeployOutcome:
+    target = rollback_target(project, environment, name, to)
+    if not project.artifacts.has(target.artifact_digest):
+        raise OperationFailed(f"release {target.id} cannot be restored: its artifact {target.artifact_digest} "
+                              "is no longer in the store")
+    return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None))
+
+
+# ---- reading ------------------------------------------------------------------------------
+def plan(project: Project, environment: str, names: list[str]) -> list[dict[str, Any]]:
+    """What a deploy would do, computed from the spec and the store; nothing is built or changed."""
+    plans = []
+    for name in names:
+        service = project.spec.service_for(environment, name)
+        params = deploy_params(service)
+        digest = cached_build(project.artifacts, _context(project, service))
+        release_id = None
+        if digest:
+            release_id = make_release_id(project.spec.project, name, digest, content_digest(EMPTY_CONFIG),
+                                         content_digest(service.release_fields()))
+        state = service_state(project.store, environment, name)
+        steps = plan_for(params.strategy, state, Target(release_id or "<new build>", params.replicas))
+        plans.append({"service": name, "environment": environment, "needs_build": digest is None,
+                      **steps.as_dict()})
+    return plans
+
+
+def history(project: Project, environment: str, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    rows = []
+    for dep in project.store.deployments(environment, name, limit):
+        rel = project.store.get_release(dep.to_release)
+        current = project.store.current_activation(dep.environment, dep.service)
+        rows.append({
+            "deployment": dep.id, "environment": dep.environment, "service": dep.service, "kind": dep.kind,
+            "release": dep.to_release, "from": dep.from_release,
+            "commit": rel.commit if rel else None,
+            "artifact": rel.artifact_digest if rel else None,
+            "actor": dep.actor, "at": dep.started_at,
+            "outcome": project.store.deployment_outcome(dep.id),
+            "live": bool(current and current.release_id == dep.to_release and current.deployment_id == dep.id),
+        })
+    return rows
+
+
+def status(project: Project, environment: str | None) -> dict[str, Any]:
+    client = AgentClient(project.paths)
+    try:
+        live = client.call("status", timeout=10)
+        agent: dict[str, Any] = {"running": True, **live["agent"]}
+        services = live["services"]
+    except AgentUnavailable:
+        agent = {"running": False}
+        services = _offline_services(project)
+    if environment:
+        services = [s for s in services if s["environment"] == environment]
+    return {"project": project.spec.project, "state": str(project.paths.root), "agent": agent, "services": services}
+
+
+def _offline_services(project: Project) -> list[dict[str, Any]]:
+    runtime = ProcessRuntime()
+    services = []
+    for activation in project.store.active_services():
+        instances = []
+        for row in project.store.live_instances(activation.environment, activation.service):
+            alive = runtime.observe(row).alive
+            instances.append({"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port,
+                              "state": row.state if alive else "exited", "started_at": row.started_at})
+        services.append({"environment": activation.environment, "service": activation.service,
+                         "release": activation.release_id, "url": f"http://{activation.params['listen']}/",
+                         "instances": instances, "router": {"listening": False, "weights": {}, "stats": {}}})
+    return services
+
+
+def logs(project: Project, environment: str, name: str, lines: int = 50) -> list[tuple[str, list[str]]]:
+    instances = project.store.live_instances(environment, name)
+    if not instances:
+        raise UserInputError(f"{name} has no running instances in {environment}")
+    return [(row.id, tail_lines(project.paths.instance_log(environment, name, row.id), lines)) for row in instances]
+
+
+def down(project: Project, environment: str | None) -> dict[str, Any]:
+    client = AgentClient(project.paths)
+    if not client.alive():
+        if agent_pid(project.paths) is None and not project.store.live_instances():
+            return {"stopped": [], "agent_was_running": False}
+        client = ensure_agent(project.paths)
+    result = client.call("down", environment=environment, actor=current_actor())
+    if result.get("agent_stopping"):
+        wait_for_exit(project.paths)
+    return {"stopped": result.get("stopped", []), "agent_was_running": True}
+
+
+# ---- audit --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditReport:
+    entries_checked: int
+    releases_checked: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def audit_verify(project: Project) -> AuditReport:
+    checked, broken = ledger.verify_chain(project.store)
+    problems = []
+    if broken:
+        problems.append(f"ledger entry {broken.seq}: {broken.reason}")
+    trusted = public_key_text(load_or_create_key(project.paths.keys))
+    releases = project.store.all_releases()
+    for rel in releases:
+        problem = verify_release(rel, trusted)
+        if problem:
+            problems.append(f"release {rel.id}: {problem}")
+    return AuditReport(checked, len(releases), problems)

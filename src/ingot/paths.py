@@ -1,0 +1,57 @@
+"""Where ingot keeps its state: `.ingot/` beside the spec unless INGOT_HOME or --state says otherwise."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# AF_UNIX paths are limited to 108 bytes; deep state directories fall back to a short path.
+_MAX_SOCKET_PATH = 100
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    root: Path
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def agent_pid(self) -> Path:
+        return self.root / "agent.pid"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.root / "agent.log"
+
+    @property
+    def agent_socket(self) -> Path:
+        preferred = self.root / "agent.sock"
+        if len(str(preferred)) <= _MAX_SOCKET_PATH:
+            return preferred
+        tag = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"ingot-{tag}.sock"
+
+    def instance_log(self, environment: str, service: str, instance_id: str) -> Path:
+        return self.logs / environment / service / f"{instance_id}.log"
+
+
+def resolve_state_dir(spec_path: Path, explicit: Path | None = None) -> StatePaths:
+    if explicit is not None:
+        return StatePaths(explicit.resolve())
+    from_env = os.environ.get("INGOT_HOME")
+    if from_env:
+        return StatePaths(Path(from_env).resolve())
+    return StatePaths((spec_path.resolve().parent / ".ingot"))

@@ -1,0 +1,62 @@
+"""A loaded project: its spec, its state directory and its stores, opened once per command."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from ingot.artifacts import ArtifactStore
+from ingot.errors import UserInputError
+from ingot.paths import StatePaths, resolve_state_dir
+from ingot.spec import LoadedSpec, load_spec
+from ingot.store import Store
+
+
+@dataclass
+class Project:
+    spec: LoadedSpec
+    paths: StatePaths
+    _closed: bool = field(default=False, repr=False)
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.paths.root)
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.paths.artifacts)
+
+    def environment(self, name: str | None) -> str:
+        if name is None:
+            return self.spec.default_environment
+        if name not in self.spec.environment_names:
+            known = ", ".join(self.spec.environment_names)
+            raise UserInputError(f"{self.spec.path.name}: unknown environment {name!r}; the spec defines: {known}")
+        return name
+
+    def services(self, name: str | None) -> list[str]:
+        if name is None:
+            return list(self.spec.services)
+        if name not in self.spec.services:
+            known = ", ".join(self.spec.services)
+            raise UserInputError(f"{self.spec.path.name}: unknown service {name!r}; the spec defines: {known}")
+        return [name]
+
+    def git_commit(self) -> str | None:
+        """The commit of the spec's work tree, marked `-dirty` when it has uncommitted changes."""
+        root = self.spec.root_dir
+        try:
+            head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "."],
+                                   capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return f"{head}-dirty" if dirty else head
+
+
+def open_project(spec_file: Path, state_dir: Path | None = None) -> Project:
+    spec = load_spec(spec_file)
+    return Project(spec=spec, paths=resolve_state_dir(spec.path, state_dir))

@@ -1,0 +1,174 @@
+"""Instances as local OS processes started from a read-only artifact.
+
+Each instance is a fresh process in its own process group (so it outlives an agent restart and can
+be stopped as a whole), with a clean environment built only from the release, and its output
+appended to a log file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from ingot.errors import OperationFailed
+from ingot.runtimes.base import InstanceRequest, Observation
+from ingot.store import InstanceRow
+
+# The interpreter ingot runs on is the one an artifact's dependencies were installed for.
+PYTHON_ALIASES = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid`: tells a live instance from a recycled pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses; fields after it are plain.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def resolve_command(command: tuple[str, ...]) -> list[str]:
+    first, *rest = command
+    if first in PYTHON_ALIASES:
+        return [sys.executable, *rest]
+    return [first, *rest]
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def __init__(self) -> None:
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, request: InstanceRequest) -> InstanceRow:
+        port = free_port()
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.update(request.env)
+        env.update(
+            {
+                "PORT": str(port),
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONUNBUFFERED": "1",
+                "INGOT_RELEASE": request.release_id,
+                "INGOT_SERVICE": request.service,
+                "INGOT_ENVIRONMENT": request.environment,
+                "INGOT_INSTANCE": request.instance_id,
+            }
+        )
+        deps = request.artifact_path / ".ingot-deps"
+        if deps.is_dir():
+            env["PYTHONPATH"] = str(deps)
+        request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(request.log_path, "ab") as log:
+            try:
+                child = subprocess.Popen(
+                    resolve_command(request.command),
+                    cwd=request.artifact_path,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise OperationFailed(
+                    f"instance {request.instance_id} of {request.service} could not start: {exc}",
+                    details=[f"command: {' '.join(request.command)}"],
+                ) from exc
+        self._children[child.pid] = child
+        return InstanceRow(
+            id=request.instance_id,
+            environment=request.environment,
+            service=request.service,
+            release_id=request.release_id,
+            runtime=self.name,
+            pid=child.pid,
+            proc_start=process_start_time(child.pid),
+            host="127.0.0.1",
+            port=port,
+            log_path=str(request.log_path),
+            started_at=time.time(),
+            stopped_at=None,
+            state="starting",
+        )
+
+    def observe(self, instance: InstanceRow) -> Observation:
+        pid = instance.pid
+        if pid is None:
+            return Observation(alive=False, detail="never started")
+        child = self._children.get(pid)
+        if child is not None:
+            code = child.poll()
+            if code is not None:
+                self._children.pop(pid, None)
+                return Observation(alive=False, exit_code=code, detail=f"exited with code {code}")
+            return Observation(alive=True)
+        # Not our child (adopted after an agent restart): trust the pid only if its start time matches.
+        started = process_start_time(pid)
+        if started is None or started != instance.proc_start:
+            return Observation(alive=False, detail="process is gone")
+        if _is_zombie(pid):
+            return Observation(alive=False, detail="process exited")
+        return Observation(alive=True)
+
+    def stop(self, instance: InstanceRow, timeout: float) -> None:
+        if instance.pid is None or not self.observe(instance).alive:
+            return
+        self._signal_group(instance.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.observe(instance).alive:
+                return
+            time.sleep(0.02)
+        self._signal_group(instance.pid, signal.SIGKILL)
+        while self.observe(instance).alive and time.monotonic() < deadline + 5:
+            time.sleep(0.02)
+
+    def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]:
+        return tail_lines(Path(instance.log_path), lines)
+
+    @staticmethod
+    def _signal_group(pid: int, sig: signal.Signals) -> None:
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            os.kill(pid, sig)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def tail_lines(path: Path, lines: int) -> list[str]:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            data = handle.read()
+    except OSError:
+        return []
+    kept: deque[str] = deque(maxlen=lines)
+    for line in data.decode("utf-8", "replace").splitlines():
+        kept.append(line)
+    return list(kept)

@@ -1,0 +1,79 @@
+"""Opening the state store and bringing its schema up to date."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
+
+from ingot.store.schema import INSERT_ONLY_TABLES, metadata, schema_version
+
+
+def _sqlite_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+
+    # pysqlite's own transaction handling defers BEGIN; take it over so that every write
+    # transaction starts with BEGIN IMMEDIATE and two processes appending to the ledger serialise.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _sqlite_triggers(table: str) -> list[str]:
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_update BEFORE UPDATE ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} is insert-only: rows are never updated'); END",
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_delete BEFORE DELETE ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} is insert-only: rows are never deleted'); END",
+    ]
+
+
+def _migration_1(conn: Connection) -> None:
+    metadata.create_all(conn)
+    for table in INSERT_ONLY_TABLES:
+        for statement in _sqlite_triggers(table):
+            conn.execute(text(statement))
+
+
+# Each migration moves the schema from version N-1 to N; they are applied in order and never edited.
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
+
+
+def migrate(engine: Engine) -> int:
+    with engine.begin() as conn:
+        schema_version.create(conn, checkfirst=True)
+        current = conn.execute(select(schema_version.c.version).order_by(schema_version.c.version.desc()))
+        row = current.first()
+        version = row[0] if row else 0
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            step(conn)
+            conn.execute(schema_version.insert().values(version=number, applied_at=time.time()))
+        return len(MIGRATIONS)
+
+
+def open_engine(state_dir: Path) -> Engine:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    engine = _sqlite_engine(state_dir / "state.db")
+    migrate(engine)
+    return engine
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    with engine.begin() as conn:
+        yield conn

@@ -1,0 +1,362 @@
+"""The state store's operations. Every caller goes through here; nobody writes SQL elsewhere."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, select
+
+from ingot.store import schema as t
+from ingot.store.db import open_engine
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    id: str
+    project: str
+    service: str
+    artifact_digest: str
+    config_digest: str
+    spec_digest: str
+    spec: dict[str, Any]
+    config: dict[str, Any]
+    commit: str | None
+    created_at: float
+    created_by: str
+    public_key: str
+    signature: str
+
+
+@dataclass(frozen=True)
+class DeploymentRow:
+    id: str
+    environment: str
+    service: str
+    kind: str
+    from_release: str | None
+    to_release: str
+    strategy: str
+    params: dict[str, Any]
+    actor: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class StepRow:
+    deployment_id: str
+    seq: int
+    name: str
+    status: str
+    detail: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True)
+class ActivationRow:
+    environment: str
+    service: str
+    release_id: str | None
+    deployment_id: str | None
+    params: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    id: str
+    environment: str
+    service: str
+    release_id: str
+    runtime: str
+    pid: int | None
+    proc_start: str | None
+    host: str
+    port: int
+    log_path: str
+    started_at: float
+    stopped_at: float | None
+    state: str
+
+
+def _release(row: Any) -> ReleaseRow:
+    return ReleaseRow(
+        id=row.id,
+        project=row.project,
+        service=row.service,
+        artifact_digest=row.artifact_digest,
+        config_digest=row.config_digest,
+        spec_digest=row.spec_digest,
+        spec=json.loads(row.spec_json),
+        config=json.loads(row.config_json),
+        commit=row.commit,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        public_key=row.public_key,
+        signature=row.signature,
+    )
+
+
+def _deployment(row: Any) -> DeploymentRow:
+    return DeploymentRow(
+        id=row.id,
+        environment=row.environment,
+        service=row.service,
+        kind=row.kind,
+        from_release=row.from_release,
+        to_release=row.to_release,
+        strategy=row.strategy,
+        params=json.loads(row.params_json),
+        actor=row.actor,
+        started_at=row.started_at,
+    )
+
+
+def _instance(row: Any) -> InstanceRow:
+    return InstanceRow(**{c: getattr(row, c) for c in InstanceRow.__dataclass_fields__})
+
+
+class Store:
+    """ingot's durable state: one SQLite database in the state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.engine: Engine = open_engine(state_dir)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # releases -----------------------------------------------------------------------------
+    def insert_release(self, conn: Connection, release: ReleaseRow) -> None:
+        conn.execute(
+            t.releases.insert().values(
+                id=release.id,
+                project=release.project,
+                service=release.service,
+                artifact_digest=release.artifact_digest,
+                config_digest=release.config_digest,
+                spec_digest=release.spec_digest,
+                spec_json=json.dumps(release.spec, sort_keys=True),
+                config_json=json.dumps(release.config, sort_keys=True),
+                commit=release.commit,
+                created_at=release.created_at,
+                created_by=release.created_by,
+                public_key=release.public_key,
+                signature=release.signature,
+            )
+        )
+
+    def get_release(self, release_id: str) -> ReleaseRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.releases).where(t.releases.c.id == release_id)).first()
+        return _release(row) if row else None
+
+    def find_releases(self, prefix: str, service: str | None = None) -> list[ReleaseRow]:
+        query = select(t.releases).where(t.releases.c.id.startswith(prefix))
+        if service:
+            query = query.where(t.releases.c.service == service)
+        with self.engine.connect() as conn:
+            return [_release(r) for r in conn.execute(query)]
+
+    def all_releases(self) -> list[ReleaseRow]:
+        with self.engine.connect() as conn:
+            return [_release(r) for r in conn.execute(select(t.releases).order_by(t.releases.c.created_at))]
+
+    # artifacts ----------------------------------------------------------------------------
+    def record_artifact(self, digest: str, service: str, input_key: str) -> None:
+        with self.begin() as conn:
+            exists = conn.execute(select(t.artifacts.c.digest).where(t.artifacts.c.digest == digest)).first()
+            if not exists:
+                conn.execute(
+                    t.artifacts.insert().values(
+                        digest=digest, service=service, input_key=input_key, created_at=time.time()
+                    )
+                )
+
+    # deployments --------------------------------------------------------------------------
+    def create_deployment(
+        self,
+        conn: Connection,
+        *,
+        environment: str,
+        service: str,
+        kind: str,
+        from_release: str | None,
+        to_release: str,
+        strategy: str,
+        params: dict[str, Any],
+        actor: str,
+    ) -> DeploymentRow:
+        row = DeploymentRow(
+            id=uuid.uuid4().hex[:12],
+            environment=environment,
+            service=service,
+            kind=kind,
+            from_release=from_release,
+            to_release=to_release,
+            strategy=strategy,
+            params=params,
+            actor=actor,
+            started_at=time.time(),
+        )
+        conn.execute(
+            t.deployments.insert().values(
+                id=row.id,
+                environment=environment,
+                service=service,
+                kind=kind,
+                from_release=from_release,
+                to_release=to_release,
+                strategy=strategy,
+                params_json=json.dumps(params, sort_keys=True),
+                actor=actor,
+                started_at=row.started_at,
+            )
+        )
+        return row
+
+    def add_step(
+        self, conn: Connection, deployment_id: str, name: str, status: str, detail: dict[str, Any]
+    ) -> StepRow:
+        seq = conn.execute(
+            select(func.coalesce(func.max(t.deployment_steps.c.seq), 0)).where(
+                t.deployment_steps.c.deployment_id == deployment_id
+            )
+        ).scalar_one()
+        step = StepRow(deployment_id, int(seq) + 1, name, status, detail, time.time())
+        conn.execute(
+            t.deployment_steps.insert().values(
+                deployment_id=deployment_id,
+                seq=step.seq,
+                name=name,
+                status=status,
+                detail_json=json.dumps(detail, sort_keys=True),
+                at=step.at,
+            )
+        )
+        return step
+
+    def steps(self, deployment_id: str) -> list[StepRow]:
+        query = (
+            select(t.deployment_steps)
+            .where(t.deployment_steps.c.deployment_id == deployment_id)
+            .order_by(t.deployment_steps.c.seq)
+        )
+        with self.engine.connect() as conn:
+            return [
+                StepRow(r.deployment_id, r.seq, r.name, r.status, json.loads(r.detail_json), r.at)
+                for r in conn.execute(query)
+            ]
+
+    def deployments(
+        self, environment: str | None = None, service: str | None = None, limit: int = 100
+    ) -> list[DeploymentRow]:
+        query = select(t.deployments).order_by(t.deployments.c.started_at.desc()).limit(limit)
+        if environment:
+            query = query.where(t.deployments.c.environment == environment)
+        if service:
+            query = query.where(t.deployments.c.service == service)
+        with self.engine.connect() as conn:
+            return [_deployment(r) for r in conn.execute(query)]
+
+    def get_deployment(self, deployment_id: str) -> DeploymentRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.deployments).where(t.deployments.c.id == deployment_id)).first()
+        return _deployment(row) if row else None
+
+    def deployment_outcome(self, deployment_id: str) -> str:
+        """`succeeded`, `failed`, `interrupted` or `running`, derived from the recorded steps."""
+        steps = self.steps(deployment_id)
+        for step in reversed(steps):
+            if step.name == "finish":
+                return str(step.detail.get("outcome", "succeeded"))
+        return "running"
+
+    # activations --------------------------------------------------------------------------
+    def activate(
+        self,
+        conn: Connection,
+        *,
+        environment: str,
+        service: str,
+        release_id: str | None,
+        deployment_id: str | None,
+        params: dict[str, Any],
+    ) -> None:
+        conn.execute(
+            t.activations.insert().values(
+                environment=environment,
+                service=service,
+                release_id=release_id,
+                deployment_id=deployment_id,
+                params_json=json.dumps(params, sort_keys=True),
+                at=time.time(),
+            )
+        )
+
+    def activation_history(self, environment: str, service: str) -> list[ActivationRow]:
+        query = (
+            select(t.activations)
+            .where(and_(t.activations.c.environment == environment, t.activations.c.service == service))
+            .order_by(t.activations.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [
+                ActivationRow(
+                    r.environment, r.service, r.release_id, r.deployment_id, json.loads(r.params_json), r.at
+                )
+                for r in conn.execute(query)
+            ]
+
+    def current_activation(self, environment: str, service: str) -> ActivationRow | None:
+        history = self.activation_history(environment, service)
+        return history[-1] if history else None
+
+    def active_services(self) -> list[ActivationRow]:
+        """The newest activation of every (environment, service) that is not taken down."""
+        with self.engine.connect() as conn:
+            newest = (
+                select(func.max(t.activations.c.id))
+                .group_by(t.activations.c.environment, t.activations.c.service)
+                .scalar_subquery()
+            )
+            rows = conn.execute(select(t.activations).where(t.activations.c.id.in_(newest)))
+            result = [
+                ActivationRow(
+                    r.environment, r.service, r.release_id, r.deployment_id, json.loads(r.params_json), r.at
+                )
+                for r in rows
+            ]
+        return [a for a in result if a.release_id is not None]
+
+    # instances ----------------------------------------------------------------------------
+    def add_instance(self, row: InstanceRow) -> None:
+        with self.begin() as conn:
+            conn.execute(t.instances.insert().values(**row.__dict__))
+
+    def set_instance_state(self, instance_id: str, state: str, *, stopped: bool = False) -> None:
+        values: dict[str, Any] = {"state": state}
+        if stopped:
+            values["stopped_at"] = time.time()
+        with self.begin() as conn:
+            conn.execute(t.instances.update().where(t.instances.c.id == instance_id).values(**values))
+
+    def live_instances(self, environment: str | None = None, service: str | None = None) -> list[InstanceRow]:
+        query = select(t.instances).where(t.instances.c.state.in_(("starting", "running")))
+        if environment:
+            query = query.where(t.instances.c.environment == environment)
+        if service:
+            query = query.where(t.instances.c.service == service)
+        with self.engine.connect() as conn:
+            return [_instance(r) for r in conn.execute(query.order_by(t.instances.c.started_at))]

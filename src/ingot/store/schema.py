@@ -1,0 +1,133 @@
+"""Tables and versioned migrations of ingot's state store.
+
+Insert-only tables (releases, deployments, deployment_steps, activations, ledger, artifacts) are
+protected by database triggers: an UPDATE or DELETE fails in the database itself, whoever issues it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+releases = Table(
+    "releases",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("project", String(64), nullable=False),
+    Column("service", String(64), nullable=False),
+    Column("artifact_digest", String(80), nullable=False),
+    Column("config_digest", String(80), nullable=False),
+    Column("spec_digest", String(80), nullable=False),
+    Column("spec_json", Text, nullable=False),
+    Column("config_json", Text, nullable=False),
+    Column("commit", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("public_key", String(128), nullable=False),
+    Column("signature", String(256), nullable=False),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("digest", String(80), primary_key=True),
+    Column("service", String(64), nullable=False),
+    Column("input_key", String(80), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("environment", String(64), nullable=False),
+    Column("service", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # deploy | rollback | scale
+    Column("from_release", String(64), nullable=True),
+    Column("to_release", String(64), nullable=False),
+    Column("strategy", String(16), nullable=False),
+    Column("params_json", Text, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("started_at", Float, nullable=False),
+)
+
+deployment_steps = Table(
+    "deployment_steps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("deployment_id", String(40), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # started | done | failed
+    Column("detail_json", Text, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+# Which release takes traffic in an environment, as an append-only history: the newest row wins.
+# A row with release_id NULL means the service was taken down.
+activations = Table(
+    "activations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("environment", String(64), nullable=False),
+    Column("service", String(64), nullable=False),
+    Column("release_id", String(64), nullable=True),
+    Column("deployment_id", String(40), nullable=True),
+    Column("params_json", Text, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("environment", String(64), nullable=True),
+    Column("service", String(64), nullable=True),
+    Column("subject", String(128), nullable=True),
+    Column("payload_json", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# Bookkeeping of running replicas. Unlike the history tables this one changes (an instance stops),
+# but an instance's identity (release, command, port) is never changed: it is replaced instead.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("environment", String(64), nullable=False),
+    Column("service", String(64), nullable=False),
+    Column("release_id", String(64), nullable=False),
+    Column("runtime", String(16), nullable=False),
+    Column("pid", Integer, nullable=True),
+    Column("proc_start", String(32), nullable=True),
+    Column("host", String(64), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("log_path", Text, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("stopped_at", Float, nullable=True),
+    Column("state", String(16), nullable=False),  # starting | running | stopped | failed
+    UniqueConstraint("id"),
+)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+INSERT_ONLY_TABLES = ("releases", "artifacts", "deployments", "deployment_steps", "activations", "ledger")

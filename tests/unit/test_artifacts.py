@@ -1,0 +1,331 @@
+"""Tests of ingot.artifacts: tree digests, .ingotignore, the store, and process-runtime builds."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ingot.artifacts import (
+    ArtifactCorrupt,
+    ArtifactNotFound,
+    ArtifactStore,
+    IgnoreRules,
+    build_artifact,
+    deps_dir,
+    diff_listings,
+    file_listing,
+    is_digest,
+    tree_digest,
+)
+from ingot.errors import OperationFailed, UserInputError
+
+
+def make_tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "src", {"app.py": "print('hi')\n", "lib/util.py": "X = 1\n", "README": "r"})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "store")
+
+
+# -- digests ------------------------------------------------------------------------------------
+
+
+def test_digest_is_stable_across_copies_with_different_mtimes(tree: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(tree, copy)
+    for path in copy.rglob("*"):
+        os.utime(path, (1_000_000, 1_000_000))
+    digest = tree_digest(tree)
+    assert is_digest(digest)
+    assert tree_digest(copy) == digest
+    assert tree_digest(tree) == digest  # and deterministic on re-run
+
+
+def test_digest_changes_with_content(tree: Path) -> None:
+    before = tree_digest(tree)
+    (tree / "lib/util.py").write_text("X = 2\n")
+    assert tree_digest(tree) != before
+
+
+def test_digest_changes_with_executable_bit_only(tree: Path) -> None:
+    before = tree_digest(tree)
+    (tree / "app.py").chmod(0o600)  # non-exec mode bits are normalised away
+    assert tree_digest(tree) == before
+    (tree / "app.py").chmod(0o755)
+    assert tree_digest(tree) != before
+
+
+def test_digest_changes_with_rename(tree: Path) -> None:
+    before = tree_digest(tree)
+    (tree / "README").rename(tree / "README.txt")
+    assert tree_digest(tree) != before
+
+
+def test_empty_directories_are_part_of_the_digest(tree: Path) -> None:
+    before = tree_digest(tree)
+    (tree / "logs").mkdir()
+    assert tree_digest(tree) != before
+    assert file_listing(tree)["logs"].startswith("sha256:")
+
+
+def test_symlinks_are_hashed_by_target_text_and_not_followed(tree: Path, tmp_path: Path) -> None:
+    outside = make_tree(tmp_path / "outside", {"secret": "a"})
+    before = tree_digest(tree)
+    (tree / "link").symlink_to(outside)
+    with_link = tree_digest(tree)
+    assert with_link != before
+    (outside / "secret").write_text("b")  # the link's target changed, the link did not
+    assert tree_digest(tree) == with_link
+    (tree / "link").unlink()
+    (tree / "link").symlink_to(tmp_path)
+    assert tree_digest(tree) != with_link
+    assert "link/secret" not in file_listing(tree)
+
+
+def test_diff_listings_names_each_change(tree: Path) -> None:
+    before = file_listing(tree)
+    (tree / "README").write_text("changed")
+    (tree / "lib/util.py").unlink()
+    (tree / "new.txt").write_text("n")
+    assert diff_listings(before, file_listing(tree)) == [
+        ("README", "modified"),
+        ("lib/util.py", "removed"),
+        ("new.txt", "added"),
+    ]
+
+
+# -- .ingotignore -------------------------------------------------------------------------------
+
+
+def test_ignore_patterns(tmp_path: Path) -> None:
+    ctx = make_tree(
+        tmp_path / "ctx",
+        {
+            ".ingotignore": "# comment\n*.log\n!keep.log\nbuild/\n/anchored.txt\ndocs/**/*.tmp\n!*.pyc\n",
+            "app.py": "",
+            "debug.log": "",
+            "sub/x.log": "",
+            "keep.log": "",
+            "build/out.bin": "",
+            "sub/build/out.bin": "",
+            "notadir/build": "",
+            "anchored.txt": "",
+            "sub/anchored.txt": "",
+            "docs/a/b/c.tmp": "",
+            "docs/c.md": "",
+            ".git/HEAD": "",
+            ".ingot/state": "",
+            "pkg/__pycache__/m.cpython-311.pyc": "",
+            "pkg/m.pyc": "",
+            ".ingot-deps/old/__init__.py": "",
+        },
+    )
+    listing = file_listing(ctx, ignore=IgnoreRules.from_context(ctx).is_ignored)
+    files = {rel for rel in listing if (ctx / rel).is_file()}
+    assert files == {
+        ".ingotignore",
+        "app.py",
+        "keep.log",
+        "notadir/build",
+        "sub/anchored.txt",
+        "docs/c.md",
+    }
+
+
+def test_ignored_files_do_not_affect_the_digest(tmp_path: Path) -> None:
+    ctx = make_tree(tmp_path / "ctx", {".ingotignore": "*.log\ncache/\n", "app.py": ""})
+    rules = IgnoreRules.from_context(ctx)
+    before = tree_digest(ctx, ignore=rules.is_ignored)
+    make_tree(ctx, {"x.log": "1", "cache/blob": "2", "__pycache__/a.pyc": "3"})
+    assert tree_digest(ctx, ignore=rules.is_ignored) == before
+    (ctx / "app.py").write_text("changed")
+    assert tree_digest(ctx, ignore=rules.is_ignored) != before
+
+
+def test_invalid_ignore_pattern_names_file_and_line(tmp_path: Path) -> None:
+    ctx = make_tree(tmp_path / "ctx", {".ingotignore": "*.log\n!\n"})
+    with pytest.raises(UserInputError, match=r"\.ingotignore:2"):
+        IgnoreRules.from_context(ctx)
+
+
+# -- store --------------------------------------------------------------------------------------
+
+
+def test_put_tree_stores_read_only_and_reuses_existing(store: ArtifactStore, tree: Path) -> None:
+    (tree / "run.sh").write_text("#!/bin/sh\n")
+    (tree / "run.sh").chmod(0o755)
+    expected = tree_digest(tree)
+    staging = store.new_staging_dir()
+    shutil.copytree(tree, staging, dirs_exist_ok=True)
+
+    digest = store.put_tree(staging)
+
+    assert digest == expected
+    assert not staging.exists()
+    assert store.has(digest) and store.list_digests() == [digest]
+    path = store.path_for(digest)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o555
+    assert stat.S_IMODE((path / "lib").stat().st_mode) == 0o555
+    assert stat.S_IMODE((path / "app.py").stat().st_mode) == 0o444
+    assert stat.S_IMODE((path / "run.sh").stat().st_mode) == 0o555
+    assert store.read_listing(digest) == file_listing(tree)
+
+    again = store.new_staging_dir()
+    shutil.copytree(tree, again, dirs_exist_ok=True)
+    assert store.put_tree(again) == digest
+    assert not again.exists()
+    assert store.verify(digest) == path
+
+
+def test_put_tree_accepts_staging_outside_the_store(store: ArtifactStore, tree: Path) -> None:
+    digest = store.put_tree(tree)
+    assert digest == store.list_digests()[0]
+    assert not tree.exists()
+
+
+def test_verify_names_changed_files(store: ArtifactStore, tree: Path) -> None:
+    digest = store.put_tree(tree)
+    path = store.path_for(digest)
+    (path / "lib/util.py").write_text("X = 'tampered'\n")  # we run as root: modes do not stop this
+    (path / "lib/util.py").chmod(0o644)
+    with pytest.raises(ArtifactCorrupt) as info:
+        store.verify(digest)
+    assert info.value.details == ["modified: lib/util.py"]
+    assert isinstance(info.value, OperationFailed)
+
+
+def test_verify_missing_artifact(store: ArtifactStore) -> None:
+    with pytest.raises(ArtifactNotFound):
+        store.verify("sha256:" + "0" * 64)
+
+
+def test_remove_deletes_read_only_object(store: ArtifactStore, tree: Path) -> None:
+    digest = store.put_tree(tree)
+    store.remove(digest)
+    assert not store.has(digest) and store.list_digests() == []
+    assert store.read_listing(digest) is None
+
+
+def test_input_index_round_trip(store: ArtifactStore) -> None:
+    key, digest = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    assert store.lookup_input(key) is None
+    store.record_input(key, digest)
+    assert store.lookup_input(key) == digest
+
+
+def test_malformed_digest_is_refused(store: ArtifactStore) -> None:
+    with pytest.raises(UserInputError):
+        store.path_for("sha256:../../etc")
+
+
+# -- builds -------------------------------------------------------------------------------------
+
+
+def test_build_twice_reuses_the_artifact(store: ArtifactStore, tmp_path: Path) -> None:
+    ctx = make_tree(tmp_path / "ctx", {".ingotignore": "*.log\n", "app.py": "print(1)\n", "x.log": ""})
+    first = build_artifact(store, ctx)
+    assert not first.reused and first.deps_installed == 0
+    assert first.path == store.path_for(first.digest)
+    assert sorted(p.name for p in first.path.iterdir()) == [".ingotignore", "app.py"]
+    assert deps_dir(first.path) is None
+
+    (ctx / "y.log").write_text("ignored, so still the same input")
+    second = build_artifact(store, ctx)
+    assert second.reused
+    assert (second.digest, second.input_key) == (first.digest, first.input_key)
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_build_rebuilds_when_the_stored_artifact_is_gone(store: ArtifactStore, tmp_path: Path) -> None:
+    ctx = make_tree(tmp_path / "ctx", {"app.py": ""})
+    first = build_artifact(store, ctx)
+    store.remove(first.digest)
+    again = build_artifact(store, ctx)
+    assert not again.reused and again.digest == first.digest and store.has(first.digest)
+
+
+def test_build_missing_context(store: ArtifactStore, tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="nope"):
+        build_artifact(store, tmp_path / "nope")
+
+
+def _make_wheel(dest: Path) -> Path:
+    """A minimal pure-Python wheel, written by hand: no build backend or network needed."""
+    dist_info = "tinypkg-0.1.0.dist-info"
+    files = {
+        "tinypkg/__init__.py": b"GREETING = 'hello from tinypkg'\n",
+        f"{dist_info}/METADATA": b"Metadata-Version: 2.1\nName: tinypkg\nVersion: 0.1.0\n",
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: ingot-tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+        f"{dist_info}/entry_points.txt": b"[console_scripts]\ntinypkg-hello = tinypkg:main\n",
+    }
+    record = []
+    for name, data in files.items():
+        b64 = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={b64},{len(data)}")
+    record.append(f"{dist_info}/RECORD,,")
+    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    dest.mkdir(parents=True)
+    wheel = dest / "tinypkg-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return wheel
+
+
+def test_build_installs_requirements_deterministically(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    _make_wheel(wheels)
+    ctx = make_tree(
+        tmp_path / "ctx",
+        {"app.py": "import tinypkg\n", "requirements.txt": f"--no-index\n--find-links {wheels}\ntinypkg\n"},
+    )
+    lines: list[str] = []
+    result = build_artifact(ArtifactStore(tmp_path / "s1"), ctx, on_output=lines.append)
+
+    assert not result.reused and result.deps_installed == 1
+    deps = deps_dir(result.path)
+    assert deps == result.path / ".ingot-deps"
+    assert (deps / "tinypkg" / "__init__.py").is_file()
+    assert (deps / "tinypkg-0.1.0.dist-info" / "METADATA").is_file()
+    assert not (deps / "tinypkg-0.1.0.dist-info" / "RECORD").exists()
+    assert not list(deps.rglob("__pycache__"))
+    assert any("tinypkg" in line for line in lines)
+
+    # A fresh store, so the second build really runs pip: pip's output must be byte-identical.
+    copy = tmp_path / "copy"
+    shutil.copytree(ctx, copy)
+    again = build_artifact(ArtifactStore(tmp_path / "s2"), copy)
+    assert not again.reused
+    assert again.digest == result.digest
+
+
+def test_build_with_failing_pip_reports_its_output(store: ArtifactStore, tmp_path: Path) -> None:
+    ctx = make_tree(
+        tmp_path / "ctx",
+        {"app.py": "", "requirements.txt": "--no-index\nno-such-package-ingot-test==1.0\n"},
+    )
+    with pytest.raises(OperationFailed, match=r"pip could not install requirements\.txt") as info:
+        build_artifact(store, ctx)
+    assert any("no-such-package-ingot-test" in line for line in info.value.details)
+    assert 0 < len(info.value.details) <= 20
+    assert list(store.tmp_dir.iterdir()) == []
+    assert store.list_digests() == []

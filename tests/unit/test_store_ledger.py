@@ -1,0 +1,127 @@
+"""The store refuses to rewrite history, and the ledger proves when someone did it anyway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ingot import ledger
+from ingot.releases import load_or_create_key, new_release, public_key_text, verify_release
+from ingot.store import Store
+from ingot.store.schema import INSERT_ONLY_TABLES
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "state")
+
+
+def _fill(store: Store, tmp_path: Path) -> None:
+    key = load_or_create_key(tmp_path / "keys")
+    rel = new_release(key=key, project="p", service="web", artifact_digest="sha256:" + "a" * 64,
+                      spec={"command": ["x"]}, config={"values": {}}, actor="tester")
+    with store.begin() as conn:
+        store.insert_release(conn, rel)
+        dep = store.create_deployment(conn, environment="staging", service="web", kind="deploy",
+                                      from_release=None, to_release=rel.id, strategy="blue-green",
+                                      params={"replicas": 1}, actor="tester")
+        store.add_step(conn, dep.id, "start", "started", {})
+        store.activate(conn, environment="staging", service="web", release_id=rel.id,
+                       deployment_id=dep.id, params={})
+        ledger.append(conn, actor="tester", action="deploy.start", subject=dep.id, payload={"n": 1})
+    store.record_artifact("sha256:" + "a" * 64, "web", "k")
+
+
+@pytest.mark.parametrize("table", INSERT_ONLY_TABLES)
+def test_insert_only_tables_refuse_update_and_delete(store: Store, tmp_path: Path, table: str) -> None:
+    _fill(store, tmp_path)
+    column = {"releases": "created_by", "artifacts": "service", "deployments": "actor",
+              "deployment_steps": "name", "activations": "params_json", "ledger": "actor"}[table]
+    with pytest.raises((IntegrityError, OperationalError), match="insert-only"), store.begin() as conn:
+        conn.execute(text(f"UPDATE {table} SET {column} = 'mallory'"))
+    with pytest.raises((IntegrityError, OperationalError), match="insert-only"), store.begin() as conn:
+        conn.execute(text(f"DELETE FROM {table}"))
+    with store.engine.connect() as conn:
+        assert conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one() >= 1
+
+
+def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
+    first = Store(tmp_path / "s")
+    first.close()
+    again = Store(tmp_path / "s")
+    with again.engine.connect() as conn:
+        versions = conn.execute(text("SELECT version FROM schema_version")).scalars().all()
+        mode = conn.execute(text("PRAGMA journal_mode")).scalar_one()
+    assert versions == [1]
+    assert mode == "wal"
+
+
+def test_ledger_chain_verifies_and_detects_alteration(store: Store) -> None:
+    for number in range(5):
+        ledger.record(store, actor="alice", action="build", service="web", payload={"n": number})
+    checked, problem = ledger.verify_chain(store)
+    assert (checked, problem) == (5, None)
+    entries = ledger.entries(store)
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
+    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+
+    # Someone with raw database access drops the guard and rewrites entry 3.
+    with store.begin() as conn:
+        conn.execute(text("DROP TRIGGER ledger_no_update"))
+        conn.execute(text("UPDATE ledger SET actor = 'mallory' WHERE seq = 3"))
+    checked, problem = ledger.verify_chain(store)
+    assert checked == 2
+    assert problem is not None and problem.seq == 3 and "altered" in problem.reason
+
+
+def test_ledger_detects_a_removed_entry(store: Store) -> None:
+    for number in range(4):
+        ledger.record(store, actor="alice", action="build", payload={"n": number})
+    with store.begin() as conn:
+        conn.execute(text("DROP TRIGGER ledger_no_delete"))
+        conn.execute(text("DELETE FROM ledger WHERE seq = 2"))
+    _checked, problem = ledger.verify_chain(store)
+    assert problem is not None and problem.seq == 2 and "missing" in problem.reason
+
+
+def test_ledger_detects_a_rehashed_entry(store: Store) -> None:
+    """Recomputing the altered entry's own hash is not enough: the next link breaks."""
+    for number in range(3):
+        ledger.record(store, actor="alice", action="build", payload={"n": number})
+    second = ledger.entries(store)[1]
+    forged = ledger.entry_hash(seq=2, at=second.at, actor="mallory", action=second.action,
+                               environment=None, service=None, subject=None, payload=second.payload,
+                               prev_hash=second.prev_hash)
+    with store.begin() as conn:
+        conn.execute(text("DROP TRIGGER ledger_no_update"))
+        conn.execute(text("UPDATE ledger SET actor='mallory', hash=:h WHERE seq=2"), {"h": forged})
+    _checked, problem = ledger.verify_chain(store)
+    assert problem is not None and problem.seq == 3
+
+
+def test_release_id_is_derived_from_content_and_signature_verifies(tmp_path: Path) -> None:
+    key = load_or_create_key(tmp_path / "keys")
+    assert (tmp_path / "keys" / "release-signing.ed25519").stat().st_mode & 0o777 == 0o600
+    same_key = load_or_create_key(tmp_path / "keys")
+    assert public_key_text(same_key) == public_key_text(key)
+
+    args = {"key": key, "project": "p", "service": "web", "artifact_digest": "sha256:" + "b" * 64,
+            "spec": {"command": ["python", "app.py"], "port": 8000}, "config": {"values": {}}, "actor": "a"}
+    one = new_release(**args)  # type: ignore[arg-type]
+    two = new_release(**{**args, "actor": "someone else"})  # type: ignore[arg-type]
+    assert one.id == two.id  # who or when does not change what the release is
+    changed = new_release(**{**args, "spec": {"command": ["python", "app.py"], "port": 8001}})  # type: ignore[arg-type]
+    assert changed.id != one.id
+    trusted = public_key_text(key)
+    assert verify_release(one, trusted) is None
+
+    from dataclasses import replace
+
+    assert "signature" in (verify_release(replace(one, created_by="mallory"), trusted) or "")
+    assert "id does not match" in (verify_release(replace(one, artifact_digest="sha256:" + "c" * 64),
+                                                  trusted) or "")
+    other = load_or_create_key(tmp_path / "other")
+    assert "not this project's" in (verify_release(one, public_key_text(other)) or "")
