@@ -10,8 +10,10 @@ from typing import Any
 from rich.console import Console
 from rich.status import Status
 
-console = Console(highlight=False)
-errors = Console(stderr=True, highlight=False)
+# Off a terminal, lines are not wrapped at 80 columns: logs and CI keep whole lines.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+errors = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 
 
 def print_json(data: Any) -> None:

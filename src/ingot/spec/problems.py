@@ -76,7 +76,7 @@ def problems_from_error(exc: ValidationError, root: type[BaseModel], prefix: Loc
             loc = loc[:-1]
         message = _describe(error["type"], error["msg"], error.get("input"), ctx, root, loc)
         if is_key:
-            message = f"invalid name {show(loc[-1])}: {message}"
+            message = f"invalid name: {message}"
         problem = Problem((*prefix, *loc), message)
         if problem not in problems:
             problems.append(problem)

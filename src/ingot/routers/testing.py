@@ -1,0 +1,175 @@
+"""An in-process HTTP backend for router tests (asyncio streams + h11, independent of httptools).
+
+Routes (any method):
+  /                 200, body = the backend's name
+  /headers          200, JSON list of the request's [name, value] header pairs
+  /sleep?s=1.5      sleeps, then answers like /
+  /status?code=500  that status, body = name
+  /sha256           reads the whole request body, answers JSON {sha256, length}
+  /blob?size=N&seed=S  a chunked body of N deterministic bytes (see `blob_chunks`)
+Every response carries `X-Backend: <name>`.
+
+Misbehaviours that routers must survive, all off by default:
+  `close_reused`   closes a keep-alive connection when a second request arrives on it, unanswered
+                   (the race of a backend closing an idle connection as the router reuses it);
+  `drop_rate`      after a response, closes the connection without announcing it, with this
+                   probability (idle keep-alive connections closing under the router's feet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+
+from ingot.routers.base import Address
+
+BLOB_PIECE = 64 * 1024
+
+
+def blob_chunks(size: int, seed: str = "x") -> Iterator[bytes]:
+    """The bytes `/blob` sends, in pieces: cheap to generate, not trivially compressible."""
+    block = hashlib.sha256(seed.encode()).digest() * (BLOB_PIECE // 32)
+    counter = 0
+    while size > 0:
+        piece = block[: min(size, BLOB_PIECE)]
+        # Vary each piece so a duplicated or dropped piece changes the hash.
+        piece = counter.to_bytes(8, "big") + piece[8:] if len(piece) >= 8 else piece
+        yield piece
+        size -= len(piece)
+        counter += 1
+
+
+class TestBackend:
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        close_reused: bool = False,
+        drop_rate: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.close_reused = close_reused
+        self.drop_rate = drop_rate
+        self.connections = 0
+        self.requests = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._rng = random.Random(name)
+
+    @property
+    def address(self) -> Address:
+        return (self.host, self.port)
+
+    async def start(self) -> TestBackend:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def stop(self) -> None:
+        """Stop like a killed process: listener closed, every connection reset."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        conn = h11.Connection(h11.SERVER)
+        served = 0
+        try:
+            while True:
+                event = await _next_event(conn, reader)
+                if not isinstance(event, h11.Request):
+                    break
+                if served and self.close_reused:
+                    break
+                await self._handle(conn, event, reader, writer)
+                served += 1
+                if conn.our_state is h11.MUST_CLOSE or self._rng.random() < self.drop_rate:
+                    break
+                conn.start_next_cycle()
+        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _handle(
+        self,
+        conn: h11.Connection,
+        request: h11.Request,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.requests += 1
+        url = urlsplit(request.target.decode())
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        digest = hashlib.sha256()
+        length = 0
+        async for chunk in _body(conn, reader):
+            digest.update(chunk)
+            length += len(chunk)
+        status, body = 200, self.name.encode()
+        if url.path == "/headers":
+            body = json.dumps([[k.decode(), v.decode()] for k, v in request.headers]).encode()
+        elif url.path == "/sleep":
+            await asyncio.sleep(float(query.get("s", "1")))
+        elif url.path == "/status":
+            status = int(query.get("code", "200"))
+        elif url.path == "/sha256":
+            body = json.dumps({"sha256": digest.hexdigest(), "length": length}).encode()
+        elif url.path == "/blob":
+            await self._send_blob(conn, writer, int(query.get("size", "0")), query.get("seed", "x"))
+            return
+        headers = [("X-Backend", self.name), ("Content-Length", str(len(body)))]
+        writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+        if request.method != b"HEAD":
+            writer.write(conn.send(h11.Data(data=body)) or b"")
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        await writer.drain()
+
+    async def _send_blob(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, size: int, seed: str
+    ) -> None:
+        headers = [("X-Backend", self.name), ("Transfer-Encoding", "chunked")]
+        writer.write(conn.send(h11.Response(status_code=200, headers=headers)) or b"")
+        for piece in blob_chunks(size, seed):
+            writer.write(conn.send(h11.Data(data=piece)) or b"")
+            await writer.drain()
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        await writer.drain()
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+            continue
+        return event
+
+
+async def _body(conn: h11.Connection, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    while True:
+        event = await _next_event(conn, reader)
+        if isinstance(event, h11.Data):
+            yield bytes(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            return
+        else:
+            raise h11.RemoteProtocolError(f"unexpected {event!r} in a request body")

@@ -1,0 +1,562 @@
+"""The ingot.yaml data model: frozen pydantic models, field rules and cross checks.
+
+The models validate themselves, so a spec built in memory (tests, the API) obeys the same rules as one
+loaded from a file. The loader adds what only a file has: line numbers and all problems at once.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from ingot.errors import UserInputError
+from ingot.spec.durations import DURATION_JSON_SCHEMA, Duration, parse_duration
+from ingot.spec.problems import RELATED, RULE_ERROR, Loc, Problem, dotted, problems_from_error
+
+# Validation context key: the loader runs the cross checks itself (with line numbers, all problems
+# reported together), so it asks the models not to run them a second time.
+SKIP_CROSS_CHECKS = "ingot_skip_cross_checks"
+DEFAULT_ENVIRONMENT = "default"
+CONTAINER_RUNTIMES = ("docker", "kubernetes")
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):[0-9]{1,5}$"
+_WILDCARD_HOSTS = {"0.0.0.0", "::", "*", ""}
+
+
+def _rule(key: str, detail: str) -> PydanticCustomError:
+    """A cross-field rule failure attributed to `key`, so the report points at that key's line."""
+    return PydanticCustomError(RULE_ERROR, "{detail}", {"key": key, "detail": detail})
+
+
+# --- field types -----------------------------------------------------------------------------------
+
+
+def _check_name(value: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ValueError(
+            "must be 1-40 lowercase letters, digits or dashes, starting and ending with a letter "
+            f"or digit, got {value!r}"
+        )
+    return value
+
+
+def _check_env_var(value: str) -> str:
+    if not re.fullmatch(ENV_VAR_PATTERN, value):
+        raise ValueError(
+            f"must be a valid environment variable name (letters, digits, _; not starting with a digit), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _check_http_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"must start with '/', got {value!r}")
+    return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into host and port; ValueError if it is neither."""
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or any(c.isspace() for c in host):
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8080, got {value!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port} in {value!r}")
+    return host, port
+
+
+def _check_listen(value: str) -> str:
+    split_listen(value)
+    return value
+
+
+def _split_command(value: Any) -> Any:
+    # A string is what people type in a shell; a list is exact. Accept both, keep a list.
+    if not isinstance(value, str):
+        return value
+    try:
+        return shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot split {value!r} into words ({exc}); write it as a list") from None
+
+
+def _env_text(value: Any) -> Any:
+    # YAML turns `DEBUG: 1` or `VERBOSE: yes` into int/bool; environment variables are text anyway.
+    if not isinstance(value, dict):
+        return value
+    return {key: _scalar_text(item) for key, item in value.items()}
+
+
+def _scalar_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _pause(value: Any) -> Any:
+    if value is None or value == "manual":
+        return value
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"expected a duration such as 30s or 5m, or the word manual, got {value!r}"
+        ) from None
+
+
+Name = Annotated[
+    str,
+    AfterValidator(_check_name),
+    WithJsonSchema({"type": "string", "pattern": NAME_PATTERN, "minLength": 1, "maxLength": 40}),
+]
+EnvVarName = Annotated[
+    str, AfterValidator(_check_env_var), WithJsonSchema({"type": "string", "pattern": ENV_VAR_PATTERN})
+]
+Listen = Annotated[
+    str,
+    AfterValidator(_check_listen),
+    WithJsonSchema({"type": "string", "pattern": LISTEN_PATTERN, "examples": ["127.0.0.1:8080"]}),
+]
+Command = Annotated[
+    list[str] | None,
+    BeforeValidator(_split_command),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}],
+            "description": "argv as a list, or a string split like a shell would",
+        }
+    ),
+]
+EnvVars = Annotated[
+    dict[EnvVarName, str],
+    BeforeValidator(_env_text),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": ENV_VAR_PATTERN},
+            "additionalProperties": {"type": ["string", "number", "boolean"]},
+        }
+    ),
+]
+Pause = Annotated[
+    float | Literal["manual"] | None,
+    BeforeValidator(_pause),
+    WithJsonSchema({"anyOf": [*DURATION_JSON_SCHEMA["anyOf"], {"const": "manual"}, {"type": "null"}]}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+
+class HealthSpec(_Model):
+    """How an instance proves it is ready: GET `path` until `healthy_threshold` successes in a row."""
+
+    path: Annotated[
+        str, AfterValidator(_check_http_path), WithJsonSchema({"type": "string", "pattern": "^/"})
+    ] = "/healthz"
+    interval: Duration = Field(default=1.0, gt=0)
+    timeout: Duration = Field(default=2.0, gt=0)
+    healthy_threshold: StrictInt = Field(default=2, ge=1)
+    deadline: Duration = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _deadline_after_interval(self) -> HealthSpec:
+        if self.deadline <= self.interval:
+            raise _rule(
+                "deadline",
+                f"must be longer than interval ({self.interval:g}s), got {self.deadline:g}s",
+            )
+        return self
+
+
+class StrategyStep(_Model):
+    weight: StrictInt = Field(ge=1, le=100)
+    pause: Pause = None
+
+
+class AnalysisSpec(_Model):
+    interval: Duration = Field(default=5.0, gt=0)
+    max_error_rate: StrictFloat = Field(default=0.01, ge=0, le=1)
+    max_p99_ms: StrictFloat = Field(default=500.0, gt=0)
+    min_requests: StrictInt = Field(default=50, ge=0)
+    inconclusive: Literal["wait", "fail"] = "wait"
+
+
+class StrategySpec(_Model):
+    type: Literal["blue-green", "canary", "rolling"] = "blue-green"
+    steps: list[StrategyStep] = Field(default_factory=list)
+    analysis: AnalysisSpec | None = None
+    max_surge: StrictInt = Field(default=1, ge=0)
+    max_unavailable: StrictInt = Field(default=0, ge=0)
+    drain_timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _strategy_can_progress(self) -> StrategySpec:
+        if self.type == "canary" and not self.steps:
+            raise _rule("steps", "a canary needs at least one step, e.g. steps: [{weight: 10, pause: 1m}]")
+        if self.type == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
+            raise _rule(
+                "max_surge",
+                "a rolling update with max_surge 0 and max_unavailable 0 can never replace an instance; "
+                "raise one of them",
+            )
+        return self
+
+
+class RouterSpec(_Model):
+    listen: Listen = "127.0.0.1:8080"
+    kind: Literal["builtin", "haproxy"] = "builtin"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) to bind; IPv6 hosts without their brackets."""
+        return split_listen(self.listen)
+
+
+class ServiceSpec(_Model):
+    build: str | None = None
+    image: str | None = None
+    runtime: Literal["process", "docker", "kubernetes"] = "process"
+    command: Command = None
+    port: StrictInt = Field(default=8000, ge=1, le=65535)
+    replicas: StrictInt = Field(default=1, ge=0, le=100)
+    health: HealthSpec = HealthSpec()  # frozen, so one shared default is safe
+    env: EnvVars = Field(default_factory=dict)
+    config: list[EnvVarName] = Field(default_factory=list)
+    secrets: list[EnvVarName] = Field(default_factory=list)
+    strategy: StrategySpec = StrategySpec()
+    router: RouterSpec = RouterSpec()
+    stop_timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ServiceSpec:
+        violations = self._rule_violations()
+        if violations:
+            # pydantic takes one error per validator; the first is enough to fix before re-running.
+            raise _rule(*violations[0])
+        if self.runtime == "process" and self.build is None:
+            # Set without marking the field as given: model_dump(exclude_unset=True) must keep showing
+            # only what the user wrote, so an environment switching to a container runtime with an
+            # `image` does not collide with a build directory the user never asked for.
+            object.__setattr__(self, "build", ".")
+        return self
+
+    def _rule_violations(self) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        if self.build is not None and self.image is not None:
+            found.append(("image", "build and image are mutually exclusive; keep one of them"))
+        if self.image is not None and self.runtime not in CONTAINER_RUNTIMES:
+            found.append(("image", f"only allowed with runtime docker or kubernetes, not {self.runtime}"))
+        if self.runtime == "process" and self.command is None:
+            found.append(("command", "the process runtime needs a command, e.g. command: [python, app.py]"))
+        if self.command is not None and not self.command:
+            found.append(("command", "must not be empty"))
+        if self.runtime in CONTAINER_RUNTIMES and self.build is None and self.image is None:
+            found.append(
+                ("build", f"runtime {self.runtime} needs build (a directory with a Containerfile) or image")
+            )
+        found.extend(self._variable_clashes())
+        return found
+
+    def _variable_clashes(self) -> list[tuple[str, str]]:
+        # One variable fed from two sources would make the running value depend on merge order.
+        seen: dict[str, str] = {name: "env" for name in self.env}
+        found: list[tuple[str, str]] = []
+        for source in ("config", "secrets"):
+            for name in getattr(self, source):
+                if name in seen:
+                    where = "twice" if seen[name] == source else f"in both {seen[name]} and {source}"
+                    found.append((source, f"{name} is listed {where}; each variable needs one source"))
+                seen[name] = source
+        return found
+
+    def release_fields(self) -> dict[str, Any]:
+        """The JSON-able fields that define WHAT RUNS, for a release's spec digest.
+
+        How it is deployed (replicas, router, strategy, health timing) is left out on purpose: scaling
+        or changing the rollout must not mint a new release. Lists of config/secret keys are sorted
+        because they are sets; env keeps its keys (digesters should canonicalise key order).
+        """
+        return {
+            "runtime": self.runtime,
+            "build": self.build,
+            "image": self.image,
+            "command": list(self.command) if self.command is not None else None,
+            "port": self.port,
+            "env": dict(sorted(self.env.items())),
+            "config": sorted(self.config),
+            "secrets": sorted(self.secrets),
+            "health": {"path": self.health.path},
+            "stop_timeout": self.stop_timeout,
+        }
+
+
+def _none_values_as_empty(value: Any) -> Any:
+    # `staging:` with nothing after it is YAML null; people mean "no overrides".
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {key: {} if item is None else item for key, item in value.items()}
+    return value
+
+
+class EnvironmentSpec(_Model):
+    """Per-environment overrides: ``services.<name>`` holds any ServiceSpec fields, merged deeply."""
+
+    services: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    self_heal: StrictBool = True
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _no_null_overrides(cls, value: Any) -> Any:
+        return _none_values_as_empty(value)
+
+
+class Spec(_Model):
+    project: Name
+    services: dict[Name, ServiceSpec] = Field(min_length=1)
+    environments: dict[Name, EnvironmentSpec] = Field(default_factory=dict)
+
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _no_null_environments(cls, value: Any) -> Any:
+        return _none_values_as_empty(value)
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> Spec:
+        if info.context and info.context.get(SKIP_CROSS_CHECKS):
+            return self
+        problems = cross_check(
+            {name: svc.model_dump(exclude_unset=True) for name, svc in self.services.items()},
+            {name: env.model_dump() for name, env in self.environments.items()},
+        )
+        if problems:
+            detail = "; ".join(problem.render() for problem in problems)
+            raise PydanticCustomError(RULE_ERROR, "{detail}", {"detail": detail})
+        return self
+
+    @property
+    def environment_names(self) -> list[str]:
+        """Declared environments in file order, or ``["default"]`` when the spec declares none."""
+        return list(self.environments) or [DEFAULT_ENVIRONMENT]
+
+    @property
+    def default_environment(self) -> str:
+        return self.environment_names[0]
+
+    def service_for(self, env: str, service: str) -> ServiceSpec:
+        """The service as it runs in `env`: the base service with the environment's overrides merged."""
+        if env not in self.environment_names:
+            raise UserInputError(
+                f"unknown environment {env!r}",
+                details=[f"environments in this spec: {', '.join(self.environment_names)}"],
+            )
+        if service not in self.services:
+            raise UserInputError(
+                f"unknown service {service!r}", details=[f"services in this spec: {', '.join(self.services)}"]
+            )
+        # Not cached: a private cache would take part in pydantic's == and make equal specs differ.
+        return self._merge(env, service)
+
+    def _merge(self, env: str, service: str) -> ServiceSpec:
+        base = self.services[service]
+        environment = self.environments.get(env)
+        override = environment.services.get(service) if environment else None
+        if not override:
+            return base
+        try:
+            return ServiceSpec.model_validate(deep_merge(base.model_dump(exclude_unset=True), override))
+        except ValidationError as exc:
+            # Only reachable for specs built without cross checks; loaded specs were checked already.
+            prefix: Loc = ("environments", env, "services", service)
+            details = [p.render() for p in problems_from_error(exc, ServiceSpec, prefix)]
+            message = f"environment {env} makes service {service} invalid"
+            raise UserInputError(message, details=details) from None
+
+
+class LoadedSpec(Spec):
+    """A Spec read from a file: also knows the file, so relative build paths resolve against it."""
+
+    _path: Path = PrivateAttr()
+
+    @classmethod
+    def parse(cls, data: Any, path: Path, *, cross_checks: bool = True) -> LoadedSpec:
+        """Validate `data` (already-parsed YAML) as the spec stored at `path`."""
+        spec = cls.model_validate(data, context={SKIP_CROSS_CHECKS: not cross_checks})
+        spec._path = path
+        return spec
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def root_dir(self) -> Path:
+        return self._path.parent
+
+
+# --- merging and cross checks ----------------------------------------------------------------------
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` over `base`: mappings merge key by key; lists and scalars replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def has_path(data: Any, loc: Loc) -> bool:
+    for part in loc:
+        in_mapping = isinstance(data, Mapping) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if not (in_mapping or in_list):
+            return False
+        data = data[part]
+    return True
+
+
+def cross_check(services: Mapping[str, Any], environments: Mapping[str, Any]) -> list[Problem]:
+    """Problems visible only across the spec, from raw mappings as written (possibly invalid ones).
+
+    Every environment/service pair must validate after merging, overrides must name real services, and
+    router addresses must be unique, because every environment of every service runs on this machine.
+    """
+    problems: list[Problem] = []
+    placed: list[_Placed] = []
+    for env in list(environments) or [DEFAULT_ENVIRONMENT]:
+        overrides = _overrides_of(environments.get(env))
+        for name in overrides:
+            if name not in services:
+                problems.append(
+                    Problem(
+                        ("environments", env, "services", name),
+                        f"unknown service {name!r}; services in this spec: {', '.join(map(str, services))}",
+                    )
+                )
+        for name, base in services.items():
+            override = overrides.get(name) or {}
+            if isinstance(base, Mapping) and isinstance(override, Mapping):
+                problems.extend(_effective_service(env, str(name), base, override, placed))
+    problems.extend(_listen_clashes(placed, declared=bool(environments)))
+    return problems
+
+
+def _overrides_of(environment: Any) -> Mapping[str, Any]:
+    services = environment.get("services") if isinstance(environment, Mapping) else None
+    return services if isinstance(services, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A validated effective service and where its router address comes from."""
+
+    env: str
+    name: str
+    service: ServiceSpec
+    origin: Loc
+    explicit: bool  # False when router.listen is the default, not written anywhere
+
+
+def _effective_service(
+    env: str, name: str, base: Mapping[str, Any], override: Mapping[str, Any], placed: list[_Placed]
+) -> list[Problem]:
+    prefix: Loc = ("environments", env, "services", name)
+    try:
+        service = ServiceSpec.model_validate(deep_merge(base, override))
+    except ValidationError as merged_exc:
+        return _override_problems(merged_exc, base, override, prefix)
+    listen: Loc = ("router", "listen")
+    if has_path(override, listen):
+        placed.append(_Placed(env, name, service, (*prefix, *listen), explicit=True))
+    else:
+        placed.append(_Placed(env, name, service, ("services", name, *listen), has_path(base, listen)))
+    return []
+
+
+def _override_problems(
+    merged_exc: ValidationError, base: Mapping[str, Any], override: Mapping[str, Any], prefix: Loc
+) -> list[Problem]:
+    # A problem the base already has is reported once, at the base; the rest are the override's doing.
+    try:
+        ServiceSpec.model_validate(base)
+        base_messages: set[tuple[Loc, str]] = set()
+    except ValidationError as base_exc:
+        base_messages = {(p.loc, p.message) for p in problems_from_error(base_exc, ServiceSpec)}
+    kept: list[Problem] = []
+    for problem in problems_from_error(merged_exc, ServiceSpec):
+        if has_path(override, problem.loc) or (problem.loc, problem.message) not in base_messages:
+            kept.append(Problem((*prefix, *problem.loc), problem.message))
+    return kept
+
+
+def _listen_clashes(placed: list[_Placed], *, declared: bool) -> list[Problem]:
+    problems: list[Problem] = []
+    for index, later in enumerate(placed):
+        for earlier in placed[:index]:
+            if _same_socket(earlier.service.router.address, later.service.router.address):
+                problems.append(_clash(earlier, later, declared))
+                break
+    return problems
+
+
+def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    # A wildcard bind takes the port on every address, so it clashes with any host on that port.
+    return a[1] == b[1] and (a[0] == b[0] or a[0] in _WILDCARD_HOSTS or b[0] in _WILDCARD_HOSTS)
+
+
+def _clash(earlier: _Placed, later: _Placed, declared: bool) -> Problem:
+    address = later.service.router.listen
+    value = address if later.explicit else f"{address} (the default, as router.listen is not set)"
+    if earlier.origin == later.origin:
+        return Problem(
+            later.origin,
+            f"listen address {value} is used by environments {earlier.env} and {later.env} alike; they run "
+            f"on one machine, so set {dotted(('environments', later.env, 'services', later.name))}"
+            ".router.listen to a free address",
+        )
+    where = f"service {earlier.name}" + (f" in environment {earlier.env}" if declared else "")
+    mine = f" in environment {later.env}" if declared else ""
+    return Problem(
+        later.origin,
+        f"listen address {value}{mine} clashes with {where} ({RELATED}); all services of all "
+        "environments run on one machine, so each needs its own router.listen",
+        related=earlier.origin,
+    )

@@ -1,0 +1,171 @@
+"""The whole first slice as a user runs it: deploy, change, deploy under load, roll back, go down."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.harness import ExampleProject, load, poll
+
+
+def _assert_clean(report: dict[str, object], allowed: set[str]) -> None:
+    assert report["failures"] == [], f"failed requests during the operation: {report['failures'][:5]}"
+    versions = set(report["versions"])  # type: ignore[arg-type]
+    assert versions <= allowed, f"unexpected versions answered: {versions}"
+    assert int(report["requests"]) > 50  # type: ignore[call-overload]
+
+
+def test_deploy_change_rollback_with_zero_failed_requests(example: ExampleProject, tmp_path: Path) -> None:
+    first = example.ingot("deploy", check=True)
+    assert f"live at {example.url}" in first.out
+    assert example.get()["version"] == "1"
+    release_one = example.get()["release"]
+
+    status = example.ingot("status", "--json", check=True).json
+    [svc] = status["services"]
+    assert svc["release"] == release_one and len(svc["instances"]) == 2
+    assert all(i["state"] == "running" for i in svc["instances"])
+    old_pids = {i["pid"] for i in svc["instances"]}
+
+    example.set_version("2")
+    with load(example.url, tmp_path) as during_deploy:
+        example.ingot("deploy", check=True)
+    _assert_clean(during_deploy, {"1", "2"})
+    assert during_deploy["versions"].get("2", 0) > 0
+    after = example.get()
+    assert after["version"] == "2" and after["release"] != release_one
+
+    # Old instances were replaced, not modified: their processes are gone.
+    for pid in old_pids:
+        poll(lambda p=pid: not os.path.exists(f"/proc/{p}") or "Z" in open(f"/proc/{p}/stat").read().split()[2],
+             timeout=15, what=f"old pid {pid} to exit")
+
+    with load(example.url, tmp_path) as during_rollback:
+        rolled = example.ingot("rollback", check=True)
+    assert f"rolled back to release {release_one}" in rolled.out
+    _assert_clean(during_rollback, {"1", "2"})
+    now = example.get()
+    assert (now["version"], now["release"]) == ("1", release_one)
+
+    history = example.ingot("history", "--json", check=True).json
+    assert [h["kind"] for h in history] == ["rollback", "deploy", "deploy"]
+    assert all(h["outcome"] == "succeeded" for h in history)
+    assert history[0]["live"] and history[0]["release"] == release_one
+    assert all(h["actor"] == "tester@ci" for h in history)
+
+    verify = example.ingot("audit", "verify", check=True)
+    assert "ledger intact" in verify.out
+    actions = [e["action"] for e in example.ingot("audit", "log", "--json", "--limit", "1000").json]
+    for expected in ("build", "release", "deploy.start", "deploy.step", "deploy.finish", "rollback.finish"):
+        assert expected in actions
+
+    down = example.ingot("down", check=True)
+    assert "stopped 2 instance(s)" in down.out
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(example.url, timeout=2, trust_env=False)
+    assert example.ingot("status", "--json", check=True).json["agent"]["running"] is False
+
+
+def test_redeploy_without_changes_makes_no_new_release(example: ExampleProject) -> None:
+    example.ingot("deploy", check=True)
+    again = example.ingot("deploy", check=True)
+    assert "nothing changed" in again.out and "no new release" in again.out
+    assert "already exists" in again.out
+    history = example.ingot("history", "--json", check=True).json
+    assert len(history) == 1
+
+
+def test_unhealthy_release_fails_and_previous_keeps_serving(example: ExampleProject, tmp_path: Path) -> None:
+    example.ingot("deploy", check=True)
+    good = example.get()["release"]
+    app = example.root / "app.py"
+    app.write_text(app.read_text().replace(
+        'if self.path == "/healthz":\n            self._send(200, b"ok\\n", "text/plain")',
+        'if self.path == "/healthz":\n            print("database unreachable", flush=True)\n'
+        '            self._send(500, b"down\\n", "text/plain")'))
+    spec = example.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("deadline: 30s", "deadline: 2s"))
+    with load(example.url, tmp_path) as during:
+        failed = example.ingot("deploy")
+    assert failed.code == 1
+    assert "did not become healthy" in failed.err
+    assert "database unreachable" in failed.err  # the instance's last log lines
+    assert f"still serving: release {good}" in failed.err
+    assert "Traceback" not in failed.err
+    _assert_clean(during, {"1"})
+    assert example.get()["release"] == good
+    status = example.ingot("status", "--json", check=True).json
+    assert {i["release"] for i in status["services"][0]["instances"]} == {good}
+    log = example.ingot("audit", "log", "--json", "--limit", "1000").json
+    fail = [e for e in log if e["action"] == "deploy.fail"]
+    assert fail and "did not become healthy" in fail[-1]["payload"]["error"]
+    assert example.ingot("history", "--json").json[0]["outcome"] == "failed"
+
+
+def test_agent_restart_adopts_instances_and_router_returns(example: ExampleProject) -> None:
+    example.ingot("deploy", check=True)
+    before = example.ingot("status", "--json", check=True).json
+    pids = {i["pid"] for i in before["services"][0]["instances"]}
+    agent_pid = before["agent"]["pid"]
+    os.kill(agent_pid, 9)
+    poll(lambda: example.ingot("status", "--json").json["agent"]["running"] is False, what="agent to die")
+    # The instances outlive the agent: they run in their own process groups.
+    assert all(os.path.exists(f"/proc/{p}") for p in pids)
+
+    example.ingot("agent", check=True)
+    poll(lambda: example.get()["version"] == "1", timeout=30, what="router back on the same address")
+    after = example.ingot("status", "--json", check=True).json
+    assert after["agent"]["pid"] != agent_pid
+    assert {i["pid"] for i in after["services"][0]["instances"]} == pids  # adopted, not restarted
+    log = example.ingot("audit", "log", "--json", "--limit", "1000").json
+    recover = [e for e in log if e["action"] == "agent.recover"][-1]
+    assert sorted(recover["payload"]["adopted"]) == sorted(i["id"] for i in after["services"][0]["instances"])
+
+
+def test_agent_restart_replaces_instances_that_died(example: ExampleProject) -> None:
+    example.ingot("deploy", check=True)
+    before = example.ingot("status", "--json", check=True).json
+    os.kill(before["agent"]["pid"], 9)
+    victim = before["services"][0]["instances"][0]
+    os.killpg(victim["pid"], 9)
+    poll(lambda: example.ingot("status", "--json").json["agent"]["running"] is False, what="agent to die")
+    example.ingot("agent", check=True)
+    after = poll(lambda: (s := example.ingot("status", "--json").json)["services"][0]["instances"]
+                 and len([i for i in s["services"][0]["instances"] if i["state"] == "running"]) == 2 and s,
+                 timeout=30, what="two running instances again")
+    ids = {i["id"] for i in after["services"][0]["instances"]}
+    assert victim["id"] not in ids
+    assert example.get()["version"] == "1"
+
+
+def test_tampered_ledger_fails_audit_verify(example: ExampleProject) -> None:
+    example.ingot("deploy", check=True)
+    import sqlite3
+
+    db = sqlite3.connect(example.state / "state.db")
+    db.execute("DROP TRIGGER ledger_no_update")
+    db.execute("UPDATE ledger SET actor = 'mallory' WHERE seq = 2")
+    db.commit()
+    db.close()
+    result = example.ingot("audit", "verify")
+    assert result.code == 1
+    assert "ledger entry 2" in result.err
+
+
+def test_tampered_release_fails_audit_verify(example: ExampleProject) -> None:
+    example.ingot("deploy", check=True)
+    import sqlite3
+
+    db = sqlite3.connect(example.state / "state.db")
+    db.execute("DROP TRIGGER releases_no_update")
+    spec = json.loads(db.execute("SELECT spec_json FROM releases").fetchone()[0])
+    spec["env"]["GREETING"] = "pwned"
+    db.execute("UPDATE releases SET spec_json = ?", (json.dumps(spec),))
+    db.commit()
+    db.close()
+    result = example.ingot("audit", "verify")
+    assert result.code == 1 and "release" in result.err and "spec snapshot" in result.err

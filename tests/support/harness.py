@@ -1,0 +1,125 @@
+"""Helpers for end-to-end tests: a copy of the example project, the real CLI, a load client."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "hello"
+LOAD_CLIENT = Path(__file__).with_name("load_client.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def poll(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            last = condition()
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}; last value {last!r}")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass
+class ExampleProject:
+    root: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".ingot"
+
+    def ingot(self, *args: str, timeout: float = 180.0, check: bool = False) -> Result:
+        env = {**os.environ, "INGOT_ACTOR": "tester@ci", "COLUMNS": "200"}
+        env.pop("INGOT_HOME", None)
+        proc = subprocess.run([sys.executable, "-m", "ingot", *args], cwd=self.root, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        result = Result(proc.returncode, proc.stdout, proc.stderr)
+        if check and result.code != 0:
+            raise AssertionError(f"ingot {' '.join(args)} exited {result.code}\n{result.out}\n{result.err}")
+        return result
+
+    def set_version(self, version: str) -> None:
+        app = self.root / "app.py"
+        app.write_text(re.sub(r'^VERSION = ".*"$', f'VERSION = "{version}"', app.read_text(), flags=re.M))
+
+    def get(self) -> dict[str, Any]:
+        response = httpx.get(self.url, timeout=5, trust_env=False)
+        response.raise_for_status()
+        return dict(response.json())
+
+
+def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") -> ExampleProject:
+    root = tmp / "hello"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".ingot", "__pycache__"))
+    port = free_port()
+    spec = (root / "ingot.yaml").read_text()
+    spec = spec.replace('listen: "127.0.0.1:8080"', f'listen: "127.0.0.1:{port}"')
+    spec = spec.replace('listen: "127.0.0.1:9080"', f'listen: "127.0.0.1:{free_port()}"')
+    spec = spec.replace("replicas: 2", f"replicas: {replicas}")
+    spec = spec.replace("strategy: {type: blue-green, drain_timeout: 10s}",
+                        "strategy: {type: blue-green, drain_timeout: 10s}" + extra_service_yaml)
+    (root / "ingot.yaml").write_text(spec)
+    return ExampleProject(root, port)
+
+
+@contextlib.contextmanager
+def load(url: str, tmp: Path, connections: int = 4) -> Iterator[dict[str, Any]]:
+    """Run the load client in a separate process for the duration of the block; yields its report."""
+    stop = tmp / f"stop-{time.monotonic_ns()}"
+    out = tmp / f"load-{time.monotonic_ns()}.json"
+    proc = subprocess.Popen([sys.executable, str(LOAD_CLIENT), url, str(stop), str(out), str(connections)])
+    report: dict[str, Any] = {}
+    try:
+        poll(lambda: Path(str(out) + ".ready").exists(), timeout=20, what="load client start")
+        time.sleep(0.3)  # let it reach a steady rate before the operation under test begins
+        yield report
+    finally:
+        stop.write_text("stop")
+        proc.wait(timeout=30)
+        report.update(json.loads(out.read_text()))
+
+
+def stop_everything(project: ExampleProject) -> None:
+    """Leave nothing running after a test, whatever state it failed in."""
+    project.ingot("down", timeout=60)
+    pid_file = project.state / "agent.pid"
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
