@@ -21,9 +21,7 @@ except ImportError:  # pragma: no cover - uvloop is a dev dependency
 
 
 def make_response(body: bytes) -> bytes:
-    return (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
 class FixedResponder(asyncio.Protocol):

@@ -66,9 +66,11 @@ class ExampleProject:
     def state(self) -> Path:
         return self.root / ".ingot"
 
-    def ingot(self, *args: str, timeout: float = 180.0, check: bool = False) -> Result:
+    def ingot(self, *args: str, timeout: float = 180.0, check: bool = False,
+              extra_env: dict[str, str] | None = None) -> Result:
         env = {**os.environ, "INGOT_ACTOR": "tester@ci", "COLUMNS": "200"}
         env.pop("INGOT_HOME", None)
+        env.update(extra_env or {})
         proc = subprocess.run([sys.executable, "-m", "ingot", *args], cwd=self.root, env=env,
                               capture_output=True, text=True, timeout=timeout)
         result = Result(proc.returncode, proc.stdout, proc.stderr)

@@ -36,7 +36,7 @@ _state_override: dict[str, Path | None] = {"state": None}
 T = TypeVar("T")
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def main(
     state: Annotated[Path | None, typer.Option("--state", help="State directory (default: .ingot beside "
                                                 "the spec, or $INGOT_HOME).")] = None,
