@@ -23,8 +23,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import print_table, write_json  # noqa: E402
-from tests.support.harness import ExampleProject, free_port, load, make_example, stop_everything  # noqa: E402
+from tests.support.harness import ExampleProject, free_port, load, make_example, stop_everything
+
+from bench._common import print_table, write_json
 
 INTERVAL = 0.2  # the example spec's health interval
 THRESHOLD = 2
@@ -95,7 +96,7 @@ def measure(replicas: int, repeat: int, work: Path) -> dict[str, object]:
             "rollback_s": round(statistics.median(rollbacks), 3),
             "ratio": round(deploy / bound, 2),
             "target_s": round(target, 3),
-            "pass": deploy <= target and failures == 0,
+            "pass": "PASS" if deploy <= target and failures == 0 else "FAIL",
             "requests_during": requests,
             "failed_requests": failures,
         }

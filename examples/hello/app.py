@@ -53,7 +53,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     print(f"hello v{VERSION} listening on 127.0.0.1:{port}", flush=True)
-    server.serve_forever()
+    server.serve_forever(poll_interval=0.05)
     server.server_close()
 
 

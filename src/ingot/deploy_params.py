@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ingot.health import HealthPolicy
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    path: str = "/healthz"
+    interval: float = 1.0
+    timeout: float = 2.0
+    healthy_threshold: int = 2
+    deadline: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from ingot.deploy_params import DeployParams
 from ingot.errors import IngotError, OperationFailed
 from ingot.health import wait_healthy
 from ingot.paths import StatePaths
-from ingot.plan import Plan, ServiceState, Step
+from ingot.plan import Plan, Step
 from ingot.routers.base import Router
 from ingot.runtimes.base import InstanceRequest, Runtime
 from ingot.store import DeploymentRow, InstanceRow, ReleaseRow, Store
@@ -30,19 +30,6 @@ Emit = Callable[[dict[str, Any]], Awaitable[None]]
 
 class StepFailed(OperationFailed):
     pass
-
-
-def service_state(store: Store, environment: str, service: str) -> ServiceState:
-    """The planner's view, from the store: live weights and running instances per release."""
-    activation = store.current_activation(environment, service)
-    weights: tuple[tuple[str, int], ...] = ()
-    if activation and activation.release_id:
-        weights = ((activation.release_id, 100),)
-    counts: dict[str, int] = {}
-    for instance in store.live_instances(environment, service):
-        if instance.state == "running":
-            counts[instance.release_id] = counts.get(instance.release_id, 0) + 1
-    return ServiceState(weights=weights, instances=tuple(sorted(counts.items())))
 
 
 @dataclass

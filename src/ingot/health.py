@@ -14,21 +14,14 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from ingot.deploy_params import HealthPolicy
+
 
 @dataclass(frozen=True)
 class ProbeResult:
     ok: bool
     detail: str
     elapsed_ms: float
-
-
-@dataclass(frozen=True)
-class HealthPolicy:
-    path: str = "/healthz"
-    interval: float = 1.0
-    timeout: float = 2.0
-    healthy_threshold: int = 2
-    deadline: float = 60.0
 
 
 @dataclass

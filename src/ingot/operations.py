@@ -12,16 +12,15 @@ from ingot.actor import current_actor
 from ingot.agent.client import AgentClient, AgentUnavailable, agent_pid, ensure_agent, wait_for_exit
 from ingot.artifacts import BuildResult, build_artifact, cached_build
 from ingot.canonical import content_digest
-from ingot.deploy_params import DeployParams
+from ingot.deploy_params import DeployParams, HealthPolicy
 from ingot.errors import OperationFailed, UserInputError
-from ingot.executor import service_state
-from ingot.health import HealthPolicy
 from ingot.plan import Target, plan_for
 from ingot.project import Project
 from ingot.releases import load_or_create_key, new_release, public_key_text, verify_release
 from ingot.releases import release_id as make_release_id
 from ingot.runtimes.process import ProcessRuntime, tail_lines
 from ingot.spec import ServiceSpec
+from ingot.state import service_state
 from ingot.store import ReleaseRow
 
 OnEvent = Callable[[dict[str, Any]], None]

@@ -54,4 +54,4 @@ def resolve_state_dir(spec_path: Path, explicit: Path | None = None) -> StatePat
     from_env = os.environ.get("INGOT_HOME")
     if from_env:
         return StatePaths(Path(from_env).resolve())
-    return StatePaths((spec_path.resolve().parent / ".ingot"))
+    return StatePaths(spec_path.resolve().parent / ".ingot")

@@ -71,4 +71,4 @@ def test_replanning_after_applying_is_empty(live: str | None, counts: dict[str, 
     after = apply_to_state(state, plan)
     assert plan_blue_green(after, Target(target, replicas)).empty
     assert after.count(target) == replicas
-    assert after.releases_running() in ([target], []) 
+    assert after.releases_running() in ([target], [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_ledger_chain_verifies_and_detects_alteration(store: Store) -> None:
     assert (checked, problem) == (5, None)
     entries = ledger.entries(store)
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
 
     # Someone with raw database access drops the guard and rewrites entry 3.
     with store.begin() as conn:

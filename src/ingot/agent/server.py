@@ -21,12 +21,13 @@ from ingot.agent.protocol import decode, encode
 from ingot.artifacts import ArtifactStore
 from ingot.deploy_params import DeployParams
 from ingot.errors import IngotError, OperationFailed, UserInputError
-from ingot.executor import Deployment, Executor, service_state
+from ingot.executor import Deployment, Executor
 from ingot.paths import StatePaths
 from ingot.plan import Target, plan_for
 from ingot.routers.base import Router
 from ingot.routers.builtin import BuiltinRouter
 from ingot.runtimes.process import ProcessRuntime
+from ingot.state import service_state
 from ingot.store import InstanceRow, Store
 
 Key = tuple[str, str]

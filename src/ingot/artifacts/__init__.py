@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from ingot.artifacts.build import BuildResult, build_artifact, cached_build, deps_dir, input_key, interpreter_tag
+from ingot.artifacts.build import (
+    BuildResult,
+    build_artifact,
+    cached_build,
+    deps_dir,
+    input_key,
+    interpreter_tag,
+)
 from ingot.artifacts.digest import (
     diff_listings,
     file_listing,

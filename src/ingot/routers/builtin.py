@@ -317,17 +317,15 @@ class BuiltinRouter:
         loop = asyncio.get_running_loop()
         host, port = self._listen
         try:
-            server = await loop.create_server(
-                lambda: _Client(self), host, port, reuse_address=True, backlog=2048
-            )
+            server = await loop.create_server(lambda: _Client(self), host, port, reuse_address=True, backlog=2048)
         except OSError as exc:
             raise self._bind_error(exc) from None
         self._loop = loop
         self._server = server
         self._stopping = False
-        sockname = server.sockets[0].getsockname()
-        self._bound = (str(sockname[0]), int(sockname[1]))
-        self._host_header = f"{self._bound[0]}:{self._bound[1]}".encode("ascii")
+        # Keep the configured host (callers compare addresses), but report the port actually bound.
+        self._bound = (host, int(server.sockets[0].getsockname()[1]))
+        self._host_header = f"{host}:{self._bound[1]}".encode("ascii")
         self._sweeper = loop.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -425,7 +423,7 @@ class BuiltinRouter:
     def _release(self, name: str) -> _Release:
         rel = self._releases.get(name)
         if rel is None:
-            if not name or not name.isascii() or not name.isprintable() or ":" in name:
+            if not name or not name.isascii() or not name.isprintable():
                 raise ValueError(f"release id {name!r} cannot be used in a header")
             rel = self._releases[name] = _Release(name)
         return rel
@@ -587,9 +585,7 @@ class _Exchange:
         "up",
     )
 
-    def __init__(
-        self, client: _Client, head: bytes, *, chunked: bool, http10: bool, keep_alive: bool
-    ) -> None:
+    def __init__(self, client: _Client, head: bytes, *, chunked: bool, http10: bool, keep_alive: bool) -> None:
         self.client = client
         self.router = client.router
         self.out: list[bytes] = [head]  # request bytes: sent ones stay while replayable

@@ -7,6 +7,7 @@ Routes (any method):
   /status?code=500  that status, body = name
   /sha256           reads the whole request body, answers JSON {sha256, length}
   /blob?size=N&seed=S  a chunked body of N deterministic bytes (see `blob_chunks`)
+  /close-delimited  200 without Content-Length or chunking, body = name, then closes
 Every response carries `X-Backend: <name>`.
 
 Misbehaviours that routers must survive, all off by default:
@@ -98,7 +99,8 @@ class TestBackend:
                     break
                 if served and self.close_reused:
                     break
-                await self._handle(conn, event, reader, writer)
+                if not await self._handle(conn, event, reader, writer):
+                    break
                 served += 1
                 if conn.our_state is h11.MUST_CLOSE or self._rng.random() < self.drop_rate:
                     break
@@ -115,7 +117,8 @@ class TestBackend:
         request: h11.Request,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-    ) -> None:
+    ) -> bool:
+        """Answer one request; False if the connection must close afterwards."""
         self.requests += 1
         url = urlsplit(request.target.decode())
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -135,17 +138,21 @@ class TestBackend:
             body = json.dumps({"sha256": digest.hexdigest(), "length": length}).encode()
         elif url.path == "/blob":
             await self._send_blob(conn, writer, int(query.get("size", "0")), query.get("seed", "x"))
-            return
+            return True
+        elif url.path == "/close-delimited":
+            # h11 will not frame a response this way for an HTTP/1.1 request, so write it raw.
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Backend: " + body + b"\r\n\r\n" + body)
+            await writer.drain()
+            return False
         headers = [("X-Backend", self.name), ("Content-Length", str(len(body)))]
         writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
         if request.method != b"HEAD":
             writer.write(conn.send(h11.Data(data=body)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
         await writer.drain()
+        return True
 
-    async def _send_blob(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, size: int, seed: str
-    ) -> None:
+    async def _send_blob(self, conn: h11.Connection, writer: asyncio.StreamWriter, size: int, seed: str) -> None:
         headers = [("X-Backend", self.name), ("Transfer-Encoding", "chunked")]
         writer.write(conn.send(h11.Response(status_code=200, headers=headers)) or b"")
         for piece in blob_chunks(size, seed):
