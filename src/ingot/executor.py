@@ -50,23 +50,11 @@ class Executor:
         self.paths = paths
 
     # ---- recording ---------------------------------------------------------------------
-    def _record(self, dep: Deployment, name: str, status: str, detail: dict[str, Any]) -> None:
+    def _record(self, dep: Deployment, name: str, status: str, detail: dict[str, Any],
+                action: str = "step", payload: dict[str, Any] | None = None) -> None:
+        """One deployment step and its ledger entry, durable together before the caller goes on."""
         with self.store.begin() as conn:
             self.store.add_step(conn, dep.row.id, name, status, detail)
-            ledger.append(
-                conn,
-                actor=dep.row.actor,
-                action=f"{dep.row.kind}.step",
-                environment=dep.row.environment,
-                service=dep.row.service,
-                subject=dep.row.id,
-                payload={"step": name, "status": status, **detail},
-            )
-
-    def finish(self, dep: Deployment, outcome: str, detail: dict[str, Any]) -> None:
-        action = {"succeeded": "finish", "failed": "fail"}.get(outcome, outcome)
-        with self.store.begin() as conn:
-            self.store.add_step(conn, dep.row.id, "finish", outcome, {"outcome": outcome, **detail})
             ledger.append(
                 conn,
                 actor=dep.row.actor,
@@ -74,8 +62,13 @@ class Executor:
                 environment=dep.row.environment,
                 service=dep.row.service,
                 subject=dep.row.id,
-                payload={"release": dep.release.id, "outcome": outcome, **detail},
+                payload=payload if payload is not None else {"step": name, "status": status, **detail},
             )
+
+    def finish(self, dep: Deployment, outcome: str, detail: dict[str, Any]) -> None:
+        action = {"succeeded": "finish", "failed": "fail"}.get(outcome, outcome)
+        self._record(dep, "finish", outcome, {"outcome": outcome, **detail}, action=action,
+                     payload={"release": dep.release.id, "outcome": outcome, **detail})
 
     # ---- applying ----------------------------------------------------------------------
     async def apply(self, dep: Deployment, plan: Plan, emit: Emit) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from ingot.store import InstanceRow, Store
 Key = tuple[str, str]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 SUPERVISE_INTERVAL = 1.0
+log = logging.getLogger("ingot.agent")
 
 
 class Agent:
@@ -62,6 +64,7 @@ class Agent:
         supervisor = asyncio.create_task(self._supervise())
         ledger.record(self.store, actor=self.actor, action="agent.start",
                       payload={"pid": os.getpid(), "version": __version__})
+        log.info("agent %s ready on %s (pid %d)", __version__, sock, os.getpid())
         await self._stopping.wait()
         supervisor.cancel()
         self._server.close()
@@ -97,6 +100,8 @@ class Agent:
             await router.set_backends(release_id, [(r.host, r.port) for r in adopted])
             await router.set_weights({release_id: 100})
             replaced = await self._replace_missing(key, release_id, params, len(adopted))
+            log.info("recovered %s/%s: adopted %d, stopped %d, replaced %d", key[0], key[1], len(adopted),
+                     len(stopped), replaced)
             ledger.record(
                 self.store, actor=self.actor, action="agent.recover", environment=key[0], service=key[1],
                 subject=release_id,
@@ -193,6 +198,7 @@ class Agent:
                               payload={"from": row.from_release, "to": release_id, "plan": plan.as_dict()})
             await send({"event": "plan", "deployment": row.id, "plan": plan.as_dict()})
             dep = Deployment(row=row, release=release, params=params, router=router)
+            log.info("%s %s: %s/%s -> %s (%d steps)", kind, row.id, key[0], key[1], release_id, len(plan.steps))
             if plan.empty:
                 self._activate_params(dep)
             else:
@@ -271,9 +277,11 @@ class Agent:
             result = await self._dispatch(request, send)
             await send({"done": True, "ok": True, **result})
         except IngotError as exc:
+            log.warning("%s", exc.message)
             await send({"done": True, "ok": False, "error": exc.message, "details": exc.details,
                         "exit_code": exc.exit_code})
         except Exception as exc:  # the agent must outlive any one bad request
+            log.exception("request failed")
             await send({"done": True, "ok": False, "error": f"agent error: {type(exc).__name__}: {exc}",
                         "details": [], "exit_code": 1})
         finally:
@@ -324,6 +332,7 @@ def run_agent(paths: StatePaths) -> None:
         from ingot.routers.builtin import install_fast_loop
 
         install_fast_loop()
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         asyncio.run(Agent(paths).run())
     finally:
         with contextlib.suppress(OSError):

@@ -118,6 +118,12 @@ def _deployment(row: Any) -> DeploymentRow:
     )
 
 
+def _activation(row: Any) -> ActivationRow:
+    return ActivationRow(
+        row.environment, row.service, row.release_id, row.deployment_id, json.loads(row.params_json), row.at
+    )
+
+
 def _instance(row: Any) -> InstanceRow:
     return InstanceRow(**{c: getattr(row, c) for c in InstanceRow.__dataclass_fields__})
 
@@ -312,12 +318,7 @@ class Store:
             .order_by(t.activations.c.id)
         )
         with self.engine.connect() as conn:
-            return [
-                ActivationRow(
-                    r.environment, r.service, r.release_id, r.deployment_id, json.loads(r.params_json), r.at
-                )
-                for r in conn.execute(query)
-            ]
+            return [_activation(r) for r in conn.execute(query)]
 
     def current_activation(self, environment: str, service: str) -> ActivationRow | None:
         history = self.activation_history(environment, service)
@@ -332,12 +333,7 @@ class Store:
                 .scalar_subquery()
             )
             rows = conn.execute(select(t.activations).where(t.activations.c.id.in_(newest)))
-            result = [
-                ActivationRow(
-                    r.environment, r.service, r.release_id, r.deployment_id, json.loads(r.params_json), r.at
-                )
-                for r in rows
-            ]
+            result = [_activation(r) for r in rows]
         return [a for a in result if a.release_id is not None]
 
     # instances ----------------------------------------------------------------------------
