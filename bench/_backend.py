@@ -17,7 +17,7 @@ import signal
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is a dev dependency
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 
 def make_response(body: bytes) -> bytes:
@@ -45,9 +45,7 @@ class FixedResponder(asyncio.Protocol):
 async def serve(host: str, port: int, body: bytes) -> None:
     loop = asyncio.get_running_loop()
     response = make_response(body)
-    server = await loop.create_server(
-        lambda: FixedResponder(response), host, port, reuse_address=True, backlog=4096
-    )
+    server = await loop.create_server(lambda: FixedResponder(response), host, port, reuse_address=True, backlog=4096)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

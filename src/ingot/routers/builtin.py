@@ -3,9 +3,10 @@
 Design notes (the why; the what is in the code):
 
 - Protocol-level code (`asyncio.Protocol` + httptools callbacks) instead of streams: a request is a
-  handful of C-parser callbacks and two socket writes, which is what makes ~10k req/s per core
-  possible in Python. Bytes produced while one chunk of input is parsed are collected in a list
-  and written once after the parser returns, so a small request or response costs one send().
+  handful of C-parser callbacks and two socket writes, which is what makes tens of thousands of
+  requests/s on one core possible in Python (bench/router_bench.py). Bytes produced while one
+  chunk of input is parsed are collected in a list and written once after the parser returns,
+  so a small request or response costs one send().
 - Bodies are streamed in both directions as the parser hands them over; nothing buffers a whole
   body. Chunked bodies are re-chunked piece by piece (trailers are dropped, as `Trailer` is
   hop-by-hop here). Back-pressure: a full write buffer on one side pauses reading on the other.
@@ -16,6 +17,12 @@ Design notes (the why; the what is in the code):
 - `Expect: 100-continue` is answered by the router itself (like nginx) and not forwarded.
 - Upgrade/CONNECT are not proxied: such a request is forwarded as a plain request without its
   Upgrade header, and the client connection is closed after the response.
+- `X-Forwarded-For` is appended to; `X-Forwarded-Proto` and `X-Forwarded-Host` are replaced, since
+  the router is the hop that knows what the client connected with.
+- Timeouts: connect (`connect_timeout`), between bytes while waiting on a backend (`read_timeout`,
+  504 before the response started, a cut connection after), idle pooled upstream connections
+  (`upstream_idle_timeout`) and idle client keep-alive connections (`client_idle_timeout`),
+  enforced by one sweeper task every `SWEEP_INTERVAL` rather than a timer per request.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import errno
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -273,8 +281,19 @@ def _nearest_rank(ordered: list[float], q: float) -> float:
 class BuiltinRouter:
     """Weighted HTTP/1.1 reverse proxy; see `ingot.routers.base.Router` for the contract.
 
-    Must be used from one event loop (the one `start()` ran in); mutations are applied at once
-    and atomically with respect to new requests.
+    Must be used from one event loop (the one `start()` ran in); mutations take effect at once
+    and atomically with respect to new requests. Releases and pools survive `stop()`/`start()`.
+
+    - Release choice: smooth weighted round-robin over releases with weight > 0; within a
+      release, the backend with the fewest requests in flight (ties rotate).
+    - A connect failure marks the backend down for `DOWN_FOR` seconds and the request moves to
+      another backend of its release, then of another weighted release (its in-flight count
+      moves with it, so `drain` of the first release does not wait for it).
+    - Counters: a request counts for the release that answered it; a 502 after every candidate
+      failed counts for the release first chosen; 504 and responses cut off by the backend count
+      as 5xx too. Requests whose client went away before the answer are not counted.
+    - `drain` returns as soon as the in-flight count is 0 at some moment; callers move the weight
+      away first. Draining an unknown (or removed) release returns True at once.
     """
 
     def __init__(
@@ -304,6 +323,8 @@ class BuiltinRouter:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
         self._host_header = b""
+        # The loop's clock once started (cheap, and what timers use).
+        self._now: Callable[[], float] = time.monotonic
 
     # ---- Router protocol ---------------------------------------------------------------------
 
@@ -321,6 +342,7 @@ class BuiltinRouter:
         except OSError as exc:
             raise self._bind_error(exc) from None
         self._loop = loop
+        self._now = loop.time
         self._server = server
         self._stopping = False
         # Keep the configured host (callers compare addresses), but report the port actually bound.
@@ -462,10 +484,6 @@ class BuiltinRouter:
                 ex.release = other
                 return b
         return None
-
-    def _now(self) -> float:
-        loop = self._loop
-        return loop.time() if loop is not None else time.monotonic()
 
     # ---- request dispatch --------------------------------------------------------------------
 
@@ -666,9 +684,11 @@ class _Exchange:
         up.reused = reused
         up.got = False
         up.last = self.router._now()
-        if self.client.write_paused:
+        client = self.client
+        if client.write_paused:
             up.pause()
-        self.flush()
+        if not client.feeding:
+            self.flush()  # else the client's data_received does, once with the body parsed so far
 
     def drop_backend(self) -> None:
         b = self.backend
@@ -700,9 +720,11 @@ class _Exchange:
         else:
             wbuf.append(data)
 
-    def response_done(self, up: _Upstream, upstream_keep_alive: bool) -> None:
+    def response_end(self) -> None:
         if self.resp_framing == _F_CHUNKED:
             self.client.wbuf.append(b"0\r\n\r\n")
+
+    def response_done(self, up: _Upstream, upstream_keep_alive: bool) -> None:
         self.up = None
         up.ex = None
         if upstream_keep_alive and self.req_done and self.sent == len(self.out):
@@ -861,6 +883,7 @@ class _Client(asyncio.Protocol):
     __slots__ = (
         "closed",
         "eof",
+        "feeding",
         "head_size",
         "headers",
         "last",
@@ -892,6 +915,7 @@ class _Client(asyncio.Protocol):
         self.write_paused = False
         self.closed = False
         self.eof = False
+        self.feeding = False
         self.lingering = False
         self.upgraded = False
         self.peer = b"unknown"
@@ -917,14 +941,18 @@ class _Client(asyncio.Protocol):
         if self.lingering or self.upgraded:
             return  # discarded: the connection closes once the answer is out
         self.last = self.router._now()
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # Bytes after an Upgrade/CONNECT head are not HTTP: answer the head, then close.
             self.upgraded = True
         except httptools.HttpParserError as exc:
+            self.feeding = False
             self._bad_request(431 if isinstance(exc.__context__, _HeadTooLarge) else 400)
             return
+        finally:
+            self.feeding = False
         queue = self.queue
         if queue:
             queue[0].flush()
@@ -932,9 +960,11 @@ class _Client(asyncio.Protocol):
             self.flush()
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still wait for the answers to what it sent.
         self.eof = True
-        return bool(self.queue) and not self.lingering
+        if self.parsing is not None or self.lingering:
+            return False  # a request cut short can never complete
+        # A half-closed client may still wait for the answers to what it sent.
+        return bool(self.queue)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -1234,6 +1264,7 @@ class _Upstream(asyncio.Protocol):
                 self.head_only = False
                 self.parser = httptools.HttpResponseParser(self)
                 self.msg_done = True
+                ex.response_end()
             elif self.msg_done:
                 self.keep_alive = False  # bytes after a complete response: answer, but never reuse
             else:
@@ -1298,6 +1329,9 @@ class _Upstream(asyncio.Protocol):
             self.informational = False
             return
         self.msg_done = True
+        ex = self.ex
+        if ex is not None:
+            ex.response_end()  # before the flush, so the last chunk shares the write
 
     def _forward_informational(self, ex: _Exchange, status: int) -> None:
         # 100 answers an Expect the router answered itself; HTTP/1.0 clients get no 1xx at all.

@@ -11,8 +11,9 @@ Routes (any method):
 Every response carries `X-Backend: <name>`.
 
 Misbehaviours that routers must survive, all off by default:
-  `close_reused`   closes a keep-alive connection when a second request arrives on it, unanswered
-                   (the race of a backend closing an idle connection as the router reuses it);
+  `close_reused`   probability that a request arriving on a reused keep-alive connection is met
+                   with a close instead of an answer (the race of a backend closing an idle
+                   connection just as the router reuses it);
   `drop_rate`      after a response, closes the connection without announcing it, with this
                    probability (idle keep-alive connections closing under the router's feet).
 """
@@ -20,10 +21,12 @@ Misbehaviours that routers must survive, all off by default:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -55,7 +58,7 @@ class TestBackend:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        close_reused: bool = False,
+        close_reused: float = 0.0,
         drop_rate: float = 0.0,
     ) -> None:
         self.name = name
@@ -67,6 +70,8 @@ class TestBackend:
         self.requests = 0
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
         self._rng = random.Random(name)
 
     @property
@@ -74,6 +79,7 @@ class TestBackend:
         return (self.host, self.port)
 
     async def start(self) -> TestBackend:
+        self._stopping = asyncio.Event()
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
@@ -86,10 +92,17 @@ class TestBackend:
             writer.transport.abort()
         self._writers.clear()
         self._server = None
+        self._stopping.set()  # wakes handlers asleep in /sleep: a killed process answers nothing
+        # Not cancelled: Python 3.11's start_server logs cancelled handlers as errors.
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=2.0)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         conn = h11.Connection(h11.SERVER)
         served = 0
         try:
@@ -97,7 +110,7 @@ class TestBackend:
                 event = await _next_event(conn, reader)
                 if not isinstance(event, h11.Request):
                     break
-                if served and self.close_reused:
+                if served and self.close_reused and self._rng.random() < self.close_reused:
                     break
                 if not await self._handle(conn, event, reader, writer):
                     break
@@ -109,6 +122,8 @@ class TestBackend:
             pass
         finally:
             self._writers.discard(writer)
+            if handler is not None:
+                self._handlers.discard(handler)
             writer.close()
 
     async def _handle(
@@ -131,7 +146,10 @@ class TestBackend:
         if url.path == "/headers":
             body = json.dumps([[k.decode(), v.decode()] for k, v in request.headers]).encode()
         elif url.path == "/sleep":
-            await asyncio.sleep(float(query.get("s", "1")))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), float(query.get("s", "1")))
+            if self._stopping.is_set():
+                return False
         elif url.path == "/status":
             status = int(query.get("code", "200"))
         elif url.path == "/sha256":

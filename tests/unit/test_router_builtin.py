@@ -1,0 +1,537 @@
+"""The builtin router against real sockets on 127.0.0.1: backends are in-process h11 servers.
+
+Every test runs under both the default asyncio loop and uvloop (the agent uses uvloop if present).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from ingot.errors import OperationFailed
+from ingot.routers.base import ReleaseStats, Router
+from ingot.routers.builtin import BuiltinRouter
+from ingot.routers.testing import TestBackend, blob_chunks
+
+T = TypeVar("T")
+
+try:
+    import uvloop
+
+    LOOPS = ["asyncio", "uvloop"]
+except ImportError:  # pragma: no cover
+    uvloop = None
+    LOOPS = ["asyncio"]
+
+
+@pytest.fixture(params=LOOPS)
+def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Coroutine[Any, Any, T]]], T]:
+    """Run an async test body to completion on a fresh loop of the parametrized kind."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" and uvloop else asyncio.new_event_loop
+
+    def runner(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(asyncio.wait_for(body(), 60))
+
+    return runner
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def poll(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def routed(
+    pools: dict[str, list[TestBackend]], weights: dict[str, int], **router_options: Any
+) -> AsyncIterator[tuple[BuiltinRouter, str]]:
+    """Backends started, a router over them with `weights`; yields (router, base URL)."""
+    for pool in pools.values():
+        for backend in pool:
+            await backend.start()
+    router = BuiltinRouter(("127.0.0.1", 0), name="test", **router_options)
+    await router.start()
+    try:
+        for release, pool in pools.items():
+            await router.set_backends(release, [b.address for b in pool])
+        await router.set_weights(weights)
+        host, port = router.listen_address
+        yield router, f"http://{host}:{port}"
+    finally:
+        await router.stop()
+        for pool in pools.values():
+            for backend in pool:
+                await backend.stop()
+
+
+def client(base: str, **options: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base, trust_env=False, timeout=10.0, **options)
+
+
+# ---- raw HTTP, for what httpx will not send -------------------------------------------------------
+
+
+async def raw_connect(router: BuiltinRouter) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(*router.listen_address)
+
+
+async def read_response(reader: asyncio.StreamReader, *, head: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """One response, framed by hand (independently of the router's parser)."""
+    raw = await reader.readuntil(b"\r\n\r\n")
+    lines = raw.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    if status < 200 or head or status in (204, 304):
+        return status, headers, b""
+    if "chunked" in headers.get("transfer-encoding", ""):
+        body = bytearray()
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return status, headers, bytes(body)
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+    if "content-length" in headers:
+        return status, headers, await reader.readexactly(int(headers["content-length"]))
+    return status, headers, await reader.read()
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 2.0) == b""
+    except ConnectionError:
+        return True
+
+
+# ---- weights and release choice ---------------------------------------------------------------------
+
+
+def test_weight_100_0_sends_everything_to_one_release(run: Any) -> None:
+    async def body() -> None:
+        pools = {"A": [TestBackend("A-1")], "B": [TestBackend("B-1")]}
+        async with routed(pools, {"A": 100, "B": 0}) as (_, base), client(base) as http:
+            answers = [await http.get("/") for _ in range(50)]
+        assert {r.status_code for r in answers} == {200}
+        assert {r.headers["x-ingot-release"] for r in answers} == {"A"}
+        assert {r.text for r in answers} == {"A-1"}
+
+    run(body)
+
+
+def test_50_50_splits_evenly(run: Any) -> None:
+    async def body() -> None:
+        pools = {"A": [TestBackend("A-1"), TestBackend("A-2")], "B": [TestBackend("B-1")]}
+        async with routed(pools, {"A": 50, "B": 50}) as (_, base), client(base) as http:
+            seen = Counter([(await http.get("/")).headers["x-ingot-release"] for _ in range(200)])
+        assert abs(seen["A"] - 100) <= 10 and abs(seen["B"] - 100) <= 10, seen
+
+    run(body)
+
+
+def test_uneven_weights_are_respected_and_smooth(run: Any) -> None:
+    async def body() -> None:
+        async with (
+            routed({"A": [TestBackend("A-1")], "B": [TestBackend("B-1")]}, {"A": 3, "B": 1}) as (
+                _,
+                base,
+            ),
+            client(base) as http,
+        ):
+            order = [(await http.get("/")).headers["x-ingot-release"] for _ in range(40)]
+        assert order.count("A") == 30 and order.count("B") == 10
+        assert "BB" not in "".join(order)  # smooth: no bursts of the smaller release
+
+    run(body)
+
+
+def test_no_weighted_release_answers_503(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 0}) as (_, base), client(base) as http:
+            response = await http.get("/")
+        assert response.status_code == 503
+        assert response.headers["content-type"].startswith("text/plain")
+
+    run(body)
+
+
+def test_set_weights_rejects_negative_and_protocol_is_implemented(run: Any) -> None:
+    async def body() -> None:
+        router = BuiltinRouter(("127.0.0.1", 0))
+        assert isinstance(router, Router)
+        with pytest.raises(ValueError, match="integer >= 0"):
+            await router.set_weights({"A": -1})
+        await router.set_weights({"A": 2, "B": 0})
+        assert router.weights() == {"A": 2, "B": 0}
+        await router.set_weights({"B": 1})
+        assert router.weights() == {"A": 0, "B": 1}  # not named: weight 0
+
+    run(body)
+
+
+# ---- streaming and keep-alive -----------------------------------------------------------------------
+
+
+def test_chunked_bodies_stream_intact_both_ways(run: Any) -> None:
+    size = 5 * 1024 * 1024 + 17
+
+    async def upload() -> AsyncIterator[bytes]:
+        for piece in blob_chunks(size, "up"):
+            yield piece
+
+    async def body() -> None:
+        expected_up = hashlib.sha256(b"".join(blob_chunks(size, "up"))).hexdigest()
+        expected_down = hashlib.sha256(b"".join(blob_chunks(size, "down"))).hexdigest()
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (_, base), client(base) as http:
+            sent = await http.post("/sha256", content=upload())
+            assert sent.status_code == 200
+            assert sent.request.headers["transfer-encoding"] == "chunked"
+            assert sent.json() == {"sha256": expected_up, "length": size}
+
+            digest, received = hashlib.sha256(), 0
+            async with http.stream("GET", f"/blob?size={size}&seed=down") as response:
+                assert response.headers["transfer-encoding"] == "chunked"
+                async for piece in response.aiter_raw():
+                    digest.update(piece)
+                    received += len(piece)
+            assert (received, digest.hexdigest()) == (size, expected_down)
+
+            fixed = b"x" * (3 * 1024 * 1024)
+            sent = await http.post("/sha256", content=fixed)  # Content-Length framing
+            assert sent.json() == {"sha256": hashlib.sha256(fixed).hexdigest(), "length": len(fixed)}
+
+    run(body)
+
+
+def test_keep_alive_reuses_upstream_connections(run: Any) -> None:
+    async def body() -> None:
+        backend = TestBackend("A-1")
+        async with routed({"A": [backend]}, {"A": 1}) as (_, base), client(base) as http:
+            for _ in range(100):
+                assert (await http.get("/")).status_code == 200
+        assert backend.requests == 100
+        assert backend.connections <= 2
+
+    run(body)
+
+
+def test_close_delimited_response_is_forwarded_and_client_closed(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, _):
+            reader, writer = await raw_connect(router)
+            writer.write(b"GET /close-delimited HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, headers, payload = await read_response(reader)
+            writer.close()
+        assert (status, payload) == (200, b"A-1")
+        assert headers["connection"] == "close"
+
+    run(body)
+
+
+def test_head_204_and_http10_keep_framing_right(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, _):
+            reader, writer = await raw_connect(router)
+            writer.write(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, headers, _ = await read_response(reader, head=True)
+            assert (status, headers["content-length"]) == (200, "3")
+            writer.write(b"GET /status?code=204 HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, _, payload = await read_response(reader)
+            assert (status, payload) == (204, b"")
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")  # same connection still in sync
+            assert (await read_response(reader))[2] == b"A-1"
+            writer.close()
+
+            reader, writer = await raw_connect(router)
+            writer.write(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            status, headers, payload = await read_response(reader)
+            assert (status, payload, headers["connection"]) == (200, b"A-1", "keep-alive")
+            writer.write(b"GET /blob?size=1000 HTTP/1.0\r\n\r\n")  # chunked upstream, 1.0 client
+            status, headers, payload = await read_response(reader)
+            assert "transfer-encoding" not in headers and len(payload) == 1000
+            assert await closed_by_peer(reader)
+            writer.close()
+
+            reader, writer = await raw_connect(router)
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            status, headers, payload = await read_response(reader)
+            assert (status, payload, headers["connection"]) == (200, b"A-1", "close")
+            assert await closed_by_peer(reader)
+            writer.close()
+
+    run(body)
+
+
+def test_pipelined_requests_are_answered_in_order(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, _):
+            reader, writer = await raw_connect(router)
+            writer.write(
+                b"GET /sleep?s=0.2 HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /sha256 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+                b"GET /headers HTTP/1.1\r\nHost: t\r\n\r\n"
+            )
+            first, second, third = [await read_response(reader) for _ in range(3)]
+            writer.close()
+        assert first[2] == b"A-1"
+        assert json.loads(second[2])["sha256"] == hashlib.sha256(b"abc").hexdigest()
+        assert third[2].startswith(b"[")
+
+    run(body)
+
+
+def test_expect_100_continue_is_answered(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, _):
+            reader, writer = await raw_connect(router)
+            writer.write(b"POST /sha256 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            interim = await read_response(reader)
+            assert interim[0] == 100
+            writer.write(b"hello")
+            status, _, payload = await read_response(reader)
+            writer.close()
+        assert status == 200
+        assert json.loads(payload) == {"sha256": hashlib.sha256(b"hello").hexdigest(), "length": 5}
+
+    run(body)
+
+
+# ---- headers ----------------------------------------------------------------------------------------
+
+
+def test_forwarded_headers_added_and_hop_by_hop_stripped(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, _):
+            reader, writer = await raw_connect(router)
+            writer.write(
+                b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                b"Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n"
+                b"TE: trailers\r\nProxy-Authorization: Basic eA==\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\r\n"
+            )
+            status, response_headers, payload = await read_response(reader)
+            writer.close()
+        assert status == 200
+        assert response_headers["x-ingot-release"] == "A"
+        seen = {name.lower(): value for name, value in json.loads(payload)}
+        assert seen["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+        assert seen["x-forwarded-proto"] == "http"
+        assert seen["x-forwarded-host"] == "shop.example"
+        assert seen["host"] == "shop.example"
+        assert seen["x-kept"] == "yes"
+        for hop in ("x-secret", "keep-alive", "te", "proxy-authorization", "upgrade", "connection"):
+            assert hop not in seen, hop
+
+    run(body)
+
+
+def test_httpx_sees_x_forwarded_for(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (_, base), client(base) as http:
+            seen = dict((await http.get("/headers")).json())
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+
+    run(body)
+
+
+# ---- failures -----------------------------------------------------------------------------------
+
+
+def test_502_when_the_only_backend_is_down(run: Any) -> None:
+    async def body() -> None:
+        async with routed({}, {}) as (router, base), client(base) as http:
+            await router.set_backends("A", [("127.0.0.1", free_port())])
+            await router.set_weights({"A": 1})
+            response = await http.get("/")
+            assert response.status_code == 502
+            assert "Bad Gateway" in response.text
+            assert (await http.get("/")).status_code == 502  # the connection stays usable
+            assert router.stats()["A"].errors_5xx == 2
+
+    run(body)
+
+
+def test_a_down_backend_is_skipped_without_client_errors(run: Any) -> None:
+    async def body() -> None:
+        alive = TestBackend("A-1")
+        async with routed({"A": [alive]}, {"A": 1}) as (router, base), client(base) as http:
+            await router.set_backends("A", [("127.0.0.1", free_port()), alive.address])
+            statuses = [(await http.get("/")).status_code for _ in range(20)]
+        assert statuses == [200] * 20
+        assert alive.requests == 20
+
+    run(body)
+
+
+def test_failover_to_another_weighted_release(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"B": [TestBackend("B-1")]}, {}) as (router, base), client(base) as http:
+            await router.set_backends("A", [("127.0.0.1", free_port())])
+            await router.set_weights({"A": 50, "B": 50})
+            answers = [await http.get("/") for _ in range(20)]
+            assert {r.status_code for r in answers} == {200}
+            assert {r.headers["x-ingot-release"] for r in answers} == {"B"}
+            assert router.stats()["A"].errors_5xx == 0
+
+    run(body)
+
+
+def test_reused_connection_closed_by_the_backend_is_retried(run: Any) -> None:
+    async def body() -> None:
+        # Closes every keep-alive connection when its second request arrives, unanswered.
+        racy = TestBackend("A-1", close_reused=1.0)
+        async with routed({"A": [racy]}, {"A": 1}) as (router, base), client(base) as http:
+            for i in range(10):
+                assert (await http.get("/")).status_code == 200
+                sent = await http.post("/sha256", content=b"payload-%d" % i)
+                assert sent.json()["sha256"] == hashlib.sha256(b"payload-%d" % i).hexdigest()
+            assert router.stats()["A"].errors_5xx == 0
+        assert racy.requests == 20
+        assert racy.connections >= 19  # every reuse failed and was replayed on a fresh connection
+
+    run(body)
+
+
+def test_upstream_read_timeout_answers_504(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}, read_timeout=0.3) as (router, base):
+            async with client(base) as http:
+                response = await http.get("/sleep?s=3")
+            assert response.status_code == 504
+            assert router.stats()["A"].errors_5xx == 1
+
+    run(body)
+
+
+def test_answer_before_the_body_ended_closes_cleanly(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 0}) as (router, _):
+            reader, writer = await raw_connect(router)
+            writer.write(b"POST /sha256 HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+            status, headers, _ = await read_response(reader)
+            assert (status, headers["connection"]) == (503, "close")
+            assert await closed_by_peer(reader)  # shut down at once, while the rest is read and dropped
+            writer.close()
+
+    run(body)
+
+
+def test_garbage_and_huge_heads_are_rejected(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, _):
+            reader, writer = await raw_connect(router)
+            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+            assert (await read_response(reader))[0] == 400
+            writer.close()
+            reader, writer = await raw_connect(router)
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+            assert (await read_response(reader))[0] == 431
+            writer.close()
+
+    run(body)
+
+
+# ---- pools, drain, stats ----------------------------------------------------------------------------
+
+
+def test_set_backends_moves_new_requests_to_the_new_pool(run: Any) -> None:
+    async def body() -> None:
+        old, new = TestBackend("A-old"), TestBackend("A-new")
+        await new.start()
+        try:
+            async with routed({"A": [old]}, {"A": 1}) as (router, base), client(base) as http:
+                assert (await http.get("/")).text == "A-old"
+                await router.set_backends("A", [new.address])
+                assert {(await http.get("/")).text for _ in range(10)} == {"A-new"}
+        finally:
+            await new.stop()
+
+    run(body)
+
+
+def test_drain_waits_for_a_slow_request_that_still_succeeds(run: Any) -> None:
+    async def body() -> None:
+        pools = {"A": [TestBackend("A-1")], "B": [TestBackend("B-1")]}
+        async with routed(pools, {"A": 100, "B": 0}) as (router, base), client(base) as http:
+            slow = asyncio.create_task(http.get("/sleep?s=1"))
+            await poll(lambda: router.stats()["A"].in_flight == 1, what="the slow request in flight")
+            await router.set_weights({"A": 0, "B": 100})
+            assert (await http.get("/")).headers["x-ingot-release"] == "B"
+            assert await router.drain("A", timeout=0.05) is False
+            started = time.monotonic()
+            assert await router.drain("A", timeout=5) is True
+            assert time.monotonic() - started > 0.5
+            response = await slow
+            assert response.status_code == 200
+            assert response.headers["x-ingot-release"] == "A"
+            assert await router.drain("A", timeout=0.01) is True  # idle: returns at once
+            await router.remove_release("A")
+            assert "A" not in router.stats() and "A" not in router.weights()
+
+    run(body)
+
+
+def test_stats_count_requests_and_5xx_per_release(run: Any) -> None:
+    async def body() -> None:
+        pools = {"A": [TestBackend("A-1")], "B": [TestBackend("B-1")]}
+        async with routed(pools, {"A": 1, "B": 1}) as (router, base), client(base) as http:
+            for i in range(20):
+                await http.get("/status?code=503" if i % 4 == 0 else "/")
+            stats = router.stats()
+        assert stats["A"].requests + stats["B"].requests == 20
+        assert stats["A"].errors_5xx + stats["B"].errors_5xx == 5
+        for s in stats.values():
+            assert s.in_flight == 0
+            assert 0 < s.p50_ms <= s.p99_ms
+            assert s.mean_ms > 0
+        assert set(stats["A"].as_dict()) == {"requests", "errors_5xx", "in_flight", "p50_ms", "p99_ms", "mean_ms"}
+        assert ReleaseStats().as_dict()["p99_ms"] == 0.0
+
+    run(body)
+
+
+# ---- lifecycle ----------------------------------------------------------------------------------
+
+
+def test_address_in_use_is_an_operation_failure_and_restart_rebinds(run: Any) -> None:
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, base):
+            host, port = router.listen_address
+            async with client(base) as http:
+                assert (await http.get("/")).status_code == 200
+            other = BuiltinRouter((host, port), name="web/prod")
+            with pytest.raises(OperationFailed, match=rf"{host}:{port}.*already in use"):
+                await other.start()
+            idle_reader, idle_writer = await raw_connect(router)
+            await router.stop()
+            assert await closed_by_peer(idle_reader)  # stop closes client connections too
+            idle_writer.close()
+            # Same address right away, though the old connections may sit in TIME_WAIT.
+            again = BuiltinRouter((host, port))
+            await again.start()
+            await again.set_backends("A", [("127.0.0.1", free_port())])
+            await again.stop()
+
+    run(body)
