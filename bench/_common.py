@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,7 +22,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# Off a terminal (CI logs, redirects) keep whole columns instead of truncating to 80.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 _DURATION = re.compile(r"^([\d.]+)(us|ms|s|m|h)$")
