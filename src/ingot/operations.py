@@ -13,7 +13,7 @@ from ingot.agent.client import AgentClient, AgentUnavailable, agent_pid, ensure_
 from ingot.artifacts import BuildResult, build_artifact, cached_build
 from ingot.canonical import content_digest
 from ingot.deploy_params import DeployParams, HealthPolicy
-from ingot.errors import OperationFailed, UserInputError
+from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.plan import Target, plan_for
 from ingot.project import Project
 from ingot.releases import load_or_create_key, new_release, public_key_text, verify_release
@@ -65,7 +65,12 @@ def build(project: Project, environment: str, name: str, on_output: OnOutput | N
     service = project.spec.service_for(environment, name)
     _check_supported(project, environment, name, service)
     context = _context(project, service)
-    result = build_artifact(project.artifacts, context, on_output=on_output)
+    try:
+        result = build_artifact(project.artifacts, context, on_output=on_output)
+    except IngotError as exc:
+        ledger.record(project.store, actor=current_actor(), action="build.fail", environment=environment,
+                      service=name, payload={"context": str(context), "error": exc.message, "details": exc.details})
+        raise
     project.store.record_artifact(result.digest, name, result.input_key)
     ledger.record(project.store, actor=current_actor(), action="build", environment=environment, service=name,
                   subject=result.digest,
@@ -227,7 +232,8 @@ def _offline_services(project: Project) -> list[dict[str, Any]]:
         for row in project.store.live_instances(activation.environment, activation.service):
             alive = runtime.observe(row).alive
             instances.append({"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port,
-                              "state": row.state if alive else "exited", "started_at": row.started_at})
+                              "state": row.state if alive else "exited", "health": "unknown (agent not running)",
+                              "started_at": row.started_at})
         services.append({"environment": activation.environment, "service": activation.service,
                          "release": activation.release_id, "url": f"http://{activation.params['listen']}/",
                          "instances": instances, "router": {"listening": False, "weights": {}, "stats": {}}})

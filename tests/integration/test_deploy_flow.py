@@ -175,3 +175,39 @@ def test_tampered_release_fails_audit_verify(example: ExampleProject) -> None:
     db.close()
     result = example.ingot("audit", "verify")
     assert result.code == 1 and "release" in result.err and "spec snapshot" in result.err
+
+
+def test_agent_killed_mid_deploy_loses_nothing(example: ExampleProject) -> None:
+    import subprocess
+    import sys
+
+    example.ingot("deploy", check=True)
+    good = example.get()["release"]
+    app = example.root / "app.py"
+    app.write_text(app.read_text().replace(
+        'if self.path == "/healthz":\n            self._send(200, b"ok\\n", "text/plain")',
+        'if self.path == "/healthz":\n            self._send(503, b"warming up\\n", "text/plain")'))
+    agent_pid = example.ingot("status", "--json", check=True).json["agent"]["pid"]
+    deploying = subprocess.Popen([sys.executable, "-m", "ingot", "deploy"], cwd=example.root,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        poll(lambda: any(h["outcome"] == "running" for h in example.ingot("history", "--json").json),
+             timeout=60, what="the deploy to be under way")
+        poll(lambda: len(example.ingot("status", "--json").json["services"][0]["instances"]) == 4,
+             timeout=30, what="the new instances to start")
+        os.kill(agent_pid, 9)
+    finally:
+        deploying.wait(timeout=30)
+    assert deploying.returncode == 1  # the CLI says the agent went away, not that all is well
+
+    example.ingot("agent", check=True)
+    poll(lambda: example.get()["release"] == good, timeout=30, what="the old release serving again")
+    history = example.ingot("history", "--json", check=True).json
+    assert history[0]["outcome"] == "interrupted" and history[0]["release"] != good
+    status = poll(lambda: (s := example.ingot("status", "--json").json)
+                  and len(s["services"][0]["instances"]) == 2 and s, timeout=30, what="leftovers stopped")
+    assert {i["release"] for i in status["services"][0]["instances"]} == {good}
+    assert all(i["health"] == "healthy" for i in status["services"][0]["instances"])
+    actions = [e["action"] for e in example.ingot("audit", "log", "--json", "--limit", "1000").json]
+    assert "deploy.interrupted" in actions
+    assert "ledger intact" in example.ingot("audit", "verify", check=True).out

@@ -14,15 +14,19 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
+
+import httpx
 
 from ingot import __version__, ledger
 from ingot.actor import current_actor
 from ingot.agent.protocol import decode, encode
 from ingot.artifacts import ArtifactStore
-from ingot.deploy_params import DeployParams
+from ingot.deploy_params import DeployParams, HealthPolicy
 from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.executor import Deployment, Executor
+from ingot.health import probe
 from ingot.paths import StatePaths
 from ingot.plan import Target, plan_for
 from ingot.routers.base import Router
@@ -242,17 +246,19 @@ class Agent:
             self._stopping.set()
         return {"stopped": stopped, "agent_stopping": not remaining}
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         services = []
         for activation in self.store.active_services():
             key = (activation.environment, activation.service)
             router = self.routers.get(key)
-            instances = []
-            for row in self.store.live_instances(*key):
-                observed = self.runtime.observe(row)
-                instances.append({"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port,
-                                  "state": row.state if observed.alive else "exited",
-                                  "started_at": row.started_at})
+            policy = DeployParams.from_dict(activation.params).health
+            rows = self.store.live_instances(*key)
+            health = await asyncio.gather(*(self._health_of(row, policy) for row in rows))
+            instances = [
+                {"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port, "state": state,
+                 "health": verdict, "started_at": row.started_at}
+                for row, (state, verdict) in zip(rows, health, strict=True)
+            ]
             services.append({
                 "environment": key[0], "service": key[1], "release": activation.release_id,
                 "url": f"http://{activation.params['listen']}/", "instances": instances,
@@ -261,6 +267,14 @@ class Agent:
                            "stats": {k: v.as_dict() for k, v in router.stats().items()} if router else {}},
             })
         return {"agent": {"pid": os.getpid(), "version": __version__}, "services": services}
+
+    async def _health_of(self, row: InstanceRow, policy: HealthPolicy) -> tuple[str, str]:
+        """The instance's state and one live probe of its health path, as evidence for `ingot status`."""
+        if not self.runtime.observe(row).alive:
+            return "exited", "not running"
+        async with httpx.AsyncClient(trust_env=False) as client:
+            result = await probe(client, row.host, row.port, replace(policy, timeout=min(policy.timeout, 2.0)))
+        return row.state, ("healthy" if result.ok else f"unhealthy: {result.detail}")
 
     # ---- protocol ----------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -293,7 +307,7 @@ class Agent:
         if op == "ping":
             return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root)}
         if op == "status":
-            return self.status()
+            return await self.status()
         if op == "deploy":
             key = (str(request["environment"]), str(request["service"]))
             params = DeployParams.from_dict(request["params"])

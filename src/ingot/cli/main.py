@@ -58,7 +58,8 @@ def guarded(action: Callable[[], T]) -> T:
             errors.print(f"  {line}", markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        errors.print("interrupted")
+        errors.print("interrupted: an operation already handed to the agent goes on there; "
+                     "see 'ingot status' and 'ingot history'")
         raise typer.Exit(130) from None
 
 
@@ -200,11 +201,16 @@ def status(file: SpecFile = Path("ingot.yaml"), env: Env = None, as_json: AsJson
         table.add_column(column)
     for item in report["services"]:
         stats = item["router"]["stats"].get(item["release"] or "", {})
-        healthy = sum(1 for i in item["instances"] if i["state"] == "running")
+        healthy = sum(1 for i in item["instances"] if i["health"] == "healthy")
         table.add_row(item["environment"], item["service"], item["release"] or "-", item["url"],
-                      f"{healthy}/{len(item['instances'])} running", str(stats.get("requests", "-")),
+                      f"{healthy}/{len(item['instances'])} healthy", str(stats.get("requests", "-")),
                       str(stats.get("errors_5xx", "-")), f"{stats['p99_ms']:.1f}" if stats else "-")
     console.print(table)
+    for item in report["services"]:
+        for instance in item["instances"]:
+            if instance["health"] != "healthy":
+                console.print(f"  {item['service']}/{instance['id']} (pid {instance['pid']}, port "
+                              f"{instance['port']}): {instance['state']}, {instance['health']}")
 
 
 @app.command()
