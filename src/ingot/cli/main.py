@@ -27,22 +27,26 @@ app = typer.Typer(
 audit_app = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-SpecFile = Annotated[Path, typer.Option("--file", "-f", help="Spec file.", envvar="INGOT_FILE")]
+SpecFile = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")]
 Env = Annotated[str | None, typer.Option("--env", "-e", help="Environment (default: the spec's first).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Service = Annotated[str | None, typer.Option("--service", "-s", help="Only this service.")]
 
-_state_override: dict[str, Path | None] = {"state": None}
+# Options given before the command (`ingot -f x.yaml --env prod deploy`) apply when the command's own
+# options are not given, so both orders work.
+_global: dict[str, Any] = {"state": None, "file": None, "env": None}
 T = TypeVar("T")
 
 
 @app.callback(invoke_without_command=True)
 def main(
+    file: SpecFile = None,
+    env: Env = None,
     state: Annotated[Path | None, typer.Option("--state", help="State directory (default: .ingot beside "
                                                 "the spec, or $INGOT_HOME).")] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
-    _state_override["state"] = state
+    _global.update(state=state, file=file, env=env)
     if version:
         console.print(f"ingot {__version__}")
         raise typer.Exit(0)
@@ -63,12 +67,20 @@ def guarded(action: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
-def project_for(spec_file: Path) -> Project:
-    return guarded(lambda: open_project(spec_file, _state_override["state"]))
+def spec_path(file: Path | None) -> Path:
+    return file or _global["file"] or Path(os.environ.get("INGOT_FILE", "ingot.yaml"))
+
+
+def env_name(env: str | None) -> str | None:
+    return env or _global["env"]
+
+
+def project_for(file: Path | None) -> Project:
+    return guarded(lambda: open_project(spec_path(file), _global["state"]))
 
 
 @app.command()
-def validate(file: SpecFile = Path("ingot.yaml"), as_json: AsJson = False) -> None:
+def validate(file: SpecFile = None, as_json: AsJson = False) -> None:
     """Check the spec; print problems as FILE:LINE: key: what is wrong."""
     project = project_for(file)
     spec = project.spec
@@ -90,10 +102,10 @@ def schema() -> None:
 
 @app.command()
 def build(service: Annotated[str | None, typer.Argument(help="Service to build (default: all).")] = None,
-          file: SpecFile = Path("ingot.yaml"), env: Env = None, as_json: AsJson = False) -> None:
+          file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Build immutable artifacts (reused when the input is unchanged)."""
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env))
+    environment = guarded(lambda: project.environment(env_name(env)))
     results = []
     for name in guarded(lambda: project.services(service)):
         result = guarded(lambda n=name: operations.build(project, environment, n,  # type: ignore[misc]
@@ -112,11 +124,11 @@ def _pip_line(line: str) -> None:
 
 
 @app.command()
-def deploy(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service = None,
+def deploy(file: SpecFile = None, env: Env = None, service: Service = None,
            as_json: AsJson = False) -> None:
     """Build, release and deploy: fresh instances, health gate, traffic switch, drain, retire the old."""
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env))
+    environment = guarded(lambda: project.environment(env_name(env)))
     names = guarded(lambda: project.services(service))
     with Progress() as progress:
         outcomes = guarded(lambda: operations.deploy(
@@ -135,13 +147,13 @@ def deploy(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Servic
 
 
 @app.command()
-def rollback(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service = None,
+def rollback(file: SpecFile = None, env: Env = None, service: Service = None,
              to: Annotated[str | None, typer.Option("--to", help="Release id (or prefix); default: the "
                                                     "previous release.")] = None,
              as_json: AsJson = False) -> None:
     """Go back to the previous release (or --to any earlier one), through the same health gate."""
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env))
+    environment = guarded(lambda: project.environment(env_name(env)))
     names = guarded(lambda: project.services(service))
     if len(names) > 1 and to:
         errors.print("error: --to needs --service when the spec has several services")
@@ -163,11 +175,11 @@ def rollback(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Serv
 
 
 @app.command()
-def plan(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service = None,
+def plan(file: SpecFile = None, env: Env = None, service: Service = None,
          as_json: AsJson = False) -> None:
     """Print the steps a deploy would take, without doing anything."""
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env))
+    environment = guarded(lambda: project.environment(env_name(env)))
     plans = guarded(lambda: operations.plan(project, environment, guarded(lambda: project.services(service))))
     if as_json:
         print_json(plans)
@@ -182,10 +194,10 @@ def plan(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service 
 
 
 @app.command()
-def status(file: SpecFile = Path("ingot.yaml"), env: Env = None, as_json: AsJson = False) -> None:
+def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Per service: live release, instances, health, router URL."""
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env)) if env else None
+    environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
     report = guarded(lambda: operations.status(project, environment))
     if as_json:
         print_json(report)
@@ -214,12 +226,12 @@ def status(file: SpecFile = Path("ingot.yaml"), env: Env = None, as_json: AsJson
 
 
 @app.command()
-def history(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service = None,
+def history(file: SpecFile = None, env: Env = None, service: Service = None,
             limit: Annotated[int, typer.Option(help="How many deployments.")] = 30,
             as_json: AsJson = False) -> None:
     """Deployments newest first: release, commit, artifact, who, when, outcome."""
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env))
+    environment = guarded(lambda: project.environment(env_name(env)))
     rows = guarded(lambda: operations.history(project, environment, service, limit))
     if as_json:
         print_json(rows)
@@ -237,11 +249,11 @@ def history(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Servi
 
 
 @app.command()
-def logs(service: Annotated[str, typer.Argument(help="Service.")], file: SpecFile = Path("ingot.yaml"),
+def logs(service: Annotated[str, typer.Argument(help="Service.")], file: SpecFile = None,
          env: Env = None, lines: Annotated[int, typer.Option("--lines", "-n")] = 50) -> None:
     """The last lines of each running instance's log."""
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env))
+    environment = guarded(lambda: project.environment(env_name(env)))
     guarded(lambda: project.services(service))
     for instance, text in guarded(lambda: operations.logs(project, environment, service, lines)):
         console.print(f"==> {instance} <==", style="bold")
@@ -250,10 +262,10 @@ def logs(service: Annotated[str, typer.Argument(help="Service.")], file: SpecFil
 
 
 @app.command()
-def down(file: SpecFile = Path("ingot.yaml"), env: Env = None, as_json: AsJson = False) -> None:
+def down(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Stop instances and routers (of one environment, or all) and the agent when nothing is left."""
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env)) if env else None
+    environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
     result = guarded(lambda: operations.down(project, environment))
     if as_json:
         print_json(result)
@@ -263,13 +275,13 @@ def down(file: SpecFile = Path("ingot.yaml"), env: Env = None, as_json: AsJson =
 
 @app.command()
 def agent(foreground: Annotated[bool, typer.Option("--foreground", help="Run attached to this terminal.")] = False,
-          file: SpecFile = Path("ingot.yaml")) -> None:
+          file: SpecFile = None) -> None:
     """The long-running process that owns instances and routers (started on demand by other commands)."""
     from ingot.agent.client import ensure_agent
     from ingot.agent.server import run_agent
     from ingot.paths import StatePaths
 
-    state = _state_override["state"]
+    state = _global["state"]
     paths = StatePaths(state.resolve()) if state is not None else project_for(file).paths
     if foreground:
         guarded(lambda: run_agent(paths))
@@ -279,12 +291,12 @@ def agent(foreground: Annotated[bool, typer.Option("--foreground", help="Run att
 
 
 @audit_app.command("log")
-def audit_log(file: SpecFile = Path("ingot.yaml"), env: Env = None, service: Service = None,
+def audit_log(file: SpecFile = None, env: Env = None, service: Service = None,
               limit: Annotated[int, typer.Option(help="Show the last N entries.")] = 50,
               as_json: AsJson = False) -> None:
     """The ledger: who did what, when, with the evidence."""
     project = project_for(file)
-    entries = guarded(lambda: ledger.entries(project.store, environment=env, service=service))[-limit:]
+    entries = guarded(lambda: ledger.entries(project.store, environment=env_name(env), service=service))[-limit:]
     if as_json:
         print_json([e.as_dict() for e in entries])
         return
@@ -303,7 +315,7 @@ def _summary(payload: dict[str, Any]) -> str:
 
 
 @audit_app.command("verify")
-def audit_verify(file: SpecFile = Path("ingot.yaml"), as_json: AsJson = False) -> None:
+def audit_verify(file: SpecFile = None, as_json: AsJson = False) -> None:
     """Check the ledger's hash chain and every release signature; exit 1 naming the first bad entry."""
     project = project_for(file)
     report = guarded(lambda: operations.audit_verify(project))
