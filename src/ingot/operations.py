@@ -48,6 +48,8 @@ def _check_supported(project: Project, environment: str, name: str, service: Ser
         raise UserInputError(f"{where}: runtime {service.runtime!r} is not available yet; use 'process'")
     if service.router.kind != "builtin":
         raise UserInputError(f"{where}: router kind {service.router.kind!r} is not available yet; use 'builtin'")
+    if service.strategy.type != "blue-green":
+        raise UserInputError(f"{where}: strategy {service.strategy.type!r} is not available yet; use 'blue-green'")
     if service.config or service.secrets:
         raise UserInputError(f"{where}: config and secrets keys need the config store, which is not "
                              "available yet; put plain values under env")

@@ -82,3 +82,22 @@ def test_rollback_with_nothing_deployed_is_bad_input(tmp_path: Path) -> None:
     result = ingot(tmp_path, "rollback")
     assert result.returncode == 2
     assert "no earlier release" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("    strategy: {type: canary, steps: [{weight: 10}]}\n", "strategy 'canary' is not available yet"),
+        ("    config: [FEATURE_FLAG]\n", "config and secrets keys need the config store"),
+        ("    router: {listen: \"127.0.0.1:18080\", kind: haproxy}\n", "router kind 'haproxy' is not available yet"),
+    ],
+)
+def test_features_of_later_versions_are_refused_before_anything_runs(tmp_path: Path, override: str,
+                                                                    expected: str) -> None:
+    spec = GOOD.replace('    router: {listen: "127.0.0.1:18080"}\n', "") .replace(
+        "    command: [python, app.py]\n", "    command: [python, app.py]\n" + override)
+    (tmp_path / "ingot.yaml").write_text(spec)
+    assert ingot(tmp_path, "validate").returncode == 0  # valid spec, just not deployable yet
+    result = ingot(tmp_path, "deploy")
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert not (tmp_path / ".ingot" / "agent.pid").exists()

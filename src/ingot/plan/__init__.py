@@ -5,7 +5,9 @@ from ingot.plan.model import Plan, ServiceState, Step, Target
 
 
 def plan_for(strategy: str, state: ServiceState, target: Target) -> Plan:
-    # Canary and rolling arrive with progressive delivery; until then they deploy blue-green and say so.
+    # Canary and rolling arrive with progressive delivery; operations refuse them before planning.
+    if strategy != "blue-green":
+        raise ValueError(f"no planner for strategy {strategy!r}")
     return plan_blue_green(state, target)
 
 
