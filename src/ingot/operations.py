@@ -63,12 +63,21 @@ def _context(project: Project, service: ServiceSpec) -> Path:
     return (project.spec.root_dir / (service.build or ".")).resolve()
 
 
+def _spec_exclusion(project: Project, context: Path) -> list[str]:
+    """The spec is desired state, not part of what runs: editing replicas must not rebuild the artifact."""
+    try:
+        return ["/" + project.spec.path.resolve().relative_to(context).as_posix()]
+    except ValueError:
+        return []
+
+
 def build(project: Project, environment: str, name: str, on_output: OnOutput | None = None) -> BuildResult:
     service = project.spec.service_for(environment, name)
     _check_supported(project, environment, name, service)
     context = _context(project, service)
     try:
-        result = build_artifact(project.artifacts, context, on_output=on_output)
+        result = build_artifact(project.artifacts, context, on_output=on_output,
+                                exclude=_spec_exclusion(project, context))
     except IngotError as exc:
         ledger.record(project.store, actor=current_actor(), action="build.fail", environment=environment,
                       service=name, payload={"context": str(context), "error": exc.message, "details": exc.details})
@@ -183,7 +192,8 @@ def plan(project: Project, environment: str, names: list[str]) -> list[dict[str,
     for name in names:
         service = project.spec.service_for(environment, name)
         params = deploy_params(service)
-        digest = cached_build(project.artifacts, _context(project, service))
+        context = _context(project, service)
+        digest = cached_build(project.artifacts, context, exclude=_spec_exclusion(project, context))
         release_id = None
         if digest:
             release_id = make_release_id(project.spec.project, name, digest, content_digest(EMPTY_CONFIG),

@@ -61,3 +61,53 @@ def test_state_directory_from_ingot_home_and_flag(example: ExampleProject, tmp_p
     assert status["services"][0]["release"] == example.get()["release"]
     example.ingot("--state", str(home), "down", check=True)
     assert example.ingot("--state", str(home), "status", "--json", check=True).json["services"] == []
+
+
+def test_router_address_change_moves_the_service_and_a_failed_one_changes_nothing(example: ExampleProject) -> None:
+    import httpx
+
+    from tests.support.harness import free_port
+
+    example.ingot("deploy", check=True)
+    release = example.get()["release"]
+    spec = example.root / "ingot.yaml"
+    original = spec.read_text()
+    # A deploy to a new address whose release fails its gate: the old address keeps serving.
+    new_port = free_port()
+    broken = original.replace(f"127.0.0.1:{example.port}", f"127.0.0.1:{new_port}")
+    spec.write_text(broken.replace("deadline: 30s", "deadline: 1s").replace("command: [python, app.py]",
+                                                                           "command: [python, missing.py]"))
+    assert example.ingot("deploy").code == 1
+    assert example.get()["release"] == release
+    try:
+        httpx.get(f"http://127.0.0.1:{new_port}/", timeout=2, trust_env=False)
+        raise AssertionError("the failed deploy's router still listens")
+    except httpx.ConnectError:
+        pass
+    # The same release moved to a new address: no new release, the new address serves it.
+    spec.write_text(broken)
+    moved = example.ingot("deploy", check=True)
+    assert f"127.0.0.1:{new_port}" in moved.out
+    answer = httpx.get(f"http://127.0.0.1:{new_port}/", timeout=5, trust_env=False).json()
+    assert answer["release"] == release
+    try:
+        httpx.get(example.url, timeout=2, trust_env=False)
+        raise AssertionError("the old address still listens after the move")
+    except httpx.ConnectError:
+        pass
+
+
+def test_changing_replicas_scales_the_same_release(example: ExampleProject) -> None:
+    example.ingot("deploy", check=True)
+    release = example.get()["release"]
+    spec = example.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("replicas: 2", "replicas: 3"))
+    plan = example.ingot("plan", "--json", check=True).json[0]
+    assert plan["release"] == release and not plan["needs_build"]
+    assert [s["kind"] for s in plan["steps"]] == ["start", "wait_healthy", "route"]
+    assert plan["steps"][0]["count"] == 1
+    scaled = example.ingot("deploy", check=True)
+    assert f"release {release} (already exists)" in scaled.out
+    instances = example.ingot("status", "--json", check=True).json["services"][0]["instances"]
+    assert len(instances) == 3 and {i["release"] for i in instances} == {release}
+    assert example.ingot("plan", "--json", check=True).json[0]["steps"] == []

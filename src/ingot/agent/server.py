@@ -80,16 +80,29 @@ class Agent:
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
-    async def router_for(self, key: Key, params: DeployParams) -> Router:
+    async def router_at(self, key: Key, params: DeployParams) -> Router:
+        """The service's router if it listens where `params` say, else a new one, started but not adopted.
+
+        A new one is primed with the release that serves now, so that the new address answers at once
+        and a failed deploy can drop it while the old router goes on serving.
+        """
         router = self.routers.get(key)
         if router is not None and router.listen_address == params.listen:
             return router
         fresh = BuiltinRouter(params.listen, name=f"{key[0]}/{key[1]}")
         await fresh.start()
-        if router is not None:
-            await router.stop()
-        self.routers[key] = fresh
+        current = self.store.current_activation(*key)
+        if current is not None and current.release_id:
+            await self._refresh_pool(key, current.release_id, fresh)
+            await fresh.set_weights({current.release_id: 100})
         return fresh
+
+    async def adopt_router(self, key: Key, router: Router) -> None:
+        """Make `router` the service's router, retiring the one it replaces."""
+        previous = self.routers.get(key)
+        self.routers[key] = router
+        if previous is not None and previous is not router:
+            await previous.stop()
 
     # ---- recovery after a restart -------------------------------------------------------
     async def recover(self) -> None:
@@ -99,7 +112,8 @@ class Agent:
             params = DeployParams.from_dict(activation.params)
             release_id = activation.release_id
             assert release_id is not None
-            router = await self.router_for(key, params)
+            router = await self.router_at(key, params)
+            await self.adopt_router(key, router)
             adopted, stopped = await self._adopt(key, release_id, params)
             await router.set_backends(release_id, [(r.host, r.port) for r in adopted])
             await router.set_weights({release_id: 100})
@@ -164,8 +178,8 @@ class Agent:
                 )
                 await self._refresh_pool((row.environment, row.service), row.release_id)
 
-    async def _refresh_pool(self, key: Key, release_id: str) -> None:
-        router = self.routers.get(key)
+    async def _refresh_pool(self, key: Key, release_id: str, router: Router | None = None) -> None:
+        router = router or self.routers.get(key)
         if router is None:
             return
         running = [(r.host, r.port) for r in self.store.live_instances(*key)
@@ -190,7 +204,7 @@ class Agent:
                 return {"nothing_to_do": True, "plan": plan.as_dict()}
             if dry_run:
                 return {"plan": plan.as_dict()}
-            router = await self.router_for(key, params)
+            router = await self.router_at(key, params)
             with self.store.begin() as conn:
                 row = self.store.create_deployment(
                     conn, environment=key[0], service=key[1], kind=kind,
@@ -203,10 +217,16 @@ class Agent:
             await send({"event": "plan", "deployment": row.id, "plan": plan.as_dict()})
             dep = Deployment(row=row, release=release, params=params, router=router)
             log.info("%s %s: %s/%s -> %s (%d steps)", kind, row.id, key[0], key[1], release_id, len(plan.steps))
-            if plan.empty:
-                self._activate_params(dep)
-            else:
-                await self.executor.apply(dep, plan, send)
+            try:
+                if plan.empty:
+                    self._activate_params(dep)
+                else:
+                    await self.executor.apply(dep, plan, send)
+            except BaseException:
+                if router is not self.routers.get(key):
+                    await router.stop()
+                raise
+            await self.adopt_router(key, router)
             return {"deployment": row.id, "release": release_id,
                     "url": f"http://{params.listen[0]}:{params.listen[1]}/"}
 

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,11 +53,15 @@ def build_artifact(
     *,
     on_output: OutputFn | None = None,
     python: str = sys.executable,
+    exclude: Iterable[str] = (),
 ) -> BuildResult:
-    """Build `context` into `store`, or reuse the artifact already built from the same input."""
+    """Build `context` into `store`, or reuse the artifact already built from the same input.
+
+    `exclude` adds ignore patterns on top of `.ingotignore` (the spec file, for one).
+    """
     if not context.is_dir():
         raise UserInputError(f"build context {context} does not exist or is not a directory")
-    listing = file_listing(context, ignore=IgnoreRules.from_context(context).is_ignored)
+    listing = file_listing(context, ignore=IgnoreRules.from_context(context, exclude).is_ignored)
     key = input_key(listing_digest(listing), interpreter_tag(python))
 
     cached = store.lookup_input(key)
@@ -78,11 +82,12 @@ def build_artifact(
     return _result(store, digest, key, reused=False)
 
 
-def cached_build(store: ArtifactStore, context: Path, python: str = sys.executable) -> str | None:
+def cached_build(store: ArtifactStore, context: Path, python: str = sys.executable,
+                 exclude: Iterable[str] = ()) -> str | None:
     """The digest an unchanged `context` already built to, or None if a build is needed."""
     if not context.is_dir():
         return None
-    listing = file_listing(context, ignore=IgnoreRules.from_context(context).is_ignored)
+    listing = file_listing(context, ignore=IgnoreRules.from_context(context, exclude).is_ignored)
     cached = store.lookup_input(input_key(listing_digest(listing), interpreter_tag(python)))
     return cached if cached is not None and store.has(cached) else None
 

@@ -34,17 +34,17 @@ class IgnoreRules:
         self._spec = pathspec.GitIgnoreSpec.from_lines(self.patterns)
 
     @classmethod
-    def from_context(cls, context: Path) -> IgnoreRules:
-        """The rules of `context/.ingotignore`, or only the built-in ones if there is none."""
+    def from_context(cls, context: Path, extra: Iterable[str] = ()) -> IgnoreRules:
+        """The rules of `context/.ingotignore` (or only the built-in ones if there is none) plus `extra`."""
         path = context / IGNORE_FILE
         if not path.is_file():
-            return cls()
+            return cls(extra)
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as exc:
             raise UserInputError(f"{path}: not valid UTF-8 ({exc.reason})") from exc
         _check_lines(path, lines)
-        return cls(lines)
+        return cls([*lines, *extra])
 
     def is_ignored(self, rel_path: str, is_dir: bool) -> bool:
         """True if the entry at `rel_path` (relative POSIX path) is left out of the artifact."""
