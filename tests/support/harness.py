@@ -120,8 +120,20 @@ def load(url: str, tmp: Path, connections: int = 4) -> Iterator[dict[str, Any]]:
 
 
 def stop_everything(project: ExampleProject) -> None:
-    """Leave nothing running after a test, whatever state it failed in."""
+    """Leave nothing running after a test, whatever state it failed in (even with a broken agent)."""
     project.ingot("down", timeout=60)
     pid_file = project.state / "agent.pid"
     with contextlib.suppress(OSError, ValueError):
         os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+    db = project.state / "state.db"
+    if not db.exists():
+        return
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        pids = [row[0] for row in conn.execute("SELECT pid FROM instances WHERE pid IS NOT NULL")]
+    for pid in pids:
+        # Only a process that still runs from this project's artifact store is ours to kill.
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/cwd").startswith(str(project.state)):
+                os.killpg(pid, signal.SIGKILL)
