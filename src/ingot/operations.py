@@ -264,11 +264,33 @@ def down(project: Project, environment: str | None) -> dict[str, Any]:
     if not client.alive():
         if agent_pid(project.paths) is None and not project.store.live_instances():
             return {"stopped": [], "agent_was_running": False}
-        client = ensure_agent(project.paths)
+        try:
+            client = ensure_agent(project.paths)
+        except OperationFailed:
+            return _down_without_agent(project, environment)
     result = client.call("down", environment=environment, actor=current_actor())
     if result.get("agent_stopping"):
         wait_for_exit(project.paths)
     return {"stopped": result.get("stopped", []), "agent_was_running": True}
+
+
+def _down_without_agent(project: Project, environment: str | None) -> dict[str, Any]:
+    """When the agent cannot start, `down` still leaves nothing running: it stops the instances itself."""
+    runtime = ProcessRuntime()
+    stopped = []
+    for row in project.store.live_instances(environment):
+        runtime.stop(row, timeout=10.0)
+        project.store.set_instance_state(row.id, "stopped", stopped=True)
+        stopped.append(row.id)
+    with project.store.begin() as conn:
+        for activation in project.store.active_services():
+            if environment and activation.environment != environment:
+                continue
+            project.store.activate(conn, environment=activation.environment, service=activation.service,
+                                   release_id=None, deployment_id=None, params=activation.params)
+        ledger.append(conn, actor=current_actor(), action="down", environment=environment,
+                      payload={"stopped": stopped, "note": "the agent could not start; instances stopped directly"})
+    return {"stopped": stopped, "agent_was_running": False}
 
 
 # ---- audit --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import httpx
@@ -211,3 +212,47 @@ def test_agent_killed_mid_deploy_loses_nothing(example: ExampleProject) -> None:
     actions = [e["action"] for e in example.ingot("audit", "log", "--json", "--limit", "1000").json]
     assert "deploy.interrupted" in actions
     assert "ledger intact" in example.ingot("audit", "verify", check=True).out
+
+
+def test_router_address_taken_at_restart_is_reported_and_down_still_stops_everything(
+        example: ExampleProject) -> None:
+    import fcntl
+    import socket
+
+    example.ingot("deploy", check=True)
+    before = example.ingot("status", "--json", check=True).json
+    pids = [i["pid"] for i in before["services"][0]["instances"]]
+    os.kill(before["agent"]["pid"], 9)
+    poll(lambda: example.ingot("status", "--json").json["agent"]["running"] is False, what="agent to die")
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", example.port))
+    squatter.listen()
+    try:
+        example.ingot("agent", check=True)  # starts despite the taken address, and says why web is down
+        log = example.ingot("audit", "log", "--json", "--limit", "1000").json
+        failure = [e for e in log if e["action"] == "agent.recover.fail"][-1]
+        assert "already in use" in failure["payload"]["error"]
+    finally:
+        squatter.close()
+
+    # An agent that cannot start (its pidfile held by a wedged process) cannot stop anything: down does.
+    agent_pid = example.ingot("status", "--json", check=True).json["agent"]["pid"]
+    holder = open(example.state / "agent.pid", "a")  # noqa: SIM115 - held for the duration
+    try:
+        os.kill(agent_pid, signal.SIGKILL)
+
+        def take_lock() -> bool:
+            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+
+        poll(take_lock, timeout=15, what="the dead agent's pidfile lock")
+        (example.state / "agent.sock").unlink(missing_ok=True)
+        down = example.ingot("down")
+        assert down.code == 0, down.err
+        for pid in pids:
+            poll(lambda p=pid: process_gone(p), timeout=15, what=f"instance {pid} to stop")
+    finally:
+        holder.close()
+    actions = [e["action"] for e in example.ingot("audit", "log", "--json", "--limit", "1000").json]
+    assert actions[-1] == "down"

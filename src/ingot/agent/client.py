@@ -14,6 +14,7 @@ from typing import Any
 from ingot.agent.protocol import decode, encode
 from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.paths import StatePaths
+from ingot.runtimes.process import process_alive
 
 OnEvent = Callable[[dict[str, Any]], None]
 START_TIMEOUT = 30.0
@@ -114,9 +115,10 @@ def wait_for_exit(paths: StatePaths, timeout: float = 30.0) -> bool:
     pid = agent_pid(paths)
     deadline = time.monotonic() + timeout
     while pid and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        # This process may have started the agent itself, in which case it must reap it.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not process_alive(pid):
             return True
         time.sleep(0.05)
-    return pid is None or time.monotonic() < deadline
+    return pid is None

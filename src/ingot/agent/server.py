@@ -109,22 +109,30 @@ class Agent:
         self._close_interrupted_deployments()
         for activation in self.store.active_services():
             key = (activation.environment, activation.service)
-            params = DeployParams.from_dict(activation.params)
-            release_id = activation.release_id
-            assert release_id is not None
-            router = await self.router_at(key, params)
-            await self.adopt_router(key, router)
-            adopted, stopped = await self._adopt(key, release_id, params)
-            await router.set_backends(release_id, [(r.host, r.port) for r in adopted])
-            await router.set_weights({release_id: 100})
-            replaced = await self._replace_missing(key, release_id, params, len(adopted))
-            log.info("recovered %s/%s: adopted %d, stopped %d, replaced %d", key[0], key[1], len(adopted),
-                     len(stopped), replaced)
-            ledger.record(
-                self.store, actor=self.actor, action="agent.recover", environment=key[0], service=key[1],
-                subject=release_id,
-                payload={"adopted": [r.id for r in adopted], "stopped": stopped, "replaced": replaced},
-            )
+            try:
+                await self._recover_service(key, activation.release_id or "", activation.params)
+            except IngotError as exc:
+                # One service that cannot come back (its address taken, say) must not keep the others down.
+                log.error("could not recover %s/%s: %s", key[0], key[1], exc.message)
+                ledger.record(self.store, actor=self.actor, action="agent.recover.fail", environment=key[0],
+                              service=key[1], subject=activation.release_id,
+                              payload={"error": exc.message, "details": exc.details})
+
+    async def _recover_service(self, key: Key, release_id: str, raw_params: dict[str, Any]) -> None:
+        params = DeployParams.from_dict(raw_params)
+        router = await self.router_at(key, params)
+        await self.adopt_router(key, router)
+        adopted, stopped = await self._adopt(key, release_id, params)
+        await router.set_backends(release_id, [(r.host, r.port) for r in adopted])
+        await router.set_weights({release_id: 100})
+        replaced = await self._replace_missing(key, release_id, params, len(adopted))
+        log.info("recovered %s/%s: adopted %d, stopped %d, replaced %d", key[0], key[1], len(adopted),
+                 len(stopped), replaced)
+        ledger.record(
+            self.store, actor=self.actor, action="agent.recover", environment=key[0], service=key[1],
+            subject=release_id,
+            payload={"adopted": [r.id for r in adopted], "stopped": stopped, "replaced": replaced},
+        )
 
     def _close_interrupted_deployments(self) -> None:
         for dep in self.store.deployments(limit=50):
@@ -367,6 +375,8 @@ def run_agent(paths: StatePaths) -> None:
 
         install_fast_loop()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Every health probe would be a line; the gate's verdicts are in the ledger instead.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         asyncio.run(Agent(paths).run())
     finally:
         with contextlib.suppress(OSError):

@@ -159,6 +159,11 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs; an exited process nobody has reaped yet counts as gone."""
+    return not _is_zombie(pid)
+
+
 def tail_lines(path: Path, lines: int) -> list[str]:
     try:
         with open(path, "rb") as handle:

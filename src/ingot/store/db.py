@@ -12,6 +12,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, select, text
 
 from ingot.store.schema import INSERT_ONLY_TABLES, metadata, schema_version
 
+WRITE = "ingot_write"
+
 
 def _sqlite_engine(path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
@@ -29,7 +31,9 @@ def _sqlite_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front (so read-then-append cannot interleave); readers do not,
+        # so a read never waits for, or blocks, a writer in another process (WAL).
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
     return engine
 
@@ -55,7 +59,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
 
 
 def migrate(engine: Engine) -> int:
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
         schema_version.create(conn, checkfirst=True)
         current = conn.execute(select(schema_version.c.version).order_by(schema_version.c.version.desc()))
         row = current.first()
@@ -75,5 +79,8 @@ def open_engine(state_dir: Path) -> Engine:
 
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
-    with engine.begin() as conn:
-        yield conn
+    """A write transaction: committed at the end of the block, rolled back on an exception."""
+    with engine.connect() as conn:
+        conn.execution_options(**{WRITE: True})
+        with conn.begin():
+            yield conn

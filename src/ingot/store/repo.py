@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, select
 
 from ingot.store import schema as t
-from ingot.store.db import open_engine
+from ingot.store.db import open_engine, transaction
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class Store:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             yield conn
 
     # releases -----------------------------------------------------------------------------
