@@ -56,8 +56,27 @@ def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     with again.engine.connect() as conn:
         versions = conn.execute(text("SELECT version FROM schema_version")).scalars().all()
         mode = conn.execute(text("PRAGMA journal_mode")).scalar_one()
-    assert versions == [1]
+    assert versions == [1, 2]
     assert mode == "wal"
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    from ingot.store import db
+
+    state = tmp_path / "old"
+    state.mkdir()
+    engine = db._sqlite_engine(state / "state.db")
+    with db.transaction(engine) as conn:
+        db.schema_version.create(conn)
+        db._migration_1(conn)
+        conn.execute(db.schema_version.insert().values(version=1, applied_at=0.0))
+        conn.execute(text("INSERT INTO instances (id, environment, service, release_id, runtime, host, port, "
+                          "log_path, started_at, state) VALUES ('i1', 'e', 's', 'r', 'process', 'h', 1, 'l', 0, "
+                          "'running')"))
+    engine.dispose()
+    store = Store(state)
+    [row] = store.live_instances()
+    assert row.id == "i1" and row.handle is None
 
 
 def test_ledger_chain_verifies_and_detects_alteration(store: Store) -> None:

@@ -10,17 +10,36 @@ from ingot.store import InstanceRow
 
 
 @dataclass(frozen=True)
+class Hardening:
+    """How locked down a container instance is. The defaults are the hardened ones."""
+
+    read_only: bool = True
+    no_new_privileges: bool = True
+    drop_all_capabilities: bool = True
+    add_capabilities: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ("/tmp",)
+
+
+@dataclass(frozen=True)
 class InstanceRequest:
-    """Everything needed to start one fresh instance of one release."""
+    """Everything needed to start one fresh instance of one release.
+
+    Process runtime: `artifact_path` and `command`. Container runtimes: `image` (an image ID, never a
+    tag), `container_port`, `hardening`, and `command` only if it overrides the image's own.
+    """
 
     instance_id: str
     environment: str
     service: str
     release_id: str
-    artifact_path: Path
-    command: tuple[str, ...]
+    artifact_path: Path | None = None
+    command: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path = Path("/dev/null")
+    project: str = ""
+    image: str | None = None
+    container_port: int = 8000
+    hardening: Hardening = Hardening()
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,10 @@ class ProcessRuntime:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self, request: InstanceRequest) -> InstanceRow:
+        if request.artifact_path is None or not request.command:
+            raise OperationFailed(
+                f"instance {request.instance_id}: the process runtime needs an artifact and a command"
+            )
         port = free_port()
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         env.update(request.env)
@@ -104,6 +108,7 @@ class ProcessRuntime:
             started_at=time.time(),
             stopped_at=None,
             state="starting",
+            handle=None,
         )
 
     def observe(self, instance: InstanceRow) -> Observation:

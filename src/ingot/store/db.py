@@ -48,14 +48,26 @@ def _sqlite_triggers(table: str) -> list[str]:
 
 
 def _migration_1(conn: Connection) -> None:
-    metadata.create_all(conn)
+    # Version 1's tables as they were; later columns arrive through later migrations.
+    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name != "instances"])
+    conn.execute(text(
+        "CREATE TABLE instances (id VARCHAR(40) NOT NULL PRIMARY KEY, environment VARCHAR(64) NOT NULL, "
+        "service VARCHAR(64) NOT NULL, release_id VARCHAR(64) NOT NULL, runtime VARCHAR(16) NOT NULL, "
+        "pid INTEGER, proc_start VARCHAR(32), host VARCHAR(64) NOT NULL, port INTEGER NOT NULL, "
+        "log_path TEXT NOT NULL, started_at FLOAT NOT NULL, stopped_at FLOAT, state VARCHAR(16) NOT NULL, "
+        "UNIQUE (id))"
+    ))
     for table in INSERT_ONLY_TABLES:
         for statement in _sqlite_triggers(table):
             conn.execute(text(statement))
 
 
+def _migration_2(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE instances ADD COLUMN handle VARCHAR(128)"))
+
+
 # Each migration moves the schema from version N-1 to N; they are applied in order and never edited.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
 
 
 def migrate(engine: Engine) -> int:

@@ -83,6 +83,7 @@ class InstanceRow:
     started_at: float
     stopped_at: float | None
     state: str
+    handle: str | None = None
 
 
 def _release(row: Any) -> ReleaseRow:

@@ -120,6 +120,7 @@ instances = Table(
     Column("started_at", Float, nullable=False),
     Column("stopped_at", Float, nullable=True),
     Column("state", String(16), nullable=False),  # starting | running | stopped | failed
+    Column("handle", String(128), nullable=True),  # the runtime's own id (a container ID)
     UniqueConstraint("id"),
 )
 
