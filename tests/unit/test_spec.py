@@ -318,8 +318,9 @@ def test_unknown_key_in_a_service(tmp_path: Path) -> None:
     # pydantic skips model rules once a field fails, so the missing command shows up only after the
     # typo is fixed; the typo is what the person needs to see first anyway.
     assert only_problem(path) == (
-        f"{path}:4: services.web.comand: unknown key; expected one of build, command, config, env, health, "
-        "image, port, replicas, router, runtime, secrets, stop_timeout, strategy (did you mean command?)"
+        f"{path}:4: services.web.comand: unknown key; expected one of allow_mutable_tag, build, command, config, "
+        "env, health, image, port, replicas, retention, router, runtime, secrets, security, stop_timeout, "
+        "strategy (did you mean command?)"
     )
 
 
@@ -696,3 +697,28 @@ def test_schema_rejects_what_the_loader_rejects() -> None:
 def test_schema_durations_are_number_or_string() -> None:
     health = json_schema()["$defs"]["HealthSpec"]["properties"]["interval"]
     assert [option["type"] for option in health["anyOf"]] == ["number", "string"]
+
+
+def test_relaxed_security_needs_a_reason(tmp_path: Path) -> None:
+    text = "project: hi\nservices:\n  web:\n    runtime: docker\n    build: .\n    security:\n      read_only: false\n"
+    path = write(tmp_path, text)
+    assert only_problem(path).startswith(f"{path}:6: services.web.security.reason: relaxing read_only needs a reason")
+    ok = write(tmp_path, text + "      reason: writes its cache under /var/cache\n")
+    service = load_spec(ok).service_for("default", "web")
+    assert service.security.relaxations() == ["read_only"]
+    assert service.release_fields()["security"]["read_only"] is False
+
+
+def test_capabilities_are_checked_and_normalised(tmp_path: Path) -> None:
+    text = ("project: hi\nservices:\n  web:\n    runtime: docker\n    build: .\n    security:\n"
+            "      add_capabilities: [CAP_NET_BIND_SERVICE]\n      reason: binds port 80\n")
+    service = load_spec(write(tmp_path, text)).service_for("default", "web")
+    assert service.security.add_capabilities == ["NET_BIND_SERVICE"]
+    bad = write(tmp_path, text.replace("CAP_NET_BIND_SERVICE", "net admin"))
+    assert "expected a Linux capability name" in only_problem(bad)
+
+
+def test_allow_mutable_tag_needs_an_image(tmp_path: Path) -> None:
+    path = write(tmp_path, "project: hi\nservices:\n  web:\n    runtime: docker\n    build: .\n"
+                           "    allow_mutable_tag: true\n")
+    assert "allow_mutable_tag: only means something with image:" in only_problem(path)

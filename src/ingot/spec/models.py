@@ -55,6 +55,12 @@ def _rule(key: str, detail: str) -> PydanticCustomError:
 # --- field types -----------------------------------------------------------------------------------
 
 
+def _check_capability(value: str) -> str:
+    if not re.fullmatch(r"^(CAP_)?[A-Z_]+$", value):
+        raise ValueError(f"expected a Linux capability name such as NET_BIND_SERVICE, got {value!r}")
+    return value.removeprefix("CAP_")
+
+
 def _check_name(value: str) -> str:
     if not re.fullmatch(NAME_PATTERN, value):
         raise ValueError(
@@ -246,6 +252,40 @@ class RouterSpec(_Model):
         return split_listen(self.listen)
 
 
+class SecuritySpec(_Model):
+    """Container hardening. Every default is the hardened choice; relaxing one needs a written reason."""
+
+    read_only: StrictBool = True
+    no_new_privileges: StrictBool = True
+    drop_all_capabilities: StrictBool = True
+    add_capabilities: list[Annotated[str, AfterValidator(_check_capability)]] = Field(default_factory=list)
+    tmpfs: list[str] = Field(default_factory=lambda: ["/tmp"])
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _relaxations_need_a_reason(self) -> SecuritySpec:
+        if self.relaxations() and not (self.reason and self.reason.strip()):
+            raise _rule(
+                "reason",
+                f"relaxing {', '.join(self.relaxations())} needs a reason: say why, e.g. "
+                "reason: \"writes its cache under /var/cache\"",
+            )
+        return self
+
+    def relaxations(self) -> list[str]:
+        """What this service gives up of the hardened defaults, in words."""
+        found = []
+        if not self.read_only:
+            found.append("read_only")
+        if not self.no_new_privileges:
+            found.append("no_new_privileges")
+        if not self.drop_all_capabilities:
+            found.append("drop_all_capabilities")
+        if self.add_capabilities:
+            found.append("add_capabilities " + ",".join(self.add_capabilities))
+        return found
+
+
 class ServiceSpec(_Model):
     build: str | None = None
     image: str | None = None
@@ -260,6 +300,9 @@ class ServiceSpec(_Model):
     strategy: StrategySpec = StrategySpec()
     router: RouterSpec = RouterSpec()
     stop_timeout: Duration = 10.0
+    security: SecuritySpec = SecuritySpec()
+    allow_mutable_tag: StrictBool = False
+    retention: StrictInt = Field(default=5, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _coherent(self) -> ServiceSpec:
@@ -284,6 +327,8 @@ class ServiceSpec(_Model):
             found.append(("command", "the process runtime needs a command, e.g. command: [python, app.py]"))
         if self.command is not None and not self.command:
             found.append(("command", "must not be empty"))
+        if self.allow_mutable_tag and self.image is None:
+            found.append(("allow_mutable_tag", "only means something with image: (a tag resolved once to its digest)"))
         if self.runtime in CONTAINER_RUNTIMES and self.build is None and self.image is None:
             found.append(
                 ("build", f"runtime {self.runtime} needs build (a directory with a Containerfile) or image")
@@ -321,6 +366,7 @@ class ServiceSpec(_Model):
             "secrets": sorted(self.secrets),
             "health": {"path": self.health.path},
             "stop_timeout": self.stop_timeout,
+            **({"security": self.security.model_dump(mode="json")} if self.runtime != "process" else {}),
         }
 
 
