@@ -12,17 +12,20 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ingot import ledger
 from ingot.artifacts import ArtifactStore
+from ingot.artifacts.store import force_rmtree
 from ingot.deploy_params import DeployParams
 from ingot.errors import IngotError, OperationFailed
 from ingot.health import wait_healthy
 from ingot.paths import StatePaths
 from ingot.plan import Plan, Step
 from ingot.routers.base import Router
-from ingot.runtimes.base import InstanceRequest, Runtime
+from ingot.runtimes.base import Hardening, InstanceRequest
+from ingot.runtimes.registry import Runtimes
 from ingot.store import DeploymentRow, InstanceRow, ReleaseRow, Store
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
@@ -43,9 +46,9 @@ class Deployment:
 
 
 class Executor:
-    def __init__(self, store: Store, runtime: Runtime, artifacts: ArtifactStore, paths: StatePaths) -> None:
+    def __init__(self, store: Store, runtimes: Runtimes, artifacts: ArtifactStore, paths: StatePaths) -> None:
         self.store = store
-        self.runtime = runtime
+        self.runtimes = runtimes
         self.artifacts = artifacts
         self.paths = paths
 
@@ -117,26 +120,43 @@ class Executor:
         raise AssertionError(step.kind)
 
     async def _start(self, dep: Deployment, step: Step) -> dict[str, Any]:
-        artifact = await asyncio.to_thread(self.artifacts.verify, dep.release.artifact_digest)
-        spec = dep.release.spec
-        rows = []
-        for _ in range(step.count):
-            instance_id = f"{dep.row.service}-{dep.release.id[:6]}-{uuid.uuid4().hex[:6]}"
-            request = InstanceRequest(
-                instance_id=instance_id,
-                environment=dep.row.environment,
-                service=dep.row.service,
-                release_id=dep.release.id,
-                artifact_path=artifact,
-                command=tuple(spec["command"]),
-                env=release_environment(dep.release),
-                log_path=self.paths.instance_log(dep.row.environment, dep.row.service, instance_id),
-            )
-            row = await asyncio.to_thread(self.runtime.start, request)
-            self.store.add_instance(row)
-            dep.started.append(row)
-            rows.append(row)
+        rows = await self.start_instances(dep.row.environment, dep.row.service, dep.release, dep.params, step.count)
+        dep.started.extend(rows)
         return {"instances": [{"id": r.id, "port": r.port, "pid": r.pid} for r in rows]}
+
+    async def start_instances(self, environment: str, service: str, release: ReleaseRow, params: DeployParams,
+                              count: int) -> list[InstanceRow]:
+        """Start `count` fresh instances of `release`; each is recorded before anything waits on it."""
+        runtime = self.runtimes.get(params.runtime)
+        template = await self._request_template(environment, service, release, params)
+        rows = []
+        for _ in range(count):
+            instance_id = f"{service}-{release.id[:6]}-{uuid.uuid4().hex[:6]}"
+            request = replace(template, instance_id=instance_id,
+                              log_path=self.paths.instance_log(environment, service, instance_id))
+            row = await asyncio.to_thread(runtime.start, request)
+            self.store.add_instance(row)
+            rows.append(row)
+        return rows
+
+    async def _request_template(self, environment: str, service: str, release: ReleaseRow,
+                                params: DeployParams) -> InstanceRequest:
+        spec = release.spec
+        common = InstanceRequest(instance_id="", environment=environment, service=service, release_id=release.id,
+                                 project=release.project, env=release_environment(release),
+                                 command=tuple(spec.get("command") or ()))
+        if params.runtime == "process":
+            run_dir = await asyncio.to_thread(self.artifacts.checkout, release.artifact_digest, self.paths.runs)
+            return replace(common, artifact_path=run_dir)
+        security = spec.get("security") or {}
+        hardening = Hardening(
+            read_only=bool(security.get("read_only", True)),
+            no_new_privileges=bool(security.get("no_new_privileges", True)),
+            drop_all_capabilities=bool(security.get("drop_all_capabilities", True)),
+            add_capabilities=tuple(security.get("add_capabilities", ())),
+            tmpfs=tuple(security.get("tmpfs", ("/tmp",))),
+        )
+        return replace(common, image=release.artifact_digest, container_port=int(spec["port"]), hardening=hardening)
 
     async def _wait_healthy(self, dep: Deployment) -> dict[str, Any]:
         pending = [row for row in dep.started if row.state == "starting"]
@@ -147,7 +167,7 @@ class Executor:
             raise StepFailed(
                 f"instance {row.id} did not become healthy: {verdict.reason}",
                 details=[f"last log lines of {row.id} ({row.log_path}):",
-                         *[f"  | {line}" for line in self.runtime.log_tail(row, 15)]],
+                         *[f"  | {line}" for line in self.runtimes.of(row).log_tail(row, 15)]],
             )
         for row in pending:
             self.store.set_instance_state(row.id, "running")
@@ -157,7 +177,7 @@ class Executor:
 
     async def gate(self, row: InstanceRow, params: DeployParams) -> Any:
         def still_running() -> str | None:
-            observed = self.runtime.observe(row)
+            observed = self.runtimes.of(row).observe(row)
             return None if observed.alive else f"it exited before becoming healthy ({observed.detail})"
 
         return await wait_healthy(row.host, row.port, params.health, still_running)
@@ -188,9 +208,22 @@ class Executor:
         await asyncio.gather(*(self.stop_instance(r, dep.params.stop_timeout) for r in victims))
         return {"stopped": [r.id for r in victims]}
 
-    async def stop_instance(self, row: InstanceRow, timeout: float) -> None:
-        await asyncio.to_thread(self.runtime.stop, row, timeout)
-        self.store.set_instance_state(row.id, "stopped", stopped=True)
+    async def stop_instance(self, row: InstanceRow, timeout: float, state: str = "stopped") -> None:
+        await asyncio.to_thread(self.runtimes.of(row).stop, row, timeout)
+        self.store.set_instance_state(row.id, state, stopped=True)
+        self.release_checkout(row)
+
+    def release_checkout(self, row: InstanceRow) -> None:
+        """Remove a process instance's run directory once no live instance runs from it."""
+        if row.runtime != "process" or not row.handle:
+            return
+        run_dir = Path(row.handle)
+        if run_dir.parent != self.paths.runs:
+            return
+        if any(other.handle == row.handle for other in self.store.live_instances() if other.id != row.id):
+            return
+        if run_dir.exists():
+            force_rmtree(run_dir)
 
     async def _undo(self, dep: Deployment) -> None:
         """After a failure before the switch: stop what this deployment started; nothing else changes."""

@@ -18,7 +18,7 @@ from ingot.plan import Target, plan_for
 from ingot.project import Project
 from ingot.releases import load_or_create_key, new_release, public_key_text, verify_release
 from ingot.releases import release_id as make_release_id
-from ingot.runtimes.process import ProcessRuntime, tail_lines
+from ingot.runtimes.registry import Runtimes
 from ingot.spec import ServiceSpec
 from ingot.state import service_state
 from ingot.store import ReleaseRow
@@ -237,12 +237,12 @@ def status(project: Project, environment: str | None) -> dict[str, Any]:
 
 
 def _offline_services(project: Project) -> list[dict[str, Any]]:
-    runtime = ProcessRuntime()
+    runtimes = Runtimes()
     services = []
     for activation in project.store.active_services():
         instances = []
         for row in project.store.live_instances(activation.environment, activation.service):
-            alive = runtime.observe(row).alive
+            alive = runtimes.of(row).observe(row).alive
             instances.append({"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port,
                               "state": row.state if alive else "exited", "health": "unknown (agent not running)",
                               "started_at": row.started_at})
@@ -256,7 +256,8 @@ def logs(project: Project, environment: str, name: str, lines: int = 50) -> list
     instances = project.store.live_instances(environment, name)
     if not instances:
         raise UserInputError(f"{name} has no running instances in {environment}")
-    return [(row.id, tail_lines(project.paths.instance_log(environment, name, row.id), lines)) for row in instances]
+    runtimes = Runtimes()
+    return [(row.id, runtimes.of(row).log_tail(row, lines)) for row in instances]
 
 
 def down(project: Project, environment: str | None) -> dict[str, Any]:
@@ -276,10 +277,10 @@ def down(project: Project, environment: str | None) -> dict[str, Any]:
 
 def _down_without_agent(project: Project, environment: str | None) -> dict[str, Any]:
     """When the agent cannot start, `down` still leaves nothing running: it stops the instances itself."""
-    runtime = ProcessRuntime()
+    runtimes = Runtimes()
     stopped = []
     for row in project.store.live_instances(environment):
-        runtime.stop(row, timeout=10.0)
+        runtimes.of(row).stop(row, timeout=10.0)
         project.store.set_instance_state(row.id, "stopped", stopped=True)
         stopped.append(row.id)
     with project.store.begin() as conn:

@@ -21,6 +21,11 @@ class StatePaths:
         return self.root / "artifacts"
 
     @property
+    def runs(self) -> Path:
+        """Checkouts of artifacts that process instances run from."""
+        return self.root / "runs"
+
+    @property
     def keys(self) -> Path:
         return self.root / "keys"
 

@@ -31,7 +31,7 @@ from ingot.paths import StatePaths
 from ingot.plan import Target, plan_for
 from ingot.routers.base import Router
 from ingot.routers.builtin import BuiltinRouter
-from ingot.runtimes.process import ProcessRuntime
+from ingot.runtimes.registry import Runtimes
 from ingot.state import service_state
 from ingot.store import InstanceRow, Store
 
@@ -45,9 +45,9 @@ class Agent:
     def __init__(self, paths: StatePaths) -> None:
         self.paths = paths
         self.store = Store(paths.root)
-        self.runtime = ProcessRuntime()
+        self.runtimes = Runtimes()
         self.artifacts = ArtifactStore(paths.artifacts)
-        self.executor = Executor(self.store, self.runtime, self.artifacts, paths)
+        self.executor = Executor(self.store, self.runtimes, self.artifacts, paths)
         self.routers: dict[Key, Router] = {}
         self.locks: dict[Key, asyncio.Lock] = {}
         self.actor = current_actor()
@@ -149,7 +149,7 @@ class Agent:
         adopted: list[InstanceRow] = []
         stopped: list[str] = []
         for row in self.store.live_instances(*key):
-            alive = self.runtime.observe(row).alive
+            alive = self.runtimes.of(row).observe(row).alive
             if alive and row.release_id == release_id and row.state == "running":
                 adopted.append(row)
                 continue
@@ -157,6 +157,7 @@ class Agent:
                 await self.executor.stop_instance(row, params.stop_timeout)
             else:
                 self.store.set_instance_state(row.id, "failed", stopped=True)
+                self.executor.release_checkout(row)
             stopped.append(row.id)
         return adopted, stopped
 
@@ -176,13 +177,14 @@ class Agent:
         while True:
             await asyncio.sleep(SUPERVISE_INTERVAL)
             for row in self.store.live_instances():
-                if row.state != "running" or self.runtime.observe(row).alive:
+                if row.state != "running" or self.runtimes.of(row).observe(row).alive:
                     continue
                 self.store.set_instance_state(row.id, "failed", stopped=True)
+                self.executor.release_checkout(row)
                 ledger.record(
                     self.store, actor=self.actor, action="instance.exited", environment=row.environment,
                     service=row.service, subject=row.id,
-                    payload={"release": row.release_id, "last_log_lines": self.runtime.log_tail(row, 10)},
+                    payload={"release": row.release_id, "last_log_lines": self.runtimes.of(row).log_tail(row, 10)},
                 )
                 await self._refresh_pool((row.environment, row.service), row.release_id)
 
@@ -298,7 +300,7 @@ class Agent:
 
     async def _health_of(self, row: InstanceRow, policy: HealthPolicy) -> tuple[str, str]:
         """The instance's state and one live probe of its health path, as evidence for `ingot status`."""
-        if not self.runtime.observe(row).alive:
+        if not self.runtimes.of(row).observe(row).alive:
             return "exited", "not running"
         async with httpx.AsyncClient(trust_env=False) as client:
             result = await probe(client, row.host, row.port, replace(policy, timeout=min(policy.timeout, 2.0)))

@@ -98,6 +98,20 @@ class ArtifactStore:
         target.chmod(0o555)
         return digest
 
+    def checkout(self, digest: str, runs_dir: Path) -> Path:
+        """A fresh read-only copy of the verified artifact under `runs_dir`, for instances to run from.
+
+        Instances never run from the stored object itself, so that whatever happens to a running copy
+        (an edit, a planted file) leaves the store's copy intact to verify against and restore from.
+        """
+        source = self.verify(digest)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        target = Path(tempfile.mkdtemp(prefix=_hex(digest)[:12] + "-", dir=runs_dir))
+        target.rmdir()
+        shutil.copytree(source, target, symlinks=True, copy_function=shutil.copy2)
+        _make_read_only(target, include_root=True)
+        return target
+
     def remove(self, digest: str) -> None:
         """Delete an artifact and its listing; input records pointing at it become misses."""
         path = self.path_for(digest)

@@ -108,7 +108,7 @@ class ProcessRuntime:
             started_at=time.time(),
             stopped_at=None,
             state="starting",
-            handle=None,
+            handle=str(request.artifact_path),
         )
 
     def observe(self, instance: InstanceRow) -> Observation:
