@@ -143,7 +143,8 @@ class Executor:
                                 params: DeployParams) -> InstanceRequest:
         spec = release.spec
         common = InstanceRequest(instance_id="", environment=environment, service=service, release_id=release.id,
-                                 project=release.project, env=release_environment(release),
+                                 project=release.project, state_dir=str(self.paths.root),
+                                 env=release_environment(release),
                                  command=tuple(spec.get("command") or ()))
         if params.runtime == "process":
             run_dir = await asyncio.to_thread(self.artifacts.checkout, release.artifact_digest, self.paths.runs)

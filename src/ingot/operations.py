@@ -294,6 +294,20 @@ def _down_without_agent(project: Project, environment: str | None) -> dict[str, 
     return {"stopped": stopped, "agent_was_running": False}
 
 
+# ---- drift ----------------------------------------------------------------------------------
+def drift(project: Project, environment: str | None) -> list[dict[str, Any]]:
+    client = ensure_agent(project.paths)
+    return list(client.call("drift", environment=environment)["findings"])
+
+
+def reconcile(project: Project, environment: str | None, on_event: OnEvent | None = None) -> dict[str, Any]:
+    client = ensure_agent(project.paths)
+    result = client.call("reconcile", on_event=on_event, environment=environment, actor=current_actor())
+    if result.get("failures"):
+        raise OperationFailed("reconcile could not repair everything", details=list(result["failures"]))
+    return result
+
+
 # ---- audit --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AuditReport:

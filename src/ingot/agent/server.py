@@ -21,6 +21,7 @@ import httpx
 
 from ingot import __version__, ledger
 from ingot.actor import current_actor
+from ingot.agent.healer import Healer
 from ingot.agent.protocol import decode, encode
 from ingot.artifacts import ArtifactStore
 from ingot.deploy_params import DeployParams, HealthPolicy
@@ -51,6 +52,7 @@ class Agent:
         self.routers: dict[Key, Router] = {}
         self.locks: dict[Key, asyncio.Lock] = {}
         self.actor = current_actor()
+        self.healer = Healer(self.store, self.runtimes, self.artifacts, self.executor, self.routers, self.lock)
         self._stopping = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
 
@@ -343,6 +345,13 @@ class Agent:
             params = DeployParams.from_dict(request["params"])
             return await self.deploy(key, str(request["release"]), params, kind=str(request.get("kind", "deploy")),
                                      send=send, actor=request.get("actor"), dry_run=bool(request.get("dry_run")))
+        if op == "drift":
+            findings = await self.healer.detect(request.get("environment"))
+            return {"findings": [f.as_dict() for f in findings]}
+        if op == "reconcile":
+            actor = str(request.get("actor") or self.actor)
+            report = await self.healer.reconcile(request.get("environment"), actor, send)
+            return report.as_dict()
         if op == "down":
             return await self.down(request.get("environment"), str(request.get("actor") or self.actor))
         if op == "shutdown":

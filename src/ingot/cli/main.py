@@ -274,6 +274,51 @@ def down(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> Non
 
 
 @app.command()
+def drift(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
+    """Compare what runs with what the live releases say; exit 1 when anything differs."""
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
+    findings = guarded(lambda: operations.drift(project, environment))
+    if as_json:
+        print_json(findings)
+    elif not findings:
+        console.print("no drift: everything runs as its release says")
+    else:
+        for finding in findings:
+            who = f"instance {finding['instance']}" if finding["instance"] else f"service {finding['service']}"
+            console.print(f"{finding['environment']}/{finding['service']}: {who}: [bold]{finding['kind']}[/bold]")
+            for name, value in finding["evidence"].items():
+                console.print(f"    {name}: {_evidence(value)}", markup=False)
+            console.print(f"    repair: {finding['repair']}", markup=False)
+    if findings:
+        raise typer.Exit(1)
+
+
+def _evidence(value: Any) -> str:
+    if isinstance(value, list):
+        return "; ".join(_evidence(v) for v in value) if value else "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+@app.command()
+def reconcile(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
+    """Repair every drift finding by replacement: fresh instances first, then retire the bad ones."""
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
+    result = guarded(lambda: operations.reconcile(project, environment))
+    if as_json:
+        print_json(result)
+        return
+    if not result["findings"]:
+        console.print("no drift: nothing to repair")
+        return
+    console.print(f"{len(result['findings'])} finding(s); started {len(result['started'])} fresh instance(s), "
+                  f"retired {len(result['replaced'])}, stopped {len(result['stopped_strays'])} stray(s)")
+
+
+@app.command()
 def agent(foreground: Annotated[bool, typer.Option("--foreground", help="Run attached to this terminal.")] = False,
           file: SpecFile = None) -> None:
     """The long-running process that owns instances and routers (started on demand by other commands)."""

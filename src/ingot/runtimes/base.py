@@ -37,6 +37,7 @@ class InstanceRequest:
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path = Path("/dev/null")
     project: str = ""
+    state_dir: str = ""  # which ingot owns it: two projects of one name in two places stay apart
     image: str | None = None
     container_port: int = 8000
     hardening: Hardening = Hardening()

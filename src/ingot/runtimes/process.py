@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from ingot.errors import OperationFailed
@@ -71,6 +72,8 @@ class ProcessRuntime:
                 "INGOT_SERVICE": request.service,
                 "INGOT_ENVIRONMENT": request.environment,
                 "INGOT_INSTANCE": request.instance_id,
+                "INGOT_PROJECT": request.project,
+                "INGOT_STATE": request.state_dir,
             }
         )
         deps = request.artifact_path / ".ingot-deps"
@@ -133,27 +136,70 @@ class ProcessRuntime:
     def stop(self, instance: InstanceRow, timeout: float) -> None:
         if instance.pid is None or not self.observe(instance).alive:
             return
-        self._signal_group(instance.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.observe(instance).alive:
-                return
-            time.sleep(0.02)
-        self._signal_group(instance.pid, signal.SIGKILL)
-        while self.observe(instance).alive and time.monotonic() < deadline + 5:
-            time.sleep(0.02)
+        terminate_group(instance.pid, timeout, lambda: self.observe(instance).alive)
 
     def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]:
         return tail_lines(Path(instance.log_path), lines)
 
-    @staticmethod
-    def _signal_group(pid: int, sig: signal.Signals) -> None:
+
+def terminate_group(pid: int, timeout: float, alive: Callable[[], bool] | None = None) -> None:
+    """SIGTERM the process group led by `pid`; SIGKILL it if it is still there after `timeout`."""
+    is_alive = alive or (lambda: process_alive(pid))
+    _signal_group(pid, signal.SIGTERM)
+    # A stopped (SIGSTOP) process would hold the TERM pending until the timeout: let it handle it now.
+    _signal_group(pid, signal.SIGCONT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_alive():
+            return
+        time.sleep(0.02)
+    _signal_group(pid, signal.SIGKILL)
+    while is_alive() and time.monotonic() < deadline + 5:
+        time.sleep(0.02)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def process_environment(pid: int) -> dict[str, str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+def process_cwd(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def labelled_processes(state_dir: str) -> list[tuple[int, dict[str, str]]]:
+    """Process-group leaders started by the ingot whose state lives in `state_dir`, with their env."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        env = process_environment(pid)
+        if not env or env.get("INGOT_STATE") != state_dir:
+            continue
         try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            os.kill(pid, sig)
+            leader = os.getpgid(pid) == pid
+        except OSError:
+            continue
+        if leader and not _is_zombie(pid):
+            found.append((pid, env))
+    return found
 
 
 def _is_zombie(pid: int) -> bool:

@@ -1,0 +1,260 @@
+"""Finding drift and repairing it by replacement, inside the agent (which owns runtimes and routers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ingot import ledger
+from ingot.artifacts import ArtifactStore, diff_listings, file_listing, listing_digest
+from ingot.deploy_params import DeployParams
+from ingot.drift import REPLACE, Finding, Observed, ServiceObservation, Stray, env_differences, find_drift
+from ingot.errors import IngotError
+from ingot.executor import Executor, release_environment
+from ingot.health import probe
+from ingot.routers.base import Router
+from ingot.runtimes.process import labelled_processes, process_cwd, process_environment, terminate_group
+from ingot.runtimes.registry import Runtimes
+from ingot.store import ActivationRow, InstanceRow, ReleaseRow, Store
+
+log = logging.getLogger("ingot.agent")
+Key = tuple[str, str]
+
+
+@dataclass
+class RepairReport:
+    findings: list[Finding]
+    replaced: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    stopped_strays: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"findings": [f.as_dict() for f in self.findings], "replaced": self.replaced,
+                "started": self.started, "stopped_strays": self.stopped_strays, "failures": self.failures}
+
+
+class Healer:
+    def __init__(self, store: Store, runtimes: Runtimes, artifacts: ArtifactStore, executor: Executor,
+                 routers: dict[Key, Router], lock: Callable[[Key], asyncio.Lock]) -> None:
+        self.store = store
+        self.runtimes = runtimes
+        self.artifacts = artifacts
+        self.executor = executor
+        self.routers = routers
+        self.lock = lock
+
+    # ---- detection ---------------------------------------------------------------------
+    async def detect(self, environment: str | None = None) -> list[Finding]:
+        findings: list[Finding] = []
+        for activation in self._active(environment):
+            findings.extend(find_drift(await self.observe(activation)))
+        findings.extend(await self._orphans(environment))
+        return findings
+
+    def _active(self, environment: str | None) -> list[ActivationRow]:
+        return [a for a in self.store.active_services() if environment is None or a.environment == environment]
+
+    async def observe(self, activation: ActivationRow) -> ServiceObservation:
+        key = (activation.environment, activation.service)
+        release = self.store.get_release(activation.release_id or "")
+        assert release is not None
+        params = DeployParams.from_dict(activation.params)
+        rows = self.store.live_instances(*key)
+        observed = await asyncio.gather(*(self._observe_instance(row, release, params) for row in rows))
+        store_problem = None
+        if params.runtime == "process":
+            try:
+                await asyncio.to_thread(self.artifacts.verify, release.artifact_digest)
+            except IngotError as exc:
+                store_problem = "; ".join([exc.message, *exc.details])
+        return ServiceObservation(
+            environment=key[0], service=key[1], release=release.id, artifact=release.artifact_digest,
+            runtime=params.runtime, replicas=params.replicas, instances=tuple(observed),
+            strays=tuple(self._strays(key, params.runtime, {r.id for r in rows})), store_problem=store_problem,
+        )
+
+    async def _observe_instance(self, row: InstanceRow, release: ReleaseRow, params: DeployParams) -> Observed:
+        runtime = self.runtimes.of(row)
+        seen = runtime.observe(row)
+        if not seen.alive:
+            return Observed(row.id, row.release_id, False, exit_detail=seen.detail,
+                            log_tail=tuple(runtime.log_tail(row, 10)))
+        facts = await asyncio.to_thread(self._facts, row, release)
+        return Observed(row.id, row.release_id, True, health=await self._health(row, params), **facts)
+
+    def _facts(self, row: InstanceRow, release: ReleaseRow) -> dict[str, Any]:
+        expected_env = {**release_environment(release), "INGOT_RELEASE": row.release_id, "INGOT_INSTANCE": row.id}
+        if row.runtime == "process":
+            return self._process_facts(row, release, expected_env)
+        runtime: Any = self.runtimes.of(row)
+        facts = runtime.facts(row)
+        if facts is None:
+            return {}
+        return {"actual_artifact": facts.image_id, "changed_files": tuple(runtime.changed_files(row)),
+                "env_diff": env_differences(expected_env, facts.env)}
+
+    def _process_facts(self, row: InstanceRow, release: ReleaseRow, expected_env: dict[str, str]) -> dict[str, Any]:
+        assert row.pid is not None
+        facts: dict[str, Any] = {}
+        env = process_environment(row.pid) or {}
+        facts["env_diff"] = env_differences({**expected_env, "PORT": str(row.port)}, env)
+        cwd = process_cwd(row.pid)
+        if row.handle and cwd != row.handle:
+            facts["actual_artifact"] = f"running from {cwd}, not from its checkout {row.handle}"
+            return facts
+        if row.handle:
+            listing = file_listing(Path(row.handle))
+            if listing_digest(listing) != release.artifact_digest:
+                expected = self.artifacts.read_listing(release.artifact_digest) or {}
+                facts["changed_files"] = tuple(diff_listings(expected, listing))
+        return facts
+
+    async def _health(self, row: InstanceRow, params: DeployParams) -> str | None:
+        """None if healthy; two failed probes in a row are needed to call an instance unhealthy."""
+        policy = replace(params.health, timeout=min(params.health.timeout, 2.0))
+        async with httpx.AsyncClient(trust_env=False) as client:
+            for attempt in range(2):
+                result = await probe(client, row.host, row.port, policy)
+                if result.ok:
+                    return None
+                if attempt == 0:
+                    await asyncio.sleep(0.2)
+        return result.detail
+
+    def _strays(self, key: Key, runtime: str, known: set[str]) -> list[Stray]:
+        strays = []
+        state = str(self.executor.paths.root)
+        if runtime == "process":
+            for pid, env in labelled_processes(state):
+                if (env.get("INGOT_ENVIRONMENT"), env.get("INGOT_SERVICE")) != key:
+                    continue
+                if env.get("INGOT_INSTANCE") not in known and env.get("INGOT_INSTANCE") not in self._all_live():
+                    strays.append(Stray(str(pid), env.get("INGOT_INSTANCE"), env.get("INGOT_RELEASE"),
+                                        f"process {pid} carries ingot's labels but no live instance is recorded"))
+            return strays
+        docker: Any = self.runtimes.get(runtime)
+        project = self._project()
+        for facts in docker.labelled(project) if project else []:
+            labels = facts.labels
+            if labels.get("ingot.state", state) != state:
+                continue
+            if (labels.get("ingot.environment"), labels.get("ingot.service")) != key:
+                continue
+            if labels.get("ingot.instance") not in known:
+                status = "running" if facts.running else f"exited ({facts.exit_code})"
+                strays.append(Stray(facts.container_id[:12], labels.get("ingot.instance"),
+                                    labels.get("ingot.release"), f"container {facts.name}: {status}"))
+        return strays
+
+    def _all_live(self) -> set[str]:
+        return {r.id for r in self.store.live_instances()}
+
+    def _project(self) -> str | None:
+        releases = self.store.all_releases()
+        return releases[-1].project if releases else None
+
+    async def _orphans(self, environment: str | None) -> list[Finding]:
+        """Labelled processes of services that nothing serves any more (taken down, say)."""
+        active = {(a.environment, a.service) for a in self.store.active_services()}
+        live = self._all_live()
+        findings = []
+        for pid, env in labelled_processes(str(self.executor.paths.root)):
+            key = (env.get("INGOT_ENVIRONMENT", ""), env.get("INGOT_SERVICE", ""))
+            if key in active or env.get("INGOT_INSTANCE") in live:
+                continue
+            if environment and key[0] != environment:
+                continue
+            findings.append(Finding("unknown", key[0], key[1], env.get("INGOT_INSTANCE"), env.get("INGOT_RELEASE"),
+                                    {"ident": str(pid), "detail": f"process {pid} of a service that is not deployed"}))
+        return findings
+
+    # ---- repair ------------------------------------------------------------------------
+    async def reconcile(self, environment: str | None, actor: str,
+                        send: Callable[[dict[str, Any]], Awaitable[None]]) -> RepairReport:
+        report = RepairReport(findings=[])
+        for activation in self._active(environment):
+            key = (activation.environment, activation.service)
+            async with self.lock(key):
+                findings = find_drift(await self.observe(activation))
+                report.findings.extend(findings)
+                if findings:
+                    self._record_findings(findings, actor)
+                    await self._repair_service(activation, findings, report, send)
+        orphans = await self._orphans(environment)
+        report.findings.extend(orphans)
+        for finding in orphans:
+            await self._stop_stray(finding, report)
+        if report.findings:
+            ledger.record(self.store, actor=actor, action="drift.repair", environment=environment,
+                          payload={"replaced": report.replaced, "started": report.started,
+                                   "stopped_strays": report.stopped_strays, "failures": report.failures})
+        return report
+
+    def _record_findings(self, findings: list[Finding], actor: str) -> None:
+        with self.store.begin() as conn:
+            for finding in findings:
+                ledger.append(conn, actor=actor, action="drift.found", environment=finding.environment,
+                              service=finding.service, subject=finding.instance,
+                              payload={"kind": finding.kind, "evidence": finding.evidence})
+
+    async def _repair_service(self, activation: ActivationRow, findings: list[Finding], report: RepairReport,
+                              send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        key = (activation.environment, activation.service)
+        params = DeployParams.from_dict(activation.params)
+        release = self.store.get_release(activation.release_id or "")
+        assert release is not None
+        bad = {f.instance for f in findings if f.kind in REPLACE and f.instance}
+        missing = sum(int(f.evidence.get("count", 0)) for f in findings if f.kind == "missing")
+        if any(f.kind == "artifact_corrupt" for f in findings) and params.runtime == "process":
+            report.failures.append(f"{key[0]}/{key[1]}: the stored artifact {release.artifact_digest} is corrupt; "
+                                   "nothing can be started from it: rebuild and deploy")
+        elif bad or missing:
+            await send({"event": "repair", "service": key[1], "environment": key[0],
+                        "replace": sorted(bad), "start": len(bad) + missing})
+            await self._replace(key, release, params, bad, len(bad) + missing, report)
+        for finding in findings:
+            if finding.kind == "unknown":
+                await self._stop_stray(finding, report)
+
+    async def _replace(self, key: Key, release: ReleaseRow, params: DeployParams, bad: set[str], count: int,
+                       report: RepairReport) -> None:
+        fresh = await self.executor.start_instances(key[0], key[1], release, params, count)
+        verdicts = await asyncio.gather(*(self.executor.gate(row, params) for row in fresh))
+        healthy = [row for row, verdict in zip(fresh, verdicts, strict=True) if verdict.healthy]
+        for row, verdict in zip(fresh, verdicts, strict=True):
+            if not verdict.healthy:
+                report.failures.append(f"replacement {row.id} did not become healthy: {verdict.reason}")
+                await self.executor.stop_instance(row, params.stop_timeout, state="failed")
+        for row in healthy:
+            self.store.set_instance_state(row.id, "running")
+        report.started.extend(r.id for r in healthy)
+        # Retire only as many faulty instances as there are healthy replacements: capacity never drops.
+        retiring = sorted(bad)[: len(healthy)]
+        keep = [r for r in self.store.live_instances(*key)
+                if r.release_id == release.id and r.state == "running" and r.id not in retiring]
+        router = self.routers.get(key)
+        if router is not None:
+            await router.set_backends(release.id, [(r.host, r.port) for r in keep])
+            await router.drain(release.id, params.drain_timeout)
+        for row in self.store.live_instances(*key):
+            if row.id in retiring:
+                await self.executor.stop_instance(row, params.stop_timeout, state="replaced")
+                report.replaced.append(row.id)
+
+    async def _stop_stray(self, finding: Finding, report: RepairReport) -> None:
+        ident = str(finding.evidence.get("ident", ""))
+        if ident.isdigit():
+            await asyncio.to_thread(terminate_group, int(ident), 10.0)
+        else:
+            docker: Any = self.runtimes.get("docker")
+            with contextlib.suppress(IngotError):
+                docker.remove_container(ident)
+        report.stopped_strays.append(ident)
