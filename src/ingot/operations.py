@@ -18,6 +18,7 @@ from ingot.plan import Target, plan_for
 from ingot.project import Project
 from ingot.releases import load_or_create_key, new_release, public_key_text, verify_release
 from ingot.releases import release_id as make_release_id
+from ingot.retention import ReleaseInfo, decide
 from ingot.runtimes.registry import Runtimes
 from ingot.spec import ServiceSpec
 from ingot.state import service_state
@@ -292,6 +293,41 @@ def _down_without_agent(project: Project, environment: str | None) -> dict[str, 
         ledger.append(conn, actor=current_actor(), action="down", environment=environment,
                       payload={"stopped": stopped, "note": "the agent could not start; instances stopped directly"})
     return {"stopped": stopped, "agent_was_running": False}
+
+
+# ---- retention --------------------------------------------------------------------------------
+def prune(project: Project, dry_run: bool) -> dict[str, Any]:
+    """Remove artifacts and images no environment needs; never one that is live or a rollback target."""
+    store = project.store
+    releases = store.all_releases()
+    docker_artifacts = {r.artifact_digest for r in releases if r.spec.get("runtime") == "docker"}
+    runtimes = Runtimes()
+    stored = set(project.artifacts.list_digests())
+    if docker_artifacts:
+        engine: Any = runtimes.get("docker")
+        stored |= {a for a in docker_artifacts if engine.image_exists(a)}
+    history: dict[tuple[str, str], list[str]] = {}
+    retention: dict[tuple[str, str], int] = {}
+    for environment in project.spec.environment_names:
+        for name in project.spec.services:
+            retention[(environment, name)] = project.spec.service_for(environment, name).retention
+    for environment, name in {(d.environment, d.service) for d in store.deployments(limit=100000)}:
+        history[(environment, name)] = [a.release_id for a in store.activation_history(environment, name)
+                                        if a.release_id]
+    infos = [ReleaseInfo(r.id, r.service, r.artifact_digest, r.created_at) for r in releases]
+    decision = decide(infos, history, retention, 5, stored)
+    removed = []
+    if not dry_run:
+        for artifact in sorted(decision.remove):
+            if artifact in docker_artifacts:
+                runtimes.get("docker").remove_image(artifact)  # type: ignore[attr-defined]
+            else:
+                project.artifacts.remove(artifact)
+            removed.append(artifact)
+        ledger.record(store, actor=current_actor(), action="prune",
+                      payload={"removed": {a: decision.remove[a] for a in removed},
+                               "kept": len(decision.keep)})
+    return {"dry_run": dry_run, "remove": decision.remove, "keep": decision.keep, "removed": removed}
 
 
 # ---- drift ----------------------------------------------------------------------------------

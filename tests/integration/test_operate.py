@@ -111,3 +111,36 @@ def test_changing_replicas_scales_the_same_release(example: ExampleProject) -> N
     instances = example.ingot("status", "--json", check=True).json["services"][0]["instances"]
     assert len(instances) == 3 and {i["release"] for i in instances} == {release}
     assert example.ingot("plan", "--json", check=True).json[0]["steps"] == []
+
+
+def test_prune_keeps_live_and_rollback_targets_in_every_environment(example: ExampleProject) -> None:
+    spec = example.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("    router: {listen:", "    retention: 2\n    router: {listen:", 1))
+    example.set_version("1")
+    example.ingot("deploy", "--env", "production", check=True)
+    production_release = example.ingot("status", "--json", "--env", "production", check=True).json[
+        "services"][0]["release"]
+    releases = []
+    for version in ("2", "3", "4", "5"):
+        example.set_version(version)
+        example.ingot("deploy", check=True)
+        releases.append(example.get()["release"])
+    dry = example.ingot("prune", "--dry-run", "--json", check=True).json
+    assert dry["removed"] == []
+    kept_reasons = " ".join(r for reasons in dry["keep"].values() for r in reasons)
+    assert f"live in staging: release {releases[-1]}" in kept_reasons
+    assert f"rollback target in staging: release {releases[-2]}" in kept_reasons
+    assert f"live in production: release {production_release}" in kept_reasons
+    doomed = {rid for ids in dry["remove"].values() for rid in ids}
+    assert doomed == {releases[0], releases[1]}
+
+    pruned = example.ingot("prune", "--json", check=True).json
+    assert sorted(pruned["removed"]) == sorted(dry["remove"])
+    # Rollback targets still work; a pruned release says plainly why it cannot come back.
+    example.ingot("rollback", check=True)
+    assert example.get()["release"] == releases[-2]
+    gone = example.ingot("rollback", "--to", releases[0])
+    assert gone.code == 1 and "no longer in the store" in gone.err
+    assert example.ingot("prune", "--json", check=True).json["removed"] == []
+    actions = [e["action"] for e in example.ingot("audit", "log", "--json", "--limit", "1000").json]
+    assert "prune" in actions

@@ -319,6 +319,25 @@ def reconcile(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -
 
 
 @app.command()
+def prune(file: SpecFile = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go, remove nothing.")] = False,
+          as_json: AsJson = False) -> None:
+    """Remove old artifacts/images: never one that is live or a rollback target in any environment."""
+    project = project_for(file)
+    result = guarded(lambda: operations.prune(project, dry_run))
+    if as_json:
+        print_json(result)
+        return
+    verb = "would remove" if dry_run else "removed"
+    for artifact, release_ids in sorted(result["remove"].items()):
+        console.print(f"{verb} {short(artifact)} (releases {', '.join(release_ids)})")
+    for artifact, reasons in sorted(result["keep"].items()):
+        console.print(f"keep {short(artifact)}: {'; '.join(reasons)}")
+    if not result["remove"]:
+        console.print("nothing to prune")
+
+
+@app.command()
 def agent(foreground: Annotated[bool, typer.Option("--foreground", help="Run attached to this terminal.")] = False,
           file: SpecFile = None) -> None:
     """The long-running process that owns instances and routers (started on demand by other commands)."""
