@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ingot import ledger
+from ingot import build_release, ledger
 from ingot.actor import current_actor
 from ingot.agent.client import AgentClient, AgentUnavailable, agent_pid, ensure_agent, wait_for_exit
-from ingot.artifacts import BuildResult, build_artifact, cached_build
-from ingot.canonical import content_digest
 from ingot.deploy_params import DeployParams, HealthPolicy
-from ingot.errors import IngotError, OperationFailed, UserInputError
+from ingot.errors import OperationFailed, UserInputError
 from ingot.plan import Target, plan_for
 from ingot.project import Project
-from ingot.releases import load_or_create_key, new_release, public_key_text, verify_release
-from ingot.releases import release_id as make_release_id
+from ingot.releases import load_or_create_key, public_key_text, verify_release
 from ingot.retention import ReleaseInfo, decide
 from ingot.runtimes.registry import Runtimes
 from ingot.spec import ServiceSpec
@@ -45,8 +41,8 @@ def deploy_params(service: ServiceSpec) -> DeployParams:
 
 def _check_supported(project: Project, environment: str, name: str, service: ServiceSpec) -> None:
     where = f"{project.spec.path.name}: environments.{environment} / services.{name}"
-    if service.runtime != "process":
-        raise UserInputError(f"{where}: runtime {service.runtime!r} is not available yet; use 'process'")
+    if service.runtime == "kubernetes":
+        raise UserInputError(f"{where}: runtime 'kubernetes' is not available yet; use 'process' or 'docker'")
     if service.router.kind != "builtin":
         raise UserInputError(f"{where}: router kind {service.router.kind!r} is not available yet; use 'builtin'")
     if service.strategy.type != "blue-green":
@@ -54,60 +50,6 @@ def _check_supported(project: Project, environment: str, name: str, service: Ser
     if service.config or service.secrets:
         raise UserInputError(f"{where}: config and secrets keys need the config store, which is not "
                              "available yet; put plain values under env")
-
-
-# ---- build and release ------------------------------------------------------------------
-EMPTY_CONFIG: dict[str, Any] = {"values": {}}
-
-
-def _context(project: Project, service: ServiceSpec) -> Path:
-    return (project.spec.root_dir / (service.build or ".")).resolve()
-
-
-def _spec_exclusion(project: Project, context: Path) -> list[str]:
-    """The spec is desired state, not part of what runs: editing replicas must not rebuild the artifact."""
-    try:
-        return ["/" + project.spec.path.resolve().relative_to(context).as_posix()]
-    except ValueError:
-        return []
-
-
-def build(project: Project, environment: str, name: str, on_output: OnOutput | None = None) -> BuildResult:
-    service = project.spec.service_for(environment, name)
-    _check_supported(project, environment, name, service)
-    context = _context(project, service)
-    try:
-        result = build_artifact(project.artifacts, context, on_output=on_output,
-                                exclude=_spec_exclusion(project, context))
-    except IngotError as exc:
-        ledger.record(project.store, actor=current_actor(), action="build.fail", environment=environment,
-                      service=name, payload={"context": str(context), "error": exc.message, "details": exc.details})
-        raise
-    project.store.record_artifact(result.digest, name, result.input_key)
-    ledger.record(project.store, actor=current_actor(), action="build", environment=environment, service=name,
-                  subject=result.digest,
-                  payload={"context": str(context), "reused": result.reused, "input_key": result.input_key})
-    return result
-
-
-def release(project: Project, environment: str, name: str, artifact: BuildResult,
-            commit: str | None = None) -> tuple[ReleaseRow, bool]:
-    """The release of this artifact with this spec; created (and signed) only if it is new."""
-    service = project.spec.service_for(environment, name)
-    key = load_or_create_key(project.paths.keys)
-    candidate = new_release(key=key, project=project.spec.project, service=name,
-                            artifact_digest=artifact.digest, spec=service.release_fields(),
-                            config=EMPTY_CONFIG, actor=current_actor(), commit=commit)
-    existing = project.store.get_release(candidate.id)
-    if existing is not None:
-        return existing, False
-    with project.store.begin() as conn:
-        project.store.insert_release(conn, candidate)
-        ledger.append(conn, actor=candidate.created_by, action="release", environment=environment, service=name,
-                      subject=candidate.id,
-                      payload={"artifact": candidate.artifact_digest, "config": candidate.config_digest,
-                               "spec": candidate.spec_digest, "commit": commit})
-    return candidate, True
 
 
 # ---- deploy and rollback ----------------------------------------------------------------
@@ -133,9 +75,9 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
     outcomes = []
     for name in names:
         emit({"event": "build", "service": name})
-        artifact = build(project, environment, name, on_output)
+        artifact = build_release.build(project, environment, name, on_output)
         emit({"event": "built", "service": name, "digest": artifact.digest, "reused": artifact.reused})
-        row, created = release(project, environment, name, artifact, commit)
+        row, created = build_release.release(project, environment, name, artifact, commit)
         emit({"event": "release", "service": name, "release": row.id, "created": created})
         outcomes.append(_apply(project, environment, name, row, created, "deploy", emit))
     return outcomes
@@ -193,15 +135,10 @@ def plan(project: Project, environment: str, names: list[str]) -> list[dict[str,
     for name in names:
         service = project.spec.service_for(environment, name)
         params = deploy_params(service)
-        context = _context(project, service)
-        digest = cached_build(project.artifacts, context, exclude=_spec_exclusion(project, context))
-        release_id = None
-        if digest:
-            release_id = make_release_id(project.spec.project, name, digest, content_digest(EMPTY_CONFIG),
-                                         content_digest(service.release_fields()))
+        release_id = build_release.expected_release_id(project, name, service)
         state = service_state(project.store, environment, name)
         steps = plan_for(params.strategy, state, Target(release_id or "<new build>", params.replicas))
-        plans.append({"service": name, "environment": environment, "needs_build": digest is None,
+        plans.append({"service": name, "environment": environment, "needs_build": release_id is None,
                       **steps.as_dict()})
     return plans
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from ingot import __version__, ledger, operations
+from ingot import __version__, build_release, ledger, operations
 from ingot.cli.output import Progress, console, errors, print_json, short, when
 from ingot.errors import IngotError
 from ingot.project import Project, open_project
@@ -108,10 +108,9 @@ def build(service: Annotated[str | None, typer.Argument(help="Service to build (
     environment = guarded(lambda: project.environment(env_name(env)))
     results = []
     for name in guarded(lambda: project.services(service)):
-        result = guarded(lambda n=name: operations.build(project, environment, n,  # type: ignore[misc]
-                                                         None if as_json else _pip_line))
-        results.append({"service": name, "digest": result.digest, "reused": result.reused,
-                        "path": str(result.path)})
+        result = guarded(lambda n=name: build_release.build(project, environment, n,  # type: ignore[misc]
+                                                            None if as_json else _pip_line))
+        results.append({"service": name, **result.as_dict()})
         if not as_json:
             how = "unchanged, reused" if result.reused else "built"
             console.print(f"{name}: {result.digest} ({how})")

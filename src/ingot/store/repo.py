@@ -191,6 +191,11 @@ class Store:
                     )
                 )
 
+    def artifact_digests(self, service: str) -> list[str]:
+        with self.engine.connect() as conn:
+            query = select(t.artifacts.c.digest).where(t.artifacts.c.service == service)
+            return [str(d) for d in conn.execute(query).scalars()]
+
     # deployments --------------------------------------------------------------------------
     def create_deployment(
         self,

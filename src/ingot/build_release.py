@@ -1,0 +1,121 @@
+"""Build and release: turning a service's source (or pinned image) into a signed, immutable release."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ingot import ledger
+from ingot.actor import current_actor
+from ingot.artifacts import BuildResult, build_artifact, cached_build
+from ingot.canonical import content_digest
+from ingot.errors import IngotError
+from ingot.project import Project
+from ingot.releases import load_or_create_key, new_release
+from ingot.releases import release_id as make_release_id
+from ingot.runtimes.registry import Runtimes
+from ingot.spec import ServiceSpec
+from ingot.store import ReleaseRow
+
+OnOutput = Callable[[str], None]
+EMPTY_CONFIG: dict[str, Any] = {"values": {}}
+IMAGE_REPOSITORY = "ingot/{project}-{service}"
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a build produced: an artifact digest (process) or an image ID (containers)."""
+
+    digest: str
+    reused: bool
+    input_key: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def context_dir(project: Project, service: ServiceSpec) -> Path:
+    return (project.spec.root_dir / (service.build or ".")).resolve()
+
+
+def spec_exclusion(project: Project, context: Path) -> list[str]:
+    """The spec is desired state, not part of what runs: editing replicas must not rebuild the artifact."""
+    try:
+        return ["/" + project.spec.path.resolve().relative_to(context).as_posix()]
+    except ValueError:
+        return []
+
+
+def build(project: Project, environment: str, name: str, on_output: OnOutput | None = None) -> Built:
+    service = project.spec.service_for(environment, name)
+    context = context_dir(project, service) if service.build is not None else None
+    try:
+        built = _build(project, name, service, context, on_output)
+    except IngotError as exc:
+        ledger.record(project.store, actor=current_actor(), action="build.fail", environment=environment,
+                      service=name, payload={"context": str(context), "error": exc.message, "details": exc.details})
+        raise
+    project.store.record_artifact(built.digest, name, built.input_key)
+    ledger.record(project.store, actor=current_actor(), action="build", environment=environment, service=name,
+                  subject=built.digest,
+                  payload={"context": str(context), "reused": built.reused, "input_key": built.input_key,
+                           "runtime": service.runtime})
+    return built
+
+
+def _build(project: Project, name: str, service: ServiceSpec, context: Path | None,
+           on_output: OnOutput | None) -> Built:
+    if service.runtime == "process":
+        assert context is not None
+        result: BuildResult = build_artifact(project.artifacts, context, on_output=on_output,
+                                             exclude=spec_exclusion(project, context))
+        return Built(result.digest, result.reused, result.input_key, str(result.path))
+    engine: Any = Runtimes().get(service.runtime)
+    if service.image is not None:
+        image_id = engine.resolve_image(service.image, allow_mutable_tag=service.allow_mutable_tag)
+        return Built(image_id, True, f"image:{service.image}", f"pinned from {service.image}")
+    assert context is not None
+    repository = IMAGE_REPOSITORY.format(project=project.spec.project, service=name)
+    known = {a for a in project.store.artifact_digests(name)}
+    image_id = engine.build_image(context, tag=f"{repository}:build", on_output=on_output or (lambda _l: None))
+    return Built(image_id, image_id in known, f"context:{context}", f"{repository}:build")
+
+
+def expected_release_id(project: Project, name: str, service: ServiceSpec) -> str | None:
+    """The release a deploy would make, if its artifact is already built (process runtime only)."""
+    if service.runtime != "process":
+        return None
+    context = context_dir(project, service)
+    digest = cached_build(project.artifacts, context, exclude=spec_exclusion(project, context))
+    if digest is None:
+        return None
+    return make_release_id(project.spec.project, name, digest, content_digest(EMPTY_CONFIG),
+                           content_digest(service.release_fields()))
+
+
+def release(project: Project, environment: str, name: str, artifact: Built,
+            commit: str | None = None) -> tuple[ReleaseRow, bool]:
+    """The release of this artifact with this spec; created (and signed) only if it is new."""
+    service = project.spec.service_for(environment, name)
+    key = load_or_create_key(project.paths.keys)
+    candidate = new_release(key=key, project=project.spec.project, service=name,
+                            artifact_digest=artifact.digest, spec=service.release_fields(),
+                            config=EMPTY_CONFIG, actor=current_actor(), commit=commit)
+    existing = project.store.get_release(candidate.id)
+    if existing is not None:
+        return existing, False
+    if service.runtime != "process":
+        # The release's own tag, for people and tools; ingot itself only ever runs the image ID.
+        engine: Any = Runtimes().get(service.runtime)
+        engine.tag_image(artifact.digest, IMAGE_REPOSITORY.format(project=project.spec.project, service=name),
+                         candidate.id)
+    with project.store.begin() as conn:
+        project.store.insert_release(conn, candidate)
+        ledger.append(conn, actor=candidate.created_by, action="release", environment=environment, service=name,
+                      subject=candidate.id,
+                      payload={"artifact": candidate.artifact_digest, "config": candidate.config_digest,
+                               "spec": candidate.spec_digest, "commit": commit})
+    return candidate, True
