@@ -44,7 +44,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> None:
     port = int(os.environ.get("PORT", "8000"))
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    host = os.environ.get("HOST", "127.0.0.1")  # in a container: 0.0.0.0, for the published port
+    server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
 
     def stop(_signum: int, _frame: object) -> None:
@@ -52,7 +53,7 @@ def main() -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"hello v{VERSION} listening on 127.0.0.1:{port}", flush=True)
+    print(f"hello v{VERSION} listening on {host}:{port}", flush=True)
     server.serve_forever(poll_interval=0.05)
     server.server_close()
 

@@ -119,3 +119,12 @@ def release(project: Project, environment: str, name: str, artifact: Built,
                       payload={"artifact": candidate.artifact_digest, "config": candidate.config_digest,
                                "spec": candidate.spec_digest, "commit": commit})
     return candidate, True
+
+
+def artifact_available(project: Project, release: ReleaseRow) -> bool:
+    """Whether the release's artifact (or image) is still there to start instances from."""
+    runtime = str(release.spec.get("runtime", "process"))
+    if runtime == "process":
+        return project.artifacts.has(release.artifact_digest)
+    engine: Any = Runtimes().get(runtime)
+    return bool(engine.image_exists(release.artifact_digest))

@@ -16,7 +16,7 @@ from ingot.project import Project
 from ingot.releases import load_or_create_key, public_key_text, verify_release
 from ingot.retention import ReleaseInfo, decide
 from ingot.runtimes.registry import Runtimes
-from ingot.spec import ServiceSpec
+from ingot.spec import SecuritySpec, ServiceSpec
 from ingot.state import service_state
 from ingot.store import ReleaseRow
 
@@ -122,7 +122,7 @@ def rollback_target(project: Project, environment: str, name: str, to: str | Non
 def rollback(project: Project, environment: str, name: str, to: str | None, *,
              on_event: OnEvent | None = None) -> DeployOutcome:
     target = rollback_target(project, environment, name, to)
-    if not project.artifacts.has(target.artifact_digest):
+    if not build_release.artifact_available(project, target):
         raise OperationFailed(f"release {target.id} cannot be restored: its artifact {target.artifact_digest} "
                               "is no longer in the store")
     return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None))
@@ -171,7 +171,18 @@ def status(project: Project, environment: str | None) -> dict[str, Any]:
         services = _offline_services(project)
     if environment:
         services = [s for s in services if s["environment"] == environment]
+    for item in services:
+        item["hardening"] = _hardening_of(project, item.get("release"))
     return {"project": project.spec.project, "state": str(project.paths.root), "agent": agent, "services": services}
+
+
+def _hardening_of(project: Project, release_id: str | None) -> dict[str, Any] | None:
+    """For container services: what the live release relaxes of the hardened defaults, and why."""
+    release = project.store.get_release(release_id or "")
+    if release is None or "security" not in release.spec:
+        return None
+    security = SecuritySpec.model_validate(release.spec["security"])
+    return {"relaxed": security.relaxations(), "reason": security.reason}
 
 
 def _offline_services(project: Project) -> list[dict[str, Any]]:

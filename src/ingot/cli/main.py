@@ -218,6 +218,10 @@ def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> N
                       str(stats.get("errors_5xx", "-")), f"{stats['p99_ms']:.1f}" if stats else "-")
     console.print(table)
     for item in report["services"]:
+        hardening = item.get("hardening")
+        if hardening and hardening["relaxed"]:
+            console.print(f"  {item['environment']}/{item['service']}: hardening relaxed: "
+                          f"{', '.join(hardening['relaxed'])} (reason: {hardening['reason']})", markup=False)
         for instance in item["instances"]:
             if instance["health"] != "healthy":
                 console.print(f"  {item['service']}/{instance['id']} (pid {instance['pid']}, port "
@@ -242,7 +246,9 @@ def history(file: SpecFile = None, env: Env = None, service: Service = None,
     for column in ("when", "service", "kind", "release", "commit", "artifact", "who", "outcome", ""):
         table.add_column(column)
     for row in rows:
-        table.add_row(when(row["at"]), row["service"], row["kind"], row["release"], short(row["commit"], 10),
+        commit = row["commit"] or ""
+        commit_text = short(commit, 10) + ("-dirty" if commit.endswith("-dirty") else "")
+        table.add_row(when(row["at"]), row["service"], row["kind"], row["release"], commit_text,
                       short(row["artifact"]), row["actor"], row["outcome"], "← live" if row["live"] else "")
     console.print(table)
 

@@ -1,0 +1,127 @@
+"""Where a request goes: releases by smooth weighted round-robin, then the least busy backend.
+
+A connect failure marks a backend down for a while (`down_until`); `next_backend` then moves the
+request to another backend of its release, or of another weighted release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ingot.routers.base import Address
+from ingot.routers.builtin.stats import ReleaseCounters
+
+if TYPE_CHECKING:
+    from ingot.routers.builtin.exchange import Exchange
+    from ingot.routers.builtin.upstream import UpstreamProtocol
+
+
+class Backend:
+    """One backend address of a release: its load, health and idle keep-alive connections."""
+
+    __slots__ = ("addr", "down_until", "host", "idle", "in_flight", "port", "retired")
+
+    def __init__(self, addr: Address) -> None:
+        self.addr = addr
+        self.host, self.port = addr
+        self.idle: list[UpstreamProtocol] = []  # LIFO: the most recently used connection is the likeliest alive
+        self.in_flight = 0
+        self.down_until = 0.0
+        self.retired = False
+
+    def retire(self) -> None:
+        self.retired = True
+        idle, self.idle = self.idle, []
+        for up in idle:
+            up.close()
+
+
+class Release(ReleaseCounters):
+    """A release as the router sees it: weight, backends, and `drain` calls waiting for in_flight 0."""
+
+    __slots__ = ("backends", "current", "header", "name", "rr", "waiters", "weight")
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.header = b"X-Ingot-Release: " + name.encode("ascii") + b"\r\n"
+        self.backends: list[Backend] = []
+        self.weight = 0
+        self.current = 0  # smooth weighted round-robin state
+        self.rr = 0
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def pick(self, tried: list[Backend] | None, now: float) -> Backend | None:
+        """Least in flight among healthy backends, rotating the start so ties spread evenly.
+
+        A backend marked down is still used when nothing healthy is left: a 1 s blackout of a
+        single-instance release would be worse than one more connect attempt.
+        """
+        backends = self.backends
+        n = len(backends)
+        if n == 0:
+            return None
+        start = self.rr
+        self.rr = start + 1 if start + 1 < n else 0
+        best: Backend | None = None
+        fallback: Backend | None = None
+        for i in range(n):
+            b = backends[(start + i) % n]
+            if tried is not None and b in tried:
+                continue
+            if b.down_until > now:
+                if fallback is None:
+                    fallback = b
+                continue
+            if best is None or b.in_flight < best.in_flight:
+                best = b
+                if b.in_flight == 0:
+                    break
+        return best if best is not None else fallback
+
+    def enter(self) -> None:
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+
+def choose_release(active: list[Release]) -> Release | None:
+    """Smooth weighted round-robin (as nginx) over releases with weight > 0: exact proportions, no bursts."""
+    if len(active) == 1:
+        return active[0]
+    best: Release | None = None
+    total = 0
+    for rel in active:
+        rel.current += rel.weight
+        total += rel.weight
+        if best is None or rel.current > best.current:
+            best = rel
+    if best is not None:
+        best.current -= total
+    return best
+
+
+def next_backend(ex: Exchange, active: list[Release], now: float) -> Backend | None:
+    """A backend of the exchange's release, else of any other weighted release (the request moves there)."""
+    rel = ex.release
+    assert rel is not None
+    b = rel.pick(ex.tried, now)
+    if b is not None:
+        return b
+    for other in active:
+        if other is rel:
+            continue
+        b = other.pick(ex.tried, now)
+        if b is not None:
+            rel.leave()
+            other.enter()
+            ex.release = other
+            return b
+    return None

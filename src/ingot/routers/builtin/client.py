@@ -1,0 +1,278 @@
+"""The client side: an `asyncio.Protocol` per client connection, parsing requests with httptools.
+
+Bytes produced while one chunk of input is parsed are collected in `wbuf` and written once after
+the parser returns. Pipelined requests are queued and answered strictly one after the other;
+`Expect: 100-continue` is answered here and not forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from ingot.routers.builtin.exchange import Exchange
+from ingot.routers.builtin.flow import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_UPSTREAM
+from ingot.routers.builtin.headers import request_head_for_backend
+
+if TYPE_CHECKING:
+    from ingot.routers.builtin.router import BuiltinRouter
+
+# Request line + headers larger than this are answered with 431 (httptools has no limit itself).
+MAX_HEAD_BYTES = 64 * 1024
+# How long a client that is answered before its request body ended may keep sending before close.
+LINGER_SECONDS = 2.0
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback when the request head passes `MAX_HEAD_BYTES`."""
+
+
+class ClientProtocol(asyncio.Protocol):
+    __slots__ = (
+        "closed",
+        "eof",
+        "feeding",
+        "head_size",
+        "headers",
+        "last",
+        "lingering",
+        "parser",
+        "parsing",
+        "paused",
+        "peer",
+        "queue",
+        "router",
+        "transport",
+        "upgraded",
+        "url",
+        "wbuf",
+        "write_paused",
+    )
+
+    def __init__(self, router: BuiltinRouter) -> None:
+        self.router = router
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Exchange] = deque()  # queue[0] is the exchange being answered
+        self.parsing: Exchange | None = None  # the exchange whose body is being read
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.wbuf: list[bytes] = []  # response bytes collected during one parse, written at once
+        self.paused = 0
+        self.write_paused = False
+        self.closed = False
+        self.eof = False
+        self.feeding = False
+        self.lingering = False
+        self.upgraded = False
+        self.peer = b"unknown"
+        self.last = 0.0
+
+    # ---- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but implement the interface.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = str(peer[0]).encode("ascii")
+        self.last = self.router._now()
+        self.router._clients.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.router._clients.discard(self)
+        self._abort_queue()
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering or self.upgraded:
+            return  # discarded: the connection closes once the answer is out
+        self.last = self.router._now()
+        self.feeding = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Bytes after an Upgrade/CONNECT head are not HTTP: answer the head, then close.
+            self.upgraded = True
+        except httptools.HttpParserError as exc:
+            self.feeding = False
+            self._bad_request(431 if isinstance(exc.__context__, _HeadTooLarge) else 400)
+            return
+        finally:
+            self.feeding = False
+        queue = self.queue
+        if queue:
+            queue[0].flush()
+        if self.wbuf:
+            self.flush()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        if self.parsing is not None or self.lingering:
+            return False  # a request cut short can never complete
+        # A half-closed client may still wait for the answers to what it sent.
+        return bool(self.queue)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.queue and self.queue[0].up is not None:
+            self.queue[0].up.pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.queue and self.queue[0].up is not None:
+            self.queue[0].up.resume()
+
+    # ---- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url if not self.url else self.url + url
+        self.head_size += len(url)
+        if self.head_size > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        method = parser.get_method()
+        http10 = parser.get_http_version() == "1.0"
+        head, chunked, expect = request_head_for_backend(self, method, http10)
+        ex = Exchange(self, head, chunked=chunked, http10=http10, keep_alive=parser.should_keep_alive())
+        ex.is_head = method == b"HEAD"
+        ex.expect_continue = expect and not http10
+        if parser.should_upgrade():
+            ex.client_keep_alive = False
+        self.parsing = ex
+        self.queue.append(ex)
+        if len(self.queue) == 1:
+            self._activate(ex)
+        else:
+            self.pause(PAUSE_PIPELINE)  # answer in order; read on when it is this one's turn
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.add_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        if ex is not None:
+            self.parsing = None
+            ex.end_body()
+
+    # ---- exchange life cycle -----------------------------------------------------------------
+
+    def _activate(self, ex: Exchange) -> None:
+        if ex.expect_continue and not ex.req_done and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.router.dispatch(ex)
+
+    def exchange_done(self, ex: Exchange) -> None:
+        """The answer to `ex` is complete (in `wbuf`): send it and go on with the next request."""
+        if self.closed:
+            return
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.popleft()
+        self.resume(PAUSE_UPSTREAM | PAUSE_BUFFER)
+        self.flush()
+        if not ex.req_done:
+            self._linger()
+        elif not ex.client_keep_alive or self.upgraded or (self.eof and not queue):
+            self.close()
+        elif queue:
+            if len(queue) == 1:
+                self.resume(PAUSE_PIPELINE)
+            self._activate(queue[0])
+
+    def flush(self) -> None:
+        wbuf = self.wbuf
+        if not wbuf:
+            return
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+        wbuf.clear()
+
+    def _bad_request(self, status: int) -> None:
+        self.parsing = None
+        if self.queue:
+            self.close()  # mid-pipeline: an answer now would be out of order
+            return
+        ex = Exchange(self, b"", chunked=False, http10=False, keep_alive=False)
+        self.queue.append(ex)
+        ex.respond_error(status, None)
+
+    # ---- flow control and closing ------------------------------------------------------------
+
+    def pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def _linger(self) -> None:
+        """Close after answering before the request body was read, without losing the answer.
+
+        Closing a socket with unread input makes the kernel send RST, which can destroy the
+        response in flight; so shut down our side, read and drop input for a while, then close.
+        """
+        transport = self.transport
+        if transport is None or self.closed or self.lingering:
+            return
+        self.lingering = True
+        self.resume(PAUSE_UPSTREAM | PAUSE_BUFFER | PAUSE_PIPELINE)
+        self._abort_queue()
+        if self.eof or not transport.can_write_eof():
+            self.close()
+            return
+        transport.write_eof()
+        assert self.router._loop is not None
+        self.router._loop.call_later(LINGER_SECONDS, self.close)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+            self.router._clients.discard(self)
+            self._abort_queue()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.close()
+
+    def _abort_queue(self) -> None:
+        queue, self.queue = self.queue, deque()
+        for ex in queue:
+            ex.abort()
+
+    def check_timeouts(self, now: float) -> None:
+        router = self.router
+        if not self.queue:
+            if now - self.last > router.client_idle_timeout and not self.lingering:
+                self.close()
+            return
+        ex = self.queue[0]
+        up = ex.up
+        if up is not None and now - max(up.last, self.last) > router.read_timeout:
+            ex.timed_out()

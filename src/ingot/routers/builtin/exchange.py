@@ -1,0 +1,291 @@
+"""One request/response exchange: the request bytes on their way to a backend, the answer back.
+
+Request bytes are kept (up to `REPLAY_LIMIT`) until the backend's first response byte, so that a
+pooled keep-alive connection the backend closed as we reused it can be replayed once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from ingot.routers.builtin.flow import PAUSE_BUFFER
+from ingot.routers.builtin.headers import (
+    FRAMING_CHUNKED,
+    FRAMING_CLOSE,
+    FRAMING_NONE,
+    connection_header,
+    response_head_for_client,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    from ingot.routers.builtin.balancing import Backend, Release
+    from ingot.routers.builtin.client import ClientProtocol
+    from ingot.routers.builtin.upstream import UpstreamProtocol
+
+# Request bytes kept for a replay after a reused upstream connection turns out dead.
+REPLAY_LIMIT = 64 * 1024
+# Request body buffered while an upstream connect is pending before the client is paused.
+CONNECT_BUFFER_LIMIT = 256 * 1024
+
+_perf = time.perf_counter
+
+_REASONS = {
+    400: b"Bad Request",
+    431: b"Request Header Fields Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+_ERROR_BODIES = {
+    400: b"400 Bad Request: the request could not be parsed\n",
+    431: b"431 Request Header Fields Too Large\n",
+    502: b"502 Bad Gateway: no backend could serve the request\n",
+    503: b"503 Service Unavailable: no release has weight\n",
+    504: b"504 Gateway Timeout: the backend did not answer in time\n",
+}
+
+
+class Exchange:
+    """A request from `client`, its way to a backend (`release`, `backend`, `up`) and the answer."""
+
+    __slots__ = (
+        "backend",
+        "chosen",
+        "chunked",
+        "client",
+        "client_keep_alive",
+        "done",
+        "expect_continue",
+        "fresh_retry_used",
+        "http10",
+        "is_head",
+        "out",
+        "pending",
+        "release",
+        "replayable",
+        "req_done",
+        "resp_framing",
+        "resp_started",
+        "retained",
+        "router",
+        "sent",
+        "start",
+        "status",
+        "tried",
+        "up",
+    )
+
+    def __init__(self, client: ClientProtocol, head: bytes, *, chunked: bool, http10: bool, keep_alive: bool) -> None:
+        self.client = client
+        self.router = client.router
+        self.out: list[bytes] = [head]  # request bytes: sent ones stay while replayable
+        self.sent = 0  # how many items of `out` the current upstream has been given
+        self.retained = len(head)
+        self.replayable = self.retained <= REPLAY_LIMIT
+        self.pending = 0  # body bytes appended while no upstream is attached
+        self.chunked = chunked
+        self.http10 = http10
+        self.client_keep_alive = keep_alive
+        self.is_head = False
+        self.expect_continue = False
+        self.req_done = False
+        self.done = False
+        self.release: Release | None = None
+        self.chosen: Release | None = None
+        self.backend: Backend | None = None
+        self.up: UpstreamProtocol | None = None
+        self.tried: list[Backend] | None = None
+        self.fresh_retry_used = False
+        self.resp_started = False
+        self.resp_framing = FRAMING_NONE
+        self.status = 0
+        self.start = _perf()
+
+    # ---- request side ------------------------------------------------------------------------
+
+    def add_body(self, data: bytes) -> None:
+        if self.done:
+            return  # answered early; the rest of the body has nowhere to go
+        out = self.out
+        if self.chunked:
+            out.append(b"%x\r\n" % len(data))
+            out.append(data)
+            out.append(b"\r\n")
+        else:
+            out.append(data)
+        self._account(len(data))
+
+    def end_body(self) -> None:
+        self.req_done = True
+        if self.chunked and not self.done:
+            self.out.append(b"0\r\n\r\n")
+
+    def _account(self, size: int) -> None:
+        if self.replayable:
+            self.retained += size
+            if self.retained > REPLAY_LIMIT:
+                self.replayable = False
+        if self.up is None:
+            self.pending += size
+            if self.pending > CONNECT_BUFFER_LIMIT:
+                self.client.pause(PAUSE_BUFFER)
+
+    def flush(self) -> None:
+        """Give the attached upstream every request byte it has not seen yet, in one write."""
+        up = self.up
+        if up is None or up.transport is None:
+            return
+        out = self.out
+        n = len(out)
+        s = self.sent
+        if s == n:
+            return
+        up.transport.write(out[s] if n - s == 1 else b"".join(out[s:]))
+        if self.replayable:
+            self.sent = n
+        else:
+            out.clear()
+            self.sent = 0
+        if self.pending:
+            self.pending = 0
+            self.client.resume(PAUSE_BUFFER)
+
+    def attach(self, up: UpstreamProtocol, *, reused: bool) -> None:
+        self.up = up
+        up.ex = self
+        up.reused = reused
+        up.got = False
+        up.last = self.router._now()
+        client = self.client
+        if client.write_paused:
+            up.pause()
+        if not client.feeding:
+            self.flush()  # else the client's data_received does, once with the body parsed so far
+
+    def drop_backend(self) -> None:
+        b = self.backend
+        if b is not None:
+            b.in_flight -= 1
+            self.backend = None
+
+    # ---- response side -----------------------------------------------------------------------
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.resp_started = True
+        if self.replayable:
+            self.replayable = False  # nothing to replay once the backend answered
+            del self.out[: self.sent]
+            self.sent = 0
+        head, framing, keep = response_head_for_client(self, status, reason, headers)
+        self.resp_framing = framing
+        if not keep:
+            self.client_keep_alive = False
+        self.client.wbuf.append(head)
+
+    def response_body(self, data: bytes) -> None:
+        wbuf = self.client.wbuf
+        if self.resp_framing == FRAMING_CHUNKED:
+            wbuf.append(b"%x\r\n" % len(data))
+            wbuf.append(data)
+            wbuf.append(b"\r\n")
+        else:
+            wbuf.append(data)
+
+    def response_end(self) -> None:
+        if self.resp_framing == FRAMING_CHUNKED:
+            self.client.wbuf.append(b"0\r\n\r\n")
+
+    def response_done(self, up: UpstreamProtocol, upstream_keep_alive: bool) -> None:
+        self.up = None
+        up.ex = None
+        if upstream_keep_alive and self.req_done and self.sent == len(self.out):
+            self.router.release_conn(up)
+        else:
+            up.close()
+        self.finish(self.status, self.release)
+
+    def upstream_lost(self, up: UpstreamProtocol) -> None:
+        """The upstream connection ended (EOF, reset, parse error) while this exchange used it."""
+        self.up = None
+        up.ex = None
+        up.close()
+        if not self.resp_started:
+            if up.reused and not up.got and self.replayable and not self.fresh_retry_used:
+                # The backend closed an idle keep-alive connection as we reused it: replay once.
+                self.fresh_retry_used = True
+                self.sent = 0
+                self.drop_backend()
+                self.router._attempt(self, fresh=True)
+                return
+            self.respond_error(502, self.chosen)
+        elif self.resp_framing == FRAMING_CLOSE:
+            self.finish(self.status, self.release)  # the end of a close-delimited body
+        else:
+            # Cut off mid-body: the client must see a broken response, not a short one.
+            self.client_keep_alive = False
+            self.finish(502, self.release, latency=False)
+
+    def timed_out(self) -> None:
+        self._close_upstream()
+        if self.resp_started:
+            self.client_keep_alive = False
+            self.finish(504, self.release, latency=False)
+        else:
+            self.respond_error(504, self.chosen)
+
+    def respond_error(self, status: int, rel: Release | None) -> None:
+        if self.done:
+            return
+        body = _ERROR_BODIES[status]
+        if not self.req_done:
+            self.client_keep_alive = False  # the rest of the body is not read: close after answering
+        self.status = status
+        self.client.wbuf.append(
+            b"".join(
+                (
+                    status_line(status),
+                    _REASONS[status],
+                    b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ",
+                    b"%d" % len(body),
+                    b"\r\n",
+                    connection_header(self.http10, self.client_keep_alive),
+                    b"\r\n",
+                    body,
+                )
+            )
+        )
+        self.finish(status, rel)
+
+    def finish(self, status: int, rel: Release | None, *, latency: bool = True) -> None:
+        if self.done:
+            return
+        self.done = True
+        if rel is not None:
+            rel.record(status, _perf() - self.start if latency else None)
+        if self.release is not None:
+            self.release.leave()
+            self.release = None
+        self.drop_backend()
+        self.client.exchange_done(self)
+
+    def abort(self) -> None:
+        """The client went away: stop without answering."""
+        if self.done:
+            return
+        self.done = True
+        self._close_upstream()
+        if self.release is not None:
+            self.release.leave()
+            self.release = None
+        self.drop_backend()
+
+    def _close_upstream(self) -> None:
+        """Let go of the upstream connection mid-response: its framing is lost, so it is closed."""
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.ex = None
+            up.close()

@@ -1,0 +1,181 @@
+"""HTTP heads as they cross the router: each is rewritten for the other side in one pass of bytes.
+
+Hop-by-hop headers (and those named in `Connection`) are dropped, the body framing is decided
+here, and the `X-Forwarded-*` headers are set on requests, `X-Ingot-Release` on responses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ingot.routers.builtin.client import ClientProtocol
+    from ingot.routers.builtin.exchange import Exchange
+
+# Response framing towards the client.
+FRAMING_NONE, FRAMING_LENGTH, FRAMING_CHUNKED, FRAMING_CLOSE = 0, 1, 2, 3
+
+# Lower-cased headers of either direction that need more than being copied through: the
+# hop-by-hop ones and the body framing.
+_HOP_BY_HOP_AND_FRAMING = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    }
+)
+_REQ_SPECIAL = _HOP_BY_HOP_AND_FRAMING | {
+    b"host",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
+_RESP_SPECIAL = _HOP_BY_HOP_AND_FRAMING | {b"x-ingot-release"}
+# Connection-header tokens that name no end-to-end header we would have to remove as well.
+_PLAIN_CONNECTION_TOKENS = frozenset({b"", b"keep-alive", b"close", b"upgrade", b"te", b"trailer"})
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    """`HTTP/1.1 <status> ` (the reason phrase follows)."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d " % status
+    return line
+
+
+def connection_header(http10: bool, keep_alive: bool) -> bytes:
+    if not keep_alive:
+        return b"Connection: close\r\n"
+    return b"Connection: keep-alive\r\n" if http10 else b""
+
+
+def _extra_connection_tokens(value: bytes | None) -> frozenset[bytes]:
+    """Headers named in `Connection` are hop-by-hop too (RFC 9110 7.6.1)."""
+    if value is None:
+        return frozenset()
+    tokens = {t.strip().lower() for t in value.split(b",")}
+    return frozenset(tokens - _PLAIN_CONNECTION_TOKENS)
+
+
+def _is_chunked(transfer_encoding: bytes) -> bool:
+    return transfer_encoding.rstrip().lower().endswith(b"chunked")
+
+
+def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool) -> tuple[bytes, bool, bool]:
+    """The request head for the backend; also whether the body is chunked and 100-continue expected."""
+    headers = client.headers
+    parts = [method, b" ", client.url, b" HTTP/1.1\r\n"]
+    host: bytes | None = None
+    xff: bytes | None = None
+    te: bytes | None = None
+    connection: bytes | None = None
+    expect = False
+    drop: frozenset[bytes] = frozenset()
+    for _ in range(2):  # a second pass only when Connection names end-to-end headers to remove
+        del parts[4:]
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _REQ_SPECIAL or lname.startswith(b"proxy-"):
+                if lname == b"host":
+                    host = value
+                    parts += (name, b": ", value, b"\r\n")
+                elif lname == b"content-length":
+                    parts += (name, b": ", value, b"\r\n")
+                elif lname == b"transfer-encoding":
+                    te = value
+                elif lname == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                elif lname == b"connection":
+                    connection = value if connection is None else connection + b"," + value
+                elif lname == b"expect":
+                    expect = value.lower() == b"100-continue"
+                continue
+            if drop and lname in drop:
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        extra = _extra_connection_tokens(connection)
+        if not extra or drop:
+            break
+        drop = extra
+        xff = te = connection = None
+    if host is None:
+        host = client.router._host_header
+        parts += (b"Host: ", host, b"\r\n")
+    chunked = te is not None and _is_chunked(te)
+    if te is not None:
+        parts += (b"Transfer-Encoding: ", te, b"\r\n")
+    parts += (
+        b"X-Forwarded-For: ",
+        client.peer if xff is None else xff + b", " + client.peer,
+        b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
+        host,
+        b"\r\n\r\n",
+    )
+    return b"".join(parts), chunked, expect
+
+
+def response_head_for_client(
+    ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[bytes, int, bool]:
+    """The response head for the client, its body framing, and whether the client may keep alive."""
+    parts = [status_line(status), reason, b"\r\n"]
+    te: bytes | None = None
+    has_length = False
+    connection: bytes | None = None
+    drop: frozenset[bytes] = frozenset()
+    for _ in range(2):  # a second pass only when Connection names end-to-end headers to remove
+        del parts[3:]
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _RESP_SPECIAL or lname.startswith(b"proxy-"):
+                if lname == b"content-length":
+                    has_length = True
+                    parts += (name, b": ", value, b"\r\n")
+                elif lname == b"transfer-encoding":
+                    te = value
+                elif lname == b"connection":
+                    connection = value if connection is None else connection + b"," + value
+                continue
+            if drop and lname in drop:
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        extra = _extra_connection_tokens(connection)
+        if not extra or drop:
+            break
+        drop = extra
+    # Answered before the whole request arrived: the client connection cannot be reused.
+    keep = ex.client_keep_alive and ex.req_done
+    if ex.is_head or status in (204, 304):
+        framing = FRAMING_NONE
+        if te is not None and ex.is_head and not ex.http10:
+            parts += (b"Transfer-Encoding: ", te, b"\r\n")
+    elif te is not None and _is_chunked(te) and not ex.http10:
+        framing = FRAMING_CHUNKED
+        parts += (b"Transfer-Encoding: ", te, b"\r\n")
+    elif te is None and has_length:
+        framing = FRAMING_LENGTH
+    else:
+        # Ends when the backend closes (or HTTP/1.0 client of a chunked body): so must the client side.
+        framing = FRAMING_CLOSE
+        keep = False
+    parts.append(connection_header(ex.http10, keep))
+    assert ex.release is not None
+    parts.append(ex.release.header)
+    parts.append(b"\r\n")
+    return b"".join(parts), framing, keep
+
+
+def informational_head_for_client(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A 1xx response head, passed on as it came."""
+    parts = [status_line(status), reason, b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

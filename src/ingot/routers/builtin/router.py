@@ -1,0 +1,297 @@
+"""`BuiltinRouter`: the `Router` API, request dispatch to backends, and housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ingot.errors import OperationFailed
+from ingot.routers.base import Address, ReleaseStats
+from ingot.routers.builtin.balancing import Backend, Release, choose_release, next_backend
+from ingot.routers.builtin.client import ClientProtocol
+from ingot.routers.builtin.upstream import UpstreamProtocol
+
+if TYPE_CHECKING:
+    from ingot.routers.builtin.exchange import Exchange
+
+# The name the router has always logged under (this module was `ingot.routers.builtin`).
+log = logging.getLogger("ingot.routers.builtin")
+
+# A backend that refused or timed out a connect gets no new requests for this long.
+DOWN_FOR = 1.0
+# Distinct backends tried per request after connect failures before giving up with 502.
+MAX_CONNECT_ATTEMPTS = 6
+SWEEP_INTERVAL = 0.5
+
+
+def install_fast_loop() -> bool:
+    """Use uvloop's event loop policy if uvloop is importable; True if it was installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+class BuiltinRouter:
+    """Weighted HTTP/1.1 reverse proxy; see `ingot.routers.base.Router` for the contract.
+
+    Must be used from one event loop (the one `start()` ran in); mutations take effect at once
+    and atomically with respect to new requests. Releases and pools survive `stop()`/`start()`.
+
+    - Release choice: smooth weighted round-robin over releases with weight > 0; within a
+      release, the backend with the fewest requests in flight (ties rotate).
+    - A connect failure marks the backend down for `DOWN_FOR` seconds and the request moves to
+      another backend of its release, then of another weighted release (its in-flight count
+      moves with it, so `drain` of the first release does not wait for it).
+    - Counters: a request counts for the release that answered it; a 502 after every candidate
+      failed counts for the release first chosen; 504 and responses cut off by the backend count
+      as 5xx too. Requests whose client went away before the answer are not counted.
+    - `drain` returns as soon as the in-flight count is 0 at some moment; callers move the weight
+      away first. Draining an unknown (or removed) release returns True at once.
+    """
+
+    def __init__(
+        self,
+        listen: Address,
+        *,
+        name: str = "",
+        connect_timeout: float = 2.0,
+        upstream_idle_timeout: float = 30.0,
+        read_timeout: float = 60.0,
+        client_idle_timeout: float = 75.0,
+    ) -> None:
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self.upstream_idle_timeout = upstream_idle_timeout
+        self.read_timeout = read_timeout
+        self.client_idle_timeout = client_idle_timeout
+        self._listen = listen
+        self._bound: Address | None = None
+        self._releases: dict[str, Release] = {}
+        self._active: list[Release] = []  # weight > 0, in the order weights were given
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clients: set[ClientProtocol] = set()
+        self._upstreams: set[UpstreamProtocol] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._host_header = b""
+        # The loop's clock once started (cheap, and what timers use).
+        self._now: Callable[[], float] = time.monotonic
+
+    # ---- Router protocol ---------------------------------------------------------------------
+
+    @property
+    def listen_address(self) -> Address:
+        return self._bound if self._bound is not None else self._listen
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError(f"router {self.name!r} is already started")
+        loop = asyncio.get_running_loop()
+        host, port = self._listen
+        try:
+            server = await loop.create_server(
+                lambda: ClientProtocol(self), host, port, reuse_address=True, backlog=2048
+            )
+        except OSError as exc:
+            raise self._bind_error(exc) from None
+        self._loop = loop
+        self._now = loop.time
+        self._server = server
+        self._stopping = False
+        # Keep the configured host (callers compare addresses), but report the port actually bound.
+        self._bound = (host, int(server.sockets[0].getsockname()[1]))
+        self._host_header = f"{host}:{self._bound[1]}".encode("ascii")
+        self._sweeper = loop.create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for client in list(self._clients):
+            client.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for up in list(self._upstreams):
+            up.close()
+        for rel in self._releases.values():
+            for b in rel.backends:
+                b.idle.clear()
+        if server is not None:
+            await server.wait_closed()
+        self._bound = None
+
+    async def set_backends(self, release: str, addrs: list[Address]) -> None:
+        rel = self._release(release)
+        old: dict[Address, Backend | None] = {b.addr: b for b in rel.backends}
+        pool: list[Backend] = []
+        for host, port in addrs:
+            addr = (str(host), int(port))
+            if any(b.addr == addr for b in pool):
+                continue
+            kept = old.pop(addr, None)
+            pool.append(kept if kept is not None else Backend(addr))
+        for gone in old.values():
+            if gone is not None:
+                gone.retire()
+        rel.backends = pool
+        rel.rr = 0
+
+    async def set_weights(self, weights: dict[str, int]) -> None:
+        for name, weight in weights.items():
+            if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+                raise ValueError(f"weight of release {name!r} must be an integer >= 0, got {weight!r}")
+        for name in weights:
+            self._release(name)
+        for rel in self._releases.values():
+            rel.weight = weights.get(rel.name, 0)
+            rel.current = 0
+        self._active = [self._releases[n] for n in weights if weights[n] > 0]
+
+    async def drain(self, release: str, timeout: float) -> bool:
+        rel = self._releases.get(release)
+        if rel is None or rel.in_flight == 0:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        rel.waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if fut in rel.waiters:
+                rel.waiters.remove(fut)
+        return True
+
+    async def remove_release(self, release: str) -> None:
+        rel = self._releases.pop(release, None)
+        if rel is None:
+            return
+        for b in rel.backends:
+            b.retire()
+        self._active = [r for r in self._active if r is not rel]
+
+    def stats(self) -> dict[str, ReleaseStats]:
+        return {name: rel.snapshot() for name, rel in self._releases.items()}
+
+    def weights(self) -> dict[str, int]:
+        return {name: rel.weight for name, rel in self._releases.items()}
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _bind_error(self, exc: OSError) -> OperationFailed:
+        host, port = self._listen
+        label = f"router {self.name!r}" if self.name else "router"
+        if exc.errno == errno.EADDRINUSE:
+            return OperationFailed(
+                f"{label} cannot listen on {host}:{port}: the address is already in use",
+                details=[
+                    "another process (or another router) is bound to it;",
+                    "stop it or choose another `router.listen` address",
+                ],
+            )
+        return OperationFailed(f"{label} cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+    def _release(self, name: str) -> Release:
+        rel = self._releases.get(name)
+        if rel is None:
+            if not name or not name.isascii() or not name.isprintable():
+                raise ValueError(f"release id {name!r} cannot be used in a header")
+            rel = self._releases[name] = Release(name)
+        return rel
+
+    # ---- request dispatch --------------------------------------------------------------------
+
+    def dispatch(self, ex: Exchange) -> None:
+        rel = choose_release(self._active)
+        if rel is None:
+            ex.respond_error(503, None)
+            return
+        ex.release = ex.chosen = rel
+        rel.enter()
+        self._attempt(ex, fresh=False)
+
+    def _attempt(self, ex: Exchange, *, fresh: bool) -> None:
+        b = next_backend(ex, self._active, self._now())
+        if b is None:
+            ex.respond_error(502, ex.chosen)
+            return
+        ex.backend = b
+        b.in_flight += 1
+        if not fresh:
+            idle = b.idle
+            while idle:
+                up = idle.pop()
+                if up.transport is not None and not up.transport.is_closing():
+                    ex.attach(up, reused=True)
+                    return
+        assert self._loop is not None
+        task = self._loop.create_task(self._connect(ex, b))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, ex: Exchange, b: Backend) -> None:
+        assert self._loop is not None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, up = await self._loop.create_connection(lambda: UpstreamProtocol(self, b), b.host, b.port)
+        except (OSError, TimeoutError) as exc:
+            b.down_until = self._now() + DOWN_FOR
+            log.debug("router %s: connect to %s:%s failed: %r", self.name, b.host, b.port, exc)
+            if ex.backend is not b or ex.done:
+                return
+            ex.drop_backend()
+            tried = ex.tried if ex.tried is not None else []
+            tried.append(b)
+            ex.tried = tried
+            if len(tried) >= MAX_CONNECT_ATTEMPTS:
+                ex.respond_error(502, ex.chosen)
+            else:
+                self._attempt(ex, fresh=False)
+            return
+        if ex.done or ex.backend is not b:
+            self.release_conn(up)  # the client left meanwhile; the fresh connection is still good
+            return
+        ex.attach(up, reused=False)
+
+    def release_conn(self, up: UpstreamProtocol) -> None:
+        """Return a connection whose last exchange ended cleanly to its backend's idle pool."""
+        b = up.backend
+        if b.retired or self._stopping or up.transport is None or up.transport.is_closing():
+            up.close()
+            return
+        up.idle_since = self._now()
+        up.resume()
+        b.idle.append(up)
+
+    # ---- housekeeping ------------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                self._sweep(self._now())
+            except Exception:  # pragma: no cover - a bug here must not stop the sweeping
+                log.exception("router %s: sweep failed", self.name)
+
+    def _sweep(self, now: float) -> None:
+        for client in list(self._clients):
+            client.check_timeouts(now)
+        limit = now - self.upstream_idle_timeout
+        for rel in self._releases.values():
+            for b in rel.backends:
+                idle = b.idle
+                while idle and idle[0].idle_since < limit:
+                    idle.pop(0).close()

@@ -1,0 +1,549 @@
+"""Instances as containers on Docker Engine or Podman, through the Docker-compatible API.
+
+An instance is a fresh container created from an image ID (never a tag, which could move), hardened
+by default (read-only root, tmpfs scratch space, no capabilities, no privilege gain), labelled with
+what it is, and published on 127.0.0.1 only: traffic reaches it through ingot's router. There is no
+restart policy: a dead instance is replaced by ingot, not restarted by the engine. As for every
+runtime there is `start`, `stop` and `observe`, and no update or exec.
+
+The drift helpers (`facts`, `changed_files`, `labelled`) report what the engine says, without
+judging it; the drift rules live elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import docker  # type: ignore[import-untyped]
+from docker.errors import DockerException, NotFound  # type: ignore[import-untyped]
+
+from ingot.errors import OperationFailed, UserInputError
+from ingot.runtimes.base import InstanceRequest, Observation
+from ingot.runtimes.engine import ContainerEngineUnavailable, connect_engine
+from ingot.store import InstanceRow
+
+__all__ = ["ContainerEngineUnavailable", "ContainerFacts", "DockerRuntime", "container_name", "without_engine_noise"]
+
+LOCALHOST = "127.0.0.1"
+CONTAINERFILES = ("Containerfile", "Dockerfile")
+BUILD_TAIL_LINES = 20
+# Same options on both engines (their defaults differ); size is left to the kernel's default.
+TMPFS_OPTIONS = "rw,nosuid,nodev,mode=1777"
+DIFF_KINDS = {0: "modified", 1: "added", 2: "deleted"}
+# Files the engine itself puts into every container: Podman's /run/.containerenv, Docker's
+# /.dockerenv, and the bind-mounted name resolution files. They say nothing about the instance.
+ENGINE_WRITTEN = ("/run/.containerenv", "/.dockerenv", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf",
+                  "/run/secrets")
+IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
+NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class ContainerFacts:
+    """What the engine reports about one container: facts only, no judgement."""
+
+    container_id: str
+    image_id: str
+    env: dict[str, str]  # the effective environment: the image's own variables included
+    labels: dict[str, str]
+    running: bool
+    exit_code: int | None  # None while running
+    name: str
+
+
+def container_name(project: str, environment: str, instance_id: str) -> str:
+    """`ingot-<project>-<environment>-<instance>`, with what engines refuse in names made `-`."""
+    return NAME_UNSAFE.sub("-", f"ingot-{project}-{environment}-{instance_id}")
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        # Without a client, each call asks connect_engine(), which caches per process: constructing
+        # the runtime needs no engine, and the agent reconnects after DOCKER_HOST changes.
+        self._client = client
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self._client if self._client is not None else connect_engine()
+
+    # -- instances -------------------------------------------------------------------------------
+
+    def start(self, request: InstanceRequest) -> InstanceRow:
+        name = container_name(request.project, request.environment, request.instance_id)
+        what = f"instance {request.instance_id} of {request.service} (container {name})"
+        if not request.image:
+            raise OperationFailed(f"{what} could not start: the docker runtime needs an image ID")
+        with _engine_errors(f"{what} could not start"):
+            try:
+                container = self.client.containers.create(**_create_arguments(request, name))
+            except NotFound as exc:
+                raise OperationFailed(
+                    f"{what} could not start: image {request.image} is not in the container engine",
+                    details=[f"engine: {_explain(exc)}", *_LOAD_HINT],
+                ) from exc
+            try:
+                container.start()
+                container.reload()
+                _fail_if_exited(container, what)
+                port = _published_port(container.attrs, request.container_port)
+            except BaseException:
+                # A container that never served must not linger with the instance's name and labels.
+                _remove_quietly(container)
+                raise
+        return InstanceRow(
+            id=request.instance_id,
+            environment=request.environment,
+            service=request.service,
+            release_id=request.release_id,
+            runtime=self.name,
+            pid=_main_pid(container.attrs),
+            proc_start=None,
+            host=LOCALHOST,
+            port=port,
+            log_path=str(request.log_path),
+            started_at=time.time(),
+            stopped_at=None,
+            state="starting",
+            handle=str(container.id),
+        )
+
+    def stop(self, instance: InstanceRow, timeout: float) -> None:
+        """SIGTERM, SIGKILL after `timeout` (the engine does both), then remove the container."""
+        container = self._container(instance)
+        if container is None:
+            return  # never started, or already removed: either way, stopped
+        with _engine_errors(f"instance {instance.id}: stopping container {_short_id(container.id)} failed"):
+            try:
+                # The API takes whole seconds; rounding up never cuts a graceful stop short.
+                container.stop(timeout=max(0, math.ceil(timeout)))
+                # v=True: anonymous volumes belong to this instance alone and would otherwise leak.
+                container.remove(v=True)
+            except NotFound:
+                return
+
+    def observe(self, instance: InstanceRow) -> Observation:
+        attrs = self._inspect(instance)
+        if attrs is None:
+            return Observation(alive=False, detail="container is gone")
+        state = attrs.get("State") or {}
+        status = state.get("Status")
+        if status == "running":
+            return Observation(alive=True)
+        if status == "created":
+            return Observation(alive=False, detail="container was created but never started")
+        if status == "paused":
+            return Observation(alive=False, detail="container is paused")
+        code = int(state.get("ExitCode") or 0)
+        detail = f"exited with code {code}"
+        if state.get("OOMKilled"):
+            detail += " (killed for running out of memory)"
+        return Observation(alive=False, exit_code=code, detail=detail)
+
+    def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]:
+        """The last `lines` lines the container wrote, stdout and stderr interleaved as written."""
+        container = self._container(instance)
+        if container is None or lines <= 0:
+            return []
+        with _engine_errors(f"instance {instance.id}: reading the container's log failed"):
+            try:
+                raw = container.logs(stdout=True, stderr=True, tail=lines)
+            except NotFound:
+                return []
+        return bytes(raw).decode("utf-8", "replace").splitlines()[-lines:]
+
+    # -- drift facts -----------------------------------------------------------------------------
+
+    def facts(self, instance: InstanceRow) -> ContainerFacts | None:
+        """What the engine says about the instance's container; None if there is no such container."""
+        attrs = self._inspect(instance)
+        return None if attrs is None else _facts_of(attrs)
+
+    def changed_files(self, instance: InstanceRow) -> list[tuple[str, str]]:
+        """Files changed in the container's writable layer: (path, "added" | "modified" | "deleted").
+
+        Engine noise is left out (see `without_engine_noise`). A container that is gone has none.
+        """
+        container = self._container(instance)
+        if container is None:
+            return []
+        with _engine_errors(f"instance {instance.id}: reading the container's changes failed"):
+            try:
+                raw = container.diff() or []
+            except NotFound:
+                return []
+        entries = [(str(item["Path"]), DIFF_KINDS.get(int(item["Kind"]), "modified")) for item in raw]
+        return without_engine_noise(entries, _mount_points(container.attrs))
+
+    def labelled(self, project: str) -> list[ContainerFacts]:
+        """Every container labelled `ingot.project=<project>`, running or not, whoever started it."""
+        with _engine_errors(f"listing the containers of project {project} failed"):
+            # ignore_removed: a container removed between the listing and its inspection is simply gone.
+            found = self.client.containers.list(
+                all=True, filters={"label": f"ingot.project={project}"}, ignore_removed=True
+            )
+        return [_facts_of(container.attrs) for container in found]
+
+    # -- images ----------------------------------------------------------------------------------
+
+    def build_image(
+        self,
+        context: Path,
+        *,
+        tag: str,
+        build_args: dict[str, str] | None = None,
+        on_output: Callable[[str], None] = lambda line: None,
+    ) -> str:
+        """Build the context's Containerfile (else Dockerfile) with the engine; return the image ID.
+
+        Output lines go to `on_output` as the engine produces them. An unchanged context builds to
+        the same image ID, from the engine's build cache.
+        """
+        containerfile = _containerfile(context)
+        last: deque[str] = deque(maxlen=BUILD_TAIL_LINES)
+
+        def emit(line: str) -> None:
+            last.append(line)
+            on_output(line)
+
+        what = f"building the image of {context} ({containerfile})"
+        with _engine_errors(f"{what} failed", details=lambda: ["last build output:", *last]):
+            chunks = self.client.api.build(
+                path=str(context),
+                dockerfile=containerfile,
+                tag=tag,
+                buildargs=dict(build_args or {}),
+                rm=True,
+                forcerm=True,  # no intermediate containers left behind by a failed step
+                pull=False,  # no registry is reachable; a base image must be local
+                decode=True,
+            )
+            image_id = _follow_build(chunks, emit, what, last)
+            if image_id is None:
+                # Not every engine reports the ID in an `aux` message; the tag just written says it.
+                image_id = str(self.client.images.get(tag).id)
+        return image_id
+
+    def tag_image(self, image_id: str, repository: str, tag: str) -> None:
+        with _engine_errors(f"tagging image {image_id} as {repository}:{tag} failed"):
+            try:
+                image = self.client.images.get(image_id)
+            except NotFound as exc:
+                raise OperationFailed(f"image {image_id} is not in the container engine",
+                                      details=[f"engine: {_explain(exc)}"]) from exc
+            if not image.tag(repository, tag):
+                raise OperationFailed(f"the engine refused to tag image {image_id} as {repository}:{tag}")
+
+    def resolve_image(self, ref: str, allow_mutable_tag: bool = False) -> str:
+        """The local image ID that `ref` names.
+
+        `name@sha256:...` is matched against the local images' repository digests, then against
+        their IDs (a locally built image has an ID but, never pushed, no repository digest). A bare
+        `sha256:...` is an image ID. A tag is refused unless `allow_mutable_tag`; it is then resolved
+        once, here, and whoever calls this pins the returned ID.
+        """
+        _name, at, digest = ref.partition("@")
+        if at:
+            if not IMAGE_ID.match(digest):
+                raise UserInputError(f"image {ref!r}: a digest is `sha256:` and 64 lowercase hex digits")
+            return self._local_image_id(ref, fallback=digest)
+        if IMAGE_ID.match(ref):
+            return self._local_image_id(ref)
+        if not allow_mutable_tag:
+            raise _mutable_tag_refused(ref)
+        return self._local_image_id(ref)
+
+    def image_exists(self, image_id: str) -> bool:
+        with _engine_errors(f"looking up image {image_id} failed"):
+            try:
+                self.client.images.get(image_id)
+            except NotFound:
+                return False
+        return True
+
+    def remove_image(self, image_id: str) -> None:
+        """Remove the image and its tags, never by force: refused while any container uses it."""
+        with _engine_errors(f"removing image {image_id} failed"):
+            try:
+                image = self.client.images.get(image_id)
+            except NotFound:
+                return
+            users = self._containers_using(str(image.id))
+            if users:
+                raise OperationFailed(
+                    f"image {image_id} is still used by {len(users)} container(s); it was not removed",
+                    details=[f"  {name}" for name in users] + ["stop or remove those containers first"],
+                )
+            # Untag first: removing by ID an image that has several tags needs force on both engines.
+            for name in [*image.tags, str(image.id)]:
+                _ignore_not_found(partial(self.client.images.remove, name))
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _container(self, instance: InstanceRow) -> Any | None:
+        if not instance.handle:
+            return None
+        with _engine_errors(f"instance {instance.id}: looking up container {_short_id(instance.handle)} failed"):
+            try:
+                return self.client.containers.get(instance.handle)
+            except NotFound:
+                return None
+
+    def _inspect(self, instance: InstanceRow) -> dict[str, Any] | None:
+        container = self._container(instance)
+        return None if container is None else dict(container.attrs)
+
+    def _local_image_id(self, ref: str, fallback: str | None = None) -> str:
+        with _engine_errors(f"looking up image {ref} failed"):
+            for candidate in (ref, fallback):
+                if candidate is None:
+                    continue
+                try:
+                    return str(self.client.images.get(candidate).id)
+                except NotFound:
+                    continue
+        raise OperationFailed(f"image {ref} is not in the container engine", details=list(_LOAD_HINT))
+
+    def _containers_using(self, image_id: str) -> list[str]:
+        found = []
+        for summary in self.client.api.containers(all=True):
+            if summary.get("ImageID") == image_id:
+                names = summary.get("Names") or [summary.get("Id", "?")]
+                found.append(str(names[0]).lstrip("/"))
+        return found
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+
+_LOAD_HINT = (
+    "no registry is reachable from here, so an image must already be in the engine:",
+    "  load it (podman load -i FILE, docker load -i FILE) or build it from the service's `build:` context",
+)
+
+
+def instance_env(request: InstanceRequest) -> dict[str, str]:
+    """The release's env, then ingot's own variables, which win over a release's same-named ones."""
+    env = dict(request.env)
+    env.update(
+        {
+            "PORT": str(request.container_port),
+            "INGOT_RELEASE": request.release_id,
+            "INGOT_SERVICE": request.service,
+            "INGOT_ENVIRONMENT": request.environment,
+            "INGOT_INSTANCE": request.instance_id,
+        }
+    )
+    return env
+
+
+def instance_labels(request: InstanceRequest) -> dict[str, str]:
+    return {
+        "ingot.project": request.project,
+        "ingot.environment": request.environment,
+        "ingot.service": request.service,
+        "ingot.release": request.release_id,
+        "ingot.instance": request.instance_id,
+    }
+
+
+def _create_arguments(request: InstanceRequest, name: str) -> dict[str, Any]:
+    hardening = request.hardening
+    return {
+        "image": request.image,
+        "command": list(request.command) or None,
+        "name": name,
+        "detach": True,
+        "environment": instance_env(request),
+        "labels": instance_labels(request),
+        # Host port None: the engine picks a free one, read back after start. No race with other
+        # processes, unlike picking a free port first and binding it later.
+        "ports": {f"{request.container_port}/tcp": (LOCALHOST, None)},
+        "read_only": hardening.read_only,
+        "tmpfs": {path: TMPFS_OPTIONS for path in hardening.tmpfs} or None,
+        "security_opt": ["no-new-privileges"] if hardening.no_new_privileges else None,
+        "cap_drop": ["ALL"] if hardening.drop_all_capabilities else None,
+        "cap_add": list(hardening.add_capabilities) or None,
+        "restart_policy": {"Name": "no"},
+    }
+
+
+def _fail_if_exited(container: Any, what: str) -> None:
+    """An instance that died before its port could be read: say how, with its last log lines.
+
+    The engine unpublishes the ports of a stopped container, so there is no instance to return; the
+    log is read now because the container is removed right after.
+    """
+    state = container.attrs.get("State") or {}
+    if state.get("Status") == "running":
+        return
+    code = state.get("ExitCode")
+    lines = bytes(container.logs(stdout=True, stderr=True, tail=15)).decode("utf-8", "replace").splitlines()
+    raise OperationFailed(f"{what} exited at once with code {code}",
+                          details=["last log lines:", *[f"  | {line}" for line in lines]])
+
+
+def _published_port(attrs: dict[str, Any], container_port: int) -> int:
+    bindings = ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{container_port}/tcp") or []
+    for binding in bindings:
+        if binding.get("HostIp") in (LOCALHOST, "") and binding.get("HostPort"):
+            return int(binding["HostPort"])
+    raise OperationFailed(f"the engine did not publish container port {container_port}/tcp on {LOCALHOST}",
+                          details=[f"published: {bindings!r}"])
+
+
+def _main_pid(attrs: dict[str, Any]) -> int | None:
+    pid = int((attrs.get("State") or {}).get("Pid") or 0)
+    return pid or None
+
+
+def _facts_of(attrs: dict[str, Any]) -> ContainerFacts:
+    state = attrs.get("State") or {}
+    config = attrs.get("Config") or {}
+    running = state.get("Status") == "running"
+    return ContainerFacts(
+        container_id=str(attrs["Id"]),
+        image_id=str(attrs.get("Image") or ""),
+        env=_parse_env(config.get("Env") or []),
+        labels={str(k): str(v) for k, v in (config.get("Labels") or {}).items()},
+        running=running,
+        exit_code=None if running else int(state.get("ExitCode") or 0),
+        name=str(attrs.get("Name") or "").lstrip("/"),
+    )
+
+
+def _parse_env(pairs: Iterable[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, _, value = str(pair).partition("=")
+        env[key] = value
+    return env
+
+
+def _mount_points(attrs: dict[str, Any]) -> list[str]:
+    """Where something is mounted over the root filesystem: tmpfs, volumes, bind mounts."""
+    tmpfs = list(((attrs.get("HostConfig") or {}).get("Tmpfs") or {}).keys())
+    mounts = [str(m.get("Destination")) for m in attrs.get("Mounts") or [] if m.get("Destination")]
+    return [*tmpfs, *mounts]
+
+
+def _is_at_or_under(path: str, roots: Iterable[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def without_engine_noise(entries: list[tuple[str, str]], mount_points: Iterable[str]) -> list[tuple[str, str]]:
+    """The container's changed files minus what is not the instance's doing.
+
+    Left out:
+    - paths at or under a mount point (tmpfs such as /tmp, volumes): those are not the container's
+      layer, and the engine creates the mount point directory itself when the image lacks it;
+    - the files the engine writes into every container (ENGINE_WRITTEN, e.g. /run/.containerenv
+      on Podman, /etc/hosts and /etc/resolv.conf);
+    - a directory reported "modified" only because the engine created one of those mount points or
+      files inside it (Podman reports /etc so in every container), i.e. an ancestor of them with no
+      remaining change beneath it. A directory above a change that is kept stays, as engines report it.
+    """
+    noise_roots = [*ENGINE_WRITTEN, *mount_points]
+    kept = [(path, kind) for path, kind in entries if not _is_at_or_under(path, noise_roots)]
+    kept_paths = [path for path, _ in kept]
+
+    def touched_by_engine(path: str, kind: str) -> bool:
+        if kind != "modified" or not any(_is_at_or_under(root, [path]) for root in noise_roots):
+            return False
+        return not any(other != path and _is_at_or_under(other, [path]) for other in kept_paths)
+
+    return [(path, kind) for path, kind in kept if not touched_by_engine(path, kind)]
+
+
+def _containerfile(context: Path) -> str:
+    if not context.is_dir():
+        raise UserInputError(f"{context}: the build context is not a directory")
+    for name in CONTAINERFILES:
+        if (context / name).is_file():
+            return name
+    raise UserInputError(
+        f"{context}: no Containerfile or Dockerfile in this build context",
+        details=["the docker runtime builds a service's image from Containerfile (or else Dockerfile) in its "
+                 "`build:` directory: add one, or give `image: name@sha256:...` instead of `build:`"],
+    )
+
+
+def _follow_build(chunks: Iterator[dict[str, Any]], emit: Callable[[str], None], what: str,
+                  last: deque[str]) -> str | None:
+    """Pass the build's output on line by line; return the image ID if the engine reported it."""
+    image_id: str | None = None
+    pending = ""
+    for chunk in chunks:
+        if "stream" in chunk:
+            # A chunk may hold part of a line or several lines: emit whole lines only.
+            pending += str(chunk["stream"])
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                emit(line.rstrip("\r"))
+        elif "error" in chunk:
+            if pending:
+                emit(pending)
+            raise OperationFailed(f"{what} failed: {str(chunk['error']).strip()}",
+                                  details=["last build output:", *last])
+        elif isinstance(chunk.get("aux"), dict) and "ID" in chunk["aux"]:
+            image_id = str(chunk["aux"]["ID"])
+    if pending:
+        emit(pending)
+    return image_id
+
+
+def _mutable_tag_refused(ref: str) -> UserInputError:
+    repository = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+    return UserInputError(
+        f"image {ref!r} is a mutable tag: ingot pins images by digest",
+        details=[
+            "a tag can be moved to other content at any time, so a release made from it would not say what "
+            "runs, and restarting the same release could run different code",
+            f"pin it: image: {repository}@sha256:<digest>  (see `podman images --digests {repository}` or "
+            f"`docker images --digests {repository}`; a local image's ID, sha256:..., pins it too)",
+            "or accept the risk: set `allow_mutable_tag: true` on the service and give the reason; the tag is "
+            "then resolved to an image ID once, and the release pins that ID",
+        ],
+    )
+
+
+def _explain(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)
+    text = str(explanation or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _short_id(container_id: str) -> str:
+    return str(container_id).removeprefix("sha256:")[:12]
+
+
+def _ignore_not_found(action: Callable[[], object]) -> None:
+    with suppress(NotFound):
+        action()
+
+
+def _remove_quietly(container: Any) -> None:
+    # The original error is the one worth reporting, not a failure to clean up after it.
+    with suppress(DockerException, OSError):
+        container.remove(force=True, v=True)
+
+
+@contextmanager
+def _engine_errors(what: str, details: Callable[[], list[str]] | None = None) -> Iterator[None]:
+    """Turn the engine's errors (API errors, a connection lost mid-call) into an `OperationFailed`.
+
+    requests' connection errors are OSErrors, so `OSError` covers an engine that went away.
+    """
+    try:
+        yield
+    except (DockerException, OSError) as exc:
+        raise OperationFailed(f"{what}: {_explain(exc)}", details=details() if details else []) from exc
