@@ -102,6 +102,21 @@ def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") 
     return ExampleProject(root, port)
 
 
+def make_container_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") -> ExampleProject:
+    """The example's container flavour, as `ingot.yaml`, under a project name of its own."""
+    root = tmp / "hello"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".ingot", "__pycache__"))
+    port = free_port()
+    spec = (root / "ingot.container.yaml").read_text()
+    spec = spec.replace("project: hello-container", f"project: hc-{os.urandom(4).hex()}")
+    spec = spec.replace('listen: "127.0.0.1:8090"', f'listen: "127.0.0.1:{port}"')
+    spec = spec.replace('listen: "127.0.0.1:9090"', f'listen: "127.0.0.1:{free_port()}"')
+    spec = spec.replace("replicas: 2", f"replicas: {replicas}")
+    spec = spec.replace("    stop_timeout: 5s\n", "    stop_timeout: 5s\n" + extra_service_yaml)
+    (root / "ingot.yaml").write_text(spec)
+    return ExampleProject(root, port)
+
+
 @contextlib.contextmanager
 def load(url: str, tmp: Path, connections: int = 4) -> Iterator[dict[str, Any]]:
     """Run the load client in a separate process for the duration of the block; yields its report."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -67,7 +66,7 @@ class Healer:
         release = self.store.get_release(activation.release_id or "")
         assert release is not None
         params = DeployParams.from_dict(activation.params)
-        rows = self.store.live_instances(*key)
+        rows = self.store.live_instances(*key) + self.store.exited_instances(*key)
         observed = await asyncio.gather(*(self._observe_instance(row, release, params) for row in rows))
         store_problem = None
         if params.runtime == "process":
@@ -84,7 +83,7 @@ class Healer:
     async def _observe_instance(self, row: InstanceRow, release: ReleaseRow, params: DeployParams) -> Observed:
         runtime = self.runtimes.of(row)
         seen = runtime.observe(row)
-        if not seen.alive:
+        if not seen.alive or row.state == "exited":
             return Observed(row.id, row.release_id, False, exit_detail=seen.detail,
                             log_tail=tuple(runtime.log_tail(row, 10)))
         facts = await asyncio.to_thread(self._facts, row, release)
@@ -244,7 +243,7 @@ class Healer:
         if router is not None:
             await router.set_backends(release.id, [(r.host, r.port) for r in keep])
             await router.drain(release.id, params.drain_timeout)
-        for row in self.store.live_instances(*key):
+        for row in self.store.live_instances(*key) + self.store.exited_instances(*key):
             if row.id in retiring:
                 await self.executor.stop_instance(row, params.stop_timeout, state="replaced")
                 report.replaced.append(row.id)
@@ -255,6 +254,5 @@ class Healer:
             await asyncio.to_thread(terminate_group, int(ident), 10.0)
         else:
             docker: Any = self.runtimes.get("docker")
-            with contextlib.suppress(IngotError):
-                docker.remove_container(ident)
+            await asyncio.to_thread(docker.remove_container, ident, 10.0)
         report.stopped_strays.append(ident)

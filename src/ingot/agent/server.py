@@ -155,11 +155,8 @@ class Agent:
             if alive and row.release_id == release_id and row.state == "running":
                 adopted.append(row)
                 continue
-            if alive:
-                await self.executor.stop_instance(row, params.stop_timeout)
-            else:
-                self.store.set_instance_state(row.id, "failed", stopped=True)
-                self.executor.release_checkout(row)
+            # Dead ones are stopped too: that removes what a container leaves behind.
+            await self.executor.stop_instance(row, params.stop_timeout, state="stopped" if alive else "failed")
             stopped.append(row.id)
         return adopted, stopped
 
@@ -181,8 +178,8 @@ class Agent:
             for row in self.store.live_instances():
                 if row.state != "running" or self.runtimes.of(row).observe(row).alive:
                     continue
-                self.store.set_instance_state(row.id, "failed", stopped=True)
-                self.executor.release_checkout(row)
+                # Out of the pool at once; replacing it is drift repair's job, which reports it as exited.
+                self.store.set_instance_state(row.id, "exited", stopped=True)
                 ledger.record(
                     self.store, actor=self.actor, action="instance.exited", environment=row.environment,
                     service=row.service, subject=row.id,

@@ -12,6 +12,7 @@ judging it; the drift rules live elsewhere.
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
 import time
@@ -28,10 +29,11 @@ from docker.errors import DockerException, NotFound  # type: ignore[import-untyp
 
 from ingot.errors import OperationFailed, UserInputError
 from ingot.runtimes.base import InstanceRequest, Observation
-from ingot.runtimes.engine import ContainerEngineUnavailable, connect_engine
+from ingot.runtimes.engine import ContainerEngineUnavailable, connect_engine, is_podman
 from ingot.store import InstanceRow
 
-__all__ = ["ContainerEngineUnavailable", "ContainerFacts", "DockerRuntime", "container_name", "without_engine_noise"]
+__all__ = ["ContainerEngineUnavailable", "ContainerFacts", "DockerRuntime", "ImageInUse", "container_name",
+           "without_engine_noise"]
 
 LOCALHOST = "127.0.0.1"
 CONTAINERFILES = ("Containerfile", "Dockerfile")
@@ -45,6 +47,19 @@ ENGINE_WRITTEN = ("/run/.containerenv", "/.dockerenv", "/etc/hosts", "/etc/hostn
                   "/run/secrets")
 IMAGE_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
 NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
+
+
+class ImageInUse(OperationFailed):
+    """An image was not removed because containers use it (images are shared: an image ID is its
+    content, so identical builds of two projects are one image)."""
+
+    def __init__(self, image_id: str, users: list[str]) -> None:
+        super().__init__(
+            f"image {image_id} is still used by {len(users)} container(s); it was not removed",
+            details=[*(f"  {name}" for name in users), "stop or remove those containers first"],
+        )
+        self.image_id = image_id
+        self.users = users
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,16 @@ class DockerRuntime:
             handle=str(container.id),
         )
 
+    def remove_container(self, container_id: str, timeout: float) -> None:
+        """Stop and remove a container by ID: for strays that no instance record describes."""
+        with _engine_errors(f"removing container {_short_id(container_id)} failed"):
+            try:
+                container = self.client.containers.get(container_id)
+                container.stop(timeout=max(0, math.ceil(timeout)))
+                container.remove(v=True)
+            except NotFound:
+                return
+
     def stop(self, instance: InstanceRow, timeout: float) -> None:
         """SIGTERM, SIGKILL after `timeout` (the engine does both), then remove the container."""
         container = self._container(instance)
@@ -157,10 +182,9 @@ class DockerRuntime:
             return []
         with _engine_errors(f"instance {instance.id}: reading the container's log failed"):
             try:
-                raw = container.logs(stdout=True, stderr=True, tail=lines)
+                return _last_log_lines(container, lines, whole_log=is_podman(self.client))
             except NotFound:
                 return []
-        return bytes(raw).decode("utf-8", "replace").splitlines()[-lines:]
 
     # -- drift facts -----------------------------------------------------------------------------
 
@@ -272,18 +296,19 @@ class DockerRuntime:
         return True
 
     def remove_image(self, image_id: str) -> None:
-        """Remove the image and its tags, never by force: refused while any container uses it."""
+        """Remove the image and its tags, never by force: `ImageInUse` while any container uses it.
+
+        Gone already is fine. The check gives the message; the engine, asked without force, is what
+        guarantees it (a container created meanwhile makes the engine refuse: `OperationFailed`).
+        """
         with _engine_errors(f"removing image {image_id} failed"):
             try:
                 image = self.client.images.get(image_id)
             except NotFound:
                 return
-            users = self._containers_using(str(image.id))
+            users = self.image_users(str(image.id))
             if users:
-                raise OperationFailed(
-                    f"image {image_id} is still used by {len(users)} container(s); it was not removed",
-                    details=[f"  {name}" for name in users] + ["stop or remove those containers first"],
-                )
+                raise ImageInUse(image_id, users)
             # Untag first: removing by ID an image that has several tags needs force on both engines.
             for name in [*image.tags, str(image.id)]:
                 _ignore_not_found(partial(self.client.images.remove, name))
@@ -314,9 +339,12 @@ class DockerRuntime:
                     continue
         raise OperationFailed(f"image {ref} is not in the container engine", details=list(_LOAD_HINT))
 
-    def _containers_using(self, image_id: str) -> list[str]:
+    def image_users(self, image_id: str) -> list[str]:
+        """Names of the containers, running or not, of any project or none, created from the image."""
         found = []
-        for summary in self.client.api.containers(all=True):
+        with _engine_errors(f"listing the containers of image {image_id} failed"):
+            summaries = self.client.api.containers(all=True)
+        for summary in summaries:
             if summary.get("ImageID") == image_id:
                 names = summary.get("Names") or [summary.get("Id", "?")]
                 found.append(str(names[0]).lstrip("/"))
@@ -353,6 +381,7 @@ def instance_labels(request: InstanceRequest) -> dict[str, str]:
         "ingot.service": request.service,
         "ingot.release": request.release_id,
         "ingot.instance": request.instance_id,
+        **({"ingot.state": request.state_dir} if request.state_dir else {}),
     }
 
 
@@ -387,9 +416,34 @@ def _fail_if_exited(container: Any, what: str) -> None:
     if state.get("Status") == "running":
         return
     code = state.get("ExitCode")
-    lines = bytes(container.logs(stdout=True, stderr=True, tail=15)).decode("utf-8", "replace").splitlines()
+    lines = _last_log_lines(container, 15, whole_log=is_podman(container.client))
     raise OperationFailed(f"{what} exited at once with code {code}",
                           details=["last log lines:", *[f"  | {line}" for line in lines]])
+
+
+def _last_log_lines(container: Any, lines: int, *, whole_log: bool) -> list[str]:
+    """The last `lines` lines of the container's stdout and stderr, as written.
+
+    Podman before 4.7 garbles `tail` when a program writes a line in several writes (Python's
+    unbuffered print() writes the text, then the newline): lines come back joined or empty
+    (podman#19545, fixed by podman#19562; Debian 12 ships 4.3). Its untailed log is right, so on Podman
+    the whole log is streamed through a bounded buffer: correct, at a cost that grows with the log.
+    """
+    if not whole_log:
+        raw = container.logs(stdout=True, stderr=True, tail=lines)
+        return bytes(raw).decode("utf-8", "replace").splitlines()[-lines:]
+    kept: deque[str] = deque(maxlen=lines)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a chunk may end mid-character too
+    pending = ""
+    for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=False):
+        # A chunk may end mid-line (that is what a partial write is): keep the rest for the next one.
+        pending += decoder.decode(bytes(chunk))
+        *complete, pending = pending.split("\n")
+        kept.extend(complete)
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        kept.append(pending)
+    return list(kept)
 
 
 def _published_port(attrs: dict[str, Any], container_port: int) -> int:

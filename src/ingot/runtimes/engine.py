@@ -41,6 +41,7 @@ class _Cached:
 
 
 _cache: _Cached | None = None
+_podman_by_url: dict[str, bool] = {}
 _lock = threading.Lock()
 
 
@@ -73,6 +74,22 @@ def connect_engine() -> docker.DockerClient:
         return client
 
 
+def is_podman(client: docker.DockerClient) -> bool:
+    """True when the engine behind `client` is Podman (asked once per engine address).
+
+    Only for working around a known difference; everything else is the same API on both.
+    """
+    url = str(client.api.base_url)
+    with _lock:
+        known = _podman_by_url.get(url)
+    if known is None:
+        components = client.version().get("Components") or []
+        known = any("podman" in str(part.get("Name", "")).lower() for part in components)
+        with _lock:
+            _podman_by_url[url] = known
+    return known
+
+
 def forget_engine() -> None:
     """Drop the cached client, so the next `connect_engine()` looks again (after starting an engine)."""
     global _cache
@@ -80,6 +97,7 @@ def forget_engine() -> None:
         if _cache is not None:
             _cache.client.close()
         _cache = None
+        _podman_by_url.clear()
 
 
 def find_engine() -> docker.DockerClient:

@@ -354,6 +354,14 @@ class Store:
         with self.begin() as conn:
             conn.execute(t.instances.update().where(t.instances.c.id == instance_id).values(**values))
 
+    def exited_instances(self, environment: str, service: str) -> list[InstanceRow]:
+        """Instances that died on their own and have not been replaced yet."""
+        query = select(t.instances).where(and_(t.instances.c.state == "exited",
+                                               t.instances.c.environment == environment,
+                                               t.instances.c.service == service))
+        with self.engine.connect() as conn:
+            return [_instance(r) for r in conn.execute(query.order_by(t.instances.c.started_at))]
+
     def live_instances(self, environment: str | None = None, service: str | None = None) -> list[InstanceRow]:
         query = select(t.instances).where(t.instances.c.state.in_(("starting", "running")))
         if environment:

@@ -1,0 +1,160 @@
+"""The container runtime end to end, through the CLI, against the real engine."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker  # type: ignore[import-untyped]
+import pytest
+from docker.errors import NotFound  # type: ignore[import-untyped]
+
+from tests.support.harness import ExampleProject, load, make_container_example, poll, stop_everything
+
+
+def _project_name(example: ExampleProject) -> str:
+    return (example.root / "ingot.yaml").read_text().split("project: ", 1)[1].split()[0]
+
+
+@pytest.fixture
+def boxed(engine: docker.DockerClient, tmp_path: Path) -> Iterator[ExampleProject]:
+    example = make_container_example(tmp_path)
+    yield example
+    stop_everything(example)
+    for container in engine.containers.list(all=True, filters={"label": f"ingot.project={_project_name(example)}"}):
+        with contextlib.suppress(NotFound):
+            container.remove(force=True)
+
+
+def containers(engine: docker.DockerClient, example: ExampleProject) -> list[object]:
+    return list(engine.containers.list(filters={"label": f"ingot.project={_project_name(example)}"}))
+
+
+def instances(example: ExampleProject) -> list[dict[str, object]]:
+    return list(example.ingot("status", "--json", check=True).json["services"][0]["instances"])
+
+
+def test_deploy_change_rollback_hardened_with_zero_failed_requests(
+        engine: docker.DockerClient, boxed: ExampleProject, tmp_path: Path) -> None:
+    first = boxed.ingot("deploy", check=True)
+    assert "Successfully" in first.out or "STEP" in first.out  # build output shown live
+    release_one = boxed.get()["release"]
+    [box, _] = containers(engine, boxed)
+    attrs = box.attrs  # type: ignore[attr-defined]
+    host = attrs["HostConfig"]
+    assert host["ReadonlyRootfs"] is True
+    dropped = {c.upper().removeprefix("CAP_") for c in host["CapDrop"]}
+    # Docker keeps "ALL"; Podman expands it to every capability of its default set.
+    assert dropped == {"ALL"} or {"CHOWN", "KILL", "NET_RAW", "SETUID", "SETGID", "NET_BIND_SERVICE"} <= dropped
+    assert not host.get("CapAdd")
+    assert any("no-new-privileges" in opt for opt in host["SecurityOpt"])
+    assert "/tmp" in host["Tmpfs"]
+    bindings = attrs["NetworkSettings"]["Ports"]["8000/tcp"]
+    assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}
+    labels = attrs["Config"]["Labels"]
+    assert labels["ingot.release"] == release_one and labels["ingot.service"] == "web"
+    assert attrs["Image"].removeprefix("sha256:") in boxed.ingot("history", "--json").json[0]["artifact"]
+
+    boxed.set_version("2")
+    with load(boxed.url, tmp_path) as during_deploy:
+        boxed.ingot("deploy", check=True)
+    assert during_deploy["failures"] == [] and set(during_deploy["versions"]) <= {"1", "2"}
+    assert boxed.get()["version"] == "2"
+    with load(boxed.url, tmp_path) as during_rollback:
+        boxed.ingot("rollback", check=True)
+    assert during_rollback["failures"] == [] and int(during_rollback["requests"]) > 50
+    assert boxed.get()["release"] == release_one
+    assert len(containers(engine, boxed)) == 2  # the retired release's containers are gone
+    tags = engine.images.get(attrs["Image"]).tags
+    assert any(tag.endswith(f":{release_one}") for tag in tags)
+
+
+def test_failed_health_gate_keeps_the_old_release(engine: docker.DockerClient, boxed: ExampleProject) -> None:
+    boxed.ingot("deploy", check=True)
+    good = boxed.get()["release"]
+    app = boxed.root / "app.py"
+    app.write_text(app.read_text().replace('self._send(200, b"ok\\n", "text/plain")',
+                                           'self._send(500, b"broken\\n", "text/plain")'))
+    spec = boxed.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("deadline: 30s", "deadline: 2s"))
+    failed = boxed.ingot("deploy")
+    assert failed.code == 1 and "did not become healthy" in failed.err
+    assert f"still serving: release {good}" in failed.err
+    assert boxed.get()["release"] == good
+    assert {c.labels["ingot.release"] for c in containers(engine, boxed)} == {good}  # type: ignore[attr-defined]
+
+
+def test_mutable_tag_is_refused(boxed: ExampleProject) -> None:
+    spec = boxed.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("    build: .\n", "    image: localhost/ingot-base:bookworm\n"
+                                                                "    command: [python3, -m, http.server]\n"))
+    result = boxed.ingot("deploy")
+    assert result.code == 2
+    assert "mutable" in result.err.lower() and "allow_mutable_tag" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_container_drift_injected_and_repaired(engine: docker.DockerClient, tmp_path: Path) -> None:
+    example = make_container_example(
+        tmp_path, extra_service_yaml="    security: {read_only: false, reason: the drift test writes into it}\n")
+    try:
+        example.ingot("deploy", check=True)
+        status = example.ingot("status", "--json", check=True).json["services"][0]
+        assert status["hardening"] == {"relaxed": ["read_only"], "reason": "the drift test writes into it"}
+        assert example.ingot("drift").code == 0
+
+        # A file written into a running container, and a container killed.
+        [written, killed] = containers(engine, example)
+        done = written.exec_run(["sh", "-c", "echo tampered > /app/extra.txt"], user="root")  # type: ignore[attr-defined]
+        assert done.exit_code == 0, done.output
+        killed.kill()  # type: ignore[attr-defined]
+        # A stray container carrying ingot's labels.
+        image = written.attrs["Image"]  # type: ignore[attr-defined]
+        project = _project_name(example)
+        stray = engine.containers.run(image, detach=True, labels={
+            "ingot.project": project, "ingot.environment": "staging", "ingot.service": "web",
+            "ingot.release": "r-stray", "ingot.instance": "web-stray-0"})
+        result = poll(lambda: (r := example.ingot("drift", "--json")).code == 1 and len(r.json) >= 3 and r,
+                      timeout=30, what="three findings")
+        kinds = {(f["kind"], f["instance"]) for f in result.json}
+        written_id = written.labels["ingot.instance"]  # type: ignore[attr-defined]
+        killed_id = killed.labels["ingot.instance"]  # type: ignore[attr-defined]
+        assert ("changed_files", written_id) in kinds
+        assert ("unknown", "web-stray-0") in kinds
+        assert ("exited", killed_id) in kinds
+        exited = next(f for f in result.json if f["kind"] == "exited")
+        assert "exited" in exited["evidence"]["detail"] and exited["evidence"]["last_log_lines"]
+        changed = next(f for f in result.json if f["kind"] == "changed_files")
+        assert any("/app/extra.txt" in line for line in changed["evidence"]["files"])
+
+        with load(example.url, tmp_path) as during:
+            example.ingot("reconcile", check=True)
+        assert during["failures"] == []
+        assert example.ingot("drift").code == 0
+        now = {c.labels["ingot.instance"] for c in containers(engine, example)}  # type: ignore[attr-defined]
+        assert len(now) == 2 and not now & {written_id, killed_id, "web-stray-0"}
+        with pytest.raises(NotFound):
+            engine.containers.get(stray.id)
+    finally:
+        stop_everything(example)
+        for container in engine.containers.list(all=True, filters={"label": f"ingot.project={_project_name(example)}"}):
+            with contextlib.suppress(NotFound):
+                container.remove(force=True)
+
+
+def test_prune_keeps_rollback_images(engine: docker.DockerClient, boxed: ExampleProject) -> None:
+    spec = boxed.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("    stop_timeout: 5s\n", "    stop_timeout: 5s\n    retention: 2\n"))
+    images = []
+    for version in ("1", "2", "3"):
+        boxed.set_version(version)
+        boxed.ingot("deploy", check=True)
+        images.append(boxed.ingot("history", "--json", check=True).json[0]["artifact"])
+    pruned = boxed.ingot("prune", "--json", check=True).json
+    assert pruned["removed"] == [images[0]]
+    assert engine.images.get(images[1]) and engine.images.get(images[2])
+    with pytest.raises(NotFound):
+        engine.images.get(images[0])
+    boxed.ingot("rollback", check=True)
+    assert boxed.get()["version"] == "2"
