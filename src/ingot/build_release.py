@@ -12,6 +12,7 @@ from ingot.actor import current_actor
 from ingot.artifacts import BuildResult, build_artifact, cached_build
 from ingot.canonical import content_digest
 from ingot.errors import IngotError
+from ingot.image_inputs import image_input_key
 from ingot.project import Project
 from ingot.releases import load_or_create_key, new_release
 from ingot.releases import release_id as make_release_id
@@ -79,9 +80,13 @@ def _build(project: Project, name: str, service: ServiceSpec, context: Path | No
         return Built(image_id, True, f"image:{service.image}", f"pinned from {service.image}")
     assert context is not None
     repository = IMAGE_REPOSITORY.format(project=project.spec.project, service=name)
-    known = {a for a in project.store.artifact_digests(name)}
+    key = image_input_key(context, engine.local_image_id, {})
+    cached = project.store.artifact_for_input(name, key) if key else None
+    if cached and engine.image_exists(cached):
+        return Built(cached, True, key or "", "unchanged context and base images: image reused")
+    known = set(project.store.artifact_digests(name))
     image_id = engine.build_image(context, tag=f"{repository}:build", on_output=on_output or (lambda _l: None))
-    return Built(image_id, image_id in known, f"context:{context}", f"{repository}:build")
+    return Built(image_id, image_id in known, key or f"context:{context}", f"{repository}:build")
 
 
 def expected_release_id(project: Project, name: str, service: ServiceSpec) -> str | None:

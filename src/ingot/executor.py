@@ -129,14 +129,21 @@ class Executor:
         """Start `count` fresh instances of `release`; each is recorded before anything waits on it."""
         runtime = self.runtimes.get(params.runtime)
         template = await self._request_template(environment, service, release, params)
-        rows = []
+        requests = []
         for _ in range(count):
             instance_id = f"{service}-{release.id[:6]}-{uuid.uuid4().hex[:6]}"
-            request = replace(template, instance_id=instance_id,
-                              log_path=self.paths.instance_log(environment, service, instance_id))
-            row = await asyncio.to_thread(runtime.start, request)
+            requests.append(replace(template, instance_id=instance_id,
+                                    log_path=self.paths.instance_log(environment, service, instance_id)))
+        # In parallel: container engines take a while per container, and nothing orders replicas.
+        outcomes = await asyncio.gather(*(asyncio.to_thread(runtime.start, r) for r in requests),
+                                        return_exceptions=True)
+        rows = [o for o in outcomes if isinstance(o, InstanceRow)]
+        for row in rows:
             self.store.add_instance(row)
-            rows.append(row)
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failure is not None:
+            await asyncio.gather(*(self.stop_instance(r, params.stop_timeout, state="failed") for r in rows))
+            raise failure
         return rows
 
     async def _request_template(self, environment: str, service: str, release: ReleaseRow,

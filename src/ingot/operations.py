@@ -264,18 +264,24 @@ def prune(project: Project, dry_run: bool) -> dict[str, Any]:
                                         if a.release_id]
     infos = [ReleaseInfo(r.id, r.service, r.artifact_digest, r.created_at) for r in releases]
     decision = decide(infos, history, retention, 5, stored)
-    removed = []
+    removed: list[str] = []
+    outcomes: dict[str, str] = {}
     if not dry_run:
+        by_id = {r.id: r for r in releases}
         for artifact in sorted(decision.remove):
             if artifact in docker_artifacts:
-                runtimes.get("docker").remove_image(artifact)  # type: ignore[attr-defined]
+                tags = [f"{build_release.IMAGE_REPOSITORY.format(project=r.project, service=r.service)}:{r.id}"
+                        for r in (by_id[i] for i in decision.remove[artifact])]
+                outcomes[artifact] = runtimes.get("docker").release_image(artifact, tags)  # type: ignore[attr-defined]
             else:
                 project.artifacts.remove(artifact)
+                outcomes[artifact] = "removed"
             removed.append(artifact)
         ledger.record(store, actor=current_actor(), action="prune",
-                      payload={"removed": {a: decision.remove[a] for a in removed},
+                      payload={"removed": {a: decision.remove[a] for a in removed}, "outcomes": outcomes,
                                "kept": len(decision.keep)})
-    return {"dry_run": dry_run, "remove": decision.remove, "keep": decision.keep, "removed": removed}
+    return {"dry_run": dry_run, "remove": decision.remove, "keep": decision.keep, "removed": removed,
+            "outcomes": outcomes}
 
 
 # ---- drift ----------------------------------------------------------------------------------

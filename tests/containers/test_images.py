@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import docker  # type: ignore[import-untyped]
@@ -25,9 +26,36 @@ def test_build_streams_output_and_an_unchanged_context_gives_the_same_image_id(
     assert output and all("\n" not in line for line in output)
 
 
+def test_ignored_files_are_not_in_the_context(runtime: DockerRuntime, tmp_path: Path) -> None:
+    (tmp_path / "Containerfile").write_text(f"FROM {BASE_IMAGE}\nCOPY . /ctx/\n")
+    (tmp_path / ".containerignore").write_text("# local state\n.ingot\n*.log\n")
+    (tmp_path / ".dockerignore").write_text("nothing-here\n")  # .containerignore wins, as on Podman
+    tag = f"localhost/ingot-test-ignore:{uuid.uuid4().hex}"  # this test's own: runs may overlap
+    (tmp_path / "app.py").write_text(f"print({tag!r})\n")
+    (tmp_path / ".ingot").mkdir()
+    (tmp_path / ".ingot" / "state.db").write_text("1")
+    (tmp_path / "debug.log").write_text("1")
+    first = runtime.build_image(tmp_path, tag=tag, build_args={},
+                                on_output=lambda line: None)
+    try:
+        # Changing only ignored files leaves the context, so the image, as it was.
+        (tmp_path / ".ingot" / "state.db").write_text("2")
+        (tmp_path / "debug.log").write_text("2")
+        assert runtime.build_image(tmp_path, tag=tag, build_args={},
+                                   on_output=lambda line: None) == first
+        (tmp_path / "app.py").write_text("print('changed')\n")
+        changed = runtime.build_image(tmp_path, tag=tag, build_args={},
+                                      on_output=lambda line: None)
+        assert changed != first
+        runtime.remove_image(changed)
+    finally:
+        runtime.remove_image(first)
+
+
 def test_a_dockerfile_is_used_when_there_is_no_containerfile(runtime: DockerRuntime, tmp_path: Path) -> None:
-    (tmp_path / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nLABEL made-by=ingot-tests\n")
-    image_id = runtime.build_image(tmp_path, tag="localhost/ingot-test-dockerfile:latest", build_args={},
+    tag = f"localhost/ingot-test-dockerfile:{uuid.uuid4().hex}"
+    (tmp_path / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nLABEL made-by={tag}\n")
+    image_id = runtime.build_image(tmp_path, tag=tag, build_args={},
                                    on_output=lambda line: None)
     try:
         assert runtime.image_exists(image_id)

@@ -22,10 +22,11 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-import docker  # type: ignore[import-untyped]
-from docker.errors import DockerException, NotFound  # type: ignore[import-untyped]
+import docker
+from docker.errors import DockerException, NotFound
+from docker.utils.build import tar as context_tar
 
 from ingot.errors import OperationFailed, UserInputError
 from ingot.runtimes.base import InstanceRequest, Observation
@@ -37,6 +38,7 @@ __all__ = ["ContainerEngineUnavailable", "ContainerFacts", "DockerRuntime", "Ima
 
 LOCALHOST = "127.0.0.1"
 CONTAINERFILES = ("Containerfile", "Dockerfile")
+IGNORE_FILES = (".containerignore", ".dockerignore")
 BUILD_TAIL_LINES = 20
 # Same options on both engines (their defaults differ); size is left to the kernel's default.
 TMPFS_OPTIONS = "rw,nosuid,nodev,mode=1777"
@@ -158,6 +160,8 @@ class DockerRuntime:
                 return
 
     def observe(self, instance: InstanceRow) -> Observation:
+        """Alive iff the container runs. An engine that cannot be asked raises `OperationFailed`:
+        not knowing is not dead, and reporting dead would replace instances that still serve."""
         attrs = self._inspect(instance)
         if attrs is None:
             return Observation(alive=False, detail="container is gone")
@@ -231,7 +235,8 @@ class DockerRuntime:
         """Build the context's Containerfile (else Dockerfile) with the engine; return the image ID.
 
         Output lines go to `on_output` as the engine produces them. An unchanged context builds to
-        the same image ID, from the engine's build cache.
+        the same image ID, from the engine's build cache. The context sent leaves out the patterns of
+        `.containerignore`, else `.dockerignore` (Podman's order), on both engines.
         """
         containerfile = _containerfile(context)
         last: deque[str] = deque(maxlen=BUILD_TAIL_LINES)
@@ -241,9 +246,11 @@ class DockerRuntime:
             on_output(line)
 
         what = f"building the image of {context} ({containerfile})"
-        with _engine_errors(f"{what} failed", details=lambda: ["last build output:", *last]):
+        with _engine_errors(f"{what} failed", details=lambda: ["last build output:", *last]), \
+                _context_tarball(context, containerfile) as tarball:
             chunks = self.client.api.build(
-                path=str(context),
+                fileobj=tarball,
+                custom_context=True,
                 dockerfile=containerfile,
                 tag=tag,
                 buildargs=dict(build_args or {}),
@@ -295,6 +302,30 @@ class DockerRuntime:
                 return False
         return True
 
+    def release_image(self, image_id: str, tags: list[str]) -> str:
+        """Drop this project's `tags` of the image, and the image itself once nothing else holds it.
+
+        Identical builds give identical image IDs, so another project may run or keep the same image:
+        it stays for them. Returns what happened, in words.
+        """
+        with _engine_errors(f"releasing image {image_id} failed"):
+            try:
+                image = self.client.images.get(image_id)
+            except NotFound:
+                return "already gone"
+            wanted = set(tags)
+            for tag in image.tags:
+                # Podman names an unqualified tag docker.io/...: compare without the registry part.
+                if tag in wanted or tag.removeprefix("docker.io/") in wanted:
+                    _ignore_not_found(partial(self.client.images.remove, tag))
+            image.reload()
+            users = self.image_users(str(image.id))
+            if image.tags or users:
+                held = [*image.tags, *(f"container {u}" for u in users)]
+                return f"untagged; the image stays, still held by {', '.join(held)}"
+            _ignore_not_found(partial(self.client.images.remove, str(image.id)))
+            return "removed"
+
     def remove_image(self, image_id: str) -> None:
         """Remove the image and its tags, never by force: `ImageInUse` while any container uses it.
 
@@ -328,6 +359,14 @@ class DockerRuntime:
         container = self._container(instance)
         return None if container is None else dict(container.attrs)
 
+    def local_image_id(self, ref: str) -> str | None:
+        """The ID of the local image `ref` names, or None if the engine has no such image."""
+        with _engine_errors(f"looking up image {ref} failed"):
+            try:
+                return str(self.client.images.get(ref).id)
+            except NotFound:
+                return None
+
     def _local_image_id(self, ref: str, fallback: str | None = None) -> str:
         with _engine_errors(f"looking up image {ref} failed"):
             for candidate in (ref, fallback):
@@ -344,8 +383,9 @@ class DockerRuntime:
         found = []
         with _engine_errors(f"listing the containers of image {image_id} failed"):
             summaries = self.client.api.containers(all=True)
+        wanted = image_id.removeprefix("sha256:")
         for summary in summaries:
-            if summary.get("ImageID") == image_id:
+            if str(summary.get("ImageID") or "").removeprefix("sha256:") == wanted:
                 names = summary.get("Names") or [summary.get("Id", "?")]
                 found.append(str(names[0]).lstrip("/"))
         return found
@@ -529,6 +569,26 @@ def _containerfile(context: Path) -> str:
         details=["the docker runtime builds a service's image from Containerfile (or else Dockerfile) in its "
                  "`build:` directory: add one, or give `image: name@sha256:...` instead of `build:`"],
     )
+
+
+def _ignore_patterns(context: Path) -> list[str]:
+    for name in IGNORE_FILES:
+        path = context / name
+        if path.is_file():
+            lines = (line.strip() for line in path.read_text().splitlines())
+            return [line for line in lines if line and not line.startswith("#")]
+    return []
+
+
+@contextmanager
+def _context_tarball(context: Path, containerfile: str) -> Iterator[IO[bytes]]:
+    """The build context as a tar file, made here rather than by the SDK: the SDK only knows
+    `.dockerignore`, and Docker Engine does not read `.containerignore`."""
+    tarball = context_tar(str(context), exclude=_ignore_patterns(context), dockerfile=(containerfile, None))
+    try:
+        yield tarball
+    finally:
+        tarball.close()
 
 
 def _follow_build(chunks: Iterator[dict[str, Any]], emit: Callable[[str], None], what: str,

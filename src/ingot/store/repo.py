@@ -191,6 +191,14 @@ class Store:
                     )
                 )
 
+    def artifact_for_input(self, service: str, input_key: str) -> str | None:
+        with self.engine.connect() as conn:
+            query = (select(t.artifacts.c.digest)
+                     .where(and_(t.artifacts.c.service == service, t.artifacts.c.input_key == input_key))
+                     .order_by(t.artifacts.c.created_at.desc()).limit(1))
+            found = conn.execute(query).scalar()
+        return str(found) if found else None
+
     def artifact_digests(self, service: str) -> list[str]:
         with self.engine.connect() as conn:
             query = select(t.artifacts.c.digest).where(t.artifacts.c.service == service)
