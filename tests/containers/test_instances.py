@@ -93,7 +93,8 @@ def test_stop_is_graceful_and_removes_the_container(runtime: DockerRuntime, app_
     runtime.stop(row, timeout=20)
     # The app exits on SIGTERM: stopping must not have waited for the SIGKILL deadline.
     assert time.monotonic() - began < 10
-    assert runtime.facts(row) is None
+    # Removal of the exited container happens in the background: poll for it.
+    wait_for(lambda: runtime.facts(row) is None, what="the container's removal")
     assert runtime.observe(row).detail == "container is gone"
     assert runtime.labelled(project) == []
     runtime.stop(row, timeout=1)  # stopping what is gone is a no-op
@@ -107,7 +108,8 @@ def test_stop_kills_what_ignores_sigterm(runtime: DockerRuntime, app_image: Buil
     began = time.monotonic()
     runtime.stop(row, timeout=1)
     assert 0.9 < time.monotonic() - began < 15
-    assert runtime.facts(row) is None
+    # Removal of the exited container happens in the background: poll for it.
+    wait_for(lambda: runtime.facts(row) is None, what="the container's removal")
 
 
 def test_observe_after_kill_reports_the_exit_code(runtime: DockerRuntime, engine: docker.DockerClient,
@@ -204,4 +206,5 @@ def test_a_container_that_exits_at_once_fails_start_with_its_log(runtime: Docker
     seen = wait_for(lambda: (lambda o: o if not o.alive else None)(runtime.observe(row)), what="the exit")
     assert (seen.exit_code, seen.detail) == (3, "exited with code 3")
     runtime.stop(row, timeout=1)
-    assert runtime.facts(row) is None
+    # Removal of the exited container happens in the background: poll for it.
+    wait_for(lambda: runtime.facts(row) is None, what="the container's removal")

@@ -141,13 +141,17 @@ class Healer:
             return strays
         docker: Any = self.runtimes.get(runtime)
         project = self._project()
+        recorded = self.store.instance_states(*key)
         for facts in docker.labelled(project) if project else []:
             labels = facts.labels
             if labels.get("ingot.state", state) != state:
                 continue
             if (labels.get("ingot.environment"), labels.get("ingot.service")) != key:
                 continue
-            if labels.get("ingot.instance") not in known:
+            instance = labels.get("ingot.instance")
+            if not facts.running and instance in recorded and instance not in known:
+                continue  # an instance ingot stopped, its exited container being removed: not drift
+            if instance not in known:
                 status = "running" if facts.running else f"exited ({facts.exit_code})"
                 strays.append(Stray(facts.container_id[:12], labels.get("ingot.instance"),
                                     labels.get("ingot.release"), f"container {facts.name}: {status}"))

@@ -362,6 +362,13 @@ class Store:
         with self.begin() as conn:
             conn.execute(t.instances.update().where(t.instances.c.id == instance_id).values(**values))
 
+    def instance_states(self, environment: str, service: str) -> dict[str, str]:
+        """Every instance ever recorded for the service, with its state."""
+        query = select(t.instances.c.id, t.instances.c.state).where(
+            and_(t.instances.c.environment == environment, t.instances.c.service == service))
+        with self.engine.connect() as conn:
+            return {str(r.id): str(r.state) for r in conn.execute(query)}
+
     def exited_instances(self, environment: str, service: str) -> list[InstanceRow]:
         """Instances that died on their own and have not been replaced yet."""
         query = select(t.instances).where(and_(t.instances.c.state == "exited",
