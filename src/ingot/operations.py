@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ingot import build_release, ledger
+from ingot import build_release, ledger, locks
 from ingot.actor import current_actor
 from ingot.agent.client import AgentClient, AgentUnavailable, agent_pid, ensure_agent, wait_for_exit
 from ingot.deploy_params import DeployParams, HealthPolicy
@@ -73,13 +73,14 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
         _check_supported(project, environment, name, project.spec.service_for(environment, name))
     commit = project.git_commit()
     outcomes = []
-    for name in names:
-        emit({"event": "build", "service": name})
-        artifact = build_release.build(project, environment, name, on_output)
-        emit({"event": "built", "service": name, "digest": artifact.digest, "reused": artifact.reused})
-        row, created = build_release.release(project, environment, name, artifact, commit)
-        emit({"event": "release", "service": name, "release": row.id, "created": created})
-        outcomes.append(_apply(project, environment, name, row, created, "deploy", emit))
+    with locks.hold(project.store, environment, "deploy", current_actor()):
+        for name in names:
+            emit({"event": "build", "service": name})
+            artifact = build_release.build(project, environment, name, on_output)
+            emit({"event": "built", "service": name, "digest": artifact.digest, "reused": artifact.reused})
+            row, created = build_release.release(project, environment, name, artifact, commit)
+            emit({"event": "release", "service": name, "release": row.id, "created": created})
+            outcomes.append(_apply(project, environment, name, row, created, "deploy", emit))
     return outcomes
 
 
@@ -125,7 +126,8 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
     if not build_release.artifact_available(project, target):
         raise OperationFailed(f"release {target.id} cannot be restored: its artifact {target.artifact_digest} "
                               "is no longer in the store")
-    return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None))
+    with locks.hold(project.store, environment, "rollback", current_actor()):
+        return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None))
 
 
 # ---- reading ------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     with again.engine.connect() as conn:
         versions = conn.execute(text("SELECT version FROM schema_version")).scalars().all()
         mode = conn.execute(text("PRAGMA journal_mode")).scalar_one()
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
     assert mode == "wal"
 
 

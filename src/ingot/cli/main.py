@@ -343,6 +343,20 @@ def prune(file: SpecFile = None,
 
 
 @app.command()
+def unlock(file: SpecFile = None, env: Env = None,
+           force: Annotated[bool, typer.Option("--force", help="Clear it even if its holder still runs.")] = False
+           ) -> None:
+    """Clear an environment's deploy lock left by a process that is gone (recorded in the ledger)."""
+    from ingot import locks
+    from ingot.actor import current_actor
+
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env_name(env)))
+    cleared = guarded(lambda: locks.unlock(project.store, environment, current_actor(), force=force))
+    console.print(f"{environment}: cleared the lock of {cleared.describe()}")
+
+
+@app.command()
 def agent(foreground: Annotated[bool, typer.Option("--foreground", help="Run attached to this terminal.")] = False,
           file: SpecFile = None) -> None:
     """The long-running process that owns instances and routers (started on demand by other commands)."""

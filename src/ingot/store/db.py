@@ -48,8 +48,9 @@ def _sqlite_triggers(table: str) -> list[str]:
 
 
 def _migration_1(conn: Connection) -> None:
-    # Version 1's tables as they were; later columns arrive through later migrations.
-    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name != "instances"])
+    # Version 1's tables as they were; later tables and columns arrive through later migrations.
+    later = {"instances", "locks"}
+    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name not in later])
     conn.execute(text(
         "CREATE TABLE instances (id VARCHAR(40) NOT NULL PRIMARY KEY, environment VARCHAR(64) NOT NULL, "
         "service VARCHAR(64) NOT NULL, release_id VARCHAR(64) NOT NULL, runtime VARCHAR(16) NOT NULL, "
@@ -66,8 +67,12 @@ def _migration_2(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE instances ADD COLUMN handle VARCHAR(128)"))
 
 
+def _migration_3(conn: Connection) -> None:
+    metadata.tables["locks"].create(conn)
+
+
 # Each migration moves the schema from version N-1 to N; they are applied in order and never edited.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 def migrate(engine: Engine) -> int:

@@ -124,6 +124,19 @@ instances = Table(
     UniqueConstraint("id"),
 )
 
+# Who is changing an environment right now. One row per environment while an operation runs.
+locks = Table(
+    "locks",
+    metadata,
+    Column("environment", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("operation", String(64), nullable=False),
+    Column("host", String(128), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("proc_start", String(32), nullable=True),
+    Column("since", Float, nullable=False),
+)
+
 schema_version = Table(
     "schema_version",
     metadata,
