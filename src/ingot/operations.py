@@ -130,6 +130,52 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
         return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None))
 
 
+def promote(project: Project, source: str, target: str, names: list[str], *, force: bool = False,
+            on_event: OnEvent | None = None) -> list[DeployOutcome]:
+    """Deploy to `target` exactly the artifact live in `source`, with `target`'s own spec and config."""
+    if source == target:
+        raise UserInputError(f"--from and --to are both {source}: promotion goes from one environment to another")
+    emit = on_event or (lambda _e: None)
+    actor = current_actor()
+    outcomes = []
+    with locks.hold(project.store, target, "promote", actor):
+        for name in names:
+            live = _promotable(project, source, name, force)
+            built = build_release.Built(live.artifact_digest, True, f"promoted:{live.id}",
+                                        f"the artifact of {source}'s release {live.id}")
+            row, created = build_release.release(project, target, name, built, live.commit)
+            ledger.record(project.store, actor=actor, action="promote", environment=target, service=name,
+                          subject=row.id, payload={"from": source, "source_release": live.id,
+                                                   "artifact": live.artifact_digest, "forced": force})
+            emit({"event": "release", "service": name, "release": row.id, "created": created})
+            outcomes.append(_apply(project, target, name, row, created, "promote", emit))
+    return outcomes
+
+
+def _promotable(project: Project, source: str, name: str, force: bool) -> ReleaseRow:
+    """The release live in `source`, if its deployment succeeded and every instance is healthy now."""
+    current = project.store.current_activation(source, name)
+    if current is None or current.release_id is None:
+        raise UserInputError(f"{name} is not deployed in {source}: nothing to promote")
+    live = project.store.get_release(current.release_id)
+    assert live is not None
+    problems = []
+    outcome = project.store.deployment_outcome(current.deployment_id) if current.deployment_id else "unknown"
+    if outcome != "succeeded":
+        problems.append(f"its deployment {current.deployment_id} in {source} is {outcome}")
+    services = status(project, source)["services"]
+    service = next((s for s in services if s["service"] == name), None)
+    unhealthy = [i["id"] for i in (service or {}).get("instances", []) if i["health"] != "healthy"]
+    if service is None or not service["instances"]:
+        problems.append(f"no instance of it runs in {source}")
+    elif unhealthy:
+        problems.append(f"instances not healthy in {source}: {', '.join(unhealthy)}")
+    if problems and not force:
+        raise OperationFailed(f"release {live.id} of {name} is not healthy and verified in {source}; not promoting",
+                              details=[*problems, "--force promotes anyway (recorded in the ledger)"])
+    return live
+
+
 # ---- reading ------------------------------------------------------------------------------
 def plan(project: Project, environment: str, names: list[str]) -> list[dict[str, Any]]:
     """What a deploy would do, computed from the spec and the store; nothing is built or changed."""

@@ -144,3 +144,35 @@ def test_prune_keeps_live_and_rollback_targets_in_every_environment(example: Exa
     assert example.ingot("prune", "--json", check=True).json["removed"] == []
     actions = [e["action"] for e in example.ingot("audit", "log", "--json", "--limit", "1000").json]
     assert "prune" in actions
+
+
+def test_promote_copies_the_exact_artifact_and_refuses_an_unhealthy_source(example: ExampleProject) -> None:
+    spec = example.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("web: {replicas: 3,", "web: {replicas: 3, env: {GREETING: hi-prod},"))
+    example.ingot("deploy", check=True)
+    staging = example.ingot("history", "--json", check=True).json[0]
+    example.set_version("2")  # the work tree moves on; promotion must not rebuild from it
+    promoted = example.ingot("promote", "--from", "staging", "--to", "production", check=True)
+    assert "promoted staging → production" in promoted.out
+    prod = example.ingot("history", "--json", "--env", "production", check=True).json[0]
+    assert prod["kind"] == "promote" and prod["artifact"] == staging["artifact"]
+    assert prod["release"] != staging["release"]  # production's own env makes its own release
+    status = example.ingot("status", "--json", "--env", "production", check=True).json["services"][0]
+    assert len(status["instances"]) == 3
+    import httpx
+
+    answer = httpx.get(status["url"], timeout=5, trust_env=False).json()
+    assert (answer["version"], answer["greeting"]) == ("1", "hi-prod")
+
+    # An unhealthy source is refused, unless forced (and the force is recorded).
+    import os
+    import signal
+
+    os.kill(int(example.ingot("status", "--json", check=True).json["services"][0]["instances"][0]["pid"]),
+            signal.SIGSTOP)
+    refused = example.ingot("promote", "--from", "staging", "--to", "production")
+    assert refused.code == 1 and "not healthy and verified in staging" in refused.err and "--force" in refused.err
+    forced = example.ingot("promote", "--from", "staging", "--to", "production", "--force", check=True)
+    assert "already serves" in forced.out
+    log = example.ingot("audit", "log", "--json", "--limit", "1000").json
+    assert [e["payload"]["forced"] for e in log if e["action"] == "promote"] == [False, True]

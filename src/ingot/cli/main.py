@@ -174,6 +174,30 @@ def rollback(file: SpecFile = None, env: Env = None, service: Service = None,
 
 
 @app.command()
+def promote(source: Annotated[str, typer.Option("--from", help="Environment whose live release to take.")],
+            target: Annotated[str, typer.Option("--to", help="Environment to deploy it to.")],
+            file: SpecFile = None, service: Service = None,
+            force: Annotated[bool, typer.Option("--force", help="Promote even if the source is not healthy "
+                                                "and verified (recorded).")] = False,
+            as_json: AsJson = False) -> None:
+    """Deploy to one environment exactly the artifact live in another, with the target's own config."""
+    project = project_for(file)
+    source_env = guarded(lambda: project.environment(source))
+    target_env = guarded(lambda: project.environment(target))
+    names = guarded(lambda: project.services(service))
+    with Progress() as progress:
+        outcomes = guarded(lambda: operations.promote(project, source_env, target_env, names, force=force,
+                                                      on_event=None if as_json else progress.event))
+    if as_json:
+        print_json([o.as_dict() for o in outcomes])
+        return
+    for outcome in outcomes:
+        verb = "already serves" if outcome.nothing_changed else "is live at"
+        console.print(f"{outcome.service}: promoted {source_env} → {target_env}: release {outcome.release} "
+                      f"{verb} {outcome.url}")
+
+
+@app.command()
 def plan(file: SpecFile = None, env: Env = None, service: Service = None,
          as_json: AsJson = False) -> None:
     """Print the steps a deploy would take, without doing anything."""
