@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ingot import ledger
 from ingot.artifacts import ArtifactStore
@@ -23,6 +23,7 @@ from ingot.errors import IngotError, OperationFailed
 from ingot.health import wait_healthy
 from ingot.paths import StatePaths
 from ingot.plan import Plan, Step
+from ingot.rollout_control import RolloutAborted, RolloutControl
 from ingot.routers.base import Router
 from ingot.runtimes.base import Hardening, InstanceRequest
 from ingot.runtimes.registry import Runtimes
@@ -42,7 +43,8 @@ class Deployment:
     params: DeployParams
     router: Router
     started: list[InstanceRow] = field(default_factory=list)
-    switched: bool = False
+    routed: bool = False  # the new release has taken traffic
+    control: RolloutControl = field(default_factory=RolloutControl)
 
 
 class Executor:
@@ -69,14 +71,17 @@ class Executor:
             )
 
     def finish(self, dep: Deployment, outcome: str, detail: dict[str, Any]) -> None:
-        action = {"succeeded": "finish", "failed": "fail"}.get(outcome, outcome)
+        action = {"succeeded": "finish", "failed": "fail", "aborted": "abort"}.get(outcome, outcome)
         self._record(dep, "finish", outcome, {"outcome": outcome, **detail}, action=action,
                      payload={"release": dep.release.id, "outcome": outcome, **detail})
 
     # ---- applying ----------------------------------------------------------------------
     async def apply(self, dep: Deployment, plan: Plan, emit: Emit) -> None:
         for index, step in enumerate(plan.steps, start=1):
-            description = step.describe()
+            try:
+                await dep.control.checkpoint()
+            except IngotError as exc:
+                await self._fail(dep, step, index, len(plan.steps), exc, emit)
             await emit({"event": "step", "index": index, "total": len(plan.steps), "status": "started",
                         "step": step.as_dict()})
             self._record(dep, step.kind, "started", step.as_dict())
@@ -85,21 +90,27 @@ class Executor:
                 detail = await self._run(dep, step)
             except IngotError as exc:
                 self._record(dep, step.kind, "failed", {"error": exc.message, "details": exc.details})
-                await emit({"event": "step", "index": index, "total": len(plan.steps), "status": "failed",
-                            "step": step.as_dict(), "error": exc.message})
-                await self._undo(dep)
-                serving = self._serving_text(dep)
-                self.finish(dep, "failed", {"error": exc.message, "details": exc.details, "serving": serving})
-                raise OperationFailed(
-                    f"{dep.row.kind} of {dep.row.service} to {dep.release.id} failed at step "
-                    f"'{description}': {exc.message}",
-                    details=[*exc.details, serving],
-                ) from exc
+                await self._fail(dep, step, index, len(plan.steps), exc, emit)
             elapsed = round(time.monotonic() - started, 3)
             self._record(dep, step.kind, "done", {**detail, "seconds": elapsed})
             await emit({"event": "step", "index": index, "total": len(plan.steps), "status": "done",
                         "step": step.as_dict(), "seconds": elapsed, "detail": detail})
         self.finish(dep, "succeeded", {"steps": len(plan.steps)})
+
+    async def _fail(self, dep: Deployment, step: Step, index: int, total: int, exc: IngotError,
+                    emit: Emit) -> NoReturn:
+        """Put traffic back where it was, stop what this deployment started, record it, and raise."""
+        await emit({"event": "step", "index": index, "total": total, "status": "failed",
+                    "step": step.as_dict(), "error": exc.message})
+        await self._undo(dep)
+        serving = self._serving_text(dep)
+        outcome = "aborted" if isinstance(exc, RolloutAborted) else "failed"
+        self.finish(dep, outcome, {"error": exc.message, "details": exc.details, "serving": serving})
+        raise OperationFailed(
+            f"{dep.row.kind} of {dep.row.service} to {dep.release.id} {outcome} at step "
+            f"'{step.describe()}': {exc.message}",
+            details=[*exc.details, serving],
+        ) from exc
 
     async def _run(self, dep: Deployment, step: Step) -> dict[str, Any]:
         match step.kind:
@@ -197,18 +208,18 @@ class Executor:
                         if r.release_id == release and r.state == "running"]
             await dep.router.set_backends(release, backends)
         await dep.router.set_weights(weights)
-        full = [release for release, weight in weights.items() if weight == 100]
-        with self.store.begin() as conn:
-            self.store.activate(
-                conn,
-                environment=dep.row.environment,
-                service=dep.row.service,
-                release_id=full[0] if full else None,
-                deployment_id=dep.row.id,
-                params=dep.params.as_dict(),
-            )
-        dep.switched = True
+        live = [release for release, weight in weights.items() if weight > 0]
+        # The live release of record changes only when one release takes all the traffic (or none
+        # does: scaled to zero); a canary's partial split leaves the stable release of record.
+        if len(live) <= 1:
+            self._activate(dep, live[0] if live else None)
+        dep.routed = dep.routed or weights.get(dep.release.id, 0) > 0
         return {"weights": weights}
+
+    def _activate(self, dep: Deployment, release_id: str | None) -> None:
+        with self.store.begin() as conn:
+            self.store.activate(conn, environment=dep.row.environment, service=dep.row.service,
+                                release_id=release_id, deployment_id=dep.row.id, params=dep.params.as_dict())
 
     async def _stop(self, dep: Deployment, release: str, count: int) -> dict[str, Any]:
         victims = [r for r in self.store.live_instances(dep.row.environment, dep.row.service)
@@ -234,9 +245,21 @@ class Executor:
             force_rmtree(run_dir)
 
     async def _undo(self, dep: Deployment) -> None:
-        """After a failure before the switch: stop what this deployment started; nothing else changes."""
-        if dep.switched:
-            return
+        """After a failure: traffic back to the previous release at once, then retire what this deployment
+        started. Once the previous release's instances are gone there is nothing to go back to."""
+        key = (dep.row.environment, dep.row.service)
+        stable = dep.row.from_release
+        stable_running = [r for r in self.store.live_instances(*key)
+                          if stable and r.release_id == stable and r.state == "running"]
+        if dep.routed:
+            if not stable_running:
+                return
+            assert stable is not None
+            await dep.router.set_backends(stable, [(r.host, r.port) for r in stable_running])
+            await dep.router.set_weights({stable: 100})
+            self._activate(dep, stable)
+            await dep.router.drain(dep.release.id, dep.params.drain_timeout)
+            await dep.router.remove_release(dep.release.id)
         await asyncio.gather(*(self.stop_instance(r, dep.params.stop_timeout) for r in dep.started))
 
     def _serving_text(self, dep: Deployment) -> str:

@@ -176,6 +176,17 @@ def _promotable(project: Project, source: str, name: str, force: bool) -> Releas
     return live
 
 
+def control(project: Project, environment: str, service: str | None, action: str) -> dict[str, Any]:
+    if action not in ("pause", "resume", "abort"):
+        raise UserInputError(f"unknown rollout action {action!r}")
+    client = AgentClient(project.paths)
+    try:
+        return client.call("control", environment=environment, service=service, action=action,
+                           actor=current_actor())
+    except AgentUnavailable:
+        raise UserInputError(f"no rollout is in progress for {environment}: the agent is not running") from None
+
+
 # ---- reading ------------------------------------------------------------------------------
 def plan(project: Project, environment: str, names: list[str]) -> list[dict[str, Any]]:
     """What a deploy would do, computed from the spec and the store; nothing is built or changed."""

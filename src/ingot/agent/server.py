@@ -30,6 +30,7 @@ from ingot.executor import Deployment, Executor
 from ingot.health import probe
 from ingot.paths import StatePaths
 from ingot.plan import Target, plan_for
+from ingot.rollout_control import RolloutControl
 from ingot.routers.base import Router
 from ingot.routers.builtin import BuiltinRouter
 from ingot.runtimes.registry import Runtimes
@@ -51,6 +52,7 @@ class Agent:
         self.executor = Executor(self.store, self.runtimes, self.artifacts, paths)
         self.routers: dict[Key, Router] = {}
         self.locks: dict[Key, asyncio.Lock] = {}
+        self.controls: dict[Key, RolloutControl] = {}
         self.actor = current_actor()
         self.healer = Healer(self.store, self.runtimes, self.artifacts, self.executor, self.routers, self.lock)
         self._stopping = asyncio.Event()
@@ -226,6 +228,7 @@ class Agent:
             await send({"event": "plan", "deployment": row.id, "plan": plan.as_dict()})
             dep = Deployment(row=row, release=release, params=params, router=router)
             log.info("%s %s: %s/%s -> %s (%d steps)", kind, row.id, key[0], key[1], release_id, len(plan.steps))
+            self.controls[key] = dep.control
             try:
                 if plan.empty:
                     self._activate_params(dep)
@@ -235,6 +238,8 @@ class Agent:
                 if router is not self.routers.get(key):
                     await router.stop()
                 raise
+            finally:
+                self.controls.pop(key, None)
             await self.adopt_router(key, router)
             return {"deployment": row.id, "release": release_id,
                     "url": f"http://{params.listen[0]}:{params.listen[1]}/"}
@@ -245,6 +250,17 @@ class Agent:
                                 release_id=dep.release.id, deployment_id=dep.row.id,
                                 params=dep.params.as_dict())
         self.executor.finish(dep, "succeeded", {"steps": 0, "note": "deployment parameters recorded"})
+
+    def control(self, environment: str, service: str | None, action: str, actor: str) -> dict[str, Any]:
+        """Pause, resume (or promote a manual step) or abort the rollouts in progress in an environment."""
+        targets = {k: c for k, c in self.controls.items() if k[0] == environment and service in (None, k[1])}
+        if not targets:
+            where = f"{service} in {environment}" if service else environment
+            raise UserInputError(f"no rollout is in progress for {where}")
+        for (env, svc), control in targets.items():
+            getattr(control, action)(actor)
+            ledger.record(self.store, actor=actor, action=f"rollout.{action}", environment=env, service=svc)
+        return {"services": sorted(k[1] for k in targets), "action": action}
 
     async def down(self, environment: str | None, actor: str) -> dict[str, Any]:
         stopped: list[str] = []
@@ -342,6 +358,9 @@ class Agent:
             params = DeployParams.from_dict(request["params"])
             return await self.deploy(key, str(request["release"]), params, kind=str(request.get("kind", "deploy")),
                                      send=send, actor=request.get("actor"), dry_run=bool(request.get("dry_run")))
+        if op == "control":
+            return self.control(str(request["environment"]), request.get("service"), str(request["action"]),
+                                str(request.get("actor") or self.actor))
         if op == "drift":
             findings = await self.healer.detect(request.get("environment"))
             return {"findings": [f.as_dict() for f in findings]}

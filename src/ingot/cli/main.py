@@ -197,6 +197,38 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
                       f"{verb} {outcome.url}")
 
 
+def _control(action: str, file: Path | None, env: str | None, service: str | None) -> None:
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env_name(env)))
+    result = guarded(lambda: operations.control(project, environment, service, action))
+    done = {"pause": "paused", "resume": "resumed", "abort": "aborted"}[action]
+    console.print(f"{environment}: {done} the rollout of {', '.join(result['services'])}")
+
+
+@app.command()
+def pause(file: SpecFile = None, env: Env = None, service: Service = None) -> None:
+    """Hold a rollout in progress before its next step (from any terminal)."""
+    _control("pause", file, env, service)
+
+
+@app.command()
+def resume(file: SpecFile = None, env: Env = None, service: Service = None) -> None:
+    """Go on with a paused rollout, or end its current manual pause step."""
+    _control("resume", file, env, service)
+
+
+@app.command("promote-step")
+def promote_step(file: SpecFile = None, env: Env = None, service: Service = None) -> None:
+    """End the current pause step of a rollout now and go to the next step."""
+    _control("resume", file, env, service)
+
+
+@app.command()
+def abort(file: SpecFile = None, env: Env = None, service: Service = None) -> None:
+    """Abort a rollout in progress: traffic back to the stable release at once, new instances retired."""
+    _control("abort", file, env, service)
+
+
 @app.command()
 def plan(file: SpecFile = None, env: Env = None, service: Service = None,
          as_json: AsJson = False) -> None:

@@ -1,0 +1,72 @@
+"""Steering a rollout in progress from another terminal: pause, resume (promote a step), abort."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ingot.errors import OperationFailed
+
+
+class RolloutAborted(OperationFailed):
+    pass
+
+
+class RolloutControl:
+    """Shared between the executor applying a plan and the agent's control requests."""
+
+    def __init__(self) -> None:
+        self.paused_by: str | None = None
+        self.aborted_by: str | None = None
+        self._changed = asyncio.Event()
+        self._advance = 0  # resumes asked for; a manual pause consumes one
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def pause(self, who: str) -> None:
+        self.paused_by = who
+        self._notify()
+
+    def resume(self, who: str) -> None:
+        """Lift a pause, or end the current manual pause step (promote-step)."""
+        self.paused_by = None
+        self._advance += 1
+        self._notify()
+
+    def abort(self, who: str) -> None:
+        self.aborted_by = who
+        self._notify()
+
+    def check(self) -> None:
+        if self.aborted_by:
+            raise RolloutAborted(f"aborted by {self.aborted_by}")
+
+    async def checkpoint(self) -> float:
+        """Between steps: wait while paused; return how long it waited. Raises if aborted."""
+        started = time.monotonic()
+        while True:
+            self.check()
+            if self.paused_by is None:
+                return time.monotonic() - started
+            await self._changed.wait()
+
+    async def hold(self, seconds: float | None) -> str:
+        """A pause step: `seconds`, or until resumed when None. Returns how it ended."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        advance = self._advance
+        while True:
+            self.check()
+            if seconds is None and self._advance > advance:
+                return "resumed"
+            if seconds is not None and self._advance > advance:
+                return "promoted early"
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0 and self.paused_by is None:
+                return "elapsed"
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), timeout=None if remaining is None else max(remaining, 0.05))
+            except TimeoutError:
+                continue
