@@ -1,14 +1,44 @@
 """Strategies as pure planners: (current state, target, options) -> Plan."""
 
+from ingot.analysis import Thresholds
 from ingot.plan.blue_green import apply_to_state, plan_blue_green
-from ingot.plan.model import Plan, ServiceState, Step, Target
+from ingot.plan.canary import plan_abort, plan_canary, stable_release
+from ingot.plan.model import CanaryStep, Plan, ServiceState, Step, StrategyOptions, Target
+from ingot.plan.rolling import plan_rolling, proportional
+
+STRATEGIES = ("blue-green", "canary", "rolling")
 
 
-def plan_for(strategy: str, state: ServiceState, target: Target) -> Plan:
-    # Canary and rolling arrive with progressive delivery; operations refuse them before planning.
-    if strategy != "blue-green":
-        raise ValueError(f"no planner for strategy {strategy!r}")
-    return plan_blue_green(state, target)
+def plan_for(strategy: str, state: ServiceState, target: Target, options: StrategyOptions | None = None) -> Plan:
+    """The plan of `strategy`; `options` carries canary steps and analysis, or rolling surge limits."""
+    match strategy:
+        case "blue-green":
+            return plan_blue_green(state, target)
+        case "canary":
+            if options is None or not options.steps:
+                raise ValueError("a canary needs options with at least one step")
+            return plan_canary(state, target, options.steps, options.analysis)
+        case "rolling":
+            opts = options or StrategyOptions()
+            return plan_rolling(state, target, opts.max_surge, opts.max_unavailable)
+    raise ValueError(f"no planner for strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
 
 
-__all__ = ["Plan", "ServiceState", "Step", "Target", "apply_to_state", "plan_blue_green", "plan_for"]
+__all__ = [
+    "STRATEGIES",
+    "CanaryStep",
+    "Plan",
+    "ServiceState",
+    "Step",
+    "StrategyOptions",
+    "Target",
+    "Thresholds",
+    "apply_to_state",
+    "plan_abort",
+    "plan_blue_green",
+    "plan_canary",
+    "plan_for",
+    "plan_rolling",
+    "proportional",
+    "stable_release",
+]

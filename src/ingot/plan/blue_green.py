@@ -27,7 +27,11 @@ def plan_blue_green(state: ServiceState, target: Target) -> Plan:
 
 
 def apply_to_state(state: ServiceState, plan: Plan) -> ServiceState:
-    """What the state becomes once `plan` is applied successfully (the executor's contract)."""
+    """What the state becomes once `plan` is applied successfully (the executor's contract).
+
+    Only `start`, `stop` and `route` change the planner's view; `wait_healthy`, `drain`,
+    `drain_instances`, `pause` and `analyse` change nothing in it (or fail the deploy).
+    """
     counts = dict(state.instances)
     weights = state.weights
     for step in plan.steps:

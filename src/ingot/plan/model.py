@@ -2,27 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-StepKind = Literal["start", "wait_healthy", "route", "drain", "stop"]
+from ingot.analysis import Thresholds
+
+StepKind = Literal["start", "wait_healthy", "route", "drain", "drain_instances", "stop", "pause", "analyse"]
+Pause = float | Literal["manual"] | None
 
 
 @dataclass(frozen=True)
 class Step:
     """One step of a plan.
 
-    start:        start `count` fresh instances of `release`
-    wait_healthy: wait until every starting instance of `release` passes the health gate
-    route:        send traffic by `weights` (release -> relative weight); recorded as the live release
-    drain:        wait until `release` has no requests in flight
-    stop:         stop `count` instances of `release` (its oldest first)
+    start:           start `count` fresh instances of `release`
+    wait_healthy:    wait until every starting instance of `release` passes the health gate
+    route:           send traffic by `weights` (release -> percent of traffic); releases not named get none
+    drain:           wait until `release` has no requests in flight, then forget it in the router
+    drain_instances: take `count` instances of `release` (its oldest first, the ones the next `stop`
+                     stops) out of its router pool and wait until they have no requests in flight; the
+                     release keeps its weight and its other instances
+    stop:            stop `count` instances of `release` (its oldest first)
+    pause:           wait `seconds`, or with `manual` until an operator resumes (or aborts); with
+                     `analysis`, keep judging `release` against `baseline` meanwhile: a fail ends the pause
+                     as a failure
+    analyse:         judge `release` (canary) against `baseline` (stable) with `analysis`, interval after
+                     interval: until the first conclusive verdict, or with `seconds` for that long
     """
 
     kind: StepKind
     release: str | None = None
     count: int = 0
     weights: tuple[tuple[str, int], ...] = ()
+    seconds: float | None = None
+    manual: bool = False
+    baseline: str | None = None
+    analysis: Thresholds | None = None
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            raise ValueError(f"{self.kind}: count must be >= 0, got {self.count}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"{self.kind}: seconds must be > 0, got {self.seconds}")
+        if self.kind == "pause":
+            if self.manual == (self.seconds is not None):
+                raise ValueError("pause: give either seconds or manual=True")
+            if self.analysis is not None and (self.release is None or self.baseline is None):
+                raise ValueError("pause: an analysis guard needs the canary (release) and the stable (baseline)")
+        elif self.manual:
+            raise ValueError(f"{self.kind}: only a pause can be manual")
+        if self.kind == "analyse" and (self.analysis is None or self.release is None or self.baseline is None):
+            raise ValueError("analyse: needs analysis, the canary (release) and the stable (baseline)")
+        if self.kind == "route":
+            for release, weight in self.weights:
+                if not 0 <= weight <= 100:
+                    raise ValueError(f"route: weight of {release} must be a percent 0..100, got {weight}")
 
     def describe(self) -> str:
         match self.kind:
@@ -35,8 +70,21 @@ class Step:
                 return f"switch traffic: {split}"
             case "drain":
                 return f"drain {self.release} (requests in flight finish)"
+            case "drain_instances":
+                return (f"take {self.count} instance(s) of {self.release} out of the router "
+                        "(their requests in flight finish)")
             case "stop":
                 return f"stop {self.count} instance(s) of {self.release}"
+            case "pause":
+                wait = "until an operator resumes or aborts" if self.manual else f"for {self.seconds:g}s"
+                if self.analysis is None:
+                    return f"pause {wait}"
+                return (f"pause {wait}, judging {self.release} against {self.baseline} meanwhile "
+                        f"({self.analysis.describe(bounded=not self.manual)}); a failed verdict aborts")
+            case "analyse":
+                assert self.analysis is not None
+                span = f"for {self.seconds:g}s" if self.seconds is not None else "until a verdict"
+                return f"analyse {self.release} against {self.baseline} {span}: {self.analysis.describe()}"
         raise AssertionError(self.kind)
 
     def as_dict(self) -> dict[str, Any]:
@@ -47,6 +95,14 @@ class Step:
             data["count"] = self.count
         if self.weights:
             data["weights"] = dict(self.weights)
+        if self.seconds is not None:
+            data["seconds"] = self.seconds
+        if self.manual:
+            data["manual"] = True
+        if self.baseline is not None:
+            data["baseline"] = self.baseline
+        if self.analysis is not None:
+            data["analysis"] = self.analysis.as_dict()
         return data
 
 
@@ -59,6 +115,9 @@ class ServiceState:
 
     def count(self, release: str) -> int:
         return sum(n for r, n in self.instances if r == release)
+
+    def weight(self, release: str) -> int:
+        return sum(w for r, w in self.weights if r == release)
 
     def releases_running(self) -> list[str]:
         return [r for r, n in self.instances if n > 0]
@@ -78,15 +137,55 @@ class Plan:
     strategy: str
     target: Target
     steps: tuple[Step, ...] = field(default_factory=tuple)
+    note: str = ""  # why the plan has the shape it has, when that is not obvious (e.g. a canary with no stable)
 
     @property
     def empty(self) -> bool:
         return not self.steps
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "strategy": self.strategy,
             "release": self.target.release,
             "replicas": self.target.replicas,
             "steps": [s.as_dict() for s in self.steps],
         }
+        if self.note:
+            data["note"] = self.note
+        return data
+
+
+class CanaryStep(NamedTuple):
+    """One canary step: send `weight` percent to the canary, then pause (seconds, "manual" or None)."""
+
+    weight: int
+    pause: Pause = None
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """The options of the progressive strategies, as the spec's `strategy` block gives them."""
+
+    steps: tuple[CanaryStep, ...] = ()
+    analysis: Thresholds | None = None
+    max_surge: int = 1
+    max_unavailable: int = 0
+
+    @staticmethod
+    def from_mapping(data: Mapping[str, Any]) -> StrategyOptions:
+        """From `StrategySpec.model_dump()`; `type` and `drain_timeout` are not planning options."""
+        steps: Sequence[Mapping[str, Any]] = data.get("steps") or ()
+        analysis = data.get("analysis")
+        return StrategyOptions(
+            steps=tuple(CanaryStep(int(s["weight"]), s.get("pause")) for s in steps),
+            analysis=Thresholds.from_mapping(analysis) if analysis is not None else None,
+            max_surge=int(data.get("max_surge", 1)),
+            max_unavailable=int(data.get("max_unavailable", 0)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"steps": [{"weight": s.weight, "pause": s.pause} for s in self.steps],
+                                "max_surge": self.max_surge, "max_unavailable": self.max_unavailable}
+        if self.analysis is not None:
+            data["analysis"] = self.analysis.as_dict()
+        return data

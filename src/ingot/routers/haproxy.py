@@ -1,0 +1,674 @@
+"""`HAProxyRouter`: the `Router` interface with a real HAProxy (2.6) as the data plane.
+
+Design. One haproxy process per router, started in master-worker mode as a child of the caller,
+with a configuration written once (see `haproxy_config`) and never reloaded. Python binds the
+listening socket itself and hands it to haproxy (`bind fd@N`), so "address in use" is reported
+exactly and port 0 works. The configuration has ONE backend; every instance of every release is
+a dynamic server in it, added at runtime with `add server releases/<release>__<n> ADDR:PORT`.
+One backend rather than one per release because haproxy cannot create backends at runtime and has
+no weighted choice between backends (it would take a pre-declared set of backends and a map of
+random ranges); inside one backend, `balance roundrobin` already splits smoothly by server weight
+and picks up weight changes at once. The release split is made exact by giving each server the
+release's weight divided by the size of its pool (see `server_weights`). The release that answered
+comes back as `X-Ingot-Release`, cut from the server's name. A server's address never changes:
+a new instance gets a new server, and a server that leaves its pool is set to drain and deleted
+(`del server`) once it has no session left. So an idle keep-alive connection haproxy keeps to an old
+address can never be reused for a new instance, and each server's counters describe one instance.
+
+Every runtime command goes over the admin socket from Python, one command per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from ingot.errors import OperationFailed
+from ingot.routers.base import Address, ReleaseStats
+from ingot.routers.haproxy_config import BACKEND, RELEASE_NAME, Timeouts, render_config, server_name
+
+log = logging.getLogger("ingot.routers.haproxy")
+
+MAX_SERVER_WEIGHT = 256  # haproxy's limit for one server
+POLL_INTERVAL = 0.5  # how often `stats()` is refreshed in the background
+DRAIN_POLL = 0.02  # how often `drain` looks at the sessions of the release
+START_TIMEOUT = 10.0  # for the admin socket to answer
+STOP_TIMEOUT = 5.0  # for haproxy to exit on SIGTERM before it is killed
+# Latency samples haproxy averages over (its `rtime`, `qtime`, `ctime` are over the last 1024).
+HAPROXY_AVERAGE_WINDOW = 1024
+# p99 is the largest time seen over this many recent polls in which the release served requests.
+PEAK_WINDOW = 20
+# A Unix socket path must fit `sun_path` (108 bytes, with the terminating NUL).
+SOCKET_PATH_MAX = 107
+
+
+class RuntimeAPI:
+    """haproxy's runtime API over its admin socket: one command per connection, answer until EOF."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    async def run(self, command: str) -> str:
+        async with asyncio.timeout(self.timeout):
+            reader, writer = await asyncio.open_unix_connection(str(self.path))
+            try:
+                writer.write(command.encode("ascii") + b"\n")
+                await writer.drain()
+                return (await reader.read()).decode("utf-8", "replace")
+            finally:
+                writer.close()
+
+    async def expect(self, command: str, ok: str = "") -> None:
+        """Run `command`; raise if haproxy answers anything but `ok` (its success message)."""
+        answer = (await self.run(command)).strip()
+        if answer != ok:
+            raise OperationFailed(f"haproxy refused `{command}`: {answer or '(no answer)'}")
+
+
+# ---- pure helpers ---------------------------------------------------------------------------------
+
+
+def server_weights(release_weights: Mapping[str, int], pool_sizes: Mapping[str, int]) -> dict[str, int]:
+    """The weight each server of a release gets, so that traffic splits by RELEASE weight.
+
+    A release of weight w with n servers gets w/n per server. The exact ratio is used when it fits
+    haproxy's 1..256 (e.g. 50/50 over 1 and 3 servers gives 3 and 1); otherwise the ratios are
+    scaled so the largest is 256 and rounded, never below 1 for a weighted release: the split is
+    then within about 1/256 of the target, a tiny release gets a little more than its due.
+    Releases with weight 0 or no server are left out.
+    """
+    active = {r: w for r, w in release_weights.items() if w > 0 and pool_sizes.get(r, 0) > 0}
+    if not active:
+        return {}
+    common = math.lcm(*(pool_sizes[r] for r in active))
+    exact = {r: w * (common // pool_sizes[r]) for r, w in active.items()}
+    divisor = math.gcd(*exact.values())
+    exact = {r: v // divisor for r, v in exact.items()}
+    top = max(exact.values())
+    if top <= MAX_SERVER_WEIGHT:
+        return exact
+    return {r: max(1, round(v * MAX_SERVER_WEIGHT / top)) for r, v in exact.items()}
+
+
+def parse_stat(csv_text: str) -> dict[str, dict[str, int]]:
+    """`show stat` CSV -> {server name: {column: value}}; empty and non-numeric cells become 0."""
+    lines = [line for line in csv_text.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("# "):
+        raise OperationFailed(f"haproxy answered `show stat` with {csv_text[:200]!r}")
+    columns = lines[0][2:].split(",")
+    rows: dict[str, dict[str, int]] = {}
+    for line in lines[1:]:
+        cells = dict(zip(columns, line.split(","), strict=False))
+        rows[cells["svname"]] = {k: int(v) if v.isdigit() else 0 for k, v in cells.items()}
+    return rows
+
+
+def row_requests(row: Mapping[str, int]) -> int:
+    """Requests a server took: responses it sent, plus those haproxy answered with an error for it.
+
+    `req_tot` counts responses received from the server (including ones cut off, `srv_abrt`);
+    a connection failure after all retries is `econ`, an invalid or missing response is `eresp`.
+    """
+    return row.get("req_tot", 0) + row.get("econ", 0) + max(0, row.get("eresp", 0) - row.get("srv_abrt", 0))
+
+
+def row_errors(row: Mapping[str, int]) -> int:
+    """5xx from the server, plus the 502/503 haproxy made for it and responses the server cut off."""
+    return row.get("hrsp_5xx", 0) + row.get("econ", 0) + row.get("eresp", 0)
+
+
+def row_busy(row: Mapping[str, int]) -> int:
+    """Requests on the server now (`scur`) or queued for it (`qcur`)."""
+    return row.get("scur", 0) + row.get("qcur", 0)
+
+
+def row_latency_avg(row: Mapping[str, int]) -> int:
+    """Average ms until response headers over haproxy's last 1024 requests: queue + connect + response."""
+    return row.get("qtime", 0) + row.get("ctime", 0) + row.get("rtime", 0)
+
+
+def row_latency_max(row: Mapping[str, int]) -> int:
+    """An upper bound of the slowest request's time to response headers since the last `clear counters`."""
+    return row.get("qtime_max", 0) + row.get("ctime_max", 0) + row.get("rtime_max", 0)
+
+
+# ---- state ----------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Server:
+    """One instance as a haproxy server; `weight` and `state` are what haproxy was last told."""
+
+    name: str
+    addr: Address
+    owner: _Release
+    weight: int = 0
+    state: str = "maint"  # dynamic servers are created in maintenance
+
+
+@dataclass(eq=False)
+class _Release:
+    name: str
+    weight: int = 0
+    draining: bool = False
+    pool: list[_Server] = field(default_factory=list)
+    # Counters of servers already deleted, so that the release's totals never go backwards.
+    requests_gone: int = 0
+    errors_gone: int = 0
+    # Largest time to response headers per recent poll in which the release served requests.
+    peaks: deque[int] = field(default_factory=lambda: deque(maxlen=PEAK_WINDOW))
+    # The mean while the release last had servers, so it outlives the deletion of its pool.
+    last_mean: float = 0.0
+
+    def forget_server(self, row: Mapping[str, int] | None) -> None:
+        if row is not None:
+            self.requests_gone += row_requests(row)
+            self.errors_gone += row_errors(row)
+
+
+# ---- the router -----------------------------------------------------------------------------------
+
+
+class HAProxyRouter:
+    """Weighted HTTP router with haproxy as the data plane; see `ingot.routers.base.Router`.
+
+    Mutations go to haproxy through the runtime API at once, never by reload. A weight change
+    touches one server at a time, so it is not atomic across servers: servers that gain weight are
+    raised before the others are lowered, so new requests always find a server, and for the few
+    milliseconds between the commands both the old and the new split take requests.
+
+    `stats()` answers from the last poll (every `POLL_INTERVAL` s, or `refresh()`), per release:
+
+    - `requests`, `errors_5xx`: from the servers' `req_tot`, `hrsp_5xx`, `econ`, `eresp` (see
+      `row_requests`, `row_errors`), cumulative since the release was first seen: the counters of
+      deleted servers are kept. A request redispatched to another release after a failed connect
+      counts for the release that answered it. haproxy's own 503 when no release has weight is
+      counted for none.
+    - `in_flight`: `scur` + `qcur` of the release's servers (including servers leaving its pool).
+    - Latency is time until the response headers (queue + connect + server response), in whole
+      milliseconds: haproxy measures no per-request percentiles and its `ttime` includes the time
+      a keep-alive client sat idle before the request, so it is not used, and the time to stream
+      the body is not included. `mean_ms` is haproxy's average over each server's last 1024
+      requests, averaged over the release's servers by how many requests each has seen;
+      `p50_ms` is that mean (not a median). `p99_ms` is the largest time to headers seen in the
+      last `PEAK_WINDOW` polls in which the release served requests (haproxy's `*_max`, which the
+      router resets with `clear counters` after each poll): an upper bound of the true p99 over
+      that window, equal to it only when the slowest 1% are all as slow as the slowest request.
+
+    `drain` sets the release's servers to haproxy's `drain` state (no new request) and waits for
+    their `scur`/`qcur` to reach 0; `set_weights` with a weight > 0 makes them ready again.
+    No active health checks: ingot's health gate decides when an instance joins a pool, and a
+    connection haproxy cannot make is retried on another server.
+    """
+
+    def __init__(
+        self,
+        listen: Address,
+        *,
+        name: str = "",
+        workdir: Path,
+        haproxy: str = "haproxy",
+        maxconn: int = 4096,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self.name = name
+        self.workdir = Path(workdir)
+        self.haproxy = haproxy
+        self.maxconn = maxconn
+        self.timeouts = timeouts or Timeouts()
+        self.api = RuntimeAPI(self.workdir / "admin.sock")
+        self._listen = listen
+        self._bound: Address | None = None
+        self._releases: dict[str, _Release] = {}
+        self._retiring: list[_Server] = []  # out of their pool, waiting for 0 sessions to be deleted
+        self._rows: dict[str, dict[str, int]] = {}  # the last poll, by server name
+        self._serial = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._log_file: IO[bytes] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # ---- paths ---------------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "haproxy.cfg"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.workdir / "haproxy.pid"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "haproxy.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The haproxy master's process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    # ---- Router protocol: lifecycle ------------------------------------------------------------
+
+    @property
+    def listen_address(self) -> Address:
+        return self._bound if self._bound is not None else self._listen
+
+    async def start(self) -> None:
+        if self._proc is not None:
+            raise RuntimeError(f"router {self.name!r} is already started")
+        binary = self._find_haproxy()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        await self._claim_socket_path()
+        listener = self._bind()
+        try:
+            self.config_path.write_text(
+                render_config(
+                    name=self.name,
+                    socket_path=self.api.path,
+                    listen_fd=listener.fileno(),
+                    maxconn=self.maxconn,
+                    timeouts=self.timeouts,
+                )
+            )
+            await self._spawn(binary, listener.fileno())
+            self._bound = (self._listen[0], int(listener.getsockname()[1]))
+        except BaseException:
+            await self._terminate()
+            raise
+        finally:
+            listener.close()  # haproxy holds its own copy
+        try:
+            await self._wait_ready()
+            async with self._lock:
+                await self._restore_servers()
+        except BaseException:
+            await self.stop()
+            raise
+        self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        async with self._lock:
+            if self._proc is not None and self._proc.returncode is None:
+                with contextlib.suppress(OperationFailed, OSError, TimeoutError):
+                    self._rows = await self._read_rows()  # the last counters, kept past the stop
+            self._forget_haproxy_servers()
+        await self._terminate()
+        self._bound = None
+
+    # ---- Router protocol: mutations ------------------------------------------------------------
+
+    async def set_backends(self, release: str, addrs: list[Address]) -> None:
+        async with self._lock:
+            rel = self._release(release)
+            wanted = list(dict.fromkeys((str(h), int(p)) for h, p in addrs))
+            kept = [s for s in rel.pool if s.addr in wanted]
+            gone = [s for s in rel.pool if s.addr not in wanted]
+            have = {s.addr for s in kept}
+            fresh = [_Server(self._next_name(release), a, rel) for a in wanted if a not in have]
+            for server in fresh:
+                await self._add_server(server)
+            rel.pool = kept + fresh
+            await self._apply_weights()  # the new servers take requests before the old ones stop
+            for server in gone:
+                await self._retire(server)
+
+    async def set_weights(self, weights: dict[str, int]) -> None:
+        for name, weight in weights.items():
+            if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+                raise ValueError(f"weight of release {name!r} must be an integer >= 0, got {weight!r}")
+        async with self._lock:
+            for name in weights:
+                self._release(name)
+            for rel in self._releases.values():
+                rel.weight = weights.get(rel.name, 0)
+                if rel.weight > 0:
+                    rel.draining = False
+            await self._apply_weights()
+
+    async def drain(self, release: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        async with self._lock:
+            rel = self._releases.get(release)
+            if rel is None:
+                return True
+            rel.draining = True
+            await self._apply_weights()
+            if self._proc is None:
+                return True  # not started: nothing can be in flight
+        while True:
+            rows = await self._read_rows()
+            if sum(row_busy(rows.get(s.name, {})) for s in self._servers_of(rel)) == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL)
+
+    async def remove_release(self, release: str) -> None:
+        async with self._lock:
+            rel = self._releases.pop(release, None)
+            if rel is None:
+                return
+            pool, rel.pool = rel.pool, []
+            await self._apply_weights()  # the other releases' servers first, so nothing is left bare
+            for server in pool:
+                await self._retire(server)
+
+    # ---- Router protocol: reads ----------------------------------------------------------------
+
+    def stats(self) -> dict[str, ReleaseStats]:
+        return {name: self._snapshot(rel) for name, rel in self._releases.items()}
+
+    def weights(self) -> dict[str, int]:
+        return {name: rel.weight for name, rel in self._releases.items()}
+
+    async def refresh(self) -> dict[str, ReleaseStats]:
+        """Poll haproxy now instead of waiting for the background poll; returns `stats()`."""
+        async with self._lock:
+            await self._poll()
+        return self.stats()
+
+    # ---- starting and stopping haproxy ---------------------------------------------------------
+
+    def _label(self) -> str:
+        return f"router {self.name!r}" if self.name else "router"
+
+    def _find_haproxy(self) -> str:
+        # Debian installs it in /usr/sbin, which is not on every user's PATH.
+        found = shutil.which(self.haproxy) or shutil.which(self.haproxy, path="/usr/local/sbin:/usr/sbin:/sbin")
+        if found is None:
+            raise OperationFailed(
+                f"{self._label()} needs haproxy, and {self.haproxy!r} was not found",
+                details=["install it (on Debian: bash scripts/provision-haproxy) or set the path to it"],
+            )
+        return found
+
+    async def _claim_socket_path(self) -> None:
+        path = self.api.path
+        if len(str(path).encode()) > SOCKET_PATH_MAX:
+            raise OperationFailed(
+                f"{self._label()} cannot use {path} as haproxy's admin socket: the path is longer than "
+                f"{SOCKET_PATH_MAX} bytes, the limit of a Unix socket; choose a shorter workdir"
+            )
+        if not path.exists():
+            return
+        try:
+            await self.api.run("show info")
+        except (OSError, TimeoutError):
+            path.unlink()  # left behind by an haproxy that is gone
+            return
+        raise OperationFailed(
+            f"{self._label()} cannot start: another haproxy answers on {path}",
+            details=["each router needs a workdir of its own; stop the other one or choose another workdir"],
+        )
+
+    def _bind(self) -> socket.socket:
+        host, port = self._listen
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise self._bind_error(exc) from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+        except OSError as exc:
+            sock.close()
+            raise self._bind_error(exc) from None
+        return sock
+
+    def _bind_error(self, exc: OSError) -> OperationFailed:
+        host, port = self._listen
+        if exc.errno == errno.EADDRINUSE:
+            return OperationFailed(
+                f"{self._label()} cannot listen on {host}:{port}: the address is already in use",
+                details=[
+                    "another process (or another router) is bound to it;",
+                    "stop it or choose another `router.listen` address",
+                ],
+            )
+        return OperationFailed(f"{self._label()} cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+    async def _spawn(self, binary: str, listen_fd: int) -> None:
+        self._log_file = self.log_path.open("ab")
+        # -W master-worker, -db foreground: the master is our child, and it takes its worker down
+        # with it. Its own session keeps a Ctrl-C meant for the caller from reaching it first.
+        self._proc = await asyncio.create_subprocess_exec(
+            binary,
+            "-W",
+            "-db",
+            "-f",
+            str(self.config_path),
+            "-p",
+            str(self.pid_path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=self._log_file,
+            pass_fds=(listen_fd,),
+            start_new_session=True,
+        )
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert self._proc is not None
+            if self._proc.returncode is not None:
+                raise self._died(f"haproxy exited with code {self._proc.returncode} while starting")
+            try:
+                await self.api.run("show info")
+                return
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise self._died(f"haproxy's admin socket did not answer within {START_TIMEOUT:g} s") from None
+                await asyncio.sleep(0.01)
+
+    def _died(self, what: str) -> OperationFailed:
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
+        except OSError:
+            tail = []
+        return OperationFailed(
+            f"{self._label()} on {self._listen[0]}:{self._listen[1]}: {what}",
+            details=[f"last lines of {self.log_path}:", *tail] if tail else [],
+        )
+
+    async def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.returncode is None:
+                proc.terminate()  # SIGTERM: haproxy's hard stop, every connection closed
+                try:
+                    await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+                except TimeoutError:
+                    log.warning("%s: haproxy did not stop within %g s; killing it", self._label(), STOP_TIMEOUT)
+            # Whatever is left of its session (a worker that outlived the master) goes too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.returncode is None:
+                await proc.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+
+    # ---- servers and weights -------------------------------------------------------------------
+
+    def _release(self, name: str) -> _Release:
+        rel = self._releases.get(name)
+        if rel is None:
+            if not isinstance(name, str) or not RELEASE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"release id {name!r} cannot name an haproxy server: use 1-64 letters, digits, '.', '_' "
+                    "or '-', starting with a letter or digit"
+                )
+            rel = self._releases[name] = _Release(name)
+        return rel
+
+    def _next_name(self, release: str) -> str:
+        self._serial += 1
+        return server_name(release, self._serial)
+
+    def _servers_of(self, rel: _Release) -> Iterable[_Server]:
+        yield from rel.pool
+        yield from (s for s in self._retiring if s.owner is rel)
+
+    def _require_running(self) -> None:
+        if self._proc is None:
+            raise OperationFailed(f"{self._label()} is not started")
+        if self._proc.returncode is not None:
+            raise self._died(f"haproxy is not running (it exited with code {self._proc.returncode})")
+
+    async def _add_server(self, server: _Server) -> None:
+        if self._proc is None:
+            return  # not started: `start()` adds the pools
+        self._require_running()
+        host, port = server.addr
+        address = f"ipv6@{host}:{port}" if ":" in host else f"{host}:{port}"
+        await self.api.expect(f"add server {BACKEND}/{server.name} {address} weight 0", "New server registered.")
+        server.weight, server.state = 0, "maint"
+
+    async def _set(self, server: _Server, *, weight: int | None = None, state: str | None = None) -> None:
+        if self._proc is None:
+            return
+        self._require_running()
+        if weight is not None and weight != server.weight:
+            await self.api.expect(f"set server {BACKEND}/{server.name} weight {weight}")
+            server.weight = weight
+        if state is not None and state != server.state:
+            await self.api.expect(f"set server {BACKEND}/{server.name} state {state}")
+            server.state = state
+
+    async def _apply_weights(self) -> None:
+        """Bring every pool server to its share of its release's weight: raises first, then cuts."""
+        live = {r.name: r.weight for r in self._releases.values() if not r.draining}
+        per_server = server_weights(live, {r.name: len(r.pool) for r in self._releases.values()})
+        targets = [(s, per_server.get(r.name, 0)) for r in self._releases.values() for s in r.pool]
+        for server, weight in targets:
+            if weight > 0:
+                await self._set(server, weight=weight, state="ready")
+        for server, weight in targets:
+            if weight == 0:
+                await self._set(server, weight=0, state="drain" if server.owner.draining else None)
+
+    async def _retire(self, server: _Server) -> None:
+        """Out of the pool: no new requests; deleted by `_reap` once its last session ended."""
+        await self._set(server, weight=0, state="drain")
+        self._retiring.append(server)
+
+    async def _reap(self) -> None:
+        """Delete retiring servers that have no session left, keeping their counters."""
+        # Called right after a poll, under the lock: `_rows` holds every server haproxy has.
+        self._retiring = [s for s in self._retiring if s.name in self._rows]
+        idle = [s for s in self._retiring if row_busy(self._rows[s.name]) == 0]
+        if not idle:
+            return
+        for server in idle:
+            await self._set(server, state="maint")  # haproxy deletes only servers in maintenance
+        rows = await self._read_rows()  # the final counters, now that nothing can reach them
+        for server in idle:
+            answer = (await self.api.run(f"del server {BACKEND}/{server.name}")).strip()
+            if answer != "Server deleted.":
+                # Still has a connection attached (a request that slipped in): try again next poll.
+                log.debug("%s: del server %s: %s", self._label(), server.name, answer)
+                continue
+            self._retiring.remove(server)
+            if self._releases.get(server.owner.name) is server.owner:
+                server.owner.forget_server(rows.get(server.name))
+
+    async def _restore_servers(self) -> None:
+        """Give a (re)started haproxy the pools and weights this router holds."""
+        for rel in self._releases.values():
+            for server in rel.pool:
+                server.name = self._next_name(rel.name)
+                await self._add_server(server)
+        await self._apply_weights()
+
+    def _forget_haproxy_servers(self) -> None:
+        """haproxy is going away: keep every server's counters, and its pool for a later start."""
+        for rel in self._releases.values():
+            for server in rel.pool:
+                rel.forget_server(self._rows.get(server.name))
+                server.weight, server.state = 0, "maint"
+        for server in self._retiring:
+            if self._releases.get(server.owner.name) is server.owner:
+                server.owner.forget_server(self._rows.get(server.name))
+        self._retiring.clear()
+        self._rows = {}
+
+    # ---- polling -------------------------------------------------------------------------------
+
+    async def _read_rows(self) -> dict[str, dict[str, int]]:
+        self._require_running()
+        return parse_stat(await self.api.run(f"show stat {BACKEND} 4 -1"))
+
+    async def _poll(self) -> None:
+        """Refresh the counters, record latency peaks, reset haproxy's maxima, delete idle retirees."""
+        self._require_running()
+        # One connection for both: haproxy runs them back to back, so almost no maximum is lost.
+        answer = await self.api.run(f"show stat {BACKEND} 4 -1;clear counters")
+        rows = parse_stat(answer)
+        previous, self._rows = self._rows, rows
+        for rel in self._releases.values():
+            served = [
+                rows[s.name]
+                for s in self._servers_of(rel)
+                if s.name in rows and rows[s.name].get("req_tot", 0) > previous.get(s.name, {}).get("req_tot", 0)
+            ]
+            if served:
+                rel.peaks.append(max(row_latency_max(row) for row in served))
+            rel.last_mean = self._mean(rel, rel.last_mean)
+        await self._reap()
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            if self._proc is None or self._proc.returncode is not None:
+                code = None if self._proc is None else self._proc.returncode
+                log.error("%s: haproxy exited (code %s); stats stay as last polled", self._label(), code)
+                return
+            try:
+                async with self._lock:
+                    await self._poll()
+            except (OperationFailed, OSError, TimeoutError) as exc:
+                log.warning("%s: polling haproxy failed: %s", self._label(), exc)
+
+    def _rows_of(self, rel: _Release) -> list[dict[str, int]]:
+        return [self._rows[s.name] for s in self._servers_of(rel) if s.name in self._rows]
+
+    def _mean(self, rel: _Release, otherwise: float) -> float:
+        """haproxy's per-server averages, weighted by how many of its last 1024 requests each saw."""
+        samples = [(min(r.get("req_tot", 0), HAPROXY_AVERAGE_WINDOW), row_latency_avg(r)) for r in self._rows_of(rel)]
+        seen = sum(n for n, _ in samples)
+        return sum(n * ms for n, ms in samples) / seen if seen else otherwise
+
+    def _snapshot(self, rel: _Release) -> ReleaseStats:
+        rows = self._rows_of(rel)
+        mean = self._mean(rel, rel.last_mean)
+        return ReleaseStats(
+            requests=rel.requests_gone + sum(row_requests(row) for row in rows),
+            errors_5xx=rel.errors_gone + sum(row_errors(row) for row in rows),
+            in_flight=sum(row_busy(row) for row in rows),
+            p50_ms=float(mean),
+            p99_ms=float(max(rel.peaks, default=0)),
+            mean_ms=float(mean),
+        )

@@ -1,0 +1,95 @@
+"""The haproxy configuration of one `HAProxyRouter`: written once at start, never reloaded.
+
+Everything that changes during a rollout (servers, their addresses, weights, states) goes through
+the runtime API afterwards, so the file only holds what stays fixed for the life of the process:
+the admin socket, timeouts, the listener and the one backend the servers are added to.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# Names inside the config that the runtime commands refer to.
+FRONTEND = "ingot"
+BACKEND = "releases"
+# A server is named `<release>__<n>`; the response header strips the `__<n>` again.
+SERVER_SEPARATOR = "__"
+
+# HAProxy server names allow letters, digits, '-', '_', '.' and ':'. Release ids are 12 hex
+# digits; the leading character and the length limit keep names valid and readable.
+RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+# Plain-text answers haproxy makes itself, worded like the builtin router's.
+NO_RELEASE_503 = "503 Service Unavailable: no release has weight"
+NO_BACKEND_502 = "502 Bad Gateway: no backend could serve the request"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; the same meaning and defaults as the builtin router's options."""
+
+    connect: float = 2.0
+    server: float = 60.0  # waiting for a response, or for the next piece of one
+    client: float = 75.0  # client inactivity, including between keep-alive requests
+    request: float = 10.0  # receiving a complete request head
+
+
+def server_name(release: str, serial: int) -> str:
+    return f"{release}{SERVER_SEPARATOR}{serial}"
+
+
+def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int, timeouts: Timeouts) -> str:
+    """The whole configuration file; `listen_fd` is a listening socket haproxy inherits."""
+    t = timeouts
+    # Single quotes around the header format: haproxy expands `$` inside double quotes.
+    release_header = f"'%[srv_name,regsub({SERVER_SEPARATOR}[0-9]+$,)]'"
+    lines = [
+        f"# Written by ingot for router {name or '(unnamed)'}; never reloaded: servers and weights",
+        "# change only through the runtime API on the stats socket below.",
+        "global",
+        # expose-fd lets a future haproxy take over the listener without closing it.
+        f"    stats socket {socket_path} level admin expose-fd listeners",
+        "    stats timeout 30s",
+        f"    maxconn {maxconn}",
+        "",
+        "defaults",
+        "    mode http",
+        "    option http-keep-alive",
+        "    option forwardfor",
+        # 'safe' never sends a client's first request over a connection another client used,
+        # which keeps a backend's close-at-idle race away from requests that cannot be replayed.
+        "    http-reuse safe",
+        f"    timeout connect {_ms(t.connect)}",
+        f"    timeout server {_ms(t.server)}",
+        f"    timeout client {_ms(t.client)}",
+        f"    timeout http-keep-alive {_ms(t.client)}",
+        f"    timeout http-request {_ms(t.request)}",
+        f"    timeout queue {_ms(t.connect)}",
+        # A killed instance refuses connections, and a backend may close a reused connection just
+        # as a request goes out: retry both, on another server each time (it may be the same
+        # release's other instance or, if none is left, another weighted release).
+        "    retries 3",
+        "    option redispatch 1",
+        "    retry-on conn-failure empty-response",
+        f'    http-error status 503 content-type text/plain string "{NO_RELEASE_503}"',
+        f'    http-error status 502 content-type text/plain string "{NO_BACKEND_502}"',
+        "",
+        f"frontend {FRONTEND}",
+        f"    bind fd@{listen_fd}",
+        "    http-request set-header X-Forwarded-Proto http",
+        "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }",
+        f"    default_backend {BACKEND}",
+        "",
+        f"backend {BACKEND}",
+        # roundrobin is smooth and honours weight changes at once, which dynamic servers need.
+        "    balance roundrobin",
+        f"    http-response set-header X-Ingot-Release {release_header}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"

@@ -1,0 +1,93 @@
+"""Helpers for the HAProxy router tests: a routed set-up, an HTTP client, polling, process checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+import httpx
+
+from ingot.routers.base import ReleaseStats
+from ingot.routers.haproxy import HAProxyRouter
+from ingot.routers.testing import TestBackend
+
+
+def find_haproxy() -> str | None:
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
+def haproxy_pids_of(workdir: Path) -> list[int]:
+    """Processes whose command line names this workdir's config: the master and its worker."""
+    config = str(workdir / "haproxy.cfg").encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if config in cmdline.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_haproxy_of(workdir: Path) -> None:
+    for pid in haproxy_pids_of(workdir):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def poll(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def routed(
+    workdir: Path, haproxy: str, pools: dict[str, list[TestBackend]], weights: dict[str, int]
+) -> AsyncIterator[tuple[HAProxyRouter, str]]:
+    """Backends started, a started router over them with `weights`; yields (router, base URL)."""
+    for pool in pools.values():
+        for backend in pool:
+            await backend.start()
+    router = HAProxyRouter(("127.0.0.1", 0), name="test", workdir=workdir, haproxy=haproxy)
+    await router.start()
+    try:
+        for release, pool in pools.items():
+            await router.set_backends(release, [b.address for b in pool])
+        await router.set_weights(weights)
+        host, port = router.listen_address
+        yield router, f"http://{host}:{port}"
+    finally:
+        await router.stop()
+        for pool in pools.values():
+            for backend in pool:
+                await backend.stop()
+
+
+def client(base: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=base, trust_env=False, timeout=10.0)
+
+
+async def poll_stats(
+    router: HAProxyRouter, condition: Callable[[dict[str, ReleaseStats]], bool], what: str, timeout: float = 10.0
+) -> dict[str, ReleaseStats]:
+    """Poll haproxy (not the background poll) until `condition(stats)` holds; returns the stats."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await router.refresh()
+        if condition(stats):
+            return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last stats: {stats}")
+        await asyncio.sleep(0.02)
