@@ -6,7 +6,7 @@ release differently, while changing what runs (code, command, env, config) makes
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -29,6 +29,7 @@ class DeployParams:
     drain_timeout: float = 30.0
     stop_timeout: float = 10.0
     runtime: str = "process"
+    strategy_options: dict[str, Any] = field(default_factory=dict)  # the spec's strategy block
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -47,4 +48,5 @@ class DeployParams:
             drain_timeout=float(data.get("drain_timeout", 30.0)),
             stop_timeout=float(data.get("stop_timeout", 10.0)),
             runtime=str(data.get("runtime", "process")),
+            strategy_options=dict(data.get("strategy_options") or {}),
         )

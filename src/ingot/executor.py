@@ -23,6 +23,7 @@ from ingot.errors import IngotError, OperationFailed
 from ingot.health import wait_healthy
 from ingot.paths import StatePaths
 from ingot.plan import Plan, Step
+from ingot.rollout_analysis import analyse
 from ingot.rollout_control import RolloutAborted, RolloutControl
 from ingot.routers.base import Router
 from ingot.runtimes.base import Hardening, InstanceRequest
@@ -44,6 +45,7 @@ class Deployment:
     router: Router
     started: list[InstanceRow] = field(default_factory=list)
     routed: bool = False  # the new release has taken traffic
+    drained: list[str] = field(default_factory=list)  # instances taken out of the pool, to stop next
     control: RolloutControl = field(default_factory=RolloutControl)
 
 
@@ -125,10 +127,47 @@ class Executor:
                 drained = await dep.router.drain(step.release, dep.params.drain_timeout)
                 await dep.router.remove_release(step.release)
                 return {"drained": drained}
+            case "drain_instances":
+                assert step.release is not None
+                return await self._drain_instances(dep, step.release, step.count)
             case "stop":
                 assert step.release is not None
                 return await self._stop(dep, step.release, step.count)
+            case "pause":
+                return await self._pause(dep, step)
+            case "analyse":
+                return await analyse(dep, step, self._record_verdict)
         raise AssertionError(step.kind)
+
+    async def _pause(self, dep: Deployment, step: Step) -> dict[str, Any]:
+        seconds = None if step.manual else step.seconds
+        if step.analysis is None:
+            ended = await dep.control.hold(seconds)
+            return {"ended": ended}
+        # A guarded pause: the analysis keeps judging while the operator decides; a fail aborts it.
+        guard = asyncio.create_task(analyse(dep, step, self._record_verdict, until_failure=True))
+        hold = asyncio.create_task(dep.control.hold(seconds))
+        done, _ = await asyncio.wait({guard, hold}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (guard, hold):
+            if task not in done:
+                task.cancel()
+        if guard in done:
+            guard.result()  # raises the analysis failure
+        return {"ended": hold.result()}
+
+    def _record_verdict(self, dep: Deployment, verdict: dict[str, Any]) -> None:
+        with self.store.begin() as conn:
+            ledger.append(conn, actor=dep.row.actor, action=f"{dep.row.kind}.analysis",
+                          environment=dep.row.environment, service=dep.row.service, subject=dep.row.id,
+                          payload=verdict)
+
+    async def _drain_instances(self, dep: Deployment, release: str, count: int) -> dict[str, Any]:
+        leaving = [r for r in self.store.live_instances(dep.row.environment, dep.row.service)
+                   if r.release_id == release and r.state == "running"][:count]
+        drained = await dep.router.drain_backends(release, [(r.host, r.port) for r in leaving],
+                                                  dep.params.drain_timeout)
+        dep.drained.extend(r.id for r in leaving)
+        return {"instances": [r.id for r in leaving], "drained": drained}
 
     async def _start(self, dep: Deployment, step: Step) -> dict[str, Any]:
         rows = await self.start_instances(dep.row.environment, dep.row.service, dep.release, dep.params, step.count)
@@ -222,8 +261,11 @@ class Executor:
                                 release_id=release_id, deployment_id=dep.row.id, params=dep.params.as_dict())
 
     async def _stop(self, dep: Deployment, release: str, count: int) -> dict[str, Any]:
-        victims = [r for r in self.store.live_instances(dep.row.environment, dep.row.service)
-                   if r.release_id == release][:count]
+        candidates = [r for r in self.store.live_instances(dep.row.environment, dep.row.service)
+                      if r.release_id == release]
+        # The instances a drain_instances step took out of the pool go first: they are the ones drained.
+        candidates.sort(key=lambda r: (r.id not in dep.drained, r.started_at))
+        victims = candidates[:count]
         await asyncio.gather(*(self.stop_instance(r, dep.params.stop_timeout) for r in victims))
         return {"stopped": [r.id for r in victims]}
 

@@ -11,7 +11,7 @@ from ingot.actor import current_actor
 from ingot.agent.client import AgentClient, AgentUnavailable, agent_pid, ensure_agent, wait_for_exit
 from ingot.deploy_params import DeployParams, HealthPolicy
 from ingot.errors import OperationFailed, UserInputError
-from ingot.plan import Target, plan_for
+from ingot.plan import StrategyOptions, Target, plan_for
 from ingot.project import Project
 from ingot.releases import load_or_create_key, public_key_text, verify_release
 from ingot.retention import ReleaseInfo, decide
@@ -36,6 +36,7 @@ def deploy_params(service: ServiceSpec) -> DeployParams:
         drain_timeout=service.strategy.drain_timeout,
         stop_timeout=service.stop_timeout,
         runtime=service.runtime,
+        strategy_options=service.strategy.model_dump(mode="json"),
     )
 
 
@@ -45,8 +46,6 @@ def _check_supported(project: Project, environment: str, name: str, service: Ser
         raise UserInputError(f"{where}: runtime 'kubernetes' is not available yet; use 'process' or 'docker'")
     if service.router.kind != "builtin":
         raise UserInputError(f"{where}: router kind {service.router.kind!r} is not available yet; use 'builtin'")
-    if service.strategy.type != "blue-green":
-        raise UserInputError(f"{where}: strategy {service.strategy.type!r} is not available yet; use 'blue-green'")
     if service.config or service.secrets:
         raise UserInputError(f"{where}: config and secrets keys need the config store, which is not "
                              "available yet; put plain values under env")
@@ -196,7 +195,8 @@ def plan(project: Project, environment: str, names: list[str]) -> list[dict[str,
         params = deploy_params(service)
         release_id = build_release.expected_release_id(project, name, service)
         state = service_state(project.store, environment, name)
-        steps = plan_for(params.strategy, state, Target(release_id or "<new build>", params.replicas))
+        steps = plan_for(params.strategy, state, Target(release_id or "<new build>", params.replicas),
+                         StrategyOptions.from_mapping(params.strategy_options))
         plans.append({"service": name, "environment": environment, "needs_build": release_id is None,
                       **steps.as_dict()})
     return plans

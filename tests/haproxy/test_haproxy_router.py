@@ -306,3 +306,25 @@ def test_stop_leaves_no_haproxy_and_start_again_restores_pools(run: Any, workdir
         assert haproxy_pids_of(workdir) == []
 
     run(body)
+
+
+def test_drain_backends_keeps_the_release_serving(run: Any, workdir: Path, haproxy_bin: str) -> None:
+    async def body() -> None:
+        pool = [TestBackend("A-1"), TestBackend("A-2")]
+        async with routed(workdir, haproxy_bin, {"A": pool}, {"A": 1}) as (router, base), client(base) as http:
+            slow = asyncio.create_task(http.get("/sleep?s=0.5"))
+            await poll_stats(router, lambda s: s["A"].in_flight == 1, "the slow request to be in flight")
+            busy = next(b for b in pool if b.requests == 1)
+            other = next(b for b in pool if b is not busy)
+            started = time.monotonic()
+            drained = asyncio.create_task(router.drain_backends("A", [busy.address], timeout=10))
+            during = [(await http.get("/")).text for _ in range(10)]
+            assert await drained
+            waited = time.monotonic() - started
+            response = await slow
+            assert router.weights() == {"A": 1}
+        assert (response.status_code, response.text) == (200, busy.name)
+        assert during == [other.name] * 10
+        assert 0.1 < waited < 5, waited
+
+    run(body)

@@ -29,7 +29,7 @@ from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.executor import Deployment, Executor
 from ingot.health import probe
 from ingot.paths import StatePaths
-from ingot.plan import Target, plan_for
+from ingot.plan import StrategyOptions, Target, plan_for
 from ingot.rollout_control import RolloutControl
 from ingot.routers.base import Router
 from ingot.routers.builtin import BuiltinRouter
@@ -208,7 +208,8 @@ class Agent:
             await send({"event": "waiting", "message": f"another operation on {key[1]} in {key[0]} is running"})
         async with lock:
             state = service_state(self.store, *key)
-            plan = plan_for(params.strategy, state, Target(release_id, params.replicas))
+            plan = plan_for(params.strategy, state, Target(release_id, params.replicas),
+                            StrategyOptions.from_mapping(params.strategy_options))
             current = self.store.current_activation(*key)
             same_params = current is not None and current.params == params.as_dict()
             if plan.empty and same_params:

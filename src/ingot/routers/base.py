@@ -77,6 +77,11 @@ class Router(Protocol):
         """Wait until `release` has no request in flight; False if `timeout` seconds passed first."""
         ...
 
+    async def drain_backends(self, release: str, addrs: list[Address], timeout: float) -> bool:
+        """Take `addrs` out of `release`'s pool (its weight stays) and wait until they have nothing in
+        flight; False if `timeout` seconds passed first."""
+        ...
+
     async def remove_release(self, release: str) -> None:
         """Forget `release` (weight, pool, counters) and close its idle upstream connections."""
         ...

@@ -31,7 +31,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -211,6 +211,8 @@ class HAProxyRouter:
 
     `drain` sets the release's servers to haproxy's `drain` state (no new request) and waits for
     their `scur`/`qcur` to reach 0; `set_weights` with a weight > 0 makes them ready again.
+    `drain_backends` takes some servers out of a pool the same way while the release keeps its
+    weight (its other servers take their share), and waits for them alike.
     No active health checks: ingot's health gate decides when an instance joins a pool, and a
     connection haproxy cannot make is retried on another server.
     """
@@ -318,18 +320,7 @@ class HAProxyRouter:
 
     async def set_backends(self, release: str, addrs: list[Address]) -> None:
         async with self._lock:
-            rel = self._release(release)
-            wanted = list(dict.fromkeys((str(h), int(p)) for h, p in addrs))
-            kept = [s for s in rel.pool if s.addr in wanted]
-            gone = [s for s in rel.pool if s.addr not in wanted]
-            have = {s.addr for s in kept}
-            fresh = [_Server(self._next_name(release), a, rel) for a in wanted if a not in have]
-            for server in fresh:
-                await self._add_server(server)
-            rel.pool = kept + fresh
-            await self._apply_weights()  # the new servers take requests before the old ones stop
-            for server in gone:
-                await self._retire(server)
+            await self._set_pool(self._release(release), addrs)
 
     async def set_weights(self, weights: dict[str, int]) -> None:
         for name, weight in weights.items():
@@ -352,15 +343,18 @@ class HAProxyRouter:
                 return True
             rel.draining = True
             await self._apply_weights()
-            if self._proc is None:
-                return True  # not started: nothing can be in flight
-        while True:
-            rows = await self._read_rows()
-            if sum(row_busy(rows.get(s.name, {})) for s in self._servers_of(rel)) == 0:
+        return await self._wait_idle(lambda: self._servers_of(rel), deadline)
+
+    async def drain_backends(self, release: str, addrs: list[Address], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        async with self._lock:
+            rel = self._releases.get(release)
+            if rel is None:
                 return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(DRAIN_POLL)
+            gone = {(str(h), int(p)) for h, p in addrs}
+            leaving = [s for s in rel.pool if s.addr in gone]
+            await self._set_pool(rel, [s.addr for s in rel.pool if s.addr not in gone])
+        return await self._wait_idle(lambda: leaving, deadline)
 
     async def remove_release(self, release: str) -> None:
         async with self._lock:
@@ -512,6 +506,34 @@ class HAProxyRouter:
             self.pid_path.unlink()
 
     # ---- servers and weights -------------------------------------------------------------------
+
+    async def _set_pool(self, rel: _Release, addrs: Iterable[Address]) -> None:
+        wanted = list(dict.fromkeys((str(h), int(p)) for h, p in addrs))
+        kept = [s for s in rel.pool if s.addr in wanted]
+        gone = [s for s in rel.pool if s.addr not in wanted]
+        have = {s.addr for s in kept}
+        fresh = [_Server(self._next_name(rel.name), a, rel) for a in wanted if a not in have]
+        for server in fresh:
+            await self._add_server(server)
+        rel.pool = kept + fresh
+        await self._apply_weights()  # the new servers take requests before the old ones stop
+        for server in gone:
+            await self._retire(server)
+
+    async def _wait_idle(self, servers: Callable[[], Iterable[_Server]], deadline: float) -> bool:
+        """Poll `show stat` until no session or queue is left on `servers`; False at `deadline`.
+
+        A server that is gone from haproxy (deleted once idle) counts as idle.
+        """
+        if self._proc is None:
+            return True  # not started: nothing can be in flight
+        while True:
+            rows = await self._read_rows()
+            if sum(row_busy(rows.get(s.name, {})) for s in servers()) == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL)
 
     def _release(self, name: str) -> _Release:
         rel = self._releases.get(name)

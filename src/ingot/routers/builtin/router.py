@@ -175,6 +175,21 @@ class BuiltinRouter:
                 rel.waiters.remove(fut)
         return True
 
+    async def drain_backends(self, release: str, addrs: list[Address], timeout: float) -> bool:
+        rel = self._releases.get(release)
+        if rel is None:
+            return True
+        gone = set(addrs)
+        leaving = [b for b in rel.backends if b.addr in gone]
+        await self.set_backends(release, [b.addr for b in rel.backends if b.addr not in gone])
+        # Off the hot path: a short poll is simpler than per-backend waiters and costs nothing per request.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while any(b.in_flight for b in leaving):
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
     async def remove_release(self, release: str) -> None:
         rel = self._releases.pop(release, None)
         if rel is None:
