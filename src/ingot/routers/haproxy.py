@@ -208,6 +208,7 @@ class HAProxyRouter:
       last `PEAK_WINDOW` polls in which the release served requests (haproxy's `*_max`, which the
       router resets with `clear counters` after each poll): an upper bound of the true p99 over
       that window, equal to it only when the slowest 1% are all as slow as the slowest request.
+      (A request that ends in the instant between reading and resetting the maxima is missed.)
 
     `drain` sets the release's servers to haproxy's `drain` state (no new request) and waits for
     their `scur`/`qcur` to reach 0; `set_weights` with a weight > 0 makes them ready again.
