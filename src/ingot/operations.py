@@ -44,8 +44,6 @@ def _check_supported(project: Project, environment: str, name: str, service: Ser
     where = f"{project.spec.path.name}: environments.{environment} / services.{name}"
     if service.runtime == "kubernetes":
         raise UserInputError(f"{where}: runtime 'kubernetes' is not available yet; use 'process' or 'docker'")
-    if service.router.kind != "builtin":
-        raise UserInputError(f"{where}: router kind {service.router.kind!r} is not available yet; use 'builtin'")
     if service.config or service.secrets:
         raise UserInputError(f"{where}: config and secrets keys need the config store, which is not "
                              "available yet; put plain values under env")

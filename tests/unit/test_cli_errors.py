@@ -87,9 +87,8 @@ def test_rollback_with_nothing_deployed_is_bad_input(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("    strategy: {type: canary, steps: [{weight: 10}]}\n", "strategy 'canary' is not available yet"),
         ("    config: [FEATURE_FLAG]\n", "config and secrets keys need the config store"),
-        ("    router: {listen: \"127.0.0.1:18080\", kind: haproxy}\n", "router kind 'haproxy' is not available yet"),
+        ("    runtime: kubernetes\n    build: k8s\n", "runtime 'kubernetes' is not available yet"),
     ],
 )
 def test_features_of_later_versions_are_refused_before_anything_runs(tmp_path: Path, override: str,

@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +34,7 @@ from ingot.plan import StrategyOptions, Target, plan_for
 from ingot.rollout_control import RolloutControl
 from ingot.routers.base import Router
 from ingot.routers.builtin import BuiltinRouter
+from ingot.runtimes.process import terminate_group
 from ingot.runtimes.registry import Runtimes
 from ingot.state import service_state
 from ingot.store import InstanceRow, Store
@@ -93,13 +95,23 @@ class Agent:
         router = self.routers.get(key)
         if router is not None and router.listen_address == params.listen:
             return router
-        fresh = BuiltinRouter(params.listen, name=f"{key[0]}/{key[1]}")
+        fresh = self._new_router(key, params)
         await fresh.start()
         current = self.store.current_activation(*key)
         if current is not None and current.release_id:
             await self._refresh_pool(key, current.release_id, fresh)
             await fresh.set_weights({current.release_id: 100})
         return fresh
+
+    def _new_router(self, key: Key, params: DeployParams) -> Router:
+        name = f"{key[0]}/{key[1]}"
+        if params.router_kind == "haproxy":
+            from ingot.routers.haproxy import HAProxyRouter
+
+            workdir = self.paths.router_dir(*key)
+            stop_leftover_haproxy(workdir)
+            return HAProxyRouter(params.listen, name=name, workdir=workdir)
+        return BuiltinRouter(params.listen, name=name)
 
     async def adopt_router(self, key: Key, router: Router) -> None:
         """Make `router` the service's router, retiring the one it replaces."""
@@ -375,6 +387,17 @@ class Agent:
             self._stopping.set()
             return {"stopping": True}
         raise UserInputError(f"unknown agent operation {op!r}")
+
+
+def stop_leftover_haproxy(workdir: Path) -> None:
+    """An agent that died leaves its haproxy running on the service's address: stop it before starting anew."""
+    try:
+        pid = int((workdir / "haproxy.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return
+    if str(workdir).encode() in cmdline:
+        terminate_group(pid, 5.0)
 
 
 async def _discard(_message: dict[str, Any]) -> None:
