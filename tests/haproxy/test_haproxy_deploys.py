@@ -76,3 +76,27 @@ def test_agent_restart_brings_haproxy_back_on_the_same_address(proxied: ExampleP
     proxied.ingot("agent", check=True)
     poll(lambda: proxied.get()["version"] == "1", timeout=30, what="haproxy serving again")
     assert len(haproxy_pids(proxied)) >= 1
+
+
+def test_slow_canary_is_aborted_on_latency_on_haproxy(proxied: ExampleProject, tmp_path: Path) -> None:
+    use_strategy(proxied, CANARY.format(steps="[{weight: 30, pause: 20s}]", p99=100))
+    proxied.ingot("deploy", check=True)
+    stable = proxied.get()["release"]
+    proxied.set_version("2")
+    break_app(proxied, "import time; time.sleep(0.3)")
+    with load(proxied.url, tmp_path):
+        failed = proxied.ingot("deploy")
+    assert failed.code == 1 and "p99" in failed.err
+    assert proxied.get()["release"] == stable
+
+
+def test_rolling_on_haproxy_serves_every_request(proxied: ExampleProject, tmp_path: Path) -> None:
+    use_strategy(proxied, "    strategy: {type: rolling, max_surge: 1, max_unavailable: 0, drain_timeout: 5s}")
+    spec = proxied.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("replicas: 2", "replicas: 3"))
+    proxied.ingot("deploy", check=True)
+    proxied.set_version("2")
+    with load(proxied.url, tmp_path) as during:
+        proxied.ingot("deploy", check=True)
+    assert during["failures"] == [] and set(during["versions"]) == {"1", "2"}
+    assert proxied.get()["version"] == "2"
