@@ -1,15 +1,30 @@
-"""Canary and rolling on the built-in router, under load from another process."""
+"""Canary and rolling on both routers (built-in and HAProxy), under load from another process."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.harness import ExampleProject, load, poll
+import pytest
+
+from tests.support.harness import ExampleProject, load, make_example, poll, stop_everything
 
 CANARY = ("\n    strategy: {{type: canary, drain_timeout: 5s, steps: {steps},"
           " analysis: {{interval: 500ms, max_error_rate: 0.05, max_p99_ms: {p99}, min_requests: 10}}}}")
+
+
+@pytest.fixture(params=["builtin", "haproxy"])
+def routed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExampleProject]:
+    """The example behind each kind of router."""
+    example = make_example(tmp_path)
+    if request.param == "haproxy":
+        spec = example.root / "ingot.yaml"
+        spec.write_text(spec.read_text().replace(f'router: {{listen: "127.0.0.1:{example.port}"}}',
+                                                 f'router: {{listen: "127.0.0.1:{example.port}", kind: haproxy}}'))
+    yield example
+    stop_everything(example)
 
 
 def use_strategy(example: ExampleProject, strategy: str) -> None:
@@ -24,66 +39,66 @@ def break_app(example: ExampleProject, body: str) -> None:
         '        body = {\n            "greeting"', f"        {body}\n        body = {{\n            \"greeting\""))
 
 
-def test_failing_canary_is_aborted_automatically_at_about_its_share(example: ExampleProject, tmp_path: Path) -> None:
-    use_strategy(example, CANARY.format(steps="[{weight: 20, pause: 20s}]", p99=500))
-    example.ingot("deploy", check=True)
-    stable = example.get()["release"]
-    example.set_version("2")
-    break_app(example, 'self._send(500, b"boom\\n", "text/plain"); return')
-    with load(example.url, tmp_path) as during:
-        failed = example.ingot("deploy")
+def test_failing_canary_is_aborted_automatically_at_about_its_share(routed: ExampleProject, tmp_path: Path) -> None:
+    use_strategy(routed, CANARY.format(steps="[{weight: 20, pause: 20s}]", p99=500))
+    routed.ingot("deploy", check=True)
+    stable = routed.get()["release"]
+    routed.set_version("2")
+    break_app(routed, 'self._send(500, b"boom\\n", "text/plain"); return')
+    with load(routed.url, tmp_path) as during:
+        failed = routed.ingot("deploy")
     assert failed.code == 1 and "analysis failed" in failed.err
     assert "error rate" in failed.err and f"traffic went back to {stable}" in failed.err
     share = len(during["failures"]) / int(during["requests"])
-    assert 0 < share < 0.2, f"clients saw errors at {share:.0%}, expected about the canary's 20% for a while"
-    assert example.get()["release"] == stable
-    status = example.ingot("status", "--json", check=True).json["services"][0]
+    assert 0 < share < 0.25, f"clients saw errors at {share:.0%}, expected about the canary's 20% for a while"
+    assert routed.get()["release"] == stable
+    status = routed.ingot("status", "--json", check=True).json["services"][0]
     assert {i["release"] for i in status["instances"]} == {stable}
-    log = example.ingot("audit", "log", "--json", "--limit", "1000").json
+    log = routed.ingot("audit", "log", "--json", "--limit", "1000").json
     verdicts = [e["payload"]["verdict"] for e in log if e["action"] == "deploy.analysis"]
     assert verdicts and verdicts[-1]["result"] == "fail" and verdicts[-1]["numbers"]
-    assert example.ingot("history", "--json").json[0]["outcome"] == "failed"
+    assert routed.ingot("history", "--json").json[0]["outcome"] == "failed"
 
 
-def test_slow_canary_is_aborted_on_latency(example: ExampleProject, tmp_path: Path) -> None:
-    use_strategy(example, CANARY.format(steps="[{weight: 30, pause: 20s}]", p99=100))
-    example.ingot("deploy", check=True)
-    stable = example.get()["release"]
-    example.set_version("2")
-    break_app(example, "import time; time.sleep(0.3)")
-    with load(example.url, tmp_path):
-        failed = example.ingot("deploy")
+def test_slow_canary_is_aborted_on_latency(routed: ExampleProject, tmp_path: Path) -> None:
+    use_strategy(routed, CANARY.format(steps="[{weight: 30, pause: 20s}]", p99=100))
+    routed.ingot("deploy", check=True)
+    stable = routed.get()["release"]
+    routed.set_version("2")
+    break_app(routed, "import time; time.sleep(0.3)")
+    with load(routed.url, tmp_path):
+        failed = routed.ingot("deploy")
     assert failed.code == 1 and "p99" in failed.err
-    assert example.get()["release"] == stable
+    assert routed.get()["release"] == stable
 
 
-def test_good_canary_walks_every_step(example: ExampleProject, tmp_path: Path) -> None:
-    use_strategy(example, CANARY.format(steps="[{weight: 20, pause: 1s}, {weight: 50, pause: 1s}]", p99=500))
-    example.ingot("deploy", check=True)
-    example.set_version("2")
-    with load(example.url, tmp_path) as during:
-        example.ingot("deploy", check=True)
+def test_good_canary_walks_every_step(routed: ExampleProject, tmp_path: Path) -> None:
+    use_strategy(routed, CANARY.format(steps="[{weight: 20, pause: 1s}, {weight: 50, pause: 1s}]", p99=500))
+    routed.ingot("deploy", check=True)
+    routed.set_version("2")
+    with load(routed.url, tmp_path) as during:
+        routed.ingot("deploy", check=True)
     assert during["failures"] == [] and set(during["versions"]) == {"1", "2"}
-    assert example.get()["version"] == "2"
-    log = example.ingot("audit", "log", "--json", "--limit", "1000").json
+    assert routed.get()["version"] == "2"
+    log = routed.ingot("audit", "log", "--json", "--limit", "1000").json
     routes = [e["payload"]["weights"] for e in log if e["action"] == "deploy.step"
               and e["payload"]["step"] == "route" and e["payload"]["status"] == "done"]
-    assert [w.get(example.get()["release"]) for w in routes[-3:]] == [20, 50, 100]
+    assert [w.get(routed.get()["release"]) for w in routes[-3:]] == [20, 50, 100]
     assert all(e["payload"]["verdict"]["result"] == "pass" for e in log if e["action"] == "deploy.analysis")
 
 
-def test_rolling_with_max_unavailable_zero_serves_every_request(example: ExampleProject, tmp_path: Path) -> None:
-    use_strategy(example, "    strategy: {type: rolling, max_surge: 1, max_unavailable: 0, drain_timeout: 5s}")
-    spec = example.root / "ingot.yaml"
+def test_rolling_with_max_unavailable_zero_serves_every_request(routed: ExampleProject, tmp_path: Path) -> None:
+    use_strategy(routed, "    strategy: {type: rolling, max_surge: 1, max_unavailable: 0, drain_timeout: 5s}")
+    spec = routed.root / "ingot.yaml"
     spec.write_text(spec.read_text().replace("replicas: 2", "replicas: 3"))
-    example.ingot("deploy", check=True)
-    example.set_version("2")
-    with load(example.url, tmp_path) as during:
-        example.ingot("deploy", check=True)
+    routed.ingot("deploy", check=True)
+    routed.set_version("2")
+    with load(routed.url, tmp_path) as during:
+        routed.ingot("deploy", check=True)
     assert during["failures"] == [] and set(during["versions"]) == {"1", "2"}
-    status = example.ingot("status", "--json", check=True).json["services"][0]
+    status = routed.ingot("status", "--json", check=True).json["services"][0]
     assert len(status["instances"]) == 3 and {i["release"] for i in status["instances"]} == {status["release"]}
-    kinds = [s["kind"] for s in example.ingot("plan", "--json").json[0]["steps"]]
+    kinds = [s["kind"] for s in routed.ingot("plan", "--json").json[0]["steps"]]
     assert kinds == []
 
 
