@@ -722,3 +722,18 @@ def test_allow_mutable_tag_needs_an_image(tmp_path: Path) -> None:
     path = write(tmp_path, "project: hi\nservices:\n  web:\n    runtime: docker\n    build: .\n"
                            "    allow_mutable_tag: true\n")
     assert "allow_mutable_tag: only means something with image:" in only_problem(path)
+
+
+def test_analysis_options_reach_the_thresholds(tmp_path: Path) -> None:
+    from ingot.analysis import Thresholds
+
+    path = write(tmp_path, "project: hi\nservices:\n  web:\n    command: [a]\n    strategy:\n      type: canary\n"
+                           "      steps: [{weight: 10}]\n      analysis: {interval: 2s, max_wait: 30s, "
+                           "max_error_rate_increase: 0.02, max_p99_increase_ms: 50}\n")
+    analysis = load_spec(path).service_for("default", "web").strategy.analysis
+    assert analysis is not None
+    thresholds = Thresholds.from_mapping(analysis.model_dump(mode="json"))
+    assert (thresholds.interval, thresholds.max_wait) == (2.0, 30.0)
+    assert (thresholds.max_error_rate_increase, thresholds.max_p99_increase_ms) == (0.02, 50.0)
+    bad = write(tmp_path, path.read_text().replace("max_error_rate_increase: 0.02", "max_error_rate_increase: 2"))
+    assert "services.web.strategy.analysis.max_error_rate_increase" in only_problem(bad)

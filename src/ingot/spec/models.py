@@ -219,6 +219,11 @@ class AnalysisSpec(_Model):
     max_p99_ms: StrictFloat = Field(default=500.0, gt=0)
     min_requests: StrictInt = Field(default=50, ge=0)
     inconclusive: Literal["wait", "fail"] = "wait"
+    # How long an inconclusive verdict may be waited on (default: ten intervals), then it fails.
+    max_wait: Duration | None = None
+    # Optional limits relative to stable: fail a canary this much worse even within the absolute ones.
+    max_error_rate_increase: StrictFloat | None = Field(default=None, ge=0, le=1)
+    max_p99_increase_ms: StrictFloat | None = Field(default=None, ge=0)
 
 
 class StrategySpec(_Model):
