@@ -15,7 +15,7 @@ import httpx
 
 from ingot.routers.base import ReleaseStats
 from ingot.routers.haproxy import HAProxyRouter
-from ingot.routers.testing import TestBackend
+from ingot.routers.testing import TestBackend, serving
 
 
 def find_haproxy() -> str | None:
@@ -57,22 +57,9 @@ async def routed(
     workdir: Path, haproxy: str, pools: dict[str, list[TestBackend]], weights: dict[str, int]
 ) -> AsyncIterator[tuple[HAProxyRouter, str]]:
     """Backends started, a started router over them with `weights`; yields (router, base URL)."""
-    for pool in pools.values():
-        for backend in pool:
-            await backend.start()
     router = HAProxyRouter(("127.0.0.1", 0), name="test", workdir=workdir, haproxy=haproxy)
-    await router.start()
-    try:
-        for release, pool in pools.items():
-            await router.set_backends(release, [b.address for b in pool])
-        await router.set_weights(weights)
-        host, port = router.listen_address
-        yield router, f"http://{host}:{port}"
-    finally:
-        await router.stop()
-        for pool in pools.values():
-            for backend in pool:
-                await backend.stop()
+    async with serving(router, pools, weights) as base:
+        yield router, base
 
 
 def client(base: str) -> httpx.AsyncClient:

@@ -21,7 +21,7 @@ import pytest
 from ingot.errors import OperationFailed
 from ingot.routers.base import ReleaseStats, Router
 from ingot.routers.builtin import BuiltinRouter
-from ingot.routers.testing import TestBackend, blob_chunks
+from ingot.routers.testing import TestBackend, blob_chunks, serving
 
 T = TypeVar("T")
 
@@ -65,22 +65,9 @@ async def routed(
     pools: dict[str, list[TestBackend]], weights: dict[str, int], **router_options: Any
 ) -> AsyncIterator[tuple[BuiltinRouter, str]]:
     """Backends started, a router over them with `weights`; yields (router, base URL)."""
-    for pool in pools.values():
-        for backend in pool:
-            await backend.start()
     router = BuiltinRouter(("127.0.0.1", 0), name="test", **router_options)
-    await router.start()
-    try:
-        for release, pool in pools.items():
-            await router.set_backends(release, [b.address for b in pool])
-        await router.set_weights(weights)
-        host, port = router.listen_address
-        yield router, f"http://{host}:{port}"
-    finally:
-        await router.stop()
-        for pool in pools.values():
-            for backend in pool:
-                await backend.stop()
+    async with serving(router, pools, weights) as base:
+        yield router, base
 
 
 def client(base: str, **options: Any) -> httpx.AsyncClient:

@@ -26,12 +26,13 @@ import hashlib
 import json
 import random
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-from ingot.routers.base import Address
+from ingot.routers.base import Address, Router
 
 BLOB_PIECE = 64 * 1024
 
@@ -198,3 +199,24 @@ async def _body(conn: h11.Connection, reader: asyncio.StreamReader) -> AsyncIter
             return
         else:
             raise h11.RemoteProtocolError(f"unexpected {event!r} in a request body")
+
+
+@asynccontextmanager
+async def serving(router: Router, pools: dict[str, list[TestBackend]],
+                  weights: dict[str, int]) -> AsyncIterator[str]:
+    """Start the backends and `router` over them with `weights`; yield the base URL; stop all after."""
+    for pool in pools.values():
+        for backend in pool:
+            await backend.start()
+    await router.start()
+    try:
+        for release, pool in pools.items():
+            await router.set_backends(release, [b.address for b in pool])
+        await router.set_weights(weights)
+        host, port = router.listen_address
+        yield f"http://{host}:{port}"
+    finally:
+        await router.stop()
+        for pool in pools.values():
+            for backend in pool:
+                await backend.stop()
