@@ -191,3 +191,19 @@ def terminate(procs: Iterable[subprocess.Popen[Any]], timeout: float = 5.0) -> N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def serve_until_signalled(router: Any, backend_port: int) -> None:
+    """Start `router` with all traffic on one backend (release "bench"), serve until SIGTERM or SIGINT."""
+    import asyncio
+    import signal
+
+    await router.start()
+    await router.set_backends("bench", [("127.0.0.1", backend_port)])
+    await router.set_weights({"bench": 100})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await router.stop()

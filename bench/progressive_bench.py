@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,17 @@ from tests.integration.test_progressive import break_app, use_strategy
 from tests.support.harness import ExampleProject, load, make_example, poll, stop_everything
 
 from bench import router_bench
-from bench._common import console, cpu_plan, free_port, print_table, run_wrk, terminate, wait_for_http, write_json
+from bench._common import (
+    console,
+    cpu_plan,
+    free_port,
+    print_table,
+    run_wrk,
+    serve_until_signalled,
+    terminate,
+    wait_for_http,
+    write_json,
+)
 
 HERE = Path(__file__).resolve().parent
 ROUTERS = ("builtin", "haproxy")
@@ -133,19 +142,8 @@ def serve_haproxy(listen_port: int, backend_port: int, cpu: int | None, workdir:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
 
-    async def main() -> None:
-        router = HAProxyRouter(("127.0.0.1", listen_port), name="bench", workdir=Path(workdir))
-        await router.start()
-        await router.set_backends("bench", [("127.0.0.1", backend_port)])
-        await router.set_weights({"bench": 100})
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await router.stop()
-
-    asyncio.run(main())
+    router = HAProxyRouter(("127.0.0.1", listen_port), name="bench", workdir=Path(workdir))
+    asyncio.run(serve_until_signalled(router, backend_port))
 
 
 def throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:

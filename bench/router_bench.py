@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from bench._common import (
     free_port,
     print_table,
     run_wrk,
+    serve_until_signalled,
     terminate,
     wait_for_http,
     write_json,
@@ -55,19 +55,8 @@ def serve_router(listen_port: int, backend_port: int, cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
     install_fast_loop()
 
-    async def main() -> None:
-        router = BuiltinRouter(("127.0.0.1", listen_port), name="bench")
-        await router.start()
-        await router.set_backends("bench", [("127.0.0.1", backend_port)])
-        await router.set_weights({"bench": 100})
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await router.stop()
-
-    asyncio.run(main())
+    router = BuiltinRouter(("127.0.0.1", listen_port), name="bench")
+    asyncio.run(serve_until_signalled(router, backend_port))
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
