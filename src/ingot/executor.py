@@ -47,6 +47,11 @@ class Deployment:
     routed: bool = False  # the new release has taken traffic
     drained: list[str] = field(default_factory=list)  # instances taken out of the pool, to stop next
     control: RolloutControl = field(default_factory=RolloutControl)
+    # Called when the verification window opens (with its seconds): the agent answers the caller then.
+    on_verify: Callable[[float], None] | None = None
+    # Why the rest of the plan was cancelled, if it is (another operation took over the service).
+    superseded_by: str = "the agent stopped"
+    in_window: bool = False  # inside a verify step: the only point where the rest of the plan may be cancelled
 
 
 class Executor:
@@ -90,6 +95,10 @@ class Executor:
             started = time.monotonic()
             try:
                 detail = await self._run(dep, step)
+            except asyncio.CancelledError:
+                self._record(dep, step.kind, "ended", {"by": dep.superseded_by})
+                self.finish(dep, "superseded", {"by": dep.superseded_by, "serving": self._serving_text(dep)})
+                raise
             except IngotError as exc:
                 self._record(dep, step.kind, "failed", {"error": exc.message, "details": exc.details})
                 await self._fail(dep, step, index, len(plan.steps), exc, emit)
@@ -137,7 +146,21 @@ class Executor:
                 return await self._pause(dep, step)
             case "analyse":
                 return await analyse(dep, step, self._record_verdict)
+            case "verify":
+                return await self._verify(dep, step)
         raise AssertionError(step.kind)
+
+    async def _verify(self, dep: Deployment, step: Step) -> dict[str, Any]:
+        assert step.seconds is not None
+        dep.in_window = True
+        try:
+            if dep.on_verify is not None:
+                dep.on_verify(step.seconds)
+            if step.analysis is None:
+                return {"ended": await dep.control.hold(step.seconds)}
+            return await analyse(dep, step, self._record_verdict)
+        finally:
+            dep.in_window = False
 
     async def _pause(self, dep: Deployment, step: Step) -> dict[str, Any]:
         seconds = None if step.manual else step.seconds

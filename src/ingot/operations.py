@@ -58,6 +58,7 @@ class DeployOutcome:
     nothing_changed: bool
     url: str
     deployment: str | None
+    verifying: dict[str, Any] | None = None  # the verification window left open in the background
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -94,7 +95,7 @@ def _apply(project: Project, environment: str, name: str, row: ReleaseRow, creat
     url = f"http://{params.listen[0]}:{params.listen[1]}/"
     return DeployOutcome(service=name, release=row.id, release_created=created,
                          nothing_changed=bool(result.get("nothing_to_do")), url=url,
-                         deployment=result.get("deployment"))
+                         deployment=result.get("deployment"), verifying=result.get("verifying"))
 
 
 def rollback_target(project: Project, environment: str, name: str, to: str | None) -> ReleaseRow:
@@ -158,10 +159,13 @@ def _promotable(project: Project, source: str, name: str, force: bool) -> Releas
     assert live is not None
     problems = []
     outcome = project.store.deployment_outcome(current.deployment_id) if current.deployment_id else "unknown"
-    if outcome != "succeeded":
-        problems.append(f"its deployment {current.deployment_id} in {source} is {outcome}")
     services = status(project, source)["services"]
     service = next((s for s in services if s["service"] == name), None)
+    window = (service or {}).get("verifying")
+    if window:
+        problems.append(f"it is still in its verification window in {source}, until {window['until']}")
+    elif outcome != "succeeded":
+        problems.append(f"its deployment {current.deployment_id} in {source} is {outcome}")
     unhealthy = [i["id"] for i in (service or {}).get("instances", []) if i["health"] != "healthy"]
     if service is None or not service["instances"]:
         problems.append(f"no instance of it runs in {source}")

@@ -4,39 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.support.harness import ExampleProject, load, make_example, poll, stop_everything
+from tests.support.harness import ExampleProject, break_app, load, poll, use_strategy
 
 CANARY = ("\n    strategy: {{type: canary, drain_timeout: 5s, steps: {steps},"
           " analysis: {{interval: 500ms, max_error_rate: 0.05, max_p99_ms: {p99}, min_requests: 10}}}}")
-
-
-@pytest.fixture(params=["builtin", "haproxy"])
-def routed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExampleProject]:
-    """The example behind each kind of router."""
-    example = make_example(tmp_path)
-    if request.param == "haproxy":
-        spec = example.root / "ingot.yaml"
-        spec.write_text(spec.read_text().replace(f'router: {{listen: "127.0.0.1:{example.port}"}}',
-                                                 f'router: {{listen: "127.0.0.1:{example.port}", kind: haproxy}}'))
-    yield example
-    stop_everything(example)
-
-
-def use_strategy(example: ExampleProject, strategy: str) -> None:
-    spec = example.root / "ingot.yaml"
-    spec.write_text(spec.read_text().replace("    strategy: {type: blue-green, drain_timeout: 10s}",
-                                             strategy.lstrip("\n")))
-
-
-def break_app(example: ExampleProject, body: str) -> None:
-    app = example.root / "app.py"
-    app.write_text(app.read_text().replace(
-        '        body = {\n            "greeting"', f"        {body}\n        body = {{\n            \"greeting\""))
 
 
 def test_failing_canary_is_aborted_automatically_at_about_its_share(routed: ExampleProject, tmp_path: Path) -> None:

@@ -152,3 +152,15 @@ def stop_everything(project: ExampleProject) -> None:
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/{pid}/cwd").startswith(str(project.state)):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def use_strategy(example: ExampleProject, strategy: str) -> None:
+    spec = example.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("    strategy: {type: blue-green, drain_timeout: 10s}",
+                                             strategy.lstrip("\n")))
+
+
+def break_app(example: ExampleProject, body: str) -> None:
+    app = example.root / "app.py"
+    app.write_text(app.read_text().replace(
+        '        body = {\n            "greeting"', f"        {body}\n        body = {{\n            \"greeting\""))

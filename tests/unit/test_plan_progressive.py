@@ -88,7 +88,7 @@ class Sim:
                 self.running[r] -= step.count
                 if r in self.pool:
                     self.pool[r] = min(self.pool[r], self.running[r])
-            case "pause" | "analyse":
+            case "pause" | "analyse" | "verify":
                 pass
         self.capacities.append(self.capacity())
 

@@ -42,13 +42,15 @@ class RepairReport:
 
 class Healer:
     def __init__(self, store: Store, runtimes: Runtimes, artifacts: ArtifactStore, executor: Executor,
-                 routers: dict[Key, Router], lock: Callable[[Key], asyncio.Lock]) -> None:
+                 routers: dict[Key, Router], lock: Callable[[Key], asyncio.Lock],
+                 verifying: Callable[[Key], bool] = lambda _key: False) -> None:
         self.store = store
         self.runtimes = runtimes
         self.artifacts = artifacts
         self.executor = executor
         self.routers = routers
         self.lock = lock
+        self.verifying = verifying
 
     # ---- detection ---------------------------------------------------------------------
     async def detect(self, environment: str | None = None) -> list[Finding]:
@@ -66,7 +68,9 @@ class Healer:
         release = self.store.get_release(activation.release_id or "")
         assert release is not None
         params = DeployParams.from_dict(activation.params)
-        rows = self.store.live_instances(*key) + self.store.exited_instances(*key)
+        tracked = self.store.live_instances(*key) + self.store.exited_instances(*key)
+        # In a verification window the previous release runs on purpose, idle, for a switch back.
+        rows = [r for r in tracked if r.release_id == release.id] if self.verifying(key) else tracked
         observed = await asyncio.gather(*(self._observe_instance(row, release, params) for row in rows))
         store_problem = None
         if params.runtime == "process":
@@ -77,7 +81,7 @@ class Healer:
         return ServiceObservation(
             environment=key[0], service=key[1], release=release.id, artifact=release.artifact_digest,
             runtime=params.runtime, replicas=params.replicas, instances=tuple(observed),
-            strays=tuple(self._strays(key, params.runtime, {r.id for r in rows})), store_problem=store_problem,
+            strays=tuple(self._strays(key, params.runtime, {r.id for r in tracked})), store_problem=store_problem,
         )
 
     async def _observe_instance(self, row: InstanceRow, release: ReleaseRow, params: DeployParams) -> Observed:

@@ -24,13 +24,14 @@ from ingot import __version__, ledger
 from ingot.actor import current_actor
 from ingot.agent.healer import Healer
 from ingot.agent.protocol import decode, encode
+from ingot.agent.verification import VerificationWindows
 from ingot.artifacts import ArtifactStore
 from ingot.deploy_params import DeployParams, HealthPolicy
 from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.executor import Deployment, Executor
 from ingot.health import probe
 from ingot.paths import StatePaths
-from ingot.plan import StrategyOptions, Target, plan_for
+from ingot.plan import Plan, StrategyOptions, Target, plan_for
 from ingot.rollout_control import RolloutControl
 from ingot.routers.base import Router
 from ingot.routers.builtin import BuiltinRouter
@@ -55,8 +56,10 @@ class Agent:
         self.routers: dict[Key, Router] = {}
         self.locks: dict[Key, asyncio.Lock] = {}
         self.controls: dict[Key, RolloutControl] = {}
+        self.windows = VerificationWindows()
         self.actor = current_actor()
-        self.healer = Healer(self.store, self.runtimes, self.artifacts, self.executor, self.routers, self.lock)
+        self.healer = Healer(self.store, self.runtimes, self.artifacts, self.executor, self.routers, self.lock,
+                             self.windows.is_open)
         self._stopping = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
 
@@ -77,6 +80,8 @@ class Agent:
         log.info("agent %s ready on %s (pid %d)", __version__, sock, os.getpid())
         await self._stopping.wait()
         supervisor.cancel()
+        for key in self.windows.open_keys():
+            await self.windows.end(key, "the agent stopped")
         self._server.close()
         for router in self.routers.values():
             await router.stop()
@@ -212,6 +217,12 @@ class Agent:
     # ---- operations --------------------------------------------------------------------
     async def deploy(self, key: Key, release_id: str, params: DeployParams, *, kind: str, send: Send,
                      actor: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Apply the plan that takes `key` to `release_id`.
+
+        Returns when the plan is done, or when its verification window opens: the rest (the window,
+        then retiring the previous release) goes on in the background, and ends early if another
+        operation on the service comes first.
+        """
         release = self.store.get_release(release_id)
         if release is None:
             raise UserInputError(f"release {release_id} is not in the store")
@@ -219,11 +230,14 @@ class Agent:
         if lock.locked():
             await send({"event": "waiting", "message": f"another operation on {key[1]} in {key[0]} is running"})
         async with lock:
-            state = service_state(self.store, *key)
-            plan = plan_for(params.strategy, state, Target(release_id, params.replicas),
-                            StrategyOptions.from_mapping(params.strategy_options))
             current = self.store.current_activation(*key)
             same_params = current is not None and current.params == params.as_dict()
+            window = self.windows.get(key)
+            if window is not None and window.release == release_id and same_params:
+                return {"nothing_to_do": True, "verifying": window.as_dict(), "plan": {"steps": []}}
+            if not dry_run:
+                await self.windows.end(key, f"{kind} of {release_id}")
+            plan = self._plan(key, release_id, params, kind)
             if plan.empty and same_params:
                 return {"nothing_to_do": True, "plan": plan.as_dict()}
             if dry_run:
@@ -241,21 +255,68 @@ class Agent:
             await send({"event": "plan", "deployment": row.id, "plan": plan.as_dict()})
             dep = Deployment(row=row, release=release, params=params, router=router)
             log.info("%s %s: %s/%s -> %s (%d steps)", kind, row.id, key[0], key[1], release_id, len(plan.steps))
-            self.controls[key] = dep.control
-            try:
-                if plan.empty:
-                    self._activate_params(dep)
-                else:
-                    await self.executor.apply(dep, plan, send)
-            except BaseException:
-                if router is not self.routers.get(key):
-                    await router.stop()
-                raise
-            finally:
-                self.controls.pop(key, None)
-            await self.adopt_router(key, router)
-            return {"deployment": row.id, "release": release_id,
-                    "url": f"http://{params.listen[0]}:{params.listen[1]}/"}
+            answer: dict[str, Any] = {"deployment": row.id, "release": release_id,
+                      "url": f"http://{params.listen[0]}:{params.listen[1]}/"}
+            verifying = await self._run_until_verifying(key, dep, plan, send)
+            if verifying is not None:
+                rest, seconds = verifying
+                answer["verifying"] = self.windows.open(key, rest, dep, seconds, self._window_ended).as_dict()
+            return answer
+
+    def _plan(self, key: Key, release_id: str, params: DeployParams, kind: str) -> Plan:
+        options = StrategyOptions.from_mapping(params.strategy_options)
+        strategy = params.strategy
+        if kind == "rollback":
+            # Going back is always one switch to a release that served before, not a new canary; and
+            # the release left behind is retired at once, not kept warm.
+            strategy, options = "blue-green", replace(options, verification=None)
+        return plan_for(strategy, service_state(self.store, *key), Target(release_id, params.replicas), options)
+
+    async def _run_until_verifying(self, key: Key, dep: Deployment, plan: Plan,
+                                   send: Send) -> tuple[asyncio.Task[None], float] | None:
+        """Apply `plan`; return None once done, or once its verification window opens the task running
+        the rest of it and the window's seconds."""
+        opened: list[float] = []
+        window_open = asyncio.Event()
+
+        def open_window(seconds: float) -> None:
+            opened.append(seconds)
+            window_open.set()
+
+        async def emit(message: dict[str, Any]) -> None:
+            if not window_open.is_set():  # the caller has its answer, and may be gone
+                await send(message)
+
+        dep.on_verify = open_window
+        self.controls[key] = dep.control
+        run = asyncio.create_task(self._apply(dep, plan, emit))
+        waiting = asyncio.create_task(window_open.wait())
+        try:
+            await asyncio.wait({run, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        if not run.done():
+            await self.adopt_router(key, dep.router)
+            return run, opened[0]
+        self.controls.pop(key, None)
+        try:
+            run.result()
+        except BaseException:
+            if dep.router is not self.routers.get(key):
+                await dep.router.stop()
+            raise
+        await self.adopt_router(key, dep.router)
+        return None
+
+    async def _apply(self, dep: Deployment, plan: Plan, emit: Send) -> None:
+        if plan.empty:
+            self._activate_params(dep)
+        else:
+            await self.executor.apply(dep, plan, emit)
+
+    def _window_ended(self, key: Key, dep: Deployment) -> None:
+        if self.controls.get(key) is dep.control:
+            del self.controls[key]
 
     def _activate_params(self, dep: Deployment) -> None:
         with self.store.begin() as conn:
@@ -282,6 +343,7 @@ class Agent:
             if environment and key[0] != environment:
                 continue
             async with self.lock(key):
+                await self.windows.end(key, "down")
                 router = self.routers.pop(key, None)
                 if router is not None:
                     await router.stop()
@@ -317,8 +379,10 @@ class Agent:
                  "health": verdict, "started_at": row.started_at}
                 for row, (state, verdict) in zip(rows, health, strict=True)
             ]
+            window = self.windows.get(key)
             services.append({
                 "environment": key[0], "service": key[1], "release": activation.release_id,
+                "verifying": window.as_dict() if window else None,
                 "url": f"http://{activation.params['listen']}/", "instances": instances,
                 "router": {"listening": router is not None,
                            "weights": router.weights() if router else {},

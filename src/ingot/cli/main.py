@@ -143,6 +143,15 @@ def deploy(file: SpecFile = None, env: Env = None, service: Service = None,
                           f"{outcome.url} (no new release)")
         else:
             console.print(f"{outcome.service}: release {outcome.release} is live at {outcome.url}")
+        _print_window(outcome)
+
+
+def _print_window(outcome: operations.DeployOutcome) -> None:
+    window = outcome.verifying
+    if window and window.get("previous"):
+        console.print(f"  verifying until {window['until']} ({window['seconds']:g}s): release "
+                      f"{window['previous']} stays warm meanwhile; 'ingot rollback' before then is a traffic "
+                      "switch, a failed verification switches back by itself", markup=False)
 
 
 @app.command()
@@ -195,6 +204,7 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
         verb = "already serves" if outcome.nothing_changed else "is live at"
         console.print(f"{outcome.service}: promoted {source_env} → {target_env}: release {outcome.release} "
                       f"{verb} {outcome.url}")
+        _print_window(outcome)
 
 
 def _control(action: str, file: Path | None, env: str | None, service: str | None) -> None:
@@ -274,6 +284,10 @@ def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> N
                       str(stats.get("errors_5xx", "-")), f"{stats['p99_ms']:.1f}" if stats else "-")
     console.print(table)
     for item in report["services"]:
+        window = item.get("verifying")
+        if window:
+            console.print(f"  {item['environment']}/{item['service']}: verifying {window['release']} until "
+                          f"{window['until']}; {window['previous']} kept warm for a switch back", markup=False)
         hardening = item.get("hardening")
         if hardening and hardening["relaxed"]:
             console.print(f"  {item['environment']}/{item['service']}: hardening relaxed: "

@@ -1,8 +1,8 @@
 """Strategies as pure planners: (current state, target, options) -> Plan."""
 
 from ingot.analysis import Thresholds
-from ingot.plan.blue_green import apply_to_state, plan_blue_green
-from ingot.plan.canary import plan_abort, plan_canary, stable_release
+from ingot.plan.blue_green import apply_to_state, plan_blue_green, stable_release
+from ingot.plan.canary import plan_abort, plan_canary
 from ingot.plan.model import CanaryStep, Plan, ServiceState, Step, StrategyOptions, Target
 from ingot.plan.rolling import plan_rolling, proportional
 
@@ -13,11 +13,12 @@ def plan_for(strategy: str, state: ServiceState, target: Target, options: Strate
     """The plan of `strategy`; `options` carries canary steps and analysis, or rolling surge limits."""
     match strategy:
         case "blue-green":
-            return plan_blue_green(state, target)
+            opts = options or StrategyOptions()
+            return plan_blue_green(state, target, opts.verification, opts.analysis)
         case "canary":
             if options is None or not options.steps:
                 raise ValueError("a canary needs options with at least one step")
-            return plan_canary(state, target, options.steps, options.analysis)
+            return plan_canary(state, target, options.steps, options.analysis, options.verification)
         case "rolling":
             opts = options or StrategyOptions()
             return plan_rolling(state, target, opts.max_surge, opts.max_unavailable)

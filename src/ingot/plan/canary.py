@@ -12,20 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ingot.analysis import Thresholds
-from ingot.plan.blue_green import plan_blue_green
+from ingot.plan.blue_green import plan_blue_green, retire_previous, stable_release
 from ingot.plan.model import CanaryStep, Pause, Plan, ServiceState, Step, Target
 
 
-def stable_release(state: ServiceState, canary: str) -> str | None:
-    """The release the canary is compared with: the most weighted other release that has instances."""
-    candidates = [(w, r) for r, w in state.weights if r != canary and w > 0 and state.count(r) > 0]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda c: (-c[0], c[1]))[1]
-
-
 def plan_canary(state: ServiceState, target: Target, steps: Sequence[tuple[int, Pause]],
-                analysis: Thresholds | None = None) -> Plan:
+                analysis: Thresholds | None = None, verification: float | None = None) -> Plan:
     """Start the canary, then per step: route {canary: w, stable: 100 - w}, analyse and/or pause;
     finally all traffic to the canary, drain and stop stable.
 
@@ -36,7 +28,7 @@ def plan_canary(state: ServiceState, target: Target, steps: Sequence[tuple[int, 
     release = target.release
     stable = stable_release(state, release)
     if target.replicas == 0 or stable is None:
-        plan = plan_blue_green(state, target)
+        plan = plan_blue_green(state, target, verification, analysis)
         return Plan("canary", target, plan.steps, note=_why_no_canary(state, target) if plan.steps else "")
 
     out: list[Step] = []
@@ -62,13 +54,7 @@ def plan_canary(state: ServiceState, target: Target, steps: Sequence[tuple[int, 
     if last != 100 or not checked[skip:]:
         out.append(Step("route", weights=((release, 100),)))
 
-    live = state.live_releases()
-    for old in state.releases_running():
-        if old == release:
-            continue
-        if old in live:
-            out.append(Step("drain", old))
-        out.append(Step("stop", old, count=state.count(old)))
+    out.extend(retire_previous(state, release, verification, analysis))
     return Plan("canary", target, tuple(out))
 
 

@@ -8,7 +8,8 @@ from typing import Any, Literal, NamedTuple
 
 from ingot.analysis import Thresholds
 
-StepKind = Literal["start", "wait_healthy", "route", "drain", "drain_instances", "stop", "pause", "analyse"]
+StepKind = Literal["start", "wait_healthy", "route", "drain", "drain_instances", "stop", "pause", "analyse",
+                   "verify"]
 Pause = float | Literal["manual"] | None
 
 
@@ -29,6 +30,10 @@ class Step:
                      as a failure
     analyse:         judge `release` (canary) against `baseline` (stable) with `analysis`, interval after
                      interval: until the first conclusive verdict, or with `seconds` for that long
+    verify:          the verification window after full traffic: `release` takes all traffic while
+                     `baseline` (the previous release) stays running but idle for `seconds`, so that a
+                     failure goes back by a traffic switch alone; with `analysis`, `release` is judged
+                     meanwhile and a failed verdict switches back. The deploy command returns here.
     """
 
     kind: StepKind
@@ -54,6 +59,8 @@ class Step:
             raise ValueError(f"{self.kind}: only a pause can be manual")
         if self.kind == "analyse" and (self.analysis is None or self.release is None or self.baseline is None):
             raise ValueError("analyse: needs analysis, the canary (release) and the stable (baseline)")
+        if self.kind == "verify" and (self.seconds is None or self.release is None or self.baseline is None):
+            raise ValueError("verify: needs seconds, the new release (release) and the previous one (baseline)")
         if self.kind == "route":
             for release, weight in self.weights:
                 if not 0 <= weight <= 100:
@@ -85,6 +92,12 @@ class Step:
                 assert self.analysis is not None
                 span = f"for {self.seconds:g}s" if self.seconds is not None else "until a verdict"
                 return f"analyse {self.release} against {self.baseline} {span}: {self.analysis.describe()}"
+            case "verify":
+                text = (f"verify {self.release} for {self.seconds:g}s with {self.baseline} kept warm "
+                        "(a failure or a rollback meanwhile is a traffic switch)")
+                if self.analysis is not None:
+                    text += f"; judged by {self.analysis.describe()}"
+                return text
         raise AssertionError(self.kind)
 
     def as_dict(self) -> dict[str, Any]:
@@ -170,6 +183,7 @@ class StrategyOptions:
     analysis: Thresholds | None = None
     max_surge: int = 1
     max_unavailable: int = 0
+    verification: float | None = None  # seconds the previous release stays warm after full traffic
 
     @staticmethod
     def from_mapping(data: Mapping[str, Any]) -> StrategyOptions:
@@ -181,11 +195,14 @@ class StrategyOptions:
             analysis=Thresholds.from_mapping(analysis) if analysis is not None else None,
             max_surge=int(data.get("max_surge", 1)),
             max_unavailable=int(data.get("max_unavailable", 0)),
+            verification=float(data["verification"]) if data.get("verification") else None,
         )
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"steps": [{"weight": s.weight, "pause": s.pause} for s in self.steps],
                                 "max_surge": self.max_surge, "max_unavailable": self.max_unavailable}
+        if self.verification is not None:
+            data["verification"] = self.verification
         if self.analysis is not None:
             data["analysis"] = self.analysis.as_dict()
         return data

@@ -233,11 +233,20 @@ class StrategySpec(_Model):
     max_surge: StrictInt = Field(default=1, ge=0)
     max_unavailable: StrictInt = Field(default=0, ge=0)
     drain_timeout: Duration = 30.0
+    # After full traffic, how long the previous release stays warm while the new one is judged: a
+    # failure, an abort or `ingot rollback` inside it is a pure traffic switch. None: retire it at once.
+    verification: Duration | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _strategy_can_progress(self) -> StrategySpec:
         if self.type == "canary" and not self.steps:
             raise _rule("steps", "a canary needs at least one step, e.g. steps: [{weight: 10, pause: 1m}]")
+        if self.type == "rolling" and self.verification is not None:
+            raise _rule(
+                "verification",
+                "a rolling update replaces instances one by one and keeps no previous release warm "
+                "to switch back to; use blue-green or canary for a verification window",
+            )
         if self.type == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
             raise _rule(
                 "max_surge",
