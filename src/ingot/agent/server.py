@@ -13,7 +13,7 @@ import fcntl
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ from ingot.store import InstanceRow, Store
 
 Key = tuple[str, str]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+# Something that runs beside the agent for its whole life (the HTTP API of `ingot serve`).
+Companion = Callable[["Agent"], Coroutine[Any, Any, None]]
 SUPERVISE_INTERVAL = 1.0
 log = logging.getLogger("ingot.agent")
 
@@ -64,7 +66,7 @@ class Agent:
         self._server: asyncio.AbstractServer | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self, companions: Sequence[Companion] = ()) -> None:
         await self.recover()
         sock = self.paths.agent_socket
         with contextlib.suppress(FileNotFoundError):
@@ -75,11 +77,17 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         supervisor = asyncio.create_task(self._supervise())
+        beside = [asyncio.create_task(companion(self)) for companion in companions]
+        for task in beside:
+            task.add_done_callback(self._companion_ended)
         ledger.record(self.store, actor=self.actor, action="agent.start",
                       payload={"pid": os.getpid(), "version": __version__})
         log.info("agent %s ready on %s (pid %d)", __version__, sock, os.getpid())
         await self._stopping.wait()
         supervisor.cancel()
+        for task in beside:
+            task.cancel()
+        await asyncio.gather(*beside, return_exceptions=True)
         for key in self.windows.open_keys():
             await self.windows.end(key, "the agent stopped")
         self._server.close()
@@ -87,6 +95,14 @@ class Agent:
             await router.stop()
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _companion_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stopping: a companion of the agent failed: %s", task.exception())
+        self._stopping.set()
 
     def lock(self, key: Key) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -483,7 +499,7 @@ def acquire_pidfile(paths: StatePaths) -> int:
     return fd
 
 
-def run_agent(paths: StatePaths) -> None:
+def run_agent(paths: StatePaths, companions: Sequence[Companion] = ()) -> None:
     fd = acquire_pidfile(paths)
     try:
         from ingot.routers.builtin import install_fast_loop
@@ -492,7 +508,7 @@ def run_agent(paths: StatePaths) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # Every health probe would be a line; the gate's verdicts are in the ledger instead.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        asyncio.run(Agent(paths).run())
+        asyncio.run(Agent(paths).run(companions))
     finally:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)

@@ -7,15 +7,18 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 
 from ingot import __version__, build_release, ledger, operations
 from ingot.cli.output import Progress, console, errors, print_json, short, when
-from ingot.errors import IngotError
+from ingot.errors import IngotError, UserInputError
 from ingot.project import Project, open_project
+
+if TYPE_CHECKING:
+    from ingot.remote import Remote
 
 app = typer.Typer(
     name="ingot",
@@ -34,7 +37,7 @@ Service = Annotated[str | None, typer.Option("--service", "-s", help="Only this 
 
 # Options given before the command (`ingot -f x.yaml --env prod deploy`) apply when the command's own
 # options are not given, so both orders work.
-_global: dict[str, Any] = {"state": None, "file": None, "env": None}
+_global: dict[str, Any] = {"state": None, "file": None, "env": None, "server": None, "token_file": None}
 T = TypeVar("T")
 
 
@@ -45,8 +48,13 @@ def main(
     state: Annotated[Path | None, typer.Option("--state", help="State directory (default: .ingot beside "
                                                 "the spec, or $INGOT_HOME).")] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    server: Annotated[str | None, typer.Option("--server", envvar="INGOT_SERVER", help="Drive a remote "
+                                               "'ingot serve' at this URL instead of the local agent.")] = None,
+    token_file: Annotated[Path | None, typer.Option("--token-file", envvar="INGOT_TOKEN_FILE",
+                                                    help="File holding the server's token (or set "
+                                                    "INGOT_TOKEN).")] = None,
 ) -> None:
-    _global.update(state=state, file=file, env=env)
+    _global.update(state=state, file=file, env=env, server=server, token_file=token_file)
     if version:
         console.print(f"ingot {__version__}")
         raise typer.Exit(0)
@@ -77,6 +85,30 @@ def env_name(env: str | None) -> str | None:
 
 def project_for(file: Path | None) -> Project:
     return guarded(lambda: open_project(spec_path(file), _global["state"]))
+
+
+def remote_server() -> Remote | None:
+    """The remote server given by --server (or INGOT_SERVER), with its token; None to work locally."""
+    url = _global["server"]
+    if not url:
+        return None
+
+    def connect() -> Remote:
+        from ingot.remote import Remote  # only remote use pays for importing the HTTP client
+
+        token = os.environ.get("INGOT_TOKEN", "").strip()
+        path = _global["token_file"]
+        if not token and path is not None:
+            try:
+                token = Path(path).read_text().strip()
+            except OSError as exc:
+                raise UserInputError(f"--token-file {path}: cannot read it: {exc.strerror}") from exc
+        if not token:
+            raise UserInputError("--server needs the server's token: set INGOT_TOKEN or --token-file "
+                                 "('ingot token show' on the server prints it)")
+        return Remote(url, token)
+
+    return guarded(connect)
 
 
 @app.command()
@@ -126,14 +158,18 @@ def _pip_line(line: str) -> None:
 def deploy(file: SpecFile = None, env: Env = None, service: Service = None,
            as_json: AsJson = False) -> None:
     """Build, release and deploy: fresh instances, health gate, traffic switch, drain, retire the old."""
-    project = project_for(file)
-    environment = guarded(lambda: project.environment(env_name(env)))
-    names = guarded(lambda: project.services(service))
-    with Progress() as progress:
-        outcomes = guarded(lambda: operations.deploy(
-            project, environment, names,
-            on_event=None if as_json else progress.event,
-            on_output=None if as_json else progress.output))
+    remote = remote_server()
+    if remote is not None:
+        outcomes = guarded(lambda: remote.deploy(env_name(env), service))
+    else:
+        project = project_for(file)
+        environment = guarded(lambda: project.environment(env_name(env)))
+        names = guarded(lambda: project.services(service))
+        with Progress() as progress:
+            outcomes = guarded(lambda: operations.deploy(
+                project, environment, names,
+                on_event=None if as_json else progress.event,
+                on_output=None if as_json else progress.output))
     if as_json:
         print_json([o.as_dict() for o in outcomes])
         return
@@ -160,6 +196,10 @@ def rollback(file: SpecFile = None, env: Env = None, service: Service = None,
                                                     "previous release.")] = None,
              as_json: AsJson = False) -> None:
     """Go back to the previous release (or --to any earlier one), through the same health gate."""
+    remote = remote_server()
+    if remote is not None:
+        _print_rollbacks(guarded(lambda: remote.rollback(env_name(env), service, to)), as_json)
+        return
     project = project_for(file)
     environment = guarded(lambda: project.environment(env_name(env)))
     names = guarded(lambda: project.services(service))
@@ -172,6 +212,10 @@ def rollback(file: SpecFile = None, env: Env = None, service: Service = None,
             outcome = guarded(lambda n=name: operations.rollback(  # type: ignore[misc]
                 project, environment, n, to, on_event=None if as_json else progress.event))
             results.append(outcome)
+    _print_rollbacks(results, as_json)
+
+
+def _print_rollbacks(results: list[operations.DeployOutcome], as_json: bool) -> None:
     if as_json:
         print_json([o.as_dict() for o in results])
         return
@@ -190,13 +234,18 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
                                                 "and verified (recorded).")] = False,
             as_json: AsJson = False) -> None:
     """Deploy to one environment exactly the artifact live in another, with the target's own config."""
-    project = project_for(file)
-    source_env = guarded(lambda: project.environment(source))
-    target_env = guarded(lambda: project.environment(target))
-    names = guarded(lambda: project.services(service))
-    with Progress() as progress:
-        outcomes = guarded(lambda: operations.promote(project, source_env, target_env, names, force=force,
-                                                      on_event=None if as_json else progress.event))
+    remote = remote_server()
+    if remote is not None:
+        source_env, target_env = source, target
+        outcomes = guarded(lambda: remote.promote(source, target, service, force))
+    else:
+        project = project_for(file)
+        source_env = guarded(lambda: project.environment(source))
+        target_env = guarded(lambda: project.environment(target))
+        names = guarded(lambda: project.services(service))
+        with Progress() as progress:
+            outcomes = guarded(lambda: operations.promote(project, source_env, target_env, names, force=force,
+                                                          on_event=None if as_json else progress.event))
     if as_json:
         print_json([o.as_dict() for o in outcomes])
         return
@@ -208,9 +257,14 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
 
 
 def _control(action: str, file: Path | None, env: str | None, service: str | None) -> None:
-    project = project_for(file)
-    environment = guarded(lambda: project.environment(env_name(env)))
-    result = guarded(lambda: operations.control(project, environment, service, action))
+    remote = remote_server()
+    if remote is not None:
+        environment = env_name(env) or "the default environment"
+        result = guarded(lambda: remote.control(env_name(env), service, action))
+    else:
+        project = project_for(file)
+        environment = guarded(lambda: project.environment(env_name(env)))
+        result = guarded(lambda: operations.control(project, environment, service, action))
     done = {"pause": "paused", "resume": "resumed", "abort": "aborted"}[action]
     console.print(f"{environment}: {done} the rollout of {', '.join(result['services'])}")
 
@@ -261,9 +315,13 @@ def plan(file: SpecFile = None, env: Env = None, service: Service = None,
 @app.command()
 def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Per service: live release, instances, health, router URL."""
-    project = project_for(file)
-    environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
-    report = guarded(lambda: operations.status(project, environment))
+    remote = remote_server()
+    if remote is not None:
+        report = guarded(lambda: remote.status(env_name(env)))
+    else:
+        project = project_for(file)
+        environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
+        report = guarded(lambda: operations.status(project, environment))
     if as_json:
         print_json(report)
         return
@@ -303,9 +361,14 @@ def history(file: SpecFile = None, env: Env = None, service: Service = None,
             limit: Annotated[int, typer.Option(help="How many deployments.")] = 30,
             as_json: AsJson = False) -> None:
     """Deployments newest first: release, commit, artifact, who, when, outcome."""
-    project = project_for(file)
-    environment = guarded(lambda: project.environment(env_name(env)))
-    rows = guarded(lambda: operations.history(project, environment, service, limit))
+    remote = remote_server()
+    if remote is not None:
+        environment = env_name(env) or "the default environment"
+        rows = guarded(lambda: remote.history(env_name(env), service, limit))
+    else:
+        project = project_for(file)
+        environment = guarded(lambda: project.environment(env_name(env)))
+        rows = guarded(lambda: operations.history(project, environment, service, limit))
     if as_json:
         print_json(rows)
         return
@@ -351,9 +414,13 @@ def down(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> Non
 @app.command()
 def drift(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Compare what runs with what the live releases say; exit 1 when anything differs."""
-    project = project_for(file)
-    environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
-    findings = guarded(lambda: operations.drift(project, environment))
+    remote = remote_server()
+    if remote is not None:
+        findings = guarded(lambda: remote.drift(env_name(env)))
+    else:
+        project = project_for(file)
+        environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
+        findings = guarded(lambda: operations.drift(project, environment))
     if as_json:
         print_json(findings)
     elif not findings:
@@ -448,8 +515,13 @@ def audit_log(file: SpecFile = None, env: Env = None, service: Service = None,
               limit: Annotated[int, typer.Option(help="Show the last N entries.")] = 50,
               as_json: AsJson = False) -> None:
     """The ledger: who did what, when, with the evidence."""
-    project = project_for(file)
-    entries = guarded(lambda: ledger.entries(project.store, environment=env_name(env), service=service))[-limit:]
+    remote = remote_server()
+    if remote is not None:
+        entries = [ledger.LedgerEntry(**e) for e in guarded(lambda: remote.ledger(env_name(env), service, limit))]
+    else:
+        project = project_for(file)
+        entries = guarded(lambda: ledger.entries(project.store, environment=env_name(env),
+                                                 service=service))[-limit:]
     if as_json:
         print_json([e.as_dict() for e in entries])
         return
@@ -483,6 +555,17 @@ def audit_verify(file: SpecFile = None, as_json: AsJson = False) -> None:
             errors.print(f"TAMPERED: {problem}", markup=False)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _register_command_modules() -> None:
+    """Commands kept in their own modules (they import this one lazily, so this comes last)."""
+    from ingot.cli import serve_commands
+
+    app.command("serve")(serve_commands.serve_command)
+    app.add_typer(serve_commands.token_app, name="token")
+
+
+_register_command_modules()
 
 
 def run() -> None:

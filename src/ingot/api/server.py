@@ -1,0 +1,68 @@
+"""`ingot serve`: the agent in the foreground with the HTTP API and the dashboard in its event loop."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from ingot.agent.client import AgentClient, AgentUnavailable, agent_pid, wait_for_exit
+from ingot.agent.server import Agent, run_agent
+from ingot.api.app import ProjectSource, create_app
+from ingot.errors import UserInputError
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the agent's loop: the agent owns the signals and says when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(listen: tuple[str, int]) -> socket.socket:
+    """Bind before anything starts, so a taken address is an error at once, not a dying server later."""
+    host, port = listen
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserInputError(f"--listen {host}:{port}: cannot listen there: {exc.strerror}") from exc
+    sock.listen(128)
+    sock.set_inheritable(False)
+    return sock
+
+
+def take_over_from_background_agent(source: ProjectSource) -> int | None:
+    """An agent started on demand for this state directory hands over: it stops (its instances keep
+    serving) and this process adopts them. Returns its pid, if there was one."""
+    pid = agent_pid(source.paths)
+    if pid is None:
+        return None
+    with contextlib.suppress(AgentUnavailable):
+        AgentClient(source.paths).call("shutdown", timeout=10)
+    wait_for_exit(source.paths, 30)
+    return pid
+
+
+def serve(spec_file: Path, state_dir: Path | None, listen: tuple[str, int]) -> None:
+    source = ProjectSource(spec_file, state_dir)
+    sock = bind(listen)
+    app = create_app(source)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = _EmbeddedServer(config)
+
+    async def api(_agent: Agent) -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            server.should_exit = True
+
+    take_over_from_background_agent(source)
+    run_agent(source.paths, companions=[api])

@@ -1,0 +1,68 @@
+"""`ingot serve` and `ingot token`: the agent with its HTTP API and dashboard, and the API's token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ingot import ledger
+from ingot.actor import current_actor
+from ingot.cli.output import console
+from ingot.spec.models import split_listen
+
+token_app = typer.Typer(help="The bearer token of the HTTP API (ingot serve).", no_args_is_help=True)
+
+
+def serve_command(
+    listen: Annotated[str, typer.Option("--listen", help="Address of the API and dashboard.")] = "127.0.0.1:7070",
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")] = None,
+) -> None:
+    """Run the agent in the foreground with the HTTP API (OpenAPI at /openapi.json) and the dashboard."""
+    from ingot.api.server import serve
+    from ingot.cli.main import _global, guarded, project_for, spec_path
+    from ingot.errors import UserInputError
+    from ingot.tokens import load_or_create_token, token_path
+
+    def address() -> tuple[str, int]:
+        try:
+            return split_listen(listen)
+        except ValueError as exc:
+            raise UserInputError(f"--listen {listen}: {exc}") from exc
+
+    host, port = guarded(address)
+    project = project_for(file)
+    load_or_create_token(project.paths.keys)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"ingot serving {project.spec.project} on http://{shown}:{port}/ (API: /api/v1, "
+                  f"OpenAPI: /openapi.json, metrics: /metrics)", markup=False)
+    console.print(f"the API token is in {token_path(project.paths.keys)} ('ingot token show' prints it)",
+                  markup=False)
+    guarded(lambda: serve(spec_path(file), _global["state"], (host, port)))
+
+
+@token_app.command("show")
+def token_show(
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")] = None,
+) -> None:
+    """Print the API token (made now if there is none yet)."""
+    from ingot.cli.main import project_for
+    from ingot.tokens import load_or_create_token
+
+    typer.echo(load_or_create_token(project_for(file).paths.keys))
+
+
+@token_app.command("rotate")
+def token_rotate(
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")] = None,
+) -> None:
+    """Replace the API token; the old one stops working at once (recorded in the ledger)."""
+    from ingot.cli.main import project_for
+    from ingot.tokens import rotate_token, token_path
+
+    project = project_for(file)
+    rotate_token(project.paths.keys)
+    ledger.record(project.store, actor=current_actor(), action="token.rotate", payload={})
+    console.print(f"new API token written to {token_path(project.paths.keys)}; the old one no longer works",
+                  markup=False)
