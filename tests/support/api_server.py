@@ -1,0 +1,50 @@
+"""A real `ingot serve` process for a test project, and an HTTP client holding its token."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from tests.support.harness import ExampleProject, free_port, poll
+
+
+@dataclass
+class Served:
+    url: str
+    token: str
+    process: subprocess.Popen[bytes]
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {} if token == "" else {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120, trust_env=False)
+
+
+@contextlib.contextmanager
+def serving(example: ExampleProject) -> Iterator[Served]:
+    port = free_port()
+    log = open(example.root / "serve.log", "wb")  # noqa: SIM115 - closed below, after the process
+    env = {**os.environ, "INGOT_ACTOR": "server@ci"}
+    process = subprocess.Popen([sys.executable, "-m", "ingot", "serve", "--listen", f"127.0.0.1:{port}"],
+                               cwd=example.root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            poll(lambda: httpx.get(f"{url}/healthz", timeout=2, trust_env=False).status_code == 200,
+                 timeout=60, what="ingot serve answering")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nserve.log:\n{(example.root / 'serve.log').read_text()}") from None
+        token = (example.state / "keys" / "api-token").read_text().strip()
+        yield Served(url, token, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
