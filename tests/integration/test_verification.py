@@ -69,6 +69,8 @@ def test_rollback_inside_the_window_is_a_pure_switch(routed: ExampleProject, tmp
         new = routed.ingot("deploy", "--json", check=True).json[0]["release"]
         status = routed.ingot("status", check=True)
         assert f"verifying {new}" in status.out and f"{old} kept warm" in status.out
+        refused = routed.ingot("promote", "--from", "staging", "--to", "production")
+        assert refused.code == 1 and "still in its verification window" in refused.err
         routed.ingot("rollback", check=True)
         assert routed.get()["release"] == old
         poll(lambda: set(instances_by_release(routed)) == {old}, timeout=30, what="the new release stopped")
