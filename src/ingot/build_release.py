@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingot import ledger
+from ingot import config_ops, config_store, ledger
 from ingot.actor import current_actor
 from ingot.artifacts import BuildResult, build_artifact, cached_build
 from ingot.canonical import content_digest
@@ -21,7 +21,7 @@ from ingot.spec import ServiceSpec
 from ingot.store import ReleaseRow
 
 OnOutput = Callable[[str], None]
-EMPTY_CONFIG: dict[str, Any] = {"values": {}}
+EMPTY_CONFIG: dict[str, Any] = {"values": {}}  # the snapshot of a service with no config or secrets
 IMAGE_REPOSITORY = "ingot/{project}-{service}"
 
 
@@ -54,7 +54,7 @@ def build(project: Project, environment: str, name: str, on_output: OnOutput | N
     service = project.spec.service_for(environment, name)
     context = context_dir(project, service) if service.build is not None else None
     try:
-        built = _build(project, name, service, context, on_output)
+        built = _build_for(project, environment, name, service, context, on_output)
     except IngotError as exc:
         ledger.record(project.store, actor=current_actor(), action="build.fail", environment=environment,
                       service=name, payload={"context": str(context), "error": exc.message, "details": exc.details})
@@ -65,6 +65,29 @@ def build(project: Project, environment: str, name: str, on_output: OnOutput | N
                   payload={"context": str(context), "reused": built.reused, "input_key": built.input_key,
                            "runtime": service.runtime})
     return built
+
+
+def _build_for(project: Project, environment: str, name: str, service: ServiceSpec, context: Path | None,
+               on_output: OnOutput | None) -> Built:
+    """The local build, or for a Kubernetes target an image the cluster can pull (see `ingot.kube.images`)."""
+    env_spec = project.spec.environments.get(environment)
+    cluster = env_spec.target if env_spec is not None else None
+    if cluster is None:
+        return _build(project, name, service, context, on_output)
+    from ingot.kube import images
+
+    if service.image is not None:
+        return Built(service.image, True, f"image:{service.image}", "pinned by digest; the cluster pulls it")
+    assert cluster.registry is not None  # the spec refuses a build for a cluster without a registry
+    local = _build(project, name, service.model_copy(update={"runtime": "docker"}), context, on_output)
+    project.store.record_artifact(local.digest, name, local.input_key)  # the next build can reuse it
+    repo = images.repository(cluster.registry, project.spec.project, name)
+    key = images.PUSHED.format(image=local.digest, repository=repo)
+    pushed = project.store.artifact_for_input(name, key)
+    if pushed is None:
+        pushed = images.push(Runtimes().get("docker"), local.digest, repo, on_output or (lambda _line: None))
+        project.store.record_artifact(pushed, name, key)
+    return Built(pushed, local.reused, f"cluster:{repo}:{local.input_key}", f"{local.digest} pushed to {repo}")
 
 
 def _build(project: Project, name: str, service: ServiceSpec, context: Path | None,
@@ -89,7 +112,7 @@ def _build(project: Project, name: str, service: ServiceSpec, context: Path | No
     return Built(image_id, image_id in known, key or f"context:{context}", f"{repository}:build")
 
 
-def expected_release_id(project: Project, name: str, service: ServiceSpec) -> str | None:
+def expected_release_id(project: Project, environment: str, name: str, service: ServiceSpec) -> str | None:
     """The release a deploy would make, if its artifact is already built (process runtime only)."""
     if service.runtime != "process":
         return None
@@ -97,22 +120,24 @@ def expected_release_id(project: Project, name: str, service: ServiceSpec) -> st
     digest = cached_build(project.artifacts, context, exclude=spec_exclusion(project, context))
     if digest is None:
         return None
-    return make_release_id(project.spec.project, name, digest, content_digest(EMPTY_CONFIG),
+    config = config_store.snapshot(project.store, environment, name, service)
+    return make_release_id(project.spec.project, name, digest, content_digest(config),
                            content_digest(service.release_fields()))
 
 
 def release(project: Project, environment: str, name: str, artifact: Built,
             commit: str | None = None) -> tuple[ReleaseRow, bool]:
-    """The release of this artifact with this spec; created (and signed) only if it is new."""
+    """The release of this artifact with this spec and config snapshot; created (and signed) only if it is new."""
     service = project.spec.service_for(environment, name)
+    config = config_ops.release_config(project, environment, name, service)
     key = load_or_create_key(project.paths.keys)
     candidate = new_release(key=key, project=project.spec.project, service=name,
                             artifact_digest=artifact.digest, spec=service.release_fields(),
-                            config=EMPTY_CONFIG, actor=current_actor(), commit=commit)
+                            config=config, actor=current_actor(), commit=commit)
     existing = project.store.get_release(candidate.id)
     if existing is not None:
         return existing, False
-    if service.runtime != "process":
+    if service.runtime != "process" and "@" not in artifact.digest:  # a pullable repo@sha256 is a cluster's
         # The release's own tag, for people and tools; ingot itself only ever runs the image ID.
         engine: Any = Runtimes().get(service.runtime)
         engine.tag_image(artifact.digest, IMAGE_REPOSITORY.format(project=project.spec.project, service=name),
@@ -122,13 +147,22 @@ def release(project: Project, environment: str, name: str, artifact: Built,
         ledger.append(conn, actor=candidate.created_by, action="release", environment=environment, service=name,
                       subject=candidate.id,
                       payload={"artifact": candidate.artifact_digest, "config": candidate.config_digest,
-                               "spec": candidate.spec_digest, "commit": commit})
+                               "spec": candidate.spec_digest, "commit": commit,
+                               **_secret_versions(candidate)})
     return candidate, True
+
+
+def _secret_versions(release: ReleaseRow) -> dict[str, Any]:
+    """For the ledger: which secret versions a release uses (names and numbers, never values)."""
+    refs = config_store.secret_refs(release)
+    return {"secrets": {name: ref["version"] for name, ref in refs.items()}} if refs else {}
 
 
 def artifact_available(project: Project, release: ReleaseRow) -> bool:
     """Whether the release's artifact (or image) is still there to start instances from."""
     runtime = str(release.spec.get("runtime", "process"))
+    if "@" in release.artifact_digest:
+        return True  # a cluster's image, in its registry: nodes pull it, this machine cannot tell
     if runtime == "process":
         return project.artifacts.has(release.artifact_digest)
     engine: Any = Runtimes().get(runtime)

@@ -30,6 +30,7 @@ class DeployParams:
     stop_timeout: float = 10.0
     runtime: str = "process"
     strategy_options: dict[str, Any] = field(default_factory=dict)  # the spec's strategy block
+    self_heal: bool = True  # the environment's: the agent repairs drift on its own, or only records it
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -49,4 +50,5 @@ class DeployParams:
             stop_timeout=float(data.get("stop_timeout", 10.0)),
             runtime=str(data.get("runtime", "process")),
             strategy_options=dict(data.get("strategy_options") or {}),
+            self_heal=bool(data.get("self_heal", True)),
         )

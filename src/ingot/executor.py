@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from ingot import ledger
 from ingot.artifacts import ArtifactStore
 from ingot.artifacts.store import force_rmtree
+from ingot.config_store import secret_values
 from ingot.deploy_params import DeployParams
 from ingot.errors import IngotError, OperationFailed
 from ingot.health import wait_healthy
@@ -222,9 +223,11 @@ class Executor:
     async def _request_template(self, environment: str, service: str, release: ReleaseRow,
                                 params: DeployParams) -> InstanceRequest:
         spec = release.spec
+        # Secret values are decrypted here, for the instance's environment only: never stored or logged.
+        secrets = await asyncio.to_thread(secret_values, self.store, self.paths.keys, release, environment)
         common = InstanceRequest(instance_id="", environment=environment, service=service, release_id=release.id,
                                  project=release.project, state_dir=str(self.paths.root),
-                                 env=release_environment(release),
+                                 env={**release_environment(release), **secrets},
                                  command=tuple(spec.get("command") or ()))
         if params.runtime == "process":
             run_dir = await asyncio.to_thread(self.artifacts.checkout, release.artifact_digest, self.paths.runs)
@@ -336,6 +339,7 @@ class Executor:
 
 
 def release_environment(release: ReleaseRow) -> dict[str, str]:
+    """The release's plain variables: its spec's env and its config snapshot's values (secrets are apart)."""
     env = {str(k): str(v) for k, v in release.spec.get("env", {}).items()}
     env.update({str(k): str(v) for k, v in release.config.get("values", {}).items()})
     return env

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,30 +124,48 @@ def entries(
     service: str | None = None,
     limit: int | None = None,
     after: int = 0,
+    actions: Collection[str] | None = None,
 ) -> list[LedgerEntry]:
     query = select(t.ledger).where(t.ledger.c.seq > after).order_by(t.ledger.c.seq)
     if environment:
         query = query.where(t.ledger.c.environment == environment)
     if service:
         query = query.where(t.ledger.c.service == service)
+    if actions is not None:
+        query = query.where(t.ledger.c.action.in_(list(actions)))
     if limit:
         query = query.limit(limit)
     with store.engine.connect() as conn:
-        return [
-            LedgerEntry(
-                r.seq,
-                r.at,
-                r.actor,
-                r.action,
-                r.environment,
-                r.service,
-                r.subject,
-                json.loads(r.payload_json),
-                r.prev_hash,
-                r.hash,
-            )
-            for r in conn.execute(query)
-        ]
+        return [_entry(r) for r in conn.execute(query)]
+
+
+def latest(store: Store, *, limit: int, before: int | None = None, environment: str | None = None,
+           service: str | None = None) -> list[LedgerEntry]:
+    """The newest `limit` entries (older than `before`, if given), in order of `seq`: a ledger read from its end."""
+    query = select(t.ledger).order_by(t.ledger.c.seq.desc()).limit(limit)
+    if before is not None:
+        query = query.where(t.ledger.c.seq < before)
+    if environment:
+        query = query.where(t.ledger.c.environment == environment)
+    if service:
+        query = query.where(t.ledger.c.service == service)
+    with store.engine.connect() as conn:
+        return [_entry(r) for r in reversed(conn.execute(query).all())]
+
+
+def last_entry(store: Store, *, actions: Collection[str], environment: str | None = None) -> LedgerEntry | None:
+    """The newest entry with one of `actions` (in `environment`, if given)."""
+    query = select(t.ledger).where(t.ledger.c.action.in_(list(actions)))
+    if environment:
+        query = query.where(t.ledger.c.environment == environment)
+    with store.engine.connect() as conn:
+        row = conn.execute(query.order_by(t.ledger.c.seq.desc()).limit(1)).first()
+    return _entry(row) if row else None
+
+
+def _entry(r: Any) -> LedgerEntry:
+    return LedgerEntry(r.seq, r.at, r.actor, r.action, r.environment, r.service, r.subject,
+                       json.loads(r.payload_json), r.prev_hash, r.hash)
 
 
 @dataclass(frozen=True)

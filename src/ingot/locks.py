@@ -71,13 +71,17 @@ def hold(store: Store, environment: str, operation: str, actor: str) -> Iterator
                          .where(t.locks.c.pid == mine.pid).where(t.locks.c.since == mine.since))
 
 
-def _refusal(holder: LockInfo) -> OperationFailed:
+class Locked(OperationFailed):
+    """Refused because another operation holds the environment's lock; nothing was done."""
+
+
+def _refusal(holder: LockInfo) -> Locked:
     if holder.alive:
-        return OperationFailed(
+        return Locked(
             f"{holder.environment} is locked: {holder.describe()}",
             details=["wait for it to finish (see 'ingot status' and 'ingot history')"],
         )
-    return OperationFailed(
+    return Locked(
         f"{holder.environment} has a stale lock: {holder.describe()}, and that process is gone",
         details=["check 'ingot history' for the operation it left, then clear the lock with "
                  f"'ingot unlock --env {holder.environment}' (recorded in the ledger)"],

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ingot import build_release, ledger, locks
+from ingot import build_release, config_ops, config_store, ledger, locks
 from ingot.actor import current_actor
 from ingot.agent.client import AgentClient, AgentUnavailable, agent_pid, ensure_agent, wait_for_exit
 from ingot.deploy_params import DeployParams, HealthPolicy
@@ -24,7 +24,7 @@ OnEvent = Callable[[dict[str, Any]], None]
 OnOutput = Callable[[str], None]
 
 
-def deploy_params(service: ServiceSpec) -> DeployParams:
+def deploy_params(service: ServiceSpec, *, self_heal: bool = True) -> DeployParams:
     health = service.health
     return DeployParams(
         replicas=service.replicas,
@@ -37,16 +37,25 @@ def deploy_params(service: ServiceSpec) -> DeployParams:
         stop_timeout=service.stop_timeout,
         runtime=service.runtime,
         strategy_options=service.strategy.model_dump(mode="json"),
+        self_heal=self_heal,
     )
+
+
+def _on_cluster(project: Project, environment: str | None) -> bool:
+    """Whether the environment runs on Kubernetes (`target: {kind: kubernetes}`): `ingot.kube` serves it."""
+    env_spec = project.spec.environments.get(environment) if environment else None
+    return env_spec is not None and env_spec.target is not None
+
+
+def _clusters(project: Project, environment: str | None) -> list[str]:
+    """The Kubernetes environments a command for `environment` (None: all) covers."""
+    return [e for e in ([environment] if environment else project.spec.environment_names) if _on_cluster(project, e)]
 
 
 def _check_supported(project: Project, environment: str, name: str, service: ServiceSpec) -> None:
     where = f"{project.spec.path.name}: environments.{environment} / services.{name}"
     if service.runtime == "kubernetes":
         raise UserInputError(f"{where}: runtime 'kubernetes' is not available yet; use 'process' or 'docker'")
-    if service.config or service.secrets:
-        raise UserInputError(f"{where}: config and secrets keys need the config store, which is not "
-                             "available yet; put plain values under env")
 
 
 # ---- deploy and rollback ----------------------------------------------------------------
@@ -65,11 +74,18 @@ class DeployOutcome:
 
 
 def deploy(project: Project, environment: str, names: list[str], *, on_event: OnEvent | None = None,
-           on_output: OnOutput | None = None) -> list[DeployOutcome]:
+           on_output: OnOutput | None = None, commit: str | None = None) -> list[DeployOutcome]:
+    """Build, release and deploy; `commit` goes into new releases (default: the spec's work tree's HEAD)."""
+    if _on_cluster(project, environment):
+        from ingot.kube import operations as kube
+
+        return list(kube.deploy(project, environment, names, on_event=on_event, on_output=on_output, commit=commit))
     emit = on_event or (lambda _e: None)
     for name in names:
-        _check_supported(project, environment, name, project.spec.service_for(environment, name))
-    commit = project.git_commit()
+        service = project.spec.service_for(environment, name)
+        _check_supported(project, environment, name, service)
+        config_ops.release_config(project, environment, name, service)  # a missing key: refused before building
+    commit = commit or project.git_commit()
     outcomes = []
     with locks.hold(project.store, environment, "deploy", current_actor()):
         for name in names:
@@ -84,7 +100,16 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
 
 def _apply(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
            emit: OnEvent) -> DeployOutcome:
-    params = deploy_params(project.spec.service_for(environment, name))
+    if _on_cluster(project, environment):  # a promotion to a cluster
+        from ingot.kube import operations as kube
+
+        cluster = kube.require_target(project, environment)
+        api = kube.open_cluster(cluster)
+        api.ensure_namespace({})
+        outcome: DeployOutcome = kube.roll(project, environment, name, row, created, kind, api, emit)
+        return outcome
+    env_spec = project.spec.environments.get(environment)
+    params = deploy_params(project.spec.service_for(environment, name), self_heal=not env_spec or env_spec.self_heal)
     client = ensure_agent(project.paths)
 
     def forward(event: dict[str, Any]) -> None:
@@ -120,7 +145,13 @@ def rollback_target(project: Project, environment: str, name: str, to: str | Non
 
 def rollback(project: Project, environment: str, name: str, to: str | None, *,
              on_event: OnEvent | None = None) -> DeployOutcome:
+    if _on_cluster(project, environment):
+        from ingot.kube import operations as kube
+
+        outcome: DeployOutcome = kube.rollback(project, environment, name, to, on_event=on_event)
+        return outcome
     target = rollback_target(project, environment, name, to)
+    config_store.check_secrets_for(target, environment)
     if not build_release.artifact_available(project, target):
         raise OperationFailed(f"release {target.id} cannot be restored: its artifact {target.artifact_digest} "
                               "is no longer in the store")
@@ -180,6 +211,10 @@ def _promotable(project: Project, source: str, name: str, force: bool) -> Releas
 def control(project: Project, environment: str, service: str | None, action: str) -> dict[str, Any]:
     if action not in ("pause", "resume", "abort"):
         raise UserInputError(f"unknown rollout action {action!r}")
+    if _on_cluster(project, environment):
+        from ingot.kube import operations as kube
+
+        return kube.control(project, environment, service, action)
     client = AgentClient(project.paths)
     try:
         return client.call("control", environment=environment, service=service, action=action,
@@ -191,11 +226,15 @@ def control(project: Project, environment: str, service: str | None, action: str
 # ---- reading ------------------------------------------------------------------------------
 def plan(project: Project, environment: str, names: list[str]) -> list[dict[str, Any]]:
     """What a deploy would do, computed from the spec and the store; nothing is built or changed."""
+    if _on_cluster(project, environment):
+        from ingot.kube import operations as kube
+
+        return kube.plan(project, environment, names)
     plans = []
     for name in names:
         service = project.spec.service_for(environment, name)
         params = deploy_params(service)
-        release_id = build_release.expected_release_id(project, name, service)
+        release_id = build_release.expected_release_id(project, environment, name, service)
         state = service_state(project.store, environment, name)
         steps = plan_for(params.strategy, state, Target(release_id or "<new build>", params.replicas),
                          StrategyOptions.from_mapping(params.strategy_options))
@@ -222,6 +261,15 @@ def history(project: Project, environment: str, name: str | None = None, limit: 
 
 
 def status(project: Project, environment: str | None) -> dict[str, Any]:
+    if _on_cluster(project, environment):
+        from ingot.kube import operations as kube
+
+        services = kube.status(project, str(environment))
+        for item in services:
+            item["hardening"] = _hardening_of(project, item.get("release"))
+        return {"project": project.spec.project, "state": str(project.paths.root),
+                "agent": {"running": False, "note": f"not used: {environment} runs on Kubernetes"},
+                "services": services}
     client = AgentClient(project.paths)
     try:
         live = client.call("status", timeout=10)
@@ -309,7 +357,9 @@ def prune(project: Project, dry_run: bool) -> dict[str, Any]:
     """Remove artifacts and images no environment needs; never one that is live or a rollback target."""
     store = project.store
     releases = store.all_releases()
-    docker_artifacts = {r.artifact_digest for r in releases if r.spec.get("runtime") == "docker"}
+    # A cluster's image (repo@sha256:...) lives in its registry, not in this machine's engine.
+    docker_artifacts = {r.artifact_digest for r in releases
+                        if r.spec.get("runtime") == "docker" and "@" not in r.artifact_digest}
     runtimes = Runtimes()
     stored = set(project.artifacts.list_digests())
     if docker_artifacts:
@@ -347,15 +397,33 @@ def prune(project: Project, dry_run: bool) -> dict[str, Any]:
 
 # ---- drift ----------------------------------------------------------------------------------
 def drift(project: Project, environment: str | None) -> list[dict[str, Any]]:
-    client = ensure_agent(project.paths)
-    return list(client.call("drift", environment=environment)["findings"])
+    clusters = _clusters(project, environment)
+    found: list[dict[str, Any]] = []
+    if environment is None or not clusters:
+        client = ensure_agent(project.paths)
+        found.extend(client.call("drift", environment=environment)["findings"])
+    if clusters:
+        from ingot.kube import operations as kube
+
+        found.extend(f for env in clusters for f in kube.drift(project, env))
+    return found
 
 
 def reconcile(project: Project, environment: str | None, on_event: OnEvent | None = None) -> dict[str, Any]:
-    client = ensure_agent(project.paths)
-    result = client.call("reconcile", on_event=on_event, environment=environment, actor=current_actor())
-    if result.get("failures"):
-        raise OperationFailed("reconcile could not repair everything", details=list(result["failures"]))
+    clusters = _clusters(project, environment)
+    result: dict[str, Any] = {"findings": [], "started": [], "replaced": [], "stopped_strays": []}
+    if environment is None or not clusters:
+        client = ensure_agent(project.paths)
+        result = client.call("reconcile", on_event=on_event, environment=environment, actor=current_actor())
+        if result.get("failures"):
+            raise OperationFailed("reconcile could not repair everything", details=list(result["failures"]))
+    if clusters:
+        from ingot.kube import operations as kube
+
+        for env in clusters:
+            repaired = kube.reconcile(project, env, on_event)
+            for key in ("findings", "started", "replaced", "stopped_strays"):
+                result[key] = [*result.get(key, []), *repaired[key]]
     return result
 
 

@@ -10,7 +10,14 @@ import docker  # type: ignore[import-untyped]
 import pytest
 from docker.errors import NotFound  # type: ignore[import-untyped]
 
-from tests.support.harness import ExampleProject, load, make_container_example, poll, stop_everything
+from tests.support.harness import (
+    ExampleProject,
+    load,
+    make_container_example,
+    manual_repair,
+    poll,
+    stop_everything,
+)
 
 
 def _project_name(example: ExampleProject) -> str:
@@ -98,6 +105,7 @@ def test_mutable_tag_is_refused(boxed: ExampleProject) -> None:
 def test_container_drift_injected_and_repaired(engine: docker.DockerClient, tmp_path: Path) -> None:
     example = make_container_example(
         tmp_path, extra_service_yaml="    security: {read_only: false, reason: the drift test writes into it}\n")
+    manual_repair(example)  # drift is injected here for `ingot drift` and `ingot reconcile`, not for self-heal
     try:
         example.ingot("deploy", check=True)
         status = example.ingot("status", "--json", check=True).json["services"][0]

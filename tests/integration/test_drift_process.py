@@ -9,8 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ingot.runtimes.process import process_environment
-from tests.support.harness import ExampleProject, load, poll
+from tests.support.harness import ExampleProject, load, manual_repair, poll
+
+
+@pytest.fixture(autouse=True)
+def _no_self_heal(example: ExampleProject) -> None:
+    """These tests inject drift and watch `ingot drift` and `ingot reconcile` deal with it: the agent must
+    not repair it first on its own (tests/integration/test_self_heal.py covers that)."""
+    manual_repair(example)
 
 
 def instances(example: ExampleProject) -> list[dict[str, object]]:

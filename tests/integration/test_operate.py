@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.harness import ExampleProject
+from tests.support.harness import ExampleProject, manual_repair
 
 
 def test_rollback_to_an_earlier_release_by_prefix(example: ExampleProject) -> None:
@@ -147,6 +147,7 @@ def test_prune_keeps_live_and_rollback_targets_in_every_environment(example: Exa
 
 
 def test_promote_copies_the_exact_artifact_and_refuses_an_unhealthy_source(example: ExampleProject) -> None:
+    manual_repair(example)  # the stopped instance below must stay as it is, not be healed
     spec = example.root / "ingot.yaml"
     spec.write_text(spec.read_text().replace("web: {replicas: 3,", "web: {replicas: 3, env: {GREETING: hi-prod},"))
     example.ingot("deploy", check=True)

@@ -92,6 +92,9 @@ def test_manual_pause_resumed_and_aborted_from_another_terminal(example: Example
     example.set_version("2")
     first = deploy_in_background()
     poll(paused, timeout=60, what="the manual pause")
+    # The canary's instances run on purpose while the rollout holds the service: not drift.
+    drift = example.ingot("drift", "--json")
+    assert drift.code == 0 and drift.json == [], drift.out
     assert "aborted the rollout of web" in example.ingot("abort", check=True).out
     _out, err = first.communicate(timeout=60)
     assert first.returncode == 1 and "aborted by" in err

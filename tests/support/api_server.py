@@ -26,11 +26,11 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(example: ExampleProject) -> Iterator[Served]:
+def serving(example: ExampleProject, *extra: str) -> Iterator[Served]:
     port = free_port()
     log = open(example.root / "serve.log", "wb")  # noqa: SIM115 - closed below, after the process
     env = {**os.environ, "INGOT_ACTOR": "server@ci"}
-    process = subprocess.Popen([sys.executable, "-m", "ingot", "serve", "--listen", f"127.0.0.1:{port}"],
+    process = subprocess.Popen([sys.executable, "-m", "ingot", "serve", "--listen", f"127.0.0.1:{port}", *extra],
                                cwd=example.root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,9 @@ class Result:
 class ExampleProject:
     root: Path
     port: int
+    # Extra environment for every command, and so for the agent the first one starts
+    # (INGOT_HEAL_INTERVAL, say).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -70,6 +73,7 @@ class ExampleProject:
               extra_env: dict[str, str] | None = None) -> Result:
         env = {**os.environ, "INGOT_ACTOR": "tester@ci", "COLUMNS": "200"}
         env.pop("INGOT_HOME", None)
+        env.update(self.env)
         env.update(extra_env or {})
         proc = subprocess.run([sys.executable, "-m", "ingot", *args], cwd=self.root, env=env,
                               capture_output=True, text=True, timeout=timeout)
@@ -152,6 +156,11 @@ def stop_everything(project: ExampleProject) -> None:
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/{pid}/cwd").startswith(str(project.state)):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def manual_repair(example: ExampleProject) -> None:
+    """Turn the agent's self-healing off, for tests that inject drift and repair it with `ingot reconcile`."""
+    example.env["INGOT_HEAL_INTERVAL"] = "0"
 
 
 def use_strategy(example: ExampleProject, strategy: str) -> None:

@@ -87,7 +87,6 @@ def test_rollback_with_nothing_deployed_is_bad_input(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("    config: [FEATURE_FLAG]\n", "config and secrets keys need the config store"),
         ("    runtime: kubernetes\n    build: k8s\n", "runtime 'kubernetes' is not available yet"),
     ],
 )

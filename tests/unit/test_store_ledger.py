@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from ingot import ledger
+from ingot import config_store, ledger
 from ingot.releases import load_or_create_key, new_release, public_key_text, verify_release
+from ingot.secrets_box import load_box
 from ingot.store import Store
 from ingot.store.schema import INSERT_ONLY_TABLES
 
@@ -34,13 +35,16 @@ def _fill(store: Store, tmp_path: Path) -> None:
                        deployment_id=dep.id, params={})
         ledger.append(conn, actor="tester", action="deploy.start", subject=dep.id, payload={"n": 1})
     store.record_artifact("sha256:" + "a" * 64, "web", "k")
+    config_store.set_config(store, "staging", "FLAG", "on", "tester")
+    config_store.set_secret(store, load_box(tmp_path / "keys", create=True), "staging", "KEY", "v", "tester")
 
 
 @pytest.mark.parametrize("table", INSERT_ONLY_TABLES)
 def test_insert_only_tables_refuse_update_and_delete(store: Store, tmp_path: Path, table: str) -> None:
     _fill(store, tmp_path)
     column = {"releases": "created_by", "artifacts": "service", "deployments": "actor",
-              "deployment_steps": "name", "activations": "params_json", "ledger": "actor"}[table]
+              "deployment_steps": "name", "activations": "params_json", "ledger": "actor",
+              "config_values": "value", "secret_versions": "actor"}[table]
     with pytest.raises((IntegrityError, OperationalError), match="insert-only"), store.begin() as conn:
         conn.execute(text(f"UPDATE {table} SET {column} = 'mallory'"))
     with pytest.raises((IntegrityError, OperationalError), match="insert-only"), store.begin() as conn:
@@ -50,13 +54,15 @@ def test_insert_only_tables_refuse_update_and_delete(store: Store, tmp_path: Pat
 
 
 def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
+    from ingot.store import db
+
     first = Store(tmp_path / "s")
     first.close()
     again = Store(tmp_path / "s")
     with again.engine.connect() as conn:
         versions = conn.execute(text("SELECT version FROM schema_version")).scalars().all()
         mode = conn.execute(text("PRAGMA journal_mode")).scalar_one()
-    assert versions == [1, 2, 3]
+    assert versions == list(range(1, len(db.MIGRATIONS) + 1)) and len(versions) >= 4
     assert mode == "wal"
 
 

@@ -111,8 +111,10 @@ def _tail(paths: StatePaths) -> list[str]:
         return []
 
 
-def wait_for_exit(paths: StatePaths, timeout: float = 30.0) -> bool:
-    pid = agent_pid(paths)
+def wait_for_exit(paths: StatePaths, timeout: float = 30.0, pid: int | None = None) -> bool:
+    """Wait until the agent (`pid`, else the one the pidfile names now) has exited. Pass the pid read before
+    asking it to stop: a stopping agent empties its pidfile before it lets go of the file's lock."""
+    pid = pid or agent_pid(paths)
     deadline = time.monotonic() + timeout
     while pid and time.monotonic() < deadline:
         # This process may have started the agent itself, in which case it must reap it.

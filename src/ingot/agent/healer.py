@@ -56,21 +56,25 @@ class Healer:
     async def detect(self, environment: str | None = None) -> list[Finding]:
         findings: list[Finding] = []
         for activation in self._active(environment):
-            findings.extend(find_drift(await self.observe(activation)))
+            # While a rollout moves the service (it holds the lock), the new release's instances run on
+            # purpose: only the live release's are judged against it.
+            moving = self.lock((activation.environment, activation.service)).locked()
+            findings.extend(find_drift(await self.observe(activation, only_live=moving)))
         findings.extend(await self._orphans(environment))
         return findings
 
     def _active(self, environment: str | None) -> list[ActivationRow]:
         return [a for a in self.store.active_services() if environment is None or a.environment == environment]
 
-    async def observe(self, activation: ActivationRow) -> ServiceObservation:
+    async def observe(self, activation: ActivationRow, *, only_live: bool = False) -> ServiceObservation:
         key = (activation.environment, activation.service)
         release = self.store.get_release(activation.release_id or "")
         assert release is not None
         params = DeployParams.from_dict(activation.params)
         tracked = self.store.live_instances(*key) + self.store.exited_instances(*key)
         # In a verification window the previous release runs on purpose, idle, for a switch back.
-        rows = [r for r in tracked if r.release_id == release.id] if self.verifying(key) else tracked
+        only_live = only_live or self.verifying(key)
+        rows = [r for r in tracked if r.release_id == release.id] if only_live else tracked
         observed = await asyncio.gather(*(self._observe_instance(row, release, params) for row in rows))
         store_problem = None
         if params.runtime == "process":
@@ -94,15 +98,26 @@ class Healer:
         return Observed(row.id, row.release_id, True, health=await self._health(row, params), **facts)
 
     def _facts(self, row: InstanceRow, release: ReleaseRow) -> dict[str, Any]:
+        from ingot.config_store import mask_secrets, secret_refs, secret_values
+
         expected_env = {**release_environment(release), "INGOT_RELEASE": row.release_id, "INGOT_INSTANCE": row.id}
+        try:
+            expected_env.update(secret_values(self.store, self.executor.paths.keys, release, row.environment))
+        except IngotError as exc:
+            # Without the secrets key, secrets cannot be compared; everything else still is.
+            log.warning("drift check of %s: its secrets are not compared: %s", row.id, exc.message)
         if row.runtime == "process":
-            return self._process_facts(row, release, expected_env)
-        runtime: Any = self.runtimes.of(row)
-        facts = runtime.facts(row)
-        if facts is None:
-            return {}
-        return {"actual_artifact": facts.image_id, "changed_files": tuple(runtime.changed_files(row)),
-                "env_diff": env_differences(expected_env, facts.env)}
+            found = self._process_facts(row, release, expected_env)
+        else:
+            runtime: Any = self.runtimes.of(row)
+            facts = runtime.facts(row)
+            if facts is None:
+                return {}
+            found = {"actual_artifact": facts.image_id, "changed_files": tuple(runtime.changed_files(row)),
+                     "env_diff": env_differences(expected_env, facts.env)}
+        # Findings go to the ledger and to people: a secret that differs is named, its values never shown.
+        found["env_diff"] = mask_secrets(found["env_diff"], set(secret_refs(release)))
+        return found
 
     def _process_facts(self, row: InstanceRow, release: ReleaseRow, expected_env: dict[str, str]) -> dict[str, Any]:
         assert row.pid is not None
@@ -219,20 +234,25 @@ class Healer:
         release = self.store.get_release(activation.release_id or "")
         assert release is not None
         bad = {f.instance for f in findings if f.kind in REPLACE and f.instance}
-        missing = sum(int(f.evidence.get("count", 0)) for f in findings if f.kind == "missing")
+        dead = {f.instance for f in findings if f.kind == "exited" and f.instance}
+        # As many fresh instances as the live release lacks: a faulty instance of another release (one
+        # that died before a deploy, say) is retired, not replaced by a surplus instance of this one.
+        good = [r for r in self.store.live_instances(*key)
+                if r.release_id == release.id and r.state == "running" and r.id not in bad]
+        start = max(0, params.replicas - len(good))
         if any(f.kind == "artifact_corrupt" for f in findings) and params.runtime == "process":
             report.failures.append(f"{key[0]}/{key[1]}: the stored artifact {release.artifact_digest} is corrupt; "
                                    "nothing can be started from it: rebuild and deploy")
-        elif bad or missing:
+        elif bad or start:
             await send({"event": "repair", "service": key[1], "environment": key[0],
-                        "replace": sorted(bad), "start": len(bad) + missing})
-            await self._replace(key, release, params, bad, len(bad) + missing, report)
+                        "replace": sorted(bad), "start": start})
+            await self._replace(key, release, params, bad, start, report, dead=dead, good=len(good))
         for finding in findings:
             if finding.kind == "unknown":
                 await self._stop_stray(finding, report)
 
     async def _replace(self, key: Key, release: ReleaseRow, params: DeployParams, bad: set[str], count: int,
-                       report: RepairReport) -> None:
+                       report: RepairReport, *, dead: set[str], good: int) -> None:
         fresh = await self.executor.start_instances(key[0], key[1], release, params, count)
         verdicts = await asyncio.gather(*(self.executor.gate(row, params) for row in fresh))
         healthy = [row for row, verdict in zip(fresh, verdicts, strict=True) if verdict.healthy]
@@ -243,8 +263,7 @@ class Healer:
         for row in healthy:
             self.store.set_instance_state(row.id, "running")
         report.started.extend(r.id for r in healthy)
-        # Retire only as many faulty instances as there are healthy replacements: capacity never drops.
-        retiring = sorted(bad)[: len(healthy)]
+        retiring = self._retiring(key, release.id, params.replicas, bad, dead, len(healthy), good)
         keep = [r for r in self.store.live_instances(*key)
                 if r.release_id == release.id and r.state == "running" and r.id not in retiring]
         router = self.routers.get(key)
@@ -255,6 +274,29 @@ class Healer:
             if row.id in retiring:
                 await self.executor.stop_instance(row, params.stop_timeout, state="replaced")
                 report.replaced.append(row.id)
+
+    def _retiring(self, key: Key, release_id: str, replicas: int, bad: set[str], dead: set[str], healthy: int,
+                  good: int) -> list[str]:
+        """The faulty instances to retire now; capacity never drops below what serves.
+
+        Those of another release serve no traffic (outside a verification window, when they are not
+        observed at all) and go. Of the live release's, a dead one goes when a healthy replacement takes
+        its place, and a live but faulty one only while the release keeps `replicas` serving without it.
+        """
+        rows = {r.id: r for r in self.store.live_instances(*key) + self.store.exited_instances(*key)}
+        faulty = [rows[i] for i in sorted(bad) if i in rows]
+        others = [r.id for r in faulty if r.release_id != release_id]
+        own_dead = [r.id for r in faulty if r.release_id == release_id and (r.id in dead or r.state == "exited")]
+        own_alive = [r.id for r in faulty if r.release_id == release_id and r.id not in own_dead]
+        spare = max(0, good + healthy + len(own_alive) - replicas)
+        return others + own_dead[:healthy] + own_alive[:spare]
+
+    async def repair(self, activation: ActivationRow, findings: list[Finding],
+                     send: Callable[[dict[str, Any]], Awaitable[None]]) -> RepairReport:
+        """Repair one service's findings by replacement; the caller holds the service's lock."""
+        report = RepairReport(findings=list(findings))
+        await self._repair_service(activation, findings, report, send)
+        return report
 
     async def _stop_stray(self, finding: Finding, report: RepairReport) -> None:
         ident = str(finding.evidence.get("ident", ""))

@@ -24,6 +24,7 @@ from ingot import __version__, ledger
 from ingot.actor import current_actor
 from ingot.agent.healer import Healer
 from ingot.agent.protocol import decode, encode
+from ingot.agent.selfheal import SelfHealer, heal_interval
 from ingot.agent.verification import VerificationWindows
 from ingot.artifacts import ArtifactStore
 from ingot.deploy_params import DeployParams, HealthPolicy
@@ -62,6 +63,8 @@ class Agent:
         self.actor = current_actor()
         self.healer = Healer(self.store, self.runtimes, self.artifacts, self.executor, self.routers, self.lock,
                              self.windows.is_open)
+        # Drift found and repaired on an interval, unasked ($INGOT_HEAL_INTERVAL, `ingot agent --heal-interval`).
+        self.self_healer = SelfHealer(self.store, self.healer, self.lock, self.windows.is_open, heal_interval())
         self._stopping = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
 
@@ -77,6 +80,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         supervisor = asyncio.create_task(self._supervise())
+        healing = asyncio.create_task(self.self_healer.run())
         beside = [asyncio.create_task(companion(self)) for companion in companions]
         for task in beside:
             task.add_done_callback(self._companion_ended)
@@ -85,6 +89,7 @@ class Agent:
         log.info("agent %s ready on %s (pid %d)", __version__, sock, os.getpid())
         await self._stopping.wait()
         supervisor.cancel()
+        healing.cancel()
         for task in beside:
             task.cancel()
         await asyncio.gather(*beside, return_exceptions=True)
@@ -175,6 +180,8 @@ class Agent:
         for dep in self.store.deployments(limit=50):
             if self.store.deployment_outcome(dep.id) != "running":
                 continue
+            if dep.params.get("target") == "kubernetes":
+                continue  # applied by the CLI to a cluster, not by the agent: it may well be running now
             with self.store.begin() as conn:
                 self.store.add_step(conn, dep.id, "finish", "interrupted", {"outcome": "interrupted"})
                 ledger.append(conn, actor=self.actor, action=f"{dep.kind}.interrupted",
@@ -399,6 +406,7 @@ class Agent:
             services.append({
                 "environment": key[0], "service": key[1], "release": activation.release_id,
                 "verifying": window.as_dict() if window else None,
+                "self_heal": self.self_healer.describe(activation),
                 "url": f"http://{activation.params['listen']}/", "instances": instances,
                 "router": {"listening": router is not None,
                            "weights": router.weights() if router else {},
@@ -443,7 +451,8 @@ class Agent:
     async def _dispatch(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
         op = request.get("op")
         if op == "ping":
-            return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root)}
+            return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root),
+                    "heal_interval": self.self_healer.interval}
         if op == "status":
             return await self.status()
         if op == "deploy":

@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 
-from ingot import __version__, ledger, operations, views
+from ingot import __version__, operations, views
 from ingot.actor import acting_as, api_actor
 from ingot.api.metrics import render_metrics
 from ingot.errors import IngotError
@@ -26,6 +26,15 @@ from ingot.store import Store
 from ingot.tokens import token_matches
 
 STATIC = Path(__file__).parent / "static"
+# The dashboard runs only its own files: no inline script or style, nothing from elsewhere, no framing. A value
+# from the API that carries markup stays text even if some code path forgot to (it uses textContent throughout).
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 _bearer = HTTPBearer(auto_error=False)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
@@ -144,6 +153,13 @@ def create_app(source: ProjectSource) -> FastAPI:
         report = operations.status(project, project.environment(environment) if environment else None)
         return views.rollouts(project, report["services"])
 
+    @app.get(f"{api}/overview", dependencies=[Auth])
+    def overview(environment: str | None = None) -> dict[str, Any]:
+        """`/services` and `/rollouts` of one environment from a single agent status report (the dashboard's
+        one-second refresh)."""
+        project = source()
+        return views.overview(project, project.environment(environment))
+
     @app.get(f"{api}/drift", dependencies=[Auth])
     def drift(environment: str | None = None) -> list[dict[str, Any]]:
         project = source()
@@ -151,16 +167,12 @@ def create_app(source: ProjectSource) -> FastAPI:
 
     @app.get(f"{api}/ledger", dependencies=[Auth])
     def ledger_page(after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                    tail: bool = False, environment: str | None = None,
-                    service: str | None = None) -> dict[str, Any]:
-        """Entries in order of `seq`, `limit` per page from `after`; with `tail`, the last `limit`."""
-        store = source.store
-        if tail:
-            entries = ledger.entries(store, environment=environment, service=service)[-limit:]
-        else:
-            entries = ledger.entries(store, environment=environment, service=service, after=after, limit=limit)
-        return {"entries": [e.as_dict() for e in entries],
-                "next_after": entries[-1].seq if entries else after}
+                    tail: bool = False, before: Annotated[int | None, Query(ge=1)] = None,
+                    environment: str | None = None, service: str | None = None) -> dict[str, Any]:
+        """Entries in order of `seq`, `limit` per page from `after`; with `tail`, the last `limit`; with
+        `before`, the last `limit` older than that `seq` (paging back from the end)."""
+        return views.ledger_page(source.store, after=after, limit=limit, tail=tail, before=before,
+                                 environment=environment, service=service)
 
     @app.get(f"{api}/ledger/verify", dependencies=[Auth])
     def ledger_verify() -> dict[str, Any]:
@@ -208,7 +220,7 @@ def create_app(source: ProjectSource) -> FastAPI:
     # ---- dashboard ---------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(STATIC / "index.html", headers=DASHBOARD_HEADERS)
 
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
 
 from ingot.agent.client import AgentClient, AgentUnavailable, agent_pid, wait_for_exit
-from ingot.agent.server import Agent, run_agent
+from ingot.agent.server import Agent, Companion, run_agent
 from ingot.api.app import ProjectSource, create_app
 from ingot.errors import UserInputError
+from ingot.gitops import PollResult, Watcher
+
+log = logging.getLogger("ingot.serve")
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -47,11 +53,30 @@ def take_over_from_background_agent(source: ProjectSource) -> int | None:
         return None
     with contextlib.suppress(AgentUnavailable):
         AgentClient(source.paths).call("shutdown", timeout=10)
-    wait_for_exit(source.paths, 30)
+    wait_for_exit(source.paths, 30, pid=pid)
     return pid
 
 
-def serve(spec_file: Path, state_dir: Path | None, listen: tuple[str, int]) -> None:
+def watching(watcher: Watcher) -> Companion:
+    """The GitOps watcher beside the agent, in a thread of its own: its deploys go through the agent's
+    socket like any client's, and it stops between polls when the agent stops."""
+    async def run(_agent: Agent) -> None:
+        stop = threading.Event()
+        try:
+            await asyncio.to_thread(watcher.run, stop, _log_poll)
+        finally:
+            stop.set()
+    return run
+
+
+def _log_poll(result: PollResult) -> None:
+    if result.outcome not in ("unchanged", "pinned"):
+        log.info("watch %s: %s %s: %s", result.environment, result.outcome, (result.commit or "")[:10],
+                 result.message)
+
+
+def serve(spec_file: Path, state_dir: Path | None, listen: tuple[str, int],
+          watchers: Sequence[Watcher] = ()) -> None:
     source = ProjectSource(spec_file, state_dir)
     sock = bind(listen)
     app = create_app(source)
@@ -65,4 +90,4 @@ def serve(spec_file: Path, state_dir: Path | None, listen: tuple[str, int]) -> N
             server.should_exit = True
 
     take_over_from_background_agent(source)
-    run_agent(source.paths, companions=[api])
+    run_agent(source.paths, companions=[api, *(watching(w) for w in watchers)])

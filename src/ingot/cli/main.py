@@ -256,15 +256,22 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
         _print_window(outcome)
 
 
+def on_environment(file: Path | None, env: str | None, local: Callable[[Project, str], T],
+                   remote: Callable[[Remote], T]) -> tuple[str, T]:
+    """Run on the --server when one is given, else here on the spec's environment; returns the
+    environment's name (as far as it is known here) and the result."""
+    server = remote_server()
+    if server is not None:
+        return env_name(env) or "the default environment", guarded(lambda: remote(server))
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env_name(env)))
+    return environment, guarded(lambda: local(project, environment))
+
+
 def _control(action: str, file: Path | None, env: str | None, service: str | None) -> None:
-    remote = remote_server()
-    if remote is not None:
-        environment = env_name(env) or "the default environment"
-        result = guarded(lambda: remote.control(env_name(env), service, action))
-    else:
-        project = project_for(file)
-        environment = guarded(lambda: project.environment(env_name(env)))
-        result = guarded(lambda: operations.control(project, environment, service, action))
+    environment, result = on_environment(
+        file, env, lambda project, environment: operations.control(project, environment, service, action),
+        lambda server: server.control(env_name(env), service, action))
     done = {"pause": "paused", "resume": "resumed", "abort": "aborted"}[action]
     console.print(f"{environment}: {done} the rollout of {', '.join(result['services'])}")
 
@@ -350,10 +357,27 @@ def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> N
         if hardening and hardening["relaxed"]:
             console.print(f"  {item['environment']}/{item['service']}: hardening relaxed: "
                           f"{', '.join(hardening['relaxed'])} (reason: {hardening['reason']})", markup=False)
+        healing = _self_heal_line(item.get("self_heal"))
+        if healing:
+            console.print(f"  {item['environment']}/{item['service']}: {healing}", markup=False)
         for instance in item["instances"]:
             if instance["health"] != "healthy":
                 console.print(f"  {item['service']}/{instance['id']} (pid {instance['pid']}, port "
                               f"{instance['port']}): {instance['state']}, {instance['health']}")
+
+
+def _self_heal_line(heal: dict[str, Any] | None) -> str | None:
+    """What `ingot status` says of self-healing: only a backoff, or drift left alone because it is off."""
+    if not heal:
+        return None
+    backoff = heal.get("backoff")
+    if backoff:
+        return (f"self-heal backing off: {backoff['failed_replacements']} failed replacement(s), next try in "
+                f"{backoff['next_try_in']:g}s (last: {backoff['last_failure']})")
+    if heal.get("findings") and not heal.get("enabled"):
+        return (f"self-heal off: {len(heal['findings'])} drift finding(s) recorded, not repaired "
+                "(ingot drift shows them, ingot reconcile repairs them)")
+    return None
 
 
 @app.command()
@@ -361,14 +385,9 @@ def history(file: SpecFile = None, env: Env = None, service: Service = None,
             limit: Annotated[int, typer.Option(help="How many deployments.")] = 30,
             as_json: AsJson = False) -> None:
     """Deployments newest first: release, commit, artifact, who, when, outcome."""
-    remote = remote_server()
-    if remote is not None:
-        environment = env_name(env) or "the default environment"
-        rows = guarded(lambda: remote.history(env_name(env), service, limit))
-    else:
-        project = project_for(file)
-        environment = guarded(lambda: project.environment(env_name(env)))
-        rows = guarded(lambda: operations.history(project, environment, service, limit))
+    environment, rows = on_environment(
+        file, env, lambda project, environment: operations.history(project, environment, service, limit),
+        lambda server: server.history(env_name(env), service, limit))
     if as_json:
         print_json(rows)
         return
@@ -495,19 +514,32 @@ def unlock(file: SpecFile = None, env: Env = None,
 
 @app.command()
 def agent(foreground: Annotated[bool, typer.Option("--foreground", help="Run attached to this terminal.")] = False,
+          heal_interval: Annotated[str | None, typer.Option(
+              "--heal-interval", help="How often the agent looks for drift and repairs it by itself (default "
+              "5s, or $INGOT_HEAL_INTERVAL); 0 turns self-healing off. Applies when the agent starts.")] = None,
           file: SpecFile = None) -> None:
     """The long-running process that owns instances and routers (started on demand by other commands)."""
     from ingot.agent.client import ensure_agent
+    from ingot.agent.selfheal import INTERVAL_ENV
+    from ingot.agent.selfheal import heal_interval as parse_interval
     from ingot.agent.server import run_agent
     from ingot.paths import StatePaths
 
     state = _global["state"]
     paths = StatePaths(state.resolve()) if state is not None else project_for(file).paths
+    if heal_interval is not None:
+        guarded(lambda: parse_interval(heal_interval, "--heal-interval"))
+        os.environ[INTERVAL_ENV] = heal_interval  # the agent, here or in the background, reads it
     if foreground:
         guarded(lambda: run_agent(paths))
         return
     client = guarded(lambda: ensure_agent(paths))
-    console.print(f"agent running for {paths.root} (pid {client.call('ping')['pid']})")
+    answer = client.call("ping")
+    console.print(f"agent running for {paths.root} (pid {answer['pid']})")
+    wanted = parse_interval(heal_interval) if heal_interval is not None else None
+    if wanted is not None and answer.get("heal_interval") not in (None, wanted):
+        console.print(f"note: it was already running, with a heal interval of {answer['heal_interval']:g}s; "
+                      "the new one applies when the agent starts again")
 
 
 @audit_app.command("log")
@@ -563,6 +595,20 @@ def _register_command_modules() -> None:
 
     app.command("serve")(serve_commands.serve_command)
     app.add_typer(serve_commands.token_app, name="token")
+    from ingot.cli import config_commands
+
+    app.add_typer(config_commands.config_app, name="config")
+    app.add_typer(config_commands.secret_app, name="secret")
+
+    from ingot.cli import watch_commands
+
+    app.command("watch")(watch_commands.watch_command)
+    app.command("unpin")(watch_commands.unpin_command)
+
+    from ingot.cli import kube_commands
+
+    app.command("render")(kube_commands.render_command)
+    app.add_typer(kube_commands.kube_app, name="kube")
 
 
 _register_command_modules()

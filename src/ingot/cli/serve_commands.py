@@ -18,6 +18,13 @@ token_app = typer.Typer(help="The bearer token of the HTTP API (ingot serve).", 
 def serve_command(
     listen: Annotated[str, typer.Option("--listen", help="Address of the API and dashboard.")] = "127.0.0.1:7070",
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")] = None,
+    watch: Annotated[str | None, typer.Option("--watch", help="Also follow this git repository (GitOps), as "
+                                              "'ingot watch' does.")] = None,
+    branch: Annotated[str, typer.Option("--branch", "-b", help="With --watch: the branch to follow.")] = "main",
+    watch_env: Annotated[str | None, typer.Option("--watch-env", help="With --watch: the environment it "
+                                                  "deploys to (default: the spec's first).")] = None,
+    interval: Annotated[str, typer.Option("--interval", help="With --watch: time between fetches.")] = "10s",
+    path: Annotated[str, typer.Option("--path", help="With --watch: the spec's path in the repo.")] = "ingot.yaml",
 ) -> None:
     """Run the agent in the foreground with the HTTP API (OpenAPI at /openapi.json) and the dashboard."""
     from ingot.api.server import serve
@@ -34,12 +41,31 @@ def serve_command(
     host, port = guarded(address)
     project = project_for(file)
     load_or_create_token(project.paths.keys)
+    watchers = []
+    if watch:
+        from ingot.gitops import Watcher
+        from ingot.spec.durations import parse_duration
+
+        def watcher() -> Watcher:
+            try:
+                seconds = parse_duration(interval)
+            except ValueError as exc:
+                raise UserInputError(f"--interval {interval}: {exc}") from None
+            found = Watcher(watch, branch, project.environment(watch_env), project.paths, spec_path=path,
+                            interval=seconds)
+            found.check()
+            return found
+
+        watchers.append(guarded(watcher))
     shown = f"[{host}]" if ":" in host else host
     console.print(f"ingot serving {project.spec.project} on http://{shown}:{port}/ (API: /api/v1, "
                   f"OpenAPI: /openapi.json, metrics: /metrics)", markup=False)
     console.print(f"the API token is in {token_path(project.paths.keys)} ('ingot token show' prints it)",
                   markup=False)
-    guarded(lambda: serve(spec_path(file), _global["state"], (host, port)))
+    for found in watchers:
+        console.print(f"watching {found.branch} of {found.url} for {found.environment} every "
+                      f"{found.interval:g}s", markup=False)
+    guarded(lambda: serve(spec_path(file), _global["state"], (host, port), watchers))
 
 
 @token_app.command("show")

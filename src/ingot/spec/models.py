@@ -34,6 +34,8 @@ from pydantic_core import PydanticCustomError
 from ingot.errors import UserInputError
 from ingot.spec.durations import DURATION_JSON_SCHEMA, Duration, parse_duration
 from ingot.spec.problems import RELATED, RULE_ERROR, Loc, Problem, dotted, problems_from_error
+from ingot.spec.quantities import PATTERN as QUANTITY_PATTERN
+from ingot.spec.quantities import quantity_value
 
 # Validation context key: the loader runs the cross checks itself (with line numbers, all problems
 # reported together), so it asks the models not to run them a second time.
@@ -44,6 +46,8 @@ CONTAINER_RUNTIMES = ("docker", "kubernetes")
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):[0-9]{1,5}$"
+KUBE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # an RFC 1123 label: namespaces, gateways
+IMAGE_DIGEST_PATTERN = r"^[^@\s]+@sha256:[0-9a-f]{64}$"
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "*", ""}
 
 
@@ -75,6 +79,36 @@ def _check_env_var(value: str) -> str:
         raise ValueError(
             f"must be a valid environment variable name (letters, digits, _; not starting with a digit), "
             f"got {value!r}"
+        )
+    return value
+
+
+def _check_kube_name(value: str) -> str:
+    if not re.fullmatch(KUBE_NAME_PATTERN, value):
+        raise ValueError(
+            f"must be a Kubernetes name: 1-63 lowercase letters, digits or dashes, starting and ending with a "
+            f"letter or digit, got {value!r}"
+        )
+    return value
+
+
+def _check_quantity(value: str) -> str:
+    quantity_value(value)
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _check_registry(value: str) -> str:
+    # HOST[:PORT][/PATH]: where `ingot build` pushes; no scheme, no tag, no digest.
+    if not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._-]+)*", value):
+        raise ValueError(
+            f"expected a registry and optional path such as registry.example.com/team (no scheme, tag or "
+            f"digest), got {value!r}"
         )
     return value
 
@@ -173,6 +207,21 @@ EnvVars = Annotated[
         }
     ),
 ]
+KubeName = Annotated[
+    str,
+    AfterValidator(_check_kube_name),
+    WithJsonSchema({"type": "string", "pattern": KUBE_NAME_PATTERN, "minLength": 1, "maxLength": 63}),
+]
+Quantity = Annotated[
+    str,
+    # YAML reads `cpu: 1` or `cpu: 0.5` as numbers; Kubernetes quantities are text.
+    BeforeValidator(_scalar_text),
+    AfterValidator(_check_quantity),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": QUANTITY_PATTERN}, {"type": "number", "minimum": 0}]}),
+]
+ResourceList = dict[Literal["cpu", "memory", "ephemeral-storage"], Quantity]
+HttpUrl = Annotated[str, AfterValidator(_check_http_url), WithJsonSchema({"type": "string", "pattern": "^https?://"})]
+Registry = Annotated[str, AfterValidator(_check_registry), WithJsonSchema({"type": "string"})]
 Pause = Annotated[
     float | Literal["manual"] | None,
     BeforeValidator(_pause),
@@ -274,10 +323,17 @@ class SecuritySpec(_Model):
     drop_all_capabilities: StrictBool = True
     add_capabilities: list[Annotated[str, AfterValidator(_check_capability)]] = Field(default_factory=list)
     tmpfs: list[str] = Field(default_factory=lambda: ["/tmp"])
+    # Kubernetes targets: the kubelet refuses to start a container whose user is root. An image that
+    # names no numeric non-root USER needs run_as_user (any uid works with a read-only root filesystem).
+    run_as_non_root: StrictBool = True
+    run_as_user: StrictInt | None = Field(default=None, ge=0)
     reason: str | None = None
 
     @model_validator(mode="after")
     def _relaxations_need_a_reason(self) -> SecuritySpec:
+        if self.run_as_non_root and self.run_as_user == 0:
+            raise _rule("run_as_user", "0 is root, which run_as_non_root forbids; pick a non-root uid such as "
+                                       "10001, or relax run_as_non_root with a reason")
         if self.relaxations() and not (self.reason and self.reason.strip()):
             raise _rule(
                 "reason",
@@ -297,7 +353,35 @@ class SecuritySpec(_Model):
             found.append("drop_all_capabilities")
         if self.add_capabilities:
             found.append("add_capabilities " + ",".join(self.add_capabilities))
+        if not self.run_as_non_root:
+            found.append("run_as_non_root")
         return found
+
+    def release_dump(self) -> dict[str, Any]:
+        """For a release's spec digest. The keys added for Kubernetes are left out at their defaults, so
+        releases made before they existed keep their ids (an upgrade alone must not redeploy anything)."""
+        data = self.model_dump(mode="json")
+        if self.run_as_non_root:
+            del data["run_as_non_root"]
+        if self.run_as_user is None:
+            del data["run_as_user"]
+        return data
+
+
+class ResourcesSpec(_Model):
+    """Kubernetes-shaped requests and limits of each instance (cpu, memory, ephemeral-storage)."""
+
+    requests: ResourceList = Field(default_factory=dict)
+    limits: ResourceList = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> ResourcesSpec:
+        for name, request in self.requests.items():
+            limit = self.limits.get(name)
+            if limit is not None and quantity_value(request) > quantity_value(limit):
+                raise _rule("requests", f"{name} request {request} is above its limit {limit}; Kubernetes "
+                                        "refuses that")
+        return self
 
 
 class ServiceSpec(_Model):
@@ -317,6 +401,7 @@ class ServiceSpec(_Model):
     security: SecuritySpec = SecuritySpec()
     allow_mutable_tag: StrictBool = False
     retention: StrictInt = Field(default=5, ge=1, le=1000)
+    resources: ResourcesSpec | None = None
 
     @model_validator(mode="after")
     def _coherent(self) -> ServiceSpec:
@@ -380,7 +465,9 @@ class ServiceSpec(_Model):
             "secrets": sorted(self.secrets),
             "health": {"path": self.health.path},
             "stop_timeout": self.stop_timeout,
-            **({"security": self.security.model_dump(mode="json")} if self.runtime != "process" else {}),
+            **({"security": self.security.release_dump()} if self.runtime != "process" else {}),
+            # Only when given: releases made before `resources` existed keep their ids.
+            **({"resources": self.resources.model_dump(mode="json")} if self.resources is not None else {}),
         }
 
 
@@ -393,11 +480,44 @@ def _none_values_as_empty(value: Any) -> Any:
     return value
 
 
+class GatewayRef(_Model):
+    """The Gateway API Gateway that the canary's HTTPRoute attaches to."""
+
+    name: KubeName
+    namespace: KubeName | None = None  # default: the target's namespace
+    section: KubeName | None = None  # a listener of the Gateway
+
+
+class PrometheusSpec(_Model):
+    """Where a Kubernetes canary's analysis reads its numbers: PromQL queries, each returning one number.
+
+    `$deployment`, `$release`, `$service`, `$namespace` and `$interval` (the analysis interval, e.g. 5s) are
+    substituted with the canary's values before each query.
+    """
+
+    url: HttpUrl
+    requests: str = Field(min_length=1)  # requests in the interval: too few is never a pass (min_requests)
+    error_rate: str = Field(min_length=1)  # share of 5xx answers, 0..1
+    p99_ms: str | None = Field(default=None, min_length=1)
+
+
+class KubernetesTarget(_Model):
+    """An environment whose services run on a Kubernetes cluster instead of this machine."""
+
+    kind: Literal["kubernetes"]
+    context: str | None = None  # a kubeconfig context; default: the kubeconfig's current one, or in-cluster
+    namespace: KubeName
+    registry: Registry | None = None  # built images are pushed here; the cluster pulls them by digest
+    gateway: GatewayRef | None = None  # canary weights on a Gateway API HTTPRoute, if the cluster serves it
+    prometheus: PrometheusSpec | None = None  # the canary analysis' metrics source
+
+
 class EnvironmentSpec(_Model):
     """Per-environment overrides: ``services.<name>`` holds any ServiceSpec fields, merged deeply."""
 
     services: dict[str, dict[str, Any]] = Field(default_factory=dict)
     self_heal: StrictBool = True
+    target: KubernetesTarget | None = None  # None: this machine
 
     @field_validator("services", mode="before")
     @classmethod
@@ -521,6 +641,7 @@ def cross_check(services: Mapping[str, Any], environments: Mapping[str, Any]) ->
     """
     problems: list[Problem] = []
     placed: list[_Placed] = []
+    clusters = _kubernetes_targets(environments)
     for env in list(environments) or [DEFAULT_ENVIRONMENT]:
         overrides = _overrides_of(environments.get(env))
         for name in overrides:
@@ -534,8 +655,10 @@ def cross_check(services: Mapping[str, Any], environments: Mapping[str, Any]) ->
         for name, base in services.items():
             override = overrides.get(name) or {}
             if isinstance(base, Mapping) and isinstance(override, Mapping):
-                problems.extend(_effective_service(env, str(name), base, override, placed))
-    problems.extend(_listen_clashes(placed, declared=bool(environments)))
+                problems.extend(_effective_service(env, str(name), base, override, placed, clusters.get(env)))
+    # A Kubernetes environment binds nothing on this machine, so its router addresses cannot clash.
+    problems.extend(_listen_clashes([p for p in placed if p.env not in clusters], declared=bool(environments)))
+    problems.extend(_shared_namespaces(clusters))
     return problems
 
 
@@ -556,13 +679,16 @@ class _Placed:
 
 
 def _effective_service(
-    env: str, name: str, base: Mapping[str, Any], override: Mapping[str, Any], placed: list[_Placed]
+    env: str, name: str, base: Mapping[str, Any], override: Mapping[str, Any], placed: list[_Placed],
+    cluster: KubernetesTarget | None = None,
 ) -> list[Problem]:
     prefix: Loc = ("environments", env, "services", name)
     try:
         service = ServiceSpec.model_validate(deep_merge(base, override))
     except ValidationError as merged_exc:
         return _override_problems(merged_exc, base, override, prefix)
+    if cluster is not None:
+        return _kubernetes_problems(env, name, service, override, cluster)
     listen: Loc = ("router", "listen")
     if has_path(override, listen):
         placed.append(_Placed(env, name, service, (*prefix, *listen), explicit=True))
@@ -620,3 +746,62 @@ def _clash(earlier: _Placed, later: _Placed, declared: bool) -> Problem:
         "environments run on one machine, so each needs its own router.listen",
         related=earlier.origin,
     )
+
+
+# --- Kubernetes targets ------------------------------------------------------------------------------
+
+
+def _kubernetes_targets(environments: Mapping[str, Any]) -> dict[str, KubernetesTarget]:
+    """The environments whose (valid) target is a Kubernetes cluster; invalid targets are reported elsewhere."""
+    found: dict[str, KubernetesTarget] = {}
+    for env, raw in environments.items():
+        target = raw.get("target") if isinstance(raw, Mapping) else None
+        if isinstance(target, Mapping):
+            try:
+                found[str(env)] = KubernetesTarget.model_validate(target)
+            except ValidationError:
+                continue
+    return found
+
+
+def _kubernetes_problems(env: str, name: str, service: ServiceSpec, override: Mapping[str, Any],
+                         cluster: KubernetesTarget) -> list[Problem]:
+    """What a cluster cannot run: processes, images it cannot pull by digest, builds with nowhere to go."""
+
+    def where(key: str) -> Loc:
+        return ("environments", env, "services", name, key) if key in override else ("services", name, key)
+
+    if service.runtime not in CONTAINER_RUNTIMES:
+        return [Problem(where("runtime"),
+                        f"environment {env} runs on Kubernetes ({RELATED}), which runs container images only; set "
+                        "runtime: docker with build: DIR (a Containerfile) or image: repo@sha256:...",
+                        related=("environments", env, "target", "kind"))]
+    if service.image is not None and not re.fullmatch(IMAGE_DIGEST_PATTERN, service.image):
+        return [Problem(where("image"),
+                        f"environment {env} runs on Kubernetes, where every node must run the same image: pin it "
+                        f"by digest (repo@sha256:<64 hex digits>), got {service.image!r}; allow_mutable_tag does "
+                        "not apply there")]
+    if service.build is not None and cluster.registry is None:
+        return [Problem(where("build"),
+                        f"environment {env} runs on Kubernetes ({RELATED}), which pulls images from a registry: set "
+                        f"environments.{env}.target.registry (builds are pushed there and run by digest), or use "
+                        "image: repo@sha256:...",
+                        related=("environments", env, "target"))]
+    return []
+
+
+def _shared_namespaces(clusters: Mapping[str, KubernetesTarget]) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: dict[tuple[str | None, str], str] = {}
+    for env, target in clusters.items():
+        key = (target.context, target.namespace)
+        if key in seen:
+            context = f"context {target.context}" if target.context else "the current context"
+            problems.append(Problem(
+                ("environments", env, "target", "namespace"),
+                f"namespace {target.namespace} of {context} is also environment {seen[key]}'s ({RELATED}); "
+                "two environments in one namespace would share object names, so give each its own namespace",
+                related=("environments", seen[key], "target", "namespace")))
+        else:
+            seen[key] = env
+    return problems

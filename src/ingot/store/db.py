@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, select, text
 
-from ingot.store.schema import INSERT_ONLY_TABLES, metadata, schema_version
+from ingot.store.schema import metadata, schema_version
 
 WRITE = "ingot_write"
 
@@ -47,10 +47,14 @@ def _sqlite_triggers(table: str) -> list[str]:
     ]
 
 
+# Version 1's insert-only tables. Named here, not taken from the schema module, so that migration 1 stays
+# what it was when tables are added later (each later migration creates its own tables and triggers).
+_V1_TABLES = ("releases", "artifacts", "deployments", "deployment_steps", "activations", "ledger")
+
+
 def _migration_1(conn: Connection) -> None:
     # Version 1's tables as they were; later tables and columns arrive through later migrations.
-    later = {"instances", "locks"}
-    metadata.create_all(conn, tables=[t for t in metadata.sorted_tables if t.name not in later])
+    metadata.create_all(conn, tables=[metadata.tables[name] for name in _V1_TABLES])
     conn.execute(text(
         "CREATE TABLE instances (id VARCHAR(40) NOT NULL PRIMARY KEY, environment VARCHAR(64) NOT NULL, "
         "service VARCHAR(64) NOT NULL, release_id VARCHAR(64) NOT NULL, runtime VARCHAR(16) NOT NULL, "
@@ -58,7 +62,7 @@ def _migration_1(conn: Connection) -> None:
         "log_path TEXT NOT NULL, started_at FLOAT NOT NULL, stopped_at FLOAT, state VARCHAR(16) NOT NULL, "
         "UNIQUE (id))"
     ))
-    for table in INSERT_ONLY_TABLES:
+    for table in _V1_TABLES:
         for statement in _sqlite_triggers(table):
             conn.execute(text(statement))
 
@@ -71,8 +75,16 @@ def _migration_3(conn: Connection) -> None:
     metadata.tables["locks"].create(conn)
 
 
+def _migration_4(conn: Connection) -> None:
+    # The config store: versioned config values and encrypted secret versions, both insert-only.
+    for name in ("config_values", "secret_versions"):
+        metadata.tables[name].create(conn)
+        for statement in _sqlite_triggers(name):
+            conn.execute(text(statement))
+
+
 # Each migration moves the schema from version N-1 to N; they are applied in order and never edited.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
 
 
 def migrate(engine: Engine) -> int:

@@ -1,7 +1,8 @@
 """Tables and versioned migrations of ingot's state store.
 
-Insert-only tables (releases, deployments, deployment_steps, activations, ledger, artifacts) are
-protected by database triggers: an UPDATE or DELETE fails in the database itself, whoever issues it.
+Insert-only tables (releases, deployments, deployment_steps, activations, ledger, artifacts, config_values,
+secret_versions) are protected by database triggers: an UPDATE or DELETE fails in the database itself,
+whoever issues it.
 """
 
 from __future__ import annotations
@@ -137,6 +138,38 @@ locks = Table(
     Column("since", Float, nullable=False),
 )
 
+# Config values per environment, versioned: every `ingot config set` appends a version; the newest wins.
+config_values = Table(
+    "config_values",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("environment", String(64), nullable=False),
+    Column("key", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("value", Text, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("at", Float, nullable=False),
+    UniqueConstraint("environment", "key", "version"),
+)
+
+# Secret versions per environment. A value is only ever stored encrypted (`ciphertext`, with the id of
+# the key that sealed it); a removal is a version of its own (action "rm", no ciphertext), so releases
+# made before it keep the version they snapshotted.
+secret_versions = Table(
+    "secret_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("environment", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("action", String(8), nullable=False),  # set | rm
+    Column("ciphertext", Text, nullable=True),
+    Column("key_id", String(32), nullable=True),
+    Column("actor", String(128), nullable=False),
+    Column("at", Float, nullable=False),
+    UniqueConstraint("environment", "name", "version"),
+)
+
 schema_version = Table(
     "schema_version",
     metadata,
@@ -144,4 +177,5 @@ schema_version = Table(
     Column("applied_at", Float, nullable=False),
 )
 
-INSERT_ONLY_TABLES = ("releases", "artifacts", "deployments", "deployment_steps", "activations", "ledger")
+INSERT_ONLY_TABLES = ("releases", "artifacts", "deployments", "deployment_steps", "activations", "ledger",
+                      "config_values", "secret_versions")

@@ -1,0 +1,277 @@
+"""The config store: versioned config values and encrypted secrets per environment.
+
+Every `set` appends a version (the tables are insert-only, enforced by triggers); the newest version
+is the current value. A secret's removal is a version too, so a release made before it keeps the
+version it snapshotted and can still be rolled back to.
+
+A release snapshots what its service lists: config *values* and secret *versions* (name, environment
+and version number: never a value). Changing either makes a new release, started on fresh instances;
+the agent decrypts a release's secret versions only when it starts (or checks) an instance.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, select
+
+from ingot import ledger
+from ingot.errors import OperationFailed, UserInputError
+from ingot.secrets_box import SecretsBox, load_box
+from ingot.spec import ServiceSpec
+from ingot.store import ReleaseRow, Store
+from ingot.store import schema as t
+
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_VALUE_BYTES = 64 * 1024
+SECRET_MASK = "(secret)"
+SECRET_DIFFERS = "(secret: differs)"
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    environment: str
+    key: str
+    version: int
+    value: str
+    actor: str
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class SecretEntry:
+    """One version of a secret, as people may see it: never its value, not even encrypted."""
+
+    environment: str
+    name: str
+    version: int
+    action: str  # set | rm
+    key_id: str | None
+    actor: str
+    at: float
+
+    @property
+    def removed(self) -> bool:
+        return self.action == "rm"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "name": self.name, "version": self.version,
+                "state": "removed" if self.removed else "set", "key_id": self.key_id, "actor": self.actor,
+                "at": self.at}
+
+
+# ---- input rules ------------------------------------------------------------------------------
+def check_name(name: str, what: str) -> str:
+    if not NAME.fullmatch(name):
+        raise UserInputError(f"{what} name {name!r} is not a valid environment variable name: letters, digits "
+                             "and _, not starting with a digit (e.g. FEATURE_FLAG)")
+    return name
+
+
+def check_value(value: str, what: str) -> str:
+    if "\0" in value:
+        raise UserInputError(f"the value of {what} contains a NUL byte, which an environment variable cannot hold")
+    if len(value.encode()) > MAX_VALUE_BYTES:
+        raise UserInputError(f"the value of {what} is {len(value.encode())} bytes; the limit is {MAX_VALUE_BYTES}")
+    return value
+
+
+def secret_context(environment: str, name: str, version: int) -> str:
+    """What a ciphertext is bound to (AES-GCM associated data), and how errors name it."""
+    return f"secret {name} version {version} in {environment}"
+
+
+# ---- writes: each one appends a version and its ledger entry in one transaction ---------------
+def _next_version(conn: Connection, table: Any, column: Any, environment: str, name: str) -> int:
+    query = select(func.coalesce(func.max(table.c.version), 0)).where(
+        and_(table.c.environment == environment, column == name))
+    return int(conn.execute(query).scalar_one()) + 1
+
+
+def set_config(store: Store, environment: str, key: str, value: str, actor: str) -> ConfigEntry:
+    check_name(key, "config")
+    check_value(value, f"config {key}")
+    with store.begin() as conn:
+        version = _next_version(conn, t.config_values, t.config_values.c.key, environment, key)
+        entry = ConfigEntry(environment, key, version, value, actor, time.time())
+        conn.execute(t.config_values.insert().values(**entry.as_dict()))
+        # The value itself is in the config table (and in releases' snapshots), not in the ledger.
+        ledger.append(conn, actor=actor, action="config.set", environment=environment, subject=key,
+                      payload={"key": key, "version": version})
+    return entry
+
+
+def set_secret(store: Store, box: SecretsBox, environment: str, name: str, value: str, actor: str) -> SecretEntry:
+    check_name(name, "secret")
+    check_value(value, f"secret {name}")
+    if not value:
+        raise UserInputError(f"the value of secret {name} is empty; nothing was set")
+    foreign = _other_key(store, box)
+    if foreign:
+        raise OperationFailed(f"the secrets in this store were encrypted with key {foreign}, but the key at "
+                              f"{box.path} is {box.key_id}; refusing to mix keys",
+                              details=["point INGOT_SECRETS_KEY_FILE at the original key file"])
+    with store.begin() as conn:
+        version = _next_version(conn, t.secret_versions, t.secret_versions.c.name, environment, name)
+        sealed = box.seal(value, secret_context(environment, name, version))
+        entry = SecretEntry(environment, name, version, "set", box.key_id, actor, time.time())
+        conn.execute(t.secret_versions.insert().values(
+            environment=environment, name=name, version=version, action="set", ciphertext=sealed,
+            key_id=box.key_id, actor=actor, at=entry.at))
+        ledger.append(conn, actor=actor, action="secret.set", environment=environment, subject=name,
+                      payload={"name": name, "version": version, "key_id": box.key_id})
+    return entry
+
+
+def remove_secret(store: Store, environment: str, name: str, actor: str) -> SecretEntry:
+    check_name(name, "secret")
+    with store.begin() as conn:
+        current = _secret_rows(conn, environment, name)
+        if not current or current[0].removed:
+            state = "was removed" if current else "was never set"
+            raise UserInputError(f"secret {name} {state} in {environment}: nothing to remove; see "
+                                 f"'ingot secret list --env {environment}'")
+        version = current[0].version + 1
+        entry = SecretEntry(environment, name, version, "rm", None, actor, time.time())
+        conn.execute(t.secret_versions.insert().values(
+            environment=environment, name=name, version=version, action="rm", ciphertext=None, key_id=None,
+            actor=actor, at=entry.at))
+        ledger.append(conn, actor=actor, action="secret.rm", environment=environment, subject=name,
+                      payload={"name": name, "version": version, "removed_version": current[0].version})
+    return entry
+
+
+def _other_key(store: Store, box: SecretsBox) -> str | None:
+    """The id of a key other than `box`'s that sealed a secret in this store, if any."""
+    query = (select(t.secret_versions.c.key_id)
+             .where(and_(t.secret_versions.c.key_id.is_not(None), t.secret_versions.c.key_id != box.key_id))
+             .limit(1))
+    with store.engine.connect() as conn:
+        found = conn.execute(query).scalar()
+    return str(found) if found else None
+
+
+# ---- reads ------------------------------------------------------------------------------------
+def config_history(store: Store, environment: str, key: str | None = None) -> list[ConfigEntry]:
+    """Every version, newest first."""
+    c = t.config_values.c
+    query = select(t.config_values).where(c.environment == environment)
+    if key is not None:
+        query = query.where(c.key == key)
+    with store.engine.connect() as conn:
+        rows = conn.execute(query.order_by(c.id.desc()))
+        return [ConfigEntry(r.environment, r.key, r.version, r.value, r.actor, r.at) for r in rows]
+
+
+def current_config(store: Store, environment: str) -> dict[str, ConfigEntry]:
+    current: dict[str, ConfigEntry] = {}
+    for entry in config_history(store, environment):
+        current.setdefault(entry.key, entry)
+    return dict(sorted(current.items()))
+
+
+def _secret_rows(conn: Connection, environment: str, name: str | None) -> list[SecretEntry]:
+    c = t.secret_versions.c
+    query = select(c.environment, c.name, c.version, c.action, c.key_id, c.actor, c.at).where(
+        c.environment == environment)
+    if name is not None:
+        query = query.where(c.name == name)
+    return [SecretEntry(r.environment, r.name, r.version, r.action, r.key_id, r.actor, r.at)
+            for r in conn.execute(query.order_by(c.id.desc()))]
+
+
+def secret_history(store: Store, environment: str, name: str | None = None) -> list[SecretEntry]:
+    """Every version (and removal), newest first; never a value."""
+    with store.engine.connect() as conn:
+        return _secret_rows(conn, environment, name)
+
+
+def current_secrets(store: Store, environment: str) -> dict[str, SecretEntry]:
+    """The newest version of each secret ever set, removed ones included (with state `removed`)."""
+    current: dict[str, SecretEntry] = {}
+    for entry in secret_history(store, environment):
+        current.setdefault(entry.name, entry)
+    return dict(sorted(current.items()))
+
+
+# ---- releases ---------------------------------------------------------------------------------
+def snapshot(store: Store, environment: str, name: str, service: ServiceSpec) -> dict[str, Any]:
+    """What a release of `service` in `environment` takes from the store: config values, secret versions.
+
+    A service with neither snapshots `{"values": {}}`, as releases always have. A key the service lists
+    without a value in the environment refuses the release (exit 2), naming the key and the command.
+    """
+    config = current_config(store, environment) if service.config else {}
+    secrets = current_secrets(store, environment) if service.secrets else {}
+    problems = []
+    for key in service.config:
+        if key not in config:
+            problems.append(f"config {key} has no value in {environment}: "
+                            f"ingot config set {key} VALUE --env {environment}")
+    for secret in service.secrets:
+        entry = secrets.get(secret)
+        if entry is None or entry.removed:
+            how = f"was removed from {environment} (by {entry.actor})" if entry else f"has no value in {environment}"
+            problems.append(f"secret {secret} {how}: ingot secret set {secret} --env {environment}")
+    if problems:
+        raise UserInputError(f"services.{name} in {environment} lists keys that have no value in {environment}; "
+                             "set them, then deploy again", details=problems)
+    taken: dict[str, Any] = {"values": {key: config[key].value for key in sorted(service.config)}}
+    if service.secrets:
+        taken["secrets"] = {secret: {"environment": environment, "version": secrets[secret].version}
+                            for secret in sorted(service.secrets)}
+    return taken
+
+
+def secret_refs(release: ReleaseRow) -> dict[str, dict[str, Any]]:
+    """The secret versions a release uses, by variable name (no values: those are decrypted on use)."""
+    return dict(release.config.get("secrets") or {})
+
+
+def check_secrets_for(release: ReleaseRow, environment: str) -> None:
+    """A release made with one environment's secrets never runs in another."""
+    foreign = sorted({str(ref["environment"]) for ref in secret_refs(release).values()} - {environment})
+    if foreign:
+        raise UserInputError(
+            f"release {release.id} of {release.service} was made with the secrets of {', '.join(foreign)}; "
+            f"it does not run in {environment}",
+            details=[f"deploy the service to {environment} ('ingot deploy --env {environment}' or "
+                     "'ingot promote'): that makes a release with its own secrets"])
+
+
+def secret_values(store: Store, keys_dir: Path, release: ReleaseRow, environment: str) -> dict[str, str]:
+    """The decrypted values of the secret versions a release snapshotted: for an instance's environment only."""
+    refs = secret_refs(release)
+    if not refs:
+        return {}
+    check_secrets_for(release, environment)
+    box = load_box(keys_dir)
+    c = t.secret_versions.c
+    values = {}
+    with store.engine.connect() as conn:
+        for name, ref in sorted(refs.items()):
+            version = int(ref["version"])
+            row = conn.execute(select(c.ciphertext, c.key_id).where(and_(
+                c.environment == environment, c.name == name, c.version == version, c.action == "set"))).first()
+            if row is None or row.ciphertext is None:
+                raise OperationFailed(f"release {release.id}: {secret_context(environment, name, version)} is "
+                                      "not in the store")
+            values[name] = box.open(row.ciphertext, secret_context(environment, name, version),
+                                    sealed_with=row.key_id)
+    return values
+
+
+def mask_secrets(differences: tuple[tuple[str, str | None, str | None], ...],
+                 names: set[str]) -> tuple[tuple[str, str | None, str | None], ...]:
+    """Environment differences fit to show: a secret's values become a mask, only its name stays."""
+    return tuple(
+        (name, SECRET_MASK, None if actual is None else SECRET_DIFFERS) if name in names else (name, expected, actual)
+        for name, expected, actual in differences
+    )
