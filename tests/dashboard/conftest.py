@@ -37,8 +37,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Module scope, not session: Playwright's sync API keeps an event loop running in this thread while it
+    # is open, and every later test that calls asyncio.run() would fail ("another loop is running").
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
