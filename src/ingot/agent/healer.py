@@ -95,7 +95,11 @@ class Healer:
             return Observed(row.id, row.release_id, False, exit_detail=seen.detail,
                             log_tail=tuple(runtime.log_tail(row, 10)))
         facts = await asyncio.to_thread(self._facts, row, release)
-        return Observed(row.id, row.release_id, True, health=await self._health(row, params), **facts)
+        health = await self._health(row, params)
+        if health is not None and not runtime.observe(row).alive:
+            # It died while being looked at (a failed probe is often the first sign): say exited, not unhealthy.
+            return await self._observe_instance(row, release, params)
+        return Observed(row.id, row.release_id, True, health=health, **facts)
 
     def _facts(self, row: InstanceRow, release: ReleaseRow) -> dict[str, Any]:
         from ingot.config_store import mask_secrets, secret_refs, secret_values
