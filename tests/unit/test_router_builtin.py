@@ -372,6 +372,38 @@ def test_a_down_backend_is_skipped_without_client_errors(run: Any) -> None:
     run(body)
 
 
+@asynccontextmanager
+async def accepts_then_closes() -> AsyncIterator[tuple[str, int]]:
+    """A port that accepts connections and closes them unanswered: what a container engine's port
+    forwarder does for a container that just died."""
+    async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    try:
+        yield "127.0.0.1", server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+def test_a_backend_hanging_up_on_fresh_connections_is_skipped_for_idempotent_requests(run: Any) -> None:
+    async def body() -> None:
+        alive = TestBackend("A-1")
+        async with (accepts_then_closes() as dying, routed({"A": [alive]}, {"A": 1}) as (router, base),
+                    client(base) as http):
+            await router.set_backends("A", [dying, alive.address])
+            # A POST may have been acted on before the hang-up: it is never sent twice, so one that
+            # lands on the dying backend fails (the backends take turns).
+            posts = [(await http.post("/sha256", content=b"x")).status_code for _ in range(4)]
+            assert 502 in posts and 200 in posts
+            errors = router.stats()["A"].errors_5xx
+            statuses = [(await http.get("/")).status_code for _ in range(20)]
+            assert statuses == [200] * 20
+            assert router.stats()["A"].errors_5xx == errors
+
+    run(body)
+
+
 def test_failover_to_another_weighted_release(run: Any) -> None:
     async def body() -> None:
         async with routed({"B": [TestBackend("B-1")]}, {}) as (router, base), client(base) as http:

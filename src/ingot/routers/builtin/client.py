@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 # Request line + headers larger than this are answered with 431 (httptools has no limit itself).
 MAX_HEAD_BYTES = 64 * 1024
+IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 # How long a client that is answered before its request body ended may keep sending before close.
 LINGER_SECONDS = 2.0
 
@@ -153,6 +154,7 @@ class ClientProtocol(asyncio.Protocol):
         head, chunked, expect = request_head_for_backend(self, method, http10)
         ex = Exchange(self, head, chunked=chunked, http10=http10, keep_alive=parser.should_keep_alive())
         ex.is_head = method == b"HEAD"
+        ex.idempotent = method in IDEMPOTENT_METHODS
         ex.expect_continue = expect and not http10
         if parser.should_upgrade():
             ex.client_keep_alive = False

@@ -60,6 +60,7 @@ class Exchange:
         "expect_continue",
         "fresh_retry_used",
         "http10",
+        "idempotent",
         "is_head",
         "out",
         "pending",
@@ -89,6 +90,7 @@ class Exchange:
         self.http10 = http10
         self.client_keep_alive = keep_alive
         self.is_head = False
+        self.idempotent = False  # the method may be sent twice (RFC 9110 9.2.2)
         self.expect_continue = False
         self.req_done = False
         self.done = False
@@ -219,6 +221,13 @@ class Exchange:
                 self.sent = 0
                 self.drop_backend()
                 self.router._attempt(self, fresh=True)
+                return
+            if not up.reused and not up.got and self.replayable and self.idempotent and self.backend is not None:
+                # A fresh connection was accepted, then closed with no answer: the instance is going away
+                # (a container engine's port forwarder accepts for a dead container). Like a refused
+                # connect, try another backend; only for methods that are safe to send twice.
+                self.sent = 0
+                self.router.retry_elsewhere(self, self.backend)
                 return
             self.respond_error(502, self.chosen)
         elif self.resp_framing == FRAMING_CLOSE:

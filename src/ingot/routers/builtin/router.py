@@ -48,7 +48,8 @@ class BuiltinRouter:
       release, the backend with the fewest requests in flight (ties rotate).
     - A connect failure marks the backend down for `DOWN_FOR` seconds and the request moves to
       another backend of its release, then of another weighted release (its in-flight count
-      moves with it, so `drain` of the first release does not wait for it).
+      moves with it, so `drain` of the first release does not wait for it). So does a fresh
+      connection closed before any answer, for idempotent methods only.
     - Counters: a request counts for the release that answered it; a 502 after every candidate
       failed counts for the release first chosen; 504 and responses cut off by the backend count
       as 5xx too. Requests whose client went away before the answer are not counted.
@@ -263,23 +264,28 @@ class BuiltinRouter:
             async with asyncio.timeout(self.connect_timeout):
                 _, up = await self._loop.create_connection(lambda: UpstreamProtocol(self, b), b.host, b.port)
         except (OSError, TimeoutError) as exc:
-            b.down_until = self._now() + DOWN_FOR
             log.debug("router %s: connect to %s:%s failed: %r", self.name, b.host, b.port, exc)
             if ex.backend is not b or ex.done:
+                b.down_until = self._now() + DOWN_FOR
                 return
-            ex.drop_backend()
-            tried = ex.tried if ex.tried is not None else []
-            tried.append(b)
-            ex.tried = tried
-            if len(tried) >= MAX_CONNECT_ATTEMPTS:
-                ex.respond_error(502, ex.chosen)
-            else:
-                self._attempt(ex, fresh=False)
+            self.retry_elsewhere(ex, b)
             return
         if ex.done or ex.backend is not b:
             self.release_conn(up)  # the client left meanwhile; the fresh connection is still good
             return
         ex.attach(up, reused=False)
+
+    def retry_elsewhere(self, ex: Exchange, b: Backend) -> None:
+        """`b` failed `ex` before answering: mark it down for a while and send `ex` to another backend."""
+        b.down_until = self._now() + DOWN_FOR
+        ex.drop_backend()
+        tried = ex.tried if ex.tried is not None else []
+        tried.append(b)
+        ex.tried = tried
+        if len(tried) >= MAX_CONNECT_ATTEMPTS:
+            ex.respond_error(502, ex.chosen)
+        else:
+            self._attempt(ex, fresh=False)
 
     def release_conn(self, up: UpstreamProtocol) -> None:
         """Return a connection whose last exchange ended cleanly to its backend's idle pool."""
