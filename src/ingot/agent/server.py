@@ -101,9 +101,6 @@ class Agent:
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
 
-    def stop(self) -> None:
-        self._stopping.set()
-
     def _companion_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("stopping: a companion of the agent failed: %s", task.exception())
@@ -279,7 +276,7 @@ class Agent:
             dep = Deployment(row=row, release=release, params=params, router=router)
             log.info("%s %s: %s/%s -> %s (%d steps)", kind, row.id, key[0], key[1], release_id, len(plan.steps))
             answer: dict[str, Any] = {"deployment": row.id, "release": release_id,
-                      "url": f"http://{params.listen[0]}:{params.listen[1]}/"}
+                                      "url": f"http://{params.listen[0]}:{params.listen[1]}/"}
             verifying = await self._run_until_verifying(key, dep, plan, send)
             if verifying is not None:
                 rest, seconds = verifying

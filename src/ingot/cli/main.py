@@ -256,16 +256,31 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
         _print_window(outcome)
 
 
-def on_environment(file: Path | None, env: str | None, local: Callable[[Project, str], T],
-                   remote: Callable[[Remote], T]) -> tuple[str, T]:
-    """Run on the --server when one is given, else here on the spec's environment; returns the
-    environment's name (as far as it is known here) and the result."""
+def on_server_or_here(file: Path | None, remote: Callable[[Remote], T], local: Callable[[Project], T]) -> T:
+    """Run on the --server when one is given, else here on the spec's project."""
     server = remote_server()
     if server is not None:
-        return env_name(env) or "the default environment", guarded(lambda: remote(server))
+        return guarded(lambda: remote(server))
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env_name(env)))
-    return environment, guarded(lambda: local(project, environment))
+    return guarded(lambda: local(project))
+
+
+def on_environment(file: Path | None, env: str | None, local: Callable[[Project, str], T],
+                   remote: Callable[[Remote], T]) -> tuple[str, T]:
+    """As `on_server_or_here`, on one environment (the spec's first by default); returns the environment's
+    name (as far as it is known here) and the result."""
+    def here(project: Project) -> tuple[str, T]:
+        environment = project.environment(env_name(env))
+        return environment, local(project, environment)
+
+    return on_server_or_here(file, lambda server: (env_name(env) or "the default environment", remote(server)),
+                             here)
+
+
+def chosen_environment(project: Project, env: str | None) -> str | None:
+    """The environment --env names, checked against the spec; None when none is named (all of them)."""
+    name = env_name(env)
+    return project.environment(name) if name else None
 
 
 def _control(action: str, file: Path | None, env: str | None, service: str | None) -> None:
@@ -322,13 +337,8 @@ def plan(file: SpecFile = None, env: Env = None, service: Service = None,
 @app.command()
 def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Per service: live release, instances, health, router URL."""
-    remote = remote_server()
-    if remote is not None:
-        report = guarded(lambda: remote.status(env_name(env)))
-    else:
-        project = project_for(file)
-        environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
-        report = guarded(lambda: operations.status(project, environment))
+    report = on_server_or_here(file, lambda server: server.status(env_name(env)),
+                               lambda project: operations.status(project, chosen_environment(project, env)))
     if as_json:
         print_json(report)
         return
@@ -422,7 +432,7 @@ def logs(service: Annotated[str, typer.Argument(help="Service.")], file: SpecFil
 def down(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Stop instances and routers (of one environment, or all) and the agent when nothing is left."""
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
+    environment = guarded(lambda: chosen_environment(project, env))
     result = guarded(lambda: operations.down(project, environment))
     if as_json:
         print_json(result)
@@ -433,13 +443,8 @@ def down(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> Non
 @app.command()
 def drift(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Compare what runs with what the live releases say; exit 1 when anything differs."""
-    remote = remote_server()
-    if remote is not None:
-        findings = guarded(lambda: remote.drift(env_name(env)))
-    else:
-        project = project_for(file)
-        environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
-        findings = guarded(lambda: operations.drift(project, environment))
+    findings = on_server_or_here(file, lambda server: server.drift(env_name(env)),
+                                 lambda project: operations.drift(project, chosen_environment(project, env)))
     if as_json:
         print_json(findings)
     elif not findings:
@@ -467,7 +472,7 @@ def _evidence(value: Any) -> str:
 def reconcile(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Repair every drift finding by replacement: fresh instances first, then retire the bad ones."""
     project = project_for(file)
-    environment = guarded(lambda: project.environment(env_name(env))) if env_name(env) else None
+    environment = guarded(lambda: chosen_environment(project, env))
     result = guarded(lambda: operations.reconcile(project, environment))
     if as_json:
         print_json(result)
