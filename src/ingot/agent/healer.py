@@ -268,12 +268,16 @@ class Healer:
             self.store.set_instance_state(row.id, "running")
         report.started.extend(r.id for r in healthy)
         retiring = self._retiring(key, release.id, params.replicas, bad, dead, len(healthy), good)
-        keep = [r for r in self.store.live_instances(*key)
-                if r.release_id == release.id and r.state == "running" and r.id not in retiring]
+        serving = [r for r in self.store.live_instances(*key) if r.release_id == release.id and r.state == "running"]
         router = self.routers.get(key)
         if router is not None:
-            await router.set_backends(release.id, [(r.host, r.port) for r in keep])
-            await router.drain(release.id, params.drain_timeout)
+            # The replacements join the pool first; then only the retiring instances leave it. The release
+            # itself keeps serving: `drain` would take all of it out of rotation.
+            await router.set_backends(release.id, [(r.host, r.port) for r in serving])
+            leaving = [(r.host, r.port) for r in serving if r.id in retiring]
+            if leaving and not await router.drain_backends(release.id, leaving, params.drain_timeout):
+                report.failures.append(f"requests were still in flight on {len(leaving)} retiring instance(s) "
+                                       f"after drain_timeout ({params.drain_timeout:g} s); they were cut")
         for row in self.store.live_instances(*key) + self.store.exited_instances(*key):
             if row.id in retiring:
                 await self.executor.stop_instance(row, params.stop_timeout, state="replaced")

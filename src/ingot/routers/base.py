@@ -3,15 +3,20 @@
 A router is the traffic entry point of one service in one environment. It splits new requests
 between *releases* by relative integer weight; each release has a pool of backend addresses.
 
-Contract every implementation keeps:
+Contract every implementation keeps (tests/contract/ runs the same tests against each):
 
-- Mutations (`set_backends`, `set_weights`, `remove_release`) are coroutines so that routers that
-  talk to something remote (HAProxy runtime API, the Kubernetes API) fit; each is atomic from the
-  point of view of new requests. Reads (`stats`, `weights`, `listen_address`) are plain and cheap:
-  remote routers answer them from their last poll.
-- A backend or release that stops receiving new requests still finishes the ones it has; `drain`
-  is how the caller learns that it is safe to stop its instances.
+- Mutations (`set_backends`, `set_weights`, `drain`, `drain_backends`, `remove_release`) are coroutines
+  so that routers that talk to something remote (HAProxy runtime API, the edge's control socket) fit;
+  each is atomic from the point of view of new requests. Reads (`stats`, `weights`, `listen_address`)
+  are plain and cheap: remote routers answer them from their last poll.
 - A release that is named nowhere, or has weight 0, gets no new requests.
+- `drain(release)` takes the release OUT OF ROTATION (no new requests, whatever its weight, until a
+  later `set_weights` gives it a weight > 0 again) and waits for its requests in flight. It is only
+  for a release that is leaving: never call it on the release that serves. To take some instances
+  of a serving release away, use `drain_backends`, which keeps the release's weight.
+- A backend or release that stops receiving new requests still finishes the ones it has; the
+  drain calls are how the caller learns that it is safe to stop its instances. Both return False
+  when the timeout passed with requests still in flight (the caller says so: it is not silent).
 """
 
 from __future__ import annotations

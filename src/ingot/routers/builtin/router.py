@@ -163,7 +163,11 @@ class BuiltinRouter:
 
     async def drain(self, release: str, timeout: float) -> bool:
         rel = self._releases.get(release)
-        if rel is None or rel.in_flight == 0:
+        if rel is None:
+            return True
+        # Out of rotation whatever its weight says, until a later `set_weights` gives it weight again.
+        self._active = [r for r in self._active if r is not rel]
+        if rel.in_flight == 0:
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         rel.waiters.append(fut)
