@@ -30,3 +30,9 @@ class OperationFailed(IngotError):
     """An operation was attempted and failed; what still serves is said in the message."""
 
     exit_code = 1
+
+
+class AlreadyRunning(OperationFailed):
+    """A daemon (agent, edge) is already running for that state: the supervisor has nothing to restart."""
+
+    exit_code = 75  # EX_TEMPFAIL; `ingot.supervision` treats it as a final answer, not a crash

@@ -335,6 +335,10 @@ def down(project: Project, environment: str | None) -> dict[str, Any]:
 
 def _down_without_agent(project: Project, environment: str | None) -> dict[str, Any]:
     """When the agent cannot start, `down` still leaves nothing running: it stops the instances itself."""
+    from ingot.edge.client import release_owned
+    from ingot.edge.home import EdgeHome
+
+    released = release_owned(EdgeHome.default(), str(project.paths.root), environment)
     runtimes = Runtimes()
     stopped = []
     for row in project.store.live_instances(environment):
@@ -348,7 +352,8 @@ def _down_without_agent(project: Project, environment: str | None) -> dict[str, 
             project.store.activate(conn, environment=activation.environment, service=activation.service,
                                    release_id=None, deployment_id=None, params=activation.params)
         ledger.append(conn, actor=current_actor(), action="down", environment=environment,
-                      payload={"stopped": stopped, "note": "the agent could not start; instances stopped directly"})
+                      payload={"stopped": stopped, "routers_released": released,
+                               "note": "the agent could not start; instances stopped directly"})
     return {"stopped": stopped, "agent_was_running": False}
 
 

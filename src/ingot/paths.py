@@ -38,6 +38,11 @@ class StatePaths:
         return self.root / "agent.pid"
 
     @property
+    def supervisor_pid(self) -> Path:
+        """ingot's supervisor of the agent, which starts it again when it dies (see `ingot.supervision`)."""
+        return self.root / "supervisor.pid"
+
+    @property
     def agent_log(self) -> Path:
         return self.root / "agent.log"
 

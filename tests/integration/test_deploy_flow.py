@@ -6,11 +6,12 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.harness import ExampleProject, load, poll
+from tests.support.harness import ExampleProject, kill_pidfile, load, poll, stop_edge
 
 
 def process_gone(pid: int) -> bool:
@@ -113,20 +114,22 @@ def test_unhealthy_release_fails_and_previous_keeps_serving(example: ExampleProj
     assert example.ingot("history", "--json").json[0]["outcome"] == "failed"
 
 
-def test_agent_restart_adopts_instances_and_router_returns(example: ExampleProject) -> None:
+def agent_back(example: ExampleProject, dead_pid: int, timeout: float = 10.0) -> dict[str, Any]:
+    """Wait for the supervisor to have started a new agent; its status."""
+    return poll(lambda: (s := example.ingot("status", "--json").json)["agent"]["running"]
+                and s["agent"]["pid"] != dead_pid and s, timeout=timeout, what="the agent to be back")  # type: ignore[no-any-return]
+
+
+def test_agent_restart_adopts_instances_and_router_returns(example: ExampleProject, tmp_path: Path) -> None:
     example.ingot("deploy", check=True)
     before = example.ingot("status", "--json", check=True).json
     pids = {i["pid"] for i in before["services"][0]["instances"]}
     agent_pid = before["agent"]["pid"]
-    os.kill(agent_pid, 9)
-    poll(lambda: example.ingot("status", "--json").json["agent"]["running"] is False, what="agent to die")
-    # The instances outlive the agent: they run in their own process groups.
-    assert all(os.path.exists(f"/proc/{p}") for p in pids)
-
-    example.ingot("agent", check=True)
-    poll(lambda: example.get()["version"] == "1", timeout=30, what="router back on the same address")
-    after = example.ingot("status", "--json", check=True).json
-    assert after["agent"]["pid"] != agent_pid
+    with load(example.url, tmp_path) as report:
+        os.kill(agent_pid, 9)
+        # Back by itself (ingot's supervisor), with no command; the edge serves while it is gone.
+        after = agent_back(example, agent_pid, timeout=5)
+    assert report["failures"] == [] and report["requests"] > 0
     assert {i["pid"] for i in after["services"][0]["instances"]} == pids  # adopted, not restarted
     log = example.ingot("audit", "log", "--json", "--limit", "1000").json
     recover = [e for e in log if e["action"] == "agent.recover"][-1]
@@ -136,10 +139,12 @@ def test_agent_restart_adopts_instances_and_router_returns(example: ExampleProje
 def test_agent_restart_replaces_instances_that_died(example: ExampleProject) -> None:
     example.ingot("deploy", check=True)
     before = example.ingot("status", "--json", check=True).json
+    kill_pidfile(example.state / "supervisor.pid")  # the agent stays down until asked, for this test
     os.kill(before["agent"]["pid"], 9)
     victim = before["services"][0]["instances"][0]
     os.killpg(victim["pid"], 9)
     poll(lambda: example.ingot("status", "--json").json["agent"]["running"] is False, what="agent to die")
+    assert example.get()["version"] == "1"  # the edge sends everything to the instance left
     example.ingot("agent", check=True)
     after = poll(lambda: (s := example.ingot("status", "--json").json)["services"][0]["instances"]
                  and len([i for i in s["services"][0]["instances"] if i["state"] == "running"]) == 2 and s,
@@ -222,16 +227,27 @@ def test_router_address_taken_at_restart_is_reported_and_down_still_stops_everyt
     example.ingot("deploy", check=True)
     before = example.ingot("status", "--json", check=True).json
     pids = [i["pid"] for i in before["services"][0]["instances"]]
+    # A killed agent is started again by its supervisor, with no command; the edge served throughout.
     os.kill(before["agent"]["pid"], 9)
-    poll(lambda: example.ingot("status", "--json").json["agent"]["running"] is False, what="agent to die")
+    poll(lambda: (s := example.ingot("status", "--json").json)["agent"]["running"]
+         and s["agent"]["pid"] != before["agent"]["pid"], timeout=10, what="the agent to be back")
+    assert example.get()["version"] == "1"
+
+    # The edge stops (its state stays), and its address is taken before it comes back.
+    edge = Path(os.environ["INGOT_EDGE_HOME"])
+    stop_edge(edge)
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     squatter.bind(("127.0.0.1", example.port))
     squatter.listen()
     try:
-        example.ingot("agent", check=True)  # starts despite the taken address, and says why web is down
-        log = example.ingot("audit", "log", "--json", "--limit", "1000").json
-        failure = [e for e in log if e["action"] == "agent.recover.fail"][-1]
+        os.kill(example.ingot("status", "--json", check=True).json["agent"]["pid"], 9)
+
+        def recover_failure() -> dict[str, Any] | None:
+            log = example.ingot("audit", "log", "--json", "--limit", "1000").json
+            return next((e for e in reversed(log) if e["action"] == "agent.recover.fail"), None)
+
+        failure = poll(recover_failure, timeout=30, what="the restarted agent to report the taken address")
         assert "already in use" in failure["payload"]["error"]
     finally:
         squatter.close()
@@ -240,6 +256,7 @@ def test_router_address_taken_at_restart_is_reported_and_down_still_stops_everyt
     agent_pid = example.ingot("status", "--json", check=True).json["agent"]["pid"]
     holder = open(example.state / "agent.pid", "a")  # noqa: SIM115 - held for the duration
     try:
+        kill_pidfile(example.state / "supervisor.pid")  # no supervisor either, or it would take the lock first
         os.kill(agent_pid, signal.SIGKILL)
 
         def take_lock() -> bool:

@@ -138,12 +138,25 @@ def load(url: str, tmp: Path, connections: int = 4) -> Iterator[dict[str, Any]]:
         report.update(json.loads(out.read_text()))
 
 
+def kill_pidfile(pid_file: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+
+
+def stop_edge(home: Path) -> None:
+    """Stop an edge and its supervisor (the supervisor first, so that it does not start the edge again)."""
+    kill_pidfile(home / "supervisor.pid")
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int((home / "edge.pid").read_text().strip()), signal.SIGTERM)
+        poll(lambda: not (home / "edge.pid").read_text().strip(), timeout=10, what="the edge to stop")
+    kill_pidfile(home / "edge.pid")
+
+
 def stop_everything(project: ExampleProject) -> None:
     """Leave nothing running after a test, whatever state it failed in (even with a broken agent)."""
     project.ingot("down", timeout=60)
-    pid_file = project.state / "agent.pid"
-    with contextlib.suppress(OSError, ValueError):
-        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+    kill_pidfile(project.state / "supervisor.pid")
+    kill_pidfile(project.state / "agent.pid")
     db = project.state / "state.db"
     if not db.exists():
         return

@@ -82,8 +82,11 @@ def ensure_agent(paths: StatePaths) -> AgentClient:
         return client
     paths.root.mkdir(parents=True, exist_ok=True)
     with open(paths.agent_log, "ab") as log:
+        # Under ingot's supervisor, which starts the agent again when it dies (`ingot install` does the
+        # same with systemd).
         child = subprocess.Popen(
-            [sys.executable, "-m", "ingot", "--state", str(paths.root), "agent", "--foreground"],
+            [sys.executable, "-m", "ingot.supervision", "--pidfile", str(paths.supervisor_pid), "--",
+             sys.executable, "-m", "ingot", "--state", str(paths.root), "agent", "--foreground"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

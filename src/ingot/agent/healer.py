@@ -163,7 +163,7 @@ class Healer:
                                         f"process {pid} carries ingot's labels but no live instance is recorded"))
             return strays
         docker: Any = self.runtimes.get(runtime)
-        project = self._project()
+        project = self.project()
         recorded = self.store.instance_states(*key)
         for facts in docker.labelled(project) if project else []:
             labels = facts.labels
@@ -183,7 +183,7 @@ class Healer:
     def _all_live(self) -> set[str]:
         return {r.id for r in self.store.live_instances()}
 
-    def _project(self) -> str | None:
+    def project(self) -> str | None:
         releases = self.store.all_releases()
         return releases[-1].project if releases else None
 

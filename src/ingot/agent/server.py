@@ -15,7 +15,6 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,15 +27,15 @@ from ingot.agent.selfheal import SelfHealer, heal_interval
 from ingot.agent.verification import VerificationWindows
 from ingot.artifacts import ArtifactStore
 from ingot.deploy_params import DeployParams, HealthPolicy
-from ingot.errors import IngotError, OperationFailed, UserInputError
+from ingot.edge.client import EdgeClient, EdgeRouter
+from ingot.edge.home import EdgeHome
+from ingot.errors import AlreadyRunning, IngotError, UserInputError
 from ingot.executor import Deployment, Executor
 from ingot.health import probe
 from ingot.paths import StatePaths
 from ingot.plan import Plan, StrategyOptions, Target, plan_for
 from ingot.rollout_control import RolloutControl
 from ingot.routers.base import Router
-from ingot.routers.builtin import BuiltinRouter
-from ingot.runtimes.process import terminate_group
 from ingot.runtimes.registry import Runtimes
 from ingot.state import service_state
 from ingot.store import InstanceRow, Store
@@ -57,6 +56,7 @@ class Agent:
         self.artifacts = ArtifactStore(paths.artifacts)
         self.executor = Executor(self.store, self.runtimes, self.artifacts, paths)
         self.routers: dict[Key, Router] = {}
+        self.edge = EdgeClient(EdgeHome.default())
         self.locks: dict[Key, asyncio.Lock] = {}
         self.controls: dict[Key, RolloutControl] = {}
         self.windows = VerificationWindows()
@@ -96,8 +96,9 @@ class Agent:
         for key in self.windows.open_keys():
             await self.windows.end(key, "the agent stopped")
         self._server.close()
+        # The routers live in the edge: they go on serving this agent's instances while it is gone.
         for router in self.routers.values():
-            await router.stop()
+            await _detach(router)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
 
@@ -117,6 +118,15 @@ class Agent:
         """
         router = self.routers.get(key)
         if router is not None and router.listen_address == params.listen:
+            kind = getattr(router, "kind", params.router_kind)
+            if kind != params.router_kind:
+                host, port = params.listen
+                raise UserInputError(
+                    f"{key[1]} in {key[0]}: router.kind cannot change from {kind} to {params.router_kind} on the "
+                    f"address it serves ({host}:{port}): the two cannot listen on one address at once",
+                    details=["change `router.listen` in the same deploy: the new kind starts on the new address, "
+                             "traffic moves with the switch, and the old router stops after it (zero downtime);",
+                             "or run `ingot down` for the environment first (a gap in service)"])
             return router
         fresh = self._new_router(key, params)
         await fresh.start()
@@ -126,15 +136,11 @@ class Agent:
             await fresh.set_weights({current.release_id: 100})
         return fresh
 
-    def _new_router(self, key: Key, params: DeployParams) -> Router:
-        name = f"{key[0]}/{key[1]}"
-        if params.router_kind == "haproxy":
-            from ingot.routers.haproxy import HAProxyRouter
-
-            workdir = self.paths.router_dir(*key)
-            stop_leftover_haproxy(workdir)
-            return HAProxyRouter(params.listen, name=name, workdir=workdir)
-        return BuiltinRouter(params.listen, name=name)
+    def _new_router(self, key: Key, params: DeployParams) -> EdgeRouter:
+        host, port = params.listen
+        return EdgeRouter(self.edge, router_id=f"{self.paths.root}#{key[0]}/{key[1]}@{host}:{port}",
+                          owner=str(self.paths.root), name=f"{self.healer.project() or '?'} {key[0]}/{key[1]}",
+                          kind=params.router_kind, listen=params.listen)
 
     async def adopt_router(self, key: Key, router: Router) -> None:
         """Make `router` the service's router, retiring the one it replaces."""
@@ -161,9 +167,17 @@ class Agent:
         params = DeployParams.from_dict(raw_params)
         router = await self.router_at(key, params)
         await self.adopt_router(key, router)
-        adopted, stopped = await self._adopt(key, release_id, params)
-        await router.set_backends(release_id, [(r.host, r.port) for r in adopted])
+        # Traffic first goes (or stays) on the live release's instances that still run; only then are the
+        # others (a rollout the agent's death interrupted) taken out and stopped.
+        serving = [r for r in self.store.live_instances(*key) if r.release_id == release_id and r.state == "running"
+                   and self.runtimes.of(r).observe(r).alive]
+        await router.set_backends(release_id, [(r.host, r.port) for r in serving])
         await router.set_weights({release_id: 100})
+        for other in router.weights():
+            if other != release_id:
+                await router.drain(other, params.drain_timeout)
+                await router.remove_release(other)
+        adopted, stopped = await self._adopt(key, release_id, params)
         replaced = await self._replace_missing(key, release_id, params, len(adopted))
         log.info("recovered %s/%s: adopted %d, stopped %d, replaced %d", key[0], key[1], len(adopted),
                  len(stopped), replaced)
@@ -475,15 +489,10 @@ class Agent:
         raise UserInputError(f"unknown agent operation {op!r}")
 
 
-def stop_leftover_haproxy(workdir: Path) -> None:
-    """An agent that died leaves its haproxy running on the service's address: stop it before starting anew."""
-    try:
-        pid = int((workdir / "haproxy.pid").read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
-        return
-    if str(workdir).encode() in cmdline:
-        terminate_group(pid, 5.0)
+async def _detach(router: Router) -> None:
+    detach = getattr(router, "detach", None)
+    if detach is not None:
+        await detach()
 
 
 async def _discard(_message: dict[str, Any]) -> None:
@@ -499,7 +508,7 @@ def acquire_pidfile(paths: StatePaths) -> int:
     except BlockingIOError as exc:
         os.close(fd)
         holder = paths.agent_pid.read_text().strip() or "?"
-        raise OperationFailed(f"an agent is already running for {paths.root} (pid {holder})") from exc
+        raise AlreadyRunning(f"an agent is already running for {paths.root} (pid {holder})") from exc
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd

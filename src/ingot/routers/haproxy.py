@@ -695,3 +695,16 @@ class HAProxyRouter:
             p99_ms=float(max(rel.peaks, default=0)),
             mean_ms=float(mean),
         )
+
+
+def stop_leftover_haproxy(workdir: Path) -> None:
+    """A router owner that died leaves its haproxy running on the service's address: stop it before starting anew."""
+    from ingot.runtimes.process import terminate_group
+
+    try:
+        pid = int((workdir / "haproxy.pid").read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return
+    if str(workdir).encode() in cmdline:
+        terminate_group(pid, 5.0)

@@ -1,0 +1,30 @@
+"""Test-session settings that every test shares.
+
+The edge (the machine's data plane) lives in its own home for the session, as it would on a machine
+where the suite is the only user: a short private directory (its sockets must fit AF_UNIX), never
+the machine's /var/lib/ingot/edge. Whatever edge the suite started is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.harness import stop_edge
+
+if "INGOT_EDGE_HOME" not in os.environ:
+    os.environ["INGOT_EDGE_HOME"] = tempfile.mkdtemp(prefix="ingot-edge-")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_edge() -> Iterator[None]:
+    yield
+    home = Path(os.environ["INGOT_EDGE_HOME"])
+    stop_edge(home)
+    if home.name.startswith("ingot-edge-"):
+        shutil.rmtree(home, ignore_errors=True)
