@@ -3,6 +3,8 @@
 The edge (the machine's data plane) lives in its own home for the session, as it would on a machine
 where the suite is the only user: a short private directory (its sockets must fit AF_UNIX), never
 the machine's /var/lib/ingot/edge. Whatever edge the suite started is stopped at the end.
+
+`example` and `routed` are the bundled example project, behind each kind of router for `routed`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import stop_edge
+from tests.support.harness import ExampleProject, make_example, stop_edge, stop_everything
 
 if "INGOT_EDGE_HOME" not in os.environ:
     os.environ["INGOT_EDGE_HOME"] = tempfile.mkdtemp(prefix="ingot-edge-")
@@ -28,3 +30,22 @@ def _session_edge() -> Iterator[None]:
     stop_edge(home)
     if home.name.startswith("ingot-edge-"):
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Iterator[ExampleProject]:
+    project = make_example(tmp_path)
+    yield project
+    stop_everything(project)
+
+
+@pytest.fixture(params=["builtin", "haproxy"])
+def routed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExampleProject]:
+    """The example behind each kind of router."""
+    example = make_example(tmp_path)
+    if request.param == "haproxy":
+        spec = example.root / "ingot.yaml"
+        spec.write_text(spec.read_text().replace(f'router: {{listen: "127.0.0.1:{example.port}"}}',
+                                                 f'router: {{listen: "127.0.0.1:{example.port}", kind: haproxy}}'))
+    yield example
+    stop_everything(example)

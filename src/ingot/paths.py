@@ -54,14 +54,6 @@ class StatePaths:
         tag = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"ingot-{tag}.sock"
 
-    def router_dir(self, environment: str, service: str) -> Path:
-        """Where an external router (haproxy) keeps its config and admin socket; kept short for AF_UNIX."""
-        preferred = self.root / "routers" / f"{environment}-{service}"
-        if len(str(preferred / "admin.sock")) <= _MAX_SOCKET_PATH:
-            return preferred
-        tag = hashlib.sha256(str(preferred).encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"ingot-router-{tag}"
-
     def instance_log(self, environment: str, service: str, instance_id: str) -> Path:
         return self.logs / environment / service / f"{instance_id}.log"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ingot.paths import StatePaths
+from ingot.edge.home import EdgeHome
 from tests.support.harness import ExampleProject, load, make_example, poll, stop_everything
 
 
@@ -26,7 +26,9 @@ def proxied(haproxy_bin: str, tmp_path: Path) -> Iterator[ExampleProject]:
 
 
 def haproxy_pids(example: ExampleProject) -> set[int]:
-    workdir = str(StatePaths(example.state).router_dir("staging", "web")).encode()
+    """The haproxy the machine's edge runs for the example's router."""
+    router_id = f"{example.state.resolve()}#staging/web@127.0.0.1:{example.port}"
+    workdir = str(EdgeHome.default().router_dir(router_id)).encode()
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -56,11 +58,14 @@ def test_blue_green_and_rollback_through_haproxy_with_zero_failed_requests(proxi
     poll(lambda: not haproxy_pids(proxied), timeout=15, what="haproxy to stop with ingot down")
 
 
-def test_agent_restart_brings_haproxy_back_on_the_same_address(proxied: ExampleProject) -> None:
+def test_agent_restart_leaves_haproxy_serving_untouched(proxied: ExampleProject, tmp_path: Path) -> None:
     proxied.ingot("deploy", check=True)
+    before = haproxy_pids(proxied)
+    assert before
     agent = proxied.ingot("status", "--json", check=True).json["agent"]["pid"]
-    os.kill(agent, 9)
-    poll(lambda: proxied.ingot("status", "--json").json["agent"]["running"] is False, what="the agent to die")
-    proxied.ingot("agent", check=True)
-    poll(lambda: proxied.get()["version"] == "1", timeout=30, what="haproxy serving again")
-    assert len(haproxy_pids(proxied)) >= 1
+    with load(proxied.url, tmp_path) as during:
+        os.kill(agent, 9)
+        poll(lambda: (s := proxied.ingot("status", "--json").json)["agent"]["running"]
+             and s["agent"]["pid"] != agent, timeout=10, what="the supervisor to start the agent again")
+    assert during["failures"] == [] and during["requests"] > 0
+    assert haproxy_pids(proxied) == before  # the same haproxy: never restarted by an agent
