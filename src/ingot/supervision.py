@@ -1,31 +1,34 @@
 """ingot's own supervision: keep a daemon (the agent, the edge) running where no systemd does it.
 
-`python -m ingot.supervision --pidfile P -- CMD...` runs CMD as its child and starts it again whenever
-it dies, unless it ended on purpose. It is what `ingot` starts in the background on demand;
-`ingot install` writes systemd units that do the same job (`Restart=on-failure`) where systemd runs.
+`python -m ingot.supervision --pidfile P MODULE:FUNCTION -- ARGS...` runs FUNCTION(ARGS) in a forked
+child and starts it again whenever it dies, unless it ended on purpose. It is what `ingot` starts in
+the background on demand; `ingot install` writes systemd units that do the same job
+(`Restart=on-failure`) where systemd runs.
 
 Rules, kept small on purpose (a supervisor that can fail is no supervisor):
 
 - The child's exit code 0 means "stopped on purpose" (`ingot down`, a takeover by `ingot serve`,
   SIGTERM), and 75 "another one already runs": the supervisor ends too. Any other end (a crash, kill
-  -9, an uncaught error) of a child that ran at least `STABLE_AFTER` seconds is restarted at once; a
-  child that keeps dying sooner than that (it cannot start: a broken state, say) is restarted with
-  a backoff that doubles from `FIRST_BACKOFF` up to `MAX_BACKOFF`.
+  -9, an uncaught error) is restarted at once if the child was SIGKILLed from outside or ran at
+  least `STABLE_AFTER` seconds; a child that keeps failing by itself sooner than that (it cannot
+  start: a broken state, say) is restarted with a backoff doubling from `FIRST_BACKOFF` to `MAX_BACKOFF`.
 - SIGTERM or SIGINT to the supervisor is passed on to the child; the supervisor ends when it does.
 - A SIGSTOPped child is not restarted: it is alive. The data plane does not depend on it (DESIGN.md).
 
-Only the standard library is imported: the supervisor starts in a few milliseconds and holds ~10 MB.
+The supervisor holds the daemon's modules (imported once) and little else: no socket, no store, no thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import signal
-import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -36,19 +39,49 @@ MAX_BACKOFF = 30.0
 STABLE_AFTER = 1.0
 
 
+Entry = Callable[[list[str]], int]
+
+
 class Supervisor:
-    def __init__(self, command: list[str], pidfile: Path | None) -> None:
-        self.command = command
+    """Runs `entry(args)` in a forked child, again and again (see the module's rules).
+
+    The entry's module is imported once, here, before the first fork: a child starts with ingot already
+    loaded, so a restart costs the daemon's own recovery, not another second of imports.
+    """
+
+    def __init__(self, entry: Entry, args: list[str], pidfile: Path | None, label: str) -> None:
+        self.entry = entry
+        self.args = args
         self.pidfile = pidfile
-        self.child: subprocess.Popen[bytes] | None = None
+        self.label = label
+        self.child: int | None = None
         self.stopping = False
         self.restarts = 0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
-        if self.child is not None and self.child.poll() is None:
+        if self.child is not None:
             with contextlib.suppress(ProcessLookupError):
-                self.child.send_signal(signum)
+                os.kill(self.child, signum)
+
+    def _spawn(self) -> int:
+        pid = os.fork()
+        if pid:
+            return pid
+        # The child: a fresh session leader of nothing, default signals, the daemon's entry point.
+        code = 1
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            code = self.entry(self.args)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -59,15 +92,27 @@ class Supervisor:
         try:
             while True:
                 started = time.monotonic()
-                self.child = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
-                code = self.child.wait()
+                self.child = self._spawn()
+                while True:
+                    try:
+                        _, status = os.waitpid(self.child, 0)
+                        break
+                    except InterruptedError:
+                        continue
+                code = os.waitstatus_to_exitcode(status)
+                self.child = None
                 if code in FINAL_EXIT_CODES or self.stopping:
                     return 0 if code in FINAL_EXIT_CODES or code < 0 else code
                 ran = time.monotonic() - started
-                backoff = 0.0 if ran >= STABLE_AFTER else min(MAX_BACKOFF, backoff * 2 if backoff else FIRST_BACKOFF)
+                # Killed from outside (kill -9, the OOM killer): it did not fail to start, so no backoff.
+                killed = code == -signal.SIGKILL
+                if killed or ran >= STABLE_AFTER:
+                    backoff = 0.0
+                else:
+                    backoff = min(MAX_BACKOFF, backoff * 2 if backoff else FIRST_BACKOFF)
                 self.restarts += 1
                 why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                print(f"ingot supervisor: {' '.join(self.command[-2:])} ended ({why}) after {ran:.1f} s; "
+                print(f"ingot supervisor: {self.label} ended ({why}) after {ran:.1f} s; "
                       f"restart {self.restarts} in {backoff:.1f} s", file=sys.stderr, flush=True)
                 deadline = time.monotonic() + backoff
                 while time.monotonic() < deadline and not self.stopping:
@@ -81,15 +126,20 @@ class Supervisor:
                         self.pidfile.unlink()
 
 
+def load_entry(spec: str) -> Entry:
+    module, _, name = spec.partition(":")
+    entry: Entry = getattr(importlib.import_module(module), name)
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ingot.supervision")
     parser.add_argument("--pidfile", type=Path, default=None)
-    parser.add_argument("command", nargs=argparse.REMAINDER)
+    parser.add_argument("entry", help="MODULE:FUNCTION, called with the remaining arguments; returns an exit code")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("a command to supervise is required after --")
-    return Supervisor(command, args.pidfile).run()
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+    return Supervisor(load_entry(args.entry), rest, args.pidfile, args.entry).run()
 
 
 def supervisor_pid(pidfile: Path) -> int | None:

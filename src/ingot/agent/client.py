@@ -85,8 +85,8 @@ def ensure_agent(paths: StatePaths) -> AgentClient:
         # Under ingot's supervisor, which starts the agent again when it dies (`ingot install` does the
         # same with systemd).
         child = subprocess.Popen(
-            [sys.executable, "-m", "ingot.supervision", "--pidfile", str(paths.supervisor_pid), "--",
-             sys.executable, "-m", "ingot", "--state", str(paths.root), "agent", "--foreground"],
+            [sys.executable, "-m", "ingot.supervision", "--pidfile", str(paths.supervisor_pid),
+             "ingot.agent.server:supervised_main", "--", "--state", str(paths.root)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

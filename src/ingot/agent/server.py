@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -528,3 +529,16 @@ def run_agent(paths: StatePaths, companions: Sequence[Companion] = ()) -> None:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)
+
+
+def supervised_main(args: list[str]) -> int:
+    """The agent as `ingot.supervision` runs it: `--state DIR`; the exit code tells the supervisor what to do."""
+    import sys
+
+    paths = StatePaths(Path(args[args.index("--state") + 1]).resolve())
+    try:
+        run_agent(paths)
+    except IngotError as exc:
+        print(f"error: {exc.message}", *exc.details, sep="\n  ", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0

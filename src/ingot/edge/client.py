@@ -71,8 +71,8 @@ def ensure_edge(home: EdgeHome) -> None:
     with open(home.log, "ab") as log:
         os.chmod(home.log, 0o600)
         child = subprocess.Popen(
-            [sys.executable, "-m", "ingot.supervision", "--pidfile", str(home.supervisor_pidfile), "--",
-             sys.executable, "-m", "ingot.edge", "serve", "--home", str(home.root)],
+            [sys.executable, "-m", "ingot.supervision", "--pidfile", str(home.supervisor_pidfile),
+             "ingot.edge.__main__:main", "--", "serve", "--home", str(home.root)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "INGOT_DAEMON": "1"},
         )
