@@ -615,6 +615,11 @@ def _register_command_modules() -> None:
     app.command("render")(kube_commands.render_command)
     app.add_typer(kube_commands.kube_app, name="kube")
 
+    from ingot.cli import edge_commands
+
+    app.add_typer(edge_commands.edge_app, name="edge")
+    app.command("install")(edge_commands.install_command)
+
 
 _register_command_modules()
 

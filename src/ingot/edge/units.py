@@ -1,0 +1,92 @@
+"""systemd units for the two planes, written by `ingot install` where systemd runs.
+
+The edge gets one unit per machine (`ingot-edge.service`), each project's agent one of its own
+(`ingot-agent-<project>.service`, named from the project and a digest of its state directory so two
+checkouts of one project never share a unit). Both restart on failure within a second; exit code 75
+(another one already runs, `AlreadyRunning`) and 0 (stopped on purpose, `ingot down`) are final. The
+agent's unit orders itself after the edge's and wants it, but does not require it: the agent starts
+an edge on demand if it is missing, and an edge restart never stops an agent (or the reverse).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingot.edge.home import HOME_ENV, EdgeHome
+
+EDGE_UNIT = "ingot-edge.service"
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    text: str
+
+
+def _exec(*args: str) -> str:
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def edge_unit(home: EdgeHome, python: str = sys.executable) -> Unit:
+    text = f"""[Unit]
+Description=ingot edge: the data plane serving every project's routers on this machine
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+Environment={HOME_ENV}={home.root}
+ExecStart={_exec(python, "-m", "ingot.edge", "serve", "--persistent", "--home", str(home.root))}
+Restart=on-failure
+RestartSec=1
+RestartPreventExitStatus=75
+SuccessExitStatus=75
+# haproxy processes are the edge's children: a restart of the edge must not take them down first.
+KillMode=process
+UMask=0077
+
+[Install]
+WantedBy=multi-user.target
+"""
+    return Unit(EDGE_UNIT, text)
+
+
+def agent_unit_name(project: str, state_dir: Path) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "-", project) or "project"
+    tag = hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]
+    return f"ingot-agent-{safe}-{tag}.service"
+
+
+def agent_unit(project: str, state_dir: Path, home: EdgeHome, python: str = sys.executable) -> Unit:
+    text = f"""[Unit]
+Description=ingot agent of project {project} ({state_dir}): the control plane
+After={EDGE_UNIT}
+Wants={EDGE_UNIT}
+
+[Service]
+Type=simple
+Environment={HOME_ENV}={home.root}
+Environment=INGOT_DAEMON=1
+ExecStart={_exec(python, "-m", "ingot", "--state", str(state_dir), "agent", "--foreground")}
+Restart=on-failure
+RestartSec=1
+RestartPreventExitStatus=75
+SuccessExitStatus=75
+# Instances run in their own process groups and outlive the agent: only the agent is stopped.
+KillMode=process
+UMask=0077
+
+[Install]
+WantedBy=multi-user.target
+"""
+    return Unit(agent_unit_name(project, state_dir), text)
+
+
+def systemd_runs() -> bool:
+    """Whether systemd is this machine's init (its documented test: /run/systemd/system exists)."""
+    return Path("/run/systemd/system").is_dir()
