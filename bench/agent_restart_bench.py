@@ -1,0 +1,84 @@
+"""Agent restarts under load: requests failed per restart (target 0) and time back, on both routers.
+
+For each router kind the bundled example is deployed (2 replicas), then wrk loads its router from
+another process twice for the same time: once untouched (the baseline, same run), once while the
+agent is killed with SIGKILL `--kills` times and started again by ingot's supervisor. The table gives
+failed requests per restart, the seconds from the kill until the new agent answers, and the p99 and
+req/s of the faulted run relative to the baseline.
+
+    python -m bench.agent_restart_bench [--kills 10] [--json bench/results/agent_restart.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.faults.test_agent_faults import kill_agent_and_time_return
+from tests.support.harness import ExampleProject, make_example, stop_everything
+
+from bench._common import print_table, run_wrk, write_json
+
+
+def use_router(example: ExampleProject, kind: str) -> None:
+    spec = example.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace(f'router: {{listen: "127.0.0.1:{example.port}"}}',
+                                             f'router: {{listen: "127.0.0.1:{example.port}", kind: {kind}}}'))
+
+
+def measure(kind: str, kills: int, work: Path) -> dict[str, Any]:
+    example = make_example(work / kind)
+    use_router(example, kind)
+    try:
+        example.ingot("deploy", check=True)
+        seconds = max(4.0, kills * 0.8)
+        baseline = run_wrk(example.url, seconds, connections=8)
+        returns: list[float] = []
+
+        def kill_repeatedly() -> None:
+            time.sleep(0.5)
+            for _ in range(kills):
+                returns.append(kill_agent_and_time_return(example))
+
+        killer = threading.Thread(target=kill_repeatedly)
+        killer.start()
+        faulted = run_wrk(example.url, seconds + 1.0, connections=8)
+        killer.join()
+    finally:
+        stop_everything(example)
+    failed = faulted["error_total"]
+    return {
+        "router": kind,
+        "restarts": len(returns),
+        "failed_requests": failed,
+        "failed_per_restart": round(failed / max(1, len(returns)), 2),
+        "back_median_s": round(statistics.median(returns), 3) if returns else None,
+        "back_max_s": round(max(returns), 3) if returns else None,
+        "req_per_s_ratio": round(faulted["requests_per_s"] / max(1.0, baseline["requests_per_s"]), 3),
+        "p99_ms": faulted["p99_ms"],
+        "baseline_p99_ms": baseline["p99_ms"],
+        "target": "PASS" if failed == 0 and returns and max(returns) < 2.0 else "FAIL",
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--routers", default="builtin,haproxy")
+    parser.add_argument("--json", default="bench/results/agent_restart.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ingot-bench-") as tmp:
+        rows = [measure(kind, args.kills, Path(tmp)) for kind in args.routers.split(",")]
+    print_table(f"agent killed {args.kills} times under wrk -c8 (baseline: the same load, untouched)", rows)
+    write_json(args.json, {"benchmark": "agent_restart", "kills": args.kills, "rows": rows})
+    return 0 if all(r["target"] == "PASS" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
