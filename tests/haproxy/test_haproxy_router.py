@@ -21,7 +21,8 @@ from ingot.routers.base import Router
 from ingot.routers.haproxy import HAProxyRouter, parse_stat, server_weights
 from ingot.routers.haproxy_config import BACKEND
 from ingot.routers.testing import TestBackend
-from tests.haproxy.helpers import client, haproxy_pids_of, poll_stats, routed
+from tests.haproxy.helpers import client, poll_stats, routed
+from tests.support.routers import haproxy_pids_of
 
 
 def free_port() -> int:
