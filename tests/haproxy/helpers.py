@@ -15,14 +15,6 @@ from ingot.routers.haproxy import HAProxyRouter
 from ingot.routers.testing import TestBackend, serving
 
 
-async def poll(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 @asynccontextmanager
 async def routed(
     workdir: Path, haproxy: str, pools: dict[str, list[TestBackend]], weights: dict[str, int]
