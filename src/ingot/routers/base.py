@@ -73,8 +73,9 @@ class HealthCheck:
     `interval` even while an earlier one waits for its `timeout`, so a hung backend (one that still
     accepts connections, like a SIGSTOPped process) is out at most `(fall - 1) * interval + timeout`
     after its first unanswered probe: about `fall * interval + timeout` after it hung.
-    Without a `path`, only backends that are ejected are probed, by a TCP connect: it is all a
-    router can check without knowing a URL, and a hung process passes it.
+    Without a `path`, only backends that are ejected are probed, with `OPTIONS * HTTP/1.1` (a
+    request about the server itself, with no side effect): any HTTP answer passes, whatever its
+    status, since all it is to show is that the process answers again.
 
     Passive: `max_failures` failed requests in a row eject a backend at once (0: never). A failed
     request is one the backend did not answer: connection refused or not made within the router's
@@ -83,7 +84,7 @@ class HealthCheck:
     signal that canary analysis and the verification window judge a release by, and ejecting on
     it would move a bad release's traffic to the others and hide it from them (5xx on the probe
     path does count: that is the application saying it is unwell). An answer resets the count.
-    Passive ejection only ends through probes (`rise` of them, over HTTP or TCP as above).
+    Passive ejection only ends through probes (`rise` of them, as above).
 
     Requests already sent to a backend that hangs are not given up at `timeout`: they wait for the
     router's read timeout, like any slow answer. A stopped process may resume and answer them, a

@@ -205,6 +205,8 @@ class _Server:
     weight: int = 0
     state: str = "maint"  # dynamic servers are created in maintenance
     health: BackendHealth = field(init=False)
+    # `health.status()` as of the last time haproxy was told (what `backend_health()` reports).
+    applied_health: str = "up"
 
     def __post_init__(self) -> None:
         self.health = BackendHealth(self.addr)
@@ -432,8 +434,9 @@ class HAProxyRouter:
     # ---- Router protocol: reads ----------------------------------------------------------------
 
     def backend_health(self) -> dict[str, dict[str, str]]:
+        """Health as haproxy applies it: an ejection shows once its `set server` commands are done."""
         return {
-            name: {address_key(s.addr): s.health.status() for s in rel.pool} for name, rel in self._releases.items()
+            name: {address_key(s.addr): s.applied_health for s in rel.pool} for name, rel in self._releases.items()
         }
 
     def stats(self) -> dict[str, ReleaseStats]:
@@ -669,6 +672,8 @@ class HAProxyRouter:
         for server, weight in targets:
             if weight == 0:
                 await self._set(server, weight=0, state="drain" if server.owner.draining else None)
+        for server, _ in targets:
+            server.applied_health = server.health.status()  # now true of what haproxy does
 
     async def _retire(self, server: _Server) -> None:
         """Out of the pool: no new requests; deleted by `_reap` once its last session ended."""

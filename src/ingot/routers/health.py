@@ -206,8 +206,8 @@ class HealthMonitor:
             if check is None or not self._running():
                 return
             for backend in self._targets():
-                # Up: a probe every tick (with a path). Ejected: one at a time, path or not (TCP
-                # without one): that is how it comes back.
+                # Up: a probe every tick (with a path). Ejected: one at a time, path or not
+                # (`OPTIONS *` without one): that is how it comes back.
                 if backend.probing == 0 if backend.ejected else check.path is not None:
                     task = loop.create_task(self._probe(backend, check))
                     self._probes.add(task)
@@ -225,7 +225,7 @@ class HealthMonitor:
             if check.path is not None:
                 ok, detail = await probe_http(backend.addr, check.path, check.timeout)
             else:
-                ok, detail = await probe_tcp(backend.addr, check.timeout)
+                ok, detail = await probe_http(backend.addr, "*", check.timeout, method="OPTIONS", any_status=True)
         finally:
             backend.probing -= 1
         if self.check is check:  # a result under a check that was replaced meanwhile says nothing
@@ -244,22 +244,13 @@ def _connect_failure(exc: OSError) -> str:
     return f"connect failed: {exc.strerror or exc}"
 
 
-async def probe_tcp(addr: Address, timeout: float) -> tuple[bool, str]:
-    """Connect and close: (True, "connected") or (False, why)."""
-    host, port = addr
-    try:
-        async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(host, port)
-    except TimeoutError:
-        return False, f"no connection within {timeout:g} s"
-    except OSError as exc:
-        return False, _connect_failure(exc)
-    writer.close()
-    return True, "connected"
+async def probe_http(
+    addr: Address, path: str, timeout: float, *, method: str = "GET", any_status: bool = False
+) -> tuple[bool, str]:
+    """`GET path` on `addr`: (True, "HTTP 200") for 200-399 within `timeout`, else (False, why).
 
-
-async def probe_http(addr: Address, path: str, timeout: float) -> tuple[bool, str]:
-    """`GET path` on `addr`: (True, "HTTP 200") for 200-399 within `timeout`, else (False, why)."""
+    With `any_status`, every status passes: only an answer is asked for.
+    """
     host, port = addr
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -273,7 +264,7 @@ async def probe_http(addr: Address, path: str, timeout: float) -> tuple[bool, st
     try:
         authority = address_key(addr).encode("ascii")
         writer.write(
-            b"GET " + path.encode("ascii") + b" HTTP/1.1\r\nHost: " + authority
+            method.encode("ascii") + b" " + path.encode("ascii") + b" HTTP/1.1\r\nHost: " + authority
             + b"\r\nUser-Agent: ingot-health\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         )
         try:
@@ -283,7 +274,7 @@ async def probe_http(addr: Address, path: str, timeout: float) -> tuple[bool, st
             return False, f"no answer within {timeout:g} s"
         except OSError as exc:
             return False, f"connection lost: {exc.strerror or exc}"
-        verdict = _status_verdict(line)
+        verdict = _status_verdict(line, any_status)
         # Read the rest (best effort, same deadline) so the backend closes first; never a verdict.
         with contextlib.suppress(TimeoutError, OSError):
             async with asyncio.timeout_at(deadline):
@@ -298,11 +289,11 @@ async def probe_http(addr: Address, path: str, timeout: float) -> tuple[bool, st
         writer.close()
 
 
-def _status_verdict(line: bytes) -> tuple[bool, str]:
+def _status_verdict(line: bytes, any_status: bool) -> tuple[bool, str]:
     if not line:
         return False, "closed without answering"
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit() or len(parts[1]) != 3:
         return False, f"not an HTTP answer: {line[:40]!r}"
     status = int(parts[1])
-    return 200 <= status < 400, f"HTTP {status}"
+    return any_status or 200 <= status < 400, f"HTTP {status}"
