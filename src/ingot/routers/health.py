@@ -272,6 +272,8 @@ async def probe_http(
                 line = await reader.readline()
         except TimeoutError:
             return False, f"no answer within {timeout:g} s"
+        except ConnectionResetError:
+            return False, "closed without answering"  # a reset: it closed with our request unread
         except OSError as exc:
             return False, f"connection lost: {exc.strerror or exc}"
         verdict = _status_verdict(line, any_status)
