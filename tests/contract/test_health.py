@@ -88,6 +88,24 @@ def test_a_backend_failing_its_probes_gets_nothing_until_it_passes_again(run: An
     run(body)
 
 
+def test_a_check_set_before_start_applies_once_started_and_again_after_a_restart(
+    run: Any, make_router: MakeRouter
+) -> None:
+    async def body() -> None:
+        sick, well = TestBackend("A-0"), TestBackend("A-1")
+        sick.healthy = False
+        router = make_router()
+        await router.set_health(QUICK)
+        async with routed(router, {"A": [sick, well]}, {"A": 1}):
+            await health_becomes(router, "A", sick.address, "ejected")
+            await router.stop()
+            sick.healthy = True
+            await router.start()
+            await health_becomes(router, "A", sick.address, "up")  # probes run again
+
+    run(body)
+
+
 def test_set_backends_keeps_the_health_of_the_addresses_it_keeps(run: Any, make_router: MakeRouter) -> None:
     async def body() -> None:
         sick, well, fresh = TestBackend("A-0"), TestBackend("A-1"), TestBackend("A-2")
