@@ -193,14 +193,21 @@ def terminate(procs: Iterable[subprocess.Popen[Any]], timeout: float = 5.0) -> N
             proc.wait()
 
 
-async def serve_until_signalled(router: Any, backend_port: int) -> None:
-    """Start `router` with all traffic on one backend (release "bench"), serve until SIGTERM or SIGINT."""
+async def serve_until_signalled(router: Any, backend_port: int, *, health: bool = False) -> None:
+    """Start `router` with all traffic on one backend (release "bench"), serve until SIGTERM or SIGINT.
+
+    With `health`, the router also probes the backend twice a second and counts failed requests.
+    """
     import asyncio
     import signal
+
+    from ingot.routers.base import HealthCheck
 
     await router.start()
     await router.set_backends("bench", [("127.0.0.1", backend_port)])
     await router.set_weights({"bench": 100})
+    if health:
+        await router.set_health(HealthCheck(path="/healthz", interval=0.5, timeout=1.0))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,6 +1,6 @@
 """Benchmark of the builtin router: wrk directly against a backend (baseline), then through the router.
 
-    python bench/router_bench.py [--duration 10] [--json bench/results/router.json]
+    python bench/router_bench.py [--duration 10] [--health] [--json bench/results/router.json]
 
 Three processes: a minimal backend (bench/_backend.py), the BuiltinRouter with one release and
 that backend, and wrk (-t1 -c32 --latency by default). Each gets its own CPU where there are
@@ -8,6 +8,8 @@ enough; with 2 CPUs the router has one to itself and backend and wrk share the o
 runs, so the baseline suffers the same sharing. Targets: router >= 5,000 req/s on its one core,
 and added p99 (router p99 - direct p99) < 5 ms. A missed target is reported, not an error:
 this is a measurement, and the exit code is 0 unless the benchmark itself could not run.
+`--health` runs the router with a health check (probes of the backend twice a second, failed
+requests counted), as the data plane runs it.
 
 On a shared or virtual machine single wrk runs vary a lot (neighbours, CPU steal), so direct and
 router runs alternate for `--rounds` rounds and the verdicts use the median of each figure; every
@@ -47,7 +49,7 @@ TARGET_RPS = 5000.0
 TARGET_ADDED_P99_MS = 5.0
 
 
-def serve_router(listen_port: int, backend_port: int, cpu: int | None) -> None:
+def serve_router(listen_port: int, backend_port: int, cpu: int | None, health: bool) -> None:
     """Run a BuiltinRouter in this process until SIGTERM (the `_router` role)."""
     from ingot.routers.builtin import BuiltinRouter, install_fast_loop
 
@@ -56,7 +58,7 @@ def serve_router(listen_port: int, backend_port: int, cpu: int | None) -> None:
     install_fast_loop()
 
     router = BuiltinRouter(("127.0.0.1", listen_port), name="bench")
-    asyncio.run(serve_until_signalled(router, backend_port))
+    asyncio.run(serve_until_signalled(router, backend_port, health=health))
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,6 +72,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         procs.append(subprocess.Popen(backend_cmd, stdout=subprocess.DEVNULL))
         router_cmd = [sys.executable, __file__, "_router", str(router_port), str(backend_port)]
         router_cmd.append(str(cpus["router"]) if cpus["router"] is not None else "-")
+        router_cmd += ["health"] if args.health else []
         procs.append(subprocess.Popen(router_cmd))
         direct_url = f"http://127.0.0.1:{backend_port}/"
         router_url = f"http://127.0.0.1:{router_port}/"
@@ -162,7 +165,7 @@ def report(data: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_router"]:
-        serve_router(int(argv[1]), int(argv[2]), None if argv[3] == "-" else int(argv[3]))
+        serve_router(int(argv[1]), int(argv[2]), None if argv[3] == "-" else int(argv[3]), argv[4:] == ["health"])
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each measured wrk run")
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3, help="alternating direct/router rounds (median used)")
+    parser.add_argument("--health", action="store_true", help="run the router with a health check")
     parser.add_argument("--json", default=str(HERE / "results" / "router.json"), help="where to write results")
     args = parser.parse_args(argv)
 
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             "connections": args.connections,
             "threads": args.threads,
             "rounds": args.rounds,
+            "health": args.health,
         },
         "direct": summarize(measured["runs"]["direct"]),
         "router": summarize(measured["runs"]["router"]),

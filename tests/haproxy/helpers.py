@@ -1,14 +1,11 @@
-"""Helpers for the HAProxy router tests: a routed set-up, an HTTP client, polling, process checks."""
+"""Helpers for the HAProxy router tests: a routed set-up, an HTTP client, polling (processes: tests/support/routers)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -16,40 +13,6 @@ import httpx
 from ingot.routers.base import ReleaseStats
 from ingot.routers.haproxy import HAProxyRouter
 from ingot.routers.testing import TestBackend, serving
-
-
-def find_haproxy() -> str | None:
-    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/local/sbin:/usr/sbin:/sbin")
-
-
-def haproxy_pids_of(workdir: Path) -> list[int]:
-    """Processes whose command line names this workdir's config: the master and its worker."""
-    config = str(workdir / "haproxy.cfg").encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if config in cmdline.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
-
-
-def kill_haproxy_of(workdir: Path) -> None:
-    for pid in haproxy_pids_of(workdir):
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-async def poll(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @asynccontextmanager

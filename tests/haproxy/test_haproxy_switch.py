@@ -13,16 +13,13 @@ also checks that haproxy was never reloaded (the same worker served throughout).
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.switch_load import SCRIPT as SWITCH_CLIENT
-from tests.support.switch_load import wait_until
+from tests.support.switch_load import switch_load, wait_until
 
 FLIPS = 10
 
@@ -50,58 +47,35 @@ async def switch_scenario(workdir: Path, haproxy: str) -> dict[str, Any]:
     await router.set_weights({"A": 100})
     host, port = router.listen_address
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SWITCH_CLIENT),
-        f"http://{host}:{port}",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    latest: dict[str, Any] = {"total": 0, "by_release": {}}
-
-    async def follow() -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:
-            latest.update(json.loads(line))
-
     async def in_flight(release: str) -> bool:
         return (await router.refresh())[release].in_flight > 0
 
-    follower = asyncio.create_task(follow())
     drains: list[float] = []
     try:
-        await wait_until(lambda: latest["total"] >= 200, "the client to get going")
-        current = "A"
-        for flip in range(1, FLIPS + 1):
-            target = "B" if current == "A" else "A"
-            pools[target] = await start_pool(target, flip)
-            await wait_until(lambda c=current: in_flight(c), "a request in flight")  # type: ignore[misc]
-            await router.set_backends(target, [b.address for b in pools[target]])
-            await router.set_weights({target: 100, current: 0})
-            started = time.monotonic()
-            assert await router.drain(current, timeout=10), f"flip {flip}: {current} did not drain"
-            drains.append(time.monotonic() - started)
-            for backend in pools.pop(current):
-                await backend.stop()  # like killed instances: connections reset
-            await router.set_backends(current, [])  # what a deploy does once the instances are gone
-            mark = latest["by_release"].get(target, 0)
-            await wait_until(
-                lambda t=target, m=mark: latest["by_release"].get(t, 0) >= m + 100,  # type: ignore[misc]
-                f"flip {flip}: traffic on {target}",
-            )
-            current = target
-        proc.stdin.write(b"stop\n")
-        await proc.stdin.drain()
-        await asyncio.wait_for(proc.wait(), 30)
-        await asyncio.wait_for(follower, 5)
+        async with switch_load(f"http://{host}:{port}") as latest:
+            await wait_until(lambda: latest["total"] >= 200, "the client to get going")
+            current = "A"
+            for flip in range(1, FLIPS + 1):
+                target = "B" if current == "A" else "A"
+                pools[target] = await start_pool(target, flip)
+                await wait_until(lambda c=current: in_flight(c), "a request in flight")  # type: ignore[misc]
+                await router.set_backends(target, [b.address for b in pools[target]])
+                await router.set_weights({target: 100, current: 0})
+                started = time.monotonic()
+                assert await router.drain(current, timeout=10), f"flip {flip}: {current} did not drain"
+                drains.append(time.monotonic() - started)
+                for backend in pools.pop(current):
+                    await backend.stop()  # like killed instances: connections reset
+                await router.set_backends(current, [])  # what a deploy does once the instances are gone
+                mark = latest["by_release"].get(target, 0)
+                await wait_until(
+                    lambda t=target, m=mark: latest["by_release"].get(t, 0) >= m + 100,  # type: ignore[misc]
+                    f"flip {flip}: traffic on {target}",
+                )
+                current = target
         same_worker = (await router.api.run("show info")).split("\nPid: ")[1].split()[0] == worker_pid
         stats = {name: s.as_dict() for name, s in (await router.refresh()).items()}
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        follower.cancel()
         await router.stop()
         for pool in pools.values():
             for backend in pool:
@@ -110,7 +84,7 @@ async def switch_scenario(workdir: Path, haproxy: str) -> dict[str, Any]:
 
 
 def test_ten_flips_with_drains_lose_no_request(workdir: Path, haproxy_bin: str) -> None:
-    from tests.haproxy.helpers import haproxy_pids_of
+    from tests.support.routers import haproxy_pids_of
 
     result = asyncio.run(asyncio.wait_for(switch_scenario(workdir, haproxy_bin), 240))
     client = result["client"]

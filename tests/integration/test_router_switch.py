@@ -12,15 +12,12 @@ requests are slow, so that drains have something to wait for.
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 from typing import Any
 
 import pytest
 
-from tests.support.switch_load import SCRIPT as SWITCH_CLIENT
-from tests.support.switch_load import wait_until
+from tests.support.switch_load import switch_load, wait_until
 
 FLIPS = 10
 
@@ -47,52 +44,29 @@ async def switch_scenario() -> dict[str, Any]:
     await router.set_weights({"A": 100})
     host, port = router.listen_address
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SWITCH_CLIENT),
-        f"http://{host}:{port}",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    latest: dict[str, Any] = {"total": 0, "by_release": {}}
-
-    async def follow() -> None:
-        assert proc.stdout is not None
-        async for line in proc.stdout:
-            latest.update(json.loads(line))
-
-    follower = asyncio.create_task(follow())
     drains: list[float] = []
     try:
-        await wait_until(lambda: latest["total"] >= 200, "the client to get going")
-        current = "A"
-        for flip in range(1, FLIPS + 1):
-            target = "B" if current == "A" else "A"
-            pools[target] = await start_pool(target, flip)
-            await wait_until(lambda c=current: router.stats()[c].in_flight > 0, "a request in flight")  # type: ignore[misc]
-            await router.set_backends(target, [b.address for b in pools[target]])
-            await router.set_weights({target: 100, current: 0})
-            started = time.monotonic()
-            assert await router.drain(current, timeout=10), f"flip {flip}: {current} did not drain"
-            drains.append(time.monotonic() - started)
-            for backend in pools.pop(current):
-                await backend.stop()  # like killed instances: connections reset
-            mark = latest["by_release"].get(target, 0)
-            await wait_until(
-                lambda t=target, m=mark: latest["by_release"].get(t, 0) >= m + 100,  # type: ignore[misc]
-                f"flip {flip}: traffic on {target}",
-            )
-            current = target
-        proc.stdin.write(b"stop\n")
-        await proc.stdin.drain()
-        await asyncio.wait_for(proc.wait(), 30)
-        await asyncio.wait_for(follower, 5)
+        async with switch_load(f"http://{host}:{port}") as latest:
+            await wait_until(lambda: latest["total"] >= 200, "the client to get going")
+            current = "A"
+            for flip in range(1, FLIPS + 1):
+                target = "B" if current == "A" else "A"
+                pools[target] = await start_pool(target, flip)
+                await wait_until(lambda c=current: router.stats()[c].in_flight > 0, "a request in flight")  # type: ignore[misc]
+                await router.set_backends(target, [b.address for b in pools[target]])
+                await router.set_weights({target: 100, current: 0})
+                started = time.monotonic()
+                assert await router.drain(current, timeout=10), f"flip {flip}: {current} did not drain"
+                drains.append(time.monotonic() - started)
+                for backend in pools.pop(current):
+                    await backend.stop()  # like killed instances: connections reset
+                mark = latest["by_release"].get(target, 0)
+                await wait_until(
+                    lambda t=target, m=mark: latest["by_release"].get(t, 0) >= m + 100,  # type: ignore[misc]
+                    f"flip {flip}: traffic on {target}",
+                )
+                current = target
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        follower.cancel()
         stats = {name: s.as_dict() for name, s in router.stats().items()}
         await router.stop()
         for pool in pools.values():

@@ -1,9 +1,10 @@
-"""The load client of the router switch tests (builtin and HAProxy), run as its own process:
+"""The load client of the router switch and health tests (builtin and HAProxy), as its own process:
 
     python tests/support/switch_load.py URL
 
 It hammers URL from several keep-alive clients until a line arrives on stdin, checking that every
-answer came from release A or B, and prints progress lines, then a final JSON report.
+answer came from release A or B (from a backend named after it: "A-..."), and prints progress
+lines, then a final JSON report. `switch_load(url)` runs it for the duration of an `async with`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 CLIENT_THREADS = 4
 SCRIPT = Path(__file__)
@@ -80,6 +83,39 @@ def client_main(url: str) -> None:
     for thread in threads:
         thread.join(timeout=15)
     report(final=True)
+
+
+@asynccontextmanager
+async def switch_load(url: str) -> AsyncIterator[dict[str, Any]]:
+    """Run the client against `url` for the duration of the block, from another process.
+
+    Yields its latest progress line ({"total", "failed", "by_release"}), updated as lines arrive;
+    once the block ends the client is stopped and the dict holds its final report ("final",
+    "failures": the first 20).
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(SCRIPT), url, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    latest: dict[str, Any] = {"total": 0, "failed": 0, "by_release": {}}
+
+    async def follow() -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            latest.update(json.loads(line))
+
+    follower = asyncio.create_task(follow())
+    try:
+        yield latest
+        proc.stdin.write(b"stop\n")
+        await proc.stdin.drain()
+        await asyncio.wait_for(proc.wait(), 30)
+        await asyncio.wait_for(follower, 5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        follower.cancel()
 
 
 async def wait_until(condition: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = 20.0) -> None:

@@ -1,5 +1,7 @@
 """The builtin router against real sockets on 127.0.0.1: backends are in-process h11 servers.
 
+What every router does (weights, pools, drains, stats, health) is in tests/contract/; here is what
+is the builtin proxy's own: HTTP framing, streaming, headers, retries and timeouts.
 Every test runs under both the default asyncio loop and uvloop (the agent uses uvloop if present).
 """
 
@@ -8,57 +10,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import socket
-import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-import pytest
 
-from ingot.errors import OperationFailed
-from ingot.routers.base import ReleaseStats, Router
 from ingot.routers.builtin import BuiltinRouter
 from ingot.routers.testing import TestBackend, blob_chunks, serving
+from tests.support.routers import run
 
-T = TypeVar("T")
-
-try:
-    import uvloop
-
-    LOOPS = ["asyncio", "uvloop"]
-except ImportError:  # pragma: no cover
-    uvloop = None
-    LOOPS = ["asyncio"]
-
-
-@pytest.fixture(params=LOOPS)
-def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Coroutine[Any, Any, T]]], T]:
-    """Run an async test body to completion on a fresh loop of the parametrized kind."""
-    factory = uvloop.new_event_loop if request.param == "uvloop" and uvloop else asyncio.new_event_loop
-
-    def runner(body: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(asyncio.wait_for(body(), 60))
-
-    return runner
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def poll(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
+__all__ = ["run"]  # the fixture
 
 @asynccontextmanager
 async def routed(
@@ -112,71 +74,6 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
         return await asyncio.wait_for(reader.read(1), 2.0) == b""
     except ConnectionError:
         return True
-
-
-# ---- weights and release choice ---------------------------------------------------------------------
-
-
-def test_weight_100_0_sends_everything_to_one_release(run: Any) -> None:
-    async def body() -> None:
-        pools = {"A": [TestBackend("A-1")], "B": [TestBackend("B-1")]}
-        async with routed(pools, {"A": 100, "B": 0}) as (_, base), client(base) as http:
-            answers = [await http.get("/") for _ in range(50)]
-        assert {r.status_code for r in answers} == {200}
-        assert {r.headers["x-ingot-release"] for r in answers} == {"A"}
-        assert {r.text for r in answers} == {"A-1"}
-
-    run(body)
-
-
-def test_50_50_splits_evenly(run: Any) -> None:
-    async def body() -> None:
-        pools = {"A": [TestBackend("A-1"), TestBackend("A-2")], "B": [TestBackend("B-1")]}
-        async with routed(pools, {"A": 50, "B": 50}) as (_, base), client(base) as http:
-            seen = Counter([(await http.get("/")).headers["x-ingot-release"] for _ in range(200)])
-        assert abs(seen["A"] - 100) <= 10 and abs(seen["B"] - 100) <= 10, seen
-
-    run(body)
-
-
-def test_uneven_weights_are_respected_and_smooth(run: Any) -> None:
-    async def body() -> None:
-        async with (
-            routed({"A": [TestBackend("A-1")], "B": [TestBackend("B-1")]}, {"A": 3, "B": 1}) as (
-                _,
-                base,
-            ),
-            client(base) as http,
-        ):
-            order = [(await http.get("/")).headers["x-ingot-release"] for _ in range(40)]
-        assert order.count("A") == 30 and order.count("B") == 10
-        assert "BB" not in "".join(order)  # smooth: no bursts of the smaller release
-
-    run(body)
-
-
-def test_no_weighted_release_answers_503(run: Any) -> None:
-    async def body() -> None:
-        async with routed({"A": [TestBackend("A-1")]}, {"A": 0}) as (_, base), client(base) as http:
-            response = await http.get("/")
-        assert response.status_code == 503
-        assert response.headers["content-type"].startswith("text/plain")
-
-    run(body)
-
-
-def test_set_weights_rejects_negative_and_protocol_is_implemented(run: Any) -> None:
-    async def body() -> None:
-        router = BuiltinRouter(("127.0.0.1", 0))
-        assert isinstance(router, Router)
-        with pytest.raises(ValueError, match="integer >= 0"):
-            await router.set_weights({"A": -1})
-        await router.set_weights({"A": 2, "B": 0})
-        assert router.weights() == {"A": 2, "B": 0}
-        await router.set_weights({"B": 1})
-        assert router.weights() == {"A": 0, "B": 1}  # not named: weight 0
-
-    run(body)
 
 
 # ---- streaming and keep-alive -----------------------------------------------------------------------
@@ -346,30 +243,6 @@ def test_httpx_sees_x_forwarded_for(run: Any) -> None:
 # ---- failures -----------------------------------------------------------------------------------
 
 
-def test_502_when_the_only_backend_is_down(run: Any) -> None:
-    async def body() -> None:
-        async with routed({}, {}) as (router, base), client(base) as http:
-            await router.set_backends("A", [("127.0.0.1", free_port())])
-            await router.set_weights({"A": 1})
-            response = await http.get("/")
-            assert response.status_code == 502
-            assert "Bad Gateway" in response.text
-            assert (await http.get("/")).status_code == 502  # the connection stays usable
-            assert router.stats()["A"].errors_5xx == 2
-
-    run(body)
-
-
-def test_a_down_backend_is_skipped_without_client_errors(run: Any) -> None:
-    async def body() -> None:
-        alive = TestBackend("A-1")
-        async with routed({"A": [alive]}, {"A": 1}) as (router, base), client(base) as http:
-            await router.set_backends("A", [("127.0.0.1", free_port()), alive.address])
-            statuses = [(await http.get("/")).status_code for _ in range(20)]
-        assert statuses == [200] * 20
-        assert alive.requests == 20
-
-    run(body)
 
 
 @asynccontextmanager
@@ -403,18 +276,6 @@ def test_a_backend_hanging_up_on_fresh_connections_is_skipped_for_idempotent_req
 
     run(body)
 
-
-def test_failover_to_another_weighted_release(run: Any) -> None:
-    async def body() -> None:
-        async with routed({"B": [TestBackend("B-1")]}, {}) as (router, base), client(base) as http:
-            await router.set_backends("A", [("127.0.0.1", free_port())])
-            await router.set_weights({"A": 50, "B": 50})
-            answers = [await http.get("/") for _ in range(20)]
-            assert {r.status_code for r in answers} == {200}
-            assert {r.headers["x-ingot-release"] for r in answers} == {"B"}
-            assert router.stats()["A"].errors_5xx == 0
-
-    run(body)
 
 
 def test_reused_connection_closed_by_the_backend_is_retried(run: Any) -> None:
@@ -468,89 +329,5 @@ def test_garbage_and_huge_heads_are_rejected(run: Any) -> None:
             writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
             assert (await read_response(reader))[0] == 431
             writer.close()
-
-    run(body)
-
-
-# ---- pools, drain, stats ----------------------------------------------------------------------------
-
-
-def test_set_backends_moves_new_requests_to_the_new_pool(run: Any) -> None:
-    async def body() -> None:
-        old, new = TestBackend("A-old"), TestBackend("A-new")
-        await new.start()
-        try:
-            async with routed({"A": [old]}, {"A": 1}) as (router, base), client(base) as http:
-                assert (await http.get("/")).text == "A-old"
-                await router.set_backends("A", [new.address])
-                assert {(await http.get("/")).text for _ in range(10)} == {"A-new"}
-        finally:
-            await new.stop()
-
-    run(body)
-
-
-def test_drain_waits_for_a_slow_request_that_still_succeeds(run: Any) -> None:
-    async def body() -> None:
-        pools = {"A": [TestBackend("A-1")], "B": [TestBackend("B-1")]}
-        async with routed(pools, {"A": 100, "B": 0}) as (router, base), client(base) as http:
-            slow = asyncio.create_task(http.get("/sleep?s=1"))
-            await poll(lambda: router.stats()["A"].in_flight == 1, what="the slow request in flight")
-            await router.set_weights({"A": 0, "B": 100})
-            assert (await http.get("/")).headers["x-ingot-release"] == "B"
-            assert await router.drain("A", timeout=0.05) is False
-            started = time.monotonic()
-            assert await router.drain("A", timeout=5) is True
-            assert time.monotonic() - started > 0.5
-            response = await slow
-            assert response.status_code == 200
-            assert response.headers["x-ingot-release"] == "A"
-            assert await router.drain("A", timeout=0.01) is True  # idle: returns at once
-            await router.remove_release("A")
-            assert "A" not in router.stats() and "A" not in router.weights()
-
-    run(body)
-
-
-def test_stats_count_requests_and_5xx_per_release(run: Any) -> None:
-    async def body() -> None:
-        pools = {"A": [TestBackend("A-1")], "B": [TestBackend("B-1")]}
-        async with routed(pools, {"A": 1, "B": 1}) as (router, base), client(base) as http:
-            for i in range(20):
-                await http.get("/status?code=503" if i % 4 == 0 else "/")
-            stats = router.stats()
-        assert stats["A"].requests + stats["B"].requests == 20
-        assert stats["A"].errors_5xx + stats["B"].errors_5xx == 5
-        for s in stats.values():
-            assert s.in_flight == 0
-            assert 0 < s.p50_ms <= s.p99_ms
-            assert s.mean_ms > 0
-        assert set(stats["A"].as_dict()) == {"requests", "errors_5xx", "in_flight", "p50_ms", "p99_ms", "mean_ms"}
-        assert ReleaseStats().as_dict()["p99_ms"] == 0.0
-
-    run(body)
-
-
-# ---- lifecycle ----------------------------------------------------------------------------------
-
-
-def test_address_in_use_is_an_operation_failure_and_restart_rebinds(run: Any) -> None:
-    async def body() -> None:
-        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, base):
-            host, port = router.listen_address
-            async with client(base) as http:
-                assert (await http.get("/")).status_code == 200
-            other = BuiltinRouter((host, port), name="web/prod")
-            with pytest.raises(OperationFailed, match=rf"{host}:{port}.*already in use"):
-                await other.start()
-            idle_reader, idle_writer = await raw_connect(router)
-            await router.stop()
-            assert await closed_by_peer(idle_reader)  # stop closes client connections too
-            idle_writer.close()
-            # Same address right away, though the old connections may sit in TIME_WAIT.
-            again = BuiltinRouter((host, port))
-            await again.start()
-            await again.set_backends("A", [("127.0.0.1", free_port())])
-            await again.stop()
 
     run(body)

@@ -17,6 +17,15 @@ Contract every implementation keeps (tests/contract/ runs the same tests against
 - A backend or release that stops receiving new requests still finishes the ones it has; the
   drain calls are how the caller learns that it is safe to stop its instances. Both return False
   when the timeout passed with requests still in flight (the caller says so: it is not silent).
+- Health (`set_health`, `HealthCheck`): a router ejects backends that fail probes or requests. An
+  ejected backend gets no new requests; its requests in flight are left alone. Ejection is the
+  router's own view: `weights()` and the pools the caller set never change because of it, and
+  `set_backends` keeps the health state of every address it keeps (a new address starts "up": it
+  passed the caller's health gate). If every backend of every weighted release is ejected, the
+  router FAILS OPEN: it sends traffic to them anyway, since a probe that fails everywhere at once
+  (a wrong path, an overloaded shared dependency) more likely says something about the check than
+  about every instance, and a 503 to every client is the one answer that is surely wrong. Until
+  `set_health` is called nothing is ever ejected. `backend_health()` is a cheap read of that view.
 """
 
 from __future__ import annotations
@@ -51,6 +60,64 @@ class ReleaseStats:
 
 # How many recent requests per release the latency figures describe (builtin router).
 LATENCY_WINDOW = 2048
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How a router decides that a backend is out (ejected) and when it is back.
+
+    Active: with a `path`, every backend of every release is sent `GET path` every `interval`
+    seconds, straight (never through a proxy); a status 200-399 within `timeout` passes, anything
+    else fails (refused, no answer in time, closed, not HTTP, 4xx, 5xx). `fall` failed probes in a
+    row eject a backend; `rise` passing probes in a row bring it back. A new probe starts every
+    `interval` even while an earlier one waits for its `timeout`, so a hung backend (one that still
+    accepts connections, like a SIGSTOPped process) is out at most `(fall - 1) * interval + timeout`
+    after its first unanswered probe: about `fall * interval + timeout` after it hung.
+    Without a `path`, only backends that are ejected are probed, with `OPTIONS * HTTP/1.1` (a
+    request about the server itself, with no side effect): any HTTP answer passes, whatever its
+    status, since all it is to show is that the process answers again.
+
+    Passive: `max_failures` failed requests in a row eject a backend at once (0: never). A failed
+    request is one the backend did not answer: connection refused or not made within the router's
+    connect timeout, a fresh connection closed before any answer, no response head within the
+    router's read timeout. A 5xx is an answer and does NOT count: an application's error is the
+    signal that canary analysis and the verification window judge a release by, and ejecting on
+    it would move a bad release's traffic to the others and hide it from them (5xx on the probe
+    path does count: that is the application saying it is unwell). An answer resets the count.
+    Passive ejection only ends through probes (`rise` of them, as above).
+
+    Requests already sent to a backend that hangs are not given up at `timeout`: they wait for the
+    router's read timeout, like any slow answer. A stopped process may resume and answer them, a
+    slow endpoint is not a hung one, and a request that was sent cannot be safely sent again.
+    """
+
+    path: str | None = None
+    interval: float = 0.5
+    timeout: float = 1.0
+    fall: int = 2
+    rise: int = 2
+    max_failures: int = 3
+
+    def __post_init__(self) -> None:
+        path = self.path
+        if path is not None and (
+            not isinstance(path, str) or not path.startswith("/") or not path.isascii() or not path.isprintable()
+            or " " in path
+        ):
+            raise ValueError(f"health check path must be an absolute URL path like /healthz, got {path!r}")
+        for name in ("interval", "timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"health check {name} must be a number of seconds > 0, got {value!r}")
+        for name, least in (("fall", 1), ("rise", 1), ("max_failures", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"health check {name} must be an integer >= {least}, got {value!r}")
+
+    @property
+    def ejects(self) -> bool:
+        """Whether this check can eject anything at all."""
+        return self.path is not None or self.max_failures > 0
 
 
 @runtime_checkable
@@ -89,6 +156,19 @@ class Router(Protocol):
 
     async def remove_release(self, release: str) -> None:
         """Forget `release` (weight, pool, counters) and close its idle upstream connections."""
+        ...
+
+    async def set_health(self, check: HealthCheck) -> None:
+        """Probe and eject backends as `check` says, from now on (see `HealthCheck`).
+
+        Setting an equal check again changes nothing; a different one keeps every backend's state,
+        and its thresholds apply from the next probe or request; one that can eject nothing
+        (no path, `max_failures` 0) brings every backend back.
+        """
+        ...
+
+    def backend_health(self) -> dict[str, dict[str, str]]:
+        """release -> "host:port" -> "up" or "ejected: <why>", for every backend of every pool."""
         ...
 
     def stats(self) -> dict[str, ReleaseStats]: ...

@@ -16,6 +16,28 @@ a new instance gets a new server, and a server that leaves its pool is set to dr
 address can never be reused for a new instance, and each server's counters describe one instance.
 
 Every runtime command goes over the admin socket from Python, one command per connection.
+
+Health (`set_health`). ingot's own probes and bookkeeping (`ingot.routers.health`, the same code
+as the builtin router's) drive haproxy, rather than haproxy's `check` on the servers:
+
+- The probe path of haproxy's checks (`option httpchk`, `http-check send`) lives in the
+  configuration, per backend, and the configuration is written once and never reloaded, while
+  `set_health` comes (and may change) at runtime, and one backend holds every release.
+- haproxy answers 503 once every server is down; the contract is to fail open instead.
+- `observe layer7` counts 5xx as failures, which the contract does not (see `HealthCheck`), and
+  `observe layer4` misses a backend that accepts and then closes or never answers.
+- So both routers eject for the same reasons, say so in the same words in `backend_health()`,
+  and keep ejection apart from weights and drains.
+
+An ejected server gets weight 0 (and stays `ready`, so its requests in flight finish and drains
+and retirement keep their meaning): the release's weight is spread over its other servers, and a
+release with none left gives its share to the other weighted releases, as on the builtin router.
+Probes run in this process every `interval`; a failed probe ejects within milliseconds (one
+`set server` per changed server). Passive signals come from the `show stat` poll (every
+`POLL_INTERVAL`): a server's failed attempts since the previous poll, when it answered nothing in
+between, count as failed requests in a row (see `passive_delta`). So passive ejection takes up to
+one poll longer than on the builtin router; a server that answered anything during a poll starts
+its count again.
 """
 
 from __future__ import annotations
@@ -37,8 +59,9 @@ from pathlib import Path
 from typing import IO
 
 from ingot.errors import OperationFailed
-from ingot.routers.base import Address, ReleaseStats
+from ingot.routers.base import Address, HealthCheck, ReleaseStats
 from ingot.routers.haproxy_config import BACKEND, RELEASE_NAME, Timeouts, render_config, server_name
+from ingot.routers.health import BackendHealth, HealthMonitor, address_key, fail_open
 
 log = logging.getLogger("ingot.routers.haproxy")
 
@@ -141,6 +164,29 @@ def row_latency_avg(row: Mapping[str, int]) -> int:
     return row.get("qtime", 0) + row.get("ctime", 0) + row.get("rtime", 0)
 
 
+# Responses a server sent, by class: any of them is an answer (a 5xx too).
+ANSWER_COLUMNS = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
+
+
+def passive_delta(before: Mapping[str, int], after: Mapping[str, int]) -> tuple[int, int, str]:
+    """(failed attempts, answers, why) of one server between two polls of its counters.
+
+    A failed attempt shows as `eresp` (closed without answering, no response head in time, a
+    broken response), `econ` (connect failed on the last retry) or `wredis` (the request moved to
+    another server: after a refused connect that is the only trace; after an empty answer `eresp`
+    has it already), so the larger of `eresp + econ` and `wredis` is the number of failed attempts.
+    """
+
+    def delta(column: str) -> int:
+        return max(0, after.get(column, 0) - before.get(column, 0))
+
+    answered = sum(delta(c) for c in ANSWER_COLUMNS)
+    broken = delta("eresp")
+    failed = max(broken + delta("econ"), delta("wredis"))
+    why = "no answer (closed, timed out or broken)" if broken else "connection failed"
+    return failed, answered, why
+
+
 def row_latency_max(row: Mapping[str, int]) -> int:
     """An upper bound of the slowest request's time to response headers since the last `clear counters`."""
     return row.get("qtime_max", 0) + row.get("ctime_max", 0) + row.get("rtime_max", 0)
@@ -158,6 +204,12 @@ class _Server:
     owner: _Release
     weight: int = 0
     state: str = "maint"  # dynamic servers are created in maintenance
+    health: BackendHealth = field(init=False)
+    # `health.status()` as of the last time haproxy was told (what `backend_health()` reports).
+    applied_health: str = "up"
+
+    def __post_init__(self) -> None:
+        self.health = BackendHealth(self.addr)
 
 
 @dataclass(eq=False)
@@ -214,8 +266,8 @@ class HAProxyRouter:
     their `scur`/`qcur` to reach 0; `set_weights` with a weight > 0 makes them ready again.
     `drain_backends` takes some servers out of a pool the same way while the release keeps its
     weight (its other servers take their share), and waits for them alike.
-    No active health checks: ingot's health gate decides when an instance joins a pool, and a
-    connection haproxy cannot make is retried on another server.
+    Health: see the module's docstring. Until `set_health` nothing is ejected; a connection haproxy
+    cannot make is retried on another server either way.
     """
 
     def __init__(
@@ -244,6 +296,15 @@ class HAProxyRouter:
         self._log_file: IO[bytes] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # The prober runs while haproxy does: `_poll` (re)starts it, and it ends on its own after `stop`.
+        self._health = HealthMonitor(
+            self._label(),
+            targets=lambda: [s.health for r in self._releases.values() for s in r.pool],
+            changed=self._health_changed,
+            running=lambda: self._proc is not None and self._proc.returncode is None,
+        )
+        self._reweigh_pending = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- paths ---------------------------------------------------------------------------------
 
@@ -367,7 +428,16 @@ class HAProxyRouter:
             for server in pool:
                 await self._retire(server)
 
+    async def set_health(self, check: HealthCheck) -> None:
+        self._health.configure(check)
+
     # ---- Router protocol: reads ----------------------------------------------------------------
+
+    def backend_health(self) -> dict[str, dict[str, str]]:
+        """Health as haproxy applies it: an ejection shows once its `set server` commands are done."""
+        return {
+            name: {address_key(s.addr): s.applied_health for s in rel.pool} for name, rel in self._releases.items()
+        }
 
     def stats(self) -> dict[str, ReleaseStats]:
         return {name: self._snapshot(rel) for name, rel in self._releases.items()}
@@ -582,16 +652,28 @@ class HAProxyRouter:
             server.state = state
 
     async def _apply_weights(self) -> None:
-        """Bring every pool server to its share of its release's weight: raises first, then cuts."""
+        """Bring every pool server to its share of its release's weight: raises first, then cuts.
+
+        Ejected servers get no share (unless every server of every weighted release is ejected).
+        """
         live = {r.name: r.weight for r in self._releases.values() if not r.draining}
-        per_server = server_weights(live, {r.name: len(r.pool) for r in self._releases.values()})
-        targets = [(s, per_server.get(r.name, 0)) for r in self._releases.values() for s in r.pool]
+        weighted = [r for r in self._releases.values() if live.get(r.name, 0) > 0]
+        open_ = fail_open([s.health for s in r.pool] for r in weighted)
+
+        def serves(server: _Server) -> bool:
+            return open_ or not server.health.ejected
+
+        sizes = {r.name: sum(1 for s in r.pool if serves(s)) for r in self._releases.values()}
+        per_server = server_weights(live, sizes)
+        targets = [(s, per_server.get(r.name, 0) if serves(s) else 0) for r in self._releases.values() for s in r.pool]
         for server, weight in targets:
             if weight > 0:
                 await self._set(server, weight=weight, state="ready")
         for server, weight in targets:
             if weight == 0:
                 await self._set(server, weight=0, state="drain" if server.owner.draining else None)
+        for server, _ in targets:
+            server.applied_health = server.health.status()  # now true of what haproxy does
 
     async def _retire(self, server: _Server) -> None:
         """Out of the pool: no new requests; deleted by `_reap` once its last session ended."""
@@ -651,6 +733,7 @@ class HAProxyRouter:
         answer = await self.api.run(f"show stat {BACKEND} 4 -1;clear counters")
         rows = parse_stat(answer)
         previous, self._rows = self._rows, rows
+        self._observe(previous, rows)
         for rel in self._releases.values():
             served = [
                 rows[s.name]
@@ -661,6 +744,39 @@ class HAProxyRouter:
                 rel.peaks.append(max(row_latency_max(row) for row in served))
             rel.last_mean = self._mean(rel, rel.last_mean)
         await self._reap()
+        self._health.ensure_running()  # after a (re)start: the prober ends when haproxy stops
+
+    def _observe(self, previous: Mapping[str, Mapping[str, int]], rows: Mapping[str, Mapping[str, int]]) -> None:
+        """Passive health: each pool server's failed attempts and answers since the previous poll."""
+        if not self._health.passive:
+            return
+        for rel in self._releases.values():
+            for server in rel.pool:
+                before, after = previous.get(server.name), rows.get(server.name)
+                if before is None or after is None:
+                    continue
+                failed, answered, why = passive_delta(before, after)
+                if answered:
+                    self._health.request_answered(server.health)
+                elif failed:
+                    self._health.request_failed(server.health, why, failed)
+
+    def _health_changed(self) -> None:
+        """A server was ejected or came back: re-weigh soon (once, however many changed meanwhile)."""
+        if self._reweigh_pending:
+            return
+        self._reweigh_pending = True
+        task = asyncio.get_running_loop().create_task(self._reweigh())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reweigh(self) -> None:
+        async with self._lock:
+            self._reweigh_pending = False
+            try:
+                await self._apply_weights()
+            except (OperationFailed, OSError, TimeoutError) as exc:
+                log.warning("%s: applying a health change to haproxy failed: %s", self._label(), exc)
 
     async def _poll_forever(self) -> None:
         while True:

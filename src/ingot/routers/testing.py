@@ -2,6 +2,7 @@
 
 Routes (any method):
   /                 200, body = the backend's name
+  /healthz          200 "ok" while `healthy` is True, else 503 (counted in `probes`, not `requests`)
   /headers          200, JSON list of the request's [name, value] header pairs
   /sleep?s=1.5      sleeps, then answers like /
   /status?code=500  that status, body = name
@@ -9,6 +10,10 @@ Routes (any method):
   /blob?size=N&seed=S  a chunked body of N deterministic bytes (see `blob_chunks`)
   /close-delimited  200 without Content-Length or chunking, body = name, then closes
 Every response carries `X-Backend: <name>`.
+
+`BackendProcess` runs one in a process of its own (`python -m ingot.routers.testing NAME`), for the
+faults only a process can have: killed (SIGKILL), or stopped (SIGSTOP: the kernel still accepts
+its connections, nothing answers them).
 
 Misbehaviours that routers must survive, all off by default:
   `close_reused`   probability that a request arriving on a reused keep-alive connection is met
@@ -20,11 +25,15 @@ Misbehaviours that routers must survive, all off by default:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import random
+import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -68,7 +77,9 @@ class TestBackend:
         self.close_reused = close_reused
         self.drop_rate = drop_rate
         self.connections = 0
-        self.requests = 0
+        self.requests = 0  # every request but the probes of /healthz
+        self.probes = 0
+        self.healthy = True
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -135,8 +146,11 @@ class TestBackend:
         writer: asyncio.StreamWriter,
     ) -> bool:
         """Answer one request; False if the connection must close afterwards."""
-        self.requests += 1
         url = urlsplit(request.target.decode())
+        if url.path == "/healthz":
+            self.probes += 1
+        else:
+            self.requests += 1
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         digest = hashlib.sha256()
         length = 0
@@ -144,7 +158,9 @@ class TestBackend:
             digest.update(chunk)
             length += len(chunk)
         status, body = 200, self.name.encode()
-        if url.path == "/headers":
+        if url.path == "/healthz":
+            status, body = (200, b"ok") if self.healthy else (503, b"unhealthy")
+        elif url.path == "/headers":
             body = json.dumps([[k.decode(), v.decode()] for k, v in request.headers]).encode()
         elif url.path == "/sleep":
             with contextlib.suppress(TimeoutError):
@@ -220,3 +236,76 @@ async def serving(router: Router, pools: dict[str, list[TestBackend]],
         for pool in pools.values():
             for backend in pool:
                 await backend.stop()
+
+
+class BackendProcess:
+    """A `TestBackend` in a child process: `kill()` is a real kill -9, `pause()` a real SIGSTOP."""
+
+    __test__ = False
+
+    def __init__(self, name: str, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def address(self) -> Address:
+        return (self.host, self.port)
+
+    async def start(self) -> BackendProcess:
+        """Spawn it (on `port`, or any free port the first time) and wait until it listens."""
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ingot.routers.testing", self.name, "--host", self.host, "--port", str(self.port),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
+        if not line.startswith(b"listening "):
+            await self.stop()
+            raise RuntimeError(f"backend process {self.name} did not start: {line!r}")
+        self.port = int(line.split()[-1])
+        return self
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            os.kill(self.proc.pid, sig)
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    async def kill(self) -> None:
+        """kill -9, and wait until it is gone (its port refuses connections from then on)."""
+        self._signal(signal.SIGKILL)
+        if self.proc is not None:
+            await self.proc.wait()
+
+    async def stop(self) -> None:
+        await self.kill()  # SIGKILL ends a stopped process too
+
+
+async def _serve_forever(name: str, host: str, port: int) -> None:
+    backend = await TestBackend(name, host=host, port=port).start()
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    print(f"listening {backend.host} {backend.port}", flush=True)
+    await done.wait()
+    await backend.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a TestBackend until SIGTERM (see BackendProcess).")
+    parser.add_argument("name")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    asyncio.run(_serve_forever(args.name, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -28,6 +28,10 @@ Design notes (the why; the what is in the code):
   504 before the response started, a cut connection after), idle pooled upstream connections
   (`upstream_idle_timeout`) and idle client keep-alive connections (`client_idle_timeout`),
   enforced by one sweeper task every `SWEEP_INTERVAL` rather than a timer per request.
+- Health (`ingot.routers.health`, shared with HAProxy): the only per-request cost is one slot
+  store resetting the backend's failed-request run when a response head arrives. Failures,
+  probes, ejections and returns are rare events off the hot path; each recomputes the releases'
+  `usable` lists, which is all that backend choice walks.
 - Hot path: names are imported directly (no `module.name` lookups per request), and per-request
   steps stay inline rather than in small helpers; keep it so (bench/router_bench.py).
 """

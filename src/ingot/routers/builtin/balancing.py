@@ -1,7 +1,9 @@
 """Where a request goes: releases by smooth weighted round-robin, then the least busy backend.
 
-A connect failure marks a backend down for a while (`down_until`); `next_backend` then moves the
-request to another backend of its release, or of another weighted release.
+Only a release's `usable` backends are candidates: the pool minus the backends health checks
+ejected (all of the pool when the router fails open, see `ingot.routers.health`). Without health
+checks, a connect failure marks a backend down for a while (`down_until`). Either way
+`next_backend` moves the request to another backend of its release, or of another weighted release.
 """
 
 from __future__ import annotations
@@ -11,19 +13,20 @@ from typing import TYPE_CHECKING
 
 from ingot.routers.base import Address
 from ingot.routers.builtin.stats import ReleaseCounters
+from ingot.routers.health import BackendHealth
 
 if TYPE_CHECKING:
     from ingot.routers.builtin.exchange import Exchange
     from ingot.routers.builtin.upstream import UpstreamProtocol
 
 
-class Backend:
+class Backend(BackendHealth):
     """One backend address of a release: its load, health and idle keep-alive connections."""
 
-    __slots__ = ("addr", "down_until", "host", "idle", "in_flight", "port", "retired")
+    __slots__ = ("down_until", "host", "idle", "in_flight", "port", "retired")
 
     def __init__(self, addr: Address) -> None:
-        self.addr = addr
+        super().__init__(addr)
         self.host, self.port = addr
         self.idle: list[UpstreamProtocol] = []  # LIFO: the most recently used connection is the likeliest alive
         self.in_flight = 0
@@ -40,25 +43,26 @@ class Backend:
 class Release(ReleaseCounters):
     """A release as the router sees it: weight, backends, and `drain` calls waiting for in_flight 0."""
 
-    __slots__ = ("backends", "current", "header", "name", "rr", "waiters", "weight")
+    __slots__ = ("backends", "current", "header", "name", "rr", "usable", "waiters", "weight")
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
         self.header = b"X-Ingot-Release: " + name.encode("ascii") + b"\r\n"
         self.backends: list[Backend] = []
+        self.usable: list[Backend] = self.backends  # `backends` minus the ejected (router._refresh_usable)
         self.weight = 0
         self.current = 0  # smooth weighted round-robin state
         self.rr = 0
         self.waiters: list[asyncio.Future[None]] = []
 
     def pick(self, tried: list[Backend] | None, now: float) -> Backend | None:
-        """Least in flight among healthy backends, rotating the start so ties spread evenly.
+        """Least in flight among usable backends, rotating the start so ties spread evenly.
 
         A backend marked down is still used when nothing healthy is left: a 1 s blackout of a
         single-instance release would be worse than one more connect attempt.
         """
-        backends = self.backends
+        backends = self.usable
         n = len(backends)
         if n == 0:
             return None

@@ -222,13 +222,15 @@ class Exchange:
                 self.drop_backend()
                 self.router._attempt(self, fresh=True)
                 return
-            if not up.reused and not up.got and self.replayable and self.idempotent and self.backend is not None:
+            if not up.reused and not up.got and self.backend is not None:
                 # A fresh connection was accepted, then closed with no answer: the instance is going away
                 # (a container engine's port forwarder accepts for a dead container). Like a refused
                 # connect, try another backend; only for methods that are safe to send twice.
-                self.sent = 0
-                self.router.retry_elsewhere(self, self.backend)
-                return
+                if self.replayable and self.idempotent:
+                    self.sent = 0
+                    self.router.retry_elsewhere(self, self.backend, "closed without answering")
+                    return
+                self.router.backend_failed(self.backend, "closed without answering")
             self.respond_error(502, self.chosen)
         elif self.resp_framing == FRAMING_CLOSE:
             self.finish(self.status, self.release)  # the end of a close-delimited body
@@ -243,6 +245,8 @@ class Exchange:
             self.client_keep_alive = False
             self.finish(504, self.release, latency=False)
         else:
+            if self.backend is not None:
+                self.router.backend_failed(self.backend, f"no response within {self.router.read_timeout:g} s")
             self.respond_error(504, self.chosen)
 
     def respond_error(self, status: int, rel: Release | None) -> None:

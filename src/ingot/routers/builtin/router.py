@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ingot.errors import OperationFailed
-from ingot.routers.base import Address, ReleaseStats
+from ingot.routers.base import Address, HealthCheck, ReleaseStats
 from ingot.routers.builtin.balancing import Backend, Release, choose_release, next_backend
 from ingot.routers.builtin.client import ClientProtocol
 from ingot.routers.builtin.upstream import UpstreamProtocol
+from ingot.routers.health import BackendHealth, HealthMonitor, address_key, fail_open, serving
 
 if TYPE_CHECKING:
     from ingot.routers.builtin.exchange import Exchange
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 # The name the router has always logged under (this module was `ingot.routers.builtin`).
 log = logging.getLogger("ingot.routers.builtin")
 
-# A backend that refused or timed out a connect gets no new requests for this long.
+# Without passive health checks, a backend that refused or timed out a connect gets no new
+# requests for this long (with them, it is ejected after `max_failures` in a row instead).
 DOWN_FOR = 1.0
 # Distinct backends tried per request after connect failures before giving up with 502.
 MAX_CONNECT_ATTEMPTS = 6
@@ -46,10 +48,15 @@ class BuiltinRouter:
 
     - Release choice: smooth weighted round-robin over releases with weight > 0; within a
       release, the backend with the fewest requests in flight (ties rotate).
-    - A connect failure marks the backend down for `DOWN_FOR` seconds and the request moves to
-      another backend of its release, then of another weighted release (its in-flight count
-      moves with it, so `drain` of the first release does not wait for it). So does a fresh
-      connection closed before any answer, for idempotent methods only.
+    - A connect failure moves the request to another backend of its release, then of another
+      weighted release (its in-flight count moves with it, so `drain` of the first release does
+      not wait for it). So does a fresh connection closed before any answer, for idempotent
+      methods only. The failure counts for the backend's health (`set_health`: `max_failures` in
+      a row eject it); without passive checks it marks the backend down for `DOWN_FOR` seconds.
+    - Health (`ingot.routers.health`): the passive count is reset by a slot store per response
+      head; probes run in one task; an ejection or return recomputes each release's `usable`
+      backends, so the hot path only ever walks a list. A request waiting on a backend that was
+      ejected as hung is left to `read_timeout` (see `HealthCheck` for why).
     - Counters: a request counts for the release that answered it; a 502 after every candidate
       failed counts for the release first chosen; 504 and responses cut off by the backend count
       as 5xx too. Requests whose client went away before the answer are not counted.
@@ -86,6 +93,12 @@ class BuiltinRouter:
         self._host_header = b""
         # The loop's clock once started (cheap, and what timers use).
         self._now: Callable[[], float] = time.monotonic
+        self._health = HealthMonitor(
+            f"router {name!r}" if name else "router",
+            targets=self._health_targets,
+            changed=self._refresh_usable,
+            running=lambda: self._server is not None,
+        )
 
     # ---- Router protocol ---------------------------------------------------------------------
 
@@ -112,12 +125,14 @@ class BuiltinRouter:
         self._bound = (host, int(server.sockets[0].getsockname()[1]))
         self._host_header = f"{host}:{self._bound[1]}".encode("ascii")
         self._sweeper = loop.create_task(self._sweep_forever())
+        self._health.ensure_running()
 
     async def stop(self) -> None:
         self._stopping = True
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        await self._health.stop()
         for client in list(self._clients):
             client.abort()
         for task in list(self._tasks):
@@ -149,6 +164,7 @@ class BuiltinRouter:
                 gone.retire()
         rel.backends = pool
         rel.rr = 0
+        self._refresh_usable()
 
     async def set_weights(self, weights: dict[str, int]) -> None:
         for name, weight in weights.items():
@@ -160,6 +176,7 @@ class BuiltinRouter:
             rel.weight = weights.get(rel.name, 0)
             rel.current = 0
         self._active = [self._releases[n] for n in weights if weights[n] > 0]
+        self._refresh_usable()
 
     async def drain(self, release: str, timeout: float) -> bool:
         rel = self._releases.get(release)
@@ -167,6 +184,7 @@ class BuiltinRouter:
             return True
         # Out of rotation whatever its weight says, until a later `set_weights` gives it weight again.
         self._active = [r for r in self._active if r is not rel]
+        self._refresh_usable()
         if rel.in_flight == 0:
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -202,6 +220,15 @@ class BuiltinRouter:
         for b in rel.backends:
             b.retire()
         self._active = [r for r in self._active if r is not rel]
+        self._refresh_usable()
+
+    async def set_health(self, check: HealthCheck) -> None:
+        self._health.configure(check)
+
+    def backend_health(self) -> dict[str, dict[str, str]]:
+        return {
+            name: {address_key(b.addr): b.status() for b in rel.backends} for name, rel in self._releases.items()
+        }
 
     def stats(self) -> dict[str, ReleaseStats]:
         return {name: rel.snapshot() for name, rel in self._releases.items()}
@@ -223,6 +250,15 @@ class BuiltinRouter:
                 ],
             )
         return OperationFailed(f"{label} cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+    def _health_targets(self) -> list[BackendHealth]:
+        return [b for rel in self._releases.values() for b in rel.backends]
+
+    def _refresh_usable(self) -> None:
+        """Recompute each release's `usable` backends after a change of pools, weights or health."""
+        open_ = fail_open(rel.backends for rel in self._active)
+        for rel in self._releases.values():
+            rel.usable = serving(rel.backends, open_)
 
     def _release(self, name: str) -> Release:
         rel = self._releases.get(name)
@@ -269,19 +305,32 @@ class BuiltinRouter:
                 _, up = await self._loop.create_connection(lambda: UpstreamProtocol(self, b), b.host, b.port)
         except (OSError, TimeoutError) as exc:
             log.debug("router %s: connect to %s:%s failed: %r", self.name, b.host, b.port, exc)
+            if isinstance(exc, TimeoutError):
+                why = f"no connection within {self.connect_timeout:g} s"
+            elif isinstance(exc, ConnectionRefusedError):
+                why = "connection refused"
+            else:
+                why = f"connect failed: {exc.strerror or exc}"
             if ex.backend is not b or ex.done:
-                b.down_until = self._now() + DOWN_FOR
+                self.backend_failed(b, why)
                 return
-            self.retry_elsewhere(ex, b)
+            self.retry_elsewhere(ex, b, why)
             return
         if ex.done or ex.backend is not b:
             self.release_conn(up)  # the client left meanwhile; the fresh connection is still good
             return
         ex.attach(up, reused=False)
 
-    def retry_elsewhere(self, ex: Exchange, b: Backend) -> None:
-        """`b` failed `ex` before answering: mark it down for a while and send `ex` to another backend."""
-        b.down_until = self._now() + DOWN_FOR
+    def backend_failed(self, b: Backend, why: str) -> None:
+        """`b` did not answer a request (refused, hung up, timed out): count it for its health."""
+        if self._health.passive:
+            self._health.request_failed(b, why)
+        else:
+            b.down_until = self._now() + DOWN_FOR
+
+    def retry_elsewhere(self, ex: Exchange, b: Backend, why: str) -> None:
+        """`b` failed `ex` before answering: count it against `b` and send `ex` to another backend."""
+        self.backend_failed(b, why)
         ex.drop_backend()
         tried = ex.tried if ex.tried is not None else []
         tried.append(b)

@@ -145,6 +145,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 ex.client.wbuf.append(informational_head_for_client(status, self.reason, self.headers))
             return
         self.keep_alive = parser.should_keep_alive()
+        self.backend.fails = 0  # an answer (5xx too): the backend's run of failed requests ends
         ex.response_head(status, self.reason, self.headers)
         if ex.is_head:
             self.head_only = True
