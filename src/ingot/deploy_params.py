@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ingot.routers.base import HealthCheck
+
 
 @dataclass(frozen=True)
 class HealthPolicy:
@@ -17,6 +19,13 @@ class HealthPolicy:
     timeout: float = 2.0
     healthy_threshold: int = 2
     deadline: float = 60.0
+
+    def for_router(self) -> HealthCheck:
+        """What the router checks between deploys: the same path, probed at most 1 s apart with at most a
+        1 s timeout and 2 failures in a row to eject, so that a hung or dead instance is out within
+        about 3 s under load; back after `healthy_threshold` passing probes, like the deploy's gate."""
+        return HealthCheck(path=self.path, interval=min(self.interval, 1.0), timeout=min(self.timeout, 1.0),
+                           fall=2, rise=self.healthy_threshold, max_failures=3)
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,7 @@ class Agent:
         """
         router = self.routers.get(key)
         if router is not None and router.listen_address == params.listen:
+            await router.set_health(params.health.for_router())
             kind = getattr(router, "kind", params.router_kind)
             if kind != params.router_kind:
                 host, port = params.listen
@@ -131,6 +132,7 @@ class Agent:
             return router
         fresh = self._new_router(key, params)
         await fresh.start()
+        await fresh.set_health(params.health.for_router())
         current = self.store.current_activation(*key)
         if current is not None and current.release_id:
             await self._refresh_pool(key, current.release_id, fresh)
@@ -422,6 +424,7 @@ class Agent:
                 "url": f"http://{activation.params['listen']}/", "instances": instances,
                 "router": {"listening": router is not None,
                            "weights": router.weights() if router else {},
+                           "backends": router.backend_health() if router else {},
                            "stats": {k: v.as_dict() for k, v in router.stats().items()} if router else {}},
             })
         return {"agent": {"pid": os.getpid(), "version": __version__}, "services": services}

@@ -17,12 +17,13 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 from ingot.agent.protocol import decode, encode
 from ingot.edge.home import EdgeHome
 from ingot.errors import OperationFailed, UserInputError
-from ingot.routers.base import Address, ReleaseStats
+from ingot.routers.base import Address, HealthCheck, ReleaseStats
 
 POLL_INTERVAL = 0.25
 START_TIMEOUT = 20.0
@@ -148,6 +149,7 @@ class EdgeRouter:
         self._listen = listen
         self._weights: dict[str, int] = {}
         self._stats: dict[str, ReleaseStats] = {}
+        self._backends: dict[str, dict[str, str]] = {}
         self._poller: asyncio.Task[None] | None = None
 
     @property
@@ -197,6 +199,12 @@ class EdgeRouter:
                                         release=release, addrs=[list(a) for a in addrs], timeout=timeout)
         return bool(answer["drained"])
 
+    async def set_health(self, check: HealthCheck) -> None:
+        await self.client.call("set_health", id=self.id, check=asdict(check))
+
+    def backend_health(self) -> dict[str, dict[str, str]]:
+        return {r: dict(b) for r, b in self._backends.items()}
+
     async def remove_release(self, release: str) -> None:
         await self.client.call("remove_release", id=self.id, release=release)
         self._weights.pop(release, None)
@@ -212,6 +220,7 @@ class EdgeRouter:
         answer = await self.client.call("stats", id=self.id)
         self._weights = {str(k): int(v) for k, v in answer["weights"].items()}
         self._stats = {str(r): ReleaseStats(**s) for r, s in answer["stats"].items()}
+        self._backends = answer.get("backends", {})
         return self.stats()
 
     async def _poll_forever(self) -> None:

@@ -33,7 +33,7 @@ from ingot import __version__
 from ingot.agent.protocol import decode, encode
 from ingot.edge.home import EdgeHome
 from ingot.errors import AlreadyRunning, IngotError, OperationFailed, UserInputError
-from ingot.routers.base import Address, Router
+from ingot.routers.base import Address, HealthCheck, Router
 
 log = logging.getLogger("ingot.edge")
 KINDS = ("builtin", "haproxy")
@@ -51,6 +51,7 @@ class RouteState:
     pools: dict[str, list[Address]] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
     draining: list[str] = field(default_factory=list)
+    health: dict[str, Any] | None = None  # a `HealthCheck` as a dict
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RouteState:
@@ -60,6 +61,7 @@ class RouteState:
             pools={str(r): [_address(a) for a in addrs] for r, addrs in raw.get("pools", {}).items()},
             weights={str(r): int(w) for r, w in raw.get("weights", {}).items()},
             draining=[str(r) for r in raw.get("draining", [])],
+            health=dict(raw["health"]) if raw.get("health") else None,
         )
 
 
@@ -124,6 +126,8 @@ class Edge:
 
     async def _build(self, state: RouteState) -> Router:
         router = self._new_router(state)
+        if state.health is not None:
+            await router.set_health(HealthCheck(**state.health))
         await router.start()
         for release, pool in state.pools.items():
             await router.set_backends(release, pool)
@@ -204,6 +208,13 @@ class Edge:
         self._persist()
         return {}
 
+    async def set_health(self, router_id: str, check: dict[str, Any]) -> dict[str, Any]:
+        state, router = self._router(router_id)
+        await router.set_health(HealthCheck(**check))
+        state.health = asdict(HealthCheck(**check))
+        self._persist()
+        return {}
+
     async def drain(self, router_id: str, release: str, timeout: float) -> dict[str, Any]:
         state, router = self._router(router_id)
         if release in state.pools and release not in state.draining:
@@ -245,7 +256,8 @@ class Edge:
     def stats(self, router_id: str) -> dict[str, Any]:
         state, router = self._router(router_id)
         return {"listen": list(router.listen_address), "kind": state.kind,
-                "weights": router.weights(), "stats": {r: s.as_dict() for r, s in router.stats().items()}}
+                "weights": router.weights(), "stats": {r: s.as_dict() for r, s in router.stats().items()},
+                "backends": router.backend_health()}
 
     def listing(self) -> dict[str, Any]:
         routes = []
@@ -314,6 +326,8 @@ class Edge:
                     return await self.drain_backends(router_id, str(request["release"]),
                                                      [_address(a) for a in request["addrs"]],
                                                      float(request["timeout"]))
+                case "set_health":
+                    return await self.set_health(router_id, dict(request["check"]))
                 case "remove_release":
                     return await self.remove_release(router_id, str(request["release"]))
                 case "release":
