@@ -1,10 +1,12 @@
-"""Agent restarts under load: requests failed per restart (target 0) and time back, on both routers.
+"""Agent restarts and hung instances under load, on both routers: failed requests, time back, time out.
 
 For each router kind the bundled example is deployed (2 replicas), then wrk loads its router from
 another process twice for the same time: once untouched (the baseline, same run), once while the
 agent is killed with SIGKILL `--kills` times and started again by ingot's supervisor. The table gives
 failed requests per restart, the seconds from the kill until the new agent answers, and the p99 and
-req/s of the faulted run relative to the baseline.
+req/s of the faulted run relative to the baseline. Then one instance is SIGSTOPped under the same load:
+the seconds until the edge's router ejects it, against the bound its health check promises
+(`(fall - 1) * interval + timeout` after the first unanswered probe, plus one interval of phase).
 
     python -m bench.agent_restart_bench [--kills 10] [--json bench/results/agent_restart.json]
 """
@@ -12,6 +14,8 @@ req/s of the faulted run relative to the baseline.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -21,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.test_agent_faults import kill_agent_and_time_return
-from tests.support.harness import ExampleProject, make_example, stop_everything
+from tests.faults.test_instance_faults import backend_state
+from tests.support.harness import ExampleProject, make_example, poll, stop_everything
 
 from bench._common import print_table, run_wrk, write_json
+from ingot.deploy_params import HealthPolicy
 
 
 def use_router(example: ExampleProject, kind: str) -> None:
@@ -50,6 +56,7 @@ def measure(kind: str, kills: int, work: Path) -> dict[str, Any]:
         killer.start()
         faulted = run_wrk(example.url, seconds + 1.0, connections=8)
         killer.join()
+        eject = eject_time(example, seconds=4.0)
     finally:
         stop_everything(example)
     failed = faulted["error_total"]
@@ -63,8 +70,28 @@ def measure(kind: str, kills: int, work: Path) -> dict[str, Any]:
         "req_per_s_ratio": round(faulted["requests_per_s"] / max(1.0, baseline["requests_per_s"]), 3),
         "p99_ms": faulted["p99_ms"],
         "baseline_p99_ms": baseline["p99_ms"],
-        "target": "PASS" if failed == 0 and returns and max(returns) < 2.0 else "FAIL",
+        **eject,
+        "target": "PASS" if failed == 0 and returns and max(returns) < 2.0 and eject["eject_s"] < 3.0 else "FAIL",
     }
+
+
+def eject_time(example: ExampleProject, seconds: float) -> dict[str, Any]:
+    victim = example.ingot("status", "--json", check=True).json["services"][0]["instances"][0]
+    check = HealthPolicy(path="/healthz", interval=0.2, timeout=2.0).for_router()  # the example spec's health
+    loader = threading.Thread(target=run_wrk, args=(example.url, seconds), kwargs={"connections": 8})
+    loader.start()
+    time.sleep(1.0)
+    os.killpg(victim["pid"], signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        poll(lambda: backend_state(example, victim["port"]).startswith("ejected"), timeout=15, interval=0.01,
+             what="the stopped instance to be ejected")
+        took = time.monotonic() - stopped
+    finally:
+        os.killpg(victim["pid"], signal.SIGCONT)
+        loader.join()
+    bound = (check.fall - 1) * check.interval + check.timeout + check.interval
+    return {"eject_s": round(took, 3), "eject_bound_s": round(bound, 3)}
 
 
 def main() -> int:
