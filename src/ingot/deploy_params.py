@@ -17,6 +17,7 @@ class HealthPolicy:
     timeout: float = 2.0
     healthy_threshold: int = 2
     deadline: float = 60.0
+    unhealthy_threshold: int = 2  # failed probes in a row that make a settling or verified instance unhealthy
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ def deploy_params(service: ServiceSpec, *, self_heal: bool = True) -> DeployPara
     return DeployParams(
         replicas=service.replicas,
         health=HealthPolicy(path=health.path, interval=health.interval, timeout=health.timeout,
-                            healthy_threshold=health.healthy_threshold, deadline=health.deadline),
+                            healthy_threshold=health.healthy_threshold, deadline=health.deadline,
+                            unhealthy_threshold=health.unhealthy_threshold),
         listen=service.router.address,
         router_kind=service.router.kind,
         strategy=service.strategy.type,

@@ -339,7 +339,7 @@ def test_unknown_key_in_health(tmp_path: Path) -> None:
     )
     assert only_problem(path) == (
         f"{path}:7: services.web.health.intervall: unknown key; expected one of deadline, "
-        "healthy_threshold, interval, path, timeout (did you mean interval?)"
+        "healthy_threshold, interval, path, timeout, unhealthy_threshold (did you mean interval?)"
     )
 
 
