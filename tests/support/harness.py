@@ -22,6 +22,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hello"
 LOAD_CLIENT = Path(__file__).with_name("load_client.py")
+# strategy.min_ready for every test project: the 10 s default would add 10 s to each deploy. Long enough
+# for a few health probes at the example's 200 ms interval, so every deploy still goes through a settle.
+TEST_MIN_READY = "500ms"
+EXAMPLE_STRATEGY = "strategy: {type: blue-green, drain_timeout: 10s}"
 
 
 def free_port() -> int:
@@ -100,10 +104,17 @@ def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") 
     spec = spec.replace('listen: "127.0.0.1:8080"', f'listen: "127.0.0.1:{port}"')
     spec = spec.replace('listen: "127.0.0.1:9080"', f'listen: "127.0.0.1:{free_port()}"')
     spec = spec.replace("replicas: 2", f"replicas: {replicas}")
-    spec = spec.replace("strategy: {type: blue-green, drain_timeout: 10s}",
-                        "strategy: {type: blue-green, drain_timeout: 10s}" + extra_service_yaml)
+    spec = spec.replace(EXAMPLE_STRATEGY, with_test_min_ready(EXAMPLE_STRATEGY) + extra_service_yaml)
     (root / "ingot.yaml").write_text(spec)
     return ExampleProject(root, port)
+
+
+def with_test_min_ready(strategy: str) -> str:
+    """A `strategy: {...}` line with the tests' short min_ready, unless it sets its own."""
+    if "min_ready" in strategy:
+        return strategy
+    assert "strategy: {" in strategy, f"expected a flow-style strategy line, got {strategy!r}"
+    return strategy.replace("strategy: {", f"strategy: {{min_ready: {TEST_MIN_READY}, ", 1)
 
 
 def make_container_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") -> ExampleProject:
@@ -116,6 +127,7 @@ def make_container_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: 
     spec = spec.replace('listen: "127.0.0.1:8090"', f'listen: "127.0.0.1:{port}"')
     spec = spec.replace('listen: "127.0.0.1:9090"', f'listen: "127.0.0.1:{free_port()}"')
     spec = spec.replace("replicas: 2", f"replicas: {replicas}")
+    spec = spec.replace(EXAMPLE_STRATEGY, with_test_min_ready(EXAMPLE_STRATEGY))
     spec = spec.replace("    stop_timeout: 5s\n", "    stop_timeout: 5s\n" + extra_service_yaml)
     (root / "ingot.yaml").write_text(spec)
     return ExampleProject(root, port)
@@ -164,9 +176,11 @@ def manual_repair(example: ExampleProject) -> None:
 
 
 def use_strategy(example: ExampleProject, strategy: str) -> None:
+    """Replace the example's strategy line (keeping the tests' short min_ready unless `strategy` sets one)."""
     spec = example.root / "ingot.yaml"
-    spec.write_text(spec.read_text().replace("    strategy: {type: blue-green, drain_timeout: 10s}",
-                                             strategy.lstrip("\n")))
+    current = f"    {with_test_min_ready(EXAMPLE_STRATEGY)}"
+    assert current in spec.read_text(), "use_strategy expects the example's strategy line"
+    spec.write_text(spec.read_text().replace(current, with_test_min_ready(strategy.lstrip("\n"))))
 
 
 def break_app(example: ExampleProject, body: str) -> None:

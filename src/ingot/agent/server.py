@@ -288,8 +288,8 @@ class Agent:
         strategy = params.strategy
         if kind == "rollback":
             # Going back is always one switch to a release that served before, not a new canary; and
-            # the release left behind is retired at once, not kept warm.
-            strategy, options = "blue-green", replace(options, verification=None)
+            # the release left behind is retired at once, not kept warm (no window, no min_ready).
+            strategy, options = "blue-green", replace(options, verification=None, min_ready=None)
         return plan_for(strategy, service_state(self.store, *key), Target(release_id, params.replicas), options)
 
     async def _run_until_verifying(self, key: Key, dep: Deployment, plan: Plan,
