@@ -148,15 +148,15 @@ async def watch_instances(instances: Sequence[Watched], policy: HealthPolicy, se
                 for who in instances:
                     why = await who.exited()
                     if why:
-                        return verdict(False, f"it exited ({why})", who)
+                        return verdict(False, f"stopped running ({why})", who)
                 failing = next((task for task in probers if task.done()), None)
                 if failing is not None:
                     who = failing.result()
                     # A refused probe is often the first sign of a death: say exited, not unhealthy.
                     why = await who.exited()
                     if why:
-                        return verdict(False, f"it exited ({why})", who)
-                    return verdict(False, f"it failed {policy.unhealthy_threshold} health probe(s) in a row on "
+                        return verdict(False, f"stopped running ({why})", who)
+                    return verdict(False, f"failed {policy.unhealthy_threshold} health probe(s) in a row on "
                                           f"{policy.path} (last: {recent[who.name][-1].detail})", who)
                 elapsed = time.monotonic() - started
                 if seconds is not None and elapsed >= seconds:

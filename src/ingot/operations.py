@@ -153,7 +153,7 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
         return outcome
     target = rollback_target(project, environment, name, to)
     config_store.check_secrets_for(target, environment)
-    if not build_release.artifact_available(project, target):
+    if not build_release.artifact_available(project.artifacts, target):
         raise OperationFailed(f"release {target.id} cannot be restored: its artifact {target.artifact_digest} "
                               "is no longer in the store")
     with locks.hold(project.store, environment, "rollback", current_actor()):

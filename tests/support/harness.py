@@ -187,3 +187,33 @@ def break_app(example: ExampleProject, body: str) -> None:
     app = example.root / "app.py"
     app.write_text(app.read_text().replace(
         '        body = {\n            "greeting"', f"        {body}\n        body = {{\n            \"greeting\""))
+
+
+HEALTHY_ANSWER = '            self._send(200, b"ok\\n", "text/plain")\n            return\n'
+
+
+def exit_after_first_health_check(example: ExampleProject, seconds: float, stagger: Path | None = None) -> None:
+    """Each instance passes its health gate, then exits (code 3, after printing "giving up") `seconds`
+    after its first health check. With `stagger` (a directory), the instances exit one second apart in
+    the order they were first probed, as instances of a bad release rarely die in the same millisecond."""
+    app = example.root / "app.py"
+    assert HEALTHY_ANSWER in app.read_text()
+    order = ""
+    if stagger is not None:
+        stagger.mkdir(parents=True, exist_ok=True)
+        order = (f'                for rank in range(1000):\n'
+                 f'                    try:\n'
+                 f'                        os.close(os.open(os.path.join({str(stagger)!r}, str(rank)), '
+                 f'os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n'
+                 f'                        break\n'
+                 f'                    except FileExistsError:\n'
+                 f'                        pass\n'
+                 f'                delay += rank\n')
+    app.write_text(app.read_text().replace(HEALTHY_ANSWER, (
+        '            self._send(200, b"ok\\n", "text/plain")\n'
+        '            if not getattr(Handler, "doomed", False):\n'
+        '                Handler.doomed = True\n'
+        f'                delay = {seconds!r}\n'
+        f'{order}'
+        '                threading.Timer(delay, lambda: (print("giving up", flush=True), os._exit(3))).start()\n'
+        '            return\n')))

@@ -64,7 +64,8 @@ class Agent:
         self.healer = Healer(self.store, self.runtimes, self.artifacts, self.executor, self.routers, self.lock,
                              self.windows.is_open)
         # Drift found and repaired on an interval, unasked ($INGOT_HEAL_INTERVAL, `ingot agent --heal-interval`).
-        self.self_healer = SelfHealer(self.store, self.healer, self.lock, self.windows.is_open, heal_interval())
+        self.self_healer = SelfHealer(self.store, self.healer, self.lock, self.windows.is_open, heal_interval(),
+                                      deploy=self.deploy)
         self._stopping = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
 
