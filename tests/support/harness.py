@@ -22,10 +22,11 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hello"
 LOAD_CLIENT = Path(__file__).with_name("load_client.py")
-# strategy.min_ready for every test project: the 10 s default would add 10 s to each deploy. Long enough
-# for a few health probes at the example's 200 ms interval, so every deploy still goes through a settle.
+# strategy.min_ready for every test project: the example's 3 s (or the 10 s default) would add that much
+# to each deploy. Long enough for a few health probes at the example's 200 ms interval, so every deploy
+# still goes through a settle.
 TEST_MIN_READY = "500ms"
-EXAMPLE_STRATEGY = "strategy: {type: blue-green, drain_timeout: 10s}"
+EXAMPLE_STRATEGY = "strategy: {type: blue-green, drain_timeout: 10s, min_ready: 3s}"
 
 
 def free_port() -> int:
@@ -64,6 +65,7 @@ class ExampleProject:
     # Extra environment for every command, and so for the agent the first one starts
     # (INGOT_HEAL_INTERVAL, say).
     env: dict[str, str] = field(default_factory=dict)
+    min_ready: str = TEST_MIN_READY  # what `use_strategy` gives a strategy that does not set its own
 
     @property
     def url(self) -> str:
@@ -96,7 +98,8 @@ class ExampleProject:
         return dict(response.json())
 
 
-def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") -> ExampleProject:
+def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "",
+                 min_ready: str = TEST_MIN_READY) -> ExampleProject:
     root = tmp / "hello"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".ingot", "__pycache__"))
     port = free_port()
@@ -104,20 +107,24 @@ def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") 
     spec = spec.replace('listen: "127.0.0.1:8080"', f'listen: "127.0.0.1:{port}"')
     spec = spec.replace('listen: "127.0.0.1:9080"', f'listen: "127.0.0.1:{free_port()}"')
     spec = spec.replace("replicas: 2", f"replicas: {replicas}")
-    spec = spec.replace(EXAMPLE_STRATEGY, with_test_min_ready(EXAMPLE_STRATEGY) + extra_service_yaml)
+    spec = spec.replace(EXAMPLE_STRATEGY, with_min_ready(EXAMPLE_STRATEGY, min_ready) + extra_service_yaml)
     (root / "ingot.yaml").write_text(spec)
-    return ExampleProject(root, port)
+    return ExampleProject(root, port, min_ready=min_ready)
 
 
-def with_test_min_ready(strategy: str) -> str:
-    """A `strategy: {...}` line with the tests' short min_ready, unless it sets its own."""
+def with_min_ready(strategy: str, min_ready: str) -> str:
+    """A `strategy: {...}` line with `min_ready` in place of the example's, or added when it sets none
+    (a test strategy that sets its own keeps it)."""
+    if strategy.strip() == EXAMPLE_STRATEGY:
+        return strategy.replace("min_ready: 3s", f"min_ready: {min_ready}")
     if "min_ready" in strategy:
         return strategy
     assert "strategy: {" in strategy, f"expected a flow-style strategy line, got {strategy!r}"
-    return strategy.replace("strategy: {", f"strategy: {{min_ready: {TEST_MIN_READY}, ", 1)
+    return strategy.replace("strategy: {", f"strategy: {{min_ready: {min_ready}, ", 1)
 
 
-def make_container_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") -> ExampleProject:
+def make_container_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "",
+                           min_ready: str = TEST_MIN_READY) -> ExampleProject:
     """The example's container flavour, as `ingot.yaml`, under a project name of its own."""
     root = tmp / "hello"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".ingot", "__pycache__"))
@@ -127,10 +134,10 @@ def make_container_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: 
     spec = spec.replace('listen: "127.0.0.1:8090"', f'listen: "127.0.0.1:{port}"')
     spec = spec.replace('listen: "127.0.0.1:9090"', f'listen: "127.0.0.1:{free_port()}"')
     spec = spec.replace("replicas: 2", f"replicas: {replicas}")
-    spec = spec.replace(EXAMPLE_STRATEGY, with_test_min_ready(EXAMPLE_STRATEGY))
+    spec = spec.replace(EXAMPLE_STRATEGY, with_min_ready(EXAMPLE_STRATEGY, min_ready))
     spec = spec.replace("    stop_timeout: 5s\n", "    stop_timeout: 5s\n" + extra_service_yaml)
     (root / "ingot.yaml").write_text(spec)
-    return ExampleProject(root, port)
+    return ExampleProject(root, port, min_ready=min_ready)
 
 
 @contextlib.contextmanager
@@ -176,11 +183,11 @@ def manual_repair(example: ExampleProject) -> None:
 
 
 def use_strategy(example: ExampleProject, strategy: str) -> None:
-    """Replace the example's strategy line (keeping the tests' short min_ready unless `strategy` sets one)."""
+    """Replace the example's strategy line (keeping the project's short min_ready unless `strategy` sets one)."""
     spec = example.root / "ingot.yaml"
-    current = f"    {with_test_min_ready(EXAMPLE_STRATEGY)}"
+    current = f"    {with_min_ready(EXAMPLE_STRATEGY, example.min_ready)}"
     assert current in spec.read_text(), "use_strategy expects the example's strategy line"
-    spec.write_text(spec.read_text().replace(current, with_test_min_ready(strategy.lstrip("\n"))))
+    spec.write_text(spec.read_text().replace(current, with_min_ready(strategy.lstrip("\n"), example.min_ready)))
 
 
 def break_app(example: ExampleProject, body: str) -> None:
