@@ -121,7 +121,7 @@ async def watch_instances(instances: Sequence[Watched], policy: HealthPolicy, se
     whose probe fails because it died is reported as exited), stable once `seconds` have passed.
     `check` is called between looks and may raise (an operator's abort).
     """
-    started = time.monotonic()
+    started = time.monotonic()  # again once the client exists: its set-up is no time watched
     probed = [0]
     recent: dict[str, deque[ProbeResult]] = {w.name: deque(maxlen=5) for w in instances}
 
@@ -141,6 +141,7 @@ async def watch_instances(instances: Sequence[Watched], policy: HealthPolicy, se
             await asyncio.sleep(policy.interval)
 
     async with httpx.AsyncClient(trust_env=False) as client:
+        started = time.monotonic()
         probers = [asyncio.create_task(keep_probing(client, who)) for who in instances]
         try:
             while True:
