@@ -18,7 +18,7 @@ def instances_by_release(example: ExampleProject) -> dict[str, set[str]]:
 
 
 def test_good_release_is_verified_then_the_previous_one_retires(routed: ExampleProject, tmp_path: Path) -> None:
-    use_strategy(routed, WINDOW.format(window="3s"))
+    use_strategy(routed, WINDOW.format(window="8s"))
     routed.ingot("deploy", check=True)
     old = routed.get()["release"]
     routed.set_version("2")
@@ -26,7 +26,7 @@ def test_good_release_is_verified_then_the_previous_one_retires(routed: ExampleP
         deployed = routed.ingot("deploy", "--json", check=True).json[0]
         new = deployed["release"]
         # The command returned at the switch: the window is open, the previous release still runs.
-        assert deployed["verifying"]["previous"] == old and deployed["verifying"]["seconds"] == 3
+        assert deployed["verifying"]["previous"] == old and deployed["verifying"]["seconds"] == 8
         assert routed.get()["release"] == new
         assert set(instances_by_release(routed)) == {old, new}
         poll(lambda: set(instances_by_release(routed)) == {new}, timeout=30, what="the previous release retired")
