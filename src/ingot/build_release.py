@@ -9,7 +9,7 @@ from typing import Any
 
 from ingot import config_ops, config_store, ledger
 from ingot.actor import current_actor
-from ingot.artifacts import BuildResult, build_artifact, cached_build
+from ingot.artifacts import ArtifactStore, BuildResult, build_artifact, cached_build
 from ingot.canonical import content_digest
 from ingot.errors import IngotError
 from ingot.image_inputs import image_input_key
@@ -158,12 +158,12 @@ def _secret_versions(release: ReleaseRow) -> dict[str, Any]:
     return {"secrets": {name: ref["version"] for name, ref in refs.items()}} if refs else {}
 
 
-def artifact_available(project: Project, release: ReleaseRow) -> bool:
+def artifact_available(artifacts: ArtifactStore, release: ReleaseRow, runtimes: Runtimes | None = None) -> bool:
     """Whether the release's artifact (or image) is still there to start instances from."""
     runtime = str(release.spec.get("runtime", "process"))
     if "@" in release.artifact_digest:
         return True  # a cluster's image, in its registry: nodes pull it, this machine cannot tell
     if runtime == "process":
-        return project.artifacts.has(release.artifact_digest)
-    engine: Any = Runtimes().get(runtime)
+        return artifacts.has(release.artifact_digest)
+    engine: Any = (runtimes or Runtimes()).get(runtime)
     return bool(engine.image_exists(release.artifact_digest))

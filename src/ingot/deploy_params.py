@@ -19,6 +19,7 @@ class HealthPolicy:
     timeout: float = 2.0
     healthy_threshold: int = 2
     deadline: float = 60.0
+    unhealthy_threshold: int = 2  # failed probes in a row that make a settling or verified instance unhealthy
 
     def for_router(self) -> HealthCheck:
         """What the router checks between deploys: the same path, probed at most 1 s apart with at most a

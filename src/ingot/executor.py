@@ -2,7 +2,9 @@
 
 Each step is written to the store (and the ledger) before it is taken and again when it is done, so
 an interrupted deploy can be recognised and cleaned up. Until the `route` step, the previous release
-keeps all traffic; a failure before it stops only what this deployment started.
+keeps all traffic; a failure before it stops only what this deployment started. After it, the previous
+release keeps running until the new one has settled (min_ready) and, if asked, been verified: a
+failure up to then sends traffic back to it by a switch alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from ingot import ledger
 from ingot.artifacts import ArtifactStore
@@ -21,7 +23,7 @@ from ingot.artifacts.store import force_rmtree
 from ingot.config_store import secret_values
 from ingot.deploy_params import DeployParams
 from ingot.errors import IngotError, OperationFailed
-from ingot.health import wait_healthy
+from ingot.health import Watched, WatchVerdict, wait_healthy, watch_instances
 from ingot.paths import StatePaths
 from ingot.plan import Plan, Step
 from ingot.rollout_analysis import analyse
@@ -32,6 +34,7 @@ from ingot.runtimes.registry import Runtimes
 from ingot.store import DeploymentRow, InstanceRow, ReleaseRow, Store
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
+T = TypeVar("T")
 
 
 class StepFailed(OperationFailed):
@@ -132,6 +135,9 @@ class Executor:
                 return await self._wait_healthy(dep)
             case "route":
                 return await self._route(dep, step)
+            case "settle":
+                assert step.release is not None and step.seconds is not None
+                return await self._stay_up(dep, step.release, step.seconds, f"its min_ready of {step.seconds:g}s")
             case "drain":
                 assert step.release is not None
                 drained = await dep.router.drain(step.release, dep.params.drain_timeout)
@@ -152,14 +158,21 @@ class Executor:
         raise AssertionError(step.kind)
 
     async def _verify(self, dep: Deployment, step: Step) -> dict[str, Any]:
-        assert step.seconds is not None
+        assert step.seconds is not None and step.release is not None
+        seconds = step.seconds
         dep.in_window = True
         try:
             if dep.on_verify is not None:
-                dep.on_verify(step.seconds)
-            if step.analysis is None:
-                return {"ended": await dep.control.hold(step.seconds)}
-            return await analyse(dep, step, self._record_verdict)
+                dep.on_verify(seconds)
+
+            async def judge() -> dict[str, Any]:
+                if step.analysis is None:
+                    return {"ended": await dep.control.hold(seconds)}
+                return await analyse(dep, step, self._record_verdict)
+
+            # The new release's instances stay watched as during min_ready: a death or failed probes inside
+            # the window send traffic back to the warm release as a failed verdict does.
+            return await guarded(judge(), self._stay_up(dep, step.release, None, "the verification window"))
         finally:
             dep.in_window = False
 
@@ -169,15 +182,54 @@ class Executor:
             ended = await dep.control.hold(seconds)
             return {"ended": ended}
         # A guarded pause: the analysis keeps judging while the operator decides; a fail aborts it.
-        guard = asyncio.create_task(analyse(dep, step, self._record_verdict, until_failure=True))
-        hold = asyncio.create_task(dep.control.hold(seconds))
-        done, _ = await asyncio.wait({guard, hold}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (guard, hold):
-            if task not in done:
-                task.cancel()
-        if guard in done:
-            guard.result()  # raises the analysis failure
-        return {"ended": hold.result()}
+        ended = await guarded(dep.control.hold(seconds),
+                              analyse(dep, step, self._record_verdict, until_failure=True))
+        return {"ended": ended}
+
+    # ---- staying up under traffic (min_ready, verification) ----------------------------------
+    async def _stay_up(self, dep: Deployment, release: str, seconds: float | None, span: str) -> dict[str, Any]:
+        """Watch `release`'s instances for `seconds` (None: until cancelled); raise StepFailed with the
+        evidence as soon as one of them dies or fails `unhealthy_threshold` health probes in a row."""
+        rows = self._passed_gate(dep, release)
+        watched = [Watched(row.id, row.host, row.port, self._exit_reason_of(row)) for row in rows]
+        verdict = await watch_instances(watched, dep.params.health, seconds, dep.control.check)
+        if not verdict.stable:
+            raise self._unstable(rows, verdict, span)
+        return {"instances": [r.id for r in rows], "probes": verdict.probed}
+
+    def _passed_gate(self, dep: Deployment, release: str) -> list[InstanceRow]:
+        """`release`'s instances that passed their health gate: this deployment's, including one that has
+        died since (the agent may already have marked it exited), and any that ran before it."""
+        states = self.store.instance_states(dep.row.environment, dep.row.service)
+        rows = {r.id: r for r in dep.started
+                if r.release_id == release and r.state == "running" and states.get(r.id) in ("running", "exited")}
+        for row in self.store.live_instances(dep.row.environment, dep.row.service):
+            if row.release_id == release and row.state == "running":
+                rows.setdefault(row.id, row)
+        return list(rows.values())
+
+    def _exit_reason_of(self, row: InstanceRow) -> Callable[[], Awaitable[str | None]]:
+        runtime = self.runtimes.of(row)
+
+        async def exit_reason() -> str | None:
+            try:
+                # A container engine is asked over a socket: off the loop, which also carries the router.
+                seen = runtime.observe(row) if row.runtime == "process" else await asyncio.to_thread(
+                    runtime.observe, row)
+            except IngotError:
+                return None  # an engine that cannot be asked: not knowing is not dead; the probes still judge
+            return None if seen.alive else seen.detail or "not running"
+
+        return exit_reason
+
+    def _unstable(self, rows: list[InstanceRow], verdict: WatchVerdict, span: str) -> StepFailed:
+        row = next(r for r in rows if r.id == verdict.instance)
+        details = []
+        if verdict.probes:
+            details.append(f"last health probes of {row.id}: {', '.join(p.detail for p in verdict.probes)}")
+        details += [f"last log lines of {row.id} ({row.log_path}):",
+                    *[f"  | {line}" for line in self.runtimes.of(row).log_tail(row, 15)]]
+        return StepFailed(f"instance {row.id} {verdict.reason} {verdict.seconds:.1f}s into {span}", details=details)
 
     def _record_verdict(self, dep: Deployment, verdict: dict[str, Any]) -> None:
         with self.store.begin() as conn:
@@ -317,17 +369,20 @@ class Executor:
         started. Once the previous release's instances are gone there is nothing to go back to."""
         key = (dep.row.environment, dep.row.service)
         stable = dep.row.from_release
+        mine = {r.id for r in dep.started}
         stable_running = [r for r in self.store.live_instances(*key)
-                          if stable and r.release_id == stable and r.state == "running"]
+                          if stable and r.release_id == stable and r.state == "running" and r.id not in mine]
         if dep.routed:
             if not stable_running:
                 return
             assert stable is not None
+            # A switch alone: the previous release's instances never stopped.
             await dep.router.set_backends(stable, [(r.host, r.port) for r in stable_running])
-            await dep.router.set_weights({stable: 100})
-            self._activate(dep, stable)
-            await dep.router.drain(dep.release.id, dep.params.drain_timeout)
-            await dep.router.remove_release(dep.release.id)
+            if stable != dep.release.id:  # else a failed scale-up: its release keeps serving, without the new ones
+                await dep.router.set_weights({stable: 100})
+                self._activate(dep, stable)
+                await dep.router.drain(dep.release.id, dep.params.drain_timeout)
+                await dep.router.remove_release(dep.release.id)
         await asyncio.gather(*(self.stop_instance(r, dep.params.stop_timeout) for r in dep.started))
 
     def _serving_text(self, dep: Deployment) -> str:
@@ -336,6 +391,23 @@ class Executor:
             return f"still serving: release {current.release_id} on {dep.router.listen_address[0]}:" \
                    f"{dep.router.listen_address[1]}"
         return "nothing was serving this service before, and nothing serves it now"
+
+
+async def guarded(body: Awaitable[T], guard: Awaitable[Any]) -> T:
+    """`body`'s result, unless `guard` raises first: its failure ends `body` and is raised. A guard that
+    ends without raising leaves `body` to finish."""
+    body_task = asyncio.ensure_future(body)
+    guard_task = asyncio.ensure_future(guard)
+    try:
+        done, _ = await asyncio.wait({body_task, guard_task}, return_when=asyncio.FIRST_COMPLETED)
+        if body_task not in done:
+            guard_task.result()
+            return await body_task
+        return body_task.result()
+    finally:
+        for task in (body_task, guard_task):
+            task.cancel()
+        await asyncio.gather(body_task, guard_task, return_exceptions=True)
 
 
 def release_environment(release: ReleaseRow) -> dict[str, str]:

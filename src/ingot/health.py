@@ -1,15 +1,20 @@
-"""Health probes and the health gate.
+"""Health probes, the health gate, and the watch over instances that have passed it.
 
 The gate is deterministic: an instance passes after `healthy_threshold` consecutive successful
 probes spaced `interval` apart; it fails when the instance exits or the `deadline` passes. Every
 verdict carries its evidence (probe results, exit code, last log lines).
+
+The watch (`watch_instances`) judges instances that already take traffic (min_ready, verification
+windows): each must keep running and keep answering its health path; it fails at the first exit or at
+`unhealthy_threshold` failed probes in a row, with the evidence.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -79,3 +84,90 @@ async def wait_healthy(
             # full interval; once it answers, confirming probes are spaced by the configured interval.
             pause = policy.interval if result.ok else min(policy.interval, 0.1)
             await asyncio.sleep(min(pause, max(0.0, policy.deadline - elapsed)))
+
+
+# How often a watched instance's process (or container) is looked at: a death is seen within this, so
+# that traffic can go back before the other instances die too. Probes keep the health interval.
+OBSERVE_EVERY = 0.1
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One instance under watch: where it answers, and how to tell whether it still runs."""
+
+    name: str
+    host: str
+    port: int
+    exited: Callable[[], Awaitable[str | None]]  # why it no longer runs, or None while it does
+
+
+@dataclass
+class WatchVerdict:
+    stable: bool
+    reason: str
+    instance: str | None = None  # the one that failed
+    probes: list[ProbeResult] = field(default_factory=list)  # its last probes
+    seconds: float = 0.0  # how long it was watched
+    probed: int = 0  # probes made, over all instances
+
+
+async def watch_instances(instances: Sequence[Watched], policy: HealthPolicy, seconds: float | None,
+                          check: Callable[[], None] = lambda: None,
+                          observe_every: float = OBSERVE_EVERY) -> WatchVerdict:
+    """Watch running instances for `seconds` (None: until cancelled or one fails).
+
+    Each is probed every `interval` from the start, and its process observed every `observe_every`.
+    Returns unstable at the first exit or at `unhealthy_threshold` failed probes in a row (an instance
+    whose probe fails because it died is reported as exited), stable once `seconds` have passed.
+    `check` is called between looks and may raise (an operator's abort).
+    """
+    started = time.monotonic()  # again once the client exists: its set-up is no time watched
+    probed = [0]
+    recent: dict[str, deque[ProbeResult]] = {w.name: deque(maxlen=5) for w in instances}
+
+    def verdict(stable: bool, reason: str, who: Watched | None = None) -> WatchVerdict:
+        return WatchVerdict(stable, reason, who.name if who else None, list(recent[who.name]) if who else [],
+                            round(time.monotonic() - started, 3), probed[0])
+
+    async def keep_probing(client: httpx.AsyncClient, who: Watched) -> Watched:
+        failed = 0
+        while True:
+            result = await probe(client, who.host, who.port, policy)
+            probed[0] += 1
+            recent[who.name].append(result)
+            failed = 0 if result.ok else failed + 1
+            if failed >= policy.unhealthy_threshold:
+                return who
+            await asyncio.sleep(policy.interval)
+
+    async with httpx.AsyncClient(trust_env=False) as client:
+        started = time.monotonic()
+        probers = [asyncio.create_task(keep_probing(client, who)) for who in instances]
+        try:
+            while True:
+                check()
+                for who in instances:
+                    why = await who.exited()
+                    if why:
+                        return verdict(False, f"stopped running ({why})", who)
+                failing = next((task for task in probers if task.done()), None)
+                if failing is not None:
+                    who = failing.result()
+                    # A refused probe is often the first sign of a death: say exited, not unhealthy.
+                    why = await who.exited()
+                    if why:
+                        return verdict(False, f"stopped running ({why})", who)
+                    return verdict(False, f"failed {policy.unhealthy_threshold} health probe(s) in a row on "
+                                          f"{policy.path} (last: {recent[who.name][-1].detail})", who)
+                elapsed = time.monotonic() - started
+                if seconds is not None and elapsed >= seconds:
+                    return verdict(True, "stayed up and healthy")
+                wait = observe_every if seconds is None else min(observe_every, seconds - elapsed)
+                if probers:
+                    await asyncio.wait(probers, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await asyncio.sleep(wait)
+        finally:
+            for task in probers:
+                task.cancel()
+            await asyncio.gather(*probers, return_exceptions=True)

@@ -29,7 +29,8 @@ def deploy_params(service: ServiceSpec, *, self_heal: bool = True) -> DeployPara
     return DeployParams(
         replicas=service.replicas,
         health=HealthPolicy(path=health.path, interval=health.interval, timeout=health.timeout,
-                            healthy_threshold=health.healthy_threshold, deadline=health.deadline),
+                            healthy_threshold=health.healthy_threshold, deadline=health.deadline,
+                            unhealthy_threshold=health.unhealthy_threshold),
         listen=service.router.address,
         router_kind=service.router.kind,
         strategy=service.strategy.type,
@@ -152,7 +153,7 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
         return outcome
     target = rollback_target(project, environment, name, to)
     config_store.check_secrets_for(target, environment)
-    if not build_release.artifact_available(project, target):
+    if not build_release.artifact_available(project.artifacts, target):
         raise OperationFailed(f"release {target.id} cannot be restored: its artifact {target.artifact_digest} "
                               "is no longer in the store")
     with locks.hold(project.store, environment, "rollback", current_actor()):

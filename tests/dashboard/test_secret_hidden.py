@@ -27,9 +27,7 @@ def every_get(server: Served, deployment: str) -> dict[str, str]:
 def test_a_secret_value_is_in_no_api_answer_log_or_page(project: ExampleProject, page: Any,
                                                         tmp_path: Path) -> None:
     spec = project.root / "ingot.yaml"
-    spec.write_text(spec.read_text().replace("strategy: {type: blue-green, drain_timeout: 10s}",
-                                             "strategy: {type: blue-green, drain_timeout: 10s}\n"
-                                             "    secrets: [API_KEY]"))
+    spec.write_text(spec.read_text().replace("    router: {", "    secrets: [API_KEY]\n    router: {", 1))
     secret = f"leak-canary-{uuid.uuid4().hex}"
     source = tmp_path / "value"
     source.write_text(secret)

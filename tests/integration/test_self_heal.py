@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.harness import ExampleProject, load, poll, use_strategy
+from tests.support.harness import ExampleProject, exit_after_first_health_check, load, poll, use_strategy
 
 SELF_HEAL = "ingot-agent/self-heal"
 
@@ -39,19 +39,6 @@ def warm_up(example: ExampleProject) -> None:
     poll(lambda: served() >= start + 200, timeout=30, what="the load to reach the router")
 
 
-def crash_soon_after_becoming_healthy(example: ExampleProject) -> None:
-    """The app passes its health gate, then exits about a second after its first health check."""
-    app = example.root / "app.py"
-    healthy = '            self._send(200, b"ok\\n", "text/plain")\n            return\n'
-    assert healthy in app.read_text()
-    app.write_text(app.read_text().replace(healthy, (
-        '            self._send(200, b"ok\\n", "text/plain")\n'
-        '            if not getattr(Handler, "doomed", False):\n'
-        '                Handler.doomed = True\n'
-        '                threading.Timer(1.0, lambda: (print("giving up", flush=True), os._exit(3))).start()\n'
-        '            return\n')))
-
-
 def test_killed_instance_is_replaced_by_the_agent_with_zero_failed_requests(example: ExampleProject,
                                                                             tmp_path: Path) -> None:
     example.ingot("deploy", check=True)
@@ -77,7 +64,8 @@ def test_killed_instance_is_replaced_by_the_agent_with_zero_failed_requests(exam
 
 
 def test_a_release_that_keeps_dying_is_backed_off_not_restarted_in_a_loop(example: ExampleProject) -> None:
-    crash_soon_after_becoming_healthy(example)
+    # Long enough after the gate to pass min_ready and be deployed; a crash loop after that.
+    exit_after_first_health_check(example, 2.0)
     example.ingot("deploy", check=True)
     # Four failed replacements: the backoff waits 1 s, 2 s, 4 s, then 8 s before the fifth.
     backoffs = poll(lambda: (b := ledger(example, "self_heal.backoff")) and len(b) >= 4 and b,
@@ -99,6 +87,11 @@ def test_a_release_that_keeps_dying_is_backed_off_not_restarted_in_a_loop(exampl
     assert 0 < heal["backoff"]["next_try_in"] <= 8
     table = example.ingot("status", check=True).out
     assert "self-heal backing off: 4 failed replacement(s), next try in" in table
+    # A crash loop, but this release is the only one ever deployed: nothing to go back to, and it says so once.
+    [none] = ledger(example, "self_heal.fallback.none")
+    assert "3 failed replacements in a row" in none["payload"]["reason"]
+    assert "self-heal has no earlier stable release to go back to" in table
+    assert ledger(example, "self_heal.fallback") == []
 
     # A new deployment ends the backoff at once; what the dead release left behind is cleared up,
     # without starting more instances than the replicas asked for.

@@ -22,6 +22,11 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hello"
 LOAD_CLIENT = Path(__file__).with_name("load_client.py")
+# strategy.min_ready for every test project: the example's 3 s (or the 10 s default) would add that much
+# to each deploy. Long enough for a few health probes at the example's 200 ms interval, so every deploy
+# still goes through a settle.
+TEST_MIN_READY = "500ms"
+EXAMPLE_STRATEGY = "strategy: {type: blue-green, drain_timeout: 10s, min_ready: 3s}"
 
 
 def free_port() -> int:
@@ -60,6 +65,7 @@ class ExampleProject:
     # Extra environment for every command, and so for the agent the first one starts
     # (INGOT_HEAL_INTERVAL, say).
     env: dict[str, str] = field(default_factory=dict)
+    min_ready: str = TEST_MIN_READY  # what `use_strategy` gives a strategy that does not set its own
 
     @property
     def url(self) -> str:
@@ -92,7 +98,8 @@ class ExampleProject:
         return dict(response.json())
 
 
-def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") -> ExampleProject:
+def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "",
+                 min_ready: str = TEST_MIN_READY) -> ExampleProject:
     root = tmp / "hello"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".ingot", "__pycache__"))
     port = free_port()
@@ -100,13 +107,24 @@ def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") 
     spec = spec.replace('listen: "127.0.0.1:8080"', f'listen: "127.0.0.1:{port}"')
     spec = spec.replace('listen: "127.0.0.1:9080"', f'listen: "127.0.0.1:{free_port()}"')
     spec = spec.replace("replicas: 2", f"replicas: {replicas}")
-    spec = spec.replace("strategy: {type: blue-green, drain_timeout: 10s}",
-                        "strategy: {type: blue-green, drain_timeout: 10s}" + extra_service_yaml)
+    spec = spec.replace(EXAMPLE_STRATEGY, with_min_ready(EXAMPLE_STRATEGY, min_ready) + extra_service_yaml)
     (root / "ingot.yaml").write_text(spec)
-    return ExampleProject(root, port)
+    return ExampleProject(root, port, min_ready=min_ready)
 
 
-def make_container_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") -> ExampleProject:
+def with_min_ready(strategy: str, min_ready: str) -> str:
+    """A `strategy: {...}` line with `min_ready` in place of the example's, or added when it sets none
+    (a test strategy that sets its own keeps it)."""
+    if strategy.strip() == EXAMPLE_STRATEGY:
+        return strategy.replace("min_ready: 3s", f"min_ready: {min_ready}")
+    if "min_ready" in strategy:
+        return strategy
+    assert "strategy: {" in strategy, f"expected a flow-style strategy line, got {strategy!r}"
+    return strategy.replace("strategy: {", f"strategy: {{min_ready: {min_ready}, ", 1)
+
+
+def make_container_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "",
+                           min_ready: str = TEST_MIN_READY) -> ExampleProject:
     """The example's container flavour, as `ingot.yaml`, under a project name of its own."""
     root = tmp / "hello"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".ingot", "__pycache__"))
@@ -116,9 +134,10 @@ def make_container_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: 
     spec = spec.replace('listen: "127.0.0.1:8090"', f'listen: "127.0.0.1:{port}"')
     spec = spec.replace('listen: "127.0.0.1:9090"', f'listen: "127.0.0.1:{free_port()}"')
     spec = spec.replace("replicas: 2", f"replicas: {replicas}")
+    spec = spec.replace(EXAMPLE_STRATEGY, with_min_ready(EXAMPLE_STRATEGY, min_ready))
     spec = spec.replace("    stop_timeout: 5s\n", "    stop_timeout: 5s\n" + extra_service_yaml)
     (root / "ingot.yaml").write_text(spec)
-    return ExampleProject(root, port)
+    return ExampleProject(root, port, min_ready=min_ready)
 
 
 @contextlib.contextmanager
@@ -177,12 +196,44 @@ def manual_repair(example: ExampleProject) -> None:
 
 
 def use_strategy(example: ExampleProject, strategy: str) -> None:
+    """Replace the example's strategy line (keeping the project's short min_ready unless `strategy` sets one)."""
     spec = example.root / "ingot.yaml"
-    spec.write_text(spec.read_text().replace("    strategy: {type: blue-green, drain_timeout: 10s}",
-                                             strategy.lstrip("\n")))
+    current = f"    {with_min_ready(EXAMPLE_STRATEGY, example.min_ready)}"
+    assert current in spec.read_text(), "use_strategy expects the example's strategy line"
+    spec.write_text(spec.read_text().replace(current, with_min_ready(strategy.lstrip("\n"), example.min_ready)))
 
 
 def break_app(example: ExampleProject, body: str) -> None:
     app = example.root / "app.py"
     app.write_text(app.read_text().replace(
         '        body = {\n            "greeting"', f"        {body}\n        body = {{\n            \"greeting\""))
+
+
+HEALTHY_ANSWER = '            self._send(200, b"ok\\n", "text/plain")\n            return\n'
+
+
+def exit_after_first_health_check(example: ExampleProject, seconds: float, stagger: Path | None = None) -> None:
+    """Each instance passes its health gate, then exits (code 3, after printing "giving up") `seconds`
+    after its first health check. With `stagger` (a directory), the instances exit one second apart in
+    the order they were first probed, as instances of a bad release rarely die in the same millisecond."""
+    app = example.root / "app.py"
+    assert HEALTHY_ANSWER in app.read_text()
+    order = ""
+    if stagger is not None:
+        stagger.mkdir(parents=True, exist_ok=True)
+        order = (f'                for rank in range(1000):\n'
+                 f'                    try:\n'
+                 f'                        os.close(os.open(os.path.join({str(stagger)!r}, str(rank)), '
+                 f'os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n'
+                 f'                        break\n'
+                 f'                    except FileExistsError:\n'
+                 f'                        pass\n'
+                 f'                delay += rank\n')
+    app.write_text(app.read_text().replace(HEALTHY_ANSWER, (
+        '            self._send(200, b"ok\\n", "text/plain")\n'
+        '            if not getattr(Handler, "doomed", False):\n'
+        '                Handler.doomed = True\n'
+        f'                delay = {seconds!r}\n'
+        f'{order}'
+        '                threading.Timer(delay, lambda: (print("giving up", flush=True), os._exit(3))).start()\n'
+        '            return\n')))

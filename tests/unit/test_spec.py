@@ -339,7 +339,7 @@ def test_unknown_key_in_health(tmp_path: Path) -> None:
     )
     assert only_problem(path) == (
         f"{path}:7: services.web.health.intervall: unknown key; expected one of deadline, "
-        "healthy_threshold, interval, path, timeout (did you mean interval?)"
+        "healthy_threshold, interval, path, timeout, unhealthy_threshold (did you mean interval?)"
     )
 
 
@@ -737,3 +737,84 @@ def test_analysis_options_reach_the_thresholds(tmp_path: Path) -> None:
     assert (thresholds.max_error_rate_increase, thresholds.max_p99_increase_ms) == (0.02, 50.0)
     bad = write(tmp_path, path.read_text().replace("max_error_rate_increase: 0.02", "max_error_rate_increase: 2"))
     assert "services.web.strategy.analysis.max_error_rate_increase" in only_problem(bad)
+
+
+# --- min_ready ---------------------------------------------------------------------------------------
+
+
+def test_min_ready_defaults_to_ten_seconds_and_an_environment_overrides_it(tmp_path: Path) -> None:
+    from ingot.operations import deploy_params
+    from ingot.plan import StrategyOptions
+
+    path = write(tmp_path, """\
+        project: hi
+        services:
+          web:
+            command: [a]
+            strategy: {type: rolling, max_surge: 2}
+        environments:
+          staging:
+            services:
+              web: {strategy: {min_ready: 1.5s}}
+          production:
+            services:
+              web: {router: {listen: "127.0.0.1:9080"}}
+        """)
+    spec = load_spec(path)
+    assert spec.service_for("production", "web").strategy.min_ready == 10.0
+    staging = spec.service_for("staging", "web")
+    assert (staging.strategy.min_ready, staging.strategy.type, staging.strategy.max_surge) == (1.5, "rolling", 2)
+    # A deployment parameter, carried to the planner; not part of what runs, so not of the release's identity.
+    assert StrategyOptions.from_mapping(deploy_params(staging).strategy_options).min_ready == 1.5
+    assert staging.release_fields() == spec.service_for("production", "web").release_fields()
+    assert ServiceSpec(command=["a"], strategy=StrategySpec(min_ready=0)).strategy.min_ready == 0
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("-1", "must not be negative, got -1"),
+    ("-1s", "expected a duration like 500ms"),
+    ("soon", "expected a duration like 500ms"),
+])
+def test_bad_min_ready_is_reported_at_its_line(tmp_path: Path, value: str, expected: str) -> None:
+    path = write(tmp_path, f"project: hi\nservices:\n  web:\n    command: [a]\n    strategy:\n"
+                           f"      min_ready: {value}\n")
+    problem = only_problem(path)
+    assert problem.startswith(f"{path}:6: services.web.strategy.min_ready: {expected}"), problem
+
+
+def test_bad_min_ready_in_an_override_is_reported_at_the_override(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        project: hi
+        services:
+          web:
+            command: [a]
+        environments:
+          production:
+            services:
+              web:
+                strategy: {min_ready: -2}
+        """)
+    assert only_problem(path) == (
+        f"{path}:9: environments.production.services.web.strategy.min_ready: must not be negative, got -2")
+
+
+def test_unhealthy_threshold_is_at_least_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "project: hi\nservices:\n  web:\n    command: [a]\n    health:\n"
+                           "      unhealthy_threshold: 0\n")
+    assert only_problem(path).startswith(f"{path}:6: services.web.health.unhealthy_threshold: must be")
+    ok = load_spec(write(tmp_path, "project: hi\nservices:\n  web:\n    command: [a]\n"))
+    assert ok.service_for("default", "web").health.unhealthy_threshold == 2
+
+
+def test_schema_knows_min_ready_and_unhealthy_threshold() -> None:
+    schema = json_schema()
+    strategy = schema["$defs"]["StrategySpec"]["properties"]["min_ready"]
+    assert [option["type"] for option in strategy["anyOf"]] == ["number", "string"] and strategy["default"] == 10.0
+    assert schema["$defs"]["HealthSpec"]["properties"]["unhealthy_threshold"]["minimum"] == 1
+    validator = jsonschema.Draft202012Validator(schema)
+    good = {"project": "hi", "services": {"web": {"command": "a", "strategy": {"min_ready": "30s"}}},
+            "environments": {"prod": {"services": {"web": {"strategy": {"min_ready": 0}}}}}}
+    assert list(validator.iter_errors(good)) == []
+    bad = {"project": "hi", "services": {"web": {"command": "a", "strategy": {"min_ready": "later"}}}}
+    assert [".".join(map(str, e.absolute_path)) for e in validator.iter_errors(bad)] == [
+        "services.web.strategy.min_ready"]

@@ -14,6 +14,18 @@ A release whose instances crash on start, or keep dying shortly after starting, 
 a hot loop: each failed replacement doubles the wait before the next one (1 s, 2 s, 4 s … up to
 5 min). The backoff is recorded and shown by `ingot status`. It ends once replacements have stayed
 healthy for `STABLE_AFTER`, or when a new deployment (or new deployment parameters) comes.
+
+A live release that self-heal cannot keep up is left for the last release that was stable. The
+trigger: `FALLBACK_AFTER` (3) failed replacements in a row, with no `STABLE_AFTER` of health between
+them (which would have reset the count), while the service still has findings. That is a crash loop,
+not bad luck: about 1 + 2 s of backoff plus three lives of the release. The release gone back to is
+the newest one, other than the live release, whose deployment in this environment succeeded (so it
+stayed up through its min_ready), whose artifact is still in the store, and that self-heal has not
+already left for crash-looping (so two bad releases cannot ping-pong). Going back is a normal
+rollback through the health gate, by `ingot-agent/self-heal`: it is in the ledger (`self_heal.fallback`,
+with the reason, before it starts; then the rollback's own entries), in `ingot history`, in the
+agent's log and in `ingot status`. It is tried once per deployment: when there is nothing to go back
+to, or the rollback fails, that is recorded and shown too, and the backoff goes on as before.
 """
 
 from __future__ import annotations
@@ -22,17 +34,18 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ingot import ledger, locks
 from ingot.agent.healer import Healer, RepairReport
+from ingot.build_release import artifact_available
 from ingot.deploy_params import DeployParams
 from ingot.drift import Finding, find_drift
 from ingot.errors import IngotError, UserInputError
 from ingot.spec.durations import parse_duration
-from ingot.store import ActivationRow, Store
+from ingot.store import ActivationRow, ReleaseRow, Store
 
 Key = tuple[str, str]
 log = logging.getLogger("ingot.agent")
@@ -44,6 +57,16 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 # A replacement that runs this long without a finding proves the release sound: the backoff ends.
 STABLE_AFTER = 30.0
+# Failed replacements in a row after which the live release is crash-looping: back to the last stable one.
+FALLBACK_AFTER = 3
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Deploy(Protocol):
+    """The agent's deploy (a rollback here): takes the service's lock, plans, applies, records."""
+
+    async def __call__(self, key: Key, release_id: str, params: DeployParams, *, kind: str, send: Send,
+                      actor: str | None = None, dry_run: bool = False) -> dict[str, Any]: ...
 
 
 def heal_interval(value: str | None = None, source: str = INTERVAL_ENV) -> float:
@@ -126,19 +149,22 @@ class ServiceHealth:
     passes: int = 0
     repairs: int = 0
     last_repair: dict[str, Any] | None = None
+    fallback: dict[str, Any] | None = None  # the one fallback tried for this deployment, and how it went
 
 
 class SelfHealer:
     def __init__(self, store: Store, healer: Healer, lock: Callable[[Key], asyncio.Lock],
                  verifying: Callable[[Key], bool], interval: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, deploy: Deploy | None = None) -> None:
         self.store = store
         self.healer = healer
         self.lock = lock
         self.verifying = verifying
         self.interval = interval
         self.clock = clock
+        self.deploy = deploy  # None: no fallback to an earlier release, only repairs
         self.services: dict[Key, ServiceHealth] = {}
+        self.fell_back: dict[Key, dict[str, Any]] = {}  # the last fallback that went through, per service
 
     @property
     def enabled(self) -> bool:
@@ -216,6 +242,10 @@ class SelfHealer:
             ledger.record(self.store, actor=ACTOR, action="self_heal.backoff.end", environment=key[0],
                           service=key[1], subject=activation.release_id,
                           payload={"reason": f"replacements stayed healthy for {state.backoff.stable_after:g}s"})
+        if (findings and params.self_heal and state.backoff.failures >= FALLBACK_AFTER and state.fallback is None
+                and self.deploy is not None):
+            await self._fall_back(key, activation, state, params)
+            return
         if not findings or not params.self_heal or not state.backoff.ready(now):
             return
         lock = self.lock(key)
@@ -275,6 +305,64 @@ class SelfHealer:
                       payload={"failed_replacements": state.backoff.failures, "next_try_in": delay,
                                "reason": reason})
 
+    # ---- falling back to the last stable release ---------------------------------------
+    async def _fall_back(self, key: Key, activation: ActivationRow, state: ServiceHealth,
+                         params: DeployParams) -> None:
+        """The live release crash-loops: a rollback, through the health gate, to the last stable release."""
+        assert self.deploy is not None
+        live = activation.release_id or ""
+        reason = (f"{live} crash-loops: {state.backoff.failures} failed replacements in a row "
+                  f"(last: {state.backoff.last_failure})")
+        target = self.last_stable(key, live)
+        note: dict[str, Any] = {"from": live, "reason": reason, "at": time.time()}
+        if target is None:
+            state.fallback = {**note, "to": None, "outcome": "none"}
+            log.warning("self-heal %s/%s: %s; no earlier stable release to go back to", key[0], key[1], reason)
+            ledger.record(self.store, actor=ACTOR, action="self_heal.fallback.none", environment=key[0],
+                          service=key[1], subject=live,
+                          payload={"reason": reason, "note": "no other release of this service succeeded a deploy "
+                                   "here and is still in the store; the backoff goes on"})
+            return
+        note["to"] = target.id
+        log.warning("self-heal %s/%s: %s; rolling back to %s, the last release that was stable", key[0], key[1],
+                    reason, target.id)
+        ledger.record(self.store, actor=ACTOR, action="self_heal.fallback", environment=key[0], service=key[1],
+                      subject=target.id, payload={"from": live, "to": target.id, "reason": reason,
+                                                  "failed_replacements": state.backoff.failures})
+        state.fallback = {**note, "outcome": "rolling back"}
+        try:
+            result = await self.deploy(key, target.id, params, kind="rollback", send=_discard, actor=ACTOR)
+        except IngotError as exc:
+            state.fallback = {**note, "outcome": "failed", "error": exc.message}
+            log.warning("self-heal %s/%s: the rollback to %s failed: %s", key[0], key[1], target.id, exc.message)
+            ledger.record(self.store, actor=ACTOR, action="self_heal.fallback.fail", environment=key[0],
+                          service=key[1], subject=target.id,
+                          payload={"from": live, "to": target.id, "error": exc.message, "details": exc.details})
+            return
+        self.fell_back[key] = {**note, "outcome": "rolled back", "deployment": result.get("deployment")}
+
+    def last_stable(self, key: Key, live: str) -> ReleaseRow | None:
+        """The newest release other than `live` whose deployment succeeded here, still in the store, and
+        not one self-heal already left for crash-looping."""
+        left = {e.payload.get("from") for e in ledger.entries(self.store, environment=key[0], service=key[1],
+                                                               actions=["self_heal.fallback"])}
+        for deployment in self.store.deployments(key[0], key[1], limit=500):
+            candidate = deployment.to_release
+            if candidate == live or candidate in left:
+                continue
+            if self.store.deployment_outcome(deployment.id) != "succeeded":
+                continue
+            release = self.store.get_release(candidate)
+            try:
+                present = release is not None and artifact_available(self.healer.artifacts, release,
+                                                                     self.healer.runtimes)
+            except IngotError:
+                present = False  # an engine that cannot be asked: try an older one rather than fail
+            if present:
+                return release
+            left.add(candidate)
+        return None
+
     def _record_new(self, key: Key, state: ServiceHealth, findings: list[Finding], repairing: bool) -> None:
         """Each finding goes to the ledger once, when first seen, with its evidence."""
         seen = {(f.kind, f.instance) for f in findings}
@@ -295,10 +383,14 @@ class SelfHealer:
     # ---- reporting ---------------------------------------------------------------------
     def describe(self, activation: ActivationRow) -> dict[str, Any]:
         """Self-heal's view of one service, for `ingot status`."""
-        state = self.services.get((activation.environment, activation.service))
+        key = (activation.environment, activation.service)
+        state = self.services.get(key)
         if state is None or state.deployment != activation.deployment_id:
             state = ServiceHealth(activation.deployment_id)  # a new deployment: nothing known of it yet
         backoff = state.backoff
+        fell_back = self.fell_back.get(key)
+        if fell_back is not None and fell_back["deployment"] != activation.deployment_id:
+            fell_back = None  # another deployment came since
         return {
             "enabled": self.enabled and DeployParams.from_dict(activation.params).self_heal,
             "interval": self.interval,
@@ -308,6 +400,7 @@ class SelfHealer:
             "repairs": state.repairs,
             "last_repair": state.last_repair,
             "backoff": backoff.as_dict(self.clock()) if backoff.failures else None,
+            "fallback": fell_back or state.fallback,
         }
 
 

@@ -65,7 +65,8 @@ class Agent:
         self.healer = Healer(self.store, self.runtimes, self.artifacts, self.executor, self.routers, self.lock,
                              self.windows.is_open)
         # Drift found and repaired on an interval, unasked ($INGOT_HEAL_INTERVAL, `ingot agent --heal-interval`).
-        self.self_healer = SelfHealer(self.store, self.healer, self.lock, self.windows.is_open, heal_interval())
+        self.self_healer = SelfHealer(self.store, self.healer, self.lock, self.windows.is_open, heal_interval(),
+                                      deploy=self.deploy)
         self._stopping = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
 
@@ -305,8 +306,8 @@ class Agent:
         strategy = params.strategy
         if kind == "rollback":
             # Going back is always one switch to a release that served before, not a new canary; and
-            # the release left behind is retired at once, not kept warm.
-            strategy, options = "blue-green", replace(options, verification=None)
+            # the release left behind is retired at once, not kept warm (no window, no min_ready).
+            strategy, options = "blue-green", replace(options, verification=None, min_ready=None)
         return plan_for(strategy, service_state(self.store, *key), Target(release_id, params.replicas), options)
 
     async def _run_until_verifying(self, key: Key, dep: Deployment, plan: Plan,

@@ -367,8 +367,7 @@ def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> N
         if hardening and hardening["relaxed"]:
             console.print(f"  {item['environment']}/{item['service']}: hardening relaxed: "
                           f"{', '.join(hardening['relaxed'])} (reason: {hardening['reason']})", markup=False)
-        healing = _self_heal_line(item.get("self_heal"))
-        if healing:
+        for healing in _self_heal_lines(item.get("self_heal")):
             console.print(f"  {item['environment']}/{item['service']}: {healing}", markup=False)
         for instance in item["instances"]:
             if instance["health"] != "healthy":
@@ -376,18 +375,31 @@ def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> N
                               f"{instance['port']}): {instance['state']}, {instance['health']}")
 
 
-def _self_heal_line(heal: dict[str, Any] | None) -> str | None:
-    """What `ingot status` says of self-healing: only a backoff, or drift left alone because it is off."""
+def _self_heal_lines(heal: dict[str, Any] | None) -> list[str]:
+    """What `ingot status` says of self-healing: a fallback to the last stable release, a backoff, or drift
+    left alone because it is off."""
     if not heal:
-        return None
+        return []
+    lines = []
+    fallback = heal.get("fallback")
+    if fallback:
+        match fallback["outcome"]:
+            case "rolled back" | "rolling back":
+                lines.append(f"self-heal {fallback['outcome']} from {fallback['from']} to {fallback['to']}, "
+                             f"the last release that was stable: {fallback['reason']}")
+            case "failed":
+                lines.append(f"self-heal could not go back to {fallback['to']}: {fallback['error']} "
+                             f"({fallback['reason']})")
+            case _:
+                lines.append(f"self-heal has no earlier stable release to go back to: {fallback['reason']}")
     backoff = heal.get("backoff")
     if backoff:
-        return (f"self-heal backing off: {backoff['failed_replacements']} failed replacement(s), next try in "
-                f"{backoff['next_try_in']:g}s (last: {backoff['last_failure']})")
-    if heal.get("findings") and not heal.get("enabled"):
-        return (f"self-heal off: {len(heal['findings'])} drift finding(s) recorded, not repaired "
-                "(ingot drift shows them, ingot reconcile repairs them)")
-    return None
+        lines.append(f"self-heal backing off: {backoff['failed_replacements']} failed replacement(s), next try in "
+                     f"{backoff['next_try_in']:g}s (last: {backoff['last_failure']})")
+    elif heal.get("findings") and not heal.get("enabled"):
+        lines.append(f"self-heal off: {len(heal['findings'])} drift finding(s) recorded, not repaired "
+                     "(ingot drift shows them, ingot reconcile repairs them)")
+    return lines
 
 
 @app.command()

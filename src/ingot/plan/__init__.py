@@ -10,18 +10,20 @@ STRATEGIES = ("blue-green", "canary", "rolling")
 
 
 def plan_for(strategy: str, state: ServiceState, target: Target, options: StrategyOptions | None = None) -> Plan:
-    """The plan of `strategy`; `options` carries canary steps and analysis, or rolling surge limits."""
+    """The plan of `strategy`; `options` carries canary steps and analysis, rolling surge limits, the
+    verification window and min_ready."""
     match strategy:
         case "blue-green":
             opts = options or StrategyOptions()
-            return plan_blue_green(state, target, opts.verification, opts.analysis)
+            return plan_blue_green(state, target, opts.verification, opts.analysis, opts.min_ready)
         case "canary":
             if options is None or not options.steps:
                 raise ValueError("a canary needs options with at least one step")
-            return plan_canary(state, target, options.steps, options.analysis, options.verification)
+            return plan_canary(state, target, options.steps, options.analysis, options.verification,
+                               options.min_ready)
         case "rolling":
             opts = options or StrategyOptions()
-            return plan_rolling(state, target, opts.max_surge, opts.max_unavailable)
+            return plan_rolling(state, target, opts.max_surge, opts.max_unavailable, opts.min_ready)
     raise ValueError(f"no planner for strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
 
 

@@ -17,9 +17,11 @@ from ingot.plan.model import CanaryStep, Pause, Plan, ServiceState, Step, Target
 
 
 def plan_canary(state: ServiceState, target: Target, steps: Sequence[tuple[int, Pause]],
-                analysis: Thresholds | None = None, verification: float | None = None) -> Plan:
+                analysis: Thresholds | None = None, verification: float | None = None,
+                min_ready: float | None = None) -> Plan:
     """Start the canary, then per step: route {canary: w, stable: 100 - w}, analyse and/or pause;
-    finally all traffic to the canary, drain and stop stable.
+    finally all traffic to the canary, settle for `min_ready` (after the last step's pause, just before
+    stable would retire: it is judged at full traffic), drain and stop stable.
 
     Steps below the canary's current weight are skipped, so a re-plan after an interrupted canary
     goes on from where traffic is (never backwards); the step at the current weight runs again.
@@ -28,7 +30,7 @@ def plan_canary(state: ServiceState, target: Target, steps: Sequence[tuple[int, 
     release = target.release
     stable = stable_release(state, release)
     if target.replicas == 0 or stable is None:
-        plan = plan_blue_green(state, target, verification, analysis)
+        plan = plan_blue_green(state, target, verification, analysis, min_ready)
         return Plan("canary", target, plan.steps, note=_why_no_canary(state, target) if plan.steps else "")
 
     out: list[Step] = []
@@ -54,7 +56,7 @@ def plan_canary(state: ServiceState, target: Target, steps: Sequence[tuple[int, 
     if last != 100 or not checked[skip:]:
         out.append(Step("route", weights=((release, 100),)))
 
-    out.extend(retire_previous(state, release, verification, analysis))
+    out.extend(retire_previous(state, release, verification, analysis, min_ready))
     return Plan("canary", target, tuple(out))
 
 

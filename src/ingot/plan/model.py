@@ -8,8 +8,8 @@ from typing import Any, Literal, NamedTuple
 
 from ingot.analysis import Thresholds
 
-StepKind = Literal["start", "wait_healthy", "route", "drain", "drain_instances", "stop", "pause", "analyse",
-                   "verify"]
+StepKind = Literal["start", "wait_healthy", "route", "settle", "drain", "drain_instances", "stop", "pause",
+                   "analyse", "verify"]
 Pause = float | Literal["manual"] | None
 
 
@@ -20,6 +20,10 @@ class Step:
     start:           start `count` fresh instances of `release`
     wait_healthy:    wait until every starting instance of `release` passes the health gate
     route:           send traffic by `weights` (release -> percent of traffic); releases not named get none
+    settle:          min_ready: for `seconds` after `release`'s fresh instances take their traffic, each must
+                     keep running and keep passing its health probes before anything of `baseline` (the
+                     release it replaces, None on a first deploy) is drained or stopped; one that dies or
+                     fails its probes fails the step, and the deploy goes back by a traffic switch
     drain:           wait until `release` has no requests in flight, then forget it in the router
     drain_instances: take `count` instances of `release` (its oldest first, the ones the next `stop`
                      stops) out of its router pool and wait until they have no requests in flight; the
@@ -59,6 +63,8 @@ class Step:
             raise ValueError(f"{self.kind}: only a pause can be manual")
         if self.kind == "analyse" and (self.analysis is None or self.release is None or self.baseline is None):
             raise ValueError("analyse: needs analysis, the canary (release) and the stable (baseline)")
+        if self.kind == "settle" and (self.seconds is None or self.release is None):
+            raise ValueError("settle: needs seconds and the release whose instances must stay up (release)")
         if self.kind == "verify" and (self.seconds is None or self.release is None or self.baseline is None):
             raise ValueError("verify: needs seconds, the new release (release) and the previous one (baseline)")
         if self.kind == "route":
@@ -75,6 +81,11 @@ class Step:
             case "route":
                 split = ", ".join(f"{release} {weight}%" for release, weight in self.weights)
                 return f"switch traffic: {split}"
+            case "settle":
+                back = (f"traffic switches back to {self.baseline}, which is still running" if self.baseline
+                        else "the deploy fails")
+                return (f"settle: {self.release} must stay up and healthy for {self.seconds:g}s (min_ready) "
+                        f"under traffic; if an instance dies or fails its health probes, {back}")
             case "drain":
                 return f"drain {self.release} (requests in flight finish)"
             case "drain_instances":
@@ -184,6 +195,9 @@ class StrategyOptions:
     max_surge: int = 1
     max_unavailable: int = 0
     verification: float | None = None  # seconds the previous release stays warm after full traffic
+    # Seconds fresh instances must stay up and healthy under traffic before what they replace retires
+    # (the spec's strategy.min_ready, default 10 s there). None or 0 here: no settle step.
+    min_ready: float | None = None
 
     @staticmethod
     def from_mapping(data: Mapping[str, Any]) -> StrategyOptions:
@@ -196,6 +210,8 @@ class StrategyOptions:
             max_surge=int(data.get("max_surge", 1)),
             max_unavailable=int(data.get("max_unavailable", 0)),
             verification=float(data["verification"]) if data.get("verification") else None,
+            # Absent from deployment parameters recorded before min_ready existed: those plan no settle.
+            min_ready=float(data["min_ready"]) if data.get("min_ready") else None,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -203,6 +219,8 @@ class StrategyOptions:
                                 "max_surge": self.max_surge, "max_unavailable": self.max_unavailable}
         if self.verification is not None:
             data["verification"] = self.verification
+        if self.min_ready is not None:
+            data["min_ready"] = self.min_ready
         if self.analysis is not None:
             data["analysis"] = self.analysis.as_dict()
         return data

@@ -6,17 +6,28 @@ instances it will have once the batch is done, then takes out of the router, dra
 old instances as `max_unavailable` allows (never fewer than replicas - max_unavailable routed, healthy
 instances). With max_surge 0 a batch begins by retiring; with max_unavailable 0 serving capacity never
 drops below `replicas`.
+
+With `min_ready`, every batch settles: once its fresh instances take their share of traffic, they must
+stay up and healthy for min_ready before the batch retires any old instance (the last batch's settle
+is at full traffic, with its old instances still running). So an old instance is retired only in
+exchange for instances that proved stable under traffic, as Kubernetes' minReadySeconds and Nomad's
+min_healthy_time do per instance. Settling once, after the last batch, would prove nothing before
+the earlier batches' old instances were gone: a release that dies 5 s after its health gate would
+be found with a single batch of the old release left to go back to. Per batch, it is found in the
+first batch, with all but one batch of the old release still serving. The cost is min_ready per
+batch; a larger max_surge makes fewer, larger batches.
 """
 
 from __future__ import annotations
 
-from ingot.plan.blue_green import plan_blue_green
+from ingot.plan.blue_green import plan_blue_green, settle
 from ingot.plan.model import Plan, ServiceState, Step, Target
 
 Weights = tuple[tuple[str, int], ...]
 
 
-def plan_rolling(state: ServiceState, target: Target, max_surge: int = 1, max_unavailable: int = 0) -> Plan:
+def plan_rolling(state: ServiceState, target: Target, max_surge: int = 1, max_unavailable: int = 0,
+                 min_ready: float | None = None) -> Plan:
     if max_surge < 0 or max_unavailable < 0:
         raise ValueError(f"max_surge and max_unavailable must be >= 0, got {max_surge} and {max_unavailable}")
     if max_surge == 0 and max_unavailable == 0:
@@ -25,6 +36,8 @@ def plan_rolling(state: ServiceState, target: Target, max_surge: int = 1, max_un
         return Plan("rolling", target, plan_blue_green(state, target).steps)
 
     release, replicas = target.release, target.replicas
+    # A settle after each batch that puts fresh instances in traffic; none when only scaling the live release.
+    settling = settle(state, release, min_ready)
     live = set(state.live_releases())
     steps: list[Step] = []
     # Instances of other releases that take no traffic serve nobody: they go first, freeing room to surge.
@@ -58,6 +71,8 @@ def plan_rolling(state: ServiceState, target: Target, max_surge: int = 1, max_un
         if start or tuple(sorted(wanted)) != weights:
             steps.append(Step("route", weights=wanted))
             weights = tuple(sorted(wanted))
+        if start:
+            steps.extend(settling)
         for name, count, last in batch:
             steps.append(Step("drain", name) if last else Step("drain_instances", name, count=count))
             steps.append(Step("stop", name, count=count))

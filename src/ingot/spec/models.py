@@ -237,7 +237,8 @@ class _Model(BaseModel):
 
 
 class HealthSpec(_Model):
-    """How an instance proves it is ready: GET `path` until `healthy_threshold` successes in a row."""
+    """How an instance proves it is ready: GET `path` until `healthy_threshold` successes in a row; and,
+    while it settles (strategy.min_ready) or is verified, how many failed probes in a row make it unhealthy."""
 
     path: Annotated[
         str, AfterValidator(_check_http_path), WithJsonSchema({"type": "string", "pattern": "^/"})
@@ -246,6 +247,8 @@ class HealthSpec(_Model):
     timeout: Duration = Field(default=2.0, gt=0)
     healthy_threshold: StrictInt = Field(default=2, ge=1)
     deadline: Duration = Field(default=60.0, gt=0)
+    # One failed probe may be a blip (a slow answer under a burst); two in a row are not.
+    unhealthy_threshold: StrictInt = Field(default=2, ge=1)
 
     @model_validator(mode="after")
     def _deadline_after_interval(self) -> HealthSpec:
@@ -285,6 +288,9 @@ class StrategySpec(_Model):
     # After full traffic, how long the previous release stays warm while the new one is judged: a
     # failure, an abort or `ingot rollback` inside it is a pure traffic switch. None: retire it at once.
     verification: Duration | None = Field(default=None, gt=0)
+    # Nomad's min_healthy_time, Kubernetes' minReadySeconds: how long fresh instances must stay up and
+    # healthy under traffic before the release they replace retires and the deploy succeeds. 0: not at all.
+    min_ready: Duration = 10.0
 
     @model_validator(mode="after")
     def _strategy_can_progress(self) -> StrategySpec:
