@@ -22,10 +22,11 @@ class HealthPolicy:
     unhealthy_threshold: int = 2  # failed probes in a row that make a settling or verified instance unhealthy
 
     def for_router(self) -> HealthCheck:
-        """What the router checks between deploys: the same path, probed at most 1 s apart with at most a
+        """What the router checks between deploys: the same path, probed at most 0.5 s apart with at most a
         1 s timeout and 2 failures in a row to eject, so that a hung or dead instance is out within
-        about 3 s under load; back after `healthy_threshold` passing probes, like the deploy's gate."""
-        return HealthCheck(path=self.path, interval=min(self.interval, 1.0), timeout=min(self.timeout, 1.0),
+        2 s (`fall * interval + timeout`) under load; back after `healthy_threshold` passing probes, like the
+        deploy's gate."""
+        return HealthCheck(path=self.path, interval=min(self.interval, 0.5), timeout=min(self.timeout, 1.0),
                            fall=2, rise=self.healthy_threshold, max_failures=3)
 
 
