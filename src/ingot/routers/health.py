@@ -12,13 +12,13 @@ kept, for the builtin router and HAProxy alike:
   probes of the others, nor its own next probe, while it is up). An ejected backend has one probe
   at a time, and only probes started after its ejection count towards `rise`: the probes a
   stopped process held when it resumes all answer at once, and must not bring it back in one
-  burst. It calls the router's `changed` callback after
-  every ejection or return, which is when a router recomputes where requests go.
+  burst. It calls the router's `changed` callback after every ejection or return, which is when
+  a router recomputes where requests go.
 - `fail_open` and `serving` say which backends of a pool take new requests.
 
-Probes are a raw HTTP/1.1 GET (`probe_http`): one connection, one write, the status line. httpx
-would cost about a millisecond of CPU per probe on the router's own event loop, for nothing that a
-status line does not already say.
+Probes are a raw HTTP/1.1 request (`probe_http`): one connection, one write, the status line.
+httpx took about 1 ms more CPU per probe here (with one shared client; 40 ms with a client per
+probe), on the router's own event loop, for nothing that a status line does not already say.
 """
 
 from __future__ import annotations
