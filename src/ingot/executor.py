@@ -142,7 +142,7 @@ class Executor:
                 assert step.release is not None
                 drained = await dep.router.drain(step.release, dep.params.drain_timeout)
                 await dep.router.remove_release(step.release)
-                return {"drained": drained}
+                return {"drained": drained, **_drain_warning(drained, dep.params.drain_timeout)}
             case "drain_instances":
                 assert step.release is not None
                 return await self._drain_instances(dep, step.release, step.count)
@@ -243,7 +243,8 @@ class Executor:
         drained = await dep.router.drain_backends(release, [(r.host, r.port) for r in leaving],
                                                   dep.params.drain_timeout)
         dep.drained.extend(r.id for r in leaving)
-        return {"instances": [r.id for r in leaving], "drained": drained}
+        return {"instances": [r.id for r in leaving], "drained": drained,
+                **_drain_warning(drained, dep.params.drain_timeout)}
 
     async def _start(self, dep: Deployment, step: Step) -> dict[str, Any]:
         rows = await self.start_instances(dep.row.environment, dep.row.service, dep.release, dep.params, step.count)
@@ -408,6 +409,14 @@ async def guarded(body: Awaitable[T], guard: Awaitable[Any]) -> T:
         for task in (body_task, guard_task):
             task.cancel()
         await asyncio.gather(body_task, guard_task, return_exceptions=True)
+
+
+def _drain_warning(drained: bool, timeout: float) -> dict[str, str]:
+    """A drain that ran out of time is said, not silent: its requests are cut when the instances stop."""
+    if drained:
+        return {}
+    return {"warning": f"requests were still in flight after drain_timeout ({timeout:g} s); they are cut "
+                       "when the instances stop (raise strategy.drain_timeout for long requests)"}
 
 
 def release_environment(release: ReleaseRow) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -43,3 +44,31 @@ def test_a_stopped_instance_is_ejected_within_3_s_and_back_after_it_resumes(rout
     assert ejected_after < 3.0, ejected_after
     assert report["failures"] == [], report["failures"][:5]
     assert report["requests"] > 50
+
+
+def test_a_drain_that_runs_out_of_time_is_said(example: ExampleProject) -> None:
+    import threading
+
+    import httpx
+
+    from tests.support.harness import break_app, use_strategy
+
+    use_strategy(example, "    strategy: {type: blue-green, drain_timeout: 1s, min_ready: 0s}")
+    break_app(example, 'import time; time.sleep(6) if self.path == "/slow" else None')
+    example.ingot("deploy", check=True)
+    example.set_version("2")
+    def slow_request() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # cut when its instance stops: that is the point
+            httpx.get(example.url + "slow", timeout=20, trust_env=False)
+
+    slow = threading.Thread(target=slow_request, daemon=True)
+    slow.start()
+    poll(lambda: any(s["in_flight"] for s in
+                     example.ingot("status", "--json", check=True).json["services"][0]["router"]["stats"].values()),
+         timeout=15, what="the slow request to be in flight")
+    deployed = example.ingot("deploy", check=True)
+    assert "warning: requests were still in flight after drain_timeout (1 s)" in deployed.out
+    log = example.ingot("audit", "log", "--json", "--limit", "1000").json
+    drains = [e for e in log if e["action"] == "deploy.step" and e["payload"].get("step") == "drain"
+              and e["payload"].get("status") == "done"]
+    assert drains and drains[-1]["payload"]["drained"] is False and "warning" in drains[-1]["payload"]

@@ -91,6 +91,9 @@ class Progress:
         elif event["status"] == "done":
             mark = "[green]✓[/green]" if self.live else "done"
             self._line(f"{service}: {mark} {label} ({event['seconds']:.2f}s)")
+            warning = (event.get("detail") or {}).get("warning")
+            if warning:
+                self._line(f"{service}: warning: {warning}")
         else:
             mark = "[red]✗[/red]" if self.live else "FAILED"
             self._line(f"{service}: {mark} {label}: {event.get('error', '')}")
