@@ -54,12 +54,12 @@ def test_a_drain_that_runs_out_of_time_is_said(example: ExampleProject) -> None:
     from tests.support.harness import break_app, use_strategy
 
     use_strategy(example, "    strategy: {type: blue-green, drain_timeout: 1s, min_ready: 0s}")
-    break_app(example, 'import time; time.sleep(6) if self.path == "/slow" else None')
+    break_app(example, 'import time; time.sleep(20) if self.path == "/slow" else None')
     example.ingot("deploy", check=True)
     example.set_version("2")
     def slow_request() -> None:
         with contextlib.suppress(httpx.HTTPError):  # cut when its instance stops: that is the point
-            httpx.get(example.url + "slow", timeout=20, trust_env=False)
+            httpx.get(example.url + "slow", timeout=30, trust_env=False)
 
     slow = threading.Thread(target=slow_request, daemon=True)
     slow.start()
