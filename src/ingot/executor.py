@@ -290,6 +290,12 @@ class Executor:
             if row.state in (SPAWNING, "starting"):
                 await self.stop_instance(row, 10.0, state="failed")
                 cleared.append(row.id)
+        if key is None:
+            # Checkouts no instance runs from: copied by an operation that was killed before it recorded them.
+            used = {r.handle for r in self.store.live_instances() if r.runtime == "process"}
+            for run_dir in self.paths.runs.iterdir() if self.paths.runs.is_dir() else ():
+                if str(run_dir) not in used:
+                    self._remove_checkout(run_dir)
         if key is not None:
             for dep in self.store.deployments(*key, limit=20):
                 if dep.params.get("target") == "kubernetes" or self.store.deployment_outcome(dep.id) != "running":

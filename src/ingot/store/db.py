@@ -35,8 +35,8 @@ def store_error(path: Path, exc: BaseException) -> OperationFailed | None:
         return None
     if code & 0xFF == SQLITE_FULL:
         return StoreFull(
-            f"the disk holding the state database is full: {path} could not be written "
-            f"({human(free_bytes(path))} free; ingot keeps {human(HEADROOM)} free for it before it copies anything)",
+            f"the disk holding the state database is full: {path} could not be written; {human(free_bytes(path))} "
+            f"free, at least {human(HEADROOM)} needed (what ingot keeps free for it before it copies anything)",
             details=["free some space on that filesystem, then run the command again; "
                      "what was serving goes on serving"])
     if code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB):
