@@ -150,7 +150,8 @@ def stop_everything(project: ExampleProject) -> None:
         return
     import sqlite3
 
-    with contextlib.closing(sqlite3.connect(db)) as conn:
+    pids = []
+    with contextlib.suppress(sqlite3.DatabaseError), contextlib.closing(sqlite3.connect(db)) as conn:
         pids = [row[0] for row in conn.execute("SELECT pid FROM instances WHERE pid IS NOT NULL")]
     for pid in pids:
         # Only a process that still runs from this project's artifact store is ours to kill.
