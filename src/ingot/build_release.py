@@ -33,6 +33,7 @@ class Built:
     reused: bool
     input_key: str
     detail: str
+    replaced_corrupt: tuple[str, ...] = ()  # the cached artifact was damaged, and rebuilt: what was wrong
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -50,11 +51,14 @@ def spec_exclusion(project: Project, context: Path) -> list[str]:
         return []
 
 
-def build(project: Project, environment: str, name: str, on_output: OnOutput | None = None) -> Built:
+def build(project: Project, environment: str, name: str, on_output: OnOutput | None = None, *,
+          rebuild: bool = False) -> Built:
+    """The service's artifact: reused from the build cache when its input is unchanged and the stored copy
+    verifies, else built (`rebuild`: built afresh in any case)."""
     service = project.spec.service_for(environment, name)
     context = context_dir(project, service) if service.build is not None else None
     try:
-        built = _build_for(project, environment, name, service, context, on_output)
+        built = _build_for(project, environment, name, service, context, on_output, rebuild)
     except IngotError as exc:
         ledger.record(project.store, actor=current_actor(), action="build.fail", environment=environment,
                       service=name, payload={"context": str(context), "error": exc.message, "details": exc.details})
@@ -63,23 +67,24 @@ def build(project: Project, environment: str, name: str, on_output: OnOutput | N
     ledger.record(project.store, actor=current_actor(), action="build", environment=environment, service=name,
                   subject=built.digest,
                   payload={"context": str(context), "reused": built.reused, "input_key": built.input_key,
-                           "runtime": service.runtime})
+                           "runtime": service.runtime,
+                           **({"replaced_corrupt": list(built.replaced_corrupt)} if built.replaced_corrupt else {})})
     return built
 
 
 def _build_for(project: Project, environment: str, name: str, service: ServiceSpec, context: Path | None,
-               on_output: OnOutput | None) -> Built:
+               on_output: OnOutput | None, rebuild: bool = False) -> Built:
     """The local build, or for a Kubernetes target an image the cluster can pull (see `ingot.kube.images`)."""
     env_spec = project.spec.environments.get(environment)
     cluster = env_spec.target if env_spec is not None else None
     if cluster is None:
-        return _build(project, name, service, context, on_output)
+        return _build(project, name, service, context, on_output, rebuild)
     from ingot.kube import images
 
     if service.image is not None:
         return Built(service.image, True, f"image:{service.image}", "pinned by digest; the cluster pulls it")
     assert cluster.registry is not None  # the spec refuses a build for a cluster without a registry
-    local = _build(project, name, service.model_copy(update={"runtime": "docker"}), context, on_output)
+    local = _build(project, name, service.model_copy(update={"runtime": "docker"}), context, on_output, rebuild)
     project.store.record_artifact(local.digest, name, local.input_key)  # the next build can reuse it
     repo = images.repository(cluster.registry, project.spec.project, name)
     key = images.PUSHED.format(image=local.digest, repository=repo)
@@ -91,12 +96,12 @@ def _build_for(project: Project, environment: str, name: str, service: ServiceSp
 
 
 def _build(project: Project, name: str, service: ServiceSpec, context: Path | None,
-           on_output: OnOutput | None) -> Built:
+           on_output: OnOutput | None, rebuild: bool = False) -> Built:
     if service.runtime == "process":
         assert context is not None
         result: BuildResult = build_artifact(project.artifacts, context, on_output=on_output,
-                                             exclude=spec_exclusion(project, context))
-        return Built(result.digest, result.reused, result.input_key, str(result.path))
+                                             exclude=spec_exclusion(project, context), rebuild=rebuild)
+        return Built(result.digest, result.reused, result.input_key, str(result.path), result.replaced_corrupt)
     engine: Any = Runtimes().get(service.runtime)
     if service.image is not None:
         image_id = engine.resolve_image(service.image, allow_mutable_tag=service.allow_mutable_tag)
@@ -104,11 +109,12 @@ def _build(project: Project, name: str, service: ServiceSpec, context: Path | No
     assert context is not None
     repository = IMAGE_REPOSITORY.format(project=project.spec.project, service=name)
     key = image_input_key(context, engine.local_image_id, {})
-    cached = project.store.artifact_for_input(name, key) if key else None
+    cached = project.store.artifact_for_input(name, key) if key and not rebuild else None
     if cached and engine.image_exists(cached):
         return Built(cached, True, key or "", "unchanged context and base images: image reused")
     known = set(project.store.artifact_digests(name))
-    image_id = engine.build_image(context, tag=f"{repository}:build", on_output=on_output or (lambda _l: None))
+    image_id = engine.build_image(context, tag=f"{repository}:build", on_output=on_output or (lambda _l: None),
+                                  no_cache=rebuild)
     return Built(image_id, image_id in known, key or f"context:{context}", f"{repository}:build")
 
 

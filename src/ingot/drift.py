@@ -21,6 +21,7 @@ REPAIRS = {
     "artifact_mismatch": "start a fresh instance from the release's verified artifact, then retire this one",
     "image_mismatch": "start a fresh instance from the release's image, then retire this one",
     "unknown": "stop it: ingot did not start it and no release claims it",
+    "leftover": "stop it: the operation that started it ended (or was interrupted) before it took traffic",
     "artifact_corrupt": "none possible from the store: rebuild and deploy again",
 }
 
@@ -59,6 +60,8 @@ class Observed:
     changed_files: tuple[tuple[str, str], ...] = ()
     env_diff: tuple[tuple[str, str | None, str | None], ...] = ()  # (name, expected, actual)
     log_tail: tuple[str, ...] = ()
+    # Started by an operation that is over (it never took traffic): a deploy that was interrupted, say.
+    leftover: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,16 @@ def find_drift(observation: ServiceObservation) -> list[Finding]:
     if obs.store_problem:
         add("artifact_corrupt", None, artifact=obs.artifact, problem=obs.store_problem)
     for inst in obs.instances:
+        if inst.leftover:
+            add("leftover", inst.instance, running=inst.alive, detail=inst.exit_detail)
+            continue
         if not inst.alive:
             add("exited", inst.instance, detail=inst.exit_detail, last_log_lines=list(inst.log_tail))
             continue
         for kind, evidence in _instance_problems(obs, inst):
             add(kind, inst.instance, **evidence)
     # Each exited or faulty instance is replaced one for one; `missing` is capacity nothing accounts for.
-    tracked = len(obs.instances)
+    tracked = len([i for i in obs.instances if not i.leftover])
     if tracked < obs.replicas:
         add("missing", None, expected=obs.replicas, tracked=tracked, count=obs.replicas - tracked)
     for stray in obs.strays:

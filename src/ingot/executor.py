@@ -10,6 +10,8 @@ failure up to then sends traffic back to it by a switch alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,6 +24,7 @@ from ingot.artifacts import ArtifactStore
 from ingot.artifacts.store import force_rmtree
 from ingot.config_store import secret_values
 from ingot.deploy_params import DeployParams
+from ingot.diskspace import disk_full_error, is_disk_full
 from ingot.errors import IngotError, OperationFailed
 from ingot.health import Watched, WatchVerdict, wait_healthy, watch_instances
 from ingot.paths import StatePaths
@@ -29,12 +32,14 @@ from ingot.plan import Plan, Step
 from ingot.rollout_analysis import analyse
 from ingot.rollout_control import RolloutAborted, RolloutControl
 from ingot.routers.base import Router
-from ingot.runtimes.base import Hardening, InstanceRequest
+from ingot.runtimes.base import Hardening, InstanceRequest, Runtime
 from ingot.runtimes.registry import Runtimes
 from ingot.store import DeploymentRow, InstanceRow, ReleaseRow, Store
+from ingot.store.repo import SPAWNING
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 T = TypeVar("T")
+log = logging.getLogger("ingot.agent")
 
 
 class StepFailed(OperationFailed):
@@ -88,43 +93,63 @@ class Executor:
 
     # ---- applying ----------------------------------------------------------------------
     async def apply(self, dep: Deployment, plan: Plan, emit: Emit) -> None:
+        """Apply `plan`. Any failure, ingot's own or not (a bug, a full disk), ends it the same way: traffic
+        back, what it started stopped, the failure recorded, and `OperationFailed` raised."""
+        total = len(plan.steps)
         for index, step in enumerate(plan.steps, start=1):
             try:
                 await dep.control.checkpoint()
-            except IngotError as exc:
-                await self._fail(dep, step, index, len(plan.steps), exc, emit)
-            await emit({"event": "step", "index": index, "total": len(plan.steps), "status": "started",
-                        "step": step.as_dict()})
-            self._record(dep, step.kind, "started", step.as_dict())
+            except Exception as exc:
+                await self._fail(dep, step, index, total, _as_failure(exc, step), emit)
             started = time.monotonic()
             try:
+                await emit({"event": "step", "index": index, "total": total, "status": "started",
+                            "step": step.as_dict()})
+                self._record(dep, step.kind, "started", step.as_dict())
                 detail = await self._run(dep, step)
+                elapsed = round(time.monotonic() - started, 3)
+                self._record(dep, step.kind, "done", {**detail, "seconds": elapsed})
             except asyncio.CancelledError:
                 self._record(dep, step.kind, "ended", {"by": dep.superseded_by})
                 self.finish(dep, "superseded", {"by": dep.superseded_by, "serving": self._serving_text(dep)})
                 raise
-            except IngotError as exc:
-                self._record(dep, step.kind, "failed", {"error": exc.message, "details": exc.details})
-                await self._fail(dep, step, index, len(plan.steps), exc, emit)
-            elapsed = round(time.monotonic() - started, 3)
-            self._record(dep, step.kind, "done", {**detail, "seconds": elapsed})
-            await emit({"event": "step", "index": index, "total": len(plan.steps), "status": "done",
+            except Exception as exc:
+                failure = _as_failure(exc, step)
+                with contextlib.suppress(Exception):  # a full disk may refuse this; finish is what counts
+                    self._record(dep, step.kind, "failed", {"error": failure.message, "details": failure.details})
+                await self._fail(dep, step, index, total, failure, emit)
+            await emit({"event": "step", "index": index, "total": total, "status": "done",
                         "step": step.as_dict(), "seconds": elapsed, "detail": detail})
-        self.finish(dep, "succeeded", {"steps": len(plan.steps)})
+        self.finish(dep, "succeeded", {"steps": total})
 
     async def _fail(self, dep: Deployment, step: Step, index: int, total: int, exc: IngotError,
                     emit: Emit) -> NoReturn:
-        """Put traffic back where it was, stop what this deployment started, record it, and raise."""
-        await emit({"event": "step", "index": index, "total": total, "status": "failed",
-                    "step": step.as_dict(), "error": exc.message})
-        await self._undo(dep)
-        serving = self._serving_text(dep)
+        """Put traffic back where it was, stop what this deployment started, record it, and raise.
+
+        Each part is tried even if one before it fails: the record of the outcome above all, so that no
+        deployment stays `running` (what could not be recorded, the next operation on the service closes).
+        """
+        with contextlib.suppress(Exception):
+            await emit({"event": "step", "index": index, "total": total, "status": "failed",
+                        "step": step.as_dict(), "error": exc.message})
+        problems = await self._undo(dep)
+        try:
+            serving = self._serving_text(dep)
+        except Exception as read_exc:
+            serving = f"what serves now could not be read: {_as_failure(read_exc, step).message}"
         outcome = "aborted" if isinstance(exc, RolloutAborted) else "failed"
-        self.finish(dep, outcome, {"error": exc.message, "details": exc.details, "serving": serving})
+        details = [*exc.details, *problems, serving]
+        try:
+            self.finish(dep, outcome, {"error": exc.message, "details": [*exc.details, *problems],
+                                       "serving": serving})
+        except Exception as record_exc:
+            log.exception("deployment %s: its outcome could not be recorded", dep.row.id)
+            details.append(f"its outcome could not be recorded ({_as_failure(record_exc, step).message}); "
+                           "the next operation on the service records it as interrupted")
         raise OperationFailed(
             f"{dep.row.kind} of {dep.row.service} to {dep.release.id} {outcome} at step "
             f"'{step.describe()}': {exc.message}",
-            details=[*exc.details, serving],
+            details=details,
         ) from exc
 
     async def _run(self, dep: Deployment, step: Step) -> dict[str, Any]:
@@ -253,7 +278,13 @@ class Executor:
 
     async def start_instances(self, environment: str, service: str, release: ReleaseRow, params: DeployParams,
                               count: int) -> list[InstanceRow]:
-        """Start `count` fresh instances of `release`; each is recorded before anything waits on it."""
+        """Start `count` fresh instances of `release`.
+
+        Each one's row is written (`spawning`) before it is spawned, so nothing ingot starts is ever
+        unrecorded: if the agent dies in between, `down`, recovery and drift find it by its labels.
+        """
+        if count <= 0:
+            return []  # no checkout copied for nothing
         runtime = self.runtimes.get(params.runtime)
         template = await self._request_template(environment, service, release, params)
         requests = []
@@ -261,17 +292,74 @@ class Executor:
             instance_id = f"{service}-{release.id[:6]}-{uuid.uuid4().hex[:6]}"
             requests.append(replace(template, instance_id=instance_id,
                                     log_path=self.paths.instance_log(environment, service, instance_id)))
+        intents = [_intent(r, params.runtime) for r in requests]
+        try:
+            self.store.add_instances(intents)
+        except BaseException:
+            self._remove_checkout(template.artifact_path)  # nothing was recorded to run from it
+            raise
         # In parallel: container engines take a while per container, and nothing orders replicas.
-        outcomes = await asyncio.gather(*(asyncio.to_thread(runtime.start, r) for r in requests),
+        outcomes = await asyncio.gather(*(asyncio.to_thread(self._spawn, runtime, r) for r in requests),
                                         return_exceptions=True)
         rows = [o for o in outcomes if isinstance(o, InstanceRow)]
-        for row in rows:
-            self.store.add_instance(row)
         failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
         if failure is not None:
-            await asyncio.gather(*(self.stop_instance(r, params.stop_timeout, state="failed") for r in rows))
+            try:
+                for intent, outcome in zip(intents, outcomes, strict=True):
+                    if not isinstance(outcome, InstanceRow):
+                        await self.stop_instance(intent, params.stop_timeout, state="failed")
+                await asyncio.gather(*(self.stop_instance(r, params.stop_timeout, state="failed") for r in rows))
+            except Exception:  # what could not be retired now, `clear_leftovers` retires later
+                log.exception("retiring the instances of a failed start failed")
             raise failure
         return rows
+
+    def _spawn(self, runtime: Runtime, request: InstanceRequest) -> InstanceRow:
+        row = runtime.start(request)
+        try:
+            filled = self.store.fill_instance(row)
+        except BaseException:
+            runtime.stop(row, 5.0)  # it could not be recorded: it must not run unrecorded
+            raise
+        if not filled:
+            runtime.stop(row, 5.0)
+            raise OperationFailed(f"instance {row.id} was given up while it started (ingot down, or the agent "
+                                  "recovering); it was stopped")
+        return row
+
+    def resolve(self, row: InstanceRow) -> InstanceRow:
+        """What a `spawning` row turned out to be; see `resolve_instance`."""
+        return resolve_instance(self.store, self.runtimes, str(self.paths.root), row)
+
+    async def clear_leftovers(self, key: tuple[str, str] | None = None) -> list[str]:
+        """Retire what no operation will finish: instances left `spawning` or `starting`, and deployments
+        left `running` (their finish could not be recorded: a full disk, say), of one service or all.
+
+        Only for a caller that holds the service's lock (or the agent as it starts): nothing of it can
+        be in progress then.
+        """
+        cleared = []
+        for row in self.store.live_instances(*(key or (None, None))):
+            if row.state in (SPAWNING, "starting"):
+                await self.stop_instance(row, 10.0, state="failed")
+                cleared.append(row.id)
+        if key is None:
+            # Checkouts no instance runs from: copied by an operation that was killed before it recorded them.
+            used = {r.handle for r in self.store.live_instances() if r.runtime == "process"}
+            for run_dir in self.paths.runs.iterdir() if self.paths.runs.is_dir() else ():
+                if str(run_dir) not in used:
+                    self._remove_checkout(run_dir)
+        if key is not None:
+            for dep in self.store.deployments(*key, limit=20):
+                if dep.params.get("target") == "kubernetes" or self.store.deployment_outcome(dep.id) != "running":
+                    continue
+                with self.store.begin() as conn:
+                    self.store.add_step(conn, dep.id, "finish", "interrupted", {"outcome": "interrupted"})
+                    ledger.append(conn, actor=dep.actor, action=f"{dep.kind}.interrupted", environment=dep.environment,
+                                  service=dep.service, subject=dep.id,
+                                  payload={"release": dep.to_release,
+                                           "note": "found unfinished by the next operation on the service"})
+        return cleared
 
     async def _request_template(self, environment: str, service: str, release: ReleaseRow,
                                 params: DeployParams) -> InstanceRequest:
@@ -349,6 +437,7 @@ class Executor:
         return {"stopped": [r.id for r in victims]}
 
     async def stop_instance(self, row: InstanceRow, timeout: float, state: str = "stopped") -> None:
+        row = await asyncio.to_thread(self.resolve, row)  # a row still `spawning` is found by its labels
         await asyncio.to_thread(self.runtimes.of(row).stop, row, timeout)
         self.store.set_instance_state(row.id, state, stopped=True)
         self.release_checkout(row)
@@ -357,34 +446,47 @@ class Executor:
         """Remove a process instance's run directory once no live instance runs from it."""
         if row.runtime != "process" or not row.handle:
             return
-        run_dir = Path(row.handle)
-        if run_dir.parent != self.paths.runs:
-            return
         if any(other.handle == row.handle for other in self.store.live_instances() if other.id != row.id):
             return
-        if run_dir.exists():
+        self._remove_checkout(Path(row.handle))
+
+    def _remove_checkout(self, run_dir: Path | None) -> None:
+        if run_dir is not None and run_dir.parent == self.paths.runs and run_dir.exists():
             force_rmtree(run_dir)
 
-    async def _undo(self, dep: Deployment) -> None:
+    async def _undo(self, dep: Deployment) -> list[str]:
         """After a failure: traffic back to the previous release at once, then retire what this deployment
-        started. Once the previous release's instances are gone there is nothing to go back to."""
-        key = (dep.row.environment, dep.row.service)
-        stable = dep.row.from_release
-        mine = {r.id for r in dep.started}
-        stable_running = [r for r in self.store.live_instances(*key)
-                          if stable and r.release_id == stable and r.state == "running" and r.id not in mine]
+        started. Once the previous release's instances are gone there is nothing to go back to.
+
+        Returns what could not be undone, in words; every part is tried whatever happens to the others.
+        """
+        problems: list[str] = []
         if dep.routed:
-            if not stable_running:
-                return
-            assert stable is not None
-            # A switch alone: the previous release's instances never stopped.
-            await dep.router.set_backends(stable, [(r.host, r.port) for r in stable_running])
-            if stable != dep.release.id:  # else a failed scale-up: its release keeps serving, without the new ones
-                await dep.router.set_weights({stable: 100})
-                self._activate(dep, stable)
-                await dep.router.drain(dep.release.id, dep.params.drain_timeout)
-                await dep.router.remove_release(dep.release.id)
-        await asyncio.gather(*(self.stop_instance(r, dep.params.stop_timeout) for r in dep.started))
+            key = (dep.row.environment, dep.row.service)
+            stable = dep.row.from_release
+            mine = {r.id for r in dep.started}
+            try:
+                stable_running = [r for r in self.store.live_instances(*key)
+                                  if stable and r.release_id == stable and r.state == "running" and r.id not in mine]
+                if not stable_running:
+                    return problems
+                assert stable is not None
+                # A switch alone: the previous release's instances never stopped.
+                await dep.router.set_backends(stable, [(r.host, r.port) for r in stable_running])
+                if stable != dep.release.id:  # else a failed scale-up: its release keeps serving, without the new
+                    await dep.router.set_weights({stable: 100})
+                    self._activate(dep, stable)
+                    await dep.router.drain(dep.release.id, dep.params.drain_timeout)
+                    await dep.router.remove_release(dep.release.id)
+            except Exception as exc:
+                log.exception("deployment %s: switching traffic back failed", dep.row.id)
+                problems.append(f"switching traffic back failed: {type(exc).__name__}: {exc}")
+        stopped = await asyncio.gather(*(self.stop_instance(r, dep.params.stop_timeout) for r in dep.started),
+                                       return_exceptions=True)
+        for row, result in zip(dep.started, stopped, strict=True):
+            if isinstance(result, BaseException):
+                problems.append(f"instance {row.id} could not be stopped: {type(result).__name__}: {result}")
+        return problems
 
     def _serving_text(self, dep: Deployment) -> str:
         current = self.store.current_activation(dep.row.environment, dep.row.service)
@@ -424,3 +526,43 @@ def release_environment(release: ReleaseRow) -> dict[str, str]:
     env = {str(k): str(v) for k, v in release.spec.get("env", {}).items()}
     env.update({str(k): str(v) for k, v in release.config.get("values", {}).items()})
     return env
+
+
+def _as_failure(exc: BaseException, step: Step) -> IngotError:
+    """Any exception as a failure a person can read: ingot's own as they are, a full disk as such, the rest
+    (a bug) with its type, its traceback going to the agent's log."""
+    if isinstance(exc, IngotError):
+        return exc
+    if is_disk_full(exc):
+        assert isinstance(exc, OSError)
+        return disk_full_error(exc, f"step '{step.describe()}'")
+    log.error("step '%s' failed", step.describe(), exc_info=exc)
+    return OperationFailed(f"unexpected {type(exc).__name__}: {exc}",
+                           details=["a bug in ingot (or in what it calls): the agent's log has the traceback"])
+
+
+def _intent(request: InstanceRequest, runtime: str) -> InstanceRow:
+    """The row of an instance about to be spawned: what it will be, without what only spawning tells."""
+    return InstanceRow(id=request.instance_id, environment=request.environment, service=request.service,
+                       release_id=request.release_id, runtime=runtime, pid=None, proc_start=None,
+                       host="127.0.0.1", port=0, log_path=str(request.log_path), started_at=time.time(),
+                       stopped_at=None, state=SPAWNING,
+                       handle=str(request.artifact_path) if request.artifact_path else None)
+
+
+def resolve_instance(store: Store, runtimes: Runtimes, state_dir: str, row: InstanceRow) -> InstanceRow:
+    """A `spawning` row as what it turned out to be: filled in from the process or container carrying its
+    labels, or `failed` if none does (it was never spawned). Other rows are returned as they are.
+
+    Safe against a spawn still in progress in this process: both ends update the row only while it is
+    `spawning`, so exactly one of them decides, and the spawner stops what it started if it lost.
+    """
+    if row.state != SPAWNING:
+        return row
+    found = runtimes.of(row).find(row, state_dir)
+    if found is not None and store.fill_instance(found):
+        return found
+    if found is None and store.give_up_spawning(row.id):
+        return replace(row, state="failed")
+    current = store.get_instance(row.id)  # the spawner filled it in meanwhile
+    return current if current is not None else replace(row, state="failed")

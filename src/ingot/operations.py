@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ingot import build_release, config_ops, config_store, ledger, locks
 from ingot.actor import current_actor
-from ingot.agent.client import AgentClient, AgentUnavailable, agent_pid, ensure_agent, wait_for_exit
+from ingot.agent.client import (
+    AgentClient,
+    AgentUnavailable,
+    agent_pid,
+    ensure_agent,
+    running_agent_pid,
+    wait_for_exit,
+)
+from ingot.artifacts import ArtifactCorrupt
 from ingot.deploy_params import DeployParams, HealthPolicy
 from ingot.errors import OperationFailed, UserInputError
+from ingot.executor import resolve_instance
+from ingot.paths import StatePaths
 from ingot.plan import StrategyOptions, Target, plan_for
 from ingot.project import Project
 from ingot.releases import load_or_create_key, public_key_text, verify_release
 from ingot.retention import ReleaseInfo, decide
+from ingot.runtimes.process import labelled_processes, terminate_group
 from ingot.runtimes.registry import Runtimes
 from ingot.spec import SecuritySpec, ServiceSpec
 from ingot.state import service_state
 from ingot.store import ReleaseRow
+from ingot.store.db import StoreDamaged
 
 OnEvent = Callable[[dict[str, Any]], None]
 OnOutput = Callable[[str], None]
@@ -92,7 +106,8 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
         for name in names:
             emit({"event": "build", "service": name})
             artifact = build_release.build(project, environment, name, on_output)
-            emit({"event": "built", "service": name, "digest": artifact.digest, "reused": artifact.reused})
+            emit({"event": "built", "service": name, "digest": artifact.digest, "reused": artifact.reused,
+                  "replaced_corrupt": list(artifact.replaced_corrupt)})
             row, created = build_release.release(project, environment, name, artifact, commit)
             emit({"event": "release", "service": name, "release": row.id, "created": created})
             outcomes.append(_apply(project, environment, name, row, created, "deploy", emit))
@@ -320,10 +335,17 @@ def logs(project: Project, environment: str, name: str, lines: int = 50) -> list
 
 
 def down(project: Project, environment: str | None) -> dict[str, Any]:
+    """Stop every instance and router (of one environment, or all), and the agent once nothing is left.
+
+    On a damaged database it still stops everything it can find, and says what it could not do.
+    """
+    damage = _store_damage(project)
+    if damage:
+        return _down_damaged(project, environment, damage)
     client = AgentClient(project.paths)
     if not client.alive():
         if agent_pid(project.paths) is None and not project.store.live_instances():
-            return {"stopped": [], "agent_was_running": False}
+            return {"stopped": [], "agent_was_running": False, "problems": []}
         try:
             client = ensure_agent(project.paths)
         except OperationFailed:
@@ -331,7 +353,15 @@ def down(project: Project, environment: str | None) -> dict[str, Any]:
     result = client.call("down", environment=environment, actor=current_actor())
     if result.get("agent_stopping"):
         wait_for_exit(project.paths)
-    return {"stopped": result.get("stopped", []), "agent_was_running": True}
+    return {"stopped": result.get("stopped", []), "agent_was_running": True, "problems": []}
+
+
+def _store_damage(project: Project) -> list[str]:
+    """What SQLite's quick check finds wrong with the state database (nothing, in the usual case)."""
+    try:
+        return project.store.integrity_problems(quick=True)
+    except StoreDamaged as exc:
+        return [exc.message]
 
 
 def _down_without_agent(project: Project, environment: str | None) -> dict[str, Any]:
@@ -343,9 +373,12 @@ def _down_without_agent(project: Project, environment: str | None) -> dict[str, 
     runtimes = Runtimes()
     stopped = []
     for row in project.store.live_instances(environment):
+        row = resolve_instance(project.store, runtimes, str(project.paths.root), row)
         runtimes.of(row).stop(row, timeout=10.0)
         project.store.set_instance_state(row.id, "stopped", stopped=True)
         stopped.append(row.id)
+    problems: list[str] = []
+    stopped.extend(_stop_by_labels(project, environment, runtimes, problems))
     with project.store.begin() as conn:
         for activation in project.store.active_services():
             if environment and activation.environment != environment:
@@ -355,7 +388,92 @@ def _down_without_agent(project: Project, environment: str | None) -> dict[str, 
         ledger.append(conn, actor=current_actor(), action="down", environment=environment,
                       payload={"stopped": stopped, "routers_released": released,
                                "note": "the agent could not start; instances stopped directly"})
-    return {"stopped": stopped, "agent_was_running": False}
+    return {"stopped": stopped, "agent_was_running": False, "problems": problems}
+
+
+def _down_damaged(project: Project, environment: str | None, damage: list[str]) -> dict[str, Any]:
+    """`down` with a damaged state database: the agent is stopped (its routers with it), then every instance
+    is stopped that the instance records (if still readable) or the labels on processes and containers
+    name. What could not be done is said."""
+    problems = [f"the state database is damaged: {'; '.join(damage[:3])}"]
+    agent_was_running = _stop_agent(project.paths, problems)
+    runtimes = Runtimes()
+    stopped: list[str] = []
+    try:
+        rows = project.store.live_instances(environment)
+    except (StoreDamaged, OperationFailed) as exc:
+        rows = []
+        problems.append(f"the instance records could not be read ({exc.message}): instances were looked for "
+                        "by their labels instead")
+    for row in rows:
+        try:
+            runtimes.of(row).stop(row, timeout=10.0)
+            stopped.append(row.id)
+        except OperationFailed as exc:
+            problems.append(f"instance {row.id} could not be stopped: {exc.message}")
+    stopped.extend(_stop_by_labels(project, environment, runtimes, problems))
+    _release_routers(project, environment, problems)
+    try:
+        for row_id in stopped:
+            project.store.set_instance_state(row_id, "stopped", stopped=True)
+        ledger.record(project.store, actor=current_actor(), action="down", environment=environment,
+                      payload={"stopped": stopped, "note": "the state database is damaged: stopped directly"})
+    except (StoreDamaged, OperationFailed) as exc:
+        problems.append(f"this down could not be recorded in the store or the ledger: {exc.message}")
+    return {"stopped": stopped, "agent_was_running": agent_was_running, "problems": problems}
+
+
+def _stop_agent(paths: StatePaths, problems: list[str]) -> bool:
+    """SIGTERM the agent (it stops its routers as it goes), SIGKILL if it does not go; True if one ran."""
+    pid = running_agent_pid(paths)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    if not wait_for_exit(paths, timeout=15.0, pid=pid):
+        os.kill(pid, signal.SIGKILL)
+        if not wait_for_exit(paths, timeout=5.0, pid=pid):
+            problems.append(f"the agent (pid {pid}) could not be stopped")
+    return True
+
+
+def _stop_by_labels(project: Project, environment: str | None, runtimes: Runtimes,
+                    problems: list[str]) -> list[str]:
+    """Stop what carries this state directory's labels, whatever the records say: instance processes
+    (INGOT_STATE and INGOT_INSTANCE in their environment) and containers (their ingot.* labels)."""
+    state = str(project.paths.root)
+    stopped = []
+    for pid, env in labelled_processes(state):
+        if environment and env.get("INGOT_ENVIRONMENT") != environment:
+            continue
+        terminate_group(pid, 10.0)
+        stopped.append(env.get("INGOT_INSTANCE") or f"process {pid}")
+    container_envs = {e for e in project.spec.environment_names
+                      for name in project.spec.services
+                      if project.spec.service_for(e, name).runtime == "docker"}
+    if not (container_envs if environment is None else container_envs & {environment}):
+        return stopped  # no container services here: no engine to ask
+    try:
+        engine: Any = runtimes.get("docker")
+        for facts in engine.labelled(project.spec.project):
+            labels = facts.labels
+            if labels.get("ingot.state") != state or (environment and labels.get("ingot.environment") != environment):
+                continue
+            engine.remove_container(facts.container_id, 10.0)
+            stopped.append(labels.get("ingot.instance") or facts.name)
+    except OperationFailed as exc:
+        problems.append(f"containers could not be looked for: {exc.message}")
+    return stopped
+
+
+def _release_routers(project: Project, environment: str | None, problems: list[str]) -> None:
+    """The project's routers in the machine's edge go too (the agent that would release them is gone)."""
+    from ingot.edge.client import release_owned
+    from ingot.edge.home import EdgeHome
+
+    try:
+        release_owned(EdgeHome.default(), str(project.paths.root), environment)
+    except OperationFailed as exc:
+        problems.append(f"the edge's routers could not be released: {exc.message}")
 
 
 # ---- retention --------------------------------------------------------------------------------
@@ -439,21 +557,41 @@ class AuditReport:
     entries_checked: int
     releases_checked: int
     problems: list[str]
+    artifacts_checked: int = 0
+    database_checked: bool = False
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def audit_verify(project: Project) -> AuditReport:
-    checked, broken = ledger.verify_chain(project.store)
-    problems = []
-    if broken:
-        problems.append(f"ledger entry {broken.seq}: {broken.reason}")
-    trusted = public_key_text(load_or_create_key(project.paths.keys))
-    releases = project.store.all_releases()
+def audit_verify(project: Project, *, deep: bool = False) -> AuditReport:
+    """The ledger's hash chain and every release signature; `deep` also checks the database's integrity
+    (SQLite's own check of every page) and recomputes the digest of every stored artifact."""
+    problems: list[str] = []
+    database = project.paths.root / "state.db"
+    if deep:
+        try:
+            problems.extend(f"database {database}: {p}" for p in project.store.integrity_problems())
+        except StoreDamaged as exc:
+            problems.append(f"database {database}: {exc.message}")
+    try:
+        checked, broken = ledger.verify_chain(project.store)
+        if broken:
+            problems.append(f"ledger entry {broken.seq}: {broken.reason}")
+        trusted = public_key_text(load_or_create_key(project.paths.keys))
+        releases = project.store.all_releases()
+    except StoreDamaged as exc:
+        problems.append(f"the ledger and releases could not be read: {exc.message}")
+        checked, releases = 0, []
     for rel in releases:
         problem = verify_release(rel, trusted)
         if problem:
             problems.append(f"release {rel.id}: {problem}")
-    return AuditReport(checked, len(releases), problems)
+    digests = project.artifacts.list_digests() if deep else []
+    for digest in digests:
+        try:
+            project.artifacts.verify(digest)
+        except ArtifactCorrupt as exc:
+            problems.append("; ".join([f"artifact {digest}: {exc.message}", *exc.details]))
+    return AuditReport(checked, len(releases), problems, len(digests), deep)

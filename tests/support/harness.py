@@ -73,7 +73,8 @@ class ExampleProject:
 
     @property
     def state(self) -> Path:
-        return self.root / ".ingot"
+        home = self.env.get("INGOT_HOME")
+        return Path(home) if home else self.root / ".ingot"
 
     def ingot(self, *args: str, timeout: float = 180.0, check: bool = False,
               extra_env: dict[str, str] | None = None) -> Result:
@@ -181,13 +182,35 @@ def stop_everything(project: ExampleProject) -> None:
         return
     import sqlite3
 
-    with contextlib.closing(sqlite3.connect(db)) as conn:
+    pids = []
+    with contextlib.suppress(sqlite3.DatabaseError), contextlib.closing(sqlite3.connect(db)) as conn:
         pids = [row[0] for row in conn.execute("SELECT pid FROM instances WHERE pid IS NOT NULL")]
     for pid in pids:
         # Only a process that still runs from this project's artifact store is ours to kill.
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/{pid}/cwd").startswith(str(project.state)):
                 os.killpg(pid, signal.SIGKILL)
+    for pid, _what in processes_of(project.state):  # whatever no record names (a test's fault did that)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def processes_of(state: Path) -> list[tuple[int, str]]:
+    """Every live process that belongs to the ingot of `state`: instances (INGOT_STATE in their environment)
+    and anything naming the state directory on its command line (the agent, instance loggers, haproxy)."""
+    found = []
+    marker = str(state.resolve()).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+            if b"INGOT_STATE=" + marker + b"\0" in environ + b"\0" or marker in cmdline:
+                found.append((int(entry.name), cmdline.replace(b"\0", b" ").decode(errors="replace")))
+    return found
 
 
 def manual_repair(example: ExampleProject) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -73,6 +74,22 @@ def agent_pid(paths: StatePaths) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def running_agent_pid(paths: StatePaths) -> int | None:
+    """The pid of the agent running for `paths`, known by its lock on the pidfile (not by its answers: an
+    agent may be too broken to answer); None when no agent holds it."""
+    try:
+        fd = os.open(paths.agent_pid, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return agent_pid(paths)
+    finally:
+        os.close(fd)  # closing drops a lock taken just now: no agent held it
+    return None
 
 
 def ensure_agent(paths: StatePaths) -> AgentClient:

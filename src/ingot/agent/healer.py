@@ -22,6 +22,10 @@ from ingot.routers.base import Router
 from ingot.runtimes.process import labelled_processes, process_cwd, process_environment, terminate_group
 from ingot.runtimes.registry import Runtimes
 from ingot.store import ActivationRow, InstanceRow, ReleaseRow, Store
+from ingot.store.repo import SPAWNING
+
+# An instance recorded but not (yet) passed its health gate: its operation owns it while that runs.
+UNFINISHED = (SPAWNING, "starting")
 
 log = logging.getLogger("ingot.agent")
 Key = tuple[str, str]
@@ -75,6 +79,9 @@ class Healer:
         # In a verification window the previous release runs on purpose, idle, for a switch back.
         only_live = only_live or self.verifying(key)
         rows = [r for r in tracked if r.release_id == release.id] if only_live else tracked
+        if only_live:
+            # Another operation holds the service: instances not started yet are its own, in progress.
+            rows = [r for r in rows if r.state not in UNFINISHED]
         observed = await asyncio.gather(*(self._observe_instance(row, release, params) for row in rows))
         store_problem = None
         if params.runtime == "process":
@@ -90,6 +97,13 @@ class Healer:
 
     async def _observe_instance(self, row: InstanceRow, release: ReleaseRow, params: DeployParams) -> Observed:
         runtime = self.runtimes.of(row)
+        if row.state in UNFINISHED:
+            # Nothing is starting it now: an operation left it. Looked at only, not changed (no lock here).
+            found = runtime.find(row, str(self.executor.paths.root)) if row.state == SPAWNING else row
+            seen = runtime.observe(found) if found is not None else None
+            detail = (f"left {row.state}; " + ("it runs" if seen and seen.alive else
+                                               (seen.detail if seen else "nothing carries its labels")))
+            return Observed(row.id, row.release_id, bool(seen and seen.alive), exit_detail=detail, leftover=True)
         seen = runtime.observe(row)
         if not seen.alive or row.state == "exited":
             return Observed(row.id, row.release_id, False, exit_detail=seen.detail,
@@ -254,6 +268,11 @@ class Healer:
         for finding in findings:
             if finding.kind == "unknown":
                 await self._stop_stray(finding, report)
+            elif finding.kind == "leftover" and finding.instance:
+                row = self.store.get_instance(finding.instance)
+                if row is not None:
+                    await self.executor.stop_instance(row, params.stop_timeout, state="failed")
+                report.stopped_strays.append(finding.instance)
 
     async def _replace(self, key: Key, release: ReleaseRow, params: DeployParams, bad: set[str], count: int,
                        report: RepairReport, *, dead: set[str], good: int) -> None:
@@ -280,7 +299,9 @@ class Healer:
                                        f"after drain_timeout ({params.drain_timeout:g} s); they were cut")
         for row in self.store.live_instances(*key) + self.store.exited_instances(*key):
             if row.id in retiring:
-                await self.executor.stop_instance(row, params.stop_timeout, state="replaced")
+                # One that died is retired for good as failed, so that it is never repaired again.
+                gone = row.id in dead or row.state == "exited"
+                await self.executor.stop_instance(row, params.stop_timeout, state="failed" if gone else "replaced")
                 report.replaced.append(row.id)
 
     def _retiring(self, key: Key, release_id: str, replicas: int, bad: set[str], dead: set[str], healthy: int,
@@ -288,8 +309,10 @@ class Healer:
         """The faulty instances to retire now; capacity never drops below what serves.
 
         Those of another release serve no traffic (outside a verification window, when they are not
-        observed at all) and go. Of the live release's, a dead one goes when a healthy replacement takes
-        its place, and a live but faulty one only while the release keeps `replicas` serving without it.
+        observed at all) and go. Of the live release's, a dead one goes at once, whether or not a healthy
+        replacement took its place: it serves nothing, and kept, it would be found and "repaired" again
+        at every pass (a missing replica is found as such). A live but faulty one goes only while the
+        release keeps `replicas` serving without it.
         """
         rows = {r.id: r for r in self.store.live_instances(*key) + self.store.exited_instances(*key)}
         faulty = [rows[i] for i in sorted(bad) if i in rows]
@@ -297,7 +320,7 @@ class Healer:
         own_dead = [r.id for r in faulty if r.release_id == release_id and (r.id in dead or r.state == "exited")]
         own_alive = [r.id for r in faulty if r.release_id == release_id and r.id not in own_dead]
         spare = max(0, good + healthy + len(own_alive) - replicas)
-        return others + own_dead[:healthy] + own_alive[:spare]
+        return others + own_dead + own_alive[:spare]
 
     async def repair(self, activation: ActivationRow, findings: list[Finding],
                      send: Callable[[dict[str, Any]], Awaitable[None]]) -> RepairReport:

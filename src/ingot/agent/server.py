@@ -156,6 +156,8 @@ class Agent:
     # ---- recovery after a restart -------------------------------------------------------
     async def recover(self) -> None:
         self._close_interrupted_deployments()
+        # Instances an interrupted operation was starting (some not even known to run yet): retired.
+        await self.executor.clear_leftovers()
         for activation in self.store.active_services():
             key = (activation.environment, activation.service)
             try:
@@ -275,6 +277,7 @@ class Agent:
                 return {"nothing_to_do": True, "verifying": window.as_dict(), "plan": {"steps": []}}
             if not dry_run:
                 await self.windows.end(key, f"{kind} of {release_id}")
+                await self.executor.clear_leftovers(key)  # what a failed operation could not record or retire
             plan = self._plan(key, release_id, params, kind)
             if plan.empty and same_params:
                 return {"nothing_to_do": True, "plan": plan.as_dict()}

@@ -18,12 +18,13 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ingot.artifacts.digest import DIGEST_PREFIX, file_listing, is_executable, listing_digest
 from ingot.artifacts.ignore import IgnoreRules
-from ingot.artifacts.store import ArtifactStore, force_rmtree
+from ingot.artifacts.store import ArtifactCorrupt, ArtifactStore, force_rmtree
+from ingot.diskspace import disk_full_error, is_disk_full, require_space
 from ingot.errors import OperationFailed, UserInputError
 
 DEPS_DIR = ".ingot-deps"
@@ -45,6 +46,8 @@ class BuildResult:
     reused: bool
     path: Path
     deps_installed: int
+    # The cached artifact was found damaged and rebuilt: what was wrong with it.
+    replaced_corrupt: tuple[str, ...] = ()
 
 
 def build_artifact(
@@ -54,10 +57,13 @@ def build_artifact(
     on_output: OutputFn | None = None,
     python: str = sys.executable,
     exclude: Iterable[str] = (),
+    rebuild: bool = False,
 ) -> BuildResult:
     """Build `context` into `store`, or reuse the artifact already built from the same input.
 
-    `exclude` adds ignore patterns on top of `.ingotignore` (the spec file, for one).
+    A cached artifact is verified before it is reused: a damaged one is rebuilt and replaced, never
+    reused. `rebuild` builds afresh whatever the cache holds. `exclude` adds ignore patterns on top of
+    `.ingotignore` (the spec file, for one).
     """
     if not context.is_dir():
         raise UserInputError(f"build context {context} does not exist or is not a directory")
@@ -65,9 +71,16 @@ def build_artifact(
     key = input_key(listing_digest(listing), interpreter_tag(python))
 
     cached = store.lookup_input(key)
-    if cached is not None and store.has(cached):
-        return _result(store, cached, key, reused=True)
+    corrupt: tuple[str, ...] = ()
+    if cached is not None and store.has(cached) and not rebuild:
+        try:
+            store.verify(cached)
+        except ArtifactCorrupt as exc:
+            corrupt = (exc.message, *exc.details)
+        else:
+            return _result(store, cached, key, reused=True)
 
+    require_space(store.tmp_dir, _listed_size(context, listing), f"the build of {context}")
     staging = store.new_staging_dir()
     try:
         _copy_entries(context, staging, listing)
@@ -79,7 +92,16 @@ def build_artifact(
         if staging.exists():
             force_rmtree(staging)
     store.record_input(key, digest)
-    return _result(store, digest, key, reused=False)
+    return replace(_result(store, digest, key, reused=False), replaced_corrupt=corrupt)
+
+
+def _listed_size(context: Path, listing: dict[str, str]) -> int:
+    total = 0
+    for rel in listing:
+        path = context / rel
+        if not path.is_symlink() and path.is_file():
+            total += path.stat().st_size
+    return total
 
 
 def cached_build(store: ArtifactStore, context: Path, python: str = sys.executable,
@@ -160,6 +182,8 @@ def _copy_entries(context: Path, staging: Path, listing: dict[str, str]) -> None
                 shutil.copyfile(src, dst)
                 dst.chmod(0o755 if is_executable(src.stat().st_mode) else 0o644)
         except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(exc, f"the build of {context}") from exc
             raise OperationFailed(f"build failed: could not copy {rel} from {context}: {exc}") from exc
 
 

@@ -30,6 +30,7 @@ from ingot.artifacts.digest import (
     is_executable,
     listing_digest,
 )
+from ingot.diskspace import disk_full_error, is_disk_full, require_space, tree_size
 from ingot.errors import OperationFailed, UserInputError
 
 
@@ -81,8 +82,11 @@ class ArtifactStore:
         digest = listing_digest(listing)
         target = self.path_for(digest)
         if target.is_dir():
-            force_rmtree(staging_dir)
-            return digest
+            if self.intact(digest):
+                force_rmtree(staging_dir)
+                return digest
+            # The stored copy was damaged: the fresh build of the same content takes its place.
+            self._discard(target)
         self._write_listing(digest, listing)
         _make_read_only(staging_dir, include_root=False)
         self.objects_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +110,18 @@ class ArtifactStore:
         """
         source = self.verify(digest)
         runs_dir.mkdir(parents=True, exist_ok=True)
+        require_space(runs_dir, tree_size(source), f"a checkout of artifact {digest}")
         target = Path(tempfile.mkdtemp(prefix=_hex(digest)[:12] + "-", dir=runs_dir))
         target.rmdir()
-        shutil.copytree(source, target, symlinks=True, copy_function=shutil.copy2)
+        try:
+            shutil.copytree(source, target, symlinks=True, copy_function=shutil.copy2)
+        except BaseException as exc:
+            if target.exists():
+                force_rmtree(target)  # no half copy is left behind
+            if isinstance(exc, shutil.Error | OSError) and _ran_out_of_space(exc):
+                raise disk_full_error(OSError(28, "No space left on device", str(target)),
+                                      f"the checkout of artifact {digest}") from exc
+            raise
         _make_read_only(target, include_root=True)
         return target
 
@@ -119,7 +132,23 @@ class ArtifactStore:
             force_rmtree(path)
         self._listing_path(digest).unlink(missing_ok=True)
 
+    def _discard(self, target: Path) -> None:
+        """Take a stored object out of the way at once (one rename), then delete it."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        aside = Path(tempfile.mkdtemp(prefix="discard-", dir=self.tmp_dir))
+        target.chmod(0o755)  # renaming a directory needs write access to it (for `..`)
+        os.rename(target, aside / "object")
+        force_rmtree(aside)
+
     # -- verification -------------------------------------------------------------------------
+
+    def intact(self, digest: str) -> bool:
+        """Whether the stored artifact is there and still matches its digest."""
+        try:
+            self.verify(digest)
+        except OperationFailed:
+            return False
+        return True
 
     def verify(self, digest: str) -> Path:
         """Recompute the digest of the stored tree; return its path, or raise `ArtifactCorrupt`."""
@@ -179,6 +208,7 @@ class ArtifactStore:
         # Publishing is a rename, which cannot cross filesystems: copy a foreign staging dir in first.
         if staging_dir.stat().st_dev == self._tmp_dev():
             return staging_dir
+        require_space(self.tmp_dir, tree_size(staging_dir), f"storing the artifact built in {staging_dir}")
         local = self.new_staging_dir()
         shutil.copytree(staging_dir, local, symlinks=True, dirs_exist_ok=True)
         force_rmtree(staging_dir)
@@ -187,6 +217,13 @@ class ArtifactStore:
     def _tmp_dev(self) -> int:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         return self.tmp_dir.stat().st_dev
+
+
+def _ran_out_of_space(exc: BaseException) -> bool:
+    # copytree gathers per-file failures into one shutil.Error of (source, target, why) triples.
+    if isinstance(exc, shutil.Error):
+        return any("No space left" in str(why) for *_paths, why in exc.args[0])
+    return is_disk_full(exc)
 
 
 def _hex(digest: str) -> str:

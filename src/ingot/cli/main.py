@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ingot import __version__, build_release, ledger, operations
 from ingot.cli.output import Progress, console, errors, print_json, short, when
+from ingot.diskspace import disk_full_error, is_disk_full
 from ingot.errors import IngotError, UserInputError
 from ingot.project import Project, open_project
+from ingot.store.db import store_error
 
 if TYPE_CHECKING:
     from ingot.remote import Remote
@@ -65,14 +68,23 @@ def guarded(action: Callable[[], T]) -> T:
     try:
         return action()
     except IngotError as exc:
-        errors.print(f"[bold red]error:[/bold red] {exc.message}", markup=True, soft_wrap=True)
-        for line in exc.details:
-            errors.print(f"  {line}", markup=False, soft_wrap=True)
+        _print_error(exc)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        _print_error(disk_full_error(exc, "writing"))
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         errors.print("interrupted: an operation already handed to the agent goes on there; "
                      "see 'ingot status' and 'ingot history'")
         raise typer.Exit(130) from None
+
+
+def _print_error(exc: IngotError) -> None:
+    errors.print(f"[bold red]error:[/bold red] {escape(exc.message)}", markup=True, soft_wrap=True)
+    for line in exc.details:
+        errors.print(f"  {line}", markup=False, soft_wrap=True)
 
 
 def spec_path(file: Path | None) -> Path:
@@ -134,18 +146,26 @@ def schema() -> None:
 
 @app.command()
 def build(service: Annotated[str | None, typer.Argument(help="Service to build (default: all).")] = None,
-          file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
-    """Build immutable artifacts (reused when the input is unchanged)."""
+          file: SpecFile = None, env: Env = None,
+          rebuild: Annotated[bool, typer.Option("--rebuild", help="Build afresh, whatever the build cache "
+                                                "holds (a stored copy of the same content is replaced "
+                                                "if damaged).")] = False,
+          as_json: AsJson = False) -> None:
+    """Build immutable artifacts (reused when the input is unchanged and the stored copy verifies)."""
     project = project_for(file)
     environment = guarded(lambda: project.environment(env_name(env)))
     results = []
     for name in guarded(lambda: project.services(service)):
         result = guarded(lambda n=name: build_release.build(project, environment, n,  # type: ignore[misc]
-                                                            None if as_json else _pip_line))
+                                                            None if as_json else _pip_line, rebuild=rebuild))
         results.append({"service": name, **result.as_dict()})
         if not as_json:
             how = "unchanged, reused" if result.reused else "built"
+            if result.replaced_corrupt:
+                how = "built: the stored copy was damaged and has been replaced"
             console.print(f"{name}: {result.digest} ({how})")
+            for line in result.replaced_corrupt:
+                console.print(f"  | {line}", markup=False, highlight=False)
     if as_json:
         print_json(results)
 
@@ -448,8 +468,12 @@ def down(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> Non
     result = guarded(lambda: operations.down(project, environment))
     if as_json:
         print_json(result)
-        return
-    console.print(f"stopped {len(result['stopped'])} instance(s)" if result["stopped"] else "nothing was running")
+    else:
+        console.print(f"stopped {len(result['stopped'])} instance(s)" if result["stopped"] else "nothing was running")
+        for problem in result["problems"]:
+            errors.print(f"warning: {problem}", markup=False, soft_wrap=True)
+    if result["problems"]:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -590,18 +614,21 @@ def _summary(payload: dict[str, Any]) -> str:
 
 @audit_app.command("verify")
 def audit_verify(file: SpecFile = None, as_json: AsJson = False) -> None:
-    """Check the ledger's hash chain and every release signature; exit 1 naming the first bad entry."""
+    """Check the ledger's hash chain, every release signature, every stored artifact's digest and the
+    database's integrity; exit 1 naming what is bad."""
     project = project_for(file)
-    report = guarded(lambda: operations.audit_verify(project))
+    report = guarded(lambda: operations.audit_verify(project, deep=True))
     if as_json:
         print_json({"ok": report.ok, "entries": report.entries_checked, "releases": report.releases_checked,
-                    "problems": report.problems})
+                    "artifacts": report.artifacts_checked, "problems": report.problems})
     elif report.ok:
         console.print(f"ledger intact: {report.entries_checked} entries chained; "
-                      f"{report.releases_checked} release signatures valid")
+                      f"{report.releases_checked} release signatures valid; "
+                      f"{report.artifacts_checked} stored artifacts match their digests; database integrity ok")
     else:
         for problem in report.problems:
-            errors.print(f"TAMPERED: {problem}", markup=False)
+            label = "DAMAGED" if problem.startswith(("database", "artifact", "the ledger")) else "TAMPERED"
+            errors.print(f"{label}: {problem}", markup=False)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -642,6 +669,14 @@ def run() -> None:
     except Exception as exc:  # a bug, not bad input: say so plainly
         if os.environ.get("INGOT_DEBUG"):
             raise
+        # A full disk or a damaged database is the machine's trouble, not ingot's: said as such, wherever
+        # it surfaced (the store translates its own; this catches what got past).
+        cause = getattr(exc, "orig", None) or exc
+        known = (disk_full_error(exc, "writing") if isinstance(exc, OSError) and is_disk_full(exc)
+                 else store_error(Path("state.db"), cause))
+        if known is not None:
+            _print_error(known)
+            sys.exit(1)
         errors.print(f"internal error: {type(exc).__name__}: {exc} (set INGOT_DEBUG=1 for the traceback)",
                      markup=False)
         sys.exit(1)

@@ -72,6 +72,8 @@ class Progress:
             self._running(f"{service}: building")
         elif kind == "built":
             how = "unchanged, reused" if event.get("reused") else "built"
+            if event.get("replaced_corrupt"):
+                how = "built: the stored copy was damaged and has been replaced"
             self._line(f"{service}: artifact {short(event['digest'])} ({how})")
         elif kind == "release":
             how = "new, signed" if event.get("created") else "already exists"

@@ -60,3 +60,9 @@ class Runtime(Protocol):
     def observe(self, instance: InstanceRow) -> Observation: ...
 
     def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]: ...
+
+    def find(self, instance: InstanceRow, state_dir: str) -> InstanceRow | None:
+        """The process or container a row without pid or handle describes (its intent was recorded, and
+        then the agent stopped before it learnt what it spawned), found by the labels it carries: the
+        row filled in, or None if nothing carries them. Read-only."""
+        ...

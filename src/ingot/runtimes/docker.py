@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -136,6 +136,20 @@ class DockerRuntime:
             handle=str(container.id),
         )
 
+    def find(self, instance: InstanceRow, state_dir: str) -> InstanceRow | None:
+        """The container created for `instance` (by its `ingot.instance` and `ingot.state` labels), if any."""
+        with _engine_errors(f"looking for the container of instance {instance.id} failed"):
+            found = self.client.containers.list(all=True, filters={"label": f"ingot.instance={instance.id}"},
+                                                ignore_removed=True)
+        for container in found:
+            attrs = container.attrs
+            labels = (attrs.get("Config") or {}).get("Labels") or {}
+            if labels.get("ingot.state", state_dir) != state_dir:
+                continue
+            return replace(instance, pid=_main_pid(attrs), port=_any_published_port(attrs),
+                           handle=str(container.id), state="starting")
+        return None
+
     def remove_container(self, container_id: str, timeout: float) -> None:
         """Stop and remove a container by ID: for strays that no instance record describes."""
         with _engine_errors(f"removing container {_short_id(container_id)} failed"):
@@ -235,6 +249,7 @@ class DockerRuntime:
         tag: str,
         build_args: dict[str, str] | None = None,
         on_output: Callable[[str], None] = lambda line: None,
+        no_cache: bool = False,
     ) -> str:
         """Build the context's Containerfile (else Dockerfile) with the engine; return the image ID.
 
@@ -261,6 +276,7 @@ class DockerRuntime:
                 rm=True,
                 forcerm=True,  # no intermediate containers left behind by a failed step
                 pull=False,  # no registry is reachable; a base image must be local
+                nocache=no_cache,  # `ingot build --rebuild`: every step afresh
                 decode=True,
             )
             image_id = _follow_build(chunks, emit, what, last)
@@ -497,6 +513,15 @@ def _published_port(attrs: dict[str, Any], container_port: int) -> int:
             return int(binding["HostPort"])
     raise OperationFailed(f"the engine did not publish container port {container_port}/tcp on {LOCALHOST}",
                           details=[f"published: {bindings!r}"])
+
+
+def _any_published_port(attrs: dict[str, Any]) -> int:
+    """The host port published on 127.0.0.1, whatever the container port; 0 when none (not started)."""
+    for bindings in ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).values():
+        for binding in bindings or []:
+            if binding.get("HostIp") in (LOCALHOST, "") and binding.get("HostPort"):
+                return int(binding["HostPort"])
+    return 0
 
 
 def _main_pid(attrs: dict[str, Any]) -> int | None:

@@ -1,8 +1,11 @@
 """Instances as local OS processes started from a read-only artifact.
 
 Each instance is a fresh process in its own process group (so it outlives an agent restart and can
-be stopped as a whole), with a clean environment built only from the release, and its output
-appended to a log file.
+be stopped as a whole), with a clean environment built only from the release. Its output goes through
+a pipe to a small logger process (`logpipe.py`) that writes the instance's log file, capped and rotated
+by size: `LOG_MAX_BYTES` per file (10 MiB, or $INGOT_LOG_MAX_BYTES) and `LOG_BACKUPS` rotated files
+(`.1`, `.2`). So one instance's log takes at most about 30 MiB, and `ingot logs` still has a tail of
+several hundred thousand lines to show.
 """
 
 from __future__ import annotations
@@ -15,15 +18,25 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ingot.errors import OperationFailed
+from ingot.runtimes import logpipe
 from ingot.runtimes.base import InstanceRequest, Observation
 from ingot.store import InstanceRow
 
 # The interpreter ingot runs on is the one an artifact's dependencies were installed for.
 PYTHON_ALIASES = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
+LOG_MAX_BYTES_ENV = "INGOT_LOG_MAX_BYTES"
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 2
+
+
+def log_max_bytes() -> int:
+    text = os.environ.get(LOG_MAX_BYTES_ENV, "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else LOG_MAX_BYTES
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -54,6 +67,7 @@ class ProcessRuntime:
 
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._loggers: list[subprocess.Popen[bytes]] = []
 
     def start(self, request: InstanceRequest) -> InstanceRow:
         if request.artifact_path is None or not request.command:
@@ -80,14 +94,16 @@ class ProcessRuntime:
         if deps.is_dir():
             env["PYTHONPATH"] = str(deps)
         request.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(request.log_path, "ab") as log:
+        read_end, write_end = os.pipe()
+        try:
+            self._start_logger(request, read_end)
             try:
                 child = subprocess.Popen(
                     resolve_command(request.command),
                     cwd=request.artifact_path,
                     env=env,
                     stdin=subprocess.DEVNULL,
-                    stdout=log,
+                    stdout=write_end,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
@@ -96,6 +112,10 @@ class ProcessRuntime:
                     f"instance {request.instance_id} of {request.service} could not start: {exc}",
                     details=[f"command: {' '.join(request.command)}"],
                 ) from exc
+        finally:
+            # The children hold their ends; the logger sees end of output once the instance is gone.
+            os.close(read_end)
+            os.close(write_end)
         self._children[child.pid] = child
         return InstanceRow(
             id=request.instance_id,
@@ -114,10 +134,33 @@ class ProcessRuntime:
             handle=str(request.artifact_path),
         )
 
+    def _start_logger(self, request: InstanceRequest, read_end: int) -> None:
+        try:
+            # Isolated (-I) and without site (-S): it imports only the standard library, in milliseconds.
+            logger = subprocess.Popen(
+                [sys.executable, "-I", "-S", logpipe.__file__, str(request.log_path), str(log_max_bytes()),
+                 str(LOG_BACKUPS)],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/", env={},
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise OperationFailed(f"instance {request.instance_id}: its logger could not start: {exc}") from exc
+        self._loggers.append(logger)
+        self._loggers = [p for p in self._loggers if p.poll() is None]  # reap the ones that have ended
+
+    def find(self, instance: InstanceRow, state_dir: str) -> InstanceRow | None:
+        for pid, env in labelled_processes(state_dir):
+            if env.get("INGOT_INSTANCE") == instance.id:
+                port = env.get("PORT", "")
+                return replace(instance, pid=pid, proc_start=process_start_time(pid),
+                               port=int(port) if port.isdigit() else 0,
+                               handle=process_cwd(pid) or instance.handle, state="starting")
+        return None
+
     def observe(self, instance: InstanceRow) -> Observation:
         pid = instance.pid
         if pid is None:
-            return Observation(alive=False, detail="never started")
+            return Observation(alive=False, detail="never started (or not known to have started)")
         child = self._children.get(pid)
         if child is not None:
             code = child.poll()
@@ -139,7 +182,12 @@ class ProcessRuntime:
         terminate_group(instance.pid, timeout, lambda: self.observe(instance).alive)
 
     def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]:
-        return tail_lines(Path(instance.log_path), lines)
+        path = Path(instance.log_path)
+        tail = tail_lines(path, lines)
+        # Just after a rotation the current file holds little: the rest of the tail is in the rotated one.
+        if len(tail) < lines:
+            tail = tail_lines(path.with_name(path.name + ".1"), lines - len(tail)) + tail
+        return tail
 
 
 def terminate_group(pid: int, timeout: float, alive: Callable[[], bool] | None = None) -> None:

@@ -9,14 +9,54 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy.engine import ExceptionContext
 
+from ingot.diskspace import HEADROOM, DiskFull, free_bytes, human
+from ingot.errors import OperationFailed
 from ingot.store.schema import metadata, schema_version
 
 WRITE = "ingot_write"
+# SQLite's primary result codes (the low byte of an extended code) that are not ingot's bugs.
+SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
+
+
+class StoreFull(DiskFull):
+    """The state database could not be written: its filesystem is full."""
+
+
+class StoreDamaged(OperationFailed):
+    """The state database is corrupt (a damaged page, say): reading or writing it failed."""
+
+
+def store_error(path: Path, exc: BaseException) -> OperationFailed | None:
+    """The message for a SQLite failure that is the machine's, not ingot's: a full disk, a damaged file."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    if code & 0xFF == SQLITE_FULL:
+        return StoreFull(
+            f"the disk holding the state database is full: {path} could not be written; {human(free_bytes(path))} "
+            f"free, at least {human(HEADROOM)} needed (what ingot keeps free for it before it copies anything)",
+            details=["free some space on that filesystem, then run the command again; "
+                     "what was serving goes on serving"])
+    if code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return StoreDamaged(
+            f"the state database {path} is damaged: {exc}",
+            details=["'ingot audit verify' says what is damaged; 'ingot down' still stops everything it can find",
+                     "restore the file from a backup (or move it aside to start afresh)"])
+    return None
 
 
 def _sqlite_engine(path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # A full disk or a damaged file is said as such, with the path, wherever it happens: never as
+        # an "internal error: OperationalError" (SQLAlchemy cleans up, then raises this instead).
+        translated = store_error(path, context.original_exception)
+        if translated is not None:
+            raise translated from context.original_exception
 
     # pysqlite's own transaction handling defers BEGIN; take it over so that every write
     # transaction starts with BEGIN IMMEDIATE and two processes appending to the ledger serialise.

@@ -16,6 +16,12 @@ from sqlalchemy import Connection, Engine, and_, func, select
 from ingot.store import schema as t
 from ingot.store.db import open_engine, transaction
 
+# An instance whose row is written before it is spawned: intent first, so that whatever ingot starts is
+# recorded even if the agent dies the next moment. Its pid, port and handle are filled in once it runs;
+# until then `down`, recovery and drift find it by its labels (see `Runtime.find`).
+SPAWNING = "spawning"
+LIVE_STATES = (SPAWNING, "starting", "running")
+
 
 @dataclass(frozen=True)
 class ReleaseRow:
@@ -138,6 +144,16 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def integrity_problems(self, limit: int = 20, *, quick: bool = False) -> list[str]:
+        """SQLite's own check of every page and index (`PRAGMA integrity_check`); empty when sound.
+
+        `quick` skips checking that indexes match their tables (`quick_check`): several times faster.
+        """
+        pragma = "quick_check" if quick else "integrity_check"
+        with self.engine.connect() as conn:
+            rows = [str(r[0]) for r in conn.exec_driver_sql(f"PRAGMA {pragma}({int(limit)})")]
+        return [] if rows == ["ok"] else rows
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -352,8 +368,38 @@ class Store:
 
     # instances ----------------------------------------------------------------------------
     def add_instance(self, row: InstanceRow) -> None:
+        self.add_instances([row])
+
+    def add_instances(self, rows: list[InstanceRow]) -> None:
         with self.begin() as conn:
-            conn.execute(t.instances.insert().values(**row.__dict__))
+            for row in rows:
+                conn.execute(t.instances.insert().values(**row.__dict__))
+
+    def fill_instance(self, row: InstanceRow) -> bool:
+        """Fill in what a spawned instance turned out to be (pid, port, handle), once.
+
+        False if its row is no longer `spawning` (`down` or recovery gave up on it meanwhile): the
+        caller must then stop what it just started.
+        """
+        values = {c: getattr(row, c) for c in ("pid", "proc_start", "host", "port", "handle", "started_at", "state")}
+        with self.begin() as conn:
+            done = conn.execute(t.instances.update()
+                                .where(and_(t.instances.c.id == row.id, t.instances.c.state == SPAWNING))
+                                .values(**values))
+        return bool(done.rowcount)
+
+    def give_up_spawning(self, instance_id: str) -> bool:
+        """Mark a `spawning` row failed (nothing carries its labels); False if it is no longer spawning."""
+        with self.begin() as conn:
+            done = conn.execute(t.instances.update()
+                                .where(and_(t.instances.c.id == instance_id, t.instances.c.state == SPAWNING))
+                                .values(state="failed", stopped_at=time.time()))
+        return bool(done.rowcount)
+
+    def get_instance(self, instance_id: str) -> InstanceRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.instances).where(t.instances.c.id == instance_id)).first()
+        return _instance(row) if row else None
 
     def set_instance_state(self, instance_id: str, state: str, *, stopped: bool = False) -> None:
         values: dict[str, Any] = {"state": state}
@@ -378,7 +424,7 @@ class Store:
             return [_instance(r) for r in conn.execute(query.order_by(t.instances.c.started_at))]
 
     def live_instances(self, environment: str | None = None, service: str | None = None) -> list[InstanceRow]:
-        query = select(t.instances).where(t.instances.c.state.in_(("starting", "running")))
+        query = select(t.instances).where(t.instances.c.state.in_(LIVE_STATES))
         if environment:
             query = query.where(t.instances.c.environment == environment)
         if service:

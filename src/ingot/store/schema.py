@@ -120,7 +120,8 @@ instances = Table(
     Column("log_path", Text, nullable=False),
     Column("started_at", Float, nullable=False),
     Column("stopped_at", Float, nullable=True),
-    Column("state", String(16), nullable=False),  # starting | running | stopped | failed
+    # spawning (recorded, not known to run yet) | starting | running | exited | stopped | failed | replaced
+    Column("state", String(16), nullable=False),
     Column("handle", String(128), nullable=True),  # the runtime's own id (a container ID)
     UniqueConstraint("id"),
 )
