@@ -65,9 +65,21 @@ class ExampleProject:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
+    _project: str | None = field(default=None, repr=False)
+
+    @property
+    def project(self) -> str:
+        """The spec's project (read once: a test may break the spec later)."""
+        if self._project is None:
+            found = re.search(r"^project:\s*(\S+)", (self.root / "ingot.yaml").read_text(), flags=re.M)
+            assert found, f"no project: line in {self.root / 'ingot.yaml'}"
+            self._project = found.group(1)
+        return self._project
+
     @property
     def state(self) -> Path:
-        return self.root / ".ingot"
+        """The project's default state directory: `.ingot/<project>/` beside the spec."""
+        return self.root / ".ingot" / self.project
 
     def ingot(self, *args: str, timeout: float = 180.0, check: bool = False,
               extra_env: dict[str, str] | None = None) -> Result:
@@ -103,7 +115,7 @@ def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") 
     spec = spec.replace("strategy: {type: blue-green, drain_timeout: 10s}",
                         "strategy: {type: blue-green, drain_timeout: 10s}" + extra_service_yaml)
     (root / "ingot.yaml").write_text(spec)
-    return ExampleProject(root, port)
+    return ExampleProject(root, port, _project="hello")
 
 
 def make_container_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "") -> ExampleProject:

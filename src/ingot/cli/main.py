@@ -45,8 +45,8 @@ T = TypeVar("T")
 def main(
     file: SpecFile = None,
     env: Env = None,
-    state: Annotated[Path | None, typer.Option("--state", help="State directory (default: .ingot beside "
-                                                "the spec, or $INGOT_HOME).")] = None,
+    state: Annotated[Path | None, typer.Option("--state", help="State directory (default: $INGOT_HOME, "
+                                                "else .ingot/<project> beside the spec).")] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
     server: Annotated[str | None, typer.Option("--server", envvar="INGOT_SERVER", help="Drive a remote "
                                                "'ingot serve' at this URL instead of the local agent.")] = None,
