@@ -283,6 +283,10 @@ def project_at_head(url: str, branch: str, spec_path: str) -> str:
     """The `project:` of the spec at the head of the branch, from a shallow fetch into a scratch place."""
     with tempfile.TemporaryDirectory(prefix="ingot-watch-") as scratch:
         try:
+            Mirror(Path(scratch), url).probe(branch)
+        except GitFailure as exc:  # said as Watcher.check says it
+            raise UserInputError(f"cannot watch {branch} of {url}: {exc}") from None
+        try:
             _git("init", "--quiet", "--bare", scratch)
             _git("--git-dir", scratch, "fetch", "--quiet", "--no-tags", "--depth", "1", url, f"refs/heads/{branch}")
             text = _git("--git-dir", scratch, "show", f"FETCH_HEAD:{spec_path}")
