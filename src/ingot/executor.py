@@ -385,7 +385,7 @@ class Executor:
 
     async def _wait_healthy(self, dep: Deployment) -> dict[str, Any]:
         pending = [row for row in dep.started if row.state == "starting"]
-        verdicts = await asyncio.gather(*(self.gate(row, dep.params) for row in pending))
+        verdicts = await dep.control.or_abort(asyncio.gather(*(self.gate(row, dep.params) for row in pending)))
         failed = [(row, v) for row, v in zip(pending, verdicts, strict=True) if not v.healthy]
         if failed:
             row, verdict = failed[0]

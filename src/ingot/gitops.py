@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -35,12 +36,16 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import yaml
+
 from ingot import ledger, operations
 from ingot.actor import current_actor
 from ingot.errors import IngotError, UserInputError
 from ingot.locks import Locked
-from ingot.paths import StatePaths
+from ingot.paths import StatePaths, explicit_state_dir
 from ingot.project import open_project
+from ingot.spec.models import NAME_PATTERN
+from ingot.state_layout import project_state
 from ingot.store import Store
 
 WATCH_DEPLOY = "watch.deploy"
@@ -261,14 +266,42 @@ class PollResult:
         return dict(self.__dict__)
 
 
-def watch_state_dir(explicit: Path | None = None, cwd: Path | None = None) -> StatePaths:
-    """The one state directory every commit deploys into: --state, else $INGOT_HOME, else ./.ingot."""
-    if explicit is not None:
-        return StatePaths(explicit.resolve())
-    from_env = os.environ.get("INGOT_HOME")
-    if from_env:
-        return StatePaths(Path(from_env).resolve())
-    return StatePaths(((cwd or Path.cwd()) / ".ingot").resolve())
+def watch_state_dir(repo: str, branch: str, spec_path: str, explicit: Path | None = None,
+                    cwd: Path | None = None) -> StatePaths:
+    """The one state directory every commit deploys into: --state, else $INGOT_HOME, else the project's
+    own beside the spec here, `./.ingot/<project>/` (as for the other commands), with the project named
+    by the spec at the branch's head."""
+    named = explicit_state_dir(explicit)
+    if named is not None:
+        return named
+    here = (cwd or Path.cwd()).resolve()
+    project = project_at_head(source_url(repo, here), check_branch(branch), check_spec_path(spec_path))
+    return project_state(here, project).paths
+
+
+def project_at_head(url: str, branch: str, spec_path: str) -> str:
+    """The `project:` of the spec at the head of the branch, from a shallow fetch into a scratch place."""
+    with tempfile.TemporaryDirectory(prefix="ingot-watch-") as scratch:
+        try:
+            Mirror(Path(scratch), url).probe(branch)
+        except GitFailure as exc:  # said as Watcher.check says it
+            raise UserInputError(f"cannot watch {branch} of {url}: {exc}") from None
+        try:
+            _git("init", "--quiet", "--bare", scratch)
+            _git("--git-dir", scratch, "fetch", "--quiet", "--no-tags", "--depth", "1", url, f"refs/heads/{branch}")
+            text = _git("--git-dir", scratch, "show", f"FETCH_HEAD:{spec_path}")
+        except GitFailure as exc:
+            raise UserInputError(f"cannot read {spec_path} at the head of {branch} in {url} to know its project "
+                                 f"(and so its state directory): {exc}; or give --state DIR") from None
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError:
+        spec = None
+    project = spec.get("project") if isinstance(spec, dict) else None
+    if not isinstance(project, str) or not re.fullmatch(NAME_PATTERN, project):
+        raise UserInputError(f"{spec_path} at the head of {branch} in {url} names no valid project, so the "
+                             "watcher cannot tell its state directory; give --state DIR")
+    return project
 
 
 class Watcher:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ from ingot.runtimes.process import labelled_processes, terminate_group
 from ingot.runtimes.registry import Runtimes
 from ingot.spec import SecuritySpec, ServiceSpec
 from ingot.state import service_state
-from ingot.store import ReleaseRow
+from ingot.store import ReleaseRow, Store
 from ingot.store.db import StoreDamaged
 
 OnEvent = Callable[[dict[str, Any]], None]
@@ -88,6 +90,24 @@ class DeployOutcome:
         return dict(self.__dict__)
 
 
+class HandedOver(KeyboardInterrupt):
+    """Interrupted (Ctrl-C, SIGINT) while the agent runs an operation this command handed to it.
+
+    The operation goes on in the agent, which holds the environment's lock until it ends; the caller
+    decides whether to leave it (detach) or to abort it (`abort_handed_over`).
+    """
+
+    def __init__(self, kind: str, environment: str, service: str, release: str, previous: str | None,
+                 lock: locks.LockInfo, deployment: str | None) -> None:
+        super().__init__(f"interrupted during the {kind} of {service} in {environment}")
+        self.kind, self.environment, self.service, self.release = kind, environment, service, release
+        self.previous, self.lock, self.deployment = previous, lock, deployment
+        self.not_started: list[str] = []  # services of the same command that were not handed over
+
+    def describe(self) -> str:
+        return f"the {self.kind} of {self.service} to release {self.release} in {self.environment}"
+
+
 def deploy(project: Project, environment: str, names: list[str], *, on_event: OnEvent | None = None,
            on_output: OnOutput | None = None, commit: str | None = None) -> list[DeployOutcome]:
     """Build, release and deploy; `commit` goes into new releases (default: the spec's work tree's HEAD)."""
@@ -102,20 +122,31 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
         config_ops.release_config(project, environment, name, service)  # a missing key: refused before building
     commit = commit or project.git_commit()
     outcomes = []
-    with locks.hold(project.store, environment, "deploy", current_actor()):
-        for name in names:
+    ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
+    with locks.hold(project.store, environment, "deploy", current_actor()) as lock:
+        for index, name in enumerate(names):
             emit({"event": "build", "service": name})
             artifact = build_release.build(project, environment, name, on_output)
             emit({"event": "built", "service": name, "digest": artifact.digest, "reused": artifact.reused,
                   "replaced_corrupt": list(artifact.replaced_corrupt)})
             row, created = build_release.release(project, environment, name, artifact, commit)
             emit({"event": "release", "service": name, "release": row.id, "created": created})
-            outcomes.append(_apply(project, environment, name, row, created, "deploy", emit))
+            with _rest_not_started(names[index + 1:]):
+                outcomes.append(_apply(project, environment, name, row, created, "deploy", emit, lock))
     return outcomes
 
 
+@contextmanager
+def _rest_not_started(rest: list[str]) -> Iterator[None]:
+    try:
+        yield
+    except HandedOver as handed:
+        handed.not_started = rest
+        raise
+
+
 def _apply(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
-           emit: OnEvent) -> DeployOutcome:
+           emit: OnEvent, lock: locks.LockInfo) -> DeployOutcome:
     if _on_cluster(project, environment):  # a promotion to a cluster
         from ingot.kube import operations as kube
 
@@ -127,12 +158,21 @@ def _apply(project: Project, environment: str, name: str, row: ReleaseRow, creat
     env_spec = project.spec.environments.get(environment)
     params = deploy_params(project.spec.service_for(environment, name), self_heal=not env_spec or env_spec.self_heal)
     client = ensure_agent(project.paths)
+    current = project.store.current_activation(environment, name)
+    deployment: list[str] = []
 
     def forward(event: dict[str, Any]) -> None:
+        if event.get("event") == "plan":
+            deployment.append(str(event.get("deployment")))
         emit({**event, "service": name})
 
-    result = client.call("deploy", on_event=forward, environment=environment, service=name, release=row.id,
-                         kind=kind, params=params.as_dict(), actor=current_actor())
+    try:
+        result = client.call("deploy", on_event=forward, environment=environment, service=name, release=row.id,
+                             kind=kind, params=params.as_dict(), actor=current_actor(), lock=lock.handoff())
+    except KeyboardInterrupt:
+        # The request is sent: the agent goes on with it, whatever becomes of this process.
+        raise HandedOver(kind, environment, name, row.id, current.release_id if current else None, lock,
+                         deployment[0] if deployment else None) from None
     url = f"http://{params.listen[0]}:{params.listen[1]}/"
     return DeployOutcome(service=name, release=row.id, release_created=created,
                          nothing_changed=bool(result.get("nothing_to_do")), url=url,
@@ -166,13 +206,18 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
 
         outcome: DeployOutcome = kube.rollback(project, environment, name, to, on_event=on_event)
         return outcome
-    target = rollback_target(project, environment, name, to)
-    config_store.check_secrets_for(target, environment)
-    if not build_release.artifact_available(project.artifacts, target):
-        raise OperationFailed(f"release {target.id} cannot be restored: its artifact {target.artifact_digest} "
-                              "is no longer in the store")
-    with locks.hold(project.store, environment, "rollback", current_actor()):
-        return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None))
+    held = locks.current(project.store, environment)
+    if held is None or not held.alive:  # (a running operation is what to report, not what it is changing)
+        rollback_target(project, environment, name, to)  # bad input is refused before anything starts
+    ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
+    with locks.hold(project.store, environment, "rollback", current_actor()) as lock:
+        # Chosen under the lock: an operation that was running may have changed what is live.
+        target = rollback_target(project, environment, name, to)
+        config_store.check_secrets_for(target, environment)
+        if not build_release.artifact_available(project.artifacts, target):
+            raise OperationFailed(f"release {target.id} cannot be restored: its artifact "
+                                  f"{target.artifact_digest} is no longer in the store")
+        return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None), lock)
 
 
 def promote(project: Project, source: str, target: str, names: list[str], *, force: bool = False,
@@ -183,8 +228,10 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     emit = on_event or (lambda _e: None)
     actor = current_actor()
     outcomes = []
-    with locks.hold(project.store, target, "promote", actor):
-        for name in names:
+    if not _on_cluster(project, target):
+        ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
+    with locks.hold(project.store, target, "promote", actor) as lock:
+        for index, name in enumerate(names):
             live = _promotable(project, source, name, force)
             built = build_release.Built(live.artifact_digest, True, f"promoted:{live.id}",
                                         f"the artifact of {source}'s release {live.id}")
@@ -193,7 +240,8 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
                           subject=row.id, payload={"from": source, "source_release": live.id,
                                                    "artifact": live.artifact_digest, "forced": force})
             emit({"event": "release", "service": name, "release": row.id, "created": created})
-            outcomes.append(_apply(project, target, name, row, created, "promote", emit))
+            with _rest_not_started(names[index + 1:]):
+                outcomes.append(_apply(project, target, name, row, created, "promote", emit, lock))
     return outcomes
 
 
@@ -237,6 +285,49 @@ def control(project: Project, environment: str, service: str | None, action: str
                            actor=current_actor())
     except AgentUnavailable:
         raise UserInputError(f"no rollout is in progress for {environment}: the agent is not running") from None
+
+
+def abort_handed_over(project: Project, handed: HandedOver, timeout: float = 600.0) -> dict[str, Any]:
+    """Abort an operation the caller handed to the agent and then left (Ctrl-C, then "abort"), as
+    `ingot abort` does, and wait until the agent's operation has ended. Returns the deployment, its
+    outcome and the release that serves now.
+
+    The abort is sent once the deployment is under way in the agent (not before: until then the
+    service's steering may still belong to the previous deployment's verification window). If the
+    operation ends first, nothing is aborted and the outcome says how it ended.
+    """
+    store = project.store
+    deadline = time.monotonic() + timeout
+    # The agent may not have read the request yet when the caller was interrupted; give it a moment.
+    seen_start = time.monotonic() + 2.0
+    deployment, sent = handed.deployment, False
+    while time.monotonic() < deadline:
+        deployment = deployment or _started_since(store, handed)
+        running = deployment is not None and store.deployment_outcome(deployment) == "running"
+        if running and not sent:
+            try:
+                control(project, handed.environment, handed.service, "abort")
+                sent = True
+            except UserInputError:
+                pass  # not steerable yet (it is planning); the next round tries again
+        if not running and (deployment is not None or time.monotonic() > seen_start) \
+                and not locks.carried(store, handed.environment, handed.lock.token):
+            break
+        time.sleep(0.05)
+    else:
+        raise OperationFailed(f"{handed.describe()} did not end within {timeout:g}s of the abort",
+                              details=["see 'ingot status' and 'ingot history'"])
+    current = store.current_activation(handed.environment, handed.service)
+    return {"deployment": deployment, "outcome": store.deployment_outcome(deployment) if deployment else None,
+            "abort_sent": sent, "serving": current.release_id if current else None}
+
+
+def _started_since(store: Store, handed: HandedOver) -> str | None:
+    """The deployment the agent made for the handed-over request: the service's first since the lock."""
+    for dep in store.deployments(handed.environment, handed.service, limit=5):
+        if dep.kind == handed.kind and dep.to_release == handed.release and dep.started_at >= handed.lock.since:
+            return dep.id
+    return None
 
 
 # ---- reading ------------------------------------------------------------------------------

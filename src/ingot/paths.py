@@ -1,4 +1,5 @@
-"""Where ingot keeps its state: `.ingot/` beside the spec unless INGOT_HOME or --state says otherwise."""
+"""Where ingot keeps its state: `.ingot/<project>/` beside the spec (see ingot.state_layout) unless
+--state or INGOT_HOME names a directory."""
 
 from __future__ import annotations
 
@@ -58,10 +59,11 @@ class StatePaths:
         return self.logs / environment / service / f"{instance_id}.log"
 
 
-def resolve_state_dir(spec_path: Path, explicit: Path | None = None) -> StatePaths:
+def explicit_state_dir(explicit: Path | None = None) -> StatePaths | None:
+    """The state directory --state (`explicit`) or $INGOT_HOME names, if either does."""
     if explicit is not None:
         return StatePaths(explicit.resolve())
     from_env = os.environ.get("INGOT_HOME")
     if from_env:
         return StatePaths(Path(from_env).resolve())
-    return StatePaths(spec_path.resolve().parent / ".ingot")
+    return None

@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from ingot import ledger
+from ingot.actor import current_actor
 from ingot.artifacts import ArtifactStore
 from ingot.errors import UserInputError
-from ingot.paths import StatePaths, resolve_state_dir
+from ingot.paths import StatePaths, explicit_state_dir
 from ingot.spec import LoadedSpec, load_spec
+from ingot.state_layout import project_state
 from ingot.store import Store
 
 
@@ -58,5 +61,17 @@ class Project:
 
 
 def open_project(spec_file: Path, state_dir: Path | None = None) -> Project:
+    """The spec's project with its state: `state_dir` (--state), else $INGOT_HOME, else `.ingot/<project>/`
+    beside the spec, where a state of the older shared layout that belongs to it is moved (recorded)."""
     spec = load_spec(spec_file)
-    return Project(spec=spec, paths=resolve_state_dir(spec.path, state_dir))
+    explicit = explicit_state_dir(state_dir)
+    if explicit is not None:
+        return Project(spec=spec, paths=explicit)
+    resolved = project_state(spec.path.resolve().parent, spec.project)
+    project = Project(spec=spec, paths=resolved.paths)
+    if resolved.moved_from is not None:
+        ledger.record(project.store, actor=current_actor(), action="state.move",
+                      payload={"from": str(resolved.moved_from), "to": str(resolved.paths.root),
+                               "project": spec.project, "claimed": resolved.claimed,
+                               "note": "the older layout shared .ingot/ between the specs of a directory"})
+    return project

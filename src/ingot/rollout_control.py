@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from ingot.errors import OperationFailed
+
+T = TypeVar("T")
 
 
 class RolloutAborted(OperationFailed):
@@ -38,6 +42,24 @@ class RolloutControl:
     def abort(self, who: str) -> None:
         self.aborted_by = who
         self._notify()
+
+    async def or_abort(self, work: Awaitable[T]) -> T:
+        """Await `work`, but give it up as soon as the rollout is aborted (raises RolloutAborted): a
+        health gate that may take its whole deadline must not hold an abort back."""
+        task = asyncio.ensure_future(work)
+        try:
+            while not task.done():
+                self.check()
+                changed = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait({task, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     def check(self) -> None:
         if self.aborted_by:

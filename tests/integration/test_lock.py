@@ -1,4 +1,5 @@
-"""The deploy lock: a concurrent deploy is refused with who holds it; a dead holder's lock is stale."""
+"""The deploy lock: a concurrent deploy is refused with who holds it; the lock stays with the agent's
+operation when the CLI dies; a caller that died before handing anything over leaves a stale lock."""
 
 from __future__ import annotations
 
@@ -7,10 +8,20 @@ import signal
 import subprocess
 import sys
 
+from ingot import locks
+from ingot.store import Store
 from tests.support.harness import ExampleProject, poll
 
 
-def test_concurrent_deploy_is_refused_and_a_stale_lock_is_cleared_by_unlock(example: ExampleProject) -> None:
+def lock_of(example: ExampleProject) -> locks.LockInfo | None:
+    store = Store(example.state)
+    try:
+        return locks.current(store, "staging")
+    finally:
+        store.close()
+
+
+def test_concurrent_deploy_is_refused_and_the_lock_outlives_a_killed_cli(example: ExampleProject) -> None:
     example.ingot("deploy", check=True)
     example.set_version("2")
     example.ingot("deploy", check=True)  # so that a rollback has somewhere to go
@@ -25,19 +36,40 @@ def test_concurrent_deploy_is_refused_and_a_stale_lock_is_cleared_by_unlock(exam
              timeout=60, what="the first deploy to be under way")
         second = example.ingot("deploy")
         assert second.code == 1
-        assert "staging is locked: alice@laptop (deploy, pid" in second.err and "since" in second.err
+        assert "staging is locked: alice@laptop (deploy, running in the agent, pid" in second.err
+        assert "since" in second.err and "ingot abort --env staging" in second.err
         rollback = example.ingot("rollback")
         assert rollback.code == 1 and "locked" in rollback.err
-        os.kill(slow.pid, signal.SIGKILL)  # the holder dies without releasing
+        os.kill(slow.pid, signal.SIGKILL)  # the CLI dies without a word: the agent's deploy goes on
         slow.wait(timeout=10)
-        stale = example.ingot("deploy")
-        assert stale.code == 1 and "stale lock" in stale.err and "ingot unlock --env staging" in stale.err
-        cleared = example.ingot("unlock", check=True)
-        assert "cleared the lock of alice@laptop" in cleared.out
-        log = example.ingot("audit", "log", "--json", "--limit", "1000").json
-        unlock = [e for e in log if e["action"] == "unlock"][-1]
-        assert unlock["actor"] == "tester@ci" and unlock["payload"]["holder_alive"] is False
-        assert example.ingot("unlock").code == 2  # nothing to clear any more
+        still = example.ingot("deploy")
+        assert still.code == 1 and "staging is locked: alice@laptop (deploy, running in the agent" in still.err
+        held = lock_of(example)
+        assert held is not None and held.alive and not held.caller_alive
+        assert example.ingot("unlock").code == 1  # a running operation's lock is not cleared without --force
+        assert "aborted" in example.ingot("abort", check=True).out
+        poll(lambda: lock_of(example) is None, timeout=30, what="the agent to let go of the lock")
+        assert example.ingot("history", "--json").json[0]["outcome"] == "aborted"
     finally:
         if slow.poll() is None:
             slow.kill()
+
+
+def test_a_caller_that_died_before_handing_over_leaves_a_stale_lock_that_unlock_clears(
+        example: ExampleProject) -> None:
+    example.ingot("deploy", check=True)
+    # A process that takes the lock and dies inside it, as a CLI killed while building would.
+    code = ("import os, sys; from pathlib import Path; from ingot import locks; from ingot.store import Store\n"
+            "with locks.hold(Store(Path(sys.argv[1])), 'staging', 'deploy', 'alice@laptop'):\n"
+            "    os.kill(os.getpid(), 9)\n")
+    subprocess.run([sys.executable, "-c", code, str(example.state)], check=False, timeout=60)
+    stale = example.ingot("deploy")
+    assert stale.code == 1 and "stale lock" in stale.err and "ingot unlock --env staging" in stale.err
+    assert "alice@laptop (deploy, pid" in stale.err
+    cleared = example.ingot("unlock", check=True)
+    assert "cleared the lock of alice@laptop" in cleared.out
+    log = example.ingot("audit", "log", "--json", "--limit", "1000").json
+    unlock = [e for e in log if e["action"] == "unlock"][-1]
+    assert unlock["actor"] == "tester@ci" and unlock["payload"]["holder_alive"] is False
+    assert example.ingot("unlock").code == 2  # nothing to clear any more
+    example.ingot("deploy", check=True)

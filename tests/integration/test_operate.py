@@ -55,7 +55,7 @@ def test_state_directory_from_ingot_home_and_flag(example: ExampleProject, tmp_p
     home = tmp_path / "elsewhere"
     result = example.ingot("deploy", check=True, extra_env={"INGOT_HOME": str(home)})
     assert "live at" in result.out
-    assert (home / "state.db").exists() and not (example.root / ".ingot" / "state.db").exists()
+    assert (home / "state.db").exists() and not (example.root / ".ingot").exists()
     # --state names the same directory explicitly and sees the same deployment.
     status = example.ingot("--state", str(home), "status", "--json", check=True).json
     assert status["services"][0]["release"] == example.get()["release"]

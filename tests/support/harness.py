@@ -71,10 +71,22 @@ class ExampleProject:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
+    _project: str | None = field(default=None, repr=False)
+
+    @property
+    def project(self) -> str:
+        """The spec's project (read once: a test may break the spec later)."""
+        if self._project is None:
+            found = re.search(r"^project:\s*(\S+)", (self.root / "ingot.yaml").read_text(), flags=re.M)
+            assert found, f"no project: line in {self.root / 'ingot.yaml'}"
+            self._project = found.group(1)
+        return self._project
+
     @property
     def state(self) -> Path:
+        """The project's state directory: $INGOT_HOME when a test sets it, else `.ingot/<project>/` beside the spec."""
         home = self.env.get("INGOT_HOME")
-        return Path(home) if home else self.root / ".ingot"
+        return Path(home) if home else self.root / ".ingot" / self.project
 
     def ingot(self, *args: str, timeout: float = 180.0, check: bool = False,
               extra_env: dict[str, str] | None = None) -> Result:
@@ -110,7 +122,7 @@ def make_example(tmp: Path, *, replicas: int = 2, extra_service_yaml: str = "",
     spec = spec.replace("replicas: 2", f"replicas: {replicas}")
     spec = spec.replace(EXAMPLE_STRATEGY, with_min_ready(EXAMPLE_STRATEGY, min_ready) + extra_service_yaml)
     (root / "ingot.yaml").write_text(spec)
-    return ExampleProject(root, port, min_ready=min_ready)
+    return ExampleProject(root, port, min_ready=min_ready, _project="hello")
 
 
 def with_min_ready(strategy: str, min_ready: str) -> str:

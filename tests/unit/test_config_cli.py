@@ -66,7 +66,7 @@ def test_bad_names_unknown_environments_and_missing_keys_exit_2(tmp_path: Path) 
     assert "ingot config set FEATURE_FLAG VALUE --env production" in refused.stderr
     assert "ingot secret set API_KEY --env production" in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert not (tmp_path / ".ingot" / "agent.pid").exists() and not (tmp_path / ".ingot" / "artifacts").exists()
+    assert not list((tmp_path / ".ingot").glob("*/agent.pid")) and not list((tmp_path / ".ingot").glob("*/artifacts"))
 
 
 def test_secret_values_come_from_stdin_or_a_file_and_are_never_printed(tmp_path: Path,
@@ -96,13 +96,13 @@ def test_secret_values_come_from_stdin_or_a_file_and_are_never_printed(tmp_path:
         assert "value-9a2" not in result.stdout + result.stderr
         assert "value-7c1" not in result.stdout + result.stderr
     # The stored values decrypt to exactly what was given: one trailing newline dropped, nothing else.
-    store = Store(tmp_path / ".ingot")
+    store = Store(tmp_path / ".ingot" / "hello")
     with store.engine.connect() as conn:
         rows = conn.execute(text("SELECT version, ciphertext, key_id FROM secret_versions WHERE action = 'set' "
                                  "ORDER BY version")).all()
     store.close()
-    box = load_box(tmp_path / ".ingot" / "keys")
+    box = load_box(tmp_path / ".ingot" / "hello" / "keys")
     assert [box.open(c, config_store.secret_context("staging", "API_KEY", v), sealed_with=k)
             for v, c, k in rows] == ["stdin-value-9a2", "from-file-value-7c1"]
-    for raw in (tmp_path / ".ingot").glob("state.db*"):
+    for raw in (tmp_path / ".ingot" / "hello").glob("state.db*"):
         assert b"value-9a2" not in raw.read_bytes() and b"value-7c1" not in raw.read_bytes()

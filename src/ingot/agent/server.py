@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from ingot import __version__, ledger
+from ingot import __version__, ledger, locks
 from ingot.actor import current_actor
 from ingot.agent.healer import Healer
 from ingot.agent.protocol import decode, encode
@@ -158,6 +158,8 @@ class Agent:
         self._close_interrupted_deployments()
         # Instances an interrupted operation was starting (some not even known to run yet): retired.
         await self.executor.clear_leftovers()
+        # The operations of an agent that died died with it: their locks go too, so no 'ingot unlock'.
+        locks.clear_abandoned(self.store, self.actor)
         for activation in self.store.active_services():
             key = (activation.environment, activation.service)
             try:
@@ -444,8 +446,12 @@ class Agent:
     # ---- protocol ----------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def send(message: dict[str, Any]) -> None:
-            writer.write(encode(message))
-            with contextlib.suppress(ConnectionError):
+            # A caller that went away (Ctrl-C and detach) must not stop its operation: uvloop raises
+            # RuntimeError on a closed transport where asyncio's own loop raises ConnectionError.
+            if writer.is_closing():
+                return
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                writer.write(encode(message))
                 await writer.drain()
 
         try:
@@ -477,8 +483,11 @@ class Agent:
         if op == "deploy":
             key = (str(request["environment"]), str(request["service"]))
             params = DeployParams.from_dict(request["params"])
-            return await self.deploy(key, str(request["release"]), params, kind=str(request.get("kind", "deploy")),
-                                     send=send, actor=request.get("actor"), dry_run=bool(request.get("dry_run")))
+            # The environment's lock is the agent's from here until the operation ends, caller or not.
+            with locks.carry(self.store, key[0], request.get("lock"), str(request.get("actor") or self.actor)):
+                return await self.deploy(key, str(request["release"]), params,
+                                         kind=str(request.get("kind", "deploy")), send=send,
+                                         actor=request.get("actor"), dry_run=bool(request.get("dry_run")))
         if op == "control":
             return self.control(str(request["environment"]), request.get("service"), str(request["action"]),
                                 str(request.get("actor") or self.actor))

@@ -48,8 +48,8 @@ T = TypeVar("T")
 def main(
     file: SpecFile = None,
     env: Env = None,
-    state: Annotated[Path | None, typer.Option("--state", help="State directory (default: .ingot beside "
-                                                "the spec, or $INGOT_HOME).")] = None,
+    state: Annotated[Path | None, typer.Option("--state", help="State directory (default: $INGOT_HOME, "
+                                                "else .ingot/<project> beside the spec).")] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
     server: Annotated[str | None, typer.Option("--server", envvar="INGOT_SERVER", help="Drive a remote "
                                                "'ingot serve' at this URL instead of the local agent.")] = None,
@@ -75,6 +75,8 @@ def guarded(action: Callable[[], T]) -> T:
             raise
         _print_error(disk_full_error(exc, "writing"))
         raise typer.Exit(1) from None
+    except operations.HandedOver:
+        raise  # for the command to ask abort or detach (see ingot.cli.interrupt)
     except KeyboardInterrupt:
         errors.print("interrupted: an operation already handed to the agent goes on there; "
                      "see 'ingot status' and 'ingot history'")
@@ -185,11 +187,10 @@ def deploy(file: SpecFile = None, env: Env = None, service: Service = None,
         project = project_for(file)
         environment = guarded(lambda: project.environment(env_name(env)))
         names = guarded(lambda: project.services(service))
-        with Progress() as progress:
-            outcomes = guarded(lambda: operations.deploy(
-                project, environment, names,
-                on_event=None if as_json else progress.event,
-                on_output=None if as_json else progress.output))
+        outcomes = handed_over(project, lambda progress: operations.deploy(
+            project, environment, names,
+            on_event=None if as_json else progress.event,
+            on_output=None if as_json else progress.output))
     if as_json:
         print_json([o.as_dict() for o in outcomes])
         return
@@ -200,6 +201,18 @@ def deploy(file: SpecFile = None, env: Env = None, service: Service = None,
         else:
             console.print(f"{outcome.service}: release {outcome.release} is live at {outcome.url}")
         _print_window(outcome)
+
+
+def handed_over(project: Project, action: Callable[[Progress], T]) -> T:
+    """Run a deploy, rollback or promote with its progress shown; Ctrl-C once the agent runs it asks
+    whether to abort it or detach (see ingot.cli.interrupt)."""
+    try:
+        with Progress() as progress:
+            return guarded(lambda: action(progress))
+    except operations.HandedOver as handed:
+        from ingot.cli.interrupt import after_interrupt
+
+        after_interrupt(project, handed, guarded)
 
 
 def _print_window(outcome: operations.DeployOutcome) -> None:
@@ -226,13 +239,18 @@ def rollback(file: SpecFile = None, env: Env = None, service: Service = None,
     if len(names) > 1 and to:
         errors.print("error: --to needs --service when the spec has several services")
         raise typer.Exit(2)
-    results = []
-    with Progress() as progress:
-        for name in names:
-            outcome = guarded(lambda n=name: operations.rollback(  # type: ignore[misc]
-                project, environment, n, to, on_event=None if as_json else progress.event))
-            results.append(outcome)
-    _print_rollbacks(results, as_json)
+    def each(progress: Progress) -> list[operations.DeployOutcome]:
+        results = []
+        for index, name in enumerate(names):
+            try:
+                results.append(operations.rollback(project, environment, name, to,
+                                                   on_event=None if as_json else progress.event))
+            except operations.HandedOver as handed:
+                handed.not_started = names[index + 1:]
+                raise
+        return results
+
+    _print_rollbacks(handed_over(project, each), as_json)
 
 
 def _print_rollbacks(results: list[operations.DeployOutcome], as_json: bool) -> None:
@@ -263,9 +281,8 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
         source_env = guarded(lambda: project.environment(source))
         target_env = guarded(lambda: project.environment(target))
         names = guarded(lambda: project.services(service))
-        with Progress() as progress:
-            outcomes = guarded(lambda: operations.promote(project, source_env, target_env, names, force=force,
-                                                          on_event=None if as_json else progress.event))
+        outcomes = handed_over(project, lambda progress: operations.promote(
+            project, source_env, target_env, names, force=force, on_event=None if as_json else progress.event))
     if as_json:
         print_json([o.as_dict() for o in outcomes])
         return

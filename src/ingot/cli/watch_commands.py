@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -35,7 +34,8 @@ def watch_command(
 ) -> None:
     """Deploy each new commit of a branch to an environment; a bad commit leaves the previous release serving.
 
-    Every commit deploys into one state directory: --state, else $INGOT_HOME, else ./.ingot here.
+    Every commit deploys into one state directory: --state, else $INGOT_HOME, else ./.ingot/<project> here
+    (the project of the spec at the branch's head).
 
     A manual rollback (or deploy, promote, abort, down) in the environment pins it: the watcher waits for a newer commit or 'ingot unpin'.
     """  # noqa: E501
@@ -57,7 +57,7 @@ def watch_command(
 
     seconds = guarded(every)
     printer = _Printer(as_json)
-    watcher = guarded(lambda: Watcher(repo, branch, environment, watch_state_dir(_global["state"]),
+    watcher = guarded(lambda: Watcher(repo, branch, environment, watch_state_dir(repo, branch, path, _global["state"]),
                                       spec_path=path, interval=seconds, on_event=printer.event))
     try:
         head = guarded(watcher.check)
@@ -165,16 +165,26 @@ def unpin_command(file: SpecFile = None, env: Env = None) -> None:
     """Give an environment pinned by a manual rollback back to 'ingot watch' (recorded in the ledger)."""
     from ingot.actor import current_actor
     from ingot.cli.main import _global, env_name, guarded, spec_path
-    from ingot.gitops import unpin, watch_state_dir
+    from ingot.errors import UserInputError
+    from ingot.gitops import unpin
+    from ingot.paths import explicit_state_dir
     from ingot.project import open_project
+    from ingot.state_layout import states_in
     from ingot.store import Store
 
     def target() -> tuple[Path, str]:
         environment = env_name(env)
-        explicit = _global["state"] or (Path(os.environ["INGOT_HOME"]) if os.environ.get("INGOT_HOME") else None)
+        explicit = explicit_state_dir(_global["state"])
         spec = spec_path(file)
-        if environment and (explicit is not None or not spec.exists()):
-            return watch_state_dir(explicit).root, environment  # no spec needed to name the state and env
+        if environment and explicit is not None:
+            return explicit.root, environment  # no spec needed to name the state and env
+        if environment and not spec.exists():
+            found = states_in(Path.cwd())
+            if len(found) == 1:
+                return found[0], environment
+            raise UserInputError(f"no spec at {spec}, and {len(found)} state directories here"
+                                 + (f" ({', '.join(str(p) for p in found)})" if found else "")
+                                 + ": give the watcher's --state, or -f with its spec")
         project = open_project(spec, _global["state"])
         return project.paths.root, project.environment(environment)
 

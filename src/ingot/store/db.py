@@ -112,7 +112,12 @@ def _migration_2(conn: Connection) -> None:
 
 
 def _migration_3(conn: Connection) -> None:
-    metadata.tables["locks"].create(conn)
+    # The locks table as version 3 made it; migration 5 adds the agent's columns.
+    conn.execute(text(
+        "CREATE TABLE locks (environment VARCHAR(64) NOT NULL, holder VARCHAR(128) NOT NULL, "
+        "operation VARCHAR(64) NOT NULL, host VARCHAR(128) NOT NULL, pid INTEGER NOT NULL, "
+        "proc_start VARCHAR(32), since FLOAT NOT NULL, PRIMARY KEY (environment))"
+    ))
 
 
 def _migration_4(conn: Connection) -> None:
@@ -123,8 +128,17 @@ def _migration_4(conn: Connection) -> None:
             conn.execute(text(statement))
 
 
+def _migration_5(conn: Connection) -> None:
+    # A lock handed to the agent with its operation: which operation (token), which agent carries it, and
+    # whether the process that took it has let go meanwhile.
+    for column in ("token VARCHAR(32)", "agent_pid INTEGER", "agent_proc_start VARCHAR(32)",
+                   "caller_left INTEGER NOT NULL DEFAULT 0"):
+        conn.execute(text(f"ALTER TABLE locks ADD COLUMN {column}"))
+
+
 # Each migration moves the schema from version N-1 to N; they are applied in order and never edited.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
+                                                   _migration_5]
 
 
 def migrate(engine: Engine) -> int:

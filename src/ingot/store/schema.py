@@ -137,6 +137,11 @@ locks = Table(
     Column("pid", Integer, nullable=False),
     Column("proc_start", String(32), nullable=True),
     Column("since", Float, nullable=False),
+    # Since schema 5: the lock passes to the agent for the operation handed to it (see ingot.locks).
+    Column("token", String(32), nullable=True),
+    Column("agent_pid", Integer, nullable=True),
+    Column("agent_proc_start", String(32), nullable=True),
+    Column("caller_left", Integer, nullable=False, default=0),
 )
 
 # Config values per environment, versioned: every `ingot config set` appends a version; the newest wins.
