@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from ingot import __version__, ledger, locks
+from ingot import __version__, ledger, locks, pidfile
 from ingot.actor import current_actor
 from ingot.agent.healer import Healer
 from ingot.agent.protocol import decode, encode
@@ -30,7 +29,7 @@ from ingot.artifacts import ArtifactStore
 from ingot.deploy_params import DeployParams, HealthPolicy
 from ingot.edge.client import EdgeClient, EdgeRouter
 from ingot.edge.home import EdgeHome
-from ingot.errors import AlreadyRunning, IngotError, UserInputError
+from ingot.errors import IngotError, UserInputError
 from ingot.executor import Deployment, Executor
 from ingot.health import probe
 from ingot.paths import StatePaths
@@ -516,24 +515,9 @@ async def _discard(_message: dict[str, Any]) -> None:
     return None
 
 
-def acquire_pidfile(paths: StatePaths) -> int:
-    """Hold an exclusive lock on the pidfile for the agent's life; a second agent is refused."""
-    paths.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.agent_pid, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
-        holder = paths.agent_pid.read_text().strip() or "?"
-        raise AlreadyRunning(f"an agent is already running for {paths.root} (pid {holder})") from exc
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
 def run_agent(paths: StatePaths, companions: Sequence[Companion] = ()) -> None:
-    fd = acquire_pidfile(paths)
-    try:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with pidfile.holding(paths.agent_pid, f"an agent for {paths.root}"):
         from ingot.routers.builtin import install_fast_loop
 
         install_fast_loop()
@@ -541,10 +525,6 @@ def run_agent(paths: StatePaths, companions: Sequence[Companion] = ()) -> None:
         # Every health probe would be a line; the gate's verdicts are in the ledger instead.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         asyncio.run(Agent(paths).run(companions))
-    finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        os.close(fd)
 
 
 def supervised_main(args: list[str]) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -29,10 +28,10 @@ import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ingot import __version__
+from ingot import __version__, pidfile
 from ingot.agent.protocol import decode, encode
 from ingot.edge.home import EdgeHome
-from ingot.errors import AlreadyRunning, IngotError, OperationFailed, UserInputError
+from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.routers.base import Address, HealthCheck, Router
 
 log = logging.getLogger("ingot.edge")
@@ -335,30 +334,11 @@ class Edge:
         raise UserInputError(f"unknown edge operation {op!r}")
 
 
-def acquire_pidfile(home: EdgeHome) -> int:
-    """Hold an exclusive lock on the pidfile for the edge's life; a second edge on this home is refused."""
-    fd = os.open(home.pidfile, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
-        holder = home.pidfile.read_text().strip() or "?"
-        raise AlreadyRunning(f"an edge is already running for {home.root} (pid {holder})") from exc
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
 def run_edge(home: EdgeHome, *, persistent: bool = False) -> None:
     home.prepare()
-    fd = acquire_pidfile(home)
-    try:
+    with pidfile.holding(home.pidfile, f"an edge for {home.root}"):
         from ingot.routers.builtin import install_fast_loop
 
         install_fast_loop()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         asyncio.run(Edge(home, persistent=persistent).run())
-    finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        os.close(fd)

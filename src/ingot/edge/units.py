@@ -32,28 +32,36 @@ def _exec(*args: str) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def edge_unit(home: EdgeHome, python: str = sys.executable) -> Unit:
-    text = f"""[Unit]
-Description=ingot edge: the data plane serving every project's routers on this machine
-After=network-online.target
-Wants=network-online.target
+def _unit(*, description: str, after: str, environment: dict[str, str], command: list[str], why_kill_mode: str) -> str:
+    env = "".join(f"Environment={k}={v}\n" for k, v in environment.items())
+    return f"""[Unit]
+Description={description}
+After={after}
+Wants={after}
 
 [Service]
 Type=simple
-Environment={HOME_ENV}={home.root}
-ExecStart={_exec(python, "-m", "ingot.edge", "serve", "--persistent", "--home", str(home.root))}
+{env}ExecStart={_exec(*command)}
 Restart=on-failure
 RestartSec=1
 RestartPreventExitStatus=75
 SuccessExitStatus=75
-# haproxy processes are the edge's children: a restart of the edge must not take them down first.
+# {why_kill_mode}
 KillMode=process
 UMask=0077
 
 [Install]
 WantedBy=multi-user.target
 """
-    return Unit(EDGE_UNIT, text)
+
+
+def edge_unit(home: EdgeHome, python: str = sys.executable) -> Unit:
+    return Unit(EDGE_UNIT, _unit(
+        description="ingot edge: the data plane serving every project's routers on this machine",
+        after="network-online.target", environment={HOME_ENV: str(home.root)},
+        command=[python, "-m", "ingot.edge", "serve", "--persistent", "--home", str(home.root)],
+        why_kill_mode="haproxy processes are the edge's children: a restart of the edge must not take them "
+                      "down first."))
 
 
 def agent_unit_name(project: str, state_dir: Path) -> str:
@@ -63,28 +71,12 @@ def agent_unit_name(project: str, state_dir: Path) -> str:
 
 
 def agent_unit(project: str, state_dir: Path, home: EdgeHome, python: str = sys.executable) -> Unit:
-    text = f"""[Unit]
-Description=ingot agent of project {project} ({state_dir}): the control plane
-After={EDGE_UNIT}
-Wants={EDGE_UNIT}
-
-[Service]
-Type=simple
-Environment={HOME_ENV}={home.root}
-Environment=INGOT_DAEMON=1
-ExecStart={_exec(python, "-m", "ingot", "--state", str(state_dir), "agent", "--foreground")}
-Restart=on-failure
-RestartSec=1
-RestartPreventExitStatus=75
-SuccessExitStatus=75
-# Instances run in their own process groups and outlive the agent: only the agent is stopped.
-KillMode=process
-UMask=0077
-
-[Install]
-WantedBy=multi-user.target
-"""
-    return Unit(agent_unit_name(project, state_dir), text)
+    return Unit(agent_unit_name(project, state_dir), _unit(
+        description=f"ingot agent of project {project} ({state_dir}): the control plane", after=EDGE_UNIT,
+        environment={HOME_ENV: str(home.root), "INGOT_DAEMON": "1"},
+        command=[python, "-m", "ingot", "--state", str(state_dir), "agent", "--foreground"],
+        why_kill_mode="Instances run in their own process groups and outlive the agent: only the agent is "
+                      "stopped."))
 
 
 def systemd_runs() -> bool:
