@@ -184,6 +184,8 @@ def test_ctrl_c_on_a_terminal_asks_and_abort_puts_traffic_back(example: ExampleP
             terminal.close()
     assert code == 1, terminal.text
     assert f"aborted: release {before} serves web in staging" in terminal.text
+    print(f"abort answered -> command done in {took:.2f}s; {report['requests']} requests, "
+          f"{len(report['failures'])} failed")
     assert took < SLOW_START + 3, f"the abort waited {took:.1f}s: it should not wait out the health gate"
     latest = example.ingot("history", "--json", check=True).json[0]
     assert latest["kind"] == "deploy" and latest["outcome"] == "aborted"
