@@ -35,6 +35,7 @@ from ingot.spec import SecuritySpec, ServiceSpec
 from ingot.state import service_state
 from ingot.store import ReleaseRow, Store
 from ingot.store.db import StoreDamaged
+from ingot.supervision import stop_supervisor
 
 OnEvent = Callable[[dict[str, Any]], None]
 OnOutput = Callable[[str], None]
@@ -457,6 +458,8 @@ def _store_damage(project: Project) -> list[str]:
 
 def _down_without_agent(project: Project, environment: str | None) -> dict[str, Any]:
     """When the agent cannot start, `down` still leaves nothing running: it stops the instances itself."""
+    # A supervisor restarting an agent that cannot start would bring it back behind this down's back.
+    stop_supervisor(project.paths.supervisor_pid)
     from ingot.edge.client import release_owned
     from ingot.edge.home import EdgeHome
 
@@ -516,6 +519,7 @@ def _down_damaged(project: Project, environment: str | None, damage: list[str]) 
 
 def _stop_agent(paths: StatePaths, problems: list[str]) -> bool:
     """SIGTERM the agent (it stops its routers as it goes), SIGKILL if it does not go; True if one ran."""
+    stop_supervisor(paths.supervisor_pid)  # it would start the agent again (it passes SIGTERM on, too)
     pid = running_agent_pid(paths)
     if pid is None:
         return False

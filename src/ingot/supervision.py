@@ -142,12 +142,28 @@ def main(argv: list[str] | None = None) -> int:
     return Supervisor(load_entry(args.entry), rest, args.pidfile, args.entry).run()
 
 
-def supervisor_pid(pidfile: Path) -> int | None:
+def running_supervisor(pidfile: Path) -> int | None:
+    """The pid of the supervisor that `pidfile` names, if it still runs (a reused pid is not taken for it)."""
     try:
         text = pidfile.read_text().strip()
-    except OSError:
+        pid = int(text)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
         return None
-    return int(text) if text.isdigit() else None
+    return pid if b"ingot.supervision" in cmdline and str(pidfile).encode() in cmdline else None
+
+
+def stop_supervisor(pidfile: Path, timeout: float = 15.0) -> bool:
+    """SIGTERM the supervisor (it passes the signal on and ends with its child); True if one ran."""
+    pid = running_supervisor(pidfile)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while running_supervisor(pidfile) == pid and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from ingot.agent.protocol import decode, encode
 from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.paths import StatePaths
 from ingot.runtimes.process import process_alive
+from ingot.supervision import running_supervisor
 
 OnEvent = Callable[[dict[str, Any]], None]
 START_TIMEOUT = 30.0
@@ -97,6 +98,13 @@ def ensure_agent(paths: StatePaths) -> AgentClient:
     client = AgentClient(paths)
     if client.alive():
         return client
+    if running_supervisor(paths.supervisor_pid) is not None:
+        # Its supervisor is starting it again (perhaps after a backoff): a second supervisor would leave
+        # two restarting the same agent.
+        if _wait_alive(client, None):
+            return client
+        raise OperationFailed("the agent's supervisor runs, but the agent did not answer within "
+                              f"{START_TIMEOUT:g} s", details=[f"its log ({paths.agent_log}):", *_tail(paths)])
     paths.root.mkdir(parents=True, exist_ok=True)
     with open(paths.agent_log, "ab") as log:
         # Under ingot's supervisor, which starts the agent again when it dies (`ingot install` does the
@@ -110,18 +118,24 @@ def ensure_agent(paths: StatePaths) -> AgentClient:
             start_new_session=True,
             env={**os.environ, "INGOT_DAEMON": "1"},
         )
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if client.alive():
-            return client
-        if child.poll() is not None:
-            break
-        time.sleep(0.05)
+    if _wait_alive(client, child):
+        return client
     with contextlib.suppress(ProcessLookupError):
         if child.poll() is None:
             child.kill()
     tail = _tail(paths)
     raise OperationFailed("the agent did not start", details=[f"its log ({paths.agent_log}):", *tail])
+
+
+def _wait_alive(client: AgentClient, child: subprocess.Popen[bytes] | None) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if client.alive():
+            return True
+        if child is not None and child.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
 
 
 def _tail(paths: StatePaths) -> list[str]:

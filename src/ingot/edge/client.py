@@ -24,6 +24,7 @@ from ingot.agent.protocol import decode, encode
 from ingot.edge.home import EdgeHome
 from ingot.errors import OperationFailed, UserInputError
 from ingot.routers.base import Address, HealthCheck, ReleaseStats
+from ingot.supervision import running_supervisor
 
 POLL_INTERVAL = 0.25
 START_TIMEOUT = 20.0
@@ -68,6 +69,13 @@ def ensure_edge(home: EdgeHome) -> None:
     """Start the machine's edge under ingot's supervisor unless it answers already."""
     if edge_alive(home):
         return
+    if running_supervisor(home.supervisor_pidfile) is not None:
+        # Its supervisor is starting it again: wait for that rather than start a second one.
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if edge_alive(home):
+                return
+            time.sleep(0.02)
     home.prepare()
     with open(home.log, "ab") as log:
         os.chmod(home.log, 0o600)
