@@ -88,7 +88,10 @@ class RolloutControl:
             if remaining is not None and remaining <= 0 and self.paused_by is None:
                 return "elapsed"
             changed = self._changed
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that arrives as
+            # the event is set (it returns the result instead), and a cancelled hold then never ends.
             try:
-                await asyncio.wait_for(changed.wait(), timeout=None if remaining is None else max(remaining, 0.05))
+                async with asyncio.timeout(None if remaining is None else max(remaining, 0.05)):
+                    await changed.wait()
             except TimeoutError:
                 continue
