@@ -54,10 +54,15 @@ def alive() -> Callable[[], Awaitable[str | None]]:
 
 
 def dies_after(seconds: float) -> Callable[[], Awaitable[str | None]]:
-    started = time.monotonic()
+    """Dies `seconds` after the watch first looks at it (the watch's own clock starts just before that, once
+    its HTTP client exists: counting from here instead made a loaded machine's set-up look like a fast death)."""
+    started: float | None = None
 
     async def exit_reason() -> str | None:
-        return "exited with code 3" if time.monotonic() - started >= seconds else None
+        nonlocal started
+        now = time.monotonic()
+        started = now if started is None else started
+        return "exited with code 3" if now - started >= seconds else None
 
     return exit_reason
 
