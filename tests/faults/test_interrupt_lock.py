@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ingot import locks
 from ingot.store import Store
-from tests.support.harness import ExampleProject, load, make_example, poll, stop_everything
+from tests.support.harness import ExampleProject, load, lock_of, make_example, poll, stop_everything
 
 SLOW_START = 8.0  # seconds before the new release's instances listen: the deploy waits at its health gate
 
@@ -46,14 +45,6 @@ def cli_env(actor: str) -> dict[str, str]:
     env = {**os.environ, "INGOT_ACTOR": actor, "COLUMNS": "200"}
     env.pop("INGOT_HOME", None)
     return env
-
-
-def lock_of(example: ExampleProject) -> locks.LockInfo | None:
-    store = Store(example.state)
-    try:
-        return locks.current(store, "staging")
-    finally:
-        store.close()
 
 
 def latest_deployment(example: ExampleProject) -> tuple[str, str]:

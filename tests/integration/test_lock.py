@@ -8,17 +8,7 @@ import signal
 import subprocess
 import sys
 
-from ingot import locks
-from ingot.store import Store
-from tests.support.harness import ExampleProject, poll
-
-
-def lock_of(example: ExampleProject) -> locks.LockInfo | None:
-    store = Store(example.state)
-    try:
-        return locks.current(store, "staging")
-    finally:
-        store.close()
+from tests.support.harness import ExampleProject, lock_of, poll
 
 
 def test_concurrent_deploy_is_refused_and_the_lock_outlives_a_killed_cli(example: ExampleProject) -> None:

@@ -272,3 +272,15 @@ def exit_after_first_health_check(example: ExampleProject, seconds: float, stagg
         f'{order}'
         '                threading.Timer(delay, lambda: (print("giving up", flush=True), os._exit(3))).start()\n'
         '            return\n')))
+
+
+def lock_of(example: ExampleProject) -> Any:
+    """The staging environment's deploy lock as the store holds it (a `locks.LockInfo`), or None."""
+    from ingot import locks
+    from ingot.store import Store
+
+    store = Store(example.state)
+    try:
+        return locks.current(store, "staging")
+    finally:
+        store.close()
