@@ -32,7 +32,7 @@ from ingot.plan import Plan, Step
 from ingot.rollout_analysis import analyse
 from ingot.rollout_control import RolloutAborted, RolloutControl
 from ingot.routers.base import Router
-from ingot.runtimes.base import Hardening, InstanceRequest, Runtime
+from ingot.runtimes.base import Hardening, InstanceRequest, Resources, Runtime
 from ingot.runtimes.registry import Runtimes
 from ingot.store import DeploymentRow, InstanceRow, ReleaseRow, Store
 from ingot.store.repo import SPAWNING
@@ -380,8 +380,12 @@ class Executor:
             drop_all_capabilities=bool(security.get("drop_all_capabilities", True)),
             add_capabilities=tuple(security.get("add_capabilities", ())),
             tmpfs=tuple(security.get("tmpfs", ("/tmp",))),
+            # Left out of the release at their defaults (see SecuritySpec.release_dump).
+            run_as_non_root=bool(security.get("run_as_non_root", True)),
+            run_as_user=security.get("run_as_user"),
         )
-        return replace(common, image=release.artifact_digest, container_port=int(spec["port"]), hardening=hardening)
+        return replace(common, image=release.artifact_digest, container_port=int(spec["port"]), hardening=hardening,
+                       resources=Resources.from_spec(spec.get("resources")))
 
     async def _wait_healthy(self, dep: Deployment) -> dict[str, Any]:
         pending = [row for row in dep.started if row.state == "starting"]

@@ -57,7 +57,7 @@ def test_hardening_is_applied(runtime: DockerRuntime, engine: docker.DockerClien
 
 def test_added_capabilities_are_granted(runtime: DockerRuntime, app_image: BuiltImage, project: str) -> None:
     row = runtime.start(new_request(project, app_image.image_id,
-                                    hardening=Hardening(add_capabilities=("NET_BIND_SERVICE",))))
+                                    hardening=Hardening(add_capabilities=("NET_BIND_SERVICE",), run_as_non_root=False)))
     answering(row.port)
     assert int(get_json(row.port, "/selfcheck")["status"]["CapEff"], 16) == 1 << 10  # CAP_NET_BIND_SERVICE
 
@@ -143,7 +143,8 @@ def test_log_tail_has_both_streams_and_the_last_lines(runtime: DockerRuntime, ap
 
 def test_changed_files_sees_writes_and_ignores_engine_noise(runtime: DockerRuntime, app_image: BuiltImage,
                                                             project: str) -> None:
-    row = runtime.start(new_request(project, app_image.image_id, hardening=Hardening(read_only=False)))
+    row = runtime.start(new_request(project, app_image.image_id,
+                                    hardening=Hardening(read_only=False, run_as_non_root=False)))
     answering(row.port)
     assert runtime.changed_files(row) == []  # a fresh container: nothing but what the engine wrote
 

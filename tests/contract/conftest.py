@@ -4,10 +4,15 @@
 (`read_timeout`: how long it waits for a backend's answer, the same option on each). The
 HAProxy cases need a haproxy binary (`tests/support/routers.haproxy_bin`: provisioned when missing;
 skipped with the reason when none can be had, a failure in CI).
+
+`kit` is one `Runtime` implementation per parameter (process, Podman, Docker Engine), `engine_kit`
+the container engines only; engines are provisioned when missing (tests/support/engines.py), skipped with
+the reason when none can be had, a failure in CI.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +20,7 @@ import pytest
 
 from ingot.routers.base import Address, Router
 from ingot.routers.builtin import BuiltinRouter
+from tests.contract.runtime_kits import Kit, build_app_image, container_kit, process_kit
 from tests.support.routers import haproxy_bin, kill_haproxy_of, run
 
 __all__ = ["haproxy_bin", "make_router", "run"]
@@ -44,3 +50,54 @@ def make_router(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make
     yield make
     for workdir in workdirs:
         kill_haproxy_of(workdir)  # only if a failed test left its haproxy running
+
+
+# ---- runtimes ----------------------------------------------------------------------------------------
+
+RUNTIME_KINDS = ["process", "podman", "docker"]
+CONTAINER_KINDS = ["podman", "docker"]
+
+
+def _engine_url(kind: str) -> str:
+    from tests.support.engines import DOCKER_HOST_VAR, docker_engine, podman_engine
+
+    if kind == "podman":
+        podman_engine()
+        return os.environ["DOCKER_HOST"]
+    docker_engine()
+    return os.environ[DOCKER_HOST_VAR]
+
+
+@pytest.fixture(scope="session")
+def app_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
+    """Engine kind -> (engine URL, the contract app's image ID), filled on first use."""
+    return {}
+
+
+def _kit(kind: str, app_images: dict[str, tuple[str, str]], tmp_path: Path,
+         factory: pytest.TempPathFactory) -> Kit:
+    from tests.support.engines import client_at
+
+    if kind == "process":
+        return process_kit(tmp_path / "kit")
+    if kind not in app_images:
+        url = _engine_url(kind)
+        app_images[kind] = (url, build_app_image(client_at(url), factory.mktemp(f"contract-app-{kind}")))
+    url, image = app_images[kind]
+    return container_kit(kind, url, image, tmp_path / "kit")
+
+
+@pytest.fixture(params=RUNTIME_KINDS)
+def kit(request: pytest.FixtureRequest, app_images: dict[str, tuple[str, str]], tmp_path: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
+    made = _kit(request.param, app_images, tmp_path, tmp_path_factory)
+    yield made
+    made.clean_up()
+
+
+@pytest.fixture(params=CONTAINER_KINDS)
+def engine_kit(request: pytest.FixtureRequest, app_images: dict[str, tuple[str, str]], tmp_path: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
+    made = _kit(request.param, app_images, tmp_path, tmp_path_factory)
+    yield made
+    made.clean_up()

@@ -1,11 +1,58 @@
-"""The one small interface every runtime implements: start, stop, observe. No update, no exec."""
+"""The one small interface every runtime implements (process, Docker Engine, Podman): start, stop,
+observe. No update, no exec: an instance is replaced, never changed.
+
+Contract every implementation keeps (tests/contract/test_runtime.py runs the same tests against the
+process runtime, Podman and Docker Engine, each for real):
+
+- `start(request)` spawns ONE fresh instance and returns its row (`state="starting"`): `host`/`port`
+  is where it will be reached from this machine (127.0.0.1, a port of its own), `pid` and/or `handle`
+  say how to find it again (process: pid + its kernel start time + checkout; containers: container
+  ID + main pid). It does NOT wait for the instance to listen: readiness is the caller's health gate.
+  Recording the row is the caller's job (the executor writes the intent before and fills it after).
+  Anything that keeps it from starting (a missing artifact, command or image, an image that would
+  run as root against `run_as_non_root`, an engine error) raises `OperationFailed` naming the
+  instance, at once, never a hang, and leaves nothing running or labelled behind. An instance that
+  dies at once is reported either by `start` (containers: `OperationFailed` with its exit code and
+  last log lines, since the engine unpublishes a dead container's port) or by the next `observe`
+  (process): callers handle both.
+- Environment: the request's `env` (release env, config, decrypted secrets: secrets reach an
+  instance only through its environment), then ingot's variables, which win over same-named ones:
+  `PORT` (the port to listen on: the host port for a process, `container_port` in a container),
+  `INGOT_RELEASE`, `INGOT_INSTANCE`, `INGOT_SERVICE`, `INGOT_ENVIRONMENT`, `INGOT_PROJECT`. Nothing
+  else of ingot's own environment leaks in (the process runtime passes PATH, LANG, LC_ALL, TZ, HOME,
+  TMPDIR; an image brings its own ENV).
+- `stop(instance, timeout)` asks it to end (SIGTERM, and SIGCONT so that a stopped, SIGSTOPped or
+  paused instance can act on it), waits up to `timeout`, then SIGKILLs it, and returns once it no
+  longer runs (bounded: a few seconds after the kill at most). Idempotent: an instance that already
+  exited, was already stopped, or never existed (a row without pid or handle, a container gone) is
+  fine, and nothing is raised. Containers are then removed in the background.
+- `observe(instance)` is read-only and cheap. `alive` means it exists and has not exited; a stopped
+  (SIGSTOP) or paused instance is alive (its health probes judge it, not this). Dead comes with the
+  exit code when the runtime knows it, stably on every later call: process runtime for the instances
+  it started itself (a pid not ours, after an agent restart, has no exit status to read), containers
+  until they are stopped and removed. A pid reused by another process is not mistaken for the
+  instance (kernel start time). An engine that cannot be asked raises `OperationFailed`: not knowing
+  is not dead.
+- `log_tail(instance, n)` is its last `n` lines of stdout and stderr, interleaved as written, while
+  it runs and after it exited. After `stop`, the process runtime keeps its (capped, rotated) log
+  file; a container's log goes with the container.
+- Agent restart: a NEW runtime object (another process) observes, stops and reads the logs of
+  instances an earlier one started, from their rows alone; `find(row, state_dir)` fills in a row
+  whose spawn was never recorded, by the labels the instance carries (process: INGOT_INSTANCE and
+  INGOT_STATE in its environment; containers: `ingot.instance` and `ingot.state` labels).
+- Containers only: `hardening` and `resources` become the engine's settings (read-only root,
+  no-new-privileges, capabilities, tmpfs; user; memory and CPU limits, CPU shares, memory
+  reservation); `resources` for the process runtime are the privilege work's (cgroups).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from ingot.spec.quantities import quantity_value
 from ingot.store import InstanceRow
 
 
@@ -18,6 +65,42 @@ class Hardening:
     drop_all_capabilities: bool = True
     add_capabilities: tuple[str, ...] = ()
     tmpfs: tuple[str, ...] = ("/tmp",)
+    # As Kubernetes' runAsNonRoot/runAsUser: with run_as_non_root, an image whose user is root (or a
+    # name, which cannot be checked without running it) is refused unless run_as_user gives a uid.
+    run_as_non_root: bool = True
+    run_as_user: int | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """One instance's `resources` (Kubernetes-shaped) in the engine's units; None: not limited.
+
+    limits.memory is a hard limit (the instance is OOM-killed above it), limits.cpu a CPU-time quota;
+    requests.cpu becomes a relative CPU weight (1024 per CPU, as the kubelet sets cpu.shares) and
+    requests.memory a soft reservation. ephemeral-storage is not enforced by these engines (it needs an
+    overlay on XFS with project quotas): it is for Kubernetes targets only.
+    """
+
+    memory_bytes: int | None = None
+    nano_cpus: int | None = None
+    cpu_shares: int | None = None
+    memory_reservation_bytes: int | None = None
+
+    @classmethod
+    def from_spec(cls, resources: dict[str, Any] | None) -> Resources:
+        """From a release's `resources` (`{"limits": {...}, "requests": {...}}`, quantities as text)."""
+        limits = (resources or {}).get("limits") or {}
+        requests = (resources or {}).get("requests") or {}
+
+        def scaled(table: dict[str, Any], key: str, factor: int, least: int = 1) -> int | None:
+            text = table.get(key)
+            if text is None:
+                return None
+            return max(least, int(quantity_value(str(text)) * Decimal(factor)))
+
+        return cls(memory_bytes=scaled(limits, "memory", 1), nano_cpus=scaled(limits, "cpu", 10**9),
+                   cpu_shares=scaled(requests, "cpu", 1024, least=2),
+                   memory_reservation_bytes=scaled(requests, "memory", 1))
 
 
 @dataclass(frozen=True)
@@ -41,6 +124,7 @@ class InstanceRequest:
     image: str | None = None
     container_port: int = 8000
     hardening: Hardening = Hardening()
+    resources: Resources = Resources()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import docker
-from docker.errors import DockerException, NotFound
+from docker.errors import APIError, DockerException, NotFound
 from docker.utils.build import tar as context_tar
 
 from ingot.errors import OperationFailed, UserInputError
@@ -90,6 +90,8 @@ class DockerRuntime:
         # Without a client, each call asks connect_engine(), which caches per process: constructing
         # the runtime needs no engine, and the agent reconnects after DOCKER_HOST changes.
         self._client = client
+        # Image ID -> its configured user. An image ID is its content, so this never goes stale.
+        self._image_users: dict[str, str] = {}
 
     @property
     def client(self) -> docker.DockerClient:
@@ -104,7 +106,8 @@ class DockerRuntime:
             raise OperationFailed(f"{what} could not start: the docker runtime needs an image ID")
         with _engine_errors(f"{what} could not start"):
             try:
-                container = self.client.containers.create(**_create_arguments(request, name))
+                user = self._user_for(request, what)
+                container = self.client.containers.create(**_create_arguments(request, name, user))
             except NotFound as exc:
                 raise OperationFailed(
                     f"{what} could not start: image {request.image} is not in the container engine",
@@ -136,6 +139,33 @@ class DockerRuntime:
             handle=str(container.id),
         )
 
+    def _user_for(self, request: InstanceRequest, what: str) -> str | None:
+        """The user to run as: `run_as_user` if given; else the image's own, which `run_as_non_root`
+        requires to be a numeric non-root uid (Kubernetes' rule: a name cannot be checked unrun)."""
+        hardening = request.hardening
+        if hardening.run_as_user is not None:
+            return str(hardening.run_as_user)
+        if not hardening.run_as_non_root:
+            return None
+        image = str(request.image)
+        configured = self._image_users.get(image)
+        if configured is None:
+            attrs = self.client.images.get(image).attrs  # NotFound: the caller's "not in the engine"
+            configured = str((attrs.get("Config") or {}).get("User") or "")
+            self._image_users[image] = configured
+        uid = configured.split(":", 1)[0]
+        if uid.isdigit() and int(uid) != 0:
+            return None  # the image's own user, as the engine would pick it
+        why = ("runs as root (it sets no USER)" if not configured else
+               f"runs as root (USER {configured})" if uid in ("0", "root") else
+               f"names its user {configured!r}, not a numeric uid, so it cannot be checked to be non-root")
+        raise OperationFailed(
+            f"{what} was not started: image {image} {why}, and security.run_as_non_root is on",
+            details=["give the service a non-root uid: security: {run_as_user: 10001} (any uid works with the "
+                     "read-only root filesystem), or set a numeric USER (e.g. USER 10001) in its Containerfile",
+                     "or, to run it as root, set security.run_as_non_root: false with a reason"],
+        )
+
     def find(self, instance: InstanceRow, state_dir: str) -> InstanceRow | None:
         """The container created for `instance` (by its `ingot.instance` and `ingot.state` labels), if any."""
         with _engine_errors(f"looking for the container of instance {instance.id} failed"):
@@ -161,7 +191,8 @@ class DockerRuntime:
                 return
 
     def stop(self, instance: InstanceRow, timeout: float) -> None:
-        """SIGTERM, SIGKILL after `timeout`; returns once the container has exited.
+        """SIGTERM (and SIGCONT, for a stopped one), SIGKILL after `timeout`; returns once the container
+        has exited. A paused container is unpaused first: engines signal no paused container.
 
         The exited container is removed in the background: the engine's clean-up (about 0.3 s on
         Podman) is housekeeping, and a deploy need not wait for it once nothing runs.
@@ -171,8 +202,11 @@ class DockerRuntime:
             return  # never started, or already removed: either way, stopped
         with _engine_errors(f"instance {instance.id}: stopping container {_short_id(container.id)} failed"):
             try:
-                if not _signal_and_wait(container, "SIGTERM", timeout):
-                    _signal_and_wait(container, "SIGKILL", 10.0)
+                if container.status == "paused":
+                    with suppress(DockerException):
+                        container.unpause()
+                if not _signal_and_wait(container, ("SIGTERM", "SIGCONT"), timeout):
+                    _signal_and_wait(container, ("SIGKILL",), 10.0)
             except NotFound:
                 return
         _REMOVALS.submit(_remove_quietly, container)
@@ -187,10 +221,11 @@ class DockerRuntime:
         status = state.get("Status")
         if status == "running":
             return Observation(alive=True)
+        if status == "paused":
+            # Like a SIGSTOPped process: still there; its health probes say it does not answer.
+            return Observation(alive=True, detail="container is paused")
         if status == "created":
             return Observation(alive=False, detail="container was created but never started")
-        if status == "paused":
-            return Observation(alive=False, detail="container is paused")
         code = int(state.get("ExitCode") or 0)
         detail = f"exited with code {code}"
         if state.get("OOMKilled"):
@@ -374,6 +409,11 @@ class DockerRuntime:
                 return self.client.containers.get(instance.handle)
             except NotFound:
                 return None
+            except APIError as exc:
+                # Podman answers 500 "no such container" for one it is removing (after `stop`): gone.
+                if "no such container" in _explain(exc).lower():
+                    return None
+                raise
 
     def _inspect(self, instance: InstanceRow) -> dict[str, Any] | None:
         container = self._container(instance)
@@ -429,6 +469,7 @@ def instance_env(request: InstanceRequest) -> dict[str, str]:
             "INGOT_SERVICE": request.service,
             "INGOT_ENVIRONMENT": request.environment,
             "INGOT_INSTANCE": request.instance_id,
+            **({"INGOT_PROJECT": request.project} if request.project else {}),
         }
     )
     return env
@@ -445,8 +486,11 @@ def instance_labels(request: InstanceRequest) -> dict[str, str]:
     }
 
 
-def _create_arguments(request: InstanceRequest, name: str) -> dict[str, Any]:
+def _create_arguments(request: InstanceRequest, name: str, user: str | None = None) -> dict[str, Any]:
     hardening = request.hardening
+    resources = request.resources
+    limits = {"mem_limit": resources.memory_bytes, "nano_cpus": resources.nano_cpus,
+              "cpu_shares": resources.cpu_shares, "mem_reservation": resources.memory_reservation_bytes}
     return {
         "image": request.image,
         "command": list(request.command) or None,
@@ -463,6 +507,8 @@ def _create_arguments(request: InstanceRequest, name: str) -> dict[str, Any]:
         "cap_drop": ["ALL"] if hardening.drop_all_capabilities else None,
         "cap_add": list(hardening.add_capabilities) or None,
         "restart_policy": {"Name": "no"},
+        **({"user": user} if user is not None else {}),
+        **{key: value for key, value in limits.items() if value is not None},
     }
 
 
@@ -679,10 +725,11 @@ _REMOVALS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingot-containe
 _EXITED_POLL = 0.02
 
 
-def _signal_and_wait(container: Any, signal: str, timeout: float) -> bool:
-    """Send `signal`; True once the container no longer runs, False if it still runs after `timeout`."""
-    with suppress(DockerException):  # it may have exited between the look-up and the signal
-        container.kill(signal=signal)
+def _signal_and_wait(container: Any, signals: tuple[str, ...], timeout: float) -> bool:
+    """Send `signals`; True once the container no longer runs, False if it still runs after `timeout`."""
+    for signal in signals:
+        with suppress(DockerException):  # it may have exited between the look-up and the signal
+            container.kill(signal=signal)
     deadline = time.monotonic() + timeout
     while True:
         container.reload()

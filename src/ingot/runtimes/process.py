@@ -68,6 +68,8 @@ class ProcessRuntime:
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._loggers: list[subprocess.Popen[bytes]] = []
+        # (pid, start time) -> exit code of our children once reaped, so every later observe says it too.
+        self._exit_codes: dict[tuple[int, str | None], int] = {}
 
     def start(self, request: InstanceRequest) -> InstanceRow:
         if request.artifact_path is None or not request.command:
@@ -161,13 +163,16 @@ class ProcessRuntime:
         pid = instance.pid
         if pid is None:
             return Observation(alive=False, detail="never started (or not known to have started)")
+        code = self._exit_codes.get((pid, instance.proc_start))
         child = self._children.get(pid)
-        if child is not None:
+        if code is None and child is not None:
             code = child.poll()
-            if code is not None:
-                self._children.pop(pid, None)
-                return Observation(alive=False, exit_code=code, detail=f"exited with code {code}")
-            return Observation(alive=True)
+            if code is None:
+                return Observation(alive=True)
+            self._children.pop(pid, None)
+            self._exit_codes[(pid, instance.proc_start)] = code
+        if code is not None:
+            return Observation(alive=False, exit_code=code, detail=f"exited with code {code}")
         # Not our child (adopted after an agent restart): trust the pid only if its start time matches.
         started = process_start_time(pid)
         if started is None or started != instance.proc_start:

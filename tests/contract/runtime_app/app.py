@@ -1,0 +1,62 @@
+"""The runtime contract's instance: the same file runs as a process and in a container.
+
+Environment: PORT (listen there), CONTRACT_ON_TERM=ignore (ignore SIGTERM; default: say so and exit 0),
+CONTRACT_EXIT_AT_ONCE=N (print a line, exit N before listening). Paths: /healthz, /env (its whole
+environment), /whoami (uid, gid), /exit?code=N (answers, then exits N).
+"""
+
+import json
+import os
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+instance = os.environ.get("INGOT_INSTANCE", "?")
+if os.environ.get("CONTRACT_EXIT_AT_ONCE"):
+    print(f"contract app {instance} dying at once", file=sys.stderr, flush=True)
+    sys.exit(int(os.environ["CONTRACT_EXIT_AT_ONCE"]))
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        url = urlsplit(self.path)
+        code = None
+        if url.path == "/healthz":
+            body = {"ok": True}
+        elif url.path == "/env":
+            body = dict(os.environ)
+        elif url.path == "/whoami":
+            body = {"uid": os.getuid(), "gid": os.getgid()}
+        elif url.path == "/exit":
+            code = int(parse_qs(url.query)["code"][0])
+            body = {"exiting": code}
+        else:
+            self.send_error(404)
+            return
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+        if code is not None:
+            print(f"contract app {instance} exiting with {code} as asked", flush=True)
+            os._exit(code)
+
+    def log_message(self, format, *args):
+        pass
+
+
+def graceful(*_):
+    print(f"contract app {instance} stopping gracefully", flush=True)
+    threading.Thread(target=server.shutdown).start()
+
+
+server = ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler)
+signal.signal(signal.SIGTERM, signal.SIG_IGN if os.environ.get("CONTRACT_ON_TERM") == "ignore" else graceful)
+print(f"contract app {instance} says hello on stdout", flush=True)
+print(f"contract app {instance} says hello on stderr", file=sys.stderr, flush=True)
+server.serve_forever()

@@ -1,0 +1,153 @@
+"""One `Kit` per runtime implementation for the runtime contract: the runtime, a way to get a new one (an
+agent restart), requests for the contract app (tests/contract/runtime_app), and clean-up.
+
+process: the app's file as the artifact, `python app.py`, no engine needed. podman / docker: the app's
+image, built once per session on each engine (from the engine's cache after the first run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker  # type: ignore[import-untyped]
+from docker.errors import APIError, NotFound  # type: ignore[import-untyped]
+
+from ingot.runtimes.base import Hardening, InstanceRequest, Runtime
+from ingot.runtimes.docker import DockerRuntime
+from ingot.runtimes.process import ProcessRuntime, labelled_processes, terminate_group
+from ingot.store import InstanceRow
+from tests.support.engines import BASE_IMAGE, client_at
+
+APP_DIR = Path(__file__).with_name("runtime_app")
+APP_TAG = "localhost/ingot-contract-app:latest"
+CONTAINER_PORT = 8000
+T = TypeVar("T")
+
+
+@dataclass
+class Kit:
+    kind: str  # process | podman | docker
+    runtime: Runtime
+    fresh: Callable[[], Runtime]  # a new runtime object, as a restarted agent would make
+    workdir: Path
+    image: str | None = None  # the app's image ID (container kinds)
+    engine_url: str | None = None
+    started: list[InstanceRow] = field(default_factory=list)
+    project: str = field(default_factory=lambda: f"c{uuid.uuid4().hex[:10]}")
+
+    @property
+    def state_dir(self) -> str:
+        return str(self.workdir / "state")
+
+    def request(self, env: dict[str, str] | None = None, **changes: Any) -> InstanceRequest:
+        instance_id = f"web-{uuid.uuid4().hex[:8]}"
+        base = InstanceRequest(
+            instance_id=instance_id, environment="staging", service="web", release_id="r" + uuid.uuid4().hex[:11],
+            project=self.project, state_dir=self.state_dir, env=dict(env or {}),
+            log_path=self.workdir / "logs" / f"{instance_id}.log",
+        )
+        if self.kind == "process":
+            base = replace(base, artifact_path=self.workdir / "artifact", command=("python", "app.py"))
+        else:
+            base = replace(base, image=self.image, container_port=CONTAINER_PORT, hardening=Hardening())
+        return replace(base, **changes)
+
+    def start(self, request: InstanceRequest) -> InstanceRow:
+        row = self.runtime.start(request)
+        self.started.append(row)
+        return row
+
+    def running_labelled(self) -> list[str]:
+        """Instance ids of this kit's that still run (process) or still exist (containers)."""
+        if self.kind == "process":
+            return [env.get("INGOT_INSTANCE", "?") for _, env in labelled_processes(self.state_dir)]
+        client = client_at(str(self.engine_url))
+        found = client.containers.list(all=True, filters={"label": f"ingot.project={self.project}"},
+                                       ignore_removed=True)
+        return [str(c.labels.get("ingot.instance")) for c in found]
+
+    def clean_up(self) -> None:
+        if self.kind == "process":
+            for pid, _ in labelled_processes(self.state_dir):
+                terminate_group(pid, 0.5)
+            return
+        client = client_at(str(self.engine_url))
+        for container in client.containers.list(all=True, filters={"label": f"ingot.project={self.project}"}):
+            with contextlib.suppress(NotFound, APIError):  # gone, or being removed by the runtime's stop
+                container.remove(force=True, v=True)
+
+
+def process_kit(workdir: Path) -> Kit:
+    artifact = workdir / "artifact"
+    artifact.mkdir(parents=True)
+    shutil.copy2(APP_DIR / "app.py", artifact / "app.py")
+    return Kit("process", ProcessRuntime(), ProcessRuntime, workdir)
+
+
+def container_kit(kind: str, url: str, image: str, workdir: Path) -> Kit:
+    return Kit(kind, DockerRuntime(client_at(url)), lambda: DockerRuntime(client_at(url)), workdir, image=image,
+               engine_url=url)
+
+
+def build_app_image(client: docker.DockerClient, context: Path) -> str:
+    for source in APP_DIR.iterdir():
+        shutil.copy2(source, context / source.name)
+    return DockerRuntime(client).build_image(context, tag=APP_TAG, build_args={"BASE": BASE_IMAGE})
+
+
+# ---- talking to an instance ------------------------------------------------------------------------
+
+
+def get_json(row: InstanceRow, path: str, timeout: float = 5.0) -> Any:
+    # http.client, not urllib: urllib would honour proxy settings from the environment.
+    conn = http.client.HTTPConnection(row.host, row.port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise AssertionError(f"GET {path} answered {response.status}")
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+def answers(row: InstanceRow) -> bool:
+    try:
+        return bool(get_json(row, "/healthz", timeout=1.0)["ok"])
+    except (OSError, AssertionError, ValueError, http.client.HTTPException):
+        return False
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` and the last error."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # it may not listen yet
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r})")
+        time.sleep(0.05)
+
+
+def answering(row: InstanceRow, timeout: float = 30.0) -> None:
+    wait_for(lambda: answers(row), f"instance {row.id} to answer on {row.host}:{row.port}", timeout)
+
+
+def intent_of(row: InstanceRow) -> InstanceRow:
+    """The row as recorded before the spawn: what only spawning tells is not known yet."""
+    return replace(row, pid=None, proc_start=None, port=0, handle=None, state="spawning")
