@@ -173,3 +173,30 @@ def test_prune_keeps_rollback_images(engine: docker.DockerClient, boxed: Example
     assert engine.images.get(images[1]) and engine.images.get(images[2])
     boxed.ingot("rollback", check=True)
     assert boxed.get()["version"] == "2"
+
+
+def test_resources_and_user_from_the_spec_reach_the_engine(engine: docker.DockerClient, tmp_path: Path) -> None:
+    example = make_container_example(tmp_path, replicas=1, extra_service_yaml=(
+        "    resources: {limits: {memory: 128Mi, cpu: \"0.5\"}, requests: {cpu: 250m}}\n"
+        "    security: {run_as_user: 12345}\n"))
+    try:
+        example.ingot("deploy", check=True)
+        [box] = containers(engine, example)
+        attrs = box.attrs  # type: ignore[attr-defined]
+        host = attrs["HostConfig"]
+        assert (host["Memory"], host["NanoCpus"], host["CpuShares"]) == (128 * 2**20, 500_000_000, 256)
+        assert attrs["Config"]["User"] == "12345"
+        done = box.exec_run(["id", "-u"])  # type: ignore[attr-defined]
+        assert done.output.decode().strip() == "12345"
+    finally:
+        stop_everything(example)
+
+
+def test_a_root_image_is_refused_and_says_how_to_fix_it(engine: docker.DockerClient, boxed: ExampleProject) -> None:
+    containerfile = boxed.root / "Containerfile"
+    containerfile.write_text(containerfile.read_text().replace("USER 65534:65534\n", ""))
+    result = boxed.ingot("deploy")
+    assert result.code == 1, result.err
+    assert "runs as root" in result.err and "run_as_non_root" in result.err and "run_as_user" in result.err
+    assert "Traceback" not in result.err
+    assert containers(engine, boxed) == []
