@@ -23,7 +23,7 @@ process runtime, Podman and Docker Engine, each for real):
   TMPDIR; an image brings its own ENV).
 - `stop(instance, timeout)` asks it to end (SIGTERM, and SIGCONT so that a stopped, SIGSTOPped or
   paused instance can act on it), waits up to `timeout`, then SIGKILLs it, and returns once it no
-  longer runs (bounded: a few seconds after the kill at most). Idempotent: an instance that already
+  longer runs (bounded: at most about 10 s after the kill). Idempotent: an instance that already
   exited, was already stopped, or never existed (a row without pid or handle, a container gone) is
   fine, and nothing is raised. Containers are then removed in the background.
 - `observe(instance)` is read-only and cheap. `alive` means it exists and has not exited; a stopped
