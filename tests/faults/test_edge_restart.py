@@ -21,7 +21,7 @@ import pytest
 from ingot.edge.client import call_sync
 from ingot.edge.home import EdgeHome
 from ingot.routers.haproxy import running_master
-from ingot.supervision import running_supervisor
+from ingot.supervision import running_supervisor, stop_supervisor
 from tests.support.harness import ExampleProject, load, poll
 
 KILLS = 5
@@ -152,5 +152,12 @@ def test_the_edge_stopped_on_purpose_stops_its_haproxy(example: ExampleProject) 
     workdir = home.router_dir(router_id(example))
     master = running_master(workdir)
     assert master is not None
-    example.ingot("down", check=True)  # the router released: its haproxy goes with it
-    poll(lambda: running_master(workdir) is None, timeout=10, what="haproxy to stop")
+    # SIGTERM to the supervisor (what stopping the systemd unit does): the edge stops, and its haproxy.
+    assert stop_supervisor(home.supervisor_pidfile)
+    poll(lambda: running_master(workdir) is None and gone(master), timeout=10, what="haproxy to stop")
+    # The next call that needs the router starts the edge again, which restores it from its state.
+    example.ingot("deploy", check=True)
+    master = running_master(workdir)
+    assert master is not None
+    example.ingot("down", check=True)  # the last router released: the edge ends, its haproxy with it
+    poll(lambda: running_master(workdir) is None and gone(master), timeout=10, what="haproxy to stop")
