@@ -33,7 +33,7 @@ from typing import Any
 from tests.faults.test_agent_faults import kill_agent_and_time_return
 from tests.faults.test_edge_restart import kill_edge_and_time_return
 from tests.faults.test_instance_faults import backend_state
-from tests.support.harness import ExampleProject, make_example, poll, stop_everything
+from tests.support.harness import ExampleProject, make_example, poll, stop_edge, stop_everything
 
 from bench._common import print_table, run_wrk, write_json
 from ingot.deploy_params import HealthPolicy
@@ -112,6 +112,8 @@ def measure_edge(kind: str, kills: int, work: Path) -> dict[str, Any]:
         "edge_restarts": len(returns),
         "failed_requests": failed,
         "refused": refused,
+        "errors": faulted["errors"],
+        "baseline_failed": baseline["error_total"],
         "failed_per_restart": round(failed / max(1, len(returns)), 2),
         "back_median_s": round(statistics.median(returns), 3) if returns else None,
         "back_max_s": round(max(returns), 3) if returns else None,
@@ -152,6 +154,15 @@ def main() -> int:
     parser.add_argument("--edge", action="store_true", help="kill the edge instead of the agent")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    # An edge of its own, never the machine's (/var/lib/ingot/edge): the bench kills edges it finds.
+    os.environ["INGOT_EDGE_HOME"] = tempfile.mkdtemp(prefix="ingot-edge-")
+    try:
+        return run(args)
+    finally:
+        stop_edge(Path(os.environ["INGOT_EDGE_HOME"]))
+
+
+def run(args: argparse.Namespace) -> int:
     if args.edge:
         with tempfile.TemporaryDirectory(prefix="ingot-bench-") as tmp:
             rows = [measure_edge(kind, args.kills, Path(tmp)) for kind in args.routers.split(",")]
