@@ -161,7 +161,13 @@ class Edge:
         await router.set_weights(state.weights)
         for release in state.draining:
             await router.drain(release, 0.0)
-        await router.start()
+        try:
+            await router.start()
+        except BaseException:
+            if state.id in self._held:  # let the supervisor close it: the next try binds afresh
+                self.fds.drop(state.id)
+                self._held.discard(state.id)
+            raise
         if isinstance(router, BuiltinRouter) and router.listening_fd is not None and state.id not in self._held:
             self.fds.keep(state.id, router.listening_fd)
         self._held.discard(state.id)

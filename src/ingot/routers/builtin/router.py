@@ -120,7 +120,11 @@ class BuiltinRouter:
         try:
             if self._sock is not None:
                 sock, self._sock = self._sock, None
-                server = await loop.create_server(lambda: ClientProtocol(self), sock=sock, backlog=2048)
+                try:
+                    server = await loop.create_server(lambda: ClientProtocol(self), sock=sock, backlog=2048)
+                except BaseException:
+                    sock.close()  # given to this router: nobody else closes it
+                    raise
             else:
                 server = await loop.create_server(
                     lambda: ClientProtocol(self), host, port, reuse_address=True, backlog=2048
