@@ -14,8 +14,11 @@ Rules, kept small on purpose (a supervisor that can fail is no supervisor):
   start: a broken state, say) is restarted with a backoff doubling from `FIRST_BACKOFF` to `MAX_BACKOFF`.
 - SIGTERM or SIGINT to the supervisor is passed on to the child; the supervisor ends when it does.
 - A SIGSTOPped child is not restarted: it is alive. The data plane does not depend on it (DESIGN.md).
+- Listening sockets a child hands over (`ingot.fdstore`: the edge's built-in routers do) are held here
+  and handed to the next child, so a child's death never closes a listen queue.
 
-The supervisor holds the daemon's modules (imported once) and little else: no socket, no store, no thread.
+The supervisor holds the daemon's modules (imported once), those sockets, and nothing else: no store, no
+thread. It waits on the child's pidfd and the fd store's socket, nothing else.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import select
 import signal
 import sys
 import time
@@ -31,6 +35,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+
+from ingot.fdstore import Holder
 
 # Exit codes that end supervision: stopped on purpose, or another instance already runs (AlreadyRunning).
 FINAL_EXIT_CODES = (0, 75)
@@ -57,6 +63,7 @@ class Supervisor:
         self.child: int | None = None
         self.stopping = False
         self.restarts = 0
+        self.fds = Holder()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
@@ -71,6 +78,7 @@ class Supervisor:
         # The child: a fresh session leader of nothing, default signals, the daemon's entry point.
         code = 1
         try:
+            self.fds.hand_over()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             code = self.entry(self.args)
@@ -93,12 +101,7 @@ class Supervisor:
             while True:
                 started = time.monotonic()
                 self.child = self._spawn()
-                while True:
-                    try:
-                        _, status = os.waitpid(self.child, 0)
-                        break
-                    except InterruptedError:
-                        continue
+                status = self._wait(self.child)
                 code = os.waitstatus_to_exitcode(status)
                 self.child = None
                 if code in FINAL_EXIT_CODES or self.stopping:
@@ -120,10 +123,30 @@ class Supervisor:
                 if self.stopping:
                     return 0
         finally:
+            self.fds.close()
             if self.pidfile is not None:
                 with contextlib.suppress(OSError):
                     if self.pidfile.read_text().strip() == str(os.getpid()):
                         self.pidfile.unlink()
+
+
+    def _wait(self, child: int) -> int:
+        """Wait for `child` to end (its wait status), taking the sockets it hands over meanwhile."""
+        pidfd = os.pidfd_open(child)
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            poller.register(self.fds.ours, select.POLLIN)
+            while True:
+                ready = {fd for fd, _ in poller.poll()}
+                self.fds.absorb()
+                if pidfd in ready:
+                    break
+        finally:
+            os.close(pidfd)
+        _, status = os.waitpid(child, 0)
+        self.fds.absorb()  # what it sent just before it died
+        return status
 
 
 def load_entry(spec: str) -> Entry:

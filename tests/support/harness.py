@@ -176,12 +176,21 @@ def kill_pidfile(pid_file: Path) -> None:
 
 
 def stop_edge(home: Path) -> None:
-    """Stop an edge and its supervisor (the supervisor first, so that it does not start the edge again)."""
+    """Stop an edge and its supervisor (the supervisor first, so that it does not start the edge again),
+    and any haproxy of that home still running (haproxy outlives a killed edge, for the next to adopt)."""
+    from ingot.routers.haproxy import running_master
+
     kill_pidfile(home / "supervisor.pid")
     with contextlib.suppress(OSError, ValueError):
         os.kill(int((home / "edge.pid").read_text().strip()), signal.SIGTERM)
         poll(lambda: not (home / "edge.pid").read_text().strip(), timeout=10, what="the edge to stop")
     kill_pidfile(home / "edge.pid")
+    with contextlib.suppress(OSError):
+        for workdir in (home / "haproxy").iterdir():
+            master = running_master(workdir)
+            if master is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(master, signal.SIGKILL)
 
 
 def stop_everything(project: ExampleProject) -> None:

@@ -32,6 +32,9 @@ def test_the_edge_unit_starts_a_persistent_edge_and_stops_it_cleanly() -> None:
     try:
         poll(lambda: edge_alive(home), timeout=20, what="the unit's edge to answer")
         assert call_sync(home, "list")["routes"] == []
+        first = call_sync(home, "ping")["pid"]
+        os.kill(first, signal.SIGKILL)  # under the unit's own supervisor: back at once, listeners kept
+        poll(lambda: edge_alive(home) and call_sync(home, "ping")["pid"] != first, timeout=10, what="the edge back")
         # --persistent: it stays up with no router, as a systemd service must.
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)

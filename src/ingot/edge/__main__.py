@@ -1,6 +1,8 @@
 """`python -m ingot.edge serve [--home DIR] [--persistent]`: the edge process (what the supervisor runs).
 
-argparse rather than the Typer CLI: the edge starts again in well under a second after a crash.
+argparse rather than the Typer CLI: the edge starts again in well under a second after a crash. The
+server and both routers are imported here, at module level, so that the supervisor (which imports this
+module once) forks each new edge with them loaded: a restart costs the edge's own recovery only.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ingot.edge.home import EdgeHome
+from ingot.edge.server import run_edge
 from ingot.errors import IngotError
 
 
@@ -20,8 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--home", type=Path, default=None, help="its state directory (default: $INGOT_EDGE_HOME)")
     serve.add_argument("--persistent", action="store_true", help="keep running with no router (systemd)")
     args = parser.parse_args(argv)
-    from ingot.edge.server import run_edge
-
     home = EdgeHome(args.home.resolve()) if args.home else EdgeHome.default()
     try:
         run_edge(home, persistent=args.persistent)

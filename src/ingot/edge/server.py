@@ -15,6 +15,16 @@ refused naming the holder.
 Started on demand (by the first agent that needs it, under ingot's supervisor), the edge ends when
 its last router is released (`ingot down` everywhere): nothing is left running. `ingot edge serve
 --persistent` (what the systemd unit of `ingot install` runs) keeps it up while empty.
+
+An edge that restarts (kill -9, a crash) costs no request that was not already in flight:
+
+- HAProxy routers: haproxy runs in a session of its own and outlives the edge; the next edge adopts
+  it (`HAProxyRouter.start`: verified ours, servers read back, reconciled by runtime commands only).
+  An edge that stops on purpose (SIGTERM, its last router released) stops its haproxies.
+- Built-in routers: the listening sockets are held by the edge's supervisor (`ingot.fdstore`, which
+  says why that and not SO_REUSEPORT) and handed to the next edge, so connections wait in the
+  listen queue for the ~0.1-0.5 s of the restart instead of being refused. Requests the killed edge
+  had in flight on its own connections are lost: a kill -9 mid-request cannot hand those over.
 """
 
 from __future__ import annotations
@@ -32,7 +42,10 @@ from ingot import __version__, pidfile
 from ingot.agent.protocol import decode, encode
 from ingot.edge.home import EdgeHome
 from ingot.errors import IngotError, OperationFailed, UserInputError
+from ingot.fdstore import Store
 from ingot.routers.base import Address, HealthCheck, Router
+from ingot.routers.builtin import BuiltinRouter, install_fast_loop
+from ingot.routers.haproxy import HAProxyRouter, stop_leftover_haproxy
 
 log = logging.getLogger("ingot.edge")
 KINDS = ("builtin", "haproxy")
@@ -78,6 +91,8 @@ class Edge:
         self.locks: dict[str, asyncio.Lock] = {}
         self._stopping = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
+        self.fds = Store()  # listening sockets held by the supervisor across restarts
+        self._held: set[str] = set()  # routers being built on a socket the supervisor holds already
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -96,7 +111,8 @@ class Edge:
         log.info("edge %s ready on %s (pid %d, %d routers)", __version__, sock, os.getpid(), len(self.routers))
         await self._stopping.wait()
         self._server.close()
-        for router in self.routers.values():
+        for router_id, router in self.routers.items():
+            self.fds.drop(router_id)
             with contextlib.suppress(Exception):
                 await router.stop()
         with contextlib.suppress(FileNotFoundError):
@@ -122,30 +138,54 @@ class Edge:
             except IngotError as exc:
                 # Kept: the agent's next ensure tries again, and says why it fails.
                 log.error("could not restore router %s on %s:%s: %s", state.name, *state.listen, exc.message)
+        for name in self.fds.drop_unclaimed():
+            log.info("closed a held listener of a router that is gone (%s)", name)
+        self._stop_stray_haproxy()
+
+    def _stop_stray_haproxy(self) -> None:
+        """A haproxy in a workdir no route names (an edge that died while releasing it) is stopped."""
+        wanted = {self.home.router_dir(s.id) for s in self.states.values() if s.kind == "haproxy"}
+        with contextlib.suppress(OSError):
+            for workdir in (self.home.root / "haproxy").iterdir():
+                if workdir not in wanted:
+                    stop_leftover_haproxy(workdir)
 
     async def _build(self, state: RouteState) -> Router:
+        """The router of `state`, started with its whole state given first: an adopted haproxy is then
+        reconciled once against the final pools and weights (never through a half-restored state)."""
         router = self._new_router(state)
         if state.health is not None:
             await router.set_health(HealthCheck(**state.health))
-        await router.start()
         for release, pool in state.pools.items():
             await router.set_backends(release, pool)
         await router.set_weights(state.weights)
         for release in state.draining:
             await router.drain(release, 0.0)
+        try:
+            await router.start()
+        except BaseException:
+            if state.id in self._held:  # let the supervisor close it: the next try binds afresh
+                self.fds.drop(state.id)
+                self._held.discard(state.id)
+            raise
+        if isinstance(router, BuiltinRouter) and router.listening_fd is not None and state.id not in self._held:
+            self.fds.keep(state.id, router.listening_fd)
+        self._held.discard(state.id)
         self.routers[state.id] = router
         return router
 
     def _new_router(self, state: RouteState) -> Router:
         if state.kind == "haproxy":
-            from ingot.routers.haproxy import HAProxyRouter, stop_leftover_haproxy
-
-            workdir = self.home.router_dir(state.id)
-            stop_leftover_haproxy(workdir)  # left by an edge that died; TODO: adopt it instead
-            return HAProxyRouter(state.listen, name=state.name, workdir=workdir)
-        from ingot.routers.builtin import BuiltinRouter
-
-        return BuiltinRouter(state.listen, name=state.name)
+            # Adopts the haproxy an earlier edge left serving, if there is one that answers.
+            return HAProxyRouter(state.listen, name=state.name, workdir=self.home.router_dir(state.id))
+        sock = self.fds.take(state.id)
+        if sock is not None and state.listen[1] not in (0, sock.getsockname()[1]):
+            sock.close()  # held for another port: this router listens anew
+            self.fds.drop(state.id)
+            sock = None
+        if sock is not None:
+            self._held.add(state.id)  # the supervisor holds it already
+        return BuiltinRouter(state.listen, name=state.name, sock=sock)
 
     def _persist(self) -> None:
         path = self.home.state_file
@@ -245,6 +285,7 @@ class Edge:
         router = self.routers.pop(router_id, None)
         self.states.pop(router_id, None)
         self._persist()
+        self.fds.drop(router_id)  # its listen queue goes now, not when the supervisor ends
         if router is not None:
             await router.stop()
         if not self.states and not self.persistent:
@@ -337,8 +378,6 @@ class Edge:
 def run_edge(home: EdgeHome, *, persistent: bool = False) -> None:
     home.prepare()
     with pidfile.holding(home.pidfile, f"an edge for {home.root}"):
-        from ingot.routers.builtin import install_fast_loop
-
         install_fast_loop()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         asyncio.run(Edge(home, persistent=persistent).run())

@@ -56,12 +56,15 @@ WantedBy=multi-user.target
 
 
 def edge_unit(home: EdgeHome, python: str = sys.executable) -> Unit:
+    """The edge under ingot's own supervisor even here: the supervisor holds the built-in routers'
+    listening sockets across an edge restart (`ingot.fdstore`), which a plain `Restart=` cannot."""
     return Unit(EDGE_UNIT, _unit(
         description="ingot edge: the data plane serving every project's routers on this machine",
         after="network-online.target", environment={HOME_ENV: str(home.root)},
-        command=[python, "-m", "ingot.edge", "serve", "--persistent", "--home", str(home.root)],
-        why_kill_mode="haproxy processes are the edge's children: a restart of the edge must not take them "
-                      "down first."))
+        command=[python, "-m", "ingot.supervision", "--pidfile", str(home.supervisor_pidfile),
+                 "ingot.edge.__main__:main", "--", "serve", "--persistent", "--home", str(home.root)],
+        why_kill_mode="haproxy outlives an edge restart, for the next edge to adopt; a stop (SIGTERM to the "
+                      "supervisor, passed on to the edge) stops it."))
 
 
 def agent_unit_name(project: str, state_dir: Path) -> str:

@@ -17,6 +17,19 @@ address can never be reused for a new instance, and each server's counters descr
 
 Every runtime command goes over the admin socket from Python, one command per connection.
 
+Adoption. haproxy runs in a session of its own and does not die with its owner: an owner (the
+edge) that is killed or crashes leaves it serving. `start()` in a workdir where a haproxy of ours
+still runs takes it over instead of starting another: it is ours when the pid in `owner.json`
+(written at spawn) is the one in haproxy's own pidfile, that process's command line names this
+workdir's config, it listens where this router should (`owner.json` again), and the worker that
+answers on the admin socket is that master's child. The router then reads back the servers
+(`show servers state`: names, addresses, weights, drain/maintenance) and reconciles them with the
+pools and weights it was given before `start()`, with runtime commands only, and none at all when
+nothing changed. Only a haproxy that does not answer in time is replaced (killed, started anew);
+`stop()` stops an adopted one like its own. Counters go on from what haproxy has (those of servers
+deleted before the takeover are lost). An ejection survives the takeover as far as haproxy shows
+it: a server of a weighted release left at weight 0 is taken as ejected until probes bring it back.
+
 Health (`set_health`). ingot's own probes and bookkeeping (`ingot.routers.health`, the same code
 as the builtin router's) drive haproxy, rather than haproxy's `check` on the servers:
 
@@ -45,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import math
 import os
@@ -56,11 +70,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from ingot.errors import OperationFailed
 from ingot.routers.base import Address, HealthCheck, ReleaseStats
-from ingot.routers.haproxy_config import BACKEND, RELEASE_NAME, Timeouts, render_config, server_name
+from ingot.routers.haproxy_config import (
+    BACKEND,
+    RELEASE_NAME,
+    SERVER_SEPARATOR,
+    Timeouts,
+    render_config,
+    server_name,
+)
 from ingot.routers.health import BackendHealth, HealthMonitor, address_key, fail_open
 
 log = logging.getLogger("ingot.routers.haproxy")
@@ -69,6 +90,7 @@ MAX_SERVER_WEIGHT = 256  # haproxy's limit for one server
 POLL_INTERVAL = 0.5  # how often `stats()` is refreshed in the background
 DRAIN_POLL = 0.02  # how often `drain` looks at the sessions of the release
 START_TIMEOUT = 10.0  # for the admin socket to answer
+ADOPT_TIMEOUT = 2.0  # for a running haproxy to answer before it is replaced
 STOP_TIMEOUT = 5.0  # for haproxy to exit on SIGTERM before it is killed
 # Latency samples haproxy averages over (its `rtime`, `qtime`, `ctime` are over the last 1024).
 HAPROXY_AVERAGE_WINDOW = 1024
@@ -140,6 +162,35 @@ def parse_stat(csv_text: str) -> dict[str, dict[str, int]]:
     return rows
 
 
+@dataclass(frozen=True)
+class ServerState:
+    """One server as `show servers state` reports it."""
+
+    name: str
+    addr: Address
+    weight: int
+    state: str  # ready | drain | maint
+
+
+def parse_servers_state(text: str) -> list[ServerState]:
+    """`show servers state <backend>` -> its servers; admin-state bits: 0x01 maintenance, 0x08 drain."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    header = next((line for line in lines if line.startswith("# ")), None)
+    if header is None:
+        raise OperationFailed(f"haproxy answered `show servers state` with {text[:200]!r}")
+    columns = header[2:].split()
+    servers = []
+    for line in lines:
+        if line.startswith("#") or line.strip() == "1":
+            continue
+        cells = dict(zip(columns, line.split(), strict=False))
+        admin = int(cells["srv_admin_state"])
+        state = "maint" if admin & 0x01 else "drain" if admin & 0x08 else "ready"
+        servers.append(ServerState(cells["srv_name"], (cells["srv_addr"], int(cells["srv_port"])),
+                                   int(cells["srv_uweight"]), state))
+    return servers
+
+
 def row_requests(row: Mapping[str, int]) -> int:
     """Requests a server took: responses it sent, plus those haproxy answered with an error for it.
 
@@ -190,6 +241,74 @@ def passive_delta(before: Mapping[str, int], after: Mapping[str, int]) -> tuple[
 def row_latency_max(row: Mapping[str, int]) -> int:
     """An upper bound of the slowest request's time to response headers since the last `clear counters`."""
     return row.get("qtime_max", 0) + row.get("ctime_max", 0) + row.get("rtime_max", 0)
+
+
+# ---- the haproxy master process -------------------------------------------------------------------
+
+
+class _Master(Protocol):
+    """What the router needs of the haproxy master: `asyncio.subprocess.Process`, or `_Adopted`."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+class _Adopted:
+    """A haproxy master started by an earlier owner: not our child, so watched by pid, never reaped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if _alive(self.pid) else -1  # its real exit code went to whoever reaps it
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+
+    async def wait(self) -> int:
+        while self.returncode is None:
+            await asyncio.sleep(0.02)
+        return -1
+
+
+def running_master(workdir: Path) -> int | None:
+    """The pid of the haproxy master that runs `workdir`'s config, per its pidfile, if it still runs."""
+    try:
+        pid = int((workdir / "haproxy.pid").read_text().split()[0])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if str(workdir / "haproxy.cfg").encode() in argv and _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    """Runs (an exited process nobody reaped yet is gone). Here rather than from `ingot.runtimes.process`,
+    whose imports (the store, SQLAlchemy) would cost a restarted edge most of a second."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _kill_group(pid: int, timeout: float) -> None:
+    """SIGTERM the process group `pid` leads (haproxy's master and worker); SIGKILL what is left after `timeout`."""
+    for sig in (signal.SIGTERM, signal.SIGCONT):  # CONT: a stopped haproxy handles the TERM now
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 # ---- state ----------------------------------------------------------------------------------------
@@ -292,7 +411,7 @@ class HAProxyRouter:
         self._retiring: list[_Server] = []  # out of their pool, waiting for 0 sessions to be deleted
         self._rows: dict[str, dict[str, int]] = {}  # the last poll, by server name
         self._serial = 0
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: _Master | None = None
         self._log_file: IO[bytes] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -321,6 +440,11 @@ class HAProxyRouter:
         return self.workdir / "haproxy.log"
 
     @property
+    def owner_path(self) -> Path:
+        """Written at spawn: the master's pid and the address it listens on, for a later owner to adopt it."""
+        return self.workdir / "owner.json"
+
+    @property
     def pid(self) -> int | None:
         """The haproxy master's process id while it runs."""
         return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
@@ -336,6 +460,9 @@ class HAProxyRouter:
             raise RuntimeError(f"router {self.name!r} is already started")
         binary = self._find_haproxy()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if await self._adopt():
+            self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+            return
         await self._claim_socket_path()
         listener = self._bind()
         try:
@@ -350,6 +477,8 @@ class HAProxyRouter:
             )
             await self._spawn(binary, listener.fileno())
             self._bound = (self._listen[0], int(listener.getsockname()[1]))
+            assert self._proc is not None
+            self.owner_path.write_text(json.dumps({"pid": self._proc.pid, "listen": list(self._bound)}))
         except BaseException:
             await self._terminate()
             raise
@@ -513,6 +642,91 @@ class HAProxyRouter:
             )
         return OperationFailed(f"{self._label()} cannot listen on {host}:{port}: {exc.strerror or exc}")
 
+    async def _adopt(self) -> bool:
+        """Take over the haproxy an earlier owner of this workdir left running; False if there is none to take.
+
+        See the module's docstring for how it is known to be ours. One that is ours but does not answer
+        within `ADOPT_TIMEOUT` is killed (it would hold the address), and `start()` starts a new one.
+        """
+        pid = running_master(self.workdir)
+        if pid is None:
+            return False
+        try:
+            owner = json.loads(self.owner_path.read_text())
+            listen: Address = (str(owner["listen"][0]), int(owner["listen"][1]))
+            mine = int(owner["pid"]) == pid and (listen == self._listen or (
+                self._listen[1] == 0 and listen[0] == self._listen[0]))
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            mine = False
+        why = "it listens elsewhere or was not started by a router"
+        if mine:
+            try:
+                api = RuntimeAPI(self.api.path, timeout=ADOPT_TIMEOUT)
+                info = await api.run("show info")
+                worker = next(int(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("Pid:"))
+                if _parent_of(worker) != pid:
+                    raise ValueError(f"the admin socket is served by pid {worker}, not a worker of {pid}")
+                servers = parse_servers_state(await api.run(f"show servers state {BACKEND}"))
+            except (OSError, TimeoutError, ValueError, StopIteration, OperationFailed) as exc:
+                mine, why = False, f"it does not answer on {self.api.path} ({exc or type(exc).__name__})"
+        if not mine:
+            log.warning("%s: replacing haproxy pid %d: %s", self._label(), pid, why)
+            await asyncio.to_thread(_kill_group, pid, STOP_TIMEOUT)
+            return False
+        self._proc = _Adopted(pid)
+        self._bound = listen
+        async with self._lock:
+            changes = await self._reconcile(servers)
+        log.info("%s: adopted haproxy pid %d on %s:%d (%d servers, %d runtime changes)", self._label(), pid,
+                 *listen, len(servers), changes)
+        return True
+
+    async def _reconcile(self, found: list[ServerState]) -> int:
+        """Make the adopted haproxy's servers the pools and weights this router holds; returns the commands sent."""
+        sent = 0
+        serials = [int(f.name.rpartition(SERVER_SEPARATOR)[2]) for f in found
+                   if f.name.rpartition(SERVER_SEPARATOR)[2].isdigit()]
+        self._serial = max([self._serial, *serials])
+        unclaimed = {(f.name.rpartition(SERVER_SEPARATOR)[0], f.addr): f for f in reversed(found)}
+        for rel in self._releases.values():
+            for server in rel.pool:
+                seen = unclaimed.pop((rel.name, server.addr), None)
+                if seen is None:
+                    server.name = self._next_name(rel.name)
+                    await self._add_server(server)
+                    sent += 1
+                else:
+                    server.name, server.weight, server.state = seen.name, seen.weight, seen.state
+        claimed = {s.name for r in self._releases.values() for s in r.pool}
+        self._infer_ejections()
+        for seen in found:
+            if seen.name in claimed:
+                continue
+            # In haproxy, in no pool (the earlier owner died before deleting it): drained, then deleted.
+            release = seen.name.rpartition(SERVER_SEPARATOR)[0]
+            server = _Server(seen.name, seen.addr, self._releases.get(release) or _Release(release),
+                             weight=seen.weight, state=seen.state)
+            sent += (seen.weight != 0) + (seen.state != "drain")
+            await self._retire(server)
+        before = [(s.weight, s.state) for r in self._releases.values() for s in r.pool]
+        await self._apply_weights()
+        after = [(s.weight, s.state) for r in self._releases.values() for s in r.pool]
+        return sent + sum(a != b for a, b in zip(before, after, strict=True))
+
+    def _infer_ejections(self) -> None:
+        """A server at weight 0 in a weighted release that gives its other servers weight was ejected."""
+        check = self._health.check
+        if check is None or not check.ejects:
+            return
+        for rel in self._releases.values():
+            if rel.weight == 0 or rel.draining or not any(s.weight > 0 for s in rel.pool):
+                continue
+            for server in rel.pool:
+                if server.weight == 0 and server.state == "ready":
+                    server.health.ejected = True
+                    server.health.ejected_at = time.monotonic()
+                    server.health.reason = "ejected before the edge restarted (back after passing probes)"
+
     async def _spawn(self, binary: str, listen_fd: int) -> None:
         self._log_file = self.log_path.open("ab")
         # -W master-worker, -db foreground: the master is our child, and it takes its worker down
@@ -573,8 +787,9 @@ class HAProxyRouter:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        with contextlib.suppress(FileNotFoundError):
-            self.pid_path.unlink()
+        for path in (self.pid_path, self.owner_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     # ---- servers and weights -------------------------------------------------------------------
 
@@ -813,14 +1028,15 @@ class HAProxyRouter:
         )
 
 
-def stop_leftover_haproxy(workdir: Path) -> None:
-    """A router owner that died leaves its haproxy running on the service's address: stop it before starting anew."""
-    from ingot.runtimes.process import terminate_group
-
+def _parent_of(pid: int) -> int | None:
     try:
-        pid = int((workdir / "haproxy.pid").read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
-        return
-    if str(workdir).encode() in cmdline:
-        terminate_group(pid, 5.0)
+        return None
+
+
+def stop_leftover_haproxy(workdir: Path) -> None:
+    """A haproxy that no router will adopt (its router is gone) is stopped, with its worker."""
+    pid = running_master(workdir)
+    if pid is not None:
+        _kill_group(pid, STOP_TIMEOUT)

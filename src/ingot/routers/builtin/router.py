@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -73,8 +74,13 @@ class BuiltinRouter:
         upstream_idle_timeout: float = 30.0,
         read_timeout: float = 60.0,
         client_idle_timeout: float = 75.0,
+        sock: socket.socket | None = None,
     ) -> None:
         self.name = name
+        # A socket already listening on `listen` (the edge's, held across its restarts): used by the
+        # next `start()` instead of binding anew; the server closes it on `stop()`.
+        self._sock = sock
+        self._listening_fd = -1
         self.connect_timeout = connect_timeout
         self.upstream_idle_timeout = upstream_idle_timeout
         self.read_timeout = read_timeout
@@ -112,20 +118,34 @@ class BuiltinRouter:
         loop = asyncio.get_running_loop()
         host, port = self._listen
         try:
-            server = await loop.create_server(
-                lambda: ClientProtocol(self), host, port, reuse_address=True, backlog=2048
-            )
+            if self._sock is not None:
+                sock, self._sock = self._sock, None
+                try:
+                    server = await loop.create_server(lambda: ClientProtocol(self), sock=sock, backlog=2048)
+                except BaseException:
+                    sock.close()  # given to this router: nobody else closes it
+                    raise
+            else:
+                server = await loop.create_server(
+                    lambda: ClientProtocol(self), host, port, reuse_address=True, backlog=2048
+                )
         except OSError as exc:
             raise self._bind_error(exc) from None
         self._loop = loop
         self._now = loop.time
         self._server = server
+        self._listening_fd = server.sockets[0].fileno()
         self._stopping = False
         # Keep the configured host (callers compare addresses), but report the port actually bound.
         self._bound = (host, int(server.sockets[0].getsockname()[1]))
         self._host_header = f"{host}:{self._bound[1]}".encode("ascii")
         self._sweeper = loop.create_task(self._sweep_forever())
         self._health.ensure_running()
+
+    @property
+    def listening_fd(self) -> int | None:
+        """The listening socket's fd while started (the edge hands it to its supervisor to hold)."""
+        return self._listening_fd if self._server is not None else None
 
     async def stop(self) -> None:
         self._stopping = True
