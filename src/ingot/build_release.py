@@ -47,11 +47,17 @@ def context_dir(project: Project, service: ServiceSpec) -> Path:
 
 
 def spec_exclusion(project: Project, context: Path) -> list[str]:
-    """The spec is desired state, not part of what runs: editing replicas must not rebuild the artifact."""
-    try:
-        return ["/" + project.spec.path.resolve().relative_to(context).as_posix()]
-    except ValueError:
-        return []
+    """The spec is desired state, not part of what runs: editing replicas must not rebuild the artifact.
+    Nor is the pinned public key beside it (written by the first deploy, after a first build perhaps)."""
+    excluded = []
+    for path in (project.spec.path, project.paths.pin):
+        if path is None:
+            continue
+        try:
+            excluded.append("/" + path.resolve().relative_to(context.resolve()).as_posix())
+        except ValueError:
+            continue
+    return excluded
 
 
 def build(project: Project, environment: str, name: str, on_output: OnOutput | None = None, *,

@@ -702,6 +702,9 @@ def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path 
     except StoreDamaged as exc:
         problems.append(f"the ledger and releases could not be read: {exc.message}")
         checked, releases = 0, []
+    if trusted is None and (checked or releases):
+        problems.append(f"signatures cannot be checked: {source} (restore the pin beside the spec from git, "
+                        "or the signing key)")
     for rel in releases:
         problem = verify_release(rel, trusted) if trusted else "there is no key to check its signature against"
         if problem:
