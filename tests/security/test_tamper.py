@@ -123,7 +123,7 @@ def test_an_edited_release_is_refused_on_rollback_and_deploy_while_the_live_one_
         redeployed = example.ingot("deploy")
     for result in (rolled, redeployed):
         assert result.code == 1, result.out + result.err
-        assert f"release {one} of web was refused: its spec snapshot does not match its spec digest" in result.err
+        assert f"release {one} of web was refused: its id does not match its content" in result.err
     assert during["failures"] == [] and set(during["versions"]) == {"2"} and during["requests"] > 50
     assert instance_ids(example) == before  # nothing was even recorded to start, let alone started
     assert example.get()["release"] == two
@@ -133,7 +133,7 @@ def test_an_edited_release_is_refused_on_rollback_and_deploy_while_the_live_one_
     assert [e["action"] for e in entries(example, "rollback.fail")] == ["rollback.fail"]
     verify = example.ingot("audit", "verify")
     assert verify.code == 1
-    assert f"release {one}: its spec snapshot does not match its spec digest" in verify.err
+    assert f"release {one}: its id does not match its content" in verify.err
     assert "trigger releases_no_update is missing" in verify.err
 
 
@@ -271,3 +271,18 @@ def test_a_signing_key_outside_the_state_works_end_to_end(example: ExampleProjec
     assert other.code == 2
     assert str(outside / "other.pem") in other.err and str(example.root / "ingot.pub") in other.err
     assert example.get()["release"] == one
+
+
+def test_the_agent_keeps_a_checkpoint_up_to_date(example: ExampleProject, tmp_path: Path) -> None:
+    kept = tmp_path / "ledger.checkpoint"
+    example.env["INGOT_CHECKPOINT"] = str(kept)  # what `ingot serve --checkpoint FILE` sets for its agent
+    example.ingot("agent", check=True)
+    example.ingot("config", "set", "FLAG", "z", check=True)
+
+    def head() -> int:
+        with database(example) as db:
+            return int(db.execute("SELECT max(seq) FROM ledger").fetchone()[0])
+
+    poll(lambda: kept.exists() and json.loads(kept.read_text())["seq"] == head(), timeout=30,
+         what="the checkpoint to reach the ledger's head")
+    assert example.ingot("audit", "verify", "--checkpoint", str(kept), check=True).code == 0
