@@ -19,7 +19,7 @@ from ingot.project import Project
 from ingot.releases import new_release
 from ingot.releases import release_id as make_release_id
 from ingot.runtimes.registry import Runtimes
-from ingot.signing import load_or_create_key, pin_key
+from ingot.signing import load_or_create_key, pin_key, pin_path
 from ingot.spec import ServiceSpec
 from ingot.store import ReleaseRow
 
@@ -48,9 +48,12 @@ def context_dir(project: Project, service: ServiceSpec) -> Path:
 
 def spec_exclusion(project: Project, context: Path) -> list[str]:
     """The spec is desired state, not part of what runs: editing replicas must not rebuild the artifact.
-    Nor is the pinned public key beside it (written by the first deploy, after a first build perhaps)."""
+    Nor are the pinned public keys beside it: its own and those of the other specs there (another
+    project's first deploy writes one into this project's context)."""
+    spec_dir = project.spec.path.resolve().parent
+    pins = {pin_path(p) for p in (*spec_dir.glob("*.yaml"), *spec_dir.glob("*.yml"))}
     excluded = []
-    for path in (project.spec.path, project.paths.pin):
+    for path in (project.spec.path, project.paths.pin, *sorted(pins)):
         if path is None:
             continue
         try:
