@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from ingot import config_ops, config_store, ledger
 from ingot.actor import current_actor
 from ingot.artifacts import ArtifactStore, BuildResult, build_artifact, cached_build
@@ -14,9 +16,10 @@ from ingot.canonical import content_digest
 from ingot.errors import IngotError
 from ingot.image_inputs import image_input_key
 from ingot.project import Project
-from ingot.releases import load_or_create_key, new_release
+from ingot.releases import new_release
 from ingot.releases import release_id as make_release_id
 from ingot.runtimes.registry import Runtimes
+from ingot.signing import load_or_create_key, pin_key, pin_path
 from ingot.spec import ServiceSpec
 from ingot.store import ReleaseRow
 
@@ -44,11 +47,20 @@ def context_dir(project: Project, service: ServiceSpec) -> Path:
 
 
 def spec_exclusion(project: Project, context: Path) -> list[str]:
-    """The spec is desired state, not part of what runs: editing replicas must not rebuild the artifact."""
-    try:
-        return ["/" + project.spec.path.resolve().relative_to(context).as_posix()]
-    except ValueError:
-        return []
+    """The spec is desired state, not part of what runs: editing replicas must not rebuild the artifact.
+    Nor are the pinned public keys beside it: its own and those of the other specs there (another
+    project's first deploy writes one into this project's context)."""
+    spec_dir = project.spec.path.resolve().parent
+    pins = {pin_path(p) for p in (*spec_dir.glob("*.yaml"), *spec_dir.glob("*.yml"))}
+    excluded = []
+    for path in (project.spec.path, project.paths.pin, *sorted(pins)):
+        if path is None:
+            continue
+        try:
+            excluded.append("/" + path.resolve().relative_to(context.resolve()).as_posix())
+        except ValueError:
+            continue
+    return excluded
 
 
 def build(project: Project, environment: str, name: str, on_output: OnOutput | None = None, *,
@@ -136,7 +148,7 @@ def release(project: Project, environment: str, name: str, artifact: Built,
     """The release of this artifact with this spec and config snapshot; created (and signed) only if it is new."""
     service = project.spec.service_for(environment, name)
     config = config_ops.release_config(project, environment, name, service)
-    key = load_or_create_key(project.paths.keys)
+    key = signing_key(project)
     candidate = new_release(key=key, project=project.spec.project, service=name,
                             artifact_digest=artifact.digest, spec=service.release_fields(),
                             config=config, actor=current_actor(), commit=commit)
@@ -156,6 +168,22 @@ def release(project: Project, environment: str, name: str, artifact: Built,
                                "spec": candidate.spec_digest, "commit": commit,
                                **_secret_versions(candidate)})
     return candidate, True
+
+
+def signing_key(project: Project) -> Ed25519PrivateKey:
+    """The project's signing key, checked against its pin (see `check_pin`)."""
+    if project.paths.pin is None:
+        return load_or_create_key(project.paths.keys)
+    return pin_key(project.paths.pin, project.paths.keys, project=project.spec.project)[0]
+
+
+def check_pin(project: Project) -> Path | None:
+    """Refuse (exit 2) a signing key that does not match the project's pin; write the pin if it is missing,
+    returning its path then (the caller tells the user to commit it)."""
+    if project.paths.pin is None:
+        return None
+    _key, written = pin_key(project.paths.pin, project.paths.keys, project=project.spec.project)
+    return project.paths.pin if written else None
 
 
 def _secret_versions(release: ReleaseRow) -> dict[str, Any]:

@@ -3,6 +3,12 @@
 Each entry's hash covers its own content and the previous entry's hash, so altering, removing or
 reordering any entry breaks every hash after it. The chain is appended inside the caller's
 transaction (BEGIN IMMEDIATE), so concurrent writers serialise and cannot fork it.
+
+A hash chain alone stops no one who can write the database: they recompute every hash after the entry
+they changed. So each entry's hash (the chain's head at that append) is also signed with the project's
+signing key (see ingot.signing), checked against the key pinned outside the store. Entries written
+before ingot signed its ledger are covered by the first signed entry after them. Cutting the last
+entries is told by a signed checkpoint kept outside the store (see ingot.checkpoint).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from ingot.canonical import canonical_json, sha256_hex
+from ingot.signing import sign, signature_valid, signer_for
 from ingot.store import Store
 from ingot.store import schema as t
 
@@ -34,6 +41,7 @@ class LedgerEntry:
     payload: dict[str, Any]
     prev_hash: str
     hash: str
+    signature: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -66,6 +74,11 @@ def entry_hash(
     return sha256_hex(prev_hash + "\n" + body)
 
 
+def signed_head(digest: str) -> bytes:
+    """What an entry's signature signs: its hash, which covers every entry up to it."""
+    return f"ingot ledger head\n{digest}".encode()
+
+
 def append(
     conn: Connection,
     *,
@@ -94,6 +107,8 @@ def append(
         payload=body,
         prev_hash=prev_hash,
     )
+    key = signer_for(conn.engine)
+    signature = sign(key, signed_head(digest)) if key is not None else None
     conn.execute(
         t.ledger.insert().values(
             seq=seq,
@@ -106,9 +121,10 @@ def append(
             payload_json=canonical_json(body),
             prev_hash=prev_hash,
             hash=digest,
+            signature=signature,
         )
     )
-    return LedgerEntry(seq, at, actor, action, environment, service, subject, body, prev_hash, digest)
+    return LedgerEntry(seq, at, actor, action, environment, service, subject, body, prev_hash, digest, signature)
 
 
 def record(store: Store, **kwargs: Any) -> LedgerEntry:
@@ -165,7 +181,7 @@ def last_entry(store: Store, *, actions: Collection[str], environment: str | Non
 
 def _entry(r: Any) -> LedgerEntry:
     return LedgerEntry(r.seq, r.at, r.actor, r.action, r.environment, r.service, r.subject,
-                       json.loads(r.payload_json), r.prev_hash, r.hash)
+                       json.loads(r.payload_json), r.prev_hash, r.hash, r.signature)
 
 
 @dataclass(frozen=True)
@@ -174,11 +190,19 @@ class ChainProblem:
     reason: str
 
 
-def verify_chain(store: Store) -> tuple[int, ChainProblem | None]:
-    """Recompute the chain from the start; return how many entries were checked and the first break."""
+def verify_chain(store: Store, trusted: str | None = None, *,
+                 require_signed: bool = False) -> tuple[int, ChainProblem | None]:
+    """Recompute the chain from the start; return how many entries were checked and the first break.
+
+    With `trusted` (a public key), signatures are checked too: every signed entry's must verify, and
+    once one entry is signed every later one must be (unsigned ones can only be older than signing).
+    `require_signed` (a key is pinned, so ingot has signed this ledger): the last entry must be signed.
+    """
     prev = GENESIS
     expected_seq = 1
     checked = 0
+    signed_since: int | None = None
+    last: LedgerEntry | None = None
     for entry in entries(store):
         if entry.seq != expected_seq:
             return checked, ChainProblem(expected_seq, f"entry {expected_seq} is missing (next is {entry.seq})")
@@ -197,7 +221,20 @@ def verify_chain(store: Store) -> tuple[int, ChainProblem | None]:
         )
         if recomputed != entry.hash:
             return checked, ChainProblem(entry.seq, "its content does not match its hash (it was altered)")
+        if trusted is not None:
+            if entry.signature:
+                if not signature_valid(trusted, entry.signature, signed_head(entry.hash)):
+                    return checked, ChainProblem(entry.seq, "its signature does not verify against the trusted "
+                                                            "key (the ledger was rewritten from here on)")
+                signed_since = signed_since or entry.seq
+            elif signed_since is not None:
+                return checked, ChainProblem(entry.seq, f"it is not signed, though entries are signed since "
+                                                        f"{signed_since} (it was rewritten or added)")
         prev = entry.hash
         expected_seq += 1
         checked += 1
+        last = entry
+    if trusted is not None and require_signed and last is not None and not last.signature:
+        return checked, ChainProblem(last.seq, "no entry up to it is signed, though a key is pinned "
+                                               "(the signatures were stripped)")
     return checked, None

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ingot import build_release, config_ops, config_store, ledger, locks
+from ingot import build_release, checkpoint, config_ops, config_store, ledger, locks
 from ingot.actor import current_actor
 from ingot.agent.client import (
     AgentClient,
@@ -27,10 +28,11 @@ from ingot.executor import resolve_instance
 from ingot.paths import StatePaths
 from ingot.plan import StrategyOptions, Target, plan_for
 from ingot.project import Project
-from ingot.releases import load_or_create_key, public_key_text, verify_release
+from ingot.releases import verify_release
 from ingot.retention import ReleaseInfo, decide
 from ingot.runtimes.process import labelled_processes, terminate_group
 from ingot.runtimes.registry import Runtimes
+from ingot.signing import trusted_key
 from ingot.spec import SecuritySpec, ServiceSpec
 from ingot.state import service_state
 from ingot.store import ReleaseRow, Store
@@ -121,6 +123,7 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
         service = project.spec.service_for(environment, name)
         _check_supported(project, environment, name, service)
         config_ops.release_config(project, environment, name, service)  # a missing key: refused before building
+    _announce_pin(project, emit)
     commit = commit or project.git_commit()
     outcomes = []
     ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
@@ -135,6 +138,14 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
             with _rest_not_started(names[index + 1:]):
                 outcomes.append(_apply(project, environment, name, row, created, "deploy", emit, lock))
     return outcomes
+
+
+def _announce_pin(project: Project, emit: OnEvent) -> None:
+    """A signing key that does not match the pin is refused before anything is built; a missing pin is
+    written, and said (it belongs in git, beside the spec)."""
+    written = build_release.check_pin(project)
+    if written is not None:
+        emit({"event": "pinned", "path": str(written)})
 
 
 @contextmanager
@@ -207,6 +218,7 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
 
         outcome: DeployOutcome = kube.rollback(project, environment, name, to, on_event=on_event)
         return outcome
+    _announce_pin(project, on_event or (lambda _e: None))
     held = locks.current(project.store, environment)
     if held is None or not held.alive:  # (a running operation is what to report, not what it is changing)
         rollback_target(project, environment, name, to)  # bad input is refused before anything starts
@@ -227,6 +239,7 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     if source == target:
         raise UserInputError(f"--from and --to are both {source}: promotion goes from one environment to another")
     emit = on_event or (lambda _e: None)
+    _announce_pin(project, emit)
     actor = current_actor()
     outcomes = []
     if not _on_cluster(project, target):
@@ -654,15 +667,19 @@ class AuditReport:
     problems: list[str]
     artifacts_checked: int = 0
     database_checked: bool = False
+    trusted: str = ""  # what signatures were checked against
+    checkpoint: str | None = None  # the checkpoint the ledger was measured against
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def audit_verify(project: Project, *, deep: bool = False) -> AuditReport:
-    """The ledger's hash chain and every release signature; `deep` also checks the database's integrity
-    (SQLite's own check of every page) and recomputes the digest of every stored artifact."""
+def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path | None = None) -> AuditReport:
+    """The ledger's hash chain and signatures, every release signature (both against the pinned key) and
+    the insert-only triggers; with `checkpoint_file`, that the ledger still reaches that checkpoint;
+    `deep` also checks the database's integrity (SQLite's own check of every page) and recomputes the
+    digest of every stored artifact. Never makes a key."""
     problems: list[str] = []
     database = project.paths.root / "state.db"
     if deep:
@@ -670,17 +687,26 @@ def audit_verify(project: Project, *, deep: bool = False) -> AuditReport:
             problems.extend(f"database {database}: {p}" for p in project.store.integrity_problems())
         except StoreDamaged as exc:
             problems.append(f"database {database}: {exc.message}")
+    trusted, source = trusted_key(project.paths.pin, project.paths.keys)
+    pinned = project.paths.pin is not None and project.paths.pin.exists()
     try:
-        checked, broken = ledger.verify_chain(project.store)
+        problems.extend(f"trigger {name} is missing: its table is no longer protected in the database "
+                        "(dropped: someone went around the insert-only rule)"
+                        for name in project.store.missing_triggers())
+        checked, broken = ledger.verify_chain(project.store, trusted, require_signed=pinned)
         if broken:
             problems.append(f"ledger entry {broken.seq}: {broken.reason}")
-        trusted = public_key_text(load_or_create_key(project.paths.keys))
         releases = project.store.all_releases()
+        if checkpoint_file is not None:
+            problems.extend(checkpoint.problems(project.store, checkpoint_file, trusted, project.spec.project))
     except StoreDamaged as exc:
         problems.append(f"the ledger and releases could not be read: {exc.message}")
         checked, releases = 0, []
+    if trusted is None and (checked or releases):
+        problems.append(f"signatures cannot be checked: {source} (restore the pin beside the spec from git, "
+                        "or the signing key)")
     for rel in releases:
-        problem = verify_release(rel, trusted)
+        problem = verify_release(rel, trusted) if trusted else "there is no key to check its signature against"
         if problem:
             problems.append(f"release {rel.id}: {problem}")
     digests = project.artifacts.list_digests() if deep else []
@@ -689,4 +715,13 @@ def audit_verify(project: Project, *, deep: bool = False) -> AuditReport:
             project.artifacts.verify(digest)
         except ArtifactCorrupt as exc:
             problems.append("; ".join([f"artifact {digest}: {exc.message}", *exc.details]))
-    return AuditReport(checked, len(releases), problems, len(digests), deep)
+    return AuditReport(checked, len(releases), problems, len(digests), deep, source,
+                       str(checkpoint_file) if checkpoint_file else None)
+
+
+def audit_checkpoint(project: Project, out: Path | None) -> dict[str, Any]:
+    """A signed checkpoint of the ledger's head, written to `out` (kept outside the store by the caller)."""
+    made = checkpoint.make(project.store, project.paths.keys, project.spec.project)
+    if out is not None:
+        checkpoint.write(out, made)
+    return made

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # AF_UNIX paths are limited to 108 bytes; deep state directories fall back to a short path.
@@ -16,6 +16,9 @@ _MAX_SOCKET_PATH = 100
 @dataclass(frozen=True)
 class StatePaths:
     root: Path
+    # The project's pinned public key, beside its spec (see ingot.signing); not part of the state, and
+    # unknown to an agent started for a bare state directory. Not part of a state's identity either.
+    pin: Path | None = field(default=None, compare=False)
 
     @property
     def artifacts(self) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from ingot.actor import current_actor
 from ingot.artifacts import ArtifactStore
 from ingot.errors import UserInputError
 from ingot.paths import StatePaths, explicit_state_dir
+from ingot.signing import pin_path
 from ingot.spec import LoadedSpec, load_spec
 from ingot.state_layout import project_state
 from ingot.store import Store
@@ -65,10 +66,11 @@ def open_project(spec_file: Path, state_dir: Path | None = None) -> Project:
     beside the spec, where a state of the older shared layout that belongs to it is moved (recorded)."""
     spec = load_spec(spec_file)
     explicit = explicit_state_dir(state_dir)
+    pin = pin_path(spec.path)
     if explicit is not None:
-        return Project(spec=spec, paths=explicit)
+        return Project(spec=spec, paths=replace(explicit, pin=pin))
     resolved = project_state(spec.path.resolve().parent, spec.project)
-    project = Project(spec=spec, paths=resolved.paths)
+    project = Project(spec=spec, paths=replace(resolved.paths, pin=pin))
     if resolved.moved_from is not None:
         ledger.record(project.store, actor=current_actor(), action="state.move",
                       payload={"from": str(resolved.moved_from), "to": str(resolved.paths.root),

@@ -2,26 +2,23 @@
 
 A release is service + artifact digest + config snapshot digest + effective spec digest. Its id is
 derived from exactly that content, so the same inputs always name the same release, and it is
-signed with the project's ed25519 key so `ingot audit verify` can tell a forged or altered row.
+signed with the project's ed25519 key (see ingot.signing) so that a forged or altered row is told
+before anything starts from it, and by `ingot audit verify`.
 """
 
 from __future__ import annotations
 
-import base64
-import os
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ingot.canonical import canonical_json, content_digest, sha256_hex
+from ingot.signing import KEY_FILE, load_or_create_key, public_key_text, sign, signature_valid
 from ingot.store import ReleaseRow
 
-KEY_FILE = "release-signing.ed25519"
+__all__ = ["KEY_FILE", "load_or_create_key", "new_release", "public_key_text", "release_id", "verify_release"]
 
 
 def release_id(project: str, service: str, artifact_digest: str, config_digest: str, spec_digest: str) -> str:
@@ -35,31 +32,6 @@ def release_id(project: str, service: str, artifact_digest: str, config_digest: 
         }
     )
     return sha256_hex(identity)[:12]
-
-
-def load_or_create_key(keys_dir: Path) -> Ed25519PrivateKey:
-    path = keys_dir / KEY_FILE
-    if path.exists():
-        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(loaded, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an ed25519 key")
-        return loaded
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(keys_dir, 0o700)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    # Created with 0600 from the first byte: never readable by others, not even briefly.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    return key
-
-
-def public_key_text(key: Ed25519PrivateKey) -> str:
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.b64encode(raw).decode()
 
 
 def signed_content(release: ReleaseRow) -> bytes:
@@ -108,8 +80,7 @@ def new_release(
         public_key=public_key_text(key),
         signature="",
     )
-    signature = base64.b64encode(key.sign(signed_content(unsigned))).decode()
-    return replace(unsigned, signature=signature)
+    return replace(unsigned, signature=sign(key, signed_content(unsigned)))
 
 
 def verify_release(release: ReleaseRow, trusted_public_key: str) -> str | None:
@@ -125,9 +96,6 @@ def verify_release(release: ReleaseRow, trusted_public_key: str) -> str | None:
         return "its config snapshot does not match its config digest"
     if release.public_key != trusted_public_key:
         return "it was signed by a key that is not this project's signing key"
-    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted_public_key))
-    try:
-        public.verify(base64.b64decode(release.signature), signed_content(release))
-    except (InvalidSignature, ValueError):
+    if not signature_valid(trusted_public_key, release.signature, signed_content(release)):
         return "its signature does not verify"
     return None

@@ -151,3 +151,37 @@ def test_release_id_is_derived_from_content_and_signature_verifies(tmp_path: Pat
                                                   trusted) or "")
     other = load_or_create_key(tmp_path / "other")
     assert "not this project's" in (verify_release(one, public_key_text(other)) or "")
+
+
+def test_a_version_5_database_gets_signed_entries_and_the_no_replace_triggers(tmp_path: Path) -> None:
+    from ingot.signing import load_key, public_key_text
+    from ingot.store import db
+
+    state = tmp_path / "v5"
+    state.mkdir()
+    engine = db._sqlite_engine(state / "state.db")
+    with db.transaction(engine) as conn:
+        db.schema_version.create(conn)
+        db._migration_1(conn)
+        conn.execute(text("ALTER TABLE ledger DROP COLUMN signature"))  # as version 1 made it
+        for step in db.MIGRATIONS[1:5]:
+            step(conn)
+        conn.execute(db.schema_version.insert().values(version=5, applied_at=0.0))
+        conn.execute(text("INSERT INTO ledger (seq, at, actor, action, payload_json, prev_hash, hash) VALUES "
+                          f"(1, 1.0, 'old', 'build', '{{}}', '{ledger.GENESIS}', '"
+                          + ledger.entry_hash(seq=1, at=1.0, actor="old", action="build", environment=None,
+                                              service=None, subject=None, payload={}, prev_hash=ledger.GENESIS)
+                          + "')"))
+    engine.dispose()
+    store = Store(state)
+    assert store.missing_triggers() == []
+    entry = ledger.record(store, actor="new", action="deploy")
+    key = load_key(state / "keys")
+    assert key is not None and entry.signature
+    trusted = public_key_text(key)
+    # The older, unsigned entry is covered by the signed one after it.
+    assert ledger.verify_chain(store, trusted, require_signed=True) == (2, None)
+    Store(state).close()  # opening again changes nothing (the migration ran once)
+    with pytest.raises(IntegrityError, match="insert-only"), store.begin() as conn:
+        conn.execute(text("INSERT OR REPLACE INTO ledger (seq, at, actor, action, payload_json, prev_hash, hash) "
+                          "VALUES (1, 1.0, 'mallory', 'build', '{}', 'x', 'y')"))

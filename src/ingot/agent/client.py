@@ -111,7 +111,8 @@ def ensure_agent(paths: StatePaths) -> AgentClient:
         # same with systemd).
         child = subprocess.Popen(
             [sys.executable, "-m", "ingot.supervision", "--pidfile", str(paths.supervisor_pid),
-             "ingot.agent.server:supervised_main", "--", "--state", str(paths.root)],
+             "ingot.agent.server:supervised_main", "--", "--state", str(paths.root),
+             *(["--pin", str(paths.pin)] if paths.pin else [])],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -45,6 +45,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # Something that runs beside the agent for its whole life (the HTTP API of `ingot serve`).
 Companion = Callable[["Agent"], Coroutine[Any, Any, None]]
 SUPERVISE_INTERVAL = 1.0
+# A file the agent keeps a signed checkpoint of the ledger in (`ingot serve --checkpoint`; see ingot.checkpoint).
+CHECKPOINT_ENV = "INGOT_CHECKPOINT"
+CHECKPOINT_INTERVAL = 2.0
 log = logging.getLogger("ingot.agent")
 
 
@@ -82,6 +85,7 @@ class Agent:
             loop.add_signal_handler(sig, self._stopping.set)
         supervisor = asyncio.create_task(self._supervise())
         healing = asyncio.create_task(self.self_healer.run())
+        keeping = asyncio.create_task(self._keep_checkpoint())
         beside = [asyncio.create_task(companion(self)) for companion in companions]
         for task in beside:
             task.add_done_callback(self._companion_ended)
@@ -91,6 +95,7 @@ class Agent:
         await self._stopping.wait()
         supervisor.cancel()
         healing.cancel()
+        keeping.cancel()
         for task in beside:
             task.cancel()
         await asyncio.gather(*beside, return_exceptions=True)
@@ -246,6 +251,23 @@ class Agent:
                     payload={"release": row.release_id, "last_log_lines": self.runtimes.of(row).log_tail(row, 10)},
                 )
                 await self._refresh_pool((row.environment, row.service), row.release_id)
+
+    async def _keep_checkpoint(self) -> None:
+        """Keep $INGOT_CHECKPOINT up to date with the ledger: looked at every CHECKPOINT_INTERVAL, rewritten
+        when the ledger moved. What cannot be written is logged, and tried again."""
+        where = os.environ.get(CHECKPOINT_ENV)
+        if not where:
+            return
+        from ingot import checkpoint
+
+        path = Path(where)
+        project = self.healer.project() or self.paths.root.name
+        while True:
+            try:
+                await asyncio.to_thread(checkpoint.keep, self.store, self.paths.keys, project, path)
+            except (IngotError, OSError) as exc:
+                log.warning("the ledger checkpoint %s could not be written: %s", path, exc)
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
 
     async def _refresh_pool(self, key: Key, release_id: str, router: Router | None = None) -> None:
         router = router or self.routers.get(key)
@@ -528,10 +550,12 @@ def run_agent(paths: StatePaths, companions: Sequence[Companion] = ()) -> None:
 
 
 def supervised_main(args: list[str]) -> int:
-    """The agent as `ingot.supervision` runs it: `--state DIR`; the exit code tells the supervisor what to do."""
+    """The agent as `ingot.supervision` runs it: `--state DIR [--pin FILE]`; the exit code tells the supervisor
+    what to do."""
     import sys
 
-    paths = StatePaths(Path(args[args.index("--state") + 1]).resolve())
+    pin = Path(args[args.index("--pin") + 1]) if "--pin" in args else None
+    paths = StatePaths(Path(args[args.index("--state") + 1]).resolve(), pin=pin)
     try:
         run_agent(paths)
     except IngotError as exc:

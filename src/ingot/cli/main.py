@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ingot import __version__, build_release, ledger, operations
-from ingot.cli.output import Progress, console, errors, print_json, short, when
+from ingot.cli.output import Progress, console, errors, pinned_note, print_json, short, when
 from ingot.diskspace import disk_full_error, is_disk_full
 from ingot.errors import IngotError, UserInputError
 from ingot.project import Project, open_project
@@ -156,6 +156,9 @@ def build(service: Annotated[str | None, typer.Argument(help="Service to build (
     """Build immutable artifacts (reused when the input is unchanged and the stored copy verifies)."""
     project = project_for(file)
     environment = guarded(lambda: project.environment(env_name(env)))
+    pinned = guarded(lambda: build_release.check_pin(project))
+    if pinned is not None and not as_json:
+        console.print(pinned_note(pinned), markup=False)
     results = []
     for name in guarded(lambda: project.services(service)):
         result = guarded(lambda n=name: build_release.build(project, environment, n,  # type: ignore[misc]
@@ -582,9 +585,13 @@ def agent(foreground: Annotated[bool, typer.Option("--foreground", help="Run att
     from ingot.agent.selfheal import heal_interval as parse_interval
     from ingot.agent.server import run_agent
     from ingot.paths import StatePaths
+    from ingot.signing import pin_path
 
     state = _global["state"]
-    paths = StatePaths(state.resolve()) if state is not None else project_for(file).paths
+    spec = spec_path(file)
+    # With --state alone the spec may not be at hand; its pin is used when it is (see ingot.signing).
+    paths = (StatePaths(state.resolve(), pin=pin_path(spec) if spec.exists() else None) if state is not None
+             else project_for(file).paths)
     if heal_interval is not None:
         guarded(lambda: parse_interval(heal_interval, "--heal-interval"))
         os.environ[INTERVAL_ENV] = heal_interval  # the agent, here or in the background, reads it
@@ -630,24 +637,49 @@ def _summary(payload: dict[str, Any]) -> str:
 
 
 @audit_app.command("verify")
-def audit_verify(file: SpecFile = None, as_json: AsJson = False) -> None:
-    """Check the ledger's hash chain, every release signature, every stored artifact's digest and the
-    database's integrity; exit 1 naming what is bad."""
+def audit_verify(file: SpecFile = None,
+                 checkpoint: Annotated[Path | None, typer.Option(
+                     "--checkpoint", help="A checkpoint written by 'ingot audit checkpoint' (kept outside the "
+                     "store): fail if the ledger is shorter than it or differs at its entry.")] = None,
+                 as_json: AsJson = False) -> None:
+    """Check the ledger's hash chain and signatures and every release signature against the pinned key, the
+    insert-only triggers, every stored artifact's digest and the database's integrity; exit 1 naming what
+    is bad. Never makes a key."""
     project = project_for(file)
-    report = guarded(lambda: operations.audit_verify(project, deep=True))
+    report = guarded(lambda: operations.audit_verify(project, deep=True, checkpoint_file=checkpoint))
     if as_json:
         print_json({"ok": report.ok, "entries": report.entries_checked, "releases": report.releases_checked,
-                    "artifacts": report.artifacts_checked, "problems": report.problems})
+                    "artifacts": report.artifacts_checked, "trusted": report.trusted,
+                    "checkpoint": report.checkpoint, "problems": report.problems})
     elif report.ok:
-        console.print(f"ledger intact: {report.entries_checked} entries chained; "
-                      f"{report.releases_checked} release signatures valid; "
-                      f"{report.artifacts_checked} stored artifacts match their digests; database integrity ok")
+        against = f"; the ledger reaches checkpoint {report.checkpoint}" if report.checkpoint else ""
+        console.print(f"ledger intact: {report.entries_checked} entries chained and signed; "
+                      f"{report.releases_checked} release signatures valid (checked against {report.trusted}); "
+                      f"insert-only triggers in place; {report.artifacts_checked} stored artifacts match their "
+                      f"digests; database integrity ok{against}", markup=False)
     else:
         for problem in report.problems:
-            label = "DAMAGED" if problem.startswith(("database", "artifact", "the ledger")) else "TAMPERED"
+            label = "DAMAGED" if problem.startswith(("database", "artifact", "the ledger and releases")) else "TAMPERED"
             errors.print(f"{label}: {problem}", markup=False)
+        errors.print(f"(signatures checked against {report.trusted})", markup=False)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(file: SpecFile = None,
+                     out: Annotated[Path | None, typer.Option(
+                         "--out", help="Write it to this file (keep it outside the state directory: another "
+                         "disk, another machine); default: print it.")] = None,
+                     as_json: AsJson = False) -> None:
+    """A signed checkpoint of the ledger's head (seq, hash, time): 'audit verify --checkpoint' tells a ledger
+    cut or rewritten since."""
+    project = project_for(file)
+    made = guarded(lambda: operations.audit_checkpoint(project, out))
+    if out is None or as_json:
+        print_json(made)
+    else:
+        console.print(f"checkpoint of entry {made['seq']} written to {out}", markup=False)
 
 
 def _register_command_modules() -> None:

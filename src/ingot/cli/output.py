@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +15,10 @@ from rich.status import Status
 _WIDTH = None if sys.stdout.isatty() else 160
 console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 errors = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+
+
+def pinned_note(path: Path) -> str:
+    return f"pinned public key in {path.name}: commit it (releases are checked against it before they start)"
 
 
 def print_json(data: Any) -> None:
@@ -75,6 +80,8 @@ class Progress:
             if event.get("replaced_corrupt"):
                 how = "built: the stored copy was damaged and has been replaced"
             self._line(f"{service}: artifact {short(event['digest'])} ({how})")
+        elif kind == "pinned":
+            self._line(pinned_note(Path(event["path"])))
         elif kind == "release":
             how = "new, signed" if event.get("created") else "already exists"
             self._line(f"{service}: release {event['release']} ({how})")

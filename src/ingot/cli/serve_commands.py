@@ -25,6 +25,9 @@ def serve_command(
                                                   "deploys to (default: the spec's first).")] = None,
     interval: Annotated[str, typer.Option("--interval", help="With --watch: time between fetches.")] = "10s",
     path: Annotated[str, typer.Option("--path", help="With --watch: the spec's path in the repo.")] = "ingot.yaml",
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", help="Keep a signed checkpoint of the ledger in this file, updated as the ledger grows "
+        "(keep it outside the state: 'ingot audit verify --checkpoint FILE' tells a ledger cut since).")] = None,
 ) -> None:
     """Run the agent in the foreground with the HTTP API (OpenAPI at /openapi.json) and the dashboard."""
     from ingot.api.server import serve
@@ -57,6 +60,13 @@ def serve_command(
             return found
 
         watchers.append(guarded(watcher))
+    if checkpoint is not None:
+        import os
+
+        from ingot.agent.server import CHECKPOINT_ENV
+
+        os.environ[CHECKPOINT_ENV] = str(checkpoint.resolve())  # the agent, run below, keeps it
+        console.print(f"keeping a signed checkpoint of the ledger in {checkpoint}", markup=False)
     shown = f"[{host}]" if ":" in host else host
     console.print(f"ingot serving {project.spec.project} on http://{shown}:{port}/ (API: /api/v1, "
                   f"OpenAPI: /openapi.json, metrics: /metrics)", markup=False)

@@ -402,10 +402,11 @@ def _expected_release(project: Project, environment: str, name: str, service: Se
     """The release of a pinned image, as a deploy would make it (not stored); None for a build."""
     if service.image is None:
         return None
-    from ingot.releases import load_or_create_key, new_release
+    from ingot.build_release import signing_key
+    from ingot.releases import new_release
 
     config = config_ops.release_config(project, environment, name, service)
-    return new_release(key=load_or_create_key(project.paths.keys), project=project.spec.project, service=name,
+    return new_release(key=signing_key(project), project=project.spec.project, service=name,
                        artifact_digest=service.image, spec=service.release_fields(), config=config,
                        actor=current_actor())
 

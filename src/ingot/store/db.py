@@ -13,7 +13,7 @@ from sqlalchemy.engine import ExceptionContext
 
 from ingot.diskspace import HEADROOM, DiskFull, free_bytes, human
 from ingot.errors import OperationFailed
-from ingot.store.schema import metadata, schema_version
+from ingot.store.schema import INSERT_ONLY_TABLES, metadata, schema_version, sqlite_triggers
 
 WRITE = "ingot_write"
 # SQLite's primary result codes (the low byte of an extended code) that are not ingot's bugs.
@@ -79,12 +79,8 @@ def _sqlite_engine(path: Path) -> Engine:
 
 
 def _sqlite_triggers(table: str) -> list[str]:
-    return [
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_update BEFORE UPDATE ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is insert-only: rows are never updated'); END",
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_delete BEFORE DELETE ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is insert-only: rows are never deleted'); END",
-    ]
+    """The UPDATE and DELETE triggers migrations 1 and 4 made (the no-replace ones came with migration 6)."""
+    return list(sqlite_triggers(table, ("no_update", "no_delete")).values())
 
 
 # Version 1's insert-only tables. Named here, not taken from the schema module, so that migration 1 stays
@@ -136,9 +132,20 @@ def _migration_5(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE locks ADD COLUMN {column}"))
 
 
+def _migration_6(conn: Connection) -> None:
+    # Signed ledger entries, and inserts that would replace a row of an insert-only table refused.
+    # (Migration 1 makes the ledger from the current table definition, which has the column already.)
+    columns = {str(row[1]) for row in conn.exec_driver_sql("PRAGMA table_info(ledger)")}
+    if "signature" not in columns:
+        conn.execute(text("ALTER TABLE ledger ADD COLUMN signature VARCHAR(128)"))
+    for table in INSERT_ONLY_TABLES:
+        for statement in sqlite_triggers(table, ("no_replace",)).values():
+            conn.execute(text(statement))
+
+
 # Each migration moves the schema from version N-1 to N; they are applied in order and never edited.
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
-                                                   _migration_5]
+                                                   _migration_5, _migration_6]
 
 
 def migrate(engine: Engine) -> int:

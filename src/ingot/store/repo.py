@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, select
 
+from ingot.paths import StatePaths
+from ingot.signing import register_store
 from ingot.store import schema as t
 from ingot.store.db import open_engine, transaction
 
@@ -141,9 +143,17 @@ class Store:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.engine: Engine = open_engine(state_dir)
+        # Its ledger entries are signed with the state's signing key (or $INGOT_SIGNING_KEY's).
+        register_store(self.engine, StatePaths(state_dir).keys)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def missing_triggers(self) -> list[str]:
+        """The insert-only triggers (see `schema.insert_only_triggers`) the database does not have."""
+        with self.engine.connect() as conn:
+            present = {str(r[0]) for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        return [name for name in t.insert_only_triggers() if name not in present]
 
     def integrity_problems(self, limit: int = 20, *, quick: bool = False) -> list[str]:
         """SQLite's own check of every page and index (`PRAGMA integrity_check`); empty when sound.

@@ -1,8 +1,9 @@
 """Tables and versioned migrations of ingot's state store.
 
 Insert-only tables (releases, deployments, deployment_steps, activations, ledger, artifacts, config_values,
-secret_versions) are protected by database triggers: an UPDATE or DELETE fails in the database itself,
-whoever issues it.
+secret_versions) are protected by database triggers: an UPDATE, a DELETE, or an INSERT that would replace a
+row (`INSERT OR REPLACE`, `REPLACE`, an UPSERT) fails in the database itself, whoever issues it. The
+triggers are defined here, once (`insert_only_triggers`); `ingot audit verify` checks every one is there.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ ledger = Table(
     Column("payload_json", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # Since schema 6: the signing key's signature of `hash`, which covers the chain up to this entry.
+    Column("signature", String(128), nullable=True),
 )
 
 # Bookkeeping of running replicas. Unlike the history tables this one changes (an instance stops),
@@ -183,5 +186,46 @@ schema_version = Table(
     Column("applied_at", Float, nullable=False),
 )
 
-INSERT_ONLY_TABLES = ("releases", "artifacts", "deployments", "deployment_steps", "activations", "ledger",
-                      "config_values", "secret_versions")
+# Each insert-only table with the keys that identify a row (its primary key, its unique constraints).
+INSERT_ONLY_KEYS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "releases": (("id",),),
+    "artifacts": (("digest",),),
+    "deployments": (("id",),),
+    "deployment_steps": (("id",),),
+    "activations": (("id",),),
+    "ledger": (("seq",),),
+    "config_values": (("id",), ("environment", "key", "version")),
+    "secret_versions": (("id",), ("environment", "name", "version")),
+}
+INSERT_ONLY_TABLES = tuple(INSERT_ONLY_KEYS)
+TRIGGER_KINDS = ("no_update", "no_delete", "no_replace")
+
+
+def sqlite_triggers(table: str, kinds: tuple[str, ...] = TRIGGER_KINDS) -> dict[str, str]:
+    """The insert-only triggers of `table` (name -> SQLite DDL).
+
+    `no_replace` is needed beside `no_delete`: SQLite's REPLACE conflict resolution deletes the row in the
+    way without firing DELETE triggers (unless recursive_triggers is on). A BEFORE INSERT trigger fires
+    before conflict resolution, so refusing an insert whose key is taken catches REPLACE and UPSERT alike.
+    """
+    found = {}
+    for kind in kinds:
+        name = f"{table}_{kind}"
+        if kind == "no_update":
+            found[name] = (f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE UPDATE ON {table} "
+                           f"BEGIN SELECT RAISE(ABORT, '{table} is insert-only: rows are never updated'); END")
+        elif kind == "no_delete":
+            found[name] = (f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE DELETE ON {table} "
+                           f"BEGIN SELECT RAISE(ABORT, '{table} is insert-only: rows are never deleted'); END")
+        else:
+            taken = " OR ".join("(" + " AND ".join(f"{c} = NEW.{c}" for c in key) + ")"
+                                for key in INSERT_ONLY_KEYS[table])
+            found[name] = (f"CREATE TRIGGER IF NOT EXISTS {name} BEFORE INSERT ON {table} "
+                           f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {taken}) "
+                           f"BEGIN SELECT RAISE(ABORT, '{table} is insert-only: rows are never replaced'); END")
+    return found
+
+
+def insert_only_triggers() -> dict[str, str]:
+    """Every trigger that keeps the insert-only tables insert-only: name -> SQLite DDL."""
+    return {name: ddl for table in INSERT_ONLY_TABLES for name, ddl in sqlite_triggers(table).items()}
