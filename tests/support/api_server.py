@@ -30,7 +30,9 @@ def serving(example: ExampleProject, *extra: str) -> Iterator[Served]:
     port = free_port()
     log = open(example.root / "serve.log", "wb")  # noqa: SIM115 - closed below, after the process
     env = {**os.environ, "INGOT_ACTOR": "server@ci"}
-    process = subprocess.Popen([sys.executable, "-m", "ingot", "serve", "--listen", f"127.0.0.1:{port}", *extra],
+    # Short failed-authentication delays: the tests that present wrong tokens make many requests in a row.
+    process = subprocess.Popen([sys.executable, "-m", "ingot", "serve", "--listen", f"127.0.0.1:{port}",
+                                "--auth-delay", "0.2s", *extra],
                                cwd=example.root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
