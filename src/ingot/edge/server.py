@@ -32,7 +32,7 @@ from ingot import __version__, pidfile
 from ingot.agent.protocol import decode, encode
 from ingot.edge.home import EdgeHome
 from ingot.errors import IngotError, OperationFailed, UserInputError
-from ingot.routers.base import Address, HealthCheck, Router
+from ingot.routers.base import Address, ClientPolicy, HealthCheck, Router, raise_open_files_limit
 
 log = logging.getLogger("ingot.edge")
 KINDS = ("builtin", "haproxy")
@@ -51,6 +51,7 @@ class RouteState:
     weights: dict[str, int] = field(default_factory=dict)
     draining: list[str] = field(default_factory=list)
     health: dict[str, Any] | None = None  # a `HealthCheck` as a dict
+    clients: dict[str, Any] | None = None  # a `ClientPolicy` as a dict
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RouteState:
@@ -61,6 +62,7 @@ class RouteState:
             weights={str(r): int(w) for r, w in raw.get("weights", {}).items()},
             draining=[str(r) for r in raw.get("draining", [])],
             health=dict(raw["health"]) if raw.get("health") else None,
+            clients=dict(raw["clients"]) if raw.get("clients") else None,
         )
 
 
@@ -142,10 +144,11 @@ class Edge:
 
             workdir = self.home.router_dir(state.id)
             stop_leftover_haproxy(workdir)  # left by an edge that died; TODO: adopt it instead
-            return HAProxyRouter(state.listen, name=state.name, workdir=workdir)
+            return HAProxyRouter(state.listen, name=state.name, workdir=workdir,
+                                 clients=ClientPolicy.from_dict(state.clients))
         from ingot.routers.builtin import BuiltinRouter
 
-        return BuiltinRouter(state.listen, name=state.name)
+        return BuiltinRouter(state.listen, name=state.name, clients=ClientPolicy.from_dict(state.clients))
 
     def _persist(self) -> None:
         path = self.home.state_file
@@ -170,7 +173,8 @@ class Edge:
             raise OperationFailed(f"the edge has no router {router_id!r} (ensure it first)")
         return state, router
 
-    async def ensure(self, router_id: str, owner: str, name: str, kind: str, listen: Address) -> dict[str, Any]:
+    async def ensure(self, router_id: str, owner: str, name: str, kind: str, listen: Address,
+                     clients: dict[str, Any] | None = None) -> dict[str, Any]:
         if kind not in KINDS:
             raise UserInputError(f"unknown router kind {kind!r}; expected one of {', '.join(KINDS)}")
         state = self.states.get(router_id)
@@ -186,6 +190,7 @@ class Edge:
                     details=[f"its state directory: {other.owner}", "choose another `router.listen` address"])
         if state is None:
             state = RouteState(id=router_id, owner=owner, name=name, kind=kind, listen=listen)
+        state.clients = ClientPolicy.from_dict(clients).as_dict()  # checked here: a bad one is refused
         router = await self._build(state)
         state.listen = router.listen_address  # the bound port, so that a restart binds the same one
         self.states[router_id] = state
@@ -212,6 +217,18 @@ class Edge:
         await router.set_health(HealthCheck(**check))
         state.health = asdict(HealthCheck(**check))
         self._persist()
+        return {}
+
+    async def set_clients(self, router_id: str, clients: dict[str, Any]) -> dict[str, Any]:
+        """New limits on a router's clients. The built-in router applies them at once; HAProxy's are in its
+        configuration, which is never reloaded: they apply when its haproxy starts again."""
+        state, router = self._router(router_id)
+        policy = ClientPolicy.from_dict(clients)
+        state.clients = policy.as_dict()
+        self._persist()
+        configure = getattr(router, "set_clients", None)
+        if configure is not None:
+            configure(policy)
         return {}
 
     async def drain(self, router_id: str, release: str, timeout: float) -> dict[str, Any]:
@@ -313,7 +330,8 @@ class Edge:
             match op:
                 case "ensure":
                     return await self.ensure(router_id, str(request["owner"]), str(request["name"]),
-                                             str(request["kind"]), _address(request["listen"]))
+                                             str(request["kind"]), _address(request["listen"]),
+                                             request.get("clients"))
                 case "set_backends":
                     return await self.set_backends(router_id, str(request["release"]),
                                                    [_address(a) for a in request["addrs"]])
@@ -327,6 +345,8 @@ class Edge:
                                                      float(request["timeout"]))
                 case "set_health":
                     return await self.set_health(router_id, dict(request["check"]))
+                case "set_clients":
+                    return await self.set_clients(router_id, dict(request["clients"]))
                 case "remove_release":
                     return await self.remove_release(router_id, str(request["release"]))
                 case "release":
@@ -341,4 +361,5 @@ def run_edge(home: EdgeHome, *, persistent: bool = False) -> None:
 
         install_fast_loop()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log.info("open files limit: %d", raise_open_files_limit())
         asyncio.run(Edge(home, persistent=persistent).run())

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import IO
 
 from ingot.errors import OperationFailed
-from ingot.routers.base import Address, HealthCheck, ReleaseStats
+from ingot.routers.base import Address, ClientPolicy, HealthCheck, ReleaseStats
 from ingot.routers.haproxy_config import BACKEND, RELEASE_NAME, Timeouts, render_config, server_name
 from ingot.routers.health import BackendHealth, HealthMonitor, address_key, fail_open
 
@@ -279,8 +279,10 @@ class HAProxyRouter:
         haproxy: str = "haproxy",
         maxconn: int = 4096,
         timeouts: Timeouts | None = None,
+        clients: ClientPolicy | None = None,
     ) -> None:
         self.name = name
+        self.clients = clients or ClientPolicy()  # written into the configuration: applies from `start`
         self.workdir = Path(workdir)
         self.haproxy = haproxy
         self.maxconn = maxconn
@@ -346,6 +348,7 @@ class HAProxyRouter:
                     listen_fd=listener.fileno(),
                     maxconn=self.maxconn,
                     timeouts=self.timeouts,
+                    clients=self.clients,
                 )
             )
             await self._spawn(binary, listener.fileno())
