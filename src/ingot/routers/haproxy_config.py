@@ -61,7 +61,7 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
     """The whole configuration file; `listen_fd` is a listening socket haproxy inherits."""
     t = timeouts
     c = clients or ClientPolicy(head_timeout=t.request, max_connections=maxconn)
-    maxconn = max(maxconn, c.max_connections + _OVER_CAP)
+    maxconn = min(max(maxconn, c.max_connections + _OVER_CAP), _fd_bound())
     trusted = " ".join(c.trusted_proxies)
     forwarded = ([f"    http-request del-header X-Forwarded-For unless {{ src {trusted} }}"] if trusted
                  else ["    http-request del-header X-Forwarded-For"])
@@ -100,7 +100,8 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         "",
         f"frontend {FRONTEND}",
         f"    bind fd@{listen_fd}",
-        f'    http-request return status 503 content-type text/plain string "{TOO_MANY_503}" '
+        # `deny` (not `return`) closes the connection after answering, as the built-in router does.
+        f'    http-request deny status 503 content-type text/plain string "{TOO_MANY_503}" '
         f"if {{ fe_conn gt {c.max_connections} }}",
         "    http-request deny deny_status 400 if { req.hdr_cnt(host) gt 1 }",
         "    http-request deny deny_status 400 if { req.ver 1.1 } !{ req.hdr_cnt(host) eq 1 }",
@@ -119,6 +120,16 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         "",
     ]
     return "\n".join(lines)
+
+
+def _fd_bound() -> int:
+    """The most connections haproxy can hold here: it needs two files per connection (client and server
+    side) and refuses to start when the hard RLIMIT_NOFILE cannot cover that. Past it, connections wait in
+    the listen backlog instead of being answered 503."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return (1 << 20) if hard == resource.RLIM_INFINITY else max(256, (hard - 1000) // 2)
 
 
 def _ms(seconds: float) -> str:
