@@ -182,6 +182,8 @@ class Edge:
             if state.kind != kind:
                 raise UserInputError(f"router {state.name} on {state.listen[0]}:{state.listen[1]} is {state.kind}, "
                                      f"not {kind}")
+            if clients is not None and ClientPolicy.from_dict(clients).as_dict() != state.clients:
+                await self.set_clients(router_id, clients)  # the spec changed while its agent was away
             return {"listen": list(self.routers[router_id].listen_address), "created": False}
         for other in self.states.values():
             if other.id != router_id and other.listen == listen and listen[1] != 0:
