@@ -19,14 +19,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.api_server import Served
-from tests.support.api_server import serving as api_serving
-from tests.support.harness import ExampleProject, make_example, poll, stop_everything
-from tests.support.routers import haproxy_bin, kill_haproxy_of
 
 from ingot.routers.base import ClientPolicy, Router
 from ingot.routers.builtin import BuiltinRouter
 from ingot.routers.testing import TestBackend, serving
+from tests.support.api_server import Served
+from tests.support.api_server import serving as api_serving
+from tests.support.harness import ExampleProject, make_example, poll, stop_everything
+from tests.support.routers import haproxy_bin, kill_haproxy_of
 
 __all__ = ["haproxy_bin"]
 
