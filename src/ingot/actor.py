@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-# Set per request by the HTTP API, so that its calls are recorded under the caller's name.
+# Set per request by the HTTP API, so that its calls are recorded under the name of the token that made them.
 _acting_as: ContextVar[str | None] = ContextVar("ingot_actor", default=None)
-_PRINTABLE = re.compile(r"[^\w.@:/+ -]")
 
 
 def current_actor() -> str:
@@ -36,10 +34,3 @@ def acting_as(name: str) -> Iterator[None]:
         yield
     finally:
         _acting_as.reset(token)
-
-
-def api_actor(claimed: str | None) -> str:
-    """The name an API call is recorded under: what the caller says (it holds the token, so it is trusted
-    as far as the token is), cleaned and marked as coming through the API."""
-    name = _PRINTABLE.sub("", (claimed or "").strip())[:80]
-    return f"{name or 'anonymous'} (api)"

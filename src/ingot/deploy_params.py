@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ingot.routers.base import HealthCheck
+from ingot.routers.base import ClientPolicy, HealthCheck
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,12 @@ class DeployParams:
     runtime: str = "process"
     strategy_options: dict[str, Any] = field(default_factory=dict)  # the spec's strategy block
     self_heal: bool = True  # the environment's: the agent repairs drift on its own, or only records it
+    clients: ClientPolicy = field(default_factory=ClientPolicy)  # the router's limits on its clients
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["listen"] = f"{self.listen[0]}:{self.listen[1]}"
+        data["clients"] = self.clients.as_dict()
         return data
 
     @staticmethod
@@ -62,4 +64,5 @@ class DeployParams:
             runtime=str(data.get("runtime", "process")),
             strategy_options=dict(data.get("strategy_options") or {}),
             self_heal=bool(data.get("self_heal", True)),
+            clients=ClientPolicy.from_dict(data.get("clients")),
         )

@@ -30,6 +30,7 @@ from ingot.plan import StrategyOptions, Target, plan_for
 from ingot.project import Project
 from ingot.releases import verify_release
 from ingot.retention import ReleaseInfo, decide
+from ingot.routers.base import ClientPolicy
 from ingot.runtimes.process import labelled_processes, terminate_group
 from ingot.runtimes.registry import Runtimes
 from ingot.signing import trusted_key
@@ -58,6 +59,10 @@ def deploy_params(service: ServiceSpec, *, self_heal: bool = True) -> DeployPara
         runtime=service.runtime,
         strategy_options=service.strategy.model_dump(mode="json"),
         self_heal=self_heal,
+        clients=ClientPolicy(head_timeout=service.router.head_timeout, min_body_rate=service.router.min_body_rate,
+                             max_connections=service.router.max_connections,
+                             trusted_proxies=tuple(service.router.trusted_proxies),
+                             release_header=service.router.release_header),
     )
 
 

@@ -91,13 +91,13 @@ def test_deploy_and_rollback_through_the_api(served: tuple[ExampleProject, Serve
     first = example.get()["release"]
     example.set_version("2")
     with server.client() as client:
-        response = client.post("/api/v1/deploy", json={}, headers={"X-Ingot-Actor": "alice"})
+        response = client.post("/api/v1/deploy", json={}, headers={"X-Ingot-Actor": "alice"})  # not believed
         assert response.status_code == 200, response.text
         outcome = response.json()[0]
         answer = example.get()
         assert (answer["version"], answer["release"]) == ("2", outcome["release"])
         detail = client.get(f"/api/v1/deployments/{outcome['deployment']}").json()
-        assert detail["outcome"] == "succeeded" and detail["actor"] == "alice (api)"
+        assert detail["outcome"] == "succeeded" and detail["actor"] == "default (api)"
         assert [s["name"] for s in detail["steps"]][-1] == "finish"
         back = client.post("/api/v1/rollback", json={"service": "web"}, headers={"X-Ingot-Actor": "bob"})
         assert back.status_code == 200 and back.json()[0]["release"] == first
@@ -109,7 +109,7 @@ def test_deploy_and_rollback_through_the_api(served: tuple[ExampleProject, Serve
         extra = client.post("/api/v1/deploy", json={"enviroment": "staging"})
         assert extra.status_code == 422
     log = example.ingot("audit", "log", "--json", "--limit", "200").json
-    assert any(e["action"] == "rollback.finish" and e["actor"] == "bob (api)" for e in log)
+    assert any(e["action"] == "rollback.finish" and e["actor"] == "default (api)" for e in log)
 
 
 def test_the_cli_drives_a_remote_server(served: tuple[ExampleProject, Served], tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_the_cli_drives_a_remote_server(served: tuple[ExampleProject, Served], t
     deployed = ingot("deploy", "--json")
     assert deployed.code == 0, deployed.err
     assert example.get()["version"] == "3"
-    assert ingot("history", "--json").json[0]["actor"] == "tester@ci (api)"
+    assert ingot("history", "--json").json[0]["actor"] == "default (api)"  # the token's name
     assert ingot("abort").code == 2  # nothing in progress: the server's error, as a local one would say
     wrong = ingot("status", env={**remote, "INGOT_TOKEN": "nope"})
     assert wrong.code == 2 and "refused the token" in wrong.err

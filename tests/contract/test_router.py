@@ -191,6 +191,11 @@ def test_drain_backends_keeps_the_release_serving_with_its_weight(run: Any, make
         async with routed(make_router(), {"A": pool}, {"A": 1}) as (router, base), client(base) as http:
             slow = asyncio.create_task(http.get("/sleep?s=0.5"))
             await in_flight(router, "A")
+            # In flight at the router comes before the backend has read the request: wait for that too.
+            for _ in range(500):
+                if any(b.requests for b in pool):
+                    break
+                await asyncio.sleep(0.01)
             busy = next(b for b in pool if b.requests == 1)
             other = next(b for b in pool if b is not busy)
             started = time.monotonic()

@@ -152,7 +152,8 @@ def test_a_canary_shows_live_then_a_rollback_from_the_page_is_recorded(
     assert (answer["version"], answer["release"]) == ("1", v1)
     entries = api(server, "ledger", tail="true", limit=50)["entries"]
     rollback = [e for e in entries if e["action"] == "rollback.start"]
-    assert [(e["actor"], e["payload"]["to"], e["payload"]["from"]) for e in rollback] == [("dashboard (api)", v1, v2)]
+    # The actor is the name of the token the dashboard signed in with.
+    assert [(e["actor"], e["payload"]["to"], e["payload"]["from"]) for e in rollback] == [("default (api)", v1, v2)]
     assert any(e["action"] == "rollback.finish" and e["payload"]["outcome"] == "succeeded" for e in entries)
     # The page follows: the live release, the history and the ledger, all without a reload.
     expect(page.locator("#services tr[data-service=web] .live-release")).to_have_text(v1)

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -17,10 +18,10 @@ from ingot.routers.testing import TestBackend, serving
 
 @asynccontextmanager
 async def routed(
-    workdir: Path, haproxy: str, pools: dict[str, list[TestBackend]], weights: dict[str, int]
+    workdir: Path, haproxy: str, pools: dict[str, list[TestBackend]], weights: dict[str, int], **options: Any
 ) -> AsyncIterator[tuple[HAProxyRouter, str]]:
     """Backends started, a started router over them with `weights`; yields (router, base URL)."""
-    router = HAProxyRouter(("127.0.0.1", 0), name="test", workdir=workdir, haproxy=haproxy)
+    router = HAProxyRouter(("127.0.0.1", 0), name="test", workdir=workdir, haproxy=haproxy, **options)
     async with serving(router, pools, weights) as base:
         yield router, base
 

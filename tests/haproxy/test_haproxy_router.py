@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from ingot.errors import OperationFailed
+from ingot.routers.base import ClientPolicy
 from ingot.routers.haproxy import HAProxyRouter, parse_stat, passive_delta, server_weights
 from ingot.routers.haproxy_config import BACKEND
 from ingot.routers.testing import TestBackend
@@ -62,7 +63,9 @@ def test_passive_delta_counts_failed_attempts_once() -> None:
 def test_x_forwarded_for_and_release_header(run: Any, workdir: Path, haproxy_bin: str) -> None:
     async def body() -> None:
         pools = {"rel-1.a_b": [TestBackend("A-1")]}
-        async with routed(workdir, haproxy_bin, pools, {"rel-1.a_b": 1}) as (_, base), client(base) as http:
+        trusted = ClientPolicy(trusted_proxies=("127.0.0.0/8",))  # else a client's X-Forwarded-For is dropped
+        async with routed(workdir, haproxy_bin, pools, {"rel-1.a_b": 1}, clients=trusted) as (_, base), \
+                client(base) as http:
             plain = await http.get("/headers", headers={"Host": "shop.example"})
             chained = await http.get("/headers", headers={"X-Forwarded-For": "10.0.0.1"})
         assert plain.headers["x-ingot-release"] == "rel-1.a_b"

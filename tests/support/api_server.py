@@ -30,12 +30,14 @@ def serving(example: ExampleProject, *extra: str) -> Iterator[Served]:
     port = free_port()
     log = open(example.root / "serve.log", "wb")  # noqa: SIM115 - closed below, after the process
     env = {**os.environ, "INGOT_ACTOR": "server@ci"}
-    process = subprocess.Popen([sys.executable, "-m", "ingot", "serve", "--listen", f"127.0.0.1:{port}", *extra],
+    # Short failed-authentication delays: the tests that present wrong tokens make many requests in a row.
+    process = subprocess.Popen([sys.executable, "-m", "ingot", "serve", "--listen", f"127.0.0.1:{port}",
+                                "--auth-delay", "0.2s", *extra],
                                cwd=example.root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if '--tls-cert' in extra else 'http'}://127.0.0.1:{port}"
     try:
-        try:
-            poll(lambda: httpx.get(f"{url}/healthz", timeout=2, trust_env=False).status_code == 200,
+        try:  # the certificate is the test's to check; here it is only whether serve answers
+            poll(lambda: httpx.get(f"{url}/healthz", timeout=2, trust_env=False, verify=False).status_code == 200,
                  timeout=60, what="ingot serve answering")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nserve.log:\n{(example.root / 'serve.log').read_text()}") from None

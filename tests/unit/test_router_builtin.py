@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from ingot.routers.base import ClientPolicy
 from ingot.routers.builtin import BuiltinRouter
 from ingot.routers.testing import TestBackend, blob_chunks, serving
 from tests.support.routers import run
@@ -208,7 +209,9 @@ def test_expect_100_continue_is_answered(run: Any) -> None:
 
 def test_forwarded_headers_added_and_hop_by_hop_stripped(run: Any) -> None:
     async def body() -> None:
-        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, _):
+        # From a trusted proxy, the client's X-Forwarded-For is kept (tests/security: from others it is not).
+        trusted = ClientPolicy(trusted_proxies=("127.0.0.0/8",))
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}, clients=trusted) as (router, _):
             reader, writer = await raw_connect(router)
             writer.write(
                 b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 10.0.0.1\r\n"

@@ -125,6 +125,8 @@ class Agent:
         router = self.routers.get(key)
         if router is not None and router.listen_address == params.listen:
             await router.set_health(params.health.for_router())
+            if isinstance(router, EdgeRouter):
+                await router.set_clients(params.clients)
             kind = getattr(router, "kind", params.router_kind)
             if kind != params.router_kind:
                 host, port = params.listen
@@ -148,7 +150,7 @@ class Agent:
         host, port = params.listen
         return EdgeRouter(self.edge, router_id=f"{self.paths.root}#{key[0]}/{key[1]}@{host}:{port}",
                           owner=str(self.paths.root), name=f"{self.healer.project() or '?'} {key[0]}/{key[1]}",
-                          kind=params.router_kind, listen=params.listen)
+                          kind=params.router_kind, listen=params.listen, clients=params.clients)
 
     async def adopt_router(self, key: Key, router: Router) -> None:
         """Make `router` the service's router, retiring the one it replaces."""

@@ -1,29 +1,31 @@
-"""The FastAPI app: read endpoints, actions, metrics and the dashboard, behind one bearer token.
+"""The FastAPI app: read endpoints, actions, metrics and the dashboard, behind bearer tokens.
 
-Every endpoint but `/healthz` and the dashboard's static shell needs the token. Handlers are plain
+Every endpoint but `/healthz`, the dashboard's static shell, `/docs` and `/openapi.json` needs a token, checked
+with its scope by `ingot.api.guard` before the request's body is read (reads need `read`, actions `deploy`);
+the token's name is the actor recorded for what the request does. Handlers are plain
 functions (FastAPI runs them in its thread pool) because the service functions they call block: they
 talk to the agent over its local socket, and the agent runs in this same process's event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
+from swagger_ui_bundle import swagger_ui_path
 
 from ingot import __version__, operations, views
-from ingot.actor import acting_as, api_actor
+from ingot.api.guard import MAX_BODY_DEFAULT, Backoff, Guard
 from ingot.api.metrics import render_metrics
 from ingot.errors import IngotError
 from ingot.project import Project, open_project
 from ingot.store import Store
-from ingot.tokens import token_matches
 
 STATIC = Path(__file__).parent / "static"
 # The dashboard runs only its own files: no inline script or style, nothing from elsewhere, no framing. A value
@@ -35,8 +37,15 @@ DASHBOARD_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+# Only for the OpenAPI document (its security scheme, Swagger UI's "Authorize"): `Guard` does the checking.
 _bearer = HTTPBearer(auto_error=False)
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+# Swagger UI's own files, from the swagger-ui-bundle package: /docs loads nothing from elsewhere.
+SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+_PUBLIC = frozenset({"/", "/healthz", "/docs", "/openapi.json"})
+
+
+def is_public(path: str) -> bool:
+    return path in _PUBLIC or path.startswith(("/static/", "/docs/"))
 
 
 class ProjectSource:
@@ -83,19 +92,11 @@ class ControlBody(_Body):
     service: str | None = None
 
 
-def create_app(source: ProjectSource) -> FastAPI:
-    app = FastAPI(title="ingot", version=__version__,
+def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backoff: Backoff | None = None) -> FastAPI:
+    app = FastAPI(title="ingot", version=__version__, docs_url=None, redoc_url=None,
                   description="Immutable releases, progressive delivery, rollback and an audit ledger.")
-
-    async def authorised(credentials: Credentials, request: Request) -> AsyncIterator[None]:
-        # Async, so the caller's name is set in the request's own context, which the handler's worker
-        # thread then inherits (a sync dependency would set it in a thread of its own).
-        presented = credentials.credentials if credentials else None
-        if not token_matches(source.paths.keys, presented):
-            raise HTTPException(401, "a valid bearer token is needed: see 'ingot token show'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        with acting_as(api_actor(request.headers.get("x-ingot-actor"))):
-            yield
+    # Outermost but for uvicorn: nothing of the request's body is read before it has passed.
+    app.add_middleware(Guard, keys_dir=source.paths.keys, public=is_public, max_body=max_body, backoff=backoff)
 
     @app.exception_handler(IngotError)
     def _ingot_error(_request: Request, exc: IngotError) -> JSONResponse:
@@ -103,7 +104,7 @@ def create_app(source: ProjectSource) -> FastAPI:
         return JSONResponse({"error": exc.message, "details": exc.details, "exit_code": exc.exit_code},
                             status_code=status)
 
-    Auth = Depends(authorised)
+    Auth = Depends(_bearer)
     api = "/api/v1"
 
     # ---- reads -------------------------------------------------------------------------
@@ -217,10 +218,21 @@ def create_app(source: ProjectSource) -> FastAPI:
     for action in ("abort", "pause", "resume"):
         app.post(f"{api}/{action}", dependencies=[Auth], name=action)(_control(action))
 
-    # ---- dashboard ---------------------------------------------------------------------
+    # ---- dashboard and the API's reference page ---------------------------------------
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=DASHBOARD_HEADERS)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", headers=DASHBOARD_HEADERS)
+
+    @app.get("/docs/{name}", include_in_schema=False)
+    def docs_file(name: str) -> FileResponse:
+        if name not in SWAGGER_FILES:
+            raise HTTPException(404, f"no {name} here")
+        return FileResponse(Path(str(swagger_ui_path)) / name, media_type=SWAGGER_FILES[name],
+                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
 
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -23,7 +23,7 @@ from typing import Any
 from ingot.agent.protocol import decode, encode
 from ingot.edge.home import EdgeHome
 from ingot.errors import OperationFailed, UserInputError
-from ingot.routers.base import Address, HealthCheck, ReleaseStats
+from ingot.routers.base import Address, ClientPolicy, HealthCheck, ReleaseStats
 from ingot.supervision import running_supervisor
 
 POLL_INTERVAL = 0.25
@@ -148,8 +148,9 @@ class EdgeRouter:
     """One router in the edge, seen through the `Router` interface."""
 
     def __init__(self, client: EdgeClient, *, router_id: str, owner: str, name: str, kind: str,
-                 listen: Address) -> None:
+                 listen: Address, clients: ClientPolicy | None = None) -> None:
         self.client = client
+        self.clients = clients or ClientPolicy()
         self.id = router_id
         self.owner = owner
         self.name = name
@@ -167,7 +168,7 @@ class EdgeRouter:
     async def start(self) -> None:
         """Make the edge serve this router (a no-op if it does already: an agent restart adopts it)."""
         answer = await self.client.call("ensure", id=self.id, owner=self.owner, name=self.name, kind=self.kind,
-                                        listen=list(self._listen))
+                                        listen=list(self._listen), clients=self.clients.as_dict())
         host, port = answer["listen"]
         self._listen = (str(host), int(port))
         await self.refresh()
@@ -209,6 +210,12 @@ class EdgeRouter:
 
     async def set_health(self, check: HealthCheck) -> None:
         await self.client.call("set_health", id=self.id, check=asdict(check))
+
+    async def set_clients(self, clients: ClientPolicy) -> None:
+        """The limits on the router's clients, from the spec of the deploy (a no-op when unchanged)."""
+        if clients != self.clients:
+            await self.client.call("set_clients", id=self.id, clients=clients.as_dict())
+            self.clients = clients
 
     def backend_health(self) -> dict[str, dict[str, str]]:
         return {r: dict(b) for r, b in self._backends.items()}

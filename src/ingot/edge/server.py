@@ -43,7 +43,7 @@ from ingot.agent.protocol import decode, encode
 from ingot.edge.home import EdgeHome
 from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.fdstore import Store
-from ingot.routers.base import Address, HealthCheck, Router
+from ingot.routers.base import Address, ClientPolicy, HealthCheck, Router, raise_open_files_limit
 from ingot.routers.builtin import BuiltinRouter, install_fast_loop
 from ingot.routers.haproxy import HAProxyRouter, stop_leftover_haproxy
 
@@ -64,6 +64,7 @@ class RouteState:
     weights: dict[str, int] = field(default_factory=dict)
     draining: list[str] = field(default_factory=list)
     health: dict[str, Any] | None = None  # a `HealthCheck` as a dict
+    clients: dict[str, Any] | None = None  # a `ClientPolicy` as a dict
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RouteState:
@@ -74,6 +75,7 @@ class RouteState:
             weights={str(r): int(w) for r, w in raw.get("weights", {}).items()},
             draining=[str(r) for r in raw.get("draining", [])],
             health=dict(raw["health"]) if raw.get("health") else None,
+            clients=dict(raw["clients"]) if raw.get("clients") else None,
         )
 
 
@@ -177,7 +179,8 @@ class Edge:
     def _new_router(self, state: RouteState) -> Router:
         if state.kind == "haproxy":
             # Adopts the haproxy an earlier edge left serving, if there is one that answers.
-            return HAProxyRouter(state.listen, name=state.name, workdir=self.home.router_dir(state.id))
+            return HAProxyRouter(state.listen, name=state.name, workdir=self.home.router_dir(state.id),
+                                 clients=ClientPolicy.from_dict(state.clients))
         sock = self.fds.take(state.id)
         if sock is not None and state.listen[1] not in (0, sock.getsockname()[1]):
             sock.close()  # held for another port: this router listens anew
@@ -185,7 +188,8 @@ class Edge:
             sock = None
         if sock is not None:
             self._held.add(state.id)  # the supervisor holds it already
-        return BuiltinRouter(state.listen, name=state.name, sock=sock)
+        return BuiltinRouter(state.listen, name=state.name, sock=sock,
+                             clients=ClientPolicy.from_dict(state.clients))
 
     def _persist(self) -> None:
         path = self.home.state_file
@@ -210,7 +214,8 @@ class Edge:
             raise OperationFailed(f"the edge has no router {router_id!r} (ensure it first)")
         return state, router
 
-    async def ensure(self, router_id: str, owner: str, name: str, kind: str, listen: Address) -> dict[str, Any]:
+    async def ensure(self, router_id: str, owner: str, name: str, kind: str, listen: Address,
+                     clients: dict[str, Any] | None = None) -> dict[str, Any]:
         if kind not in KINDS:
             raise UserInputError(f"unknown router kind {kind!r}; expected one of {', '.join(KINDS)}")
         state = self.states.get(router_id)
@@ -218,6 +223,8 @@ class Edge:
             if state.kind != kind:
                 raise UserInputError(f"router {state.name} on {state.listen[0]}:{state.listen[1]} is {state.kind}, "
                                      f"not {kind}")
+            if clients is not None and ClientPolicy.from_dict(clients).as_dict() != state.clients:
+                await self.set_clients(router_id, clients)  # the spec changed while its agent was away
             return {"listen": list(self.routers[router_id].listen_address), "created": False}
         for other in self.states.values():
             if other.id != router_id and other.listen == listen and listen[1] != 0:
@@ -226,6 +233,7 @@ class Edge:
                     details=[f"its state directory: {other.owner}", "choose another `router.listen` address"])
         if state is None:
             state = RouteState(id=router_id, owner=owner, name=name, kind=kind, listen=listen)
+        state.clients = ClientPolicy.from_dict(clients).as_dict()  # checked here: a bad one is refused
         router = await self._build(state)
         state.listen = router.listen_address  # the bound port, so that a restart binds the same one
         self.states[router_id] = state
@@ -252,6 +260,18 @@ class Edge:
         await router.set_health(HealthCheck(**check))
         state.health = asdict(HealthCheck(**check))
         self._persist()
+        return {}
+
+    async def set_clients(self, router_id: str, clients: dict[str, Any]) -> dict[str, Any]:
+        """New limits on a router's clients. The built-in router applies them at once; HAProxy's are in its
+        configuration, which is never reloaded: they apply when its haproxy starts again."""
+        state, router = self._router(router_id)
+        policy = ClientPolicy.from_dict(clients)
+        state.clients = policy.as_dict()
+        self._persist()
+        configure = getattr(router, "set_clients", None)
+        if configure is not None:
+            configure(policy)
         return {}
 
     async def drain(self, router_id: str, release: str, timeout: float) -> dict[str, Any]:
@@ -354,7 +374,8 @@ class Edge:
             match op:
                 case "ensure":
                     return await self.ensure(router_id, str(request["owner"]), str(request["name"]),
-                                             str(request["kind"]), _address(request["listen"]))
+                                             str(request["kind"]), _address(request["listen"]),
+                                             request.get("clients"))
                 case "set_backends":
                     return await self.set_backends(router_id, str(request["release"]),
                                                    [_address(a) for a in request["addrs"]])
@@ -368,6 +389,8 @@ class Edge:
                                                      float(request["timeout"]))
                 case "set_health":
                     return await self.set_health(router_id, dict(request["check"]))
+                case "set_clients":
+                    return await self.set_clients(router_id, dict(request["clients"]))
                 case "remove_release":
                     return await self.remove_release(router_id, str(request["release"]))
                 case "release":
@@ -380,4 +403,5 @@ def run_edge(home: EdgeHome, *, persistent: bool = False) -> None:
     with pidfile.holding(home.pidfile, f"an edge for {home.root}"):
         install_fast_loop()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log.info("open files limit: %d", raise_open_files_limit())
         asyncio.run(Edge(home, persistent=persistent).run())

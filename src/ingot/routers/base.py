@@ -120,6 +120,66 @@ class HealthCheck:
         return self.path is not None or self.max_failures > 0
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (each client connection is a file; the
+    usual soft 1024 would stop a router long before its `max_connections`). Returns the limit now."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """How a router treats its clients, who are not trusted (the spec's `router` block; same meaning in both
+    routers where they can, see each one's docstring for the differences).
+
+    - `head_timeout`: a request head (request line and headers) must be complete this many seconds after the
+      connection opened (first request) or after its first byte (later ones on a keep-alive connection);
+      past it the connection is closed (408 if part of a head had come). A slowloris client holds nothing.
+    - `min_body_rate`: bytes per second a request body must average, after a grace of `head_timeout`;
+      time the router itself held the client back (a slow backend) does not count. 0: no minimum.
+    - `max_connections`: client connections at once; one more is answered 503 and closed.
+    - `trusted_proxies`: CIDRs whose `X-Forwarded-For` is kept (the peer is appended to it); from anyone
+      else the header is replaced by the peer's address.
+    - `release_header`: whether responses name the release that answered (`X-Ingot-Release`).
+    """
+
+    head_timeout: float = 10.0
+    min_body_rate: int = 1024
+    max_connections: int = 10000
+    trusted_proxies: tuple[str, ...] = ()
+    release_header: bool = True
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        if not self.head_timeout > 0 or self.min_body_rate < 0 or self.max_connections < 1:
+            raise ValueError(f"client policy out of range: {self}")
+        for cidr in self.trusted_proxies:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names it
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["trusted_proxies"] = list(self.trusted_proxies)
+        return data
+
+    @staticmethod
+    def from_dict(data: dict[str, object] | None) -> ClientPolicy:
+        if not data:
+            return ClientPolicy()
+        raw = dict(data)
+        raw["trusted_proxies"] = tuple(str(c) for c in raw.get("trusted_proxies") or ())  # type: ignore[attr-defined]
+        return ClientPolicy(**raw)  # type: ignore[arg-type]
+
+
 @runtime_checkable
 class Router(Protocol):
     """Splits a service's traffic between releases by weight and drains the ones it leaves."""

@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from ingot.errors import OperationFailed
-from ingot.routers.base import Address, HealthCheck, ReleaseStats
+from ingot.routers.base import Address, ClientPolicy, HealthCheck, ReleaseStats
 from ingot.routers.haproxy_config import (
     BACKEND,
     RELEASE_NAME,
@@ -398,8 +398,10 @@ class HAProxyRouter:
         haproxy: str = "haproxy",
         maxconn: int = 4096,
         timeouts: Timeouts | None = None,
+        clients: ClientPolicy | None = None,
     ) -> None:
         self.name = name
+        self.clients = clients or ClientPolicy()  # written into the configuration: applies from `start`
         self.workdir = Path(workdir)
         self.haproxy = haproxy
         self.maxconn = maxconn
@@ -473,6 +475,7 @@ class HAProxyRouter:
                     listen_fd=listener.fileno(),
                     maxconn=self.maxconn,
                     timeouts=self.timeouts,
+                    clients=self.clients,
                 )
             )
             await self._spawn(binary, listener.fileno())

@@ -3,6 +3,13 @@
 Everything that changes during a rollout (servers, their addresses, weights, states) goes through
 the runtime API afterwards, so the file only holds what stays fixed for the life of the process:
 the admin socket, timeouts, the listener and the one backend the servers are added to.
+
+The client policy (`ClientPolicy`) maps to haproxy's own means: `timeout http-request` is the head deadline;
+connections past `max_connections` are answered 503 (`fe_conn`; haproxy's own `maxconn` is set above it so
+that it still accepts them and can answer); a duplicate, malformed or (HTTP/1.1) missing `Host` is denied with
+400; a client's `X-Forwarded-For` is deleted unless it comes from a trusted proxy, before `option forwardfor`
+adds the peer; the release header is set or deleted. haproxy has no minimum body rate: its `timeout client`
+(inactivity) is what bounds a slow body.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from ingot.routers.base import ClientPolicy
 
 # Names inside the config that the runtime commands refer to.
 FRONTEND = "ingot"
@@ -24,6 +33,13 @@ RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Plain-text answers haproxy makes itself, worded like the builtin router's.
 NO_RELEASE_503 = "503 Service Unavailable: no release has weight"
 NO_BACKEND_502 = "502 Bad Gateway: no backend could serve the request"
+TOO_MANY_503 = "503 Service Unavailable: too many connections open"
+BAD_HOST_400 = "400 Bad Request: the request could not be parsed"
+# The builtin router's Host rule (headers._VALID_HOST) as haproxy's regex, in single quotes (haproxy expands
+# `$` in double ones), which leave the quote itself out of the allowed characters.
+_HOST_REGEX = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&()*+,;=-]*)(:[0-9]{0,5})?$"
+# Connections haproxy accepts beyond the cap, to answer them 503 rather than leave them in the backlog.
+_OVER_CAP = 256
 
 
 @dataclass(frozen=True)
@@ -40,9 +56,15 @@ def server_name(release: str, serial: int) -> str:
     return f"{release}{SERVER_SEPARATOR}{serial}"
 
 
-def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int, timeouts: Timeouts) -> str:
+def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int, timeouts: Timeouts,
+                  clients: ClientPolicy | None = None) -> str:
     """The whole configuration file; `listen_fd` is a listening socket haproxy inherits."""
     t = timeouts
+    c = clients or ClientPolicy(head_timeout=t.request, max_connections=maxconn)
+    maxconn = min(max(maxconn, c.max_connections + _OVER_CAP), _fd_bound())
+    trusted = " ".join(c.trusted_proxies)
+    forwarded = ([f"    http-request del-header X-Forwarded-For unless {{ src {trusted} }}"] if trusted
+                 else ["    http-request del-header X-Forwarded-For"])
     # Single quotes around the header format: haproxy expands `$` inside double quotes.
     release_header = f"'%[srv_name,regsub({SERVER_SEPARATOR}[0-9]+$,)]'"
     lines = [
@@ -65,7 +87,7 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         f"    timeout server {_ms(t.server)}",
         f"    timeout client {_ms(t.client)}",
         f"    timeout http-keep-alive {_ms(t.client)}",
-        f"    timeout http-request {_ms(t.request)}",
+        f"    timeout http-request {_ms(c.head_timeout)}",
         f"    timeout queue {_ms(t.connect)}",
         # A killed instance refuses connections, and a backend may close a reused connection just
         # as a request goes out: retry both, on another server each time (it may be the same
@@ -78,6 +100,14 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         "",
         f"frontend {FRONTEND}",
         f"    bind fd@{listen_fd}",
+        # `deny` (not `return`) closes the connection after answering, as the built-in router does.
+        f'    http-request deny status 503 content-type text/plain string "{TOO_MANY_503}" '
+        f"if {{ fe_conn gt {c.max_connections} }}",
+        "    http-request deny deny_status 400 if { req.hdr_cnt(host) gt 1 }",
+        "    http-request deny deny_status 400 if { req.ver 1.1 } !{ req.hdr_cnt(host) eq 1 }",
+        "    http-request deny deny_status 400 if { req.hdr_cnt(host) eq 1 } "
+        f"!{{ req.hdr(host) -m reg '{_HOST_REGEX}' }}",
+        *forwarded,
         "    http-request set-header X-Forwarded-Proto http",
         "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }",
         f"    default_backend {BACKEND}",
@@ -85,10 +115,21 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         f"backend {BACKEND}",
         # roundrobin is smooth and honours weight changes at once, which dynamic servers need.
         "    balance roundrobin",
-        f"    http-response set-header X-Ingot-Release {release_header}",
+        f"    http-response set-header X-Ingot-Release {release_header}" if c.release_header
+        else "    http-response del-header X-Ingot-Release",
         "",
     ]
     return "\n".join(lines)
+
+
+def _fd_bound() -> int:
+    """The most connections haproxy can hold here: it needs two files per connection (client and server
+    side) and refuses to start when the hard RLIMIT_NOFILE cannot cover that. Past it, connections wait in
+    the listen backlog instead of being answered 503."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return (1 << 20) if hard == resource.RLIM_INFINITY else max(256, (hard - 1000) // 2)
 
 
 def _ms(seconds: float) -> str:

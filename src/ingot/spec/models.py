@@ -311,9 +311,25 @@ class StrategySpec(_Model):
         return self
 
 
+def _check_cidr(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise _rule("trusted_proxies", f"{value!r} is not an address or CIDR such as 10.0.0.0/8 or "
+                                       "192.168.1.7") from None
+
+
 class RouterSpec(_Model):
     listen: Listen = "127.0.0.1:8080"
     kind: Literal["builtin", "haproxy"] = "builtin"
+    # Against hostile clients (see ingot.routers.base.ClientPolicy): deployment parameters, not release identity.
+    head_timeout: Duration = Field(default=10.0, gt=0)
+    min_body_rate: StrictInt = Field(default=1024, ge=0)
+    max_connections: StrictInt = Field(default=10000, ge=1)
+    trusted_proxies: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(default_factory=list)
+    release_header: StrictBool = True
 
     @property
     def address(self) -> tuple[str, int]:

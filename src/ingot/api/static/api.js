@@ -50,7 +50,6 @@ export async function call(path, {method = "GET", params, body, signal, authToke
   const headers = {
     Accept: "application/json",
     Authorization: `Bearer ${authToken ?? token() ?? ""}`,
-    "X-Ingot-Actor": "dashboard",
   };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;

@@ -43,12 +43,13 @@ class Backend(BackendHealth):
 class Release(ReleaseCounters):
     """A release as the router sees it: weight, backends, and `drain` calls waiting for in_flight 0."""
 
-    __slots__ = ("backends", "current", "header", "name", "rr", "usable", "waiters", "weight")
+    __slots__ = ("backends", "current", "header", "name", "named_header", "rr", "usable", "waiters", "weight")
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self.header = b"X-Ingot-Release: " + name.encode("ascii") + b"\r\n"
+        self.named_header = b"X-Ingot-Release: " + name.encode("ascii") + b"\r\n"
+        self.header = self.named_header  # empty when the router does not name releases
         self.backends: list[Backend] = []
         self.usable: list[Backend] = self.backends  # `backends` minus the ejected (router._refresh_usable)
         self.weight = 0

@@ -3,6 +3,11 @@
 Bytes produced while one chunk of input is parsed are collected in `wbuf` and written once after
 the parser returns. Pipelined requests are queued and answered strictly one after the other;
 `Expect: 100-continue` is answered here and not forwarded.
+
+Hostile clients (`ClientPolicy`): past `max_connections` a new connection is answered 503 and closed; a
+request head must be complete within `head_timeout` of the connection's start (first request) or of its first
+byte (later ones); a body must average `min_body_rate` after that grace. Time the router held the client back
+(pipelining, a slow backend) is not counted against it. The deadlines are checked by the router's sweeper.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import httptools
 
 from ingot.routers.builtin.exchange import Exchange
 from ingot.routers.builtin.flow import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_UPSTREAM
-from ingot.routers.builtin.headers import request_head_for_backend
+from ingot.routers.builtin.headers import BadHost, request_head_for_backend
 
 if TYPE_CHECKING:
     from ingot.routers.builtin.router import BuiltinRouter
@@ -25,6 +30,9 @@ MAX_HEAD_BYTES = 64 * 1024
 IDEMPOTENT_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 # How long a client that is answered before its request body ended may keep sending before close.
 LINGER_SECONDS = 2.0
+_FULL_BODY = b"503 Service Unavailable: too many connections open\n"
+_FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+         b"Connection: close\r\n\r\n%s" % (len(_FULL_BODY), _FULL_BODY))
 
 
 class _HeadTooLarge(Exception):
@@ -33,20 +41,27 @@ class _HeadTooLarge(Exception):
 
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
+        "body_bytes",
+        "body_since",
         "closed",
         "eof",
         "feeding",
+        "head_begun",
+        "head_since",
         "head_size",
         "headers",
+        "in_head",
         "last",
         "lingering",
         "parser",
         "parsing",
         "paused",
+        "paused_at",
         "peer",
         "queue",
         "router",
         "transport",
+        "trusted",
         "upgraded",
         "url",
         "wbuf",
@@ -71,18 +86,36 @@ class ClientProtocol(asyncio.Protocol):
         self.lingering = False
         self.upgraded = False
         self.peer = b"unknown"
+        self.trusted = False  # the peer is a trusted proxy: its X-Forwarded-For is kept
         self.last = 0.0
+        self.in_head = True  # a request head is awaited and its deadline runs (from `head_since`)
+        self.head_since = 0.0
+        self.head_begun = False  # a byte of the awaited head has come
+        self.body_since = 0.0  # when the body being read began (moved on by time spent paused)
+        self.body_bytes = 0
+        self.paused_at = 0.0
 
     # ---- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but implement the interface.
         self.transport = cast(asyncio.Transport, transport)
+        router = self.router
+        if len(router._clients) >= router.clients.max_connections:
+            # Refused with an answer rather than by not accepting: the client learns at once, and the
+            # connections that are open go on being served.
+            self.lingering = self.closed = True
+            self.transport.write(_FULL)
+            self.transport.close()
+            router.refused += 1
+            return
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode("ascii")
-        self.last = self.router._now()
-        self.router._clients.add(self)
+            if router._trusted:
+                self.trusted = router.trusts(str(peer[0]))
+        self.last = self.head_since = router._now()
+        router._clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -102,6 +135,8 @@ class ClientProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.feeding = False
             self._bad_request(431 if isinstance(exc.__context__, _HeadTooLarge) else 400)
+            if isinstance(exc.__context__, BadHost):
+                self.router.bad_hosts += 1
             return
         finally:
             self.feeding = False
@@ -134,6 +169,10 @@ class ClientProtocol(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.head_size = 0
+        self.head_begun = True
+        if not self.in_head:  # a later request on the connection: its deadline runs from its first byte
+            self.in_head = True
+            self.head_since = self.last
 
     def on_url(self, url: bytes) -> None:
         self.url = url if not self.url else self.url + url
@@ -148,6 +187,9 @@ class ClientProtocol(asyncio.Protocol):
             raise _HeadTooLarge
 
     def on_headers_complete(self) -> None:
+        self.in_head = self.head_begun = False
+        self.body_since = self.last
+        self.body_bytes = 0
         parser = self.parser
         method = parser.get_method()
         http10 = parser.get_http_version() == "1.0"
@@ -168,6 +210,7 @@ class ClientProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
         if ex is not None:
+            self.body_bytes += len(body)
             ex.add_body(body)
 
     def on_message_complete(self) -> None:
@@ -222,15 +265,22 @@ class ClientProtocol(asyncio.Protocol):
     # ---- flow control and closing ------------------------------------------------------------
 
     def pause(self, reason: int) -> None:
-        if not self.paused and self.transport is not None and not self.closed:
-            self.transport.pause_reading()
+        if not self.paused:
+            self.paused_at = self.router._now()
+            if self.transport is not None and not self.closed:
+                self.transport.pause_reading()
         self.paused |= reason
 
     def resume(self, reason: int) -> None:
         if self.paused & reason:
             self.paused &= ~reason
-            if not self.paused and self.transport is not None and not self.closed:
-                self.transport.resume_reading()
+            if not self.paused:
+                # The time we held the client back is not its fault: its deadlines move on by as much.
+                held = self.router._now() - self.paused_at
+                self.head_since += held
+                self.body_since += held
+                if self.transport is not None and not self.closed:
+                    self.transport.resume_reading()
 
     def _linger(self) -> None:
         """Close after answering before the request body was read, without losing the answer.
@@ -270,6 +320,20 @@ class ClientProtocol(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         router = self.router
+        if not self.paused and not self.lingering:
+            policy = router.clients
+            if self.in_head and now - self.head_since > policy.head_timeout:
+                router.head_timeouts += 1
+                if self.head_begun:
+                    self._bad_request(408)  # part of a head came: say why before closing
+                else:
+                    self.close()  # nothing came: a silent close, as for an idle keep-alive connection
+                return
+            if (self.parsing is not None and policy.min_body_rate
+                    and now - self.body_since > policy.head_timeout + self.body_bytes / policy.min_body_rate):
+                router.slow_bodies += 1
+                self.abort()  # mid-body: no answer can be framed; the backend sees the request cut off
+                return
         if not self.queue:
             if now - self.last > router.client_idle_timeout and not self.lingering:
                 self.close()

@@ -33,6 +33,7 @@ _perf = time.perf_counter
 
 _REASONS = {
     400: b"Bad Request",
+    408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
@@ -40,6 +41,7 @@ _REASONS = {
 }
 _ERROR_BODIES = {
     400: b"400 Bad Request: the request could not be parsed\n",
+    408: b"408 Request Timeout: the request head did not arrive in time\n",
     431: b"431 Request Header Fields Too Large\n",
     502: b"502 Bad Gateway: no backend could serve the request\n",
     503: b"503 Service Unavailable: no release has weight\n",

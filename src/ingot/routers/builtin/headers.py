@@ -1,11 +1,13 @@
 """HTTP heads as they cross the router: each is rewritten for the other side in one pass of bytes.
 
 Hop-by-hop headers (and those named in `Connection`) are dropped, the body framing is decided
-here, and the `X-Forwarded-*` headers are set on requests, `X-Ingot-Release` on responses.
+here, and the `X-Forwarded-*` headers are set on requests (a client's own `X-Forwarded-For` is kept only from a trusted
+proxy), `X-Ingot-Release` on responses (unless turned off: then the release's header is empty).
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,6 +42,13 @@ _RESP_SPECIAL = _HOP_BY_HOP_AND_FRAMING | {b"x-ingot-release"}
 _PLAIN_CONNECTION_TOKENS = frozenset({b"", b"keep-alive", b"close", b"upgrade", b"te", b"trailer"})
 
 _STATUS_LINES: dict[int, bytes] = {}
+# RFC 3986 host (reg-name, IPv4, or an IP literal in brackets) with an optional port; empty is allowed (RFC 9110 7.2).
+_VALID_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]{0,5})?")
+
+
+class BadHost(Exception):
+    """Raised from the parser's callback for a request the router answers 400 (RFC 9112 3.2): more than one
+    `Host`, a malformed one, or none in an HTTP/1.1 request."""
 
 
 def status_line(status: int) -> bytes:
@@ -84,6 +93,8 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
             lname = name.lower()
             if lname in _REQ_SPECIAL or lname.startswith(b"proxy-"):
                 if lname == b"host":
+                    if host is not None or not _VALID_HOST.fullmatch(value):
+                        raise BadHost
                     host = value
                     parts += (name, b": ", value, b"\r\n")
                 elif lname == b"content-length":
@@ -104,8 +115,10 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
         if not extra or drop:
             break
         drop = extra
-        xff = te = connection = None
+        xff = te = connection = host = None
     if host is None:
+        if not http10:
+            raise BadHost
         host = client.router._host_header
         parts += (b"Host: ", host, b"\r\n")
     chunked = te is not None and _is_chunked(te)
@@ -113,7 +126,8 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
         parts += (b"Transfer-Encoding: ", te, b"\r\n")
     parts += (
         b"X-Forwarded-For: ",
-        client.peer if xff is None else xff + b", " + client.peer,
+        # Kept only from a trusted proxy: anyone else could name any address as the client's.
+        xff + b", " + client.peer if xff is not None and client.trusted else client.peer,
         b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
         host,
         b"\r\n\r\n",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 import time
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ingot.errors import OperationFailed
-from ingot.routers.base import Address, HealthCheck, ReleaseStats
+from ingot.routers.base import Address, ClientPolicy, HealthCheck, ReleaseStats
 from ingot.routers.builtin.balancing import Backend, Release, choose_release, next_backend
 from ingot.routers.builtin.client import ClientProtocol
 from ingot.routers.builtin.upstream import UpstreamProtocol
@@ -75,12 +76,17 @@ class BuiltinRouter:
         read_timeout: float = 60.0,
         client_idle_timeout: float = 75.0,
         sock: socket.socket | None = None,
+        clients: ClientPolicy | None = None,
     ) -> None:
         self.name = name
         # A socket already listening on `listen` (the edge's, held across its restarts): used by the
         # next `start()` instead of binding anew; the server closes it on `stop()`.
         self._sock = sock
         self._listening_fd = -1
+        self.clients = ClientPolicy()
+        self._trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        # What the client policy turned away, for tests and the log.
+        self.refused = self.head_timeouts = self.slow_bodies = self.bad_hosts = 0
         self.connect_timeout = connect_timeout
         self.upstream_idle_timeout = upstream_idle_timeout
         self.read_timeout = read_timeout
@@ -105,6 +111,23 @@ class BuiltinRouter:
             changed=self._refresh_usable,
             running=lambda: self._server is not None,
         )
+        self.set_clients(clients or ClientPolicy())
+
+    def set_clients(self, policy: ClientPolicy) -> None:
+        """Apply new limits on clients at once (connections already open keep their trust until they close)."""
+        self.clients = policy
+        self._trusted = [ipaddress.ip_network(c, strict=False) for c in policy.trusted_proxies]
+        for rel in self._releases.values():
+            rel.header = rel.named_header if policy.release_header else b""
+
+    def trusts(self, peer: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(peer.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self._trusted)
 
     # ---- Router protocol ---------------------------------------------------------------------
 
@@ -286,6 +309,8 @@ class BuiltinRouter:
             if not name or not name.isascii() or not name.isprintable():
                 raise ValueError(f"release id {name!r} cannot be used in a header")
             rel = self._releases[name] = Release(name)
+            if not self.clients.release_header:
+                rel.header = b""
         return rel
 
     # ---- request dispatch --------------------------------------------------------------------
