@@ -313,12 +313,11 @@ def test_a_racing_swapper_never_gets_outside_content_into_an_artifact(tmp_path: 
             os.unlink(sub); os.rename(aside, sub)
     """)])
     try:
-        codes = set()
-        for _ in range(4):
+        for _ in range(3):
             result = example.ingot("build", "--rebuild")
+            # Built from the real directory, or refused (the link seen, or an entry gone mid-copy).
             assert result.code in (0, 1, 2), result
             assert "Traceback" not in result.err, result.err
-            codes.add(result.code)
     finally:
         swapper.kill()
         swapper.wait()

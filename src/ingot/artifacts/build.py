@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ingot.artifacts.digest import DIGEST_PREFIX, file_listing, listing_digest
+from ingot.artifacts.digest import DIGEST_PREFIX, IgnoreFn, file_listing, listing_digest
 from ingot.artifacts.fence import BuildSandbox, EntryHook, build_sandbox, copy_tree, refuse_escaping_symlinks
 from ingot.artifacts.ignore import IgnoreRules
 from ingot.artifacts.store import ArtifactCorrupt, ArtifactStore, force_rmtree
@@ -85,26 +85,42 @@ def build_artifact(
     size = _listed_size(context, listing)
     require_space(store.tmp_dir, size, f"the build of {context}")
     what = f"the build of {context}"
-    with build_sandbox(size, what) as box:
-        # The private copy: exactly the listed entries (what was hashed into the input key), never
-        # following a symlink; one that points out of the context is refused before anything runs.
-        copy_tree(context, box.src, ignore=lambda rel, _is_dir: rel not in listing, owner=box.owner,
-                  on_entry=on_entry, what=what)
-        refuse_escaping_symlinks(box.src, lambda rel, target: _escaping_link(context, rel, target))
-        if REQUIREMENTS in listing:
+    if REQUIREMENTS not in listing:
+        # Nothing to install, so no untrusted code runs: the context is copied straight into the store.
+        digest = _store_copy(store, context, context, listing=listing, on_entry=on_entry, what=what)
+    else:
+        with build_sandbox(size, what) as box:
+            # The private copy: exactly the listed entries (what was hashed into the input key), never
+            # following a symlink; one that points out of the context is refused before anything runs.
+            copy_tree(context, box.src, ignore=_only(listing), owner=box.owner, on_entry=on_entry, what=what)
+            refuse_escaping_symlinks(box.src, lambda rel, target: _escaping_link(context, rel, target))
             _pip_install(box, python, on_output or (lambda _line: None))
-        staging = store.new_staging_dir()
-        try:
             # The build's output comes back the same way: its own files only, its links kept inside.
-            copy_tree(box.src, staging, require_uid=box.uid, what=what)
-            refuse_escaping_symlinks(staging, _escaping_output)
-            _normalise(staging)
-            digest = store.put_tree(staging)
-        finally:
-            if staging.exists():
-                force_rmtree(staging)
+            digest = _store_copy(store, box.src, context, require_uid=box.uid, what=what)
     store.record_input(key, digest)
     return replace(_result(store, digest, key, reused=False), replaced_corrupt=corrupt)
+
+
+def _only(listing: dict[str, str]) -> IgnoreFn:
+    return lambda rel, _is_dir: rel not in listing
+
+
+def _store_copy(store: ArtifactStore, source: Path, context: Path, *, listing: dict[str, str] | None = None,
+                require_uid: int | None = None, on_entry: EntryHook | None = None, what: str) -> str:
+    """Copy `source` (no-follow) into a staging dir, check its symlinks, normalise, store; the digest."""
+    staging = store.new_staging_dir()
+    try:
+        copy_tree(source, staging, ignore=_only(listing) if listing is not None else None,
+                  require_uid=require_uid, on_entry=on_entry, what=what)
+        if listing is not None:  # the context itself: a bad link is bad input
+            refuse_escaping_symlinks(staging, lambda rel, target: _escaping_link(context, rel, target))
+        else:  # what the build made of it
+            refuse_escaping_symlinks(staging, _escaping_output)
+        _normalise(staging)
+        return store.put_tree(staging)
+    finally:
+        if staging.exists():
+            force_rmtree(staging)
 
 
 def _listed_size(context: Path, listing: dict[str, str]) -> int:
