@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ingot.artifacts import ArtifactStore, build_artifact
-from ingot.artifacts.fence import BUILD_USER, copy_tree, escaping_symlinks
+from ingot.artifacts.fence import BUILD_USER, build_env, copy_tree, escaping_symlinks
 from ingot.errors import UserInputError
 from tests.support.harness import ExampleProject, make_example
 
@@ -323,3 +323,16 @@ def test_a_racing_swapper_never_gets_outside_content_into_an_artifact(tmp_path: 
         swapper.wait()
     for obj in _stored_objects(example.state):
         _assert_no_secret_in(obj)
+
+
+def test_the_build_environment_is_an_allow_list(tmp_path: Path) -> None:
+    operator = {**OPERATOR_ENV, "PATH": "/root/bin:/usr/bin", "HOME": "/root", "PYTHONPATH": "/root/src",
+                "PIP_CONFIG_FILE": "/root/pip.conf", "PIP_INDEX_URL": "https://mirror.example/simple",
+                "https_proxy": "http://proxy.example:3128", "LANG": "de_DE.UTF-8", "SSH_AUTH_SOCK": "/tmp/agent"}
+    env = build_env(operator, python="/opt/py/bin/python3", home=tmp_path / "home", tmp=tmp_path / "tmp")
+    assert env["PATH"] == "/opt/py/bin:/usr/local/bin:/usr/bin:/bin"
+    assert env["HOME"] == str(tmp_path / "home") and env["TMPDIR"] == str(tmp_path / "tmp")
+    assert env["PIP_INDEX_URL"] == "https://mirror.example/simple" and env["https_proxy"] == "http://proxy.example:3128"
+    assert env["LANG"] == "de_DE.UTF-8"
+    for name in (*OPERATOR_ENV, "PYTHONPATH", "PIP_CONFIG_FILE", "SSH_AUTH_SOCK"):
+        assert name not in env, name

@@ -34,7 +34,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -345,7 +345,7 @@ def build_sandbox(size: int, what: str) -> Iterator[BuildSandbox]:
         force_rmtree(top)
 
 
-def build_env(environ: os._Environ[str] | dict[str, str], *, python: str, home: Path, tmp: Path) -> dict[str, str]:
+def build_env(environ: Mapping[str, str], *, python: str, home: Path, tmp: Path) -> dict[str, str]:
     """The whole environment of a build: an allow-list, never the operator's other variables."""
     env = {name: environ[name] for name in PASSED_VARIABLES if environ.get(name)}
     for name, value in _DEFAULTS.items():
