@@ -270,7 +270,7 @@ def test_a_directory_swapped_before_the_copy_reaches_it_is_refused(tmp_path: Pat
 def test_a_directory_swapped_while_the_copy_is_inside_it_gains_nothing(tmp_path: Path) -> None:
     ctx, outside = _context_with_sub(tmp_path)
     store = ArtifactStore(tmp_path / "store")
-    swapped = []
+    swapped: list[str] = []
 
     def hook(rel: str) -> None:
         if rel == "sub/x.txt" and not swapped:  # the walk holds sub open: the path now leads outside
