@@ -26,7 +26,6 @@ import collections
 import contextlib
 import errno
 import os
-import pwd
 import shlex
 import shutil
 import signal
@@ -260,15 +259,15 @@ class BuildSandbox:
     src: Path
     home: Path
     tmp: Path
-    user: pwd.struct_passwd | None  # None: ingot is not root and the build runs as ingot's own user
+    user: tuple[int, int] | None  # (uid, gid); None: ingot is not root, the build runs as ingot's own user
 
     @property
     def owner(self) -> tuple[int, int] | None:
-        return (self.user.pw_uid, self.user.pw_gid) if self.user is not None else None
+        return self.user
 
     @property
     def uid(self) -> int:
-        return self.user.pw_uid if self.user is not None else os.getuid()
+        return self.user[0] if self.user is not None else os.getuid()
 
     def env(self, python: str) -> dict[str, str]:
         return build_env(os.environ, python=python, home=self.home, tmp=self.tmp)
@@ -295,7 +294,7 @@ class BuildSandbox:
                 moves += [f"mkdir -p {shlex.quote(path)}",
                           f"mount --move {shlex.quote(str(point))} {shlex.quote(path)}"]
         script = ["set -e", *binds, *covers, *moves]
-        script.append(f'exec {shlex.quote(setpriv)} --reuid={self.uid} --regid={self.user.pw_gid} '
+        script.append(f'exec {shlex.quote(setpriv)} --reuid={self.uid} --regid={self.user[1]} '
                       '--clear-groups --no-new-privs -- "$@"')
         return [unshare, "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
                 "--mount-proc", "--", "/bin/sh", "-c", "\n".join(script), "ingot-build", *argv]
@@ -339,7 +338,7 @@ def build_sandbox(size: int, what: str) -> Iterator[BuildSandbox]:
             # The top stays root's (only traversable): the build user owns its work dir, not the mount points.
             top.chmod(0o711)
             for path in dirs:
-                os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+                os.chown(path, *user, follow_symlinks=False)
         yield BuildSandbox(top=top, src=work / "src", home=work / "home", tmp=work / "tmp", user=user)
     finally:
         force_rmtree(top)
@@ -364,12 +363,12 @@ def build_env(environ: Mapping[str, str], *, python: str, home: Path, tmp: Path)
     return env
 
 
-def _build_user() -> pwd.struct_passwd | None:
+def _build_user() -> tuple[int, int] | None:
     if os.geteuid() != 0:
         return None
     from ingot.sysusers import ensure_system_user
 
-    return ensure_system_user(BUILD_USER)
+    return ensure_system_user(BUILD_USER, comment="ingot builds")
 
 
 def _tool(name: str) -> str:
