@@ -13,7 +13,7 @@ from ingot import config_ops, config_store, ledger
 from ingot.actor import current_actor
 from ingot.artifacts import ArtifactStore, BuildResult, build_artifact, cached_build
 from ingot.canonical import content_digest
-from ingot.errors import IngotError
+from ingot.errors import IngotError, UserInputError
 from ingot.image_inputs import image_input_key
 from ingot.project import Project
 from ingot.releases import new_release
@@ -21,6 +21,7 @@ from ingot.releases import release_id as make_release_id
 from ingot.runtimes.registry import Runtimes
 from ingot.signing import load_or_create_key, pin_key, pin_path
 from ingot.spec import ServiceSpec
+from ingot.spec.loader import key_line
 from ingot.store import ReleaseRow
 
 OnOutput = Callable[[str], None]
@@ -42,8 +43,45 @@ class Built:
         return dict(self.__dict__)
 
 
-def context_dir(project: Project, service: ServiceSpec) -> Path:
-    return (project.spec.root_dir / (service.build or ".")).resolve()
+def context_dir(project: Project, service: ServiceSpec, environment: str | None = None,
+                name: str | None = None) -> Path:
+    """The service's build context, which must stay inside the spec's directory or its git repository.
+
+    A spec may come from anyone who can push to the watched branch: `build: /root` or `build: ../..` must
+    not make a build read (and store, and run from) whatever the host holds. Symlinks are resolved first,
+    so a link named in `build:` cannot lead out either.
+    """
+    root = project.spec.root_dir.resolve()
+    context = (root / (service.build or ".")).resolve()
+    allowed = [root, *([repo] if (repo := _git_toplevel(root)) is not None else [])]
+    if not any(context.is_relative_to(place) for place in allowed):
+        loc = _build_key(project, environment, name)
+        line = key_line(project.spec.path, loc) if loc else None
+        where = f"{project.spec.path}:{line}" if line else str(project.spec.path)
+        key = ".".join(loc) if loc else "build"
+        raise UserInputError(
+            f"{where}: {key}: {service.build!r} resolves to {context}, outside the spec's directory",
+            details=[f"a build context must be inside {' or '.join(map(str, allowed))}"
+                     + (" (the git repository)" if len(allowed) > 1 else "")],
+        )
+    return context
+
+
+def _build_key(project: Project, environment: str | None, name: str | None) -> tuple[str, ...]:
+    if name is None:
+        return ()
+    env_spec = project.spec.environments.get(environment) if environment is not None else None
+    if env_spec is not None and "build" in (env_spec.services.get(name) or {}):
+        return ("environments", str(environment), "services", name, "build")
+    return ("services", name, "build")
+
+
+def _git_toplevel(directory: Path) -> Path | None:
+    """The work tree root of the git repository holding `directory` (a `.git` dir, or file for worktrees)."""
+    for candidate in (directory, *directory.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
 
 
 def spec_exclusion(project: Project, context: Path) -> list[str]:
@@ -68,7 +106,7 @@ def build(project: Project, environment: str, name: str, on_output: OnOutput | N
     """The service's artifact: reused from the build cache when its input is unchanged and the stored copy
     verifies, else built (`rebuild`: built afresh in any case)."""
     service = project.spec.service_for(environment, name)
-    context = context_dir(project, service) if service.build is not None else None
+    context = context_dir(project, service, environment, name) if service.build is not None else None
     try:
         built = _build_for(project, environment, name, service, context, on_output, rebuild)
     except IngotError as exc:
@@ -134,7 +172,7 @@ def expected_release_id(project: Project, environment: str, name: str, service: 
     """The release a deploy would make, if its artifact is already built (process runtime only)."""
     if service.runtime != "process":
         return None
-    context = context_dir(project, service)
+    context = context_dir(project, service, environment, name)
     digest = cached_build(project.artifacts, context, exclude=spec_exclusion(project, context))
     if digest is None:
         return None

@@ -29,6 +29,7 @@ Each run works in its own namespace (ingot-it-<random>) and deletes it at the en
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -59,7 +60,7 @@ pytestmark = pytest.mark.timeout(900)
 
 def spec_text(namespace: str, *, greeting: str = "hello", command: str = "", strategy: str = "{type: blue-green}"
               ) -> str:
-    source = f"image: {IMAGE}" if IMAGE else f"build: {APP}"
+    source = f"image: {IMAGE}" if IMAGE else "build: app"  # a copy of APP beside the spec (project_with)
     registry = f"\n      registry: {REGISTRY}" if REGISTRY and not IMAGE else ""
     return f"""project: ingotit
 services:
@@ -93,6 +94,8 @@ def namespace() -> Iterator[str]:
 
 def project_with(tmp_path: Path, namespace: str, **changes: str) -> Project:
     path = tmp_path / "ingot.yaml"
+    # A build context must be inside the spec's directory (or its git repository).
+    shutil.copytree(APP, tmp_path / "app", dirs_exist_ok=True)
     path.write_text(spec_text(namespace, **changes))
     return open_project(path, tmp_path / "state")
 

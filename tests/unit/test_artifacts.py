@@ -182,10 +182,13 @@ def test_put_tree_stores_read_only_and_reuses_existing(store: ArtifactStore, tre
     assert not staging.exists()
     assert store.has(digest) and store.list_digests() == [digest]
     path = store.path_for(digest)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o555
-    assert stat.S_IMODE((path / "lib").stat().st_mode) == 0o555
-    assert stat.S_IMODE((path / "app.py").stat().st_mode) == 0o444
-    assert stat.S_IMODE((path / "run.sh").stat().st_mode) == 0o555
+    # Owner-only read-only modes, in store directories only ingot can enter.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o500
+    assert stat.S_IMODE((path / "lib").stat().st_mode) == 0o500
+    assert stat.S_IMODE((path / "app.py").stat().st_mode) == 0o400
+    assert stat.S_IMODE((path / "run.sh").stat().st_mode) == 0o500
+    for directory in (store.root, store.objects_dir, store.listings_dir, store.tmp_dir):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     assert store.read_listing(digest) == file_listing(tree)
 
     again = store.new_staging_dir()
@@ -292,12 +295,12 @@ def _make_wheel(dest: Path) -> Path:
 
 
 def test_build_installs_requirements_deterministically(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
-    _make_wheel(wheels)
+    # Inside the context: a fenced build sees only its private copy of it (tmp_path is root's alone).
     ctx = make_tree(
         tmp_path / "ctx",
-        {"app.py": "import tinypkg\n", "requirements.txt": f"--no-index\n--find-links {wheels}\ntinypkg\n"},
+        {"app.py": "import tinypkg\n", "requirements.txt": "--no-index\n--find-links wheels\ntinypkg\n"},
     )
+    _make_wheel(ctx / "wheels")
     lines: list[str] = []
     result = build_artifact(ArtifactStore(tmp_path / "s1"), ctx, on_output=lines.append)
 
@@ -327,5 +330,5 @@ def test_build_with_failing_pip_reports_its_output(store: ArtifactStore, tmp_pat
         build_artifact(store, ctx)
     assert any("no-such-package-ingot-test" in line for line in info.value.details)
     assert 0 < len(info.value.details) <= 20
-    assert list(store.tmp_dir.iterdir()) == []
+    assert list(store.tmp_dir.glob("*")) == []
     assert store.list_digests() == []

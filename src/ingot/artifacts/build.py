@@ -10,10 +10,8 @@ versions of the first build until the context changes: pin them.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,10 +19,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ingot.artifacts.digest import DIGEST_PREFIX, file_listing, is_executable, listing_digest
+from ingot.artifacts.digest import DIGEST_PREFIX, IgnoreFn, file_listing, listing_digest
+from ingot.artifacts.fence import BuildSandbox, EntryHook, build_sandbox, copy_tree, refuse_escaping_symlinks
 from ingot.artifacts.ignore import IgnoreRules
 from ingot.artifacts.store import ArtifactCorrupt, ArtifactStore, force_rmtree
-from ingot.diskspace import disk_full_error, is_disk_full, require_space
+from ingot.diskspace import require_space
 from ingot.errors import OperationFailed, UserInputError
 
 DEPS_DIR = ".ingot-deps"
@@ -58,12 +57,15 @@ def build_artifact(
     python: str = sys.executable,
     exclude: Iterable[str] = (),
     rebuild: bool = False,
+    on_entry: EntryHook | None = None,
 ) -> BuildResult:
     """Build `context` into `store`, or reuse the artifact already built from the same input.
 
     A cached artifact is verified before it is reused: a damaged one is rebuilt and replaced, never
     reused. `rebuild` builds afresh whatever the cache holds. `exclude` adds ignore patterns on top of
-    `.ingotignore` (the spec file, for one).
+    `.ingotignore` (the spec file, for one). `on_entry(rel)` is called as each entry is copied (for tests).
+
+    See `ingot.artifacts.fence` for how the build is fenced.
     """
     if not context.is_dir():
         raise UserInputError(f"build context {context} does not exist or is not a directory")
@@ -80,19 +82,45 @@ def build_artifact(
         else:
             return _result(store, cached, key, reused=True)
 
-    require_space(store.tmp_dir, _listed_size(context, listing), f"the build of {context}")
+    size = _listed_size(context, listing)
+    require_space(store.tmp_dir, size, f"the build of {context}")
+    what = f"the build of {context}"
+    if REQUIREMENTS not in listing:
+        # Nothing to install, so no untrusted code runs: the context is copied straight into the store.
+        digest = _store_copy(store, context, context, listing=listing, on_entry=on_entry, what=what)
+    else:
+        with build_sandbox(size, what) as box:
+            # The private copy: exactly the listed entries (what was hashed into the input key), never
+            # following a symlink; one that points out of the context is refused before anything runs.
+            copy_tree(context, box.src, ignore=_only(listing), owner=box.owner, on_entry=on_entry, what=what)
+            refuse_escaping_symlinks(box.src, lambda rel, target: _escaping_link(context, rel, target))
+            _pip_install(box, python, on_output or (lambda _line: None))
+            # The build's output comes back the same way: its own files only, its links kept inside.
+            digest = _store_copy(store, box.src, context, require_uid=box.uid, what=what)
+    store.record_input(key, digest)
+    return replace(_result(store, digest, key, reused=False), replaced_corrupt=corrupt)
+
+
+def _only(listing: dict[str, str]) -> IgnoreFn:
+    return lambda rel, _is_dir: rel not in listing
+
+
+def _store_copy(store: ArtifactStore, source: Path, context: Path, *, listing: dict[str, str] | None = None,
+                require_uid: int | None = None, on_entry: EntryHook | None = None, what: str) -> str:
+    """Copy `source` (no-follow) into a staging dir, check its symlinks, normalise, store; the digest."""
     staging = store.new_staging_dir()
     try:
-        _copy_entries(context, staging, listing)
-        if REQUIREMENTS in listing:
-            _pip_install(python, staging, on_output or (lambda _line: None))
+        copy_tree(source, staging, ignore=_only(listing) if listing is not None else None,
+                  require_uid=require_uid, on_entry=on_entry, what=what)
+        if listing is not None:  # the context itself: a bad link is bad input
+            refuse_escaping_symlinks(staging, lambda rel, target: _escaping_link(context, rel, target))
+        else:  # what the build made of it
+            refuse_escaping_symlinks(staging, _escaping_output)
         _normalise(staging)
-        digest = store.put_tree(staging)
+        return store.put_tree(staging)
     finally:
         if staging.exists():
             force_rmtree(staging)
-    store.record_input(key, digest)
-    return replace(_result(store, digest, key, reused=False), replaced_corrupt=corrupt)
 
 
 def _listed_size(context: Path, listing: dict[str, str]) -> int:
@@ -168,67 +196,34 @@ def _result(store: ArtifactStore, digest: str, key: str, *, reused: bool) -> Bui
     return BuildResult(digest=digest, input_key=key, reused=reused, path=path, deps_installed=count)
 
 
-def _copy_entries(context: Path, staging: Path, listing: dict[str, str]) -> None:
-    # Copy exactly the listed entries (sorted, so parents come before children): what is built is
-    # then what was hashed into the input key, barring a context edited mid-build.
-    for rel in listing:
-        src, dst = context / rel, staging / rel
-        try:
-            if src.is_symlink():
-                os.symlink(os.readlink(src), dst)
-            elif src.is_dir():
-                dst.mkdir()
-            else:
-                shutil.copyfile(src, dst)
-                dst.chmod(0o755 if is_executable(src.stat().st_mode) else 0o644)
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise disk_full_error(exc, f"the build of {context}") from exc
-            raise OperationFailed(f"build failed: could not copy {rel} from {context}: {exc}") from exc
+def _escaping_link(context: Path, rel: str, target: str) -> UserInputError:
+    return UserInputError(
+        f"{context / rel}: a symlink pointing out of the build context ({rel} -> {target})",
+        details=["a build copies only its context: copy the file in, or point the link at a path inside it"],
+    )
 
 
-def _pip_install(python: str, staging: Path, on_output: OutputFn) -> None:
+def _escaping_output(rel: str, target: str) -> OperationFailed:
+    return OperationFailed(f"build failed: the build made {rel}, a symlink pointing out of the artifact "
+                           f"(-> {target})")
+
+
+def _pip_install(box: BuildSandbox, python: str, on_output: OutputFn) -> None:
     cmd = [
         python, "-m", "pip", "install",
         "--no-compile", "--disable-pip-version-check", "--no-warn-script-location",
-        "--target", str(staging / DEPS_DIR),
+        "--target", str(box.src / DEPS_DIR),
         "-r", REQUIREMENTS,
     ]  # fmt: skip
-    tail: collections.deque[str] = collections.deque(maxlen=_PIP_TAIL_LINES)
     try:
-        # cwd is the staged copy, so relative paths in requirements.txt resolve within the input.
-        with subprocess.Popen(
-            cmd, cwd=staging, env=_pip_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
-        ) as proc:  # fmt: skip
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip("\r\n")
-                tail.append(line)
-                on_output(line)
-            returncode = proc.wait()
+        # cwd is the private copy, so relative paths in requirements.txt resolve within the input.
+        returncode, tail = box.run(cmd, python, on_output)
     except OSError as exc:
         raise UserInputError(f"cannot run python interpreter {python!r}: {exc}") from exc
     if returncode != 0:
         raise OperationFailed(
-            f"build failed: pip could not install {REQUIREMENTS} (exit code {returncode})", details=list(tail)
+            f"build failed: pip could not install {REQUIREMENTS} (exit code {returncode})", details=tail
         )
-
-
-def _pip_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # These would contradict --target (pip refuses --user with --target) or redirect the install.
-    for name in ("PIP_USER", "PIP_TARGET", "PIP_PREFIX", "PIP_ROOT"):
-        env.pop(name, None)
-    env.update(
-        PIP_NO_INPUT="1",  # never wait for a prompt nobody will answer
-        PIP_ROOT_USER_ACTION="ignore",  # the root warning is about site-packages; --target is ours
-        PYTHONUNBUFFERED="1",  # lines reach on_output as pip prints them, not in 8 KiB blocks
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    # Sdists built on the way embed timestamps unless told otherwise.
-    env.setdefault("SOURCE_DATE_EPOCH", "315532800")
-    return env
 
 
 def _normalise(staging: Path) -> None:

@@ -2,13 +2,15 @@
 
 Layout under `root`:
 
-    objects/<hex>/          the artifact tree, named by its tree digest, read-only moded
+    objects/<hex>/          the artifact tree, named by its tree digest: owner-read-only (files 0400,
+                            executables 0500, directories 0500)
     listings/<hex>.json     the file listing at store time, so corruption can be pinned to files
     inputs/<input-hex>      text: the artifact digest built from that input (the build cache index)
     tmp/                    staging dirs; on the same filesystem so objects appear by one rename
 
 An object is complete once visible: its tree is staged, its listing written and its modes set
 before the rename that publishes it. Mode bits do not stop root, so `verify` is the real guarantee.
+The store's own directories are 0700: an artifact is read by ingot, which hands instances a copy.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from ingot.artifacts.digest import (
 )
 from ingot.diskspace import disk_full_error, is_disk_full, require_space, tree_size
 from ingot.errors import OperationFailed, UserInputError
+
+READ_ONLY_FILE = 0o400
+READ_ONLY_EXECUTABLE = 0o500
+READ_ONLY_DIR = 0o500
 
 
 class ArtifactNotFound(OperationFailed):
@@ -69,7 +75,7 @@ class ArtifactStore:
 
     def new_staging_dir(self) -> Path:
         """A fresh empty directory to assemble a tree in before `put_tree`."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._private(self.tmp_dir)
         return Path(tempfile.mkdtemp(prefix="stage-", dir=self.tmp_dir))
 
     def put_tree(self, staging_dir: Path) -> str:
@@ -89,7 +95,7 @@ class ArtifactStore:
             self._discard(target)
         self._write_listing(digest, listing)
         _make_read_only(staging_dir, include_root=False)
-        self.objects_dir.mkdir(parents=True, exist_ok=True)
+        self._private(self.objects_dir)
         try:
             os.rename(staging_dir, target)
         except OSError as exc:
@@ -99,7 +105,7 @@ class ArtifactStore:
                 return digest
             raise
         # The root is made read-only last: renaming a directory needs write access to it (for `..`).
-        target.chmod(0o555)
+        target.chmod(READ_ONLY_DIR)
         return digest
 
     def checkout(self, digest: str, runs_dir: Path) -> Path:
@@ -134,7 +140,7 @@ class ArtifactStore:
 
     def _discard(self, target: Path) -> None:
         """Take a stored object out of the way at once (one rename), then delete it."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._private(self.tmp_dir)
         aside = Path(tempfile.mkdtemp(prefix="discard-", dir=self.tmp_dir))
         target.chmod(0o755)  # renaming a directory needs write access to it (for `..`)
         os.rename(target, aside / "object")
@@ -194,14 +200,23 @@ class ArtifactStore:
 
     def record_input(self, input_key: str, digest: str) -> None:
         _hex(digest)  # refuse to record garbage that lookup_input would later have to ignore
+        self._private(self.inputs_dir)
         _atomic_write(self.inputs_dir / _hex(input_key), digest + "\n")
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _private(self, directory: Path) -> None:
+        """Make `directory` (and the store's root) exist, 0700: nobody but ingot lists or reads the store."""
+        for path in (self.root, directory):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if stat.S_IMODE(path.stat().st_mode) != 0o700:
+                path.chmod(0o700)
 
     def _listing_path(self, digest: str) -> Path:
         return self.listings_dir / f"{_hex(digest)}.json"
 
     def _write_listing(self, digest: str, listing: dict[str, str]) -> None:
+        self._private(self.listings_dir)
         _atomic_write(self._listing_path(digest), json.dumps(listing, indent=0, sort_keys=True) + "\n")
 
     def _on_store_filesystem(self, staging_dir: Path) -> Path:
@@ -215,7 +230,7 @@ class ArtifactStore:
         return local
 
     def _tmp_dev(self) -> int:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._private(self.tmp_dir)
         return self.tmp_dir.stat().st_dev
 
 
@@ -260,13 +275,14 @@ def _dirs_and_files(root: Path) -> tuple[list[str], list[str]]:
 
 
 def _make_read_only(root: Path, *, include_root: bool) -> None:
+    # Owner only: whoever else needs the tree (an instance's user) gets a copy of its own.
     dirs, files = _dirs_and_files(root)
     for f in files:
-        os.chmod(f, 0o555 if is_executable(os.stat(f).st_mode) else 0o444)
+        os.chmod(f, READ_ONLY_EXECUTABLE if is_executable(os.stat(f).st_mode) else READ_ONLY_FILE)
     for d in reversed(dirs):  # children first, so a parent is still writable while we work in it
-        os.chmod(d, 0o555)
+        os.chmod(d, READ_ONLY_DIR)
     if include_root:
-        root.chmod(0o555)
+        root.chmod(READ_ONLY_DIR)
 
 
 def force_rmtree(root: Path) -> None:

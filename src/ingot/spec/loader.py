@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from ingot.spec.models import LoadedSpec, Spec, cross_check
 from ingot.spec.problems import Loc, Problem, SpecError, dotted, problems_from_error, spec_error
 
-__all__ = ["SpecError", "load_spec", "parse_spec"]
+__all__ = ["SpecError", "key_line", "load_spec", "parse_spec"]
 
 DEFAULT_FILENAME = "ingot.yaml"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -47,6 +47,15 @@ def parse_spec(text: str, path: Path | str) -> LoadedSpec:
         problems.sort(key=lambda problem: lines.line_of(problem.loc))
         raise spec_error(source, (lines.render(problem, source) for problem in problems))
     return spec
+
+
+def key_line(path: Path, loc: Loc) -> int | None:
+    """The line of the key `loc` in the spec file at `path`, for problems found after loading (or None)."""
+    try:
+        _data, lines = _parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ValueError, SpecError):
+        return None
+    return lines.lines.get(tuple(str(part) for part in loc))
 
 
 def _read(path: Path) -> str:
