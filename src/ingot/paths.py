@@ -11,6 +11,8 @@ from pathlib import Path
 
 # AF_UNIX paths are limited to 108 bytes; deep state directories fall back to a short path.
 _MAX_SOCKET_PATH = 100
+RUNS_HOME_ENV = "INGOT_RUNS_HOME"
+RUNS_HOME = Path("/var/lib/ingot/runs")
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,11 @@ class StatePaths:
 
     @property
     def runs(self) -> Path:
-        """Checkouts of artifacts that process instances run from."""
+        """Checkouts of artifacts that process instances run from. As root, outside the state directory
+        (0700, and perhaps under a private one such as /root), where the instances' own users can reach
+        them: `<runs home>/<hash of the state directory>` (see `ingot.runtimes.fence`)."""
+        if os.geteuid() == 0:
+            return runs_home() / state_tag(self.root)
         return self.root / "runs"
 
     @property
@@ -57,6 +63,16 @@ class StatePaths:
 
     def instance_log(self, environment: str, service: str, instance_id: str) -> Path:
         return self.logs / environment / service / f"{instance_id}.log"
+
+
+def runs_home() -> Path:
+    """Where root's ingot keeps the checkouts process instances run from ($INGOT_RUNS_HOME)."""
+    return Path(os.environ.get(RUNS_HOME_ENV) or RUNS_HOME)
+
+
+def state_tag(root: Path | str) -> str:
+    """A short name for a state directory, for the places outside it that belong to it."""
+    return hashlib.sha256(str(root).encode()).hexdigest()[:16]
 
 
 def explicit_state_dir(explicit: Path | None = None) -> StatePaths | None:

@@ -41,6 +41,8 @@ class InstanceRequest:
     image: str | None = None
     container_port: int = 8000
     hardening: Hardening = Hardening()
+    # The spec's `resources` ({"limits": {...}, "requests": {...}}): process instances' cgroup limits.
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
