@@ -29,6 +29,7 @@ from ingot.plan import StrategyOptions, Target, plan_for
 from ingot.project import Project
 from ingot.releases import load_or_create_key, public_key_text, verify_release
 from ingot.retention import ReleaseInfo, decide
+from ingot.runtimes import fence
 from ingot.runtimes.process import labelled_processes, terminate_group
 from ingot.runtimes.registry import Runtimes
 from ingot.spec import SecuritySpec, ServiceSpec
@@ -384,7 +385,7 @@ def status(project: Project, environment: str | None) -> dict[str, Any]:
         agent: dict[str, Any] = {"running": True, **live["agent"]}
         services = live["services"]
     except AgentUnavailable:
-        agent = {"running": False}
+        agent = {"running": False, "isolation": fence.isolation()}
         services = _offline_services(project)
     if environment:
         services = [s for s in services if s["environment"] == environment]
@@ -411,7 +412,8 @@ def _offline_services(project: Project) -> list[dict[str, Any]]:
             alive = runtimes.of(row).observe(row).alive
             instances.append({"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port,
                               "state": row.state if alive else "exited", "health": "unknown (agent not running)",
-                              "started_at": row.started_at})
+                              "started_at": row.started_at, "runtime": row.runtime,
+                              "user": fence.user_of(row.pid) if row.runtime == "process" and alive else None})
         services.append({"environment": activation.environment, "service": activation.service,
                          "release": activation.release_id, "url": f"http://{activation.params['listen']}/",
                          "instances": instances, "router": {"listening": False, "weights": {}, "stats": {}}})

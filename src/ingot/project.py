@@ -66,9 +66,9 @@ def open_project(spec_file: Path, state_dir: Path | None = None) -> Project:
     spec = load_spec(spec_file)
     explicit = explicit_state_dir(state_dir)
     if explicit is not None:
-        return Project(spec=spec, paths=explicit)
+        return Project(spec=spec, paths=explicit.secure())
     resolved = project_state(spec.path.resolve().parent, spec.project)
-    project = Project(spec=spec, paths=resolved.paths)
+    project = Project(spec=spec, paths=resolved.paths.secure())
     if resolved.moved_from is not None:
         ledger.record(project.store, actor=current_actor(), action="state.move",
                       payload={"from": str(resolved.moved_from), "to": str(resolved.paths.root),

@@ -88,6 +88,13 @@ class ExampleProject:
         home = self.env.get("INGOT_HOME")
         return Path(home) if home else self.root / ".ingot" / self.project
 
+    @property
+    def runs(self) -> Path:
+        """Where its process instances' checkouts are (outside the state directory when run as root)."""
+        from ingot.paths import StatePaths
+
+        return StatePaths(self.state.resolve()).runs
+
     def ingot(self, *args: str, timeout: float = 180.0, check: bool = False,
               extra_env: dict[str, str] | None = None) -> Result:
         env = {**os.environ, "INGOT_ACTOR": "tester@ci", "COLUMNS": "200"}

@@ -49,6 +49,7 @@ import errno
 import functools
 import logging
 import os
+import pwd
 import resource
 import shutil
 import stat
@@ -115,7 +116,7 @@ def open_runs_dir(runs_dir: Path) -> None:
     home = runs_home()
     if home == RUNS_HOME:
         home.parent.mkdir(parents=True, exist_ok=True)
-        _open_dir(home.parent)
+        _open_dir(home.parent, listable=True)
     for directory in reversed(home.parents):
         if not os.stat(directory).st_mode & stat.S_IXOTH:
             raise OperationFailed(f"instances cannot reach their checkouts under {home}: {directory} is not "
@@ -127,14 +128,15 @@ def open_runs_dir(runs_dir: Path) -> None:
         _open_dir(directory)
 
 
-def _open_dir(directory: Path) -> None:
+def _open_dir(directory: Path, *, listable: bool = False) -> None:
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
         raise OperationFailed(f"{directory} is not a directory of root's; ingot will not run instances from "
                               "under it", details=[f"remove it, or set {RUNS_HOME_ENV} elsewhere"])
     mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o711 != 0o711 or mode & 0o022:
-        os.chmod(directory, (mode | 0o711) & ~0o022)
+    wanted = (mode | 0o711) & ~0o022 if listable else 0o711
+    if mode != wanted:
+        os.chmod(directory, wanted)
 
 
 def hand_over(checkout: Path, identity: Identity) -> None:
@@ -445,9 +447,24 @@ def deploy_warning(resources: Mapping[str, Any]) -> str | None:
 
 
 def _whoami() -> str:
-    import pwd
+    return _user_name(os.geteuid())
 
+
+def user_of(pid: int | None) -> str | None:
+    """The user a process runs as (its real uid), by name where it has one."""
+    if pid is None:
+        return None
     try:
-        return pwd.getpwuid(os.geteuid()).pw_name
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return _user_name(int(line.split()[1]))
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return f"uid {os.geteuid()}"
+        return f"uid {uid}"
