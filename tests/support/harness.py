@@ -207,7 +207,7 @@ def stop_everything(project: ExampleProject) -> None:
     for pid in pids:
         # Only a process that still runs from this project's artifact store is ours to kill.
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/cwd").startswith(str(project.state)):
+            if os.readlink(f"/proc/{pid}/cwd").startswith((str(project.state), str(project.runs))):
                 os.killpg(pid, signal.SIGKILL)
     for pid, _what in processes_of(project.state):  # whatever no record names (a test's fault did that)
         with contextlib.suppress(OSError):
