@@ -349,8 +349,9 @@ class Cgroups:
         """Kill whatever is left in `group` (a daemon that left the process group), then delete it."""
         if group.parent != self.base or not group.is_dir():
             return
-        with contextlib.suppress(OSError):
-            (group / "cgroup.kill").write_text("1")
+        if (group / "cgroup.kill").exists():  # Linux 5.14 and later
+            with contextlib.suppress(OSError):
+                (group / "cgroup.kill").write_text("1")
         deadline = time.monotonic() + 2.0
         while True:
             try:
