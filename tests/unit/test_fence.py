@@ -119,3 +119,11 @@ def test_no_predictable_temporary_paths_in_the_source() -> None:
             if ("gettempdir()" in code and path.name != "paths.py") or "/tmp/" in code:
                 offenders.append(f"{path.relative_to(src)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_not_root_is_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fence.sysusers, "is_root", lambda: False)
+    assert fence.identity_for("hello", "web") is None
+    warning = fence.deploy_warning({})
+    assert warning is not None and "not root" in warning and "can read its state, keys" in warning
+    assert warning in fence.weaker() and fence.isolation()["own_users"] is False

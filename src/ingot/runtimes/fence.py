@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import functools
 import logging
 import os
 import pwd
@@ -97,9 +96,9 @@ def is_fenced() -> bool:
     return sysusers.is_root()
 
 
-@functools.lru_cache(maxsize=256)
 def identity_for(project: str, service: str) -> Identity | None:
-    """The user of `service` of `project`, created on first use; None when ingot is not root."""
+    """The user of `service` of `project`, created on first use; None when ingot is not root. Looked up
+    each time (a read of /etc/passwd), never cached: a user removed and made again gets another uid."""
     if not is_fenced():
         return None
     name = sysusers.user_name(project, service)
