@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ingot.errors import OperationFailed
-from ingot.paths import state_tag
+from ingot.paths import runs_home, state_tag
 from ingot.runtimes import fence, logpipe
 from ingot.runtimes.base import InstanceRequest, Observation
 from ingot.store import InstanceRow
@@ -80,8 +80,13 @@ class ProcessRuntime:
             )
         identity = fence.identity_for(request.project, request.service)
         if identity is not None:
-            fence.open_runs_dir(request.artifact_path.parent)
+            if runs_home() in request.artifact_path.parents:
+                fence.open_runs_dir(request.artifact_path.parent)
             fence.hand_over(request.artifact_path, identity)
+            if not fence.may(request.artifact_path, identity, os.R_OK | os.X_OK):
+                raise OperationFailed(f"instance {request.instance_id}: its user {identity.user} cannot reach its "
+                                      f"checkout {request.artifact_path} (a directory above it is private)",
+                                      details=[f"checkouts belong under {runs_home()}"])
         command = resolve_command(request.command, fence.interpreter_for(identity))
         # Bound as the instance's user: a port above 1024, free now (the agent's probe socket is closed).
         port = free_port()
