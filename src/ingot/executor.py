@@ -33,6 +33,7 @@ from ingot.releases import verify_release
 from ingot.rollout_analysis import analyse
 from ingot.rollout_control import RolloutAborted, RolloutControl
 from ingot.routers.base import Router
+from ingot.runtimes import fence
 from ingot.runtimes.base import Hardening, InstanceRequest, Resources, Runtime
 from ingot.runtimes.registry import Runtimes
 from ingot.signing import trusted_key
@@ -276,7 +277,10 @@ class Executor:
     async def _start(self, dep: Deployment, step: Step) -> dict[str, Any]:
         rows = await self.start_instances(dep.row.environment, dep.row.service, dep.release, dep.params, step.count)
         dep.started.extend(rows)
-        return {"instances": [{"id": r.id, "port": r.port, "pid": r.pid} for r in rows]}
+        result: dict[str, Any] = {"instances": [{"id": r.id, "port": r.port, "pid": r.pid} for r in rows]}
+        process = dep.params.runtime == "process"
+        warning = fence.deploy_warning(dep.release.spec.get("resources") or {}) if process else None
+        return {**result, "warning": warning} if warning and rows else result
 
     async def start_instances(self, environment: str, service: str, release: ReleaseRow, params: DeployParams,
                               count: int) -> list[InstanceRow]:
@@ -394,7 +398,8 @@ class Executor:
         common = InstanceRequest(instance_id="", environment=environment, service=service, release_id=release.id,
                                  project=release.project, state_dir=str(self.paths.root),
                                  env={**release_environment(release), **secrets},
-                                 command=tuple(spec.get("command") or ()))
+                                 command=tuple(spec.get("command") or ()),
+                                 resources=Resources.from_spec(spec.get("resources")))
         if params.runtime == "process":
             run_dir = await asyncio.to_thread(self.artifacts.checkout, release.artifact_digest, self.paths.runs)
             return replace(common, artifact_path=run_dir)
@@ -409,8 +414,7 @@ class Executor:
             run_as_non_root=bool(security.get("run_as_non_root", True)),
             run_as_user=security.get("run_as_user"),
         )
-        return replace(common, image=release.artifact_digest, container_port=int(spec["port"]), hardening=hardening,
-                       resources=Resources.from_spec(spec.get("resources")))
+        return replace(common, image=release.artifact_digest, container_port=int(spec["port"]), hardening=hardening)
 
     async def _wait_healthy(self, dep: Deployment) -> dict[str, Any]:
         pending = [row for row in dep.started if row.state == "starting"]
@@ -480,7 +484,9 @@ class Executor:
         self._remove_checkout(Path(row.handle))
 
     def _remove_checkout(self, run_dir: Path | None) -> None:
-        if run_dir is not None and run_dir.parent == self.paths.runs and run_dir.exists():
+        # `runs/` in the state directory: where checkouts were before root's moved out of it (see StatePaths.runs).
+        places = (self.paths.runs, self.paths.root / "runs")
+        if run_dir is not None and run_dir.parent in places and run_dir.exists():
             force_rmtree(run_dir)
 
     async def _undo(self, dep: Deployment) -> list[str]:

@@ -31,6 +31,7 @@ from ingot.project import Project
 from ingot.releases import verify_release
 from ingot.retention import ReleaseInfo, decide
 from ingot.routers.base import ClientPolicy
+from ingot.runtimes import fence
 from ingot.runtimes.process import labelled_processes, terminate_group
 from ingot.runtimes.registry import Runtimes
 from ingot.signing import trusted_key
@@ -402,7 +403,7 @@ def status(project: Project, environment: str | None) -> dict[str, Any]:
         agent: dict[str, Any] = {"running": True, **live["agent"]}
         services = live["services"]
     except AgentUnavailable:
-        agent = {"running": False}
+        agent = {"running": False, "isolation": fence.isolation()}
         services = _offline_services(project)
     if environment:
         services = [s for s in services if s["environment"] == environment]
@@ -429,7 +430,8 @@ def _offline_services(project: Project) -> list[dict[str, Any]]:
             alive = runtimes.of(row).observe(row).alive
             instances.append({"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port,
                               "state": row.state if alive else "exited", "health": "unknown (agent not running)",
-                              "started_at": row.started_at})
+                              "started_at": row.started_at, "runtime": row.runtime,
+                              "user": fence.user_of(row.pid) if row.runtime == "process" and alive else None})
         services.append({"environment": activation.environment, "service": activation.service,
                          "release": activation.release_id, "url": f"http://{activation.params['listen']}/",
                          "instances": instances, "router": {"listening": False, "weights": {}, "stats": {}}})

@@ -68,9 +68,9 @@ def open_project(spec_file: Path, state_dir: Path | None = None) -> Project:
     explicit = explicit_state_dir(state_dir)
     pin = pin_path(spec.path)
     if explicit is not None:
-        return Project(spec=spec, paths=replace(explicit, pin=pin))
+        return Project(spec=spec, paths=replace(explicit.secure(), pin=pin))
     resolved = project_state(spec.path.resolve().parent, spec.project)
-    project = Project(spec=spec, paths=replace(resolved.paths, pin=pin))
+    project = Project(spec=spec, paths=replace(resolved.paths.secure(), pin=pin))
     if resolved.moved_from is not None:
         ledger.record(project.store, actor=current_actor(), action="state.move",
                       payload={"from": str(resolved.moved_from), "to": str(resolved.paths.root),

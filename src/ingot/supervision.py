@@ -37,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 
 from ingot.fdstore import Holder
+from ingot.paths import private_umask
 
 # Exit codes that end supervision: stopped on purpose, or another instance already runs (AlreadyRunning).
 FINAL_EXIT_CODES = (0, 75)
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("entry", help="MODULE:FUNCTION, called with the remaining arguments; returns an exit code")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    private_umask()
     rest = args.args[1:] if args.args[:1] == ["--"] else args.args
     return Supervisor(load_entry(args.entry), rest, args.pidfile, args.entry).run()
 

@@ -39,7 +39,7 @@ def test_a_dead_row_with_full_capacity_is_retired_once(example: ExampleProject, 
                      "'web', ?, 'process', ?, '1', '127.0.0.1', 1, ?, ?, NULL, 'running', ?)",
                      (release, gone.pid, log_path + ".dead", time.time(), handle))
         conn.commit()
-    runs = example.state / "runs"
+    runs = example.runs
     with load(example.url, tmp_path) as during:
         poll(lambda: _state(example, "web-dead01") == "failed", timeout=30, what="the dead row to be retired")
         settled = about(example, "web-dead01")

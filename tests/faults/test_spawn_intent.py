@@ -79,7 +79,7 @@ def test_agent_killed_as_a_first_deploy_starts_instances_leaves_nothing_down_mis
     down = example.ingot("down", check=True)
     assert "Traceback" not in down.err
     poll(lambda: not processes_of(example.state), timeout=10, what="nothing of the project left running")
-    assert not [p for p in (example.state / "runs").iterdir()], "a checkout was left behind"
+    assert not [p for p in example.runs.iterdir()], "a checkout was left behind"
     with contextlib.closing(_db(example)) as conn:
         states = {state for (state,) in conn.execute("SELECT state FROM instances")}
     assert not states & {"spawning", "starting", "running"}, states

@@ -166,7 +166,7 @@ def test_a_failing_start_with_a_non_ingot_error_keeps_the_previous_release_servi
     assert f"still serving: release {v1}" in failed.err
     assert during["failures"] == [] and int(during["requests"]) > 20
     assert example.get()["release"] == v1
-    assert len(list((example.state / "runs").iterdir())) == 1  # the new release's checkout removed
+    assert len(list(example.runs.iterdir())) == 1  # the new release's checkout removed
     [latest, *_] = example.ingot("history", "--json", check=True).json
     assert latest["outcome"] == "failed" and latest["release"] != v1
     fail = [e for e in example.ingot("audit", "log", "--json", check=True).json if e["action"] == "deploy.fail"]

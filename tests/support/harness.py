@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -87,6 +88,13 @@ class ExampleProject:
         """The project's state directory: $INGOT_HOME when a test sets it, else `.ingot/<project>/` beside the spec."""
         home = self.env.get("INGOT_HOME")
         return Path(home) if home else self.root / ".ingot" / self.project
+
+    @property
+    def runs(self) -> Path:
+        """Where its process instances' checkouts are (outside the state directory when run as root)."""
+        from ingot.paths import StatePaths
+
+        return StatePaths(self.state.resolve()).runs
 
     def ingot(self, *args: str, timeout: float = 180.0, check: bool = False,
               extra_env: dict[str, str] | None = None) -> Result:
@@ -209,7 +217,7 @@ def stop_everything(project: ExampleProject) -> None:
     for pid in pids:
         # Only a process that still runs from this project's artifact store is ours to kill.
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/cwd").startswith(str(project.state)):
+            if os.readlink(f"/proc/{pid}/cwd").startswith((str(project.state), str(project.runs))):
                 os.killpg(pid, signal.SIGKILL)
     for pid, _what in processes_of(project.state):  # whatever no record names (a test's fault did that)
         with contextlib.suppress(OSError):
@@ -265,6 +273,9 @@ def exit_after_first_health_check(example: ExampleProject, seconds: float, stagg
     order = ""
     if stagger is not None:
         stagger.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:  # instances run as users of their own: somewhere they all can reach and write
+            stagger = Path(tempfile.mkdtemp(prefix="ingot-test-order-"))
+            stagger.chmod(0o1777)
         order = (f'                for rank in range(1000):\n'
                  f'                    try:\n'
                  f'                        os.close(os.open(os.path.join({str(stagger)!r}, str(rank)), '

@@ -105,7 +105,7 @@ def ensure_agent(paths: StatePaths) -> AgentClient:
             return client
         raise OperationFailed("the agent's supervisor runs, but the agent did not answer within "
                               f"{START_TIMEOUT:g} s", details=[f"its log ({paths.agent_log}):", *_tail(paths)])
-    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.secure()
     with open(paths.agent_log, "ab") as log:
         # Under ingot's supervisor, which starts the agent again when it dies (`ingot install` does the
         # same with systemd).

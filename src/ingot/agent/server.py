@@ -32,10 +32,11 @@ from ingot.edge.home import EdgeHome
 from ingot.errors import IngotError, UserInputError
 from ingot.executor import Deployment, Executor
 from ingot.health import probe
-from ingot.paths import StatePaths
+from ingot.paths import StatePaths, private_umask
 from ingot.plan import Plan, StrategyOptions, Target, plan_for
 from ingot.rollout_control import RolloutControl
 from ingot.routers.base import Router
+from ingot.runtimes import fence
 from ingot.runtimes.registry import Runtimes
 from ingot.state import service_state
 from ingot.store import InstanceRow, Store
@@ -442,7 +443,8 @@ class Agent:
             health = await asyncio.gather(*(self._health_of(row, policy) for row in rows))
             instances = [
                 {"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port, "state": state,
-                 "health": verdict, "started_at": row.started_at}
+                 "health": verdict, "started_at": row.started_at, "runtime": row.runtime,
+                 "user": fence.user_of(row.pid) if row.runtime == "process" else None}
                 for row, (state, verdict) in zip(rows, health, strict=True)
             ]
             window = self.windows.get(key)
@@ -456,7 +458,8 @@ class Agent:
                            "backends": router.backend_health() if router else {},
                            "stats": {k: v.as_dict() for k, v in router.stats().items()} if router else {}},
             })
-        return {"agent": {"pid": os.getpid(), "version": __version__}, "services": services}
+        return {"agent": {"pid": os.getpid(), "version": __version__, "isolation": fence.isolation()},
+                "services": services}
 
     async def _health_of(self, row: InstanceRow, policy: HealthPolicy) -> tuple[str, str]:
         """The instance's state and one live probe of its health path, as evidence for `ingot status`."""
@@ -540,7 +543,8 @@ async def _discard(_message: dict[str, Any]) -> None:
 
 
 def run_agent(paths: StatePaths, companions: Sequence[Companion] = ()) -> None:
-    paths.root.mkdir(parents=True, exist_ok=True)
+    private_umask()  # started by systemd too, not only by the CLI (whose umask it would inherit)
+    paths.secure()
     with pidfile.holding(paths.agent_pid, f"an agent for {paths.root}"):
         from ingot.routers.builtin import install_fast_loop
 

@@ -17,6 +17,7 @@ from ingot import __version__, build_release, ledger, operations
 from ingot.cli.output import Progress, console, errors, pinned_note, print_json, short, when
 from ingot.diskspace import disk_full_error, is_disk_full
 from ingot.errors import IngotError, UserInputError
+from ingot.paths import private_umask
 from ingot.project import Project, open_project
 from ingot.store.db import store_error
 
@@ -385,6 +386,10 @@ def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> N
     agent = report["agent"]
     console.print(f"project {report['project']} — agent "
                   + (f"running (pid {agent['pid']})" if agent["running"] else "not running"))
+    uses_processes = any(i.get("runtime", "process") == "process" for s in report["services"]
+                         for i in s.get("instances", ()))
+    for weaker in (agent.get("isolation") or {}).get("weaker", []) if uses_processes else []:
+        errors.print(f"warning: {weaker}", markup=False, soft_wrap=True)
     if not report["services"]:
         console.print("nothing deployed")
         return
@@ -713,6 +718,7 @@ _register_command_modules()
 
 
 def run() -> None:
+    private_umask()  # ingot's own files (state, logs, keys, sockets) are its alone, 0600/0700
     try:
         app()
     except Exception as exc:  # a bug, not bad input: say so plainly

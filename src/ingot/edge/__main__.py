@@ -14,6 +14,7 @@ from pathlib import Path
 from ingot.edge.home import EdgeHome
 from ingot.edge.server import run_edge
 from ingot.errors import IngotError
+from ingot.paths import private_umask
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--home", type=Path, default=None, help="its state directory (default: $INGOT_EDGE_HOME)")
     serve.add_argument("--persistent", action="store_true", help="keep running with no router (systemd)")
     args = parser.parse_args(argv)
+    private_umask()  # its state, maps and sockets are root's alone
     home = EdgeHome(args.home.resolve()) if args.home else EdgeHome.default()
     try:
         run_edge(home, persistent=args.persistent)

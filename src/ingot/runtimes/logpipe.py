@@ -46,6 +46,7 @@ class _Log(logging.handlers.RotatingFileHandler):
 
 def main(argv: list[str]) -> int:
     path, max_bytes, backups = argv[1], int(argv[2]), int(argv[3])
+    os.umask(0o077)  # the log and its rotations: 0600, readable by ingot alone (instances only write the pipe)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the instance is stopped; its logger ends at end of output
     log = _Log(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", errors="surrogateescape",

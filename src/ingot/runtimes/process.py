@@ -6,6 +6,9 @@ a pipe to a small logger process (`logpipe.py`) that writes the instance's log f
 by size: `LOG_MAX_BYTES` per file (10 MiB, or $INGOT_LOG_MAX_BYTES) and `LOG_BACKUPS` rotated files
 (`.1`, `.2`). So one instance's log takes at most about 30 MiB, and `ingot logs` still has a tail of
 several hundred thousand lines to show.
+
+As root, each service's instances run as a user of their own, from a checkout only that user can read,
+with no_new_privs, rlimits and (where cgroup v2 allows) their `resources`: see `ingot.runtimes.fence`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ingot.errors import OperationFailed
-from ingot.runtimes import logpipe
+from ingot.paths import runs_home, state_tag
+from ingot.runtimes import fence, logpipe
 from ingot.runtimes.base import InstanceRequest, Observation
 from ingot.store import InstanceRow
 
@@ -55,10 +59,10 @@ def process_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def resolve_command(command: tuple[str, ...]) -> list[str]:
+def resolve_command(command: tuple[str, ...], python: str = sys.executable) -> list[str]:
     first, *rest = command
     if first in PYTHON_ALIASES:
-        return [sys.executable, *rest]
+        return [python, *rest]
     return [first, *rest]
 
 
@@ -76,8 +80,23 @@ class ProcessRuntime:
             raise OperationFailed(
                 f"instance {request.instance_id}: the process runtime needs an artifact and a command"
             )
+        identity = fence.identity_for(request.project, request.service)
+        if identity is not None:
+            if runs_home() in request.artifact_path.parents:
+                fence.open_runs_dir(request.artifact_path.parent)
+            fence.hand_over(request.artifact_path, identity)
+            if not fence.may(request.artifact_path, identity, os.R_OK | os.X_OK):
+                raise OperationFailed(f"instance {request.instance_id}: its user {identity.user} cannot reach its "
+                                      f"checkout {request.artifact_path} (a directory above it is private)",
+                                      details=[f"checkouts belong under {runs_home()}"])
+        command = resolve_command(request.command, fence.interpreter_for(identity))
+        # Bound as the instance's user: a port above 1024, free now (the agent's probe socket is closed).
         port = free_port()
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        if identity is not None:
+            env["HOME"] = fence.NO_HOME  # ingot's home (/root) is not its to read
+            if "TMPDIR" in env and not fence.may(Path(env["TMPDIR"]), identity, os.W_OK | os.X_OK):
+                del env["TMPDIR"]
         env.update(request.env)
         env.update(
             {
@@ -95,24 +114,31 @@ class ProcessRuntime:
         deps = request.artifact_path / ".ingot-deps"
         if deps.is_dir():
             env["PYTHONPATH"] = str(deps)
-        request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        request.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        group = fence.cgroups().create(f"{state_tag(request.state_dir)}-{request.instance_id}", request.resources)
+        setup = fence.preexec(identity, fence.rlimits(identity is not None),
+                              str(group / "cgroup.procs") if group is not None else None)
         read_end, write_end = os.pipe()
         try:
             self._start_logger(request, read_end)
             try:
                 child = subprocess.Popen(
-                    resolve_command(request.command),
+                    command,
                     cwd=request.artifact_path,
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=write_end,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=setup,  # safe with threads: see fence, it only makes prepared, lock-free calls
                 )
-            except OSError as exc:
+            except (OSError, subprocess.SubprocessError) as exc:
+                if group is not None:
+                    fence.cgroups().remove(group)
+                user = f" as {identity.user}" if identity is not None else ""
                 raise OperationFailed(
-                    f"instance {request.instance_id} of {request.service} could not start: {exc}",
-                    details=[f"command: {' '.join(request.command)}"],
+                    f"instance {request.instance_id} of {request.service} could not start{user}: {exc}",
+                    details=[f"command: {' '.join(request.command)}", f"its log: {request.log_path}"],
                 ) from exc
         finally:
             # The children hold their ends; the logger sees end of output once the instance is gone.
@@ -184,7 +210,10 @@ class ProcessRuntime:
     def stop(self, instance: InstanceRow, timeout: float) -> None:
         if instance.pid is None or not self.observe(instance).alive:
             return
+        group = fence.cgroups().group_of(instance.pid)
         terminate_group(instance.pid, timeout, lambda: self.observe(instance).alive)
+        if group is not None:
+            fence.cgroups().remove(group)
 
     def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]:
         path = Path(instance.log_path)
