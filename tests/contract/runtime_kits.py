@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import docker  # type: ignore[import-untyped]
 from docker.errors import APIError, NotFound  # type: ignore[import-untyped]
 
+from ingot.artifacts.store import force_rmtree
 from ingot.runtimes.base import Hardening, InstanceRequest, Runtime
 from ingot.runtimes.docker import DockerRuntime
 from ingot.runtimes.process import ProcessRuntime, labelled_processes, terminate_group
@@ -41,6 +43,8 @@ class Kit:
     workdir: Path
     image: str | None = None  # the app's image ID (container kinds)
     engine_url: str | None = None
+    # process: the checkout it runs from, outside pytest's tmp dir (private to root), as the agent's are.
+    artifact: Path | None = None
     started: list[InstanceRow] = field(default_factory=list)
     project: str = field(default_factory=lambda: f"c{uuid.uuid4().hex[:10]}")
 
@@ -56,7 +60,7 @@ class Kit:
             log_path=self.workdir / "logs" / f"{instance_id}.log",
         )
         if self.kind == "process":
-            base = replace(base, artifact_path=self.workdir / "artifact", command=("python", "app.py"))
+            base = replace(base, artifact_path=self.artifact, command=("python", "app.py"))
         else:
             base = replace(base, image=self.image, container_port=CONTAINER_PORT, hardening=Hardening())
         return replace(base, **changes)
@@ -79,6 +83,8 @@ class Kit:
         if self.kind == "process":
             for pid, _ in labelled_processes(self.state_dir):
                 terminate_group(pid, 0.5)
+            if self.artifact is not None:
+                force_rmtree(self.artifact.parent)
             return
         client = client_at(str(self.engine_url))
         for container in client.containers.list(all=True, filters={"label": f"ingot.project={self.project}"}):
@@ -87,10 +93,15 @@ class Kit:
 
 
 def process_kit(workdir: Path) -> Kit:
-    artifact = workdir / "artifact"
-    artifact.mkdir(parents=True)
+    """As root, instances run as a user of their own, which must reach the checkout: an unguessable
+    directory others may pass through (0711), like the agent's runs home."""
+    workdir.mkdir(parents=True)
+    top = Path(tempfile.mkdtemp(prefix="ingot-contract-"))
+    top.chmod(0o711)
+    artifact = top / "artifact"
+    artifact.mkdir()
     shutil.copy2(APP_DIR / "app.py", artifact / "app.py")
-    return Kit("process", ProcessRuntime(), ProcessRuntime, workdir)
+    return Kit("process", ProcessRuntime(), ProcessRuntime, workdir, artifact=artifact)
 
 
 def container_kit(kind: str, url: str, image: str, workdir: Path) -> Kit:

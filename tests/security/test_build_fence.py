@@ -103,7 +103,7 @@ def test_a_requirements_build_code_runs_unprivileged_with_no_operator_variable(t
     _with_evil_requirement(example, secret_file)
 
     built = example.ingot("build", "--json", extra_env=OPERATOR_ENV)
-    assert built.code == 0, built
+    assert built.code == 0, built.err
 
     [obj] = _stored_objects(example.state)
     report = json.loads((obj / ".ingot-deps" / "evilpkg" / "report.json").read_text())

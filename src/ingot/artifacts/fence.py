@@ -293,7 +293,9 @@ class BuildSandbox:
                           f"mount -o remount,bind,ro,nosuid,nodev {shlex.quote(str(point))}"]
                 moves += [f"mkdir -p {shlex.quote(path)}",
                           f"mount --move {shlex.quote(str(point))} {shlex.quote(path)}"]
-        script = ["set -e", *binds, *covers, *moves]
+        # The directories made in a cover lead the build user to the interpreter: open to pass through,
+        # whatever ingot's own umask (077).
+        script = ["set -e", *binds, *covers, "umask 022", *moves, "umask 077"]
         script.append(f'exec {shlex.quote(setpriv)} --reuid={self.uid} --regid={self.user[1]} '
                       '--clear-groups --no-new-privs -- "$@"')
         return [unshare, "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
@@ -326,10 +328,9 @@ class BuildSandbox:
 def build_sandbox(size: int, what: str) -> Iterator[BuildSandbox]:
     """A fresh sandbox with room for `size` bytes of context; deleted, whatever the build left, on exit."""
     user = _build_user()
-    base = Path(tempfile.gettempdir())
-    require_space(base, size, what)
-    top = Path(tempfile.mkdtemp(prefix="ingot-build-", dir=base))  # 0700, a name nobody can guess
+    top = Path(tempfile.mkdtemp(prefix="ingot-build-"))  # 0700, a name nobody can guess
     try:
+        require_space(top.parent, size, what)
         work = top / "work"
         dirs = [work, work / "src", work / "home", work / "tmp"]
         for path in dirs:

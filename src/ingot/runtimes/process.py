@@ -80,6 +80,8 @@ class ProcessRuntime:
             raise OperationFailed(
                 f"instance {request.instance_id}: the process runtime needs an artifact and a command"
             )
+        if not request.artifact_path.is_dir():
+            raise OperationFailed(f"instance {request.instance_id}: its checkout {request.artifact_path} is missing")
         identity = fence.identity_for(request.project, request.service)
         if identity is not None:
             if runs_home() in request.artifact_path.parents:
