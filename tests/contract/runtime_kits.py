@@ -70,6 +70,16 @@ class Kit:
         self.started.append(row)
         return row
 
+    def log_files(self, row: InstanceRow) -> list[Path]:
+        """The files on disk that hold the instance's log: its log and the rotated ones beside it
+        (process), or the engine's log file and its rotations (containers)."""
+        if self.kind == "process":
+            path = Path(row.log_path)
+        else:
+            container = client_at(str(self.engine_url)).containers.get(row.handle)
+            path = Path(container.attrs["LogPath"])
+        return sorted(p for p in path.parent.glob(path.name + "*") if p.is_file())
+
     def running_labelled(self) -> list[str]:
         """Instance ids of this kit's that still run (process) or still exist (containers)."""
         if self.kind == "process":

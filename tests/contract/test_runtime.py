@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from ingot.errors import OperationFailed
-from ingot.runtimes.base import Hardening, Resources
+from ingot.runtimes.base import LOG_BACKUPS, Hardening, Resources
 from ingot.runtimes.docker import DockerRuntime
 from tests.contract.runtime_kits import Kit, answering, answers, get_json, intent_of, wait_for
 from tests.support.engines import BASE_IMAGE, client_at
@@ -268,3 +268,18 @@ def test_unlimited_by_default(engine_kit: Kit) -> None:
     host_config = client_at(str(engine_kit.engine_url)).containers.get(row.handle).attrs["HostConfig"]
     assert (host_config["Memory"], host_config["NanoCpus"]) == (0, 0)
     assert isinstance(engine_kit.runtime, DockerRuntime)
+
+
+def test_an_instance_that_writes_without_end_stays_within_its_log_cap(kit: Kit,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    cap = 64 * 1024
+    monkeypatch.setenv("INGOT_LOG_MAX_BYTES", str(cap))
+    row = kit.start(kit.request())
+    wait_for(lambda: answers(row), "the instance to answer")
+    assert get_json(row, "/spew?lines=20000", timeout=30)["spewed"] == 20000  # about 1.8 MB
+    logged(kit, row, "spews line 00019999")  # the newest lines are kept
+    files = kit.log_files(row)
+    assert files, "the instance's log on disk"
+    total = sum(path.stat().st_size for path in files)
+    # One file per rotation at most (the engines write a record a little past the cap before rotating).
+    assert total <= (LOG_BACKUPS + 1) * (cap + 8 * 1024), (total, files)

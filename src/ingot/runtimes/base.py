@@ -35,7 +35,9 @@ process runtime, Podman and Docker Engine, each for real):
   is not dead.
 - `log_tail(instance, n)` is its last `n` lines of stdout and stderr, interleaved as written, while
   it runs and after it exited. After `stop`, the process runtime keeps its (capped, rotated) log
-  file; a container's log goes with the container.
+  file; a container's log goes with the container. On every runtime the log on disk is capped
+  (`log_max_bytes()` per file, `LOG_BACKUPS` older files): an instance that writes without end never
+  fills the disk.
 - Agent restart: a NEW runtime object (another process) observes, stops and reads the logs of
   instances an earlier one started, from their rows alone; `find(row, state_dir)` fills in a row
   whose spawn was never recorded, by the labels the instance carries (process: INGOT_INSTANCE and
@@ -47,6 +49,7 @@ process runtime, Podman and Docker Engine, each for real):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -54,6 +57,18 @@ from typing import Any, Protocol
 
 from ingot.spec.quantities import quantity_value
 from ingot.store import InstanceRow
+
+# Every runtime caps an instance's log: at most LOG_MAX_BYTES per file ($INGOT_LOG_MAX_BYTES) and
+# LOG_BACKUPS rotated files beside it (the process runtime's logger; the engines' json-file/k8s-file
+# log driver, where Podman keeps one file and truncates it at the cap instead).
+LOG_MAX_BYTES_ENV = "INGOT_LOG_MAX_BYTES"
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 2
+
+
+def log_max_bytes() -> int:
+    text = os.environ.get(LOG_MAX_BYTES_ENV, "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else LOG_MAX_BYTES
 
 
 @dataclass(frozen=True)

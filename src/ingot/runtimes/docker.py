@@ -27,10 +27,11 @@ from typing import IO, Any
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
+from docker.types import LogConfig
 from docker.utils.build import tar as context_tar
 
 from ingot.errors import OperationFailed, UserInputError
-from ingot.runtimes.base import InstanceRequest, Observation
+from ingot.runtimes.base import LOG_BACKUPS, InstanceRequest, Observation, log_max_bytes
 from ingot.runtimes.engine import ContainerEngineUnavailable, connect_engine, is_podman
 from ingot.store import InstanceRow
 
@@ -507,6 +508,9 @@ def _create_arguments(request: InstanceRequest, name: str, user: str | None = No
         "cap_drop": ["ALL"] if hardening.drop_all_capabilities else None,
         "cap_add": list(hardening.add_capabilities) or None,
         "restart_policy": {"Name": "no"},
+        # Capped like a process instance's log (an engine's default keeps everything, until the disk fills).
+        "log_config": LogConfig(type="json-file", config={"max-size": str(log_max_bytes()),
+                                                          "max-file": str(LOG_BACKUPS + 1)}),
         **({"user": user} if user is not None else {}),
         **{key: value for key, value in limits.items() if value is not None},
     }

@@ -27,22 +27,12 @@ from pathlib import Path
 from ingot.errors import OperationFailed
 from ingot.paths import runs_home, state_tag
 from ingot.runtimes import fence, logpipe
-from ingot.runtimes.base import InstanceRequest, Observation
+from ingot.runtimes.base import LOG_BACKUPS, InstanceRequest, Observation, log_max_bytes
 from ingot.store import InstanceRow
 
 # The interpreter ingot runs on is the one an artifact's dependencies were installed for.
 PYTHON_ALIASES = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
-LOG_MAX_BYTES_ENV = "INGOT_LOG_MAX_BYTES"
-LOG_MAX_BYTES = 10 * 1024 * 1024
-LOG_BACKUPS = 2
-
-
-def log_max_bytes() -> int:
-    text = os.environ.get(LOG_MAX_BYTES_ENV, "").strip()
-    return int(text) if text.isdigit() and int(text) > 0 else LOG_MAX_BYTES
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

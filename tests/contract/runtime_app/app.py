@@ -2,7 +2,8 @@
 
 Environment: PORT (listen there), CONTRACT_ON_TERM=ignore (ignore SIGTERM; default: say so and exit 0),
 CONTRACT_EXIT_AT_ONCE=N (print a line, exit N before listening). Paths: /healthz, /env (its whole
-environment), /whoami (uid, gid), /exit?code=N (answers, then exits N).
+environment), /whoami (uid, gid), /spew?lines=N (prints N lines of about 90 bytes), /exit?code=N
+(answers, then exits N).
 """
 
 import json
@@ -29,6 +30,12 @@ class Handler(BaseHTTPRequestHandler):
             body = dict(os.environ)
         elif url.path == "/whoami":
             body = {"uid": os.getuid(), "gid": os.getgid()}
+        elif url.path == "/spew":
+            lines = int(parse_qs(url.query)["lines"][0])
+            for number in range(lines):
+                print(f"contract app {instance} spews line {number:08d} " + "x" * 60)
+            sys.stdout.flush()
+            body = {"spewed": lines}
         elif url.path == "/exit":
             code = int(parse_qs(url.query)["code"][0])
             body = {"exiting": code}
