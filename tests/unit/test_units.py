@@ -51,4 +51,8 @@ def test_agent_units_are_named_per_state_directory() -> None:
     assert agent_unit_name("my app!", one).startswith("ingot-agent-my-app--")
     service = service_section(agent_unit("hello", one, home).text)
     assert shlex.split(service["ExecStart"])[-4:] == ["--state", str(one), "agent", "--foreground"]
+    spec = Path("/srv/hello/ingot.yaml")
+    pinned = service_section(agent_unit("hello", one, home, spec=spec).text)
+    # The agent checks releases against the pin beside the spec, not the state's own key.
+    assert shlex.split(pinned["ExecStart"])[-6:] == ["--state", str(one), "agent", "-f", str(spec), "--foreground"]
     assert service["KillMode"] == "process"  # instances outlive an agent restart

@@ -57,7 +57,8 @@ def install_command(
 
     project = project_for(file)
     home = EdgeHome.default()
-    units = [edge_unit(home), agent_unit(project.spec.project, project.paths.root, home)]
+    units = [edge_unit(home), agent_unit(project.spec.project, project.paths.root, home,
+                                                 spec=project.spec.path.resolve())]
     if dry_run:
         for unit in units:
             console.print(f"# {unit.name}", markup=False)

@@ -73,11 +73,15 @@ def agent_unit_name(project: str, state_dir: Path) -> str:
     return f"ingot-agent-{safe}-{tag}.service"
 
 
-def agent_unit(project: str, state_dir: Path, home: EdgeHome, python: str = sys.executable) -> Unit:
+def agent_unit(project: str, state_dir: Path, home: EdgeHome, python: str = sys.executable,
+               spec: Path | None = None) -> Unit:
+    """With `spec`, the agent checks releases against the public key pinned beside it (see ingot.signing),
+    not against the state's own key."""
+    pinned = ["-f", str(spec)] if spec is not None else []
     return Unit(agent_unit_name(project, state_dir), _unit(
         description=f"ingot agent of project {project} ({state_dir}): the control plane", after=EDGE_UNIT,
         environment={HOME_ENV: str(home.root), "INGOT_DAEMON": "1"},
-        command=[python, "-m", "ingot", "--state", str(state_dir), "agent", "--foreground"],
+        command=[python, "-m", "ingot", "--state", str(state_dir), "agent", *pinned, "--foreground"],
         why_kill_mode="Instances run in their own process groups and outlive the agent: only the agent is "
                       "stopped."))
 
