@@ -146,7 +146,9 @@ class ClientPolicy:
       past it the connection is closed (408 if part of a head had come). A slowloris client holds nothing.
     - `min_body_rate`: bytes per second a request body must average, after a grace of `head_timeout`;
       time the router itself held the client back (a slow backend) does not count. 0: no minimum.
-    - `max_connections`: client connections at once; one more is answered 503 and closed.
+    - `max_connections`: client connections at once; one more is answered 503 and closed. Where the
+      process's open-files limit cannot hold that many, the cap is what it can hold (said in the log), so
+      a client past it is still answered rather than left in the listen backlog.
     - `trusted_proxies`: CIDRs whose `X-Forwarded-For` is kept (the peer is appended to it); from anyone
       else the header is replaced by the peer's address.
     - `release_header`: whether responses name the release that answered (`X-Ingot-Release`).
@@ -154,7 +156,7 @@ class ClientPolicy:
 
     head_timeout: float = 10.0
     min_body_rate: int = 1024
-    max_connections: int = 10000
+    max_connections: int = 16384
     trusted_proxies: tuple[str, ...] = ()
     release_header: bool = True
 

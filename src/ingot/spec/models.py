@@ -327,7 +327,7 @@ class RouterSpec(_Model):
     # Against hostile clients (see ingot.routers.base.ClientPolicy): deployment parameters, not release identity.
     head_timeout: Duration = Field(default=10.0, gt=0)
     min_body_rate: StrictInt = Field(default=1024, ge=0)
-    max_connections: StrictInt = Field(default=10000, ge=1)
+    max_connections: StrictInt = Field(default=16384, ge=1)
     trusted_proxies: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(default_factory=list)
     release_header: StrictBool = True
 

@@ -101,7 +101,7 @@ class ClientProtocol(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but implement the interface.
         self.transport = cast(asyncio.Transport, transport)
         router = self.router
-        if len(router._clients) >= router.clients.max_connections:
+        if len(router._clients) >= router.connection_cap:
             # Refused with an answer rather than by not accepting: the client learns at once, and the
             # connections that are open go on being served.
             self.lingering = self.closed = True

@@ -42,6 +42,22 @@ def install_fast_loop() -> bool:
     return True
 
 
+# Files kept free of client connections (upstream connections, the listening socket, logs, the edge's
+# own): a quarter of the limit, at most this many.
+_RESERVED_FILES = 1024
+
+
+def connections_the_fd_limit_allows() -> int:
+    """How many client connections fit under this process's soft RLIMIT_NOFILE (raised by the edge at start),
+    keeping some for everything else; at least 64."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(64, soft - min(_RESERVED_FILES, soft // 4))
+
+
 class BuiltinRouter:
     """Weighted HTTP/1.1 reverse proxy; see `ingot.routers.base.Router` for the contract.
 
@@ -116,6 +132,10 @@ class BuiltinRouter:
     def set_clients(self, policy: ClientPolicy) -> None:
         """Apply new limits on clients at once (connections already open keep their trust until they close)."""
         self.clients = policy
+        self.connection_cap = min(policy.max_connections, connections_the_fd_limit_allows())
+        if self.connection_cap < policy.max_connections:
+            log.warning("router %s: max_connections %d is more than the open-files limit allows; capped at %d",
+                        self.name, policy.max_connections, self.connection_cap)
         self._trusted = [ipaddress.ip_network(c, strict=False) for c in policy.trusted_proxies]
         for rel in self._releases.values():
             rel.header = rel.named_header if policy.release_header else b""
