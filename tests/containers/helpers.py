@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -12,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ingot.runtimes.base import Hardening, InstanceRequest
+from tests.support import http_json
 
 T = TypeVar("T")
 BASE_IMAGE = "localhost/ingot-base:bookworm"
@@ -64,17 +63,7 @@ def wait_for(check: Callable[[], T | None], *, what: str, timeout: float = 30.0)
 
 
 def get_json(port: int, path: str) -> Any:
-    # http.client, not urllib: urllib would honour proxy settings from the environment.
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise AssertionError(f"GET {path} answered {response.status}")
-        return json.loads(body)
-    finally:
-        conn.close()
+    return http_json.get_json("127.0.0.1", port, path)
 
 
 def answering(port: int) -> Any:

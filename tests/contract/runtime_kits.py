@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ from ingot.runtimes.base import Hardening, InstanceRequest, Runtime
 from ingot.runtimes.docker import DockerRuntime
 from ingot.runtimes.process import ProcessRuntime, labelled_processes, terminate_group
 from ingot.store import InstanceRow
+from tests.support import http_json
 from tests.support.engines import BASE_IMAGE, client_at
 
 APP_DIR = Path(__file__).with_name("runtime_app")
@@ -129,17 +129,7 @@ def build_app_image(client: docker.DockerClient, context: Path) -> str:
 
 
 def get_json(row: InstanceRow, path: str, timeout: float = 5.0) -> Any:
-    # http.client, not urllib: urllib would honour proxy settings from the environment.
-    conn = http.client.HTTPConnection(row.host, row.port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise AssertionError(f"GET {path} answered {response.status}")
-        return json.loads(body)
-    finally:
-        conn.close()
+    return http_json.get_json(row.host, row.port, path, timeout)
 
 
 def answers(row: InstanceRow) -> bool:
