@@ -87,7 +87,9 @@ from ingot.routers.health import BackendHealth, HealthMonitor, address_key, fail
 log = logging.getLogger("ingot.routers.haproxy")
 
 MAX_SERVER_WEIGHT = 256  # haproxy's limit for one server
-POLL_INTERVAL = 0.5  # how often `stats()` is refreshed in the background
+POLL_INTERVAL = 0.5  # how often `stats()` is refreshed in the background (and haproxy seen to be alive)
+# A haproxy that dies is started again at once; if that fails, again after 0.5 s doubling up to 30 s.
+RESPAWN_BACKOFF, RESPAWN_BACKOFF_MAX = 0.5, 30.0
 DRAIN_POLL = 0.02  # how often `drain` looks at the sessions of the release
 START_TIMEOUT = 10.0  # for the admin socket to answer
 ADOPT_TIMEOUT = 2.0  # for a running haproxy to answer before it is replaced
@@ -416,6 +418,7 @@ class HAProxyRouter:
         self._proc: _Master | None = None
         self._log_file: IO[bytes] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self.respawns = 0  # haproxy processes started again after one died under this router
         self._lock = asyncio.Lock()
         # The prober runs while haproxy does: `_poll` (re)starts it, and it ends on its own after `stop`.
         self._health = HealthMonitor(
@@ -462,11 +465,18 @@ class HAProxyRouter:
             raise RuntimeError(f"router {self.name!r} is already started")
         binary = self._find_haproxy()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if await self._adopt():
-            self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
-            return
+        if not await self._adopt():
+            try:
+                await self._launch(binary, self._listen)
+            except BaseException:
+                await self.stop()
+                raise
+        self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def _launch(self, binary: str, listen: Address) -> None:
+        """Start a haproxy of ours on `listen` and give it the pools and weights this router holds."""
         await self._claim_socket_path()
-        listener = self._bind()
+        listener = self._bind(listen)
         try:
             self.config_path.write_text(
                 render_config(
@@ -487,14 +497,9 @@ class HAProxyRouter:
             raise
         finally:
             listener.close()  # haproxy holds its own copy
-        try:
-            await self._wait_ready()
-            async with self._lock:
-                await self._restore_servers()
-        except BaseException:
-            await self.stop()
-            raise
-        self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+        await self._wait_ready()
+        async with self._lock:
+            await self._restore_servers()
 
     async def stop(self) -> None:
         if self._poller is not None:
@@ -617,8 +622,8 @@ class HAProxyRouter:
             details=["each router needs a workdir of its own; stop the other one or choose another workdir"],
         )
 
-    def _bind(self) -> socket.socket:
-        host, port = self._listen
+    def _bind(self, listen: Address) -> socket.socket:
+        host, port = listen
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -997,17 +1002,40 @@ class HAProxyRouter:
                 log.warning("%s: applying a health change to haproxy failed: %s", self._label(), exc)
 
     async def _poll_forever(self) -> None:
+        failures = 0
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             if self._proc is None or self._proc.returncode is not None:
-                code = None if self._proc is None else self._proc.returncode
-                log.error("%s: haproxy exited (code %s); stats stay as last polled", self._label(), code)
-                return
+                failures = 0 if await self._respawn() else failures + 1
+                if failures:
+                    await asyncio.sleep(min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF * 2 ** (failures - 1)))
+                continue
             try:
                 async with self._lock:
                     await self._poll()
             except (OperationFailed, OSError, TimeoutError) as exc:
                 log.warning("%s: polling haproxy failed: %s", self._label(), exc)
+
+    async def _respawn(self) -> bool:
+        """haproxy died under a running router (a crash, an OOM kill): start another on the same address with
+        the same pools and weights. Its listening socket died with it, so clients are refused until then."""
+        code = None if self._proc is None else self._proc.returncode
+        listen = self._bound or self._listen
+        log.error("%s: haproxy exited (code %s); starting it again on %s:%d", self._label(), code, *listen)
+        async with self._lock:
+            self._forget_haproxy_servers()
+        await self._terminate()
+        try:
+            await self._launch(self._find_haproxy(), listen)
+        except (OperationFailed, OSError) as exc:
+            async with self._lock:
+                self._forget_haproxy_servers()
+            await self._terminate()
+            log.error("%s: haproxy could not be started again: %s", self._label(), exc)
+            return False
+        self.respawns += 1
+        log.info("%s: haproxy started again (pid %s)", self._label(), self.pid)
+        return True
 
     def _rows_of(self, rel: _Release) -> list[dict[str, int]]:
         return [self._rows[s.name] for s in self._servers_of(rel) if s.name in self._rows]
