@@ -30,6 +30,10 @@ nothing changed. Only a haproxy that does not answer in time is replaced (killed
 deleted before the takeover are lost). An ejection survives the takeover as far as haproxy shows
 it: a server of a weighted release left at weight 0 is taken as ejected until probes bring it back.
 
+Respawn. A haproxy that dies under a running router (a crash, an OOM kill) is seen by the background
+poll and started again on the same address with the router's pools and weights; if it cannot start, again
+after a backoff. Its listening socket died with it, so clients are refused in between (about a second).
+
 Health (`set_health`). ingot's own probes and bookkeeping (`ingot.routers.health`, the same code
 as the builtin router's) drive haproxy, rather than haproxy's `check` on the servers:
 
