@@ -29,14 +29,13 @@ from ingot.errors import IngotError, OperationFailed
 from ingot.health import Watched, WatchVerdict, wait_healthy, watch_instances
 from ingot.paths import StatePaths
 from ingot.plan import Plan, Step
-from ingot.releases import verify_release
+from ingot.release_trust import refuse_untrusted
 from ingot.rollout_analysis import analyse
 from ingot.rollout_control import RolloutAborted, RolloutControl
 from ingot.routers.base import Router
 from ingot.runtimes import fence
 from ingot.runtimes.base import Hardening, InstanceRequest, Resources, Runtime
 from ingot.runtimes.registry import Runtimes
-from ingot.signing import trusted_key
 from ingot.store import DeploymentRow, InstanceRow, ReleaseRow, Store
 from ingot.store.repo import SPAWNING
 
@@ -322,26 +321,9 @@ class Executor:
         return rows
 
     def check_release(self, environment: str, service: str, release: ReleaseRow) -> None:
-        """Refuse (recorded) a release whose row does not verify against the pinned key.
-
-        Every instance of every path (deploy, rollback, promote, recovery, self-heal, reconcile, GitOps)
-        is started by `start_instances`, which calls this first: a row changed in the database never
-        starts. The artifact's digest is verified by the checkout it runs from (`ArtifactStore.checkout`);
-        a container runs from its image ID, which is its digest.
-        """
-        trusted, source = trusted_key(self.paths.pin, self.paths.keys)
-        problem = verify_release(release, trusted) if trusted else "there is no key to check its signature against"
-        if problem is None:
-            return
-        reason = f"release {release.id} of {service} was refused: {problem}"
-        with contextlib.suppress(Exception):  # the refusal stands even if it cannot be recorded
-            ledger.record(self.store, actor="ingot-agent", action="release.refused", environment=environment,
-                          service=service, subject=release.id, payload={"reason": problem, "trusted": source})
-        log.error("%s (checked against %s)", reason, source)
-        raise OperationFailed(reason, details=[
-            f"checked against {source}; nothing was started from it",
-            "the release's row was changed in the database since it was signed: 'ingot audit verify' says "
-            "what else was; deploy from the spec to make a sound release"])
+        """Refuse (recorded) a release whose row does not verify against the pinned key (see
+        `ingot.release_trust`): `start_instances` calls it before anything is recorded or started."""
+        refuse_untrusted(self.store, self.paths, environment, service, release)
 
     def _spawn(self, runtime: Runtime, request: InstanceRequest) -> InstanceRow:
         row = runtime.start(request)

@@ -3,7 +3,9 @@ steering, drift and repair, all recorded in the store and the ledger like the ag
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -106,6 +108,24 @@ def test_a_new_release_switches_the_selector_and_keeps_the_old_scaled_to_zero(tm
     assert rolled.release == first.release
     assert cluster.selects("web") == old and cluster.replicas() == {old: 2, new: 0}
     assert [h["kind"] for h in operations.history(project, "prod")] == ["rollback", "deploy", "deploy"]
+
+
+def test_a_release_row_changed_in_the_database_is_never_rolled_out(tmp_path: Path, cluster: FakeCluster) -> None:
+    first = deploy(project_at(tmp_path))
+    project = project_at(tmp_path, greeting="bonjour")
+    second = deploy(project)
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "state.db")) as db, db:
+        spec = json.loads(db.execute("SELECT spec_json FROM releases WHERE id = ?", (first.release,)).fetchone()[0])
+        spec["env"] = {**spec.get("env", {}), "GREETING": "owned"}
+        db.execute("DROP TRIGGER releases_no_update")
+        db.execute("UPDATE releases SET spec_json = ? WHERE id = ?", (json.dumps(spec), first.release))
+    applied_before = list(cluster.calls)
+    with pytest.raises(OperationFailed, match="was refused"):
+        operations.rollback(project, "prod", "web", None)
+    new = next(n for n in cluster.deployment_names() if second.release in n)
+    assert cluster.selects("web") == new  # still the release that was live
+    assert [c for c in cluster.calls[len(applied_before):] if c[0] == "apply"] == []  # nothing applied
+    assert "release.refused" in actions(project)
 
 
 def test_a_crashing_release_fails_with_its_pods_events_and_logs_and_the_old_keeps_serving(

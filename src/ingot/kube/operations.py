@@ -23,6 +23,7 @@ from ingot.kube.render import Layout, Rendered, Workload
 from ingot.kube.rollout import Rollout, Steering, referenced_config
 from ingot.plan.model import StrategyOptions
 from ingot.project import Project
+from ingot.release_trust import refuse_untrusted
 from ingot.rollout_control import RolloutAborted
 from ingot.spec import ServiceSpec
 from ingot.spec.models import KubernetesTarget
@@ -244,6 +245,8 @@ def roll(project: Project, environment: str, name: str, row: ReleaseRow, created
     from ingot.operations import DeployOutcome
 
     _check_image(row)  # a promotion from this machine brings a local image ID, which no node can pull
+    # A row changed in the database is never rolled out to a cluster either.
+    refuse_untrusted(project.store, project.paths, environment, name, row, actor=current_actor())
     target = require_target(project, environment)
     service = project.spec.service_for(environment, name)
     layout = layout_of(target, service, api)
