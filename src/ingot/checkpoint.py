@@ -9,13 +9,13 @@ shorter than it, or whose entry at its seq differs, was cut or rewritten.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
+from ingot.atomic import write_atomically
 from ingot.canonical import canonical_json
 from ingot.errors import UserInputError
 from ingot.signing import load_key, public_key_text, sign, signature_valid
@@ -45,9 +45,7 @@ def make(store: Store, keys_dir: Path, project: str) -> dict[str, Any]:
 
 def write(path: Path, checkpoint: dict[str, Any]) -> None:
     """Atomically: a reader (or a crash) never sees half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(checkpoint, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(checkpoint, indent=2, sort_keys=True) + "\n")
 
 
 def keep(store: Store, keys_dir: Path, project: str, path: Path) -> bool:

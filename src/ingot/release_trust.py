@@ -26,6 +26,9 @@ def refuse_untrusted(store: Store, paths: StatePaths, environment: str, service:
     """Raise OperationFailed (and record `release.refused`) unless `release` verifies against the pin."""
     trusted, source = trusted_key(paths.pin, paths.keys)
     problem = verify_release(release, trusted) if trusted else "there is no key to check its signature against"
+    if problem is None and release.service != service:
+        # Signed, but another service's: it would run with this service's user, secrets and traffic.
+        problem = f"it is a release of service {release.service}, not of {service}"
     if problem is None:
         return
     reason = f"release {release.id} of {service} was refused: {problem}"

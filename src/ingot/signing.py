@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ingot.atomic import write_atomically
 from ingot.errors import UserInputError
 
 KEY_FILE = "release-signing.ed25519"
@@ -133,9 +134,7 @@ def pin_key(pin: Path, keys_dir: Path, *, project: str) -> tuple[Ed25519PrivateK
     mine = public_key_text(key)
     pinned = read_pin(pin)
     if pinned is None:
-        tmp = pin.with_name(f".{pin.name}.{os.getpid()}.tmp")
-        tmp.write_text(_PIN_HEADER.format(project=project, spec=pin.with_suffix(".yaml").name) + mine + "\n")
-        os.replace(tmp, pin)
+        write_atomically(pin, _PIN_HEADER.format(project=project, spec=pin.with_suffix(".yaml").name) + mine + "\n")
         return key, True
     if pinned != mine:
         raise UserInputError(

@@ -57,7 +57,7 @@ class Kit:
         base = InstanceRequest(
             instance_id=instance_id, environment="staging", service="web", release_id="r" + uuid.uuid4().hex[:11],
             project=self.project, state_dir=self.state_dir, env=dict(env or {}),
-            log_path=self.workdir / "logs" / f"{instance_id}.log",
+            log_path=self.workdir / "logs" / "staging" / "web" / f"{instance_id}.log",  # as ingot lays them out
         )
         if self.kind == "process":
             base = replace(base, artifact_path=self.artifact, command=("python", "app.py"))

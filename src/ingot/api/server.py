@@ -134,8 +134,10 @@ def serve(spec_file: Path, state_dir: Path | None, listen: tuple[str, int],
     # A request head must be whole within uvicorn's keep-alive timeout, and idle connections go after it;
     # `limit_concurrency` answers 503 past that many connections and tasks, which bounds what slow or
     # delayed clients can hold.
+    # proxy_headers off: uvicorn would believe X-Forwarded-For from 127.0.0.1, which every instance and build
+    # on the machine is, and the failed-authentication backoff and log go by the client's address.
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=10,
-                            limit_concurrency=1024, **tls)  # type: ignore[arg-type]
+                            limit_concurrency=1024, proxy_headers=False, **tls)  # type: ignore[arg-type]
     server = _EmbeddedServer(config)
 
     async def api(_agent: Agent) -> None:

@@ -15,7 +15,6 @@ The store's own directories are 0700: an artifact is read by ingot, which hands 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -32,6 +31,7 @@ from ingot.artifacts.digest import (
     is_executable,
     listing_digest,
 )
+from ingot.atomic import write_atomically
 from ingot.diskspace import disk_full_error, is_disk_full, require_space, tree_size
 from ingot.errors import OperationFailed, UserInputError
 
@@ -201,7 +201,7 @@ class ArtifactStore:
     def record_input(self, input_key: str, digest: str) -> None:
         _hex(digest)  # refuse to record garbage that lookup_input would later have to ignore
         self._private(self.inputs_dir)
-        _atomic_write(self.inputs_dir / _hex(input_key), digest + "\n")
+        write_atomically(self.inputs_dir / _hex(input_key), digest + "\n")
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ class ArtifactStore:
 
     def _write_listing(self, digest: str, listing: dict[str, str]) -> None:
         self._private(self.listings_dir)
-        _atomic_write(self._listing_path(digest), json.dumps(listing, indent=0, sort_keys=True) + "\n")
+        write_atomically(self._listing_path(digest), json.dumps(listing, indent=0, sort_keys=True) + "\n")
 
     def _on_store_filesystem(self, staging_dir: Path) -> Path:
         # Publishing is a rename, which cannot cross filesystems: copy a foreign staging dir in first.
@@ -248,21 +248,6 @@ def _hex(digest: str) -> str:
     return digest.removeprefix(DIGEST_PREFIX)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _dirs_and_files(root: Path) -> tuple[list[str], list[str]]:
     """Real directories and regular files below `root`, parents first; symlinks are left out."""
     dirs: list[str] = []
@@ -290,6 +275,11 @@ def force_rmtree(root: Path) -> None:
     if root.is_symlink():
         # Only the link goes: walking it would chmod and delete whatever it points at.
         root.unlink()
+        return
+    if os.geteuid() == 0:
+        # Root needs no write bits to unlink, and must not chmod by path in a tree another user may still be
+        # changing (a directory swapped for a symlink to /etc would have root chmod what it points at).
+        shutil.rmtree(root)
         return
     # Unlinking needs write access to the parent dir (for non-root users); files' modes do not matter.
     root.chmod(stat.S_IMODE(root.stat().st_mode) | 0o700)

@@ -106,6 +106,16 @@ def identity_for(project: str, service: str) -> Identity | None:
     return Identity(name, uid, gid)
 
 
+def is_instance_user(uid: int) -> bool:
+    """Whether `uid` is one of the users `identity_for` makes (named `ingot-...`, described
+    `ingot <project>/<service>`): not root, not the build user, not any other account."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return entry.pw_name.startswith(sysusers.PREFIX) and entry.pw_gecos.startswith("ingot ") and "/" in entry.pw_gecos
+
+
 # ---- checkouts ---------------------------------------------------------------------------------
 
 def open_runs_dir(runs_dir: Path) -> None:

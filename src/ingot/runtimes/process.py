@@ -13,6 +13,7 @@ with no_new_privs, rlimits and (where cgroup v2 allows) their `resources`: see `
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -29,6 +30,8 @@ from ingot.paths import runs_home, state_tag
 from ingot.runtimes import fence, logpipe
 from ingot.runtimes.base import LOG_BACKUPS, InstanceRequest, Observation, log_max_bytes
 from ingot.store import InstanceRow
+
+log = logging.getLogger("ingot.agent")
 
 # The interpreter ingot runs on is the one an artifact's dependencies were installed for.
 PYTHON_ALIASES = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
@@ -181,6 +184,9 @@ class ProcessRuntime:
         pid = instance.pid
         if pid is None:
             return Observation(alive=False, detail="never started (or not known to have started)")
+        if pid <= 1:
+            # A row that says so was written by someone else: signalling group 1 would signal every process.
+            return Observation(alive=False, detail=f"pid {pid} is not an instance")
         code = self._exit_codes.get((pid, instance.proc_start))
         child = self._children.get(pid)
         if code is None and child is not None:
@@ -195,6 +201,9 @@ class ProcessRuntime:
         started = process_start_time(pid)
         if started is None or started != instance.proc_start:
             return Observation(alive=False, detail="process is gone")
+        stranger = _not_the_instance(pid, instance)
+        if stranger is not None:
+            return Observation(alive=False, detail=stranger)
         if _is_zombie(pid):
             return Observation(alive=False, detail="process exited")
         return Observation(alive=True)
@@ -209,11 +218,41 @@ class ProcessRuntime:
 
     def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]:
         path = Path(instance.log_path)
+        if not _is_instance_log(path, instance):
+            # The path comes from the store: a row pointing at a key file must not have it read and recorded.
+            log.warning("instance %s: its log path %s is not an instance log; not read", instance.id, path)
+            return []
         tail = tail_lines(path, lines)
         # Just after a rotation the current file holds little: the rest of the tail is in the rotated one.
         if len(tail) < lines:
             tail = tail_lines(path.with_name(path.name + ".1"), lines - len(tail)) + tail
         return tail
+
+
+def _is_instance_log(path: Path, instance: InstanceRow) -> bool:
+    """Where ingot writes an instance's log: `<state>/logs/<environment>/<service>/<id>.log`."""
+    parts = path.parts
+    return (path.is_absolute() and ".." not in parts and len(parts) >= 5
+            and parts[-4:] == ("logs", instance.environment, instance.service, f"{instance.id}.log"))
+
+
+def _not_the_instance(pid: int, instance: InstanceRow) -> str | None:
+    """Why the process at `pid` (an adopted one: not our child) is not `instance`, or None.
+
+    Its start time matched, but that is public (/proc/PID/stat): a row written by someone else could name
+    any process. An instance carries its id in its environment; failing that (it replaced its own), when
+    instances are fenced it runs as one of ingot's instance users, never as root or anyone else."""
+    env = process_environment(pid)
+    if env is not None and "INGOT_INSTANCE" in env:
+        return None if env["INGOT_INSTANCE"] == instance.id else f"pid {pid} is another instance"
+    if fence.is_fenced():
+        try:
+            owner = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return "process is gone"
+        if not fence.is_instance_user(owner):
+            return f"pid {pid} is not an instance (it runs as uid {owner})"
+    return None
 
 
 def terminate_group(pid: int, timeout: float, alive: Callable[[], bool] | None = None) -> None:
@@ -233,6 +272,8 @@ def terminate_group(pid: int, timeout: float, alive: Callable[[], bool] | None =
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
+    if pid <= 1:
+        return  # killpg(1) and kill(-1) would reach every process
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:
