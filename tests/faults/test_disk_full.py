@@ -8,6 +8,7 @@ import contextlib
 import errno
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from tests.support.harness import ExampleProject, load, make_example, stop_every
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
+def small_disk() -> Iterator[Path]:
+    # Not under pytest's tmp dir (root's, 0700): instance users must reach checkouts made on it.
+    mount = Path(tempfile.mkdtemp(prefix="ingot-small-disk-"))
+    mount.chmod(0o711)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], capture_output=True,
                           text=True)
     if done.returncode != 0:
@@ -28,6 +30,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+        with contextlib.suppress(OSError):
+            mount.rmdir()
 
 
 @pytest.fixture
@@ -103,6 +107,7 @@ def test_a_disk_that_fills_during_the_deploy_fails_it_cleanly(on_small_disk: Exa
                                                              tmp_path: Path) -> None:
     """The build found room, then the disk filled before the agent's checkout: it fails there, recorded."""
     example = on_small_disk
+    example.env["INGOT_RUNS_HOME"] = str(small_disk / "runs")  # the checkouts on the full disk too
     example.ingot("deploy", check=True)
     v1 = example.get()["release"]
     example.set_version("2")
@@ -113,7 +118,7 @@ def test_a_disk_that_fills_during_the_deploy_fails_it_cleanly(on_small_disk: Exa
         filler.unlink()
     assert failed.code == 1, failed
     assert "internal error" not in failed.err and "Traceback" not in failed.err, failed.err
-    assert "disk" in failed.err and str(example.state) in failed.err, failed.err
+    assert "disk" in failed.err and str(small_disk) in failed.err, failed.err
     assert during["failures"] == [] and int(during["requests"]) > 20
     assert example.get()["release"] == v1
     assert "running" not in outcomes(example)
