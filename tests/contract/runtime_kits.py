@@ -11,7 +11,6 @@ import contextlib
 import http.client
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ from ingot.runtimes.base import Hardening, InstanceRequest, Runtime
 from ingot.runtimes.docker import DockerRuntime
 from ingot.runtimes.process import ProcessRuntime, labelled_processes, terminate_group
 from ingot.store import InstanceRow
+from tests.containers.helpers import wait_for as poll_until
 from tests.support import http_json
 from tests.support.engines import BASE_IMAGE, client_at
 
@@ -141,18 +141,7 @@ def answers(row: InstanceRow) -> bool:
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
     """Poll `check` until it returns something truthy; fail naming `what` and the last error."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except Exception as exc:  # it may not listen yet
-            last_error = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r})")
-        time.sleep(0.05)
+    return poll_until(check, what=what, timeout=timeout)
 
 
 def answering(row: InstanceRow, timeout: float = 30.0) -> None:
