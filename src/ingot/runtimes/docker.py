@@ -736,7 +736,17 @@ def _signal_and_wait(container: Any, signals: tuple[str, ...], timeout: float) -
             container.kill(signal=signal)
     deadline = time.monotonic() + timeout
     while True:
-        container.reload()
+        try:
+            container.reload()
+        except NotFound:
+            return True
+        except APIError:
+            # Podman's inspect races the exit it reports ("read /proc/N/cgroup: no such process"):
+            # the container is on its way out, so ask again rather than fail the stop.
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_EXITED_POLL)
+            continue
         if container.status not in ("running", "stopping", "paused"):
             return True
         if time.monotonic() >= deadline:
