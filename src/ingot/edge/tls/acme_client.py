@@ -14,8 +14,10 @@ front can do it soundly. Wildcard names need DNS-01, which ingot does not do (it
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
+import ipaddress
 import os
 import re
 import time
@@ -50,6 +52,9 @@ def auto_tls_refusal(host: str) -> str | None:
         return (f"{host}: tls: auto cannot get a wildcard certificate (ACME issues wildcards only through "
                 "DNS-01 challenges, and ingot answers HTTP-01); list the host names, or give the route "
                 "tls: {cert: FILE, key: FILE}")
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return f"{host}: tls: auto needs a DNS name, not an IP address"
     if not _HOST.match(host) or len(host) > 253:
         return f"{host!r}: tls: auto needs a DNS name with at least one dot (lower-case letters, digits, '-')"
     return None

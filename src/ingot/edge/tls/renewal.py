@@ -40,9 +40,9 @@ def renewal_due(not_before: datetime, not_after: datetime, policy: RenewalPolicy
 
 def retry_delay(failures: int, policy: RenewalPolicy, jitter: float) -> timedelta:
     """The wait after `failures` (>= 1) failures in a row; `jitter` is a random number in [0, 1)."""
-    doublings = min(max(failures - 1, 0), 40)  # 2^40 times anything is past any cap
-    delay = min(policy.retry_first * (1 << doublings), policy.retry_cap)
-    return delay * (1 - policy.jitter + 2 * policy.jitter * jitter)
+    doublings = min(max(failures - 1, 0), 64)  # in float seconds: timedelta overflows long before any cap
+    seconds = min(policy.retry_first.total_seconds() * 2.0 ** doublings, policy.retry_cap.total_seconds())
+    return timedelta(seconds=seconds * (1 - policy.jitter + 2 * policy.jitter * jitter))
 
 
 def next_attempt(now: datetime, validity: tuple[datetime, datetime] | None, failures: int, policy: RenewalPolicy,
