@@ -91,7 +91,7 @@ async def managing(pebble: Pebble, front: ChallengeFront, home: Path, hosts: lis
                                  directory=pebble.directory, email="ops@ingot.test", ca_bundle=str(pebble.ca_bundle),
                                  on_event=lambda *e: events.append(e), clock=clock, policy=RenewalPolicy(),
                                  acme_timeout=20)
-    await manager.start(hosts)
+    await manager.hosts_changed(None, set(hosts))  # what the edge calls after each table change; starts it
     try:
         yield Run(manager, events, clock)
     finally:
@@ -121,9 +121,9 @@ def test_a_host_gets_a_certificate_validated_over_http01(pebble: Pebble, tmp_pat
             assert format(leaf.serial_number, "x") == status["serial"]
             assert front.responder.served, "Pebble never fetched the challenge: no real validation happened"
             assert front.challenges == {}, "the challenge tokens outlive the validation"
-            stored = tmp_path / "certs" / host
+            stored = tmp_path / "acme" / "certs" / host
             assert (stored / "fullchain.pem").read_bytes() == chain and (stored / "key.pem").read_bytes() == key
-            for path in (stored / "fullchain.pem", stored / "key.pem", *(tmp_path / "acme").glob("*/*")):
+            for path in (stored / "fullchain.pem", stored / "key.pem", *(tmp_path / "acme" / "accounts").glob("*/*")):
                 assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
             assert b"BEGIN PRIVATE KEY" in key and leaf.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
             # Pebble's certificates live for years: renewal 30 days before expiry, not before.
@@ -225,19 +225,19 @@ def test_damaged_account_and_certificate_files_are_set_aside_and_replaced(pebble
             async with managing(pebble, front, tmp_path, [host]) as run:
                 await wait_until(lambda: run.state(host) == "valid", "the first certificate", 30)
                 old_account = run.manager.account_url
-            (key_file,) = (tmp_path / "acme").glob("*/account.key")
+            (key_file,) = (tmp_path / "acme" / "accounts").glob("*/account.key")
             key_file.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
-            (tmp_path / "certs" / host / "fullchain.pem").write_text("garbage\n")
+            (tmp_path / "acme" / "certs" / host / "fullchain.pem").write_text("garbage\n")
             async with managing(pebble, front, tmp_path, [host]) as run:
                 await wait_until(lambda: run.state(host) == "valid" and bool(run.manager.account_url),
                                  "a new certificate", 30)
                 damaged = " | ".join(e[2] for e in run.kinds(DAMAGED))
-                assert f"{tmp_path / 'certs' / host}: the certificate chain is not PEM" in damaged, damaged
+                assert f"{tmp_path / 'acme' / 'certs' / host}: the certificate chain is not PEM" in damaged, damaged
                 assert f"{key_file}: unreadable account key" in damaged, damaged
                 assert run.manager.account_url != old_account
                 assert [k[2].split()[0] for k in run.kinds(ACCOUNT)] == ["registered"]
                 assert len(front.serials(host)) == 2
-                assert list((tmp_path / "certs" / host).glob("damaged-*/fullchain.pem"))
+                assert list((tmp_path / "acme" / "certs" / host).glob("damaged-*/fullchain.pem"))
                 assert list(key_file.parent.glob("account.key.corrupt-*"))
 
     asyncio.run(body())

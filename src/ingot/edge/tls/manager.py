@@ -10,7 +10,7 @@ files stay, so a host that comes back starts with its certificate.
 Per host, `status()` says: state `pending` (no certificate yet, first attempt due or running), `valid`,
 `renewing` (an attempt is running while the old certificate serves), `failed` (the last attempt failed;
 `not_after` says until when the old certificate, if any, still serves), with `last_error` and
-`next_attempt`. Persisted in `<home>/certs/status.json` so the backoff survives restarts.
+`next_attempt`. Persisted in `<home>/acme/status.json` so the backoff survives restarts.
 """
 
 from __future__ import annotations
@@ -84,10 +84,11 @@ class CertificateManager:
                  on_event: OnEvent | None = None, clock: Callable[[], datetime] = _utc_now,
                  policy: RenewalPolicy | None = None, jitter: Callable[[], float] = random.random,
                  concurrency: int = 4, acme_timeout: float = 90.0) -> None:
-        self.acme = AcmeClient(directory or LETS_ENCRYPT, home / "acme", email=email, ca_bundle=ca_bundle,
-                               timeout=acme_timeout)
-        self.store = CertificateStore(home / "certs")
-        self.status_file = home / "certs" / "status.json"
+        # All under <home>/acme/, apart from the edge's own <home>/certs/<host>.pem (what the front serves).
+        self.acme = AcmeClient(directory or LETS_ENCRYPT, home / "acme" / "accounts", email=email,
+                               ca_bundle=ca_bundle, timeout=acme_timeout)
+        self.store = CertificateStore(home / "acme" / "certs")
+        self.status_file = home / "acme" / "status.json"
         self.challenges = challenges
         self._install = install
         self._on_event = on_event
@@ -110,10 +111,18 @@ class CertificateManager:
 
     # -- the edge's side -----------------------------------------------------------------------------------
 
-    async def start(self, hosts: Iterable[str] = ()) -> None:
-        """Read the saved status, install the stored certificates of `hosts`, then keep them in the background."""
+    async def start(self, hosts: Iterable[str] | None = None) -> None:
+        """Read the saved status, install the stored certificates of the hosts (`hosts`, else those given to
+        `want` before), then keep them in the background."""
+        if self._loop_task is not None:
+            return
+        self._stopping = False
         self._saved = self._read_status()
-        self.want(hosts)
+        for status in self._hosts.values():  # wanted before the saved schedule was read
+            if status.last_attempt is None and status.failures == 0:
+                self._hosts[status.host] = self._restored(status.host, announce=False)
+        if hosts is not None:
+            self.want(hosts)
         for host in sorted(self._wanted):
             await self._load(host)
         self._loop_task = asyncio.create_task(self._run(), name="ingot-acme")
@@ -127,6 +136,12 @@ class CertificateManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._loop_task = None
+
+    async def hosts_changed(self, edge: object, auto_hosts: set[str]) -> None:
+        """The edge's hook (server.py `CertificateManager`): the `tls: auto` hosts after each table change.
+        The first call starts the manager."""
+        self.want(auto_hosts)
+        await self.start()
 
     def want(self, hosts: Iterable[str]) -> None:
         """The hosts to keep certificates for (the `tls: auto` routes' hosts); the rest are forgotten."""
@@ -183,12 +198,13 @@ class CertificateManager:
                 soonest = min(soonest, wait)
         return soonest
 
-    def _restored(self, host: str) -> HostStatus:
+    def _restored(self, host: str, announce: bool = True) -> HostStatus:
         status = HostStatus(host)
         refusal = auto_tls_refusal(host)
         if refusal:
             status.state, status.last_error = "failed", refusal
-            self._emit(host, REFUSED, refusal)
+            if announce:
+                self._emit(host, REFUSED, refusal)
             return status
         saved = self._saved.get(host)
         if isinstance(saved, dict):

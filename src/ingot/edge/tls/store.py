@@ -1,4 +1,5 @@
-"""Certificates on disk: `<home>/certs/<host>/fullchain.pem` and `key.pem`, 0600, each replaced atomically.
+"""Certificates on disk: `<home>/acme/certs/<host>/fullchain.pem` and `key.pem`, 0600, each replaced
+atomically.
 
 The key is written before the chain, and a pair is only used when the chain's leaf is for the key: a crash
 between the two writes leaves a mismatched pair, which loads as damaged and is issued again.
@@ -66,7 +67,7 @@ def parse(host: str, fullchain_pem: bytes, key_pem: bytes, where: str = "") -> S
 
 class CertificateStore:
     def __init__(self, root: Path) -> None:
-        self.root = root  # <home>/certs
+        self.root = root  # <home>/acme/certs
 
     def dir_of(self, host: str) -> Path:
         return self.root / host  # host is a checked DNS name (acme_client.auto_tls_refusal): no '/' or '..'
