@@ -241,3 +241,54 @@ def test_damaged_account_and_certificate_files_are_set_aside_and_replaced(pebble
                 assert list(key_file.parent.glob("account.key.corrupt-*"))
 
     asyncio.run(body())
+
+
+def test_an_acme_server_that_cannot_be_verified_or_reached_is_named(pebble: Pebble, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with front_for(pebble) as front:
+            untrusted = CertificateManager(tmp_path / "a", challenges=front.challenges, install=front.set_certificate,
+                                           directory=pebble.directory)  # Pebble's API CA not given
+            closed = CertificateManager(tmp_path / "b", challenges=front.challenges, install=front.set_certificate,
+                                        directory="https://127.0.0.1:9/dir", acme_timeout=5)
+            for manager in (untrusted, closed):
+                await manager.start(["app.ingot.test"])
+            try:
+                await wait_until(lambda: all(m.status()["app.ingot.test"]["state"] == "failed"
+                                             for m in (untrusted, closed)), "both failures", 20)
+                error = untrusted.status()["app.ingot.test"]["last_error"]
+                assert f"cannot verify the ACME server {pebble.directory}" in error and "INGOT_ACME_CA_BUNDLE" in error
+                assert "cannot reach the ACME server https://127.0.0.1:9/dir" in closed.status()["app.ingot.test"][
+                    "last_error"]
+            finally:
+                for manager in (untrusted, closed):
+                    await manager.stop()
+
+    asyncio.run(body())
+
+
+def test_a_certificate_the_front_refused_is_offered_again_without_a_new_order(pebble: Pebble, tmp_path: Path) -> None:
+    host = "flaky.ingot.test"
+
+    async def body() -> None:
+        async with front_for(pebble) as front:
+            accepted = front.set_certificate
+            refusals = [RuntimeError("the front is restarting")]
+
+            async def install(name: str, cert: bytes, key: bytes) -> None:
+                if refusals:
+                    raise refusals.pop()
+                await accepted(name, cert, key)
+
+            front.set_certificate = install  # type: ignore[method-assign]
+            async with managing(pebble, front, tmp_path, [host]) as run:
+                await wait_until(lambda: run.state(host) == "failed", "the refused install", 30)
+                status = run.manager.status()[host]
+                assert "the edge did not take the certificate" in status["last_error"]
+                assert "the front is restarting" in status["last_error"]
+                issued = status["serial"]
+                run.clock.now = datetime.fromisoformat(status["next_attempt"]) + timedelta(seconds=1)
+                run.manager.wake()
+                await wait_until(lambda: run.state(host) == "valid", "the certificate installed", 30)
+                assert front.serials(host) == [issued], "a second order was made for a certificate already issued"
+
+    asyncio.run(body())
