@@ -108,17 +108,18 @@ class CertificateManager:
         self._loop_task: asyncio.Task[None] | None = None
         self._saved: dict[str, Any] = {}
         self._stopping = False
+        self._started = False
 
     # -- the edge's side -----------------------------------------------------------------------------------
 
     async def start(self, hosts: Iterable[str] | None = None) -> None:
         """Read the saved status, install the stored certificates of the hosts (`hosts`, else those given to
         `want` before), then keep them in the background."""
-        if self._loop_task is not None:
-            return
-        self._stopping = False
+        if self._started:
+            return  # (a second hosts_changed while the first one is still installing stored certificates)
+        self._started, self._stopping = True, False
         self._saved = self._read_status()
-        for status in self._hosts.values():  # wanted before the saved schedule was read
+        for status in list(self._hosts.values()):  # wanted before the saved schedule was read
             if status.last_attempt is None and status.failures == 0:
                 self._hosts[status.host] = self._restored(status.host, announce=False)
         if hosts is not None:
@@ -136,6 +137,7 @@ class CertificateManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._loop_task = None
+        self._started = False
 
     async def hosts_changed(self, edge: object, auto_hosts: set[str]) -> None:
         """The edge's hook (server.py `CertificateManager`): the `tls: auto` hosts after each table change.
