@@ -7,9 +7,11 @@ key authorisations, and the manager sets and removes them on the event loop, sin
 them (built-in or HAProxy's runtime maps) is owned by the loop.
 
 Only HTTP-01. TLS-ALPN-01 would need the front to answer a handshake offering the `acme-tls/1` protocol
-with a special self-signed certificate for the host: HAProxy cannot choose a certificate by ALPN at all,
-and Python's ssl module picks the certificate in the SNI callback, before ALPN is negotiated, so neither
-front can do it soundly. Wildcard names need DNS-01, which ingot does not do (it owns no DNS).
+with a special self-signed certificate for the host. Python's ssl module picks the certificate in the SNI
+callback and never shows the client's ALPN offer (OpenSSL's client-hello callback is not exposed); HAProxy
+picks certificates by SNI only, and would need a TCP-mode frontend in front of TLS peeking at
+`req.ssl_alpn`, an extra hop for every HTTPS connection. Neither front can do it soundly. Wildcard names
+need DNS-01, which ingot does not do (it owns no DNS).
 """
 
 from __future__ import annotations
