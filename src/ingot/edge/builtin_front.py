@@ -131,6 +131,14 @@ class BuiltinFront:
         self.routers[router_id] = router
         return router
 
+    def adopt(self, router_id: str, router: Router) -> bool:
+        """Serve the routes of a router made elsewhere (a dedicated one that gains routes); False if it is not
+        a built-in router (the edge then makes it again here)."""
+        if not isinstance(router, BuiltinRouter):
+            return False
+        self.routers[router_id] = router
+        return True
+
     async def set_table(self, bindings: list[Binding]) -> None:
         self.table = binding_table(bindings)
 
