@@ -106,6 +106,8 @@ def test_three_hosts_of_two_projects_on_one_https_listener(machine: Machine) -> 
     assert "route https://a.example.test/ (certificate: valid until" in status.out, status.out
     report = machine.beta.ingot("status", "--json", check=True).json
     assert report["services"][0]["url"] == "https://c.example.test/"
+    edge = machine.beta.ingot("edge", "status", check=True).out
+    assert "shared listeners (builtin)" in edge and "http://127.0.0.1/  certificate: none (plain HTTP)" in edge, edge
 
 
 def test_unknown_host_is_404_and_unknown_sni_fails_the_handshake(machine: Machine) -> None:

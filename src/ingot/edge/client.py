@@ -24,6 +24,7 @@ from typing import Any
 from ingot.agent.protocol import decode, encode
 from ingot.edge.front import Route
 from ingot.edge.home import EdgeHome
+from ingot.edge.settings import EdgeSettings
 from ingot.errors import OperationFailed, UserInputError
 from ingot.routers.base import Address, ClientPolicy, HealthCheck, ReleaseStats
 from ingot.supervision import running_supervisor
@@ -71,6 +72,7 @@ def ensure_edge(home: EdgeHome) -> None:
     """Start the machine's edge under ingot's supervisor unless it answers already."""
     if edge_alive(home):
         return
+    EdgeSettings.load(home.root)  # bad settings are the caller's to hear (exit 2), not only the edge's log
     if running_supervisor(home.supervisor_pidfile) is not None:
         # Its supervisor is starting it again: wait for that rather than start a second one.
         deadline = time.monotonic() + START_TIMEOUT

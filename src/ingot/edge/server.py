@@ -345,7 +345,7 @@ class Edge:
                                      f"not {kind}")
             if clients is not None and ClientPolicy.from_dict(clients).as_dict() != state.clients:
                 await self.set_clients(router_id, clients)  # the spec changed while its agent was away
-            return {"listen": list(self.routers[router_id].listen_address), "created": False}
+            return {"listen": list(self._listen_of(state)), "created": False}
         for other in self.states.values():
             if other.id != router_id and other.listen == listen and listen[1] != 0 and listen != NO_LISTENER:
                 raise OperationFailed(
@@ -359,7 +359,11 @@ class Edge:
             state.listen = router.listen_address  # the bound port, so that a restart binds the same one
         self.states[router_id] = state
         self._persist()
-        return {"listen": list(router.listen_address), "created": True}
+        return {"listen": list(self._listen_of(state)), "created": True}
+
+    def _listen_of(self, state: RouteState) -> Address:
+        """Where the router listens: NO_LISTENER for one on the shared listeners only, whatever its front says."""
+        return NO_LISTENER if state.listen == NO_LISTENER else self.routers[state.id].listen_address
 
     async def set_backends(self, router_id: str, release: str, addrs: list[Address]) -> dict[str, Any]:
         state, router = self._router(router_id)
