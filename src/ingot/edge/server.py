@@ -128,6 +128,7 @@ class Edge:
         self._routes_lock = asyncio.Lock()  # route claims are checked and applied one at a time
         self.auto_hosts: set[str] = set()  # `tls: auto` hosts, for `certificates`
         self.certificates: CertificateManager | None = None  # the ACME side plugs in here
+        self._installed: set[str] = set()  # hosts whose certificate the front has
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -513,6 +514,11 @@ class Edge:
                 if route.tls == "auto":
                     auto.add(route.host)
         await self.front.set_table(list(bindings.values()))
+        # A certificate no route names any more leaves the front (its file stays, should the route come back).
+        hosts = {b.route.host for b in bindings.values()}
+        for host in sorted(self._installed - hosts):
+            await self.front.remove_certificate(host)
+            self._installed.discard(host)
         self.auto_hosts = auto
         if self.certificates is not None:
             await self.certificates.hosts_changed(self, set(auto))
@@ -545,6 +551,7 @@ class Edge:
             return
         marker = pem.find(b"-----BEGIN", pem.rfind(b"-----END CERTIFICATE-----"))
         await self.front.set_certificate(host, pem[:marker], pem[marker:])
+        self._installed.add(host)
 
     async def set_certificate(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
         """For the certificate manager: install (and keep, for restarts) the certificate of `host`."""
