@@ -30,6 +30,10 @@ def test_host_is_matched_exactly_first_then_by_the_longest_wildcard() -> None:
     assert table.lookup("example.com", "/") is None  # a wildcard covers names under it, not itself
     assert table.lookup("other.test", "/") is None
     assert table.lookup("[::1]:80", "/") is None
+    for host, target in [("app.example.com", "/api/v1?q"), ("x.b.example.com:80", "/"), ("nope", "/"),
+                         ("APP.example.com", "/apix"), ("app.example.com", "/api")]:
+        for _ in range(2):  # the second time from the remembered host
+            assert table.lookup_request(host.encode(), target.encode()) == table.lookup(host, request_path(target))
 
 
 def test_an_exact_host_without_a_matching_path_does_not_fall_back_to_a_wildcard() -> None:

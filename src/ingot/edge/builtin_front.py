@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ingot.edge.front")
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+_CHALLENGE = CHALLENGE_PREFIX.encode()
 _NOT_FOUND = b"404 Not Found: no site here has this host and path\n"
 
 
@@ -48,21 +49,19 @@ class _Listener(BuiltinRouter):
 
     def dispatch(self, ex: Exchange) -> None:
         front = self.front
-        path = request_path(ex.url.decode("latin-1"))
-        host = ex.host.decode("latin-1")
-        if not self.secure and path.startswith(CHALLENGE_PREFIX):
-            answer = front.challenges.get(path[len(CHALLENGE_PREFIX):])
+        if not self.secure and front.challenges and ex.url.startswith(_CHALLENGE):
+            answer = front.challenges.get(request_path(ex.url.decode("latin-1"))[len(CHALLENGE_PREFIX):])
             if answer is not None:
                 ex.respond(200, b"OK", answer.encode("ascii", "replace"))
                 return
-        binding = front.table.lookup(host, path)
+        binding = front.table.lookup_request(ex.host, ex.url)
         router = front.routers.get(binding.router_id) if binding is not None else None
         if binding is None or router is None:
             ex.respond(404, b"Not Found", _NOT_FOUND)
             return
         route = binding.route
         if not self.secure and route.tls != "off" and route.redirect:
-            location = b"https://" + normal_host(host).encode("idna") + ex.url
+            location = b"https://" + normal_host(ex.host.decode("latin-1")).encode("ascii", "replace") + ex.url
             ex.respond(308, b"Permanent Redirect", b"", b"Location: " + location + b"\r\n")
             return
         if self.secure and route.hsts is not None:

@@ -59,6 +59,8 @@ class Table(Generic[T]):
         for paths in hosts.values():
             paths.sort(key=lambda item: len(item[0].rstrip("/")), reverse=True)
         self._hosts = hosts
+        # Host header as sent → its paths (None: no host matches); what makes a request one dict lookup.
+        self._seen: dict[bytes, list[tuple[str, T]] | None] = {}
 
     def __len__(self) -> int:
         return sum(len(p) for p in self._hosts.values())
@@ -70,15 +72,36 @@ class Table(Generic[T]):
         """The value of the most specific route for `host` (a Host header: port and case ignored) and
         `path`. A host whose exact entry has no matching path does not fall back to a wildcard: the
         exact name owns that host (its owner decides what it serves)."""
-        name = normal_host(host)
+        for prefix, value in self._paths(normal_host(host)) or ():
+            if path_matches(prefix, path):
+                return value
+        return None
+
+
+    def _paths(self, name: str) -> list[tuple[str, T]] | None:
         for candidate in host_candidates(name):
             paths = self._hosts.get(candidate)
-            if paths is None:
-                continue
-            for prefix, value in paths:
-                if path_matches(prefix, path):
-                    return value
+            if paths is not None:
+                return paths
+        return None
+
+    def lookup_request(self, host: bytes, url: bytes) -> T | None:
+        """`lookup` from a request's raw Host header and target, with the host's answer remembered."""
+        seen = self._seen
+        try:
+            paths = seen[host]
+        except KeyError:
+            if len(seen) > 4096:  # a client sending random names must not grow it without bound
+                seen.clear()
+            paths = seen[host] = self._paths(normal_host(host.decode("latin-1")))
+        if paths is None:
             return None
+        if len(paths) == 1 and paths[0][0] == "/":
+            return paths[0][1]
+        path = request_path(url.decode("latin-1"))
+        for prefix, value in paths:
+            if path_matches(prefix, path):
+                return value
         return None
 
 
