@@ -144,8 +144,14 @@ def test_an_agent_killed_under_load_costs_no_request_on_its_route(machine: Machi
 def test_a_restarted_edge_serves_the_routes_and_certificates_again(machine: Machine) -> None:
     home = Path(os.environ["INGOT_EDGE_HOME"])
     edge = int((home / "edge.pid").read_text().strip())
-    os.kill(edge, signal.SIGKILL)
-    poll(lambda: (home / "edge.pid").read_text().strip() not in ("", str(edge)), timeout=15,
-         what="the edge to be restarted by its supervisor")
-    poll(lambda: machine.https("c.example.test")["greeting"] == "beta-web", timeout=10, what="c.example.test again")
+    with load(f"http://{HTTP[0]}:{HTTP[1]}/", machine.tmp) as report:
+        os.kill(edge, signal.SIGKILL)
+        poll(lambda: (home / "edge.pid").read_text().strip() not in ("", str(edge)), timeout=15,
+             what="the edge to be restarted by its supervisor")
+        poll(lambda: machine.https("c.example.test")["greeting"] == "beta-web", timeout=10,
+             what="c.example.test again")
+    # The shared listeners' sockets were held by the supervisor: nothing refused, only what the killed edge
+    # had in flight is lost (one request per load connection at most).
+    refused = [f for f in report["failures"] if "refused" in f.lower() or f.startswith("ConnectError")]
+    assert refused == [] and len(report["failures"]) <= 4, report["failures"][:5]
     assert machine.https("a.example.test")["greeting"] == "alpha-web"
