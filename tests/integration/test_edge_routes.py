@@ -17,7 +17,7 @@ import pytest
 
 from ingot.edge.settings import parse_listener
 from tests.support.certs import TestCA, fetch
-from tests.support.harness import EXAMPLE, ExampleProject, load, poll, stop_everything
+from tests.support.harness import EXAMPLE, ExampleProject, free_port, load, poll, stop_everything
 
 
 def _listener(variable: str) -> tuple[str, int]:
@@ -155,3 +155,31 @@ def test_a_restarted_edge_serves_the_routes_and_certificates_again(machine: Mach
     refused = [f for f in report["failures"] if "refused" in f.lower() or f.startswith("ConnectError")]
     assert refused == [] and len(report["failures"]) <= 4, report["failures"][:5]
     assert machine.https("a.example.test")["greeting"] == "alpha-web"
+
+
+def test_routes_added_changed_and_dropped_on_a_service_with_its_own_listener(machine: Machine) -> None:
+    port = free_port()
+    delta = _project(machine.tmp, "delta", _service("web", "delta", "[]").replace(
+        "    routes: []\n", f"    router: {{listen: '127.0.0.1:{port}'}}\n"), machine.ca, [])
+    spec = delta.root / "ingot.yaml"
+    plain = spec.read_text()
+    try:
+        delta.ingot("deploy", check=True)
+        assert fetch(HTTP, "d.example.test").status == 404
+        spec.write_text(plain + "    routes: [{host: d.example.test, tls: off}]\n")
+        delta.ingot("deploy", check=True)  # the same router, on its address and now on the shared listener too
+        assert b"delta" in fetch(HTTP, "d.example.test").body
+        assert b"delta" in fetch(("127.0.0.1", port), "anything").body
+        home = Path(os.environ["INGOT_EDGE_HOME"])
+        edge = int((home / "edge.pid").read_text().strip())
+        os.kill(edge, signal.SIGKILL)  # both listeners come back: its own on the socket the supervisor held
+        poll(lambda: b"delta" in fetch(HTTP, "d.example.test").body, timeout=15, what="d.example.test again")
+        assert b"delta" in fetch(("127.0.0.1", port), "anything").body
+        spec.write_text(plain + "    routes: [{host: e.example.test, tls: off}]\n")
+        delta.ingot("deploy", check=True)
+        assert fetch(HTTP, "d.example.test").status == 404 and b"delta" in fetch(HTTP, "e.example.test").body
+        delta.ingot("down", check=True)
+        assert fetch(HTTP, "e.example.test").status == 404
+        assert machine.https("c.example.test")["greeting"] == "beta-web"  # the others serve on
+    finally:
+        stop_everything(delta)

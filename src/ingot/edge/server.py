@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from ingot import __version__, pidfile
 from ingot.agent.protocol import decode, encode
+from ingot.edge.builtin_front import BuiltinFront
 from ingot.edge.front import Binding, Front, Route
 from ingot.edge.fronts import make_front
 from ingot.edge.home import EdgeHome
@@ -230,11 +231,19 @@ class Edge:
             if self.front is None:
                 raise OperationFailed(f"router {state.name} has routes but the shared listeners are not running")
             listen = None if state.listen == NO_LISTENER else state.listen
+            if listen is not None and isinstance(self.front, BuiltinFront):
+                # Its own listener as well: on the socket the supervisor held, as a dedicated router's.
+                router = self._builtin(state)
+                self.front.adopt(state.id, router)
+                return router
             return self.front.router(state.id, state.name, ClientPolicy.from_dict(state.clients), listen=listen)
         if state.kind == "haproxy":
             # Adopts the haproxy an earlier edge left serving, if there is one that answers.
             return HAProxyRouter(state.listen, name=state.name, workdir=self.home.router_dir(state.id),
                                  clients=ClientPolicy.from_dict(state.clients))
+        return self._builtin(state)
+
+    def _builtin(self, state: RouteState) -> BuiltinRouter:
         sock = self.fds.take(state.id)
         if sock is not None and state.listen[1] not in (0, sock.getsockname()[1]):
             sock.close()  # held for another port: this router listens anew
