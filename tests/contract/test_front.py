@@ -5,6 +5,7 @@ names), certificates replaced without dropping connections, ACME HTTP-01 answers
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -98,6 +99,8 @@ def test_sni_selects_the_certificate_and_unknown_names_fail(run: Run, front_kind
             first = await afetch(https, "a.example.com", tls=tls)
             assert first.body == b"a" and first.headers["strict-transport-security"] == "max-age=600"
             assert (await afetch(https, "x.b.example.com", tls=tls)).body == b"b"
+            forwarded = json.loads((await afetch(https, "a.example.com", "/headers", tls=tls)).body)
+            assert ["x-forwarded-proto", "https"] in forwarded and ["x-forwarded-host", "a.example.com"] in forwarded
             with pytest.raises((ssl.SSLError, ConnectionError)):
                 await afetch(https, "unknown.example.com", tls=tls)
             # A name with a certificate but no route: the edge answers 404 itself.
