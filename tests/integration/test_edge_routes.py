@@ -183,3 +183,19 @@ def test_routes_added_changed_and_dropped_on_a_service_with_its_own_listener(mac
         assert machine.https("c.example.test")["greeting"] == "beta-web"  # the others serve on
     finally:
         stop_everything(delta)
+
+
+def test_a_certificate_that_does_not_match_its_key_is_refused(machine: Machine) -> None:
+    bad = _project(machine.tmp, "epsilon", _service("web", "epsilon", f"[{_tls_route('f.example.test')}]"),
+                   machine.ca, ["f.example.test"])
+    _, other_key = machine.ca.issue("f.example.test")
+    (bad.root / "tls" / "f.example.test.key").write_bytes(other_key)
+    try:
+        result = bad.ingot("deploy")
+        assert result.code == 2, result.out + result.err
+        assert "the certificate or key for f.example.test cannot be used" in result.out + result.err
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            fetch(HTTPS, "f.example.test", tls=machine.ca.client_context())
+        assert machine.https("c.example.test")["greeting"] == "beta-web"
+    finally:
+        stop_everything(bad)

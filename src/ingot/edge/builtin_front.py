@@ -165,6 +165,11 @@ class BuiltinFront:
         return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
 
 
+def check_certificate(host: str, cert_pem: bytes, key_pem: bytes) -> None:
+    """UserInputError unless the certificate and key load together (what any front will need)."""
+    _context_of(host, cert_pem, key_pem)
+
+
 def _context_of(host: str, cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     """A server context with this certificate and key (ssl loads them from files only: a private
     temporary file, gone once read)."""

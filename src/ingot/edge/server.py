@@ -48,7 +48,7 @@ from typing import Any, Protocol
 
 from ingot import __version__, pidfile
 from ingot.agent.protocol import decode, encode
-from ingot.edge.builtin_front import BuiltinFront
+from ingot.edge.builtin_front import BuiltinFront, check_certificate
 from ingot.edge.front import Binding, Front, Route
 from ingot.edge.fronts import make_front
 from ingot.edge.home import EdgeHome
@@ -188,7 +188,10 @@ class Edge:
                 log.error("could not restore router %s on %s:%s: %s", state.name, *state.listen, exc.message)
         if self.front is not None:
             for host in self._file_hosts():
-                await self._load_certificate(host)
+                try:
+                    await self._load_certificate(host)
+                except IngotError as exc:
+                    log.error("the stored certificate of %s cannot be used: %s", host, exc.message)
             await self._apply_table()
         for name in self.fds.drop_unclaimed():
             log.info("closed a held listener of a router that is gone (%s)", name)
@@ -302,6 +305,10 @@ class Edge:
                     f"{route.host}{route.path} is already routed by this machine's edge to {holder.name}",
                     details=[f"its state directory: {holder.owner}",
                              "choose another host or path, or take the route out of the other spec first"])
+        mine_hosts = {r.host for r in routes if r.tls == "files"}
+        certificates = {h: pem for h, pem in certificates.items() if h in mine_hosts}  # its own hosts only
+        for host, pem in certificates.items():
+            check_certificate(host, pem["cert"].encode(), pem["key"].encode())  # before anything changes
         for host, pem in certificates.items():
             self._store_certificate(host, pem["cert"].encode(), pem["key"].encode())
         if routes:
