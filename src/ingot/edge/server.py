@@ -177,7 +177,7 @@ class Edge:
             self.states[state.id] = state
         if any(s.routes for s in self.states.values()):
             try:
-                await self._front()
+                await self.start_front()
             except IngotError as exc:
                 log.error("the shared listeners cannot start: %s", exc.message)
         for state in self.states.values():
@@ -312,7 +312,7 @@ class Edge:
         for host, pem in certificates.items():
             self._store_certificate(host, pem["cert"].encode(), pem["key"].encode())
         if routes:
-            await self._front()
+            await self.start_front()
         was = mine.routes if mine is not None else []
         if mine is not None:
             mine.routes = [r.as_dict() for r in routes]
@@ -483,7 +483,7 @@ class Edge:
                 "front": front}
 
     # ---- the shared listeners ------------------------------------------------------------------
-    async def _front(self) -> Front:
+    async def start_front(self) -> Front:
         """The front, made from the settings and started on first use (on the sockets the supervisor held)."""
         if self.front is not None:
             return self.front
