@@ -100,7 +100,7 @@ def test_three_hosts_of_two_projects_on_one_https_listener(machine: Machine) -> 
     assert secure.headers["x-ingot-release"]
     # Plain HTTP to a TLS route: redirected; the tls: off route is served as is.
     moved = fetch(HTTP, "a.example.test", "/x?y=1")
-    assert (moved.status, moved.headers["location"]) == (308, "https://a.example.test/x?y=1")
+    assert (moved.status, moved.headers["location"]) == (308, f"https://a.example.test:{HTTPS[1]}/x?y=1")
     assert fetch(HTTP, "127.0.0.1").status == 200
     status = machine.alpha.ingot("status", check=True)
     assert "route https://a.example.test/ (certificate: valid until" in status.out, status.out

@@ -61,7 +61,8 @@ class _Listener(BuiltinRouter):
             return
         route = binding.route
         if not self.secure and route.tls != "off" and route.redirect:
-            location = b"https://" + normal_host(ex.host.decode("latin-1")).encode("ascii", "replace") + ex.url
+            location = (b"https://" + normal_host(ex.host.decode("latin-1")).encode("ascii", "replace")
+                        + front.https_port + ex.url)
             ex.respond(308, b"Permanent Redirect", b"", b"Location: " + location + b"\r\n")
             return
         if self.secure and route.hsts is not None:
@@ -80,6 +81,7 @@ class BuiltinFront:
         # Weak: a router the edge released (and dropped) leaves the front with it.
         self.routers: weakref.WeakValueDictionary[str, BuiltinRouter] = weakref.WeakValueDictionary()
         self._contexts: dict[str, ssl.SSLContext] = {}
+        self.https_port = b""  # what redirects add to the host: ":8443" when HTTPS is not on 443
         socks = socks or {}
         self._http = _Listener(self, http, tls=None, sock=socks.get("http")) if http is not None else None
         self._https = _Listener(self, https, tls=self._sni_context(), sock=socks.get("https")) \
@@ -119,6 +121,8 @@ class BuiltinFront:
             for listener in started:
                 await listener.stop()
             raise
+        port = self.https_address[1] if self.https_address is not None else 443
+        self.https_port = b"" if port == 443 else b":%d" % port
 
     async def stop(self) -> None:
         for listener in (self._http, self._https):
