@@ -199,3 +199,15 @@ def test_a_certificate_that_does_not_match_its_key_is_refused(machine: Machine) 
         assert machine.https("c.example.test")["greeting"] == "beta-web"
     finally:
         stop_everything(bad)
+
+
+def test_bad_machine_settings_are_refused_naming_the_variable(tmp_path: Path) -> None:
+    ca = TestCA()
+    project = _project(tmp_path, "zeta", _service("web", "zeta", "[{host: z.example.test, tls: off}]"), ca, [])
+    project.env.update({"INGOT_EDGE_HOME": str(tmp_path / "edge"), "INGOT_EDGE_HTTPS": "443"})
+    try:
+        result = project.ingot("deploy")
+        assert result.code == 2, result.out + result.err
+        assert "INGOT_EDGE_HTTPS: expected HOST:PORT or :PORT" in result.err, result.err
+    finally:
+        stop_everything(project)
