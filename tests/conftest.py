@@ -17,10 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import ExampleProject, make_example, stop_edge, stop_everything
+from tests.support.harness import ExampleProject, free_port, make_example, stop_edge, stop_everything
 
 if "INGOT_EDGE_HOME" not in os.environ:
     os.environ["INGOT_EDGE_HOME"] = tempfile.mkdtemp(prefix="ingot-edge-")
+# Its shared listeners on free loopback ports, never the machine's :80 and :443 (read when the edge starts).
+for _variable in ("INGOT_EDGE_HTTP", "INGOT_EDGE_HTTPS"):
+    os.environ.setdefault(_variable, f"127.0.0.1:{free_port()}")
 
 
 @pytest.fixture(scope="session", autouse=True)

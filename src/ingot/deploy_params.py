@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ingot.edge.front import Route
 from ingot.routers.base import ClientPolicy, HealthCheck
+
+NO_LISTENER = ("", 0)  # `listen` of a service with routes and no `router.listen`: no listener of its own
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,28 @@ class DeployParams:
     strategy_options: dict[str, Any] = field(default_factory=dict)  # the spec's strategy block
     self_heal: bool = True  # the environment's: the agent repairs drift on its own, or only records it
     clients: ClientPolicy = field(default_factory=ClientPolicy)  # the router's limits on its clients
+    routes: tuple[Route, ...] = ()  # on the machine's shared listeners (the edge's front)
+
+    @property
+    def urls(self) -> list[str]:
+        """Where people reach the service: its routes, and its own listener if it has one."""
+        found = [f"{'http' if r.tls == 'off' else 'https'}://{r.host}{r.path}" for r in self.routes]
+        if self.listen != NO_LISTENER:
+            found.append(f"http://{self.listen[0]}:{self.listen[1]}/")
+        return found
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["listen"] = f"{self.listen[0]}:{self.listen[1]}"
         data["clients"] = self.clients.as_dict()
+        if self.routes:
+            data["routes"] = [r.as_dict() for r in self.routes]
+        else:
+            del data["routes"]  # as before routes existed: an unchanged spec deploys nothing new
         return data
 
     @staticmethod
@@ -65,4 +85,5 @@ class DeployParams:
             strategy_options=dict(data.get("strategy_options") or {}),
             self_heal=bool(data.get("self_heal", True)),
             clients=ClientPolicy.from_dict(data.get("clients")),
+            routes=tuple(Route.from_dict(r) for r in data.get("routes") or []),
         )

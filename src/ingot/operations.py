@@ -22,7 +22,8 @@ from ingot.agent.client import (
     wait_for_exit,
 )
 from ingot.artifacts import ArtifactCorrupt
-from ingot.deploy_params import DeployParams, HealthPolicy
+from ingot.deploy_params import NO_LISTENER, DeployParams, HealthPolicy
+from ingot.edge.front import Route
 from ingot.errors import OperationFailed, UserInputError
 from ingot.executor import resolve_instance
 from ingot.paths import StatePaths
@@ -36,6 +37,7 @@ from ingot.runtimes.process import labelled_processes, terminate_group
 from ingot.runtimes.registry import Runtimes
 from ingot.signing import trusted_key
 from ingot.spec import SecuritySpec, ServiceSpec
+from ingot.spec.models import RouteFiles, RouteSpec
 from ingot.state import service_state
 from ingot.store import ReleaseRow, Store
 from ingot.store.db import StoreDamaged
@@ -45,14 +47,16 @@ OnEvent = Callable[[dict[str, Any]], None]
 OnOutput = Callable[[str], None]
 
 
-def deploy_params(service: ServiceSpec, *, self_heal: bool = True) -> DeployParams:
+def deploy_params(service: ServiceSpec, *, self_heal: bool = True, root: Path | None = None) -> DeployParams:
+    """`root`: the spec's directory, which route certificate files are relative to."""
     health = service.health
     return DeployParams(
         replicas=service.replicas,
         health=HealthPolicy(path=health.path, interval=health.interval, timeout=health.timeout,
                             healthy_threshold=health.healthy_threshold, deadline=health.deadline,
                             unhealthy_threshold=health.unhealthy_threshold),
-        listen=service.router.address,
+        listen=service.dedicated_listen or NO_LISTENER,
+        routes=tuple(_route(r, root) for r in service.routes),
         router_kind=service.router.kind,
         strategy=service.strategy.type,
         drain_timeout=service.strategy.drain_timeout,
@@ -65,6 +69,14 @@ def deploy_params(service: ServiceSpec, *, self_heal: bool = True) -> DeployPara
                              trusted_proxies=tuple(service.router.trusted_proxies),
                              release_header=service.router.release_header),
     )
+
+
+def _route(spec: RouteSpec, root: Path | None) -> Route:
+    if isinstance(spec.tls, RouteFiles):
+        base = root or Path.cwd()
+        return Route(host=spec.host, path=spec.path, tls="files", cert=str((base / spec.tls.cert).resolve()),
+                     key=str((base / spec.tls.key).resolve()), redirect=spec.redirects, hsts=spec.hsts)
+    return Route(host=spec.host, path=spec.path, tls=spec.tls, redirect=spec.redirects, hsts=spec.hsts)
 
 
 def _on_cluster(project: Project, environment: str | None) -> bool:
@@ -174,7 +186,8 @@ def _apply(project: Project, environment: str, name: str, row: ReleaseRow, creat
         outcome: DeployOutcome = kube.roll(project, environment, name, row, created, kind, api, emit)
         return outcome
     env_spec = project.spec.environments.get(environment)
-    params = deploy_params(project.spec.service_for(environment, name), self_heal=not env_spec or env_spec.self_heal)
+    params = deploy_params(project.spec.service_for(environment, name), self_heal=not env_spec or env_spec.self_heal,
+                           root=project.spec.root_dir)
     client = ensure_agent(project.paths)
     current = project.store.current_activation(environment, name)
     deployment: list[str] = []
@@ -191,7 +204,7 @@ def _apply(project: Project, environment: str, name: str, row: ReleaseRow, creat
         # The request is sent: the agent goes on with it, whatever becomes of this process.
         raise HandedOver(kind, environment, name, row.id, current.release_id if current else None, lock,
                          deployment[0] if deployment else None) from None
-    url = f"http://{params.listen[0]}:{params.listen[1]}/"
+    url = params.url
     return DeployOutcome(service=name, release=row.id, release_created=created,
                          nothing_changed=bool(result.get("nothing_to_do")), url=url,
                          deployment=result.get("deployment"), verifying=result.get("verifying"))
@@ -360,7 +373,7 @@ def plan(project: Project, environment: str, names: list[str]) -> list[dict[str,
     plans = []
     for name in names:
         service = project.spec.service_for(environment, name)
-        params = deploy_params(service)
+        params = deploy_params(service, root=project.spec.root_dir)
         release_id = build_release.expected_release_id(project, environment, name, service)
         state = service_state(project.store, environment, name)
         steps = plan_for(params.strategy, state, Target(release_id or "<new build>", params.replicas),
@@ -433,7 +446,7 @@ def _offline_services(project: Project) -> list[dict[str, Any]]:
                               "started_at": row.started_at, "runtime": row.runtime,
                               "user": fence.user_of(row.pid) if row.runtime == "process" and alive else None})
         services.append({"environment": activation.environment, "service": activation.service,
-                         "release": activation.release_id, "url": f"http://{activation.params['listen']}/",
+                         "release": activation.release_id, "url": DeployParams.from_dict(activation.params).url,
                          "instances": instances, "router": {"listening": False, "weights": {}, "stats": {}}})
     return services
 

@@ -26,7 +26,7 @@ from ingot.agent.protocol import decode, encode
 from ingot.agent.selfheal import SelfHealer, heal_interval
 from ingot.agent.verification import VerificationWindows
 from ingot.artifacts import ArtifactStore
-from ingot.deploy_params import DeployParams, HealthPolicy
+from ingot.deploy_params import NO_LISTENER, DeployParams, HealthPolicy
 from ingot.edge.client import EdgeClient, EdgeRouter
 from ingot.edge.home import EdgeHome
 from ingot.errors import IngotError, UserInputError
@@ -128,6 +128,7 @@ class Agent:
             await router.set_health(params.health.for_router())
             if isinstance(router, EdgeRouter):
                 await router.set_clients(params.clients)
+                await router.set_routes(params.routes)
             kind = getattr(router, "kind", params.router_kind)
             if kind != params.router_kind:
                 host, port = params.listen
@@ -149,9 +150,11 @@ class Agent:
 
     def _new_router(self, key: Key, params: DeployParams) -> EdgeRouter:
         host, port = params.listen
-        return EdgeRouter(self.edge, router_id=f"{self.paths.root}#{key[0]}/{key[1]}@{host}:{port}",
+        where = "routes" if params.listen == NO_LISTENER else f"{host}:{port}"
+        return EdgeRouter(self.edge, router_id=f"{self.paths.root}#{key[0]}/{key[1]}@{where}",
                           owner=str(self.paths.root), name=f"{self.healer.project() or '?'} {key[0]}/{key[1]}",
-                          kind=params.router_kind, listen=params.listen, clients=params.clients)
+                          kind=params.router_kind, listen=params.listen, clients=params.clients,
+                          routes=params.routes)
 
     async def adopt_router(self, key: Key, router: Router) -> None:
         """Make `router` the service's router, retiring the one it replaces."""
@@ -323,7 +326,7 @@ class Agent:
             dep = Deployment(row=row, release=release, params=params, router=router)
             log.info("%s %s: %s/%s -> %s (%d steps)", kind, row.id, key[0], key[1], release_id, len(plan.steps))
             answer: dict[str, Any] = {"deployment": row.id, "release": release_id,
-                                      "url": f"http://{params.listen[0]}:{params.listen[1]}/"}
+                                      "url": params.url}
             verifying = await self._run_until_verifying(key, dep, plan, send)
             if verifying is not None:
                 rest, seconds = verifying
@@ -438,7 +441,8 @@ class Agent:
         for activation in self.store.active_services():
             key = (activation.environment, activation.service)
             router = self.routers.get(key)
-            policy = DeployParams.from_dict(activation.params).health
+            params = DeployParams.from_dict(activation.params)
+            policy = params.health
             rows = self.store.live_instances(*key)
             health = await asyncio.gather(*(self._health_of(row, policy) for row in rows))
             instances = [
@@ -452,7 +456,8 @@ class Agent:
                 "environment": key[0], "service": key[1], "release": activation.release_id,
                 "verifying": window.as_dict() if window else None,
                 "self_heal": self.self_healer.describe(activation),
-                "url": f"http://{activation.params['listen']}/", "instances": instances,
+                "url": params.url, "instances": instances,
+                "routes": await self._routes_of(key, params),
                 "router": {"listening": router is not None,
                            "weights": router.weights() if router else {},
                            "backends": router.backend_health() if router else {},
@@ -460,6 +465,19 @@ class Agent:
             })
         return {"agent": {"pid": os.getpid(), "version": __version__, "isolation": fence.isolation()},
                 "services": services}
+
+    async def _routes_of(self, key: Key, params: DeployParams) -> list[dict[str, Any]]:
+        """The service's routes with their certificate's state as the edge knows it."""
+        if not params.routes:
+            return []
+        states: dict[tuple[str, str], str] = {}
+        with contextlib.suppress(IngotError, OSError, ValueError):
+            router = self.routers.get(key)
+            for listed in (await self.edge.call("list"))["routes"]:
+                if isinstance(router, EdgeRouter) and listed["id"] == router.id:
+                    states = {(r["host"], r["path"]): r["certificate"] for r in listed.get("routes", [])}
+        return [{"url": f"{'http' if r.tls == 'off' else 'https'}://{r.host}{r.path}", "tls": r.tls,
+                 "certificate": states.get((r.host, r.path), "unknown")} for r in params.routes]
 
     async def _health_of(self, row: InstanceRow, policy: HealthPolicy) -> tuple[str, str]:
         """The instance's state and one live probe of its health path, as evidence for `ingot status`."""

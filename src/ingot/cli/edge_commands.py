@@ -33,11 +33,19 @@ def edge_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     if as_json:
         print_json({"running": True, **listing})
         return
-    console.print(f"edge pid {listing['pid']} ({listing['home']}), {len(listing['routes'])} router(s)")
+    console.print(f"edge pid {listing['pid']} ({listing['home']}), {len(listing['routes'])} router(s)", markup=False)
+    front = listing.get("front")
+    if front:
+        console.print(f"shared listeners ({front['kind']}): http {front['http']}, https {front['https']}", markup=False)
     for route in listing["routes"]:
         weights = ", ".join(f"{r} {w}" for r, w in route["weights"].items()) or "no release"
-        console.print(f"  {route['listen']}  {route['kind']:<8} {route['name']}  {weights}"
-                      + ("" if route["serving"] else "  [not serving: see the edge's log]"))
+        where = "shared" if route["listen"] == ":0" else route["listen"]
+        console.print(f"  {where}  {route['kind']:<8} {route['name']}  {weights}"
+                      + ("" if route["serving"] else "  [not serving: see the edge's log]"), markup=False)
+        for served in route.get("routes") or []:
+            scheme = "http" if served["tls"] == "off" else "https"
+            console.print(f"    {scheme}://{served['host']}{served['path']}  certificate: {served['certificate']}",
+                          markup=False)
 
 
 def install_command(

@@ -414,6 +414,9 @@ def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> N
                           f"{', '.join(hardening['relaxed'])} (reason: {hardening['reason']})", markup=False)
         for healing in _self_heal_lines(item.get("self_heal")):
             console.print(f"  {item['environment']}/{item['service']}: {healing}", markup=False)
+        for route in item.get("routes") or []:
+            console.print(f"  {item['environment']}/{item['service']}: route {route['url']} "
+                          f"(certificate: {route['certificate']})", markup=False)
         for instance in item["instances"]:
             if instance["health"] != "healthy":
                 console.print(f"  {item['service']}/{instance['id']} (pid {instance['pid']}, port "

@@ -18,10 +18,13 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ingot.agent.protocol import decode, encode
+from ingot.edge.front import Route
 from ingot.edge.home import EdgeHome
+from ingot.edge.settings import EdgeSettings
 from ingot.errors import OperationFailed, UserInputError
 from ingot.routers.base import Address, ClientPolicy, HealthCheck, ReleaseStats
 from ingot.supervision import running_supervisor
@@ -69,6 +72,7 @@ def ensure_edge(home: EdgeHome) -> None:
     """Start the machine's edge under ingot's supervisor unless it answers already."""
     if edge_alive(home):
         return
+    EdgeSettings.load(home.root)  # bad settings are the caller's to hear (exit 2), not only the edge's log
     if running_supervisor(home.supervisor_pidfile) is not None:
         # Its supervisor is starting it again: wait for that rather than start a second one.
         deadline = time.monotonic() + START_TIMEOUT
@@ -144,13 +148,26 @@ class EdgeClient:
         return _raise_for(decode(line))
 
 
+def routes_request(routes: tuple[Route, ...]) -> dict[str, Any]:
+    """The `routes` and `certificates` (PEM, read here: the edge may not see the agent's files) of `ensure`."""
+    certificates: dict[str, dict[str, str]] = {}
+    for route in routes:
+        if route.tls == "files" and route.cert and route.key:
+            try:
+                certificates[route.host] = {"cert": Path(route.cert).read_text(), "key": Path(route.key).read_text()}
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserInputError(f"cannot read the certificate of {route.host}: {exc}") from None
+    return {"routes": [r.as_dict() for r in routes], "certificates": certificates}
+
+
 class EdgeRouter:
     """One router in the edge, seen through the `Router` interface."""
 
     def __init__(self, client: EdgeClient, *, router_id: str, owner: str, name: str, kind: str,
-                 listen: Address, clients: ClientPolicy | None = None) -> None:
+                 listen: Address, clients: ClientPolicy | None = None, routes: tuple[Route, ...] = ()) -> None:
         self.client = client
         self.clients = clients or ClientPolicy()
+        self.routes = routes  # on the machine's shared listeners
         self.id = router_id
         self.owner = owner
         self.name = name
@@ -168,7 +185,8 @@ class EdgeRouter:
     async def start(self) -> None:
         """Make the edge serve this router (a no-op if it does already: an agent restart adopts it)."""
         answer = await self.client.call("ensure", id=self.id, owner=self.owner, name=self.name, kind=self.kind,
-                                        listen=list(self._listen), clients=self.clients.as_dict())
+                                        listen=list(self._listen), clients=self.clients.as_dict(),
+                                        **await asyncio.to_thread(routes_request, self.routes))
         host, port = answer["listen"]
         self._listen = (str(host), int(port))
         await self.refresh()
@@ -210,6 +228,15 @@ class EdgeRouter:
 
     async def set_health(self, check: HealthCheck) -> None:
         await self.client.call("set_health", id=self.id, check=asdict(check))
+
+    async def set_routes(self, routes: tuple[Route, ...]) -> None:
+        """The service's routes, from the spec of the deploy; refused (OperationFailed) naming the holder of a
+        host+path another service has. Certificate files are read again each time (they may be renewed)."""
+        if routes != self.routes or any(r.tls == "files" for r in routes):
+            await self.client.call("ensure", id=self.id, owner=self.owner, name=self.name, kind=self.kind,
+                                   listen=list(self._listen), clients=self.clients.as_dict(),
+                                   **await asyncio.to_thread(routes_request, routes))
+            self.routes = routes
 
     async def set_clients(self, clients: ClientPolicy) -> None:
         """The limits on the router's clients, from the spec of the deploy (a no-op when unchanged)."""

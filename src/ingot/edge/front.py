@@ -22,8 +22,9 @@ Contract every implementation keeps (tests/contract/ runs the same tests against
   `remove_certificate(host)` forgets it.
 - Plain HTTP: `/.well-known/acme-challenge/<token>` is answered from `challenges` (token → key
   authorisation) for any host, before routing; other requests on a route whose `redirect` is on
-  get 308 to `https://` (same host, path and query); `hsts` adds Strict-Transport-Security to
-  answers over TLS.
+  get 308 to `https://` (same host, path and query; `:PORT` added when the HTTPS listener is not on
+  443); `hsts` adds Strict-Transport-Security to answers over TLS. Backends get `X-Forwarded-Proto`
+  `https` or `http` as the client connected.
 - `stop()` closes the listeners; the routers it made stop with the edge, as dedicated ones do.
 """
 

@@ -8,9 +8,16 @@ release, the weights, the releases being drained. The edge writes that state to 
 routers again without asking anyone. It never needs an agent to keep serving: an agent that is
 killed, restarted, stopped or overloaded changes nothing here.
 
-Router ids are chosen by the agents (`<state dir>#<environment>/<service>@<host>:<port>`): the owner
-part keeps projects apart, and one address is served by one router only; a second claim on it is
-refused naming the holder.
+Router ids are chosen by the agents (`<state dir>#<environment>/<service>@<host>:<port>`, or
+`...@routes` for a service served by the shared listeners only): the owner part keeps projects apart,
+and one address is served by one router only; a second claim on it is refused naming the holder.
+
+Shared listeners (the front, edge/front.py): made from the machine's settings (edge/settings.py) when
+the first router with routes arrives, so an edge without routes never binds :80/:443. Every router's
+routes make the front's table, given whole after each change; a host+path claimed by another service
+(of any project) is refused naming its holder. Certificates from files (`tls: {cert, key}`) come from
+the agents as PEM and are kept in `certs/` (0600) so a restarted edge serves them again; `tls: auto`
+hosts are `auto_hosts`, for the certificate manager (`certificates`, ACME) to provide.
 
 Started on demand (by the first agent that needs it, under ingot's supervisor), the edge ends when
 its last router is released (`ingot down` everywhere): nothing is left running. `ingot edge serve
@@ -36,11 +43,17 @@ import logging
 import os
 import signal
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from ingot import __version__, pidfile
 from ingot.agent.protocol import decode, encode
+from ingot.edge.builtin_front import BuiltinFront, check_certificate
+from ingot.edge.front import Binding, Front, Route
+from ingot.edge.fronts import make_front
 from ingot.edge.home import EdgeHome
+from ingot.edge.routing import host_candidates
+from ingot.edge.settings import EdgeSettings, address_text
 from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.fdstore import Store
 from ingot.routers.base import Address, ClientPolicy, HealthCheck, Router, raise_open_files_limit
@@ -49,6 +62,14 @@ from ingot.routers.haproxy import HAProxyRouter, stop_leftover_haproxy
 
 log = logging.getLogger("ingot.edge")
 KINDS = ("builtin", "haproxy")
+NO_LISTENER: Address = ("", 0)  # a router with routes only: no listener of its own
+FRONT_FDS = {"http": "front:http", "https": "front:https"}  # names of the front's sockets in the fd store
+
+
+class CertificateManager(Protocol):
+    """What provides the certificates of `tls: auto` hosts (ACME): told the whole set after each change."""
+
+    async def hosts_changed(self, edge: Edge, auto_hosts: set[str]) -> None: ...
 
 
 @dataclass
@@ -65,6 +86,7 @@ class RouteState:
     draining: list[str] = field(default_factory=list)
     health: dict[str, Any] | None = None  # a `HealthCheck` as a dict
     clients: dict[str, Any] | None = None  # a `ClientPolicy` as a dict
+    routes: list[dict[str, Any]] = field(default_factory=list)  # `Route`s as dicts, on the shared listeners
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RouteState:
@@ -76,7 +98,14 @@ class RouteState:
             draining=[str(r) for r in raw.get("draining", [])],
             health=dict(raw["health"]) if raw.get("health") else None,
             clients=dict(raw["clients"]) if raw.get("clients") else None,
+            routes=[Route.from_dict(r).as_dict() for r in raw.get("routes", [])],
         )
+
+    @property
+    def service(self) -> str:
+        """The owner, environment and service of the router (its id without the address): two routers of one
+        service (an address being changed) may hold the same route; routers of two services may not."""
+        return self.id.rpartition("@")[0] or self.id
 
 
 def _address(raw: Any) -> Address:
@@ -95,6 +124,12 @@ class Edge:
         self._server: asyncio.AbstractServer | None = None
         self.fds = Store()  # listening sockets held by the supervisor across restarts
         self._held: set[str] = set()  # routers being built on a socket the supervisor holds already
+        self.settings = EdgeSettings.load(home.root)
+        self.front: Front | None = None  # the shared listeners, made with the first route
+        self._routes_lock = asyncio.Lock()  # route claims are checked and applied one at a time
+        self.auto_hosts: set[str] = set()  # `tls: auto` hosts, for `certificates`
+        self.certificates: CertificateManager | None = None  # the ACME side plugs in here
+        self._installed: set[str] = set()  # hosts whose certificate the front has
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -117,6 +152,11 @@ class Edge:
             self.fds.drop(router_id)
             with contextlib.suppress(Exception):
                 await router.stop()
+        if self.front is not None:
+            for name in FRONT_FDS.values():
+                self.fds.drop(name)
+            with contextlib.suppress(Exception):
+                await self.front.stop()
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
 
@@ -135,11 +175,24 @@ class Edge:
                 log.error("skipping a malformed route in %s: %s", self.home.state_file, exc)
                 continue
             self.states[state.id] = state
+        if any(s.routes for s in self.states.values()):
+            try:
+                await self.start_front()
+            except IngotError as exc:
+                log.error("the shared listeners cannot start: %s", exc.message)
+        for state in self.states.values():
             try:
                 await self._build(state)
             except IngotError as exc:
                 # Kept: the agent's next ensure tries again, and says why it fails.
                 log.error("could not restore router %s on %s:%s: %s", state.name, *state.listen, exc.message)
+        if self.front is not None:
+            for host in self._file_hosts():
+                try:
+                    await self._load_certificate(host)
+                except IngotError as exc:
+                    log.error("the stored certificate of %s cannot be used: %s", host, exc.message)
+            await self._apply_table()
         for name in self.fds.drop_unclaimed():
             log.info("closed a held listener of a router that is gone (%s)", name)
         self._stop_stray_haproxy()
@@ -177,10 +230,23 @@ class Edge:
         return router
 
     def _new_router(self, state: RouteState) -> Router:
+        if state.routes:
+            if self.front is None:
+                raise OperationFailed(f"router {state.name} has routes but the shared listeners are not running")
+            listen = None if state.listen == NO_LISTENER else state.listen
+            if listen is not None and isinstance(self.front, BuiltinFront):
+                # Its own listener as well: on the socket the supervisor held, as a dedicated router's.
+                router = self._builtin(state)
+                self.front.adopt(state.id, router)
+                return router
+            return self.front.router(state.id, state.name, ClientPolicy.from_dict(state.clients), listen=listen)
         if state.kind == "haproxy":
             # Adopts the haproxy an earlier edge left serving, if there is one that answers.
             return HAProxyRouter(state.listen, name=state.name, workdir=self.home.router_dir(state.id),
                                  clients=ClientPolicy.from_dict(state.clients))
+        return self._builtin(state)
+
+    def _builtin(self, state: RouteState) -> BuiltinRouter:
         sock = self.fds.take(state.id)
         if sock is not None and state.listen[1] not in (0, sock.getsockname()[1]):
             sock.close()  # held for another port: this router listens anew
@@ -215,9 +281,80 @@ class Edge:
         return state, router
 
     async def ensure(self, router_id: str, owner: str, name: str, kind: str, listen: Address,
-                     clients: dict[str, Any] | None = None) -> dict[str, Any]:
+                     clients: dict[str, Any] | None = None, routes: list[dict[str, Any]] | None = None,
+                     certificates: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
         if kind not in KINDS:
             raise UserInputError(f"unknown router kind {kind!r}; expected one of {', '.join(KINDS)}")
+        wanted = [Route.from_dict(r) for r in routes or []]
+        if wanted or (routes is not None and router_id in self.states and self.states[router_id].routes):
+            async with self._routes_lock:
+                return await self._ensure_routed(router_id, owner, name, kind, listen, clients, wanted,
+                                                 certificates or {})
+        return await self._ensure(router_id, owner, name, kind, listen, clients)
+
+    async def _ensure_routed(self, router_id: str, owner: str, name: str, kind: str, listen: Address,
+                             clients: dict[str, Any] | None, routes: list[Route],
+                             certificates: dict[str, dict[str, str]]) -> dict[str, Any]:
+        """`ensure` of a router with routes (or losing its last ones): claims checked against every other
+        service's, certificates stored, the front's table replaced once the router serves."""
+        mine = self.states.get(router_id)
+        for route in routes:
+            holder = self._holder(route, mine.service if mine else router_id.rpartition("@")[0] or router_id)
+            if holder is not None:
+                raise OperationFailed(
+                    f"{route.host}{route.path} is already routed by this machine's edge to {holder.name}",
+                    details=[f"its state directory: {holder.owner}",
+                             "choose another host or path, or take the route out of the other spec first"])
+        mine_hosts = {r.host for r in routes if r.tls == "files"}
+        certificates = {h: pem for h, pem in certificates.items() if h in mine_hosts}  # its own hosts only
+        for host, pem in certificates.items():
+            check_certificate(host, pem["cert"].encode(), pem["key"].encode())  # before anything changes
+        for host, pem in certificates.items():
+            self._store_certificate(host, pem["cert"].encode(), pem["key"].encode())
+        if routes:
+            await self.start_front()
+        was = mine.routes if mine is not None else []
+        if mine is not None:
+            mine.routes = [r.as_dict() for r in routes]
+            built = self.routers.get(router_id)
+            if built is not None and routes and not was and self.front is not None:
+                await self._move_to_front(mine, built)
+            answer = await self._ensure(router_id, owner, name, kind, listen, clients)
+        else:
+            pending = RouteState(id=router_id, owner=owner, name=name, kind=kind, listen=listen,
+                                 routes=[r.as_dict() for r in routes])
+            answer = await self._ensure(router_id, owner, name, kind, listen, clients, pending=pending)
+        for host in certificates:
+            await self._load_certificate(host)
+        if was != self.states[router_id].routes or certificates:
+            self._persist()
+        await self._apply_table()
+        return answer
+
+    async def _move_to_front(self, state: RouteState, router: Router) -> None:
+        """A router that gains its first routes: the front serves it as it is if it can (the built-in one
+        can, any built-in router), else it is built again by the front (its listener reopens)."""
+        assert self.front is not None
+        adopt = getattr(self.front, "adopt", None)
+        if adopt is not None and adopt(state.id, router):
+            return
+        self.routers.pop(state.id, None)
+        self.fds.drop(state.id)
+        await router.stop()
+        await self._build(state)
+
+    def _holder(self, route: Route, service: str) -> RouteState | None:
+        key = (route.host, route.path.rstrip("/") or "/")
+        for other in self.states.values():
+            if other.service == service:
+                continue
+            for raw in other.routes:
+                if (raw["host"], str(raw["path"]).rstrip("/") or "/") == key:
+                    return other
+        return None
+
+    async def _ensure(self, router_id: str, owner: str, name: str, kind: str, listen: Address,
+                      clients: dict[str, Any] | None = None, pending: RouteState | None = None) -> dict[str, Any]:
         state = self.states.get(router_id)
         if state is not None and router_id in self.routers:
             if state.kind != kind:
@@ -225,20 +362,25 @@ class Edge:
                                      f"not {kind}")
             if clients is not None and ClientPolicy.from_dict(clients).as_dict() != state.clients:
                 await self.set_clients(router_id, clients)  # the spec changed while its agent was away
-            return {"listen": list(self.routers[router_id].listen_address), "created": False}
+            return {"listen": list(self._listen_of(state)), "created": False}
         for other in self.states.values():
-            if other.id != router_id and other.listen == listen and listen[1] != 0:
+            if other.id != router_id and other.listen == listen and listen[1] != 0 and listen != NO_LISTENER:
                 raise OperationFailed(
                     f"{listen[0]}:{listen[1]} is already served by this machine's edge for {other.name}",
                     details=[f"its state directory: {other.owner}", "choose another `router.listen` address"])
         if state is None:
-            state = RouteState(id=router_id, owner=owner, name=name, kind=kind, listen=listen)
+            state = pending or RouteState(id=router_id, owner=owner, name=name, kind=kind, listen=listen)
         state.clients = ClientPolicy.from_dict(clients).as_dict()  # checked here: a bad one is refused
         router = await self._build(state)
-        state.listen = router.listen_address  # the bound port, so that a restart binds the same one
+        if state.listen != NO_LISTENER:
+            state.listen = router.listen_address  # the bound port, so that a restart binds the same one
         self.states[router_id] = state
         self._persist()
-        return {"listen": list(router.listen_address), "created": True}
+        return {"listen": list(self._listen_of(state)), "created": True}
+
+    def _listen_of(self, state: RouteState) -> Address:
+        """Where the router listens: NO_LISTENER for one on the shared listeners only, whatever its front says."""
+        return NO_LISTENER if state.listen == NO_LISTENER else self.routers[state.id].listen_address
 
     async def set_backends(self, router_id: str, release: str, addrs: list[Address]) -> dict[str, Any]:
         state, router = self._router(router_id)
@@ -303,9 +445,12 @@ class Edge:
     async def release(self, router_id: str) -> dict[str, Any]:
         """Stop serving a router and forget it; the last one released ends an on-demand edge."""
         router = self.routers.pop(router_id, None)
-        self.states.pop(router_id, None)
+        state = self.states.pop(router_id, None)
         self._persist()
         self.fds.drop(router_id)  # its listen queue goes now, not when the supervisor ends
+        if state is not None and state.routes:
+            async with self._routes_lock:
+                await self._apply_table()
         if router is not None:
             await router.stop()
         if not self.states and not self.persistent:
@@ -328,8 +473,116 @@ class Edge:
                 "listen": f"{state.listen[0]}:{state.listen[1]}", "serving": router is not None,
                 "weights": router.weights() if router else state.weights,
                 "pools": {r: [f"{h}:{p}" for h, p in pool] for r, pool in state.pools.items()},
+                "routes": [{**r, "certificate": self.certificate_state(r)} for r in state.routes],
             })
-        return {"pid": os.getpid(), "version": __version__, "home": str(self.home.root), "routes": routes}
+        front = None
+        if self.front is not None:
+            front = {"kind": self.settings.kind, "http": address_text(self.front.http_address),
+                     "https": address_text(self.front.https_address)}
+        return {"pid": os.getpid(), "version": __version__, "home": str(self.home.root), "routes": routes,
+                "front": front}
+
+    # ---- the shared listeners ------------------------------------------------------------------
+    async def start_front(self) -> Front:
+        """The front, made from the settings and started on first use (on the sockets the supervisor held)."""
+        if self.front is not None:
+            return self.front
+        socks = {}
+        for short, name in FRONT_FDS.items():
+            sock = self.fds.take(name)
+            wanted = getattr(self.settings, short)
+            if sock is not None and (wanted is None or sock.getsockname()[1] != wanted[1]):
+                sock.close()  # held for another address: the listener binds anew
+                self.fds.drop(name)
+                sock = None
+            if sock is not None:
+                socks[short] = sock
+        front = make_front(self.settings, home=self.home.root, socks=socks)
+        try:
+            await front.start()
+        except BaseException:
+            for short in socks:
+                self.fds.drop(FRONT_FDS[short])
+            raise
+        listening = getattr(front, "listening_fds", None)
+        for short, fd in (listening() if listening is not None else {}).items():
+            if short not in socks:
+                self.fds.keep(FRONT_FDS[short], fd)
+        log.info("shared listeners (%s): http %s, https %s", self.settings.kind,
+                 address_text(front.http_address), address_text(front.https_address))
+        self.front = front
+        return front
+
+    async def _apply_table(self) -> None:
+        """Give the front the whole table: every serving router's routes (a route two routers of one service
+        hold, while its address changes, goes to the one that claimed it last)."""
+        if self.front is None:
+            return
+        bindings: dict[tuple[str, str], Binding] = {}
+        auto: set[str] = set()
+        for state in self.states.values():
+            if state.id not in self.routers:
+                continue
+            for raw in state.routes:
+                route = Route.from_dict(raw)
+                bindings[(route.host, route.path.rstrip("/") or "/")] = Binding(route, state.id, state.owner,
+                                                                               state.name)
+                if route.tls == "auto":
+                    auto.add(route.host)
+        await self.front.set_table(list(bindings.values()))
+        # A certificate no route names any more leaves the front (its file stays, should the route come back).
+        hosts = {b.route.host for b in bindings.values()}
+        for host in sorted(self._installed - hosts):
+            await self.front.remove_certificate(host)
+            self._installed.discard(host)
+        self.auto_hosts = auto
+        if self.certificates is not None:
+            await self.certificates.hosts_changed(self, set(auto))
+
+    def _file_hosts(self) -> set[str]:
+        return {str(r["host"]) for s in self.states.values() for r in s.routes if r.get("tls") == "files"}
+
+    def _certificate_path(self, host: str) -> Path:
+        return self.home.root / "certs" / (host.replace("*", "_") + ".pem")
+
+    def _store_certificate(self, host: str, cert: bytes, key: bytes) -> None:
+        path = self._certificate_path(host)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, cert.rstrip() + b"\n" + key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    async def _load_certificate(self, host: str) -> None:
+        """Install the stored certificate of `host` on the front (a bad one is refused: UserInputError)."""
+        if self.front is None:
+            return
+        try:
+            pem = self._certificate_path(host).read_bytes()
+        except FileNotFoundError:
+            return
+        marker = pem.find(b"-----BEGIN", pem.rfind(b"-----END CERTIFICATE-----"))
+        await self.front.set_certificate(host, pem[:marker], pem[marker:])
+        self._installed.add(host)
+
+    async def set_certificate(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
+        """For the certificate manager: install (and keep, for restarts) the certificate of `host`."""
+        self._store_certificate(host, cert_pem, key_pem)
+        await self._load_certificate(host)
+
+    def certificate_state(self, route: dict[str, Any]) -> str:
+        """What `ingot status` says of a route's certificate."""
+        if route.get("tls") == "off":
+            return "none (plain HTTP)"
+        for host in host_candidates(str(route["host"])):
+            path = self._certificate_path(host)
+            if path.is_file():
+                return _expiry(path.read_bytes())
+        return "waiting for ACME" if route.get("tls") == "auto" else "missing"
 
     @staticmethod
     def _in_flight(router: Router, release: str) -> int:
@@ -375,7 +628,8 @@ class Edge:
                 case "ensure":
                     return await self.ensure(router_id, str(request["owner"]), str(request["name"]),
                                              str(request["kind"]), _address(request["listen"]),
-                                             request.get("clients"))
+                                             request.get("clients"), request.get("routes"),
+                                             request.get("certificates"))
                 case "set_backends":
                     return await self.set_backends(router_id, str(request["release"]),
                                                    [_address(a) for a in request["addrs"]])
@@ -396,6 +650,16 @@ class Edge:
                 case "release":
                     return await self.release(router_id)
         raise UserInputError(f"unknown edge operation {op!r}")
+
+
+def _expiry(pem: bytes) -> str:
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return "unreadable"
+    return f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
 
 
 def run_edge(home: EdgeHome, *, persistent: bool = False) -> None:

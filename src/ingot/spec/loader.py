@@ -213,4 +213,26 @@ def _check(data: Any, path: Path) -> tuple[LoadedSpec | None, list[Problem]]:
     services, environments = data.get("services"), data.get("environments") or {}
     if isinstance(services, Mapping) and isinstance(environments, Mapping):
         problems.extend(cross_check(services, environments))
+        if path.is_file():  # a spec checked before it is saved anywhere (an upload) has no directory to look in
+            problems.extend(_route_file_problems(services, environments, path.parent))
     return spec, problems
+
+
+def _route_file_problems(services: Mapping[str, Any], environments: Mapping[str, Any], root: Path) -> list[Problem]:
+    """`routes[].tls: {cert, key}` name files relative to the spec's directory: they must exist."""
+    places: list[tuple[Loc, Any]] = [(("services", name), svc) for name, svc in services.items()]
+    for env, raw in environments.items():
+        overrides = raw.get("services") if isinstance(raw, Mapping) else None
+        if isinstance(overrides, Mapping):
+            places += [(("environments", env, "services", name), svc) for name, svc in overrides.items()]
+    problems = []
+    for prefix, service in places:
+        routes = service.get("routes") if isinstance(service, Mapping) else None
+        for index, route in enumerate(routes if isinstance(routes, list) else []):
+            tls = route.get("tls") if isinstance(route, Mapping) else None
+            for key in ("cert", "key"):
+                name = tls.get(key) if isinstance(tls, Mapping) else None
+                if isinstance(name, str) and name and not (root / name).is_file():
+                    problems.append(Problem((*prefix, "routes", index, "tls", key),
+                                            f"no such file {name!r} (relative to {root})"))
+    return problems

@@ -49,6 +49,9 @@ LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):[0-9]{1,5}$"
 KUBE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # an RFC 1123 label: namespaces, gateways
 IMAGE_DIGEST_PATTERN = r"^[^@\s]+@sha256:[0-9a-f]{64}$"
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "*", ""}
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+ROUTE_HOST_PATTERN = rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$"
+DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
 def _rule(key: str, detail: str) -> PydanticCustomError:
@@ -116,6 +119,37 @@ def _check_registry(value: str) -> str:
 def _check_http_path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError(f"must start with '/', got {value!r}")
+    return value
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _check_route_host(value: str) -> str:
+    value = value.rstrip(".")
+    wildcard_of_a_tld = value.startswith("*.") and "." not in value[2:]
+    if len(value) > 253 or not re.fullmatch(ROUTE_HOST_PATTERN, value) or wildcard_of_a_tld:
+        raise ValueError(f"expected a DNS name such as app.example.com or a wildcard such as *.example.com, "
+                         f"got {value!r}")
+    return value
+
+
+def _route_tls(value: Any) -> Any:
+    # YAML reads a bare `off` as false.
+    if value is False:
+        return "off"
+    if isinstance(value, dict):
+        return value
+    if value not in ("auto", "off"):
+        raise ValueError(f"expected auto, off, or {{cert: FILE, key: FILE}}, got {value!r}")
+    return value
+
+
+def _check_route_path(value: str) -> str:
+    _check_http_path(value)
+    if any(c.isspace() or c in "?#" for c in value):
+        raise ValueError(f"expected a path prefix such as /api (no spaces, query or fragment), got {value!r}")
     return value
 
 
@@ -322,7 +356,8 @@ def _check_cidr(value: str) -> str:
 
 
 class RouterSpec(_Model):
-    listen: Listen = "127.0.0.1:8080"
+    # Applies to services without `routes`; a service with routes listens only where this is written.
+    listen: Listen = DEFAULT_LISTEN
     kind: Literal["builtin", "haproxy"] = "builtin"
     # Against hostile clients (see ingot.routers.base.ClientPolicy): deployment parameters, not release identity.
     head_timeout: Duration = Field(default=10.0, gt=0)
@@ -335,6 +370,53 @@ class RouterSpec(_Model):
     def address(self) -> tuple[str, int]:
         """(host, port) to bind; IPv6 hosts without their brackets."""
         return split_listen(self.listen)
+
+
+class RouteFiles(_Model):
+    """`tls: {cert: FILE, key: FILE}`: PEM files, relative to the spec's directory."""
+
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
+RouteHost = Annotated[
+    str,
+    BeforeValidator(_lower),
+    AfterValidator(_check_route_host),
+    WithJsonSchema({"type": "string", "pattern": ROUTE_HOST_PATTERN, "examples": ["app.example.com", "*.example.com"]}),
+]
+RoutePath = Annotated[str, AfterValidator(_check_route_path), WithJsonSchema({"type": "string", "pattern": "^/"})]
+
+
+class RouteSpec(_Model):
+    """A host (and path prefix) the service serves on the machine's shared listeners (the edge)."""
+
+    host: RouteHost
+    path: RoutePath = "/"
+    tls: Annotated[Literal["auto", "off"] | RouteFiles, BeforeValidator(_route_tls)] = "auto"
+    redirect: StrictBool | None = None  # HTTP → HTTPS; default: on unless tls is off
+    hsts: StrictInt | None = Field(default=None, ge=0)  # Strict-Transport-Security max-age, seconds
+
+    @model_validator(mode="after")
+    def _redirect_needs_tls(self) -> RouteSpec:
+        if self.tls == "off" and self.redirect:
+            raise _rule("redirect", "a redirect to HTTPS needs tls (auto or cert/key files), not tls: off")
+        if self.tls == "off" and self.hsts is not None:
+            raise _rule("hsts", "HSTS is sent over HTTPS only; it needs tls (auto or cert/key files)")
+        return self
+
+    @property
+    def redirects(self) -> bool:
+        return self.redirect if self.redirect is not None else self.tls != "off"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What two routes may not share: the host and the path (a trailing slash is not a difference)."""
+        return self.host, self.path.rstrip("/") or "/"
+
+    @property
+    def url(self) -> str:
+        return f"{'http' if self.tls == 'off' else 'https'}://{self.host}{self.path}"
 
 
 class SecuritySpec(_Model):
@@ -424,6 +506,15 @@ class ServiceSpec(_Model):
     allow_mutable_tag: StrictBool = False
     retention: StrictInt = Field(default=5, ge=1, le=1000)
     resources: ResourcesSpec | None = None
+    routes: list[RouteSpec] = Field(default_factory=list)
+
+    @property
+    def dedicated_listen(self) -> tuple[str, int] | None:
+        """Where the service's own listener is: `router.listen`, its default for services without routes;
+        None for a service with routes and no `router.listen` (it is served by the edge's shared ones)."""
+        if self.routes and "listen" not in self.router.model_fields_set:
+            return None
+        return self.router.address
 
     @model_validator(mode="after")
     def _coherent(self) -> ServiceSpec:
@@ -455,6 +546,13 @@ class ServiceSpec(_Model):
                 ("build", f"runtime {self.runtime} needs build (a directory with a Containerfile) or image")
             )
         found.extend(self._variable_clashes())
+        seen: dict[tuple[str, str], int] = {}
+        for index, route in enumerate(self.routes):
+            if route.key in seen:
+                first = seen[route.key]
+                found.append(("routes", f"routes[{index}] claims {route.host}{route.path}, as routes[{first}] does; "
+                                        "each host and path needs one route"))
+            seen.setdefault(route.key, index)
         return found
 
     def _variable_clashes(self) -> list[tuple[str, str]]:
@@ -698,6 +796,11 @@ class _Placed:
     service: ServiceSpec
     origin: Loc
     explicit: bool  # False when router.listen is the default, not written anywhere
+    listens: bool = True  # False for a service with routes only: no listener of its own
+    routes_origin: Loc | None = None  # where its routes are written (None: `origin` is)
+
+    def route_loc(self, index: int) -> Loc:
+        return (*(self.routes_origin or self.origin), index)
 
 
 def _effective_service(
@@ -712,10 +815,15 @@ def _effective_service(
     if cluster is not None:
         return _kubernetes_problems(env, name, service, override, cluster)
     listen: Loc = ("router", "listen")
-    if has_path(override, listen):
-        placed.append(_Placed(env, name, service, (*prefix, *listen), explicit=True))
+    routes_origin: Loc = (*prefix, "routes") if has_path(override, ("routes",)) else ("services", name, "routes")
+    if service.dedicated_listen is None:
+        # No listener of its own: only its routes can clash.
+        placed.append(_Placed(env, name, service, routes_origin, explicit=False, listens=False))
+    elif has_path(override, listen):
+        placed.append(_Placed(env, name, service, (*prefix, *listen), explicit=True, routes_origin=routes_origin))
     else:
-        placed.append(_Placed(env, name, service, ("services", name, *listen), has_path(base, listen)))
+        placed.append(_Placed(env, name, service, ("services", name, *listen), has_path(base, listen),
+                              routes_origin=routes_origin))
     return []
 
 
@@ -735,8 +843,35 @@ def _override_problems(
     return kept
 
 
-def _listen_clashes(placed: list[_Placed], *, declared: bool) -> list[Problem]:
+def _route_clashes(placed: list[_Placed], *, declared: bool) -> list[Problem]:
+    """A host+path claimed twice on this machine's shared listeners: by two services, or one service in two
+    environments (they all run here)."""
     problems: list[Problem] = []
+    seen: dict[tuple[str, str], tuple[_Placed, int]] = {}
+    for later in placed:
+        for index, route in enumerate(later.service.routes):
+            earlier = seen.get(route.key)
+            if earlier is None:
+                seen[route.key] = (later, index)
+                continue
+            other, other_index = earlier
+            if other is later:
+                continue  # reported by the service itself
+            where = f"service {other.name}" + (f" in environment {other.env}" if declared else "")
+            if other.route_loc(other_index) == later.route_loc(index):
+                message = (f"{route.host}{route.path} is claimed by environments {other.env} and {later.env} alike; "
+                           f"they run on one machine, so give environments.{later.env}.services.{later.name} "
+                           "routes of its own")
+            else:
+                message = f"{route.host}{route.path} is claimed by {where} too ({RELATED}); each host and path " \
+                          "needs one service"
+            problems.append(Problem(later.route_loc(index), message, related=other.route_loc(other_index)))
+    return problems
+
+
+def _listen_clashes(placed: list[_Placed], *, declared: bool) -> list[Problem]:
+    problems: list[Problem] = [*_route_clashes(placed, declared=declared)]
+    placed = [p for p in placed if p.listens]
     for index, later in enumerate(placed):
         for earlier in placed[:index]:
             if _same_socket(earlier.service.router.address, later.service.router.address):

@@ -193,8 +193,10 @@ class ClientProtocol(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method()
         http10 = parser.get_http_version() == "1.0"
-        head, chunked, expect = request_head_for_backend(self, method, http10)
+        head, chunked, expect, host = request_head_for_backend(self, method, http10)
         ex = Exchange(self, head, chunked=chunked, http10=http10, keep_alive=parser.should_keep_alive())
+        ex.host = host
+        ex.url = self.url
         ex.is_head = method == b"HEAD"
         ex.idempotent = method in IDEMPOTENT_METHODS
         ex.expect_continue = expect and not http10

@@ -60,7 +60,9 @@ class Exchange:
         "client_keep_alive",
         "done",
         "expect_continue",
+        "extra",
         "fresh_retry_used",
+        "host",
         "http10",
         "idempotent",
         "is_head",
@@ -78,6 +80,7 @@ class Exchange:
         "status",
         "tried",
         "up",
+        "url",
     )
 
     def __init__(self, client: ClientProtocol, head: bytes, *, chunked: bool, http10: bool, keep_alive: bool) -> None:
@@ -106,6 +109,9 @@ class Exchange:
         self.resp_framing = FRAMING_NONE
         self.status = 0
         self.start = _perf()
+        self.host = b""  # the request's Host and target: what the edge's shared listeners route by
+        self.url = b""
+        self.extra = b""  # response header lines the edge adds (HSTS)
 
     # ---- request side ------------------------------------------------------------------------
 
@@ -252,9 +258,13 @@ class Exchange:
             self.respond_error(504, self.chosen)
 
     def respond_error(self, status: int, rel: Release | None) -> None:
+        self.respond(status, _REASONS[status], _ERROR_BODIES[status], rel=rel)
+
+    def respond(self, status: int, reason: bytes, body: bytes, headers: bytes = b"",
+                rel: Release | None = None) -> None:
+        """Answer without a backend (`headers`: complete header lines, CRLF-terminated)."""
         if self.done:
             return
-        body = _ERROR_BODIES[status]
         if not self.req_done:
             self.client_keep_alive = False  # the rest of the body is not read: close after answering
         self.status = status
@@ -262,10 +272,11 @@ class Exchange:
             b"".join(
                 (
                     status_line(status),
-                    _REASONS[status],
+                    reason,
                     b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ",
                     b"%d" % len(body),
                     b"\r\n",
+                    headers,
                     connection_header(self.http10, self.client_keep_alive),
                     b"\r\n",
                     body,

@@ -77,8 +77,9 @@ def _is_chunked(transfer_encoding: bytes) -> bool:
     return transfer_encoding.rstrip().lower().endswith(b"chunked")
 
 
-def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool) -> tuple[bytes, bool, bool]:
-    """The request head for the backend; also whether the body is chunked and 100-continue expected."""
+def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool) -> tuple[bytes, bool, bool, bytes]:
+    """The request head for the backend; also whether the body is chunked, 100-continue expected, and the Host
+    (what the edge's shared listeners route by)."""
     headers = client.headers
     parts = [method, b" ", client.url, b" HTTP/1.1\r\n"]
     host: bytes | None = None
@@ -128,11 +129,13 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
         b"X-Forwarded-For: ",
         # Kept only from a trusted proxy: anyone else could name any address as the client's.
         xff + b", " + client.peer if xff is not None and client.trusted else client.peer,
-        b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
+        b"\r\nX-Forwarded-Proto: ",
+        client.router.forwarded_proto,
+        b"\r\nX-Forwarded-Host: ",
         host,
         b"\r\n\r\n",
     )
-    return b"".join(parts), chunked, expect
+    return b"".join(parts), chunked, expect, host
 
 
 def response_head_for_client(
@@ -182,6 +185,7 @@ def response_head_for_client(
     parts.append(connection_header(ex.http10, keep))
     assert ex.release is not None
     parts.append(ex.release.header)
+    parts.append(ex.extra)  # what the edge adds for the route (HSTS), usually nothing
     parts.append(b"\r\n")
     return b"".join(parts), framing, keep
 

@@ -7,6 +7,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -84,7 +85,7 @@ class BuiltinRouter:
 
     def __init__(
         self,
-        listen: Address,
+        listen: Address | None,
         *,
         name: str = "",
         connect_timeout: float = 2.0,
@@ -93,8 +94,13 @@ class BuiltinRouter:
         client_idle_timeout: float = 75.0,
         sock: socket.socket | None = None,
         clients: ClientPolicy | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
+        # `listen` None: no listener of its own; requests come from the edge's shared listeners (`dispatch`).
+        self._tls = tls
+        self._running = False
+        self.forwarded_proto = b"https" if tls is not None else b"http"  # X-Forwarded-Proto of its clients
         # A socket already listening on `listen` (the edge's, held across its restarts): used by the
         # next `start()` instead of binding anew; the server closes it on `stop()`.
         self._sock = sock
@@ -125,7 +131,7 @@ class BuiltinRouter:
             f"router {name!r}" if name else "router",
             targets=self._health_targets,
             changed=self._refresh_usable,
-            running=lambda: self._server is not None,
+            running=lambda: self._running,
         )
         self.set_clients(clients or ClientPolicy())
 
@@ -153,30 +159,44 @@ class BuiltinRouter:
 
     @property
     def listen_address(self) -> Address:
-        return self._bound if self._bound is not None else self._listen
+        return self._bound if self._bound is not None else self._listen if self._listen is not None else ("", 0)
 
     async def start(self) -> None:
-        if self._server is not None:
+        if self._running:
             raise RuntimeError(f"router {self.name!r} is already started")
         loop = asyncio.get_running_loop()
+        if self._listen is None:
+            self._loop = loop
+            self._now = loop.time
+            self._running = True
+            self._stopping = False
+            self._sweeper = loop.create_task(self._sweep_forever())
+            self._health.ensure_running()
+            return
         host, port = self._listen
+        tls = self._tls
+        # A TLS handshake that takes longer than this is a client holding a connection for nothing.
+        handshake = 10.0 if tls is not None else None
         try:
             if self._sock is not None:
                 sock, self._sock = self._sock, None
                 try:
-                    server = await loop.create_server(lambda: ClientProtocol(self), sock=sock, backlog=2048)
+                    server = await loop.create_server(lambda: ClientProtocol(self), sock=sock, backlog=2048,
+                                                      ssl=tls, ssl_handshake_timeout=handshake)
                 except BaseException:
                     sock.close()  # given to this router: nobody else closes it
                     raise
             else:
                 server = await loop.create_server(
-                    lambda: ClientProtocol(self), host, port, reuse_address=True, backlog=2048
+                    lambda: ClientProtocol(self), host or None, port, reuse_address=True, backlog=2048,
+                    ssl=tls, ssl_handshake_timeout=handshake,
                 )
         except OSError as exc:
             raise self._bind_error(exc) from None
         self._loop = loop
         self._now = loop.time
         self._server = server
+        self._running = True
         self._listening_fd = server.sockets[0].fileno()
         self._stopping = False
         # Keep the configured host (callers compare addresses), but report the port actually bound.
@@ -192,6 +212,7 @@ class BuiltinRouter:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._running = False
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -302,7 +323,7 @@ class BuiltinRouter:
     # ---- helpers -----------------------------------------------------------------------------
 
     def _bind_error(self, exc: OSError) -> OperationFailed:
-        host, port = self._listen
+        host, port = self._listen or ("", 0)
         label = f"router {self.name!r}" if self.name else "router"
         if exc.errno == errno.EADDRINUSE:
             return OperationFailed(

@@ -1,0 +1,185 @@
+"""What every `Front` (ingot.edge.front) promises, on each implementation (tests/contract/front_kits.py):
+routing by host and path, 404 for what no route claims, SNI certificates (and none for unknown
+names), certificates replaced without dropping connections, ACME HTTP-01 answers, redirect and HSTS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingot.edge.front import Binding, Front, Route
+from ingot.routers.base import ClientPolicy, Router
+from ingot.routers.testing import TestBackend
+from tests.contract.front_kits import FRONT_KINDS, new_front
+from tests.support.certs import TestCA, afetch
+
+Run = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+
+@pytest.fixture(params=FRONT_KINDS)
+def front_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def ca() -> TestCA:
+    return TestCA()
+
+
+@asynccontextmanager
+async def serving_front(kind: str, home: Path, sites: dict[str, list[Route]]) -> AsyncIterator[
+        tuple[Front, dict[str, Router]]]:
+    """A started front with one router per site (a backend answering the site's name) bound to its routes."""
+    front = new_front(kind, home)
+    await front.start()
+    backends: list[TestBackend] = []
+    routers: dict[str, Router] = {}
+    bindings = []
+    try:
+        for site, routes in sites.items():
+            backend = await TestBackend(site).start()
+            backends.append(backend)
+            router = front.router(f"id-{site}", f"p/{site}", ClientPolicy())
+            await router.start()
+            await router.set_backends("r1", [backend.address])
+            await router.set_weights({"r1": 1})
+            routers[site] = router
+            bindings += [Binding(route, f"id-{site}", owner=f"/state/{site}", name=f"p/{site}") for route in routes]
+        await front.set_table(bindings)
+        yield front, routers
+    finally:
+        for router in routers.values():
+            await router.stop()
+        await front.stop()
+        for backend in backends:
+            await backend.stop()
+
+
+def _off(host: str, path: str = "/") -> Route:
+    return Route(host=host, path=path, tls="off")
+
+
+def test_routes_by_host_and_longest_path_and_404_otherwise(run: Run, front_kind: str, tmp_path: Path) -> None:
+    async def body() -> None:
+        sites = {"app": [_off("app.example.com")], "api": [_off("app.example.com", "/api")],
+                 "wild": [_off("*.example.com")]}
+        async with serving_front(front_kind, tmp_path, sites) as (front, _):
+            http = front.http_address
+            assert http is not None
+            assert (await afetch(http, "app.example.com", "/x")).body == b"app"
+            assert (await afetch(http, "APP.example.com:80", "/api/v1")).body == b"api"
+            assert (await afetch(http, "app.example.com", "/apix")).body == b"app"
+            assert (await afetch(http, "other.example.com", "/")).body == b"wild"
+            missing = await afetch(http, "nothing.test", "/")
+            assert missing.status == 404 and b"no site" in missing.body
+            await front.set_table([])  # the whole table replaced at once
+            assert (await afetch(http, "app.example.com", "/")).status == 404
+
+    run(body)
+
+
+def test_sni_selects_the_certificate_and_unknown_names_fail(run: Run, front_kind: str, tmp_path: Path,
+                                                             ca: TestCA) -> None:
+    async def body() -> None:
+        sites = {"a": [Route("a.example.com", hsts=600)], "b": [Route("*.b.example.com")]}
+        async with serving_front(front_kind, tmp_path, sites) as (front, _):
+            https = front.https_address
+            assert https is not None
+            await front.set_certificate("a.example.com", *ca.issue("a.example.com"))
+            await front.set_certificate("*.b.example.com", *ca.issue("*.b.example.com"))
+            tls = ca.client_context()
+            first = await afetch(https, "a.example.com", tls=tls)
+            assert first.body == b"a" and first.headers["strict-transport-security"] == "max-age=600"
+            assert (await afetch(https, "x.b.example.com", tls=tls)).body == b"b"
+            forwarded = json.loads((await afetch(https, "a.example.com", "/headers", tls=tls)).body)
+            assert ["x-forwarded-proto", "https"] in forwarded and ["x-forwarded-host", "a.example.com"] in forwarded
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await afetch(https, "unknown.example.com", tls=tls)
+            # A name with a certificate but no route: the edge answers 404 itself.
+            await front.set_certificate("lonely.example.com", *ca.issue("lonely.example.com"))
+            assert (await afetch(https, "lonely.example.com", tls=tls)).status == 404
+            await front.remove_certificate("lonely.example.com")
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await afetch(https, "lonely.example.com", tls=tls)
+
+    run(body)
+
+
+def test_a_replaced_certificate_serves_new_handshakes_and_keeps_open_connections(
+        run: Run, front_kind: str, tmp_path: Path, ca: TestCA) -> None:
+    async def body() -> None:
+        async with serving_front(front_kind, tmp_path, {"a": [Route("a.example.com")]}) as (front, _):
+            https = front.https_address
+            assert https is not None
+            await front.set_certificate("a.example.com", *ca.issue("a.example.com", serial=1001))
+            tls = ca.client_context()
+            held = await _open_tls(https, "a.example.com", tls)
+            await front.set_certificate("a.example.com", *ca.issue("a.example.com", serial=1002))
+            assert (await afetch(https, "a.example.com", tls=tls)).peer_serial == 1002
+            # The connection opened before still works (in a thread: the loop under test must keep running).
+            assert (await asyncio.to_thread(_again, held)).startswith(b"HTTP/1.1 200")
+
+    run(body)
+
+
+def _again(held: ssl.SSLSocket) -> bytes:
+    with held:
+        held.sendall(b"GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n")
+        return held.recv(65536)
+
+
+async def _open_tls(address: tuple[str, int], host: str, tls: ssl.SSLContext) -> ssl.SSLSocket:
+    def connect() -> ssl.SSLSocket:
+        sock = tls.wrap_socket(socket.create_connection(address, timeout=5), server_hostname=host)
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        return sock
+
+    return await asyncio.to_thread(connect)
+
+
+def test_plain_http_answers_challenges_and_redirects_tls_routes(run: Run, front_kind: str, tmp_path: Path) -> None:
+    async def body() -> None:
+        sites = {"a": [Route("a.example.com")], "b": [Route("b.example.com", redirect=False)],
+                 "c": [_off("c.example.com")]}
+        async with serving_front(front_kind, tmp_path, sites) as (front, _):
+            http = front.http_address
+            assert http is not None
+            front.challenges["tok-1"] = "tok-1.thumbprint"
+            challenge = await afetch(http, "a.example.com", "/.well-known/acme-challenge/tok-1")
+            assert (challenge.status, challenge.body) == (200, b"tok-1.thumbprint")
+            moved = await afetch(http, "a.example.com", "/p/q?x=1")
+            https = front.https_address
+            port = "" if https is None or https[1] == 443 else f":{https[1]}"  # on 443 no port is named
+            assert moved.status == 308 and moved.headers["location"] == f"https://a.example.com{port}/p/q?x=1"
+            assert (await afetch(http, "b.example.com", "/")).body == b"b"  # redirect: false serves plain HTTP
+            plain = await afetch(http, "c.example.com", "/")
+            assert plain.body == b"c" and "strict-transport-security" not in plain.headers
+
+    run(body)
+
+
+def test_the_router_it_makes_keeps_the_router_contract(run: Run, front_kind: str, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with serving_front(front_kind, tmp_path, {"a": [_off("a.example.com")]}) as (front, routers):
+            router = routers["a"]
+            assert isinstance(router, Router)
+            http = front.http_address
+            assert http is not None
+            for _ in range(3):
+                assert (await afetch(http, "a.example.com")).status == 200
+            refresh = getattr(router, "refresh", None)
+            stats = await refresh() if refresh is not None else router.stats()
+            assert stats["r1"].requests >= 3
+            await router.set_weights({"r1": 0})
+            assert (await afetch(http, "a.example.com")).status == 503
+
+    run(body)
