@@ -44,7 +44,8 @@ class ReleaseStats:
     `errors_5xx` includes answers the router made itself (502/504) for requests it had chosen this
     release for, and responses cut off by the backend. Latency fields (milliseconds, request start to
     response end) cover a sliding window: the builtin router keeps the last `LATENCY_WINDOW`
-    requests per release. They are 0.0 while the window is empty.
+    requests per release. They are 0.0 while the window is empty. `streams`: long-lived connections open
+    now (WebSocket tunnels, server-sent events), counted in `in_flight` too; 0 where a router cannot tell.
     """
 
     requests: int = 0
@@ -53,6 +54,7 @@ class ReleaseStats:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     mean_ms: float = 0.0
+    streams: int = 0
 
     def as_dict(self) -> dict[str, int | float]:
         return asdict(self)

@@ -2,6 +2,12 @@
 
 Request bytes are kept (up to `REPLAY_LIMIT`) until the backend's first response byte, so that a
 pooled keep-alive connection the backend closed as we reused it can be replayed once.
+
+Long-lived exchanges: a protocol switch (a WebSocket: the request's `Upgrade` passed on, the backend's
+101 back) becomes a tunnel, bytes spliced both ways with the same flow control as bodies, until either
+side closes; a response of server-sent events (`text/event-stream`) streams like any body, each read
+written on at once. Both are counted in their release's `streams` (in flight too), are exempt from the
+read timeout, and are what `BuiltinRouter.drain` closes (`cut`) when its timeout ends.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from ingot.routers.builtin.headers import (
     FRAMING_CLOSE,
     FRAMING_NONE,
     connection_header,
+    is_event_stream,
     response_head_for_client,
     status_line,
+    switch_head_for_client,
 )
 
 if TYPE_CHECKING:
@@ -30,6 +38,8 @@ REPLAY_LIMIT = 64 * 1024
 CONNECT_BUFFER_LIMIT = 256 * 1024
 
 _perf = time.perf_counter
+# A WebSocket close frame from the server (unmasked): code 1001 "going away" (RFC 6455 7.4.1).
+WS_GOING_AWAY = b"\x88\x0c\x03\xe9going away"
 
 _REASONS = {
     400: b"Bad Request",
@@ -64,6 +74,7 @@ class Exchange:
         "http10",
         "idempotent",
         "is_head",
+        "long_lived",
         "out",
         "pending",
         "release",
@@ -77,7 +88,10 @@ class Exchange:
         "start",
         "status",
         "tried",
+        "tunnel",
         "up",
+        "upgrade",
+        "websocket",
     )
 
     def __init__(self, client: ClientProtocol, head: bytes, *, chunked: bool, http10: bool, keep_alive: bool) -> None:
@@ -106,6 +120,10 @@ class Exchange:
         self.resp_framing = FRAMING_NONE
         self.status = 0
         self.start = _perf()
+        self.upgrade = False  # the client asked for a protocol switch, passed on to the backend
+        self.tunnel = False  # the backend switched: bytes go both ways as they are
+        self.websocket = False  # the tunnel is a WebSocket (closed with a close frame when cut)
+        self.long_lived = False  # counted in its release's `streams`
 
     # ---- request side ------------------------------------------------------------------------
 
@@ -119,6 +137,13 @@ class Exchange:
             out.append(b"\r\n")
         else:
             out.append(data)
+        self._account(len(data))
+
+    def add_raw(self, data: bytes) -> None:
+        """Bytes of the switched protocol (a WebSocket's frames), before the backend's 101 or after it."""
+        if self.done:
+            return
+        self.out.append(data)
         self._account(len(data))
 
     def end_body(self) -> None:
@@ -188,6 +213,41 @@ class Exchange:
         if not keep:
             self.client_keep_alive = False
         self.client.wbuf.append(head)
+        if is_event_stream(headers):
+            self._count_long_lived()
+
+    def switch_protocols(self, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """The backend answered the client's Upgrade with 101: from now on a tunnel."""
+        self.status = 101
+        self.resp_started = True
+        self.tunnel = True
+        self.resp_framing = FRAMING_CLOSE  # it ends when the backend closes (or the client does)
+        self.client_keep_alive = False
+        if self.replayable:
+            self.replayable = False
+            del self.out[: self.sent]
+            self.sent = 0
+        self.websocket = any(n.lower() == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
+        self.client.wbuf.append(switch_head_for_client(self, reason, headers))
+        self._count_long_lived()
+
+    def _count_long_lived(self) -> None:
+        rel = self.release
+        if rel is not None and not self.long_lived:
+            self.long_lived = True
+            rel.streams.add(self)
+
+    def cut(self) -> None:
+        """Close a long-lived exchange whose release is leaving: a WebSocket's client is told 1001."""
+        if self.done:
+            return
+        client = self.client
+        if self.websocket and client.transport is not None and not client.closed:
+            client.flush()
+            client.transport.write(WS_GOING_AWAY)
+        self.client_keep_alive = False
+        self._close_upstream()
+        self.finish(self.status, self.release, latency=False)
 
     def response_body(self, data: bytes) -> None:
         wbuf = self.client.wbuf
@@ -205,7 +265,7 @@ class Exchange:
     def response_done(self, up: UpstreamProtocol, upstream_keep_alive: bool) -> None:
         self.up = None
         up.ex = None
-        if upstream_keep_alive and self.req_done and self.sent == len(self.out):
+        if upstream_keep_alive and self.req_done and self.sent == len(self.out) and not self.upgrade:
             self.router.release_conn(up)
         else:
             up.close()
@@ -235,7 +295,8 @@ class Exchange:
                 self.router.backend_failed(self.backend, "closed without answering")
             self.respond_error(502, self.chosen)
         elif self.resp_framing == FRAMING_CLOSE:
-            self.finish(self.status, self.release)  # the end of a close-delimited body
+            # The end of a close-delimited body, or of a tunnel (whose duration is no latency).
+            self.finish(self.status, self.release, latency=not self.tunnel)
         else:
             # Cut off mid-body: the client must see a broken response, not a short one.
             self.client_keep_alive = False
@@ -279,12 +340,18 @@ class Exchange:
             return
         self.done = True
         if rel is not None:
-            rel.record(status, _perf() - self.start if latency else None)
-        if self.release is not None:
-            self.release.leave()
-            self.release = None
+            rel.record(status, _perf() - self.start if latency and not self.long_lived else None)
+        self._leave_release()
         self.drop_backend()
         self.client.exchange_done(self)
+
+    def _leave_release(self) -> None:
+        rel = self.release
+        if rel is not None:
+            if self.long_lived:
+                rel.streams.discard(self)
+            rel.leave()
+            self.release = None
 
     def abort(self) -> None:
         """The client went away: stop without answering."""
@@ -292,9 +359,7 @@ class Exchange:
             return
         self.done = True
         self._close_upstream()
-        if self.release is not None:
-            self.release.leave()
-            self.release = None
+        self._leave_release()
         self.drop_backend()
 
     def _close_upstream(self) -> None:

@@ -77,9 +77,15 @@ def _is_chunked(transfer_encoding: bytes) -> bool:
     return transfer_encoding.rstrip().lower().endswith(b"chunked")
 
 
-def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool) -> tuple[bytes, bool, bool]:
-    """The request head for the backend; also whether the body is chunked and 100-continue expected."""
+def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool,
+                             upgrade: bool = False) -> tuple[bytes, bool, bool]:
+    """The request head for the backend; also whether the body is chunked and 100-continue expected.
+
+    With `upgrade` (the client asked for a protocol switch, a WebSocket), its `Upgrade` goes on to the
+    backend with `Connection: Upgrade`: the one hop-by-hop header pair passed through (RFC 9110 7.8).
+    """
     headers = client.headers
+    protocol: bytes | None = None
     parts = [method, b" ", client.url, b" HTTP/1.1\r\n"]
     host: bytes | None = None
     xff: bytes | None = None
@@ -107,6 +113,8 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
                     connection = value if connection is None else connection + b"," + value
                 elif lname == b"expect":
                     expect = value.lower() == b"100-continue"
+                elif lname == b"upgrade":
+                    protocol = value
                 continue
             if drop and lname in drop:
                 continue
@@ -115,7 +123,7 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
         if not extra or drop:
             break
         drop = extra
-        xff = te = connection = host = None
+        xff = te = connection = host = protocol = None
     if host is None:
         if not http10:
             raise BadHost
@@ -124,6 +132,8 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
     chunked = te is not None and _is_chunked(te)
     if te is not None:
         parts += (b"Transfer-Encoding: ", te, b"\r\n")
+    if upgrade and protocol is not None:
+        parts += (b"Connection: Upgrade\r\nUpgrade: ", protocol, b"\r\n")
     parts += (
         b"X-Forwarded-For: ",
         # Kept only from a trusted proxy: anyone else could name any address as the client's.
@@ -184,6 +194,31 @@ def response_head_for_client(
     parts.append(ex.release.header)
     parts.append(b"\r\n")
     return b"".join(parts), framing, keep
+
+
+def switch_head_for_client(ex: Exchange, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The backend's 101 for the client: its end-to-end headers, its `Upgrade`, and the release's header."""
+    parts = [status_line(101), reason, b"\r\n"]
+    protocol = b"websocket"
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"upgrade":
+            protocol = value
+        elif lname not in _RESP_SPECIAL and not lname.startswith(b"proxy-"):
+            parts += (name, b": ", value, b"\r\n")
+    parts += (b"Connection: Upgrade\r\nUpgrade: ", protocol, b"\r\n")
+    if ex.release is not None:
+        parts.append(ex.release.header)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A response of server-sent events (`text/event-stream`): long-lived, counted as a stream."""
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.lower().lstrip().startswith(b"text/event-stream")
+    return False
 
 
 def informational_head_for_client(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
