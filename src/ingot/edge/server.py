@@ -43,7 +43,15 @@ from ingot.agent.protocol import decode, encode
 from ingot.edge.home import EdgeHome
 from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.fdstore import Store
-from ingot.routers.base import Address, ClientPolicy, HealthCheck, Router, raise_open_files_limit
+from ingot.routers.base import (
+    Address,
+    ClientPolicy,
+    HealthCheck,
+    Router,
+    can_hold,
+    drain_cut,
+    raise_open_files_limit,
+)
 from ingot.routers.builtin import BuiltinRouter, install_fast_loop
 from ingot.routers.haproxy import HAProxyRouter, stop_leftover_haproxy
 
@@ -280,7 +288,21 @@ class Edge:
             state.draining.append(release)
             self._persist()
         drained = await router.drain(release, timeout)
-        return {"drained": drained, "in_flight": self._in_flight(router, release)}
+        return {"drained": drained, "in_flight": self._in_flight(router, release),
+                "cut": drain_cut(router, release)}
+
+    async def hold(self, router_id: str, seconds: float) -> dict[str, Any]:
+        """New requests wait in the router (strategy.hold); not persisted: an edge restart ends a hold."""
+        state, router = self._router(router_id)
+        if not can_hold(router):
+            raise UserInputError(f"router {state.name} is {state.kind}: it cannot hold requests (strategy.hold)")
+        await router.hold(seconds)  # type: ignore[attr-defined]
+        return {}
+
+    async def release_hold(self, router_id: str) -> dict[str, Any]:
+        _, router = self._router(router_id)
+        held = await router.release_hold() if can_hold(router) else 0  # type: ignore[attr-defined]
+        return {"held": held}
 
     async def drain_backends(self, router_id: str, release: str, addrs: list[Address],
                              timeout: float) -> dict[str, Any]:
@@ -393,6 +415,10 @@ class Edge:
                     return await self.set_clients(router_id, dict(request["clients"]))
                 case "remove_release":
                     return await self.remove_release(router_id, str(request["release"]))
+                case "hold":
+                    return await self.hold(router_id, float(request["seconds"]))
+                case "release_hold":
+                    return await self.release_hold(router_id)
                 case "release":
                     return await self.release(router_id)
         raise UserInputError(f"unknown edge operation {op!r}")

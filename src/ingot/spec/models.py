@@ -291,6 +291,9 @@ class StrategySpec(_Model):
     # Nomad's min_healthy_time, Kubernetes' minReadySeconds: how long fresh instances must stay up and
     # healthy under traffic before the release they replace retires and the deploy succeeds. 0: not at all.
     min_ready: Duration = 10.0
+    # For releases that must not overlap: during a switch that takes the old release's last traffic away,
+    # new requests wait in the router (up to this long) until its requests in flight have finished.
+    hold: Duration | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _strategy_can_progress(self) -> StrategySpec:
