@@ -1,0 +1,129 @@
+"""WebSockets and server-sent events across a deploy and a rollback, through the CLI and the edge.
+
+The app is tests/support/stream_app.py (a WebSocket echo that names its version, and an event stream);
+the WebSocket client is the `websockets` library. An open connection stays on the release it opened on
+while the new release serves new ones, until drain_timeout: then it is closed (a WebSocket with close
+1001) and the deploy says how many were cut.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from tests.support.harness import ExampleProject, Result, make_example, poll, stop_everything, use_strategy
+
+STREAM_APP = Path(__file__).resolve().parents[1] / "support" / "stream_app.py"
+DRAIN = 3
+
+
+@pytest.fixture
+def streams(tmp_path: Path) -> Iterator[ExampleProject]:
+    example = make_example(tmp_path, replicas=1)
+    shutil.copy(STREAM_APP, example.root / "app.py")
+    use_strategy(example, f"    strategy: {{type: blue-green, drain_timeout: {DRAIN}s}}")
+    yield example
+    stop_everything(example)
+
+
+class Events(threading.Thread):
+    """An SSE client in a thread: the events as they arrive, and whether the stream ended."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.events: list[str] = []
+        self.ended = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with httpx.stream("GET", self.url, timeout=httpx.Timeout(5, read=30), trust_env=False) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        self.events.append(line[6:])
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.ended.set()
+
+
+def in_background(example: ExampleProject, *args: str) -> tuple[threading.Thread, list[Result]]:
+    out: list[Result] = []
+    thread = threading.Thread(target=lambda: out.append(example.ingot(*args)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def echo(ws: ClientConnection, text: str) -> str:
+    ws.send(text)
+    return str(ws.recv(timeout=5))
+
+
+def closed_with(ws: ClientConnection) -> int | None:
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=DRAIN + 30)
+    return closed.value.rcvd.code if closed.value.rcvd is not None else None
+
+
+def switch(example: ExampleProject, version: str, *args: str) -> tuple[threading.Thread, list[Result]]:
+    """Run `ingot <args>` in the background and return once `version` answers new requests."""
+    thread, out = in_background(example, *args)
+    poll(lambda: example.get()["version"] == version, timeout=60, what=f"v{version} serving new requests")
+    return thread, out
+
+
+def test_long_lived_connections_stay_on_their_release_then_are_cut(streams: ExampleProject) -> None:
+    streams.ingot("deploy", check=True)
+    ws_url = f"ws://127.0.0.1:{streams.port}/ws"
+    with connect(ws_url, open_timeout=5) as old:
+        deploy_cuts(streams, old, ws_url)
+        rollback_cuts(streams, ws_url)
+
+
+def deploy_cuts(streams: ExampleProject, old: ClientConnection, ws_url: str) -> None:
+    events = Events(f"{streams.url}events?every=0.1")
+    events.start()
+    poll(lambda: len(events.events) >= 2, timeout=10, what="events streaming from v1")
+    assert echo(old, "a") == "1:a"
+
+    streams.set_version("2")
+    thread, out = switch(streams, "2", "deploy")
+    # The new release serves new connections; the open ones stay on the old release meanwhile.
+    with connect(ws_url, open_timeout=5) as new:
+        assert echo(new, "b") == "2:b"
+    assert echo(old, "c") == "1:c"
+    seen = len(events.events)
+    poll(lambda: len(events.events) > seen, timeout=5, what="events still streaming from v1")
+    assert closed_with(old) == 1001
+    assert events.ended.wait(10) and all(e.startswith("1 ") for e in events.events)
+    thread.join(60)
+    assert out and out[0].code == 0, out
+    assert f"2 long-lived connections closed after drain_timeout {DRAIN}s" in out[0].out
+    log = streams.ingot("audit", "log", "--json", "--limit", "200", check=True).json
+    cuts = [e["payload"].get("cut") for e in log if e["action"] == "deploy.step"
+            and e["payload"].get("step") == "drain" and e["payload"].get("status") == "done"]
+    assert cuts == [2]
+
+
+
+def rollback_cuts(streams: ExampleProject, ws_url: str) -> None:
+    """A rollback drains the same way."""
+    with connect(ws_url, open_timeout=5) as current:
+        rolled_back(streams, current)
+
+
+def rolled_back(streams: ExampleProject, current: ClientConnection) -> None:
+    assert echo(current, "d") == "2:d"
+    thread, out = switch(streams, "1", "rollback")
+    assert echo(current, "e") == "2:e"
+    assert closed_with(current) == 1001
+    thread.join(60)
+    assert out and out[0].code == 0, out
+    assert f"1 long-lived connection closed after drain_timeout {DRAIN}s" in out[0].out
