@@ -18,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support.harness import ExampleProject, Result, make_example, poll, stop_everything, use_strategy
+from tests.support.harness import ExampleProject, Result, load, make_example, poll, stop_everything, use_strategy
 
 STREAM_APP = Path(__file__).resolve().parents[1] / "support" / "stream_app.py"
 DRAIN = 3
@@ -127,3 +127,30 @@ def rolled_back(streams: ExampleProject, current: ClientConnection) -> None:
     thread.join(60)
     assert out and out[0].code == 0, out
     assert f"1 long-lived connection closed after drain_timeout {DRAIN}s" in out[0].out
+
+
+def test_hold_lets_no_request_overlap_the_switch(tmp_path: Path) -> None:
+    example = make_example(tmp_path, replicas=1)
+    try:
+        shutil.copy(STREAM_APP, example.root / "app.py")
+        use_strategy(example, "    strategy: {type: blue-green, drain_timeout: 3s, hold: 5s}")
+        example.ingot("deploy", check=True)
+        example.set_version("2")
+        # Each request takes 30 ms in the app: at the switch some are always in flight on the old release.
+        with load(f"{example.url}?sleep=0.03", tmp_path, connections=6) as during:
+            deployed = example.ingot("deploy", check=True)
+            poll(lambda: example.get()["version"] == "2", timeout=10, what="v2 serving")
+        assert "holding new requests up to 5s" in deployed.out
+        assert during["failures"] == [], during["failures"][:5]
+        spans = during["spans"]
+        old = [(s, f) for v, s, f in spans if v == "1"]
+        new = [(s, f) for v, s, f in spans if v == "2"]
+        assert old and new
+        # Not one request of the new release began before the last of the old one had finished.
+        assert max(f for _, f in old) <= min(s for s, _ in new), (max(f for _, f in old), min(s for s, _ in new))
+        log = example.ingot("audit", "log", "--json", "--limit", "200", check=True).json
+        routes = [e["payload"] for e in log if e["action"] == "deploy.step" and e["payload"].get("step") == "route"
+                  and e["payload"].get("status") == "done"]
+        assert routes[-1]["hold"] == 5.0 and routes[-1]["held"] >= 1
+    finally:
+        stop_everything(example)

@@ -1,6 +1,7 @@
 """A test app with long-lived connections, standard library only (instances run it with any python).
 
-/        its version as JSON (like the example app), /healthz ok
+/        its version as JSON (like the example app), with when it began and finished answering (after
+         sleeping `sleep` seconds, query), /healthz ok
 /ws      a WebSocket echo: each text message comes back as "<VERSION>:<message>"; a close is answered
 /events  server-sent events, `data: <VERSION> <i>` every `every` seconds (query), `n` of them (default:
          until the client leaves); chunked, or close-delimited with `?close=1`
@@ -51,7 +52,10 @@ class Handler(BaseHTTPRequestHandler):
             self._events(float(query.get("every", ["0.2"])[0]), int(query.get("n", ["0"])[0]),
                          bool(query.get("close")))
         else:
-            body = {"version": VERSION, "release": os.environ.get("INGOT_RELEASE", "-")}
+            started = time.time()
+            time.sleep(float(parse_qs(url.query).get("sleep", ["0"])[0]))
+            body = {"version": VERSION, "release": os.environ.get("INGOT_RELEASE", "-"), "started": started,
+                    "finished": time.time()}
             self._send(200, (json.dumps(body) + "\n").encode(), "application/json")
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
