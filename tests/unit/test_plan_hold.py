@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from ingot.plan import CanaryStep, ServiceState, StrategyOptions, Target, plan_for
+from ingot.spec import SpecError, load_spec
 from ingot.spec.models import StrategySpec
 
 SERVING = ServiceState(weights=(("old", 100),), instances=(("old", 2),))
@@ -38,3 +43,18 @@ def test_the_spec_takes_a_duration_and_the_options_carry_it() -> None:
     assert spec.hold == 5.0
     assert StrategyOptions.from_mapping(spec.model_dump(mode="json")).hold == 5.0
     assert StrategyOptions.from_mapping(StrategySpec().model_dump(mode="json")).hold is None
+
+
+def test_hold_is_refused_where_the_router_cannot_hold(tmp_path: Path) -> None:
+    spec = tmp_path / "ingot.yaml"
+    spec.write_text(
+        "project: p\nservices:\n  web:\n    build: .\n    command: [python, app.py]\n    port: 8000\n"
+        "    strategy: {hold: 5s}\n    router: {listen: '127.0.0.1:8080'}\n"
+        "environments:\n  staging: {}\n  production:\n    services:\n"
+        "      web: {router: {listen: '127.0.0.1:9080', kind: haproxy}}\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert caught.value.details == [
+        f"{spec}:13: environments.production.services.web.strategy: hold needs the built-in router, which queues "
+        "requests during the switch; router.kind haproxy cannot without a reload: remove strategy.hold or use "
+        "router.kind builtin"]

@@ -457,6 +457,10 @@ class ServiceSpec(_Model):
             found.append(
                 ("build", f"runtime {self.runtime} needs build (a directory with a Containerfile) or image")
             )
+        if self.strategy.hold is not None and (self.router.kind != "builtin" or self.runtime == "kubernetes"):
+            by = "Kubernetes" if self.runtime == "kubernetes" else f"router.kind {self.router.kind}"
+            found.append(("strategy", f"hold needs the built-in router, which queues requests during the switch; "
+                                      f"{by} cannot without a reload: remove strategy.hold or use router.kind builtin"))
         found.extend(self._variable_clashes())
         return found
 
