@@ -73,6 +73,7 @@ class RouteState:
     draining: list[str] = field(default_factory=list)
     health: dict[str, Any] | None = None  # a `HealthCheck` as a dict
     clients: dict[str, Any] | None = None  # a `ClientPolicy` as a dict
+    maintenance: dict[str, Any] | None = None  # {"retry_after": seconds, "page": HTML or None, "since": time}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RouteState:
@@ -84,6 +85,7 @@ class RouteState:
             draining=[str(r) for r in raw.get("draining", [])],
             health=dict(raw["health"]) if raw.get("health") else None,
             clients=dict(raw["clients"]) if raw.get("clients") else None,
+            maintenance=dict(raw["maintenance"]) if raw.get("maintenance") else None,
         )
 
 
@@ -171,6 +173,8 @@ class Edge:
         await router.set_weights(state.weights)
         for release in state.draining:
             await router.drain(release, 0.0)
+        if state.maintenance is not None and isinstance(router, BuiltinRouter):
+            router.set_maintenance(int(state.maintenance["retry_after"]), state.maintenance.get("page"))
         try:
             await router.start()
         except BaseException:
@@ -299,6 +303,20 @@ class Edge:
         await router.hold(seconds)  # type: ignore[attr-defined]
         return {}
 
+    async def maintenance(self, router_id: str, on: bool, retry_after: int, page: str | None,
+                          since: str | None) -> dict[str, Any]:
+        """Answer every request 503 + Retry-After (or serve again); persisted, so a restart keeps it."""
+        state, router = self._router(router_id)
+        if not isinstance(router, BuiltinRouter):
+            raise UserInputError(
+                f"router {state.name} is {state.kind}: maintenance mode needs the built-in router",
+                details=["HAProxy would need a reload to answer every request itself; use router.kind builtin"])
+        was = state.maintenance
+        state.maintenance = {"retry_after": retry_after, "page": page, "since": since} if on else None
+        router.set_maintenance(retry_after if on else None, page)
+        self._persist()
+        return {"maintenance": state.maintenance, "was": bool(was)}
+
     async def release_hold(self, router_id: str) -> dict[str, Any]:
         _, router = self._router(router_id)
         held = await router.release_hold() if can_hold(router) else 0  # type: ignore[attr-defined]
@@ -350,6 +368,8 @@ class Edge:
                 "listen": f"{state.listen[0]}:{state.listen[1]}", "serving": router is not None,
                 "weights": router.weights() if router else state.weights,
                 "pools": {r: [f"{h}:{p}" for h, p in pool] for r, pool in state.pools.items()},
+                "maintenance": {k: v for k, v in state.maintenance.items() if k != "page"}
+                if state.maintenance else None,
             })
         return {"pid": os.getpid(), "version": __version__, "home": str(self.home.root), "routes": routes}
 
@@ -419,6 +439,9 @@ class Edge:
                     return await self.hold(router_id, float(request["seconds"]))
                 case "release_hold":
                     return await self.release_hold(router_id)
+                case "maintenance":
+                    return await self.maintenance(router_id, bool(request["on"]), int(request.get("retry_after") or 0),
+                                                  request.get("page"), request.get("since"))
                 case "release":
                     return await self.release(router_id)
         raise UserInputError(f"unknown edge operation {op!r}")

@@ -313,9 +313,13 @@ class Exchange:
             self.respond_error(504, self.chosen)
 
     def respond_error(self, status: int, rel: Release | None) -> None:
+        self.respond(status, _ERROR_BODIES[status], rel)
+
+    def respond(self, status: int, body: bytes, rel: Release | None, *,
+                content_type: bytes = b"text/plain; charset=utf-8", extra: bytes = b"") -> None:
+        """An answer of the router's own (`extra`: more header lines, each ending in CRLF)."""
         if self.done:
             return
-        body = _ERROR_BODIES[status]
         if not self.req_done:
             self.client_keep_alive = False  # the rest of the body is not read: close after answering
         self.status = status
@@ -324,12 +328,15 @@ class Exchange:
                 (
                     status_line(status),
                     _REASONS[status],
-                    b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ",
+                    b"\r\nContent-Type: ",
+                    content_type,
+                    b"\r\nContent-Length: ",
                     b"%d" % len(body),
                     b"\r\n",
+                    extra,
                     connection_header(self.http10, self.client_keep_alive),
                     b"\r\n",
-                    body,
+                    b"" if self.is_head else body,
                 )
             )
         )

@@ -30,6 +30,11 @@ DOWN_FOR = 1.0
 # Distinct backends tried per request after connect failures before giving up with 502.
 MAX_CONNECT_ATTEMPTS = 6
 SWEEP_INTERVAL = 0.5
+DEFAULT_MAINTENANCE_PAGE = (
+    "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Down for maintenance</title></head>\n"
+    "<body><h1>Down for maintenance</h1><p>This service is being worked on. Please try again shortly.</p>"
+    "</body></html>\n"
+)
 
 
 def install_fast_loop() -> bool:
@@ -126,6 +131,7 @@ class BuiltinRouter:
         self._stopping = False
         self._cut: dict[str, int] = {}  # release -> long-lived exchanges its last drain closed
         self._held: list[Exchange] | None = None  # requests waiting while a hold lasts
+        self._maintenance: tuple[bytes, bytes] | None = None  # (Retry-After header line, page) while on
         self._hold_timer: asyncio.TimerHandle | None = None
         self._hold_until = 0.0
         self._host_header = b""
@@ -281,6 +287,19 @@ class BuiltinRouter:
                 rel.waiters.remove(fut)
         return True
 
+    def set_maintenance(self, retry_after: int | None, page: str | None = None) -> None:
+        """With `retry_after` (seconds), answer every request 503 with `Retry-After` and `page` (HTML; a
+        short default one without it) while the releases keep running; None: serve again at once."""
+        if retry_after is None:
+            self._maintenance = None
+            return
+        body = (page if page is not None else DEFAULT_MAINTENANCE_PAGE).encode("utf-8")
+        self._maintenance = (b"Retry-After: %d\r\nCache-Control: no-store\r\n" % int(retry_after), body)
+
+    @property
+    def maintenance(self) -> bool:
+        return self._maintenance is not None
+
     def drain_cut(self, release: str) -> int | None:
         """How many long-lived connections of `release` its last `drain` closed at its timeout."""
         return self._cut.get(release, 0)
@@ -399,6 +418,10 @@ class BuiltinRouter:
     # ---- request dispatch --------------------------------------------------------------------
 
     def dispatch(self, ex: Exchange) -> None:
+        if self._maintenance is not None:
+            extra, page = self._maintenance
+            ex.respond(503, page, None, content_type=b"text/html; charset=utf-8", extra=extra)
+            return
         if self._held is not None:
             self._held.append(ex)  # a hold lasts: sent on when it ends
             return
