@@ -9,12 +9,7 @@ of the router's.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,27 +19,9 @@ from websockets.exceptions import ConnectionClosed
 
 from ingot.routers.builtin import BuiltinRouter
 from ingot.routers.testing import TestBackend
-from tests.support.harness import free_port, poll
-from tests.support.routers import run
+from tests.support.routers import run, stream_app
 
-__all__ = ["run"]  # the fixture
-
-STREAM_APP = Path(__file__).resolve().parents[1] / "support" / "stream_app.py"
-
-
-@pytest.fixture(scope="module")
-def stream_app() -> Iterator[tuple[str, int]]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(STREAM_APP)], env={**os.environ, "PORT": str(port)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        poll(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", trust_env=False).status_code == 200,
-             timeout=10, what="the stream app")
-        yield "127.0.0.1", port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
+__all__ = ["run", "stream_app"]  # the fixtures
 
 async def started(pools: dict[str, list[tuple[str, int]]], weights: dict[str, int]) -> BuiltinRouter:
     router = BuiltinRouter(("127.0.0.1", 0), name="streams")

@@ -419,6 +419,7 @@ class HAProxyRouter:
         self._retiring: list[_Server] = []  # out of their pool, waiting for 0 sessions to be deleted
         self._rows: dict[str, dict[str, int]] = {}  # the last poll, by server name
         self._serial = 0
+        self._cut: dict[str, int] = {}  # release -> sessions its last drain closed at the timeout
         self._proc: _Master | None = None
         self._log_file: IO[bytes] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -546,7 +547,29 @@ class HAProxyRouter:
                 return True
             rel.draining = True
             await self._apply_weights()
-        return await self._wait_idle(lambda: self._servers_of(rel), deadline)
+        self._cut[release] = 0
+        if await self._wait_idle(lambda: self._servers_of(rel), deadline):
+            return True
+        return await self._cut_sessions(rel)
+
+    async def _cut_sessions(self, rel: _Release) -> bool:
+        """At the drain timeout, haproxy closes the release's sessions left (`shutdown sessions server`):
+        long-lived ones above all (WebSocket, SSE), which would otherwise hold it until its instances stop.
+        haproxy cannot tell them from slow requests, so `drain_cut` counts every session it closed, and
+        the drain still says False (something was in flight). No WebSocket close frame: a TCP close."""
+        rows = await self._read_rows()
+        cut = 0
+        for server in list(self._servers_of(rel)):
+            sessions = rows.get(server.name, {}).get("scur", 0)
+            if sessions:
+                cut += sessions
+                await self.api.run(f"shutdown sessions server {BACKEND}/{server.name}")
+        self._cut[rel.name] = cut
+        return False
+
+    def drain_cut(self, release: str) -> int | None:
+        """Sessions of `release` its last `drain` closed at its timeout (see `_cut_sessions`)."""
+        return self._cut.get(release, 0)
 
     async def drain_backends(self, release: str, addrs: list[Address], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
