@@ -24,13 +24,23 @@ STREAM_APP = Path(__file__).resolve().parents[1] / "support" / "stream_app.py"
 DRAIN = 3
 
 
-@pytest.fixture
-def streams(tmp_path: Path) -> Iterator[ExampleProject]:
+@pytest.fixture(params=["builtin", "haproxy"])
+def streams(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExampleProject]:
     example = make_example(tmp_path, replicas=1)
     shutil.copy(STREAM_APP, example.root / "app.py")
     use_strategy(example, f"    strategy: {{type: blue-green, drain_timeout: {DRAIN}s}}")
+    if request.param == "haproxy":
+        spec = example.root / "ingot.yaml"
+        spec.write_text(spec.read_text().replace(f'router: {{listen: "127.0.0.1:{example.port}"}}',
+                                                 f'router: {{listen: "127.0.0.1:{example.port}", kind: haproxy}}'))
+    example.env["TEST_ROUTER_KIND"] = request.param  # read back by the test (harmless to ingot)
     yield example
     stop_everything(example)
+
+
+def going_away(example: ExampleProject) -> int | None:
+    """The close code a cut WebSocket sees: 1001 from the built-in router; haproxy just closes (none)."""
+    return 1001 if example.env["TEST_ROUTER_KIND"] == "builtin" else None
 
 
 class Events(threading.Thread):
@@ -101,7 +111,7 @@ def deploy_cuts(streams: ExampleProject, old: ClientConnection, ws_url: str) -> 
     assert echo(old, "c") == "1:c"
     seen = len(events.events)
     poll(lambda: len(events.events) > seen, timeout=5, what="events still streaming from v1")
-    assert closed_with(old) == 1001
+    assert closed_with(old) == going_away(streams)
     assert events.ended.wait(10) and all(e.startswith("1 ") for e in events.events)
     thread.join(60)
     assert out and out[0].code == 0, out
@@ -123,7 +133,7 @@ def rolled_back(streams: ExampleProject, current: ClientConnection) -> None:
     assert echo(current, "d") == "2:d"
     thread, out = switch(streams, "1", "rollback")
     assert echo(current, "e") == "2:e"
-    assert closed_with(current) == 1001
+    assert closed_with(current) == going_away(streams)
     thread.join(60)
     assert out and out[0].code == 0, out
     assert f"1 long-lived connection closed after drain_timeout {DRAIN}s" in out[0].out
