@@ -38,6 +38,10 @@ def streams(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExampleP
     stop_everything(example)
 
 
+def builtin(example: ExampleProject) -> bool:
+    return example.env["TEST_ROUTER_KIND"] == "builtin"
+
+
 def going_away(example: ExampleProject) -> int | None:
     """The close code a cut WebSocket sees: 1001 from the built-in router; haproxy just closes (none)."""
     return 1001 if example.env["TEST_ROUTER_KIND"] == "builtin" else None
@@ -112,14 +116,17 @@ def deploy_cuts(streams: ExampleProject, old: ClientConnection, ws_url: str) -> 
     seen = len(events.events)
     poll(lambda: len(events.events) > seen, timeout=5, what="events still streaming from v1")
     assert closed_with(old) == going_away(streams)
-    assert events.ended.wait(10) and all(e.startswith("1 ") for e in events.events)
+    # On HAProxy the event stream is not cut by the drain (it cannot be told from a slow response): it
+    # ends when its instance stops.
+    assert events.ended.wait(20) and all(e.startswith("1 ") for e in events.events)
     thread.join(60)
     assert out and out[0].code == 0, out
-    assert f"2 long-lived connections closed after drain_timeout {DRAIN}s" in out[0].out
+    cut = 2 if builtin(streams) else 1
+    assert f"{cut} long-lived connection{'s' if cut > 1 else ''} closed after drain_timeout {DRAIN}s" in out[0].out
     log = streams.ingot("audit", "log", "--json", "--limit", "200", check=True).json
     cuts = [e["payload"].get("cut") for e in log if e["action"] == "deploy.step"
             and e["payload"].get("step") == "drain" and e["payload"].get("status") == "done"]
-    assert cuts == [2]
+    assert cuts == [cut]
 
 
 

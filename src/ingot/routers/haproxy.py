@@ -211,6 +211,27 @@ def row_errors(row: Mapping[str, int]) -> int:
     return row.get("hrsp_5xx", 0) + row.get("econ", 0) + row.get("eresp", 0)
 
 
+def tunnel_sessions(show_sess_all: str, servers: set[str]) -> list[str]:
+    """The sessions (their ids for `shutdown session`) of `show sess all` that are tunnels on `servers`: a
+    connection the server switched to another protocol (status 101: a WebSocket)."""
+    found: list[str] = []
+    session: str | None = None
+    server: str | None = None
+    tunnel = False
+    for line in [*show_sess_all.splitlines(), "0x:"]:
+        if line.startswith("0x"):
+            if session is not None and tunnel and server in servers:
+                found.append(session)
+            session, server, tunnel = line.split(":", 1)[0], None, False
+            continue
+        text = line.strip()
+        if text.startswith("server="):
+            server = text[len("server="):].split(" ", 1)[0]
+        elif text.startswith("txn=") and " status=101 " in f"{text} ":
+            tunnel = True
+    return found
+
+
 def row_busy(row: Mapping[str, int]) -> int:
     """Requests on the server now (`scur`) or queued for it (`qcur`)."""
     return row.get("scur", 0) + row.get("qcur", 0)
@@ -553,19 +574,17 @@ class HAProxyRouter:
         return await self._cut_sessions(rel)
 
     async def _cut_sessions(self, rel: _Release) -> bool:
-        """At the drain timeout, haproxy closes the release's sessions left (`shutdown sessions server`):
-        long-lived ones above all (WebSocket, SSE), which would otherwise hold it until its instances stop.
-        haproxy cannot tell them from slow requests, so `drain_cut` counts every session it closed, and
-        the drain still says False (something was in flight). No WebSocket close frame: a TCP close."""
-        rows = await self._read_rows()
-        cut = 0
-        for server in list(self._servers_of(rel)):
-            sessions = rows.get(server.name, {}).get("scur", 0)
-            if sessions:
-                cut += sessions
-                await self.api.run(f"shutdown sessions server {BACKEND}/{server.name}")
-        self._cut[rel.name] = cut
-        return False
+        """At the drain timeout, close the release's tunnels (WebSockets and other upgraded connections,
+        which would otherwise hold it until its instances stop) with `shutdown session`; True if nothing is
+        in flight after that. haproxy tells a tunnel by its 101 (`show sess all`), but not an event stream
+        from a slow response: those are left to finish, or to the instances' stop, like any request. No
+        WebSocket close frame: the client sees the connection close."""
+        names = {server.name for server in self._servers_of(rel)}
+        tunnels = tunnel_sessions(await self.api.run("show sess all"), names)
+        for session in tunnels:
+            await self.api.run(f"shutdown session {session}")
+        self._cut[rel.name] = len(tunnels)
+        return await self._wait_idle(lambda: self._servers_of(rel), time.monotonic() + (0.5 if tunnels else 0.0))
 
     def drain_cut(self, release: str) -> int | None:
         """Sessions of `release` its last `drain` closed at its timeout (see `_cut_sessions`)."""
