@@ -9,6 +9,7 @@ of the router's.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -172,5 +173,34 @@ def test_hold_keeps_new_requests_until_the_old_release_is_done(run: Any) -> None
             await router.stop()
             await a.stop()
             await b.stop()
+
+    run(body)
+
+
+def test_an_upgrade_the_backend_declines_is_answered_and_the_connection_closed(run: Any) -> None:
+    async def body() -> None:
+        backend = TestBackend("A-1")
+        await backend.start()
+        router = await started({"A": [backend.address]}, {"A": 100})
+        try:
+            reader, writer = await asyncio.open_connection(*router.listen_address)
+            writer.write(b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+            rest = await asyncio.wait_for(reader.read(), 5)  # to the end: closed after the answer
+            if b"chunked" in head.lower():
+                rest = rest.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+            seen = {name.lower(): value for name, value in json.loads(rest)}
+            # The Upgrade went on to the backend (it used to be dropped: WebSockets got the app's 404).
+            assert seen["upgrade"] == "websocket" and seen["connection"].lower() == "upgrade"
+            writer.close()
+            async with httpx.AsyncClient(trust_env=False) as http:
+                host, port = router.listen_address
+                assert (await http.get(f"http://{host}:{port}/")).text == "A-1"
+            assert router.stats()["A"].in_flight == 0 and router.stats()["A"].streams == 0
+        finally:
+            await router.stop()
+            await backend.stop()
 
     run(body)

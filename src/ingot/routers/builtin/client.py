@@ -162,7 +162,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.eof = True
-        if self.upgraded:
+        if self.queue and self.queue[0].tunnel:
             return False  # a tunnel ends with either side: the upstream is closed with it
         if self.parsing is not None or self.lingering:
             return False  # a request cut short can never complete

@@ -6,8 +6,10 @@ pooled keep-alive connection the backend closed as we reused it can be replayed 
 Long-lived exchanges: a protocol switch (a WebSocket: the request's `Upgrade` passed on, the backend's
 101 back) becomes a tunnel, bytes spliced both ways with the same flow control as bodies, until either
 side closes; a response of server-sent events (`text/event-stream`) streams like any body, each read
-written on at once. Both are counted in their release's `streams` (in flight too), are exempt from the
-read timeout, and are what `BuiltinRouter.drain` closes (`cut`) when its timeout ends.
+written on at once. Both are counted in their release's `streams` (in flight too) and are what
+`BuiltinRouter.drain` closes (`cut`) when its timeout ends. A tunnel has no read timeout (a WebSocket may be
+quiet for long); an event stream keeps it between reads, as any response does (and as HAProxy's `timeout
+server` does): its app should send a comment line now and then.
 """
 
 from __future__ import annotations
