@@ -28,7 +28,7 @@ from ingot.diskspace import disk_full_error, is_disk_full
 from ingot.errors import IngotError, OperationFailed
 from ingot.health import Watched, WatchVerdict, wait_healthy, watch_instances
 from ingot.paths import StatePaths
-from ingot.plan import Plan, Step
+from ingot.plan import Plan, Step, StrategyOptions
 from ingot.release_trust import refuse_untrusted
 from ingot.rollout_analysis import analyse
 from ingot.rollout_control import RolloutAborted, RolloutControl
@@ -437,22 +437,14 @@ class Executor:
             backends = [(r.host, r.port) for r in self.store.live_instances(dep.row.environment, dep.row.service)
                         if r.release_id == release and r.state == "running"]
             await dep.router.set_backends(release, backends)
-        held: dict[str, Any] = {}
-        if step.seconds is not None:  # strategy.hold: new requests wait until the releases leaving are done
-            await dep.router.hold(step.seconds)  # type: ignore[attr-defined]
-            try:
-                await dep.router.set_weights(weights)
-            finally:
-                held = {"held": await dep.router.release_hold(), "hold": step.seconds}  # type: ignore[attr-defined]
-        else:
-            await dep.router.set_weights(weights)
+        held = await _switch(dep.router, weights, step.seconds)
         live = [release for release, weight in weights.items() if weight > 0]
         # The live release of record changes only when one release takes all the traffic (or none
         # does: scaled to zero); a canary's partial split leaves the stable release of record.
         if len(live) <= 1:
             self._activate(dep, live[0] if live else None)
         dep.routed = dep.routed or weights.get(dep.release.id, 0) > 0
-        return {"weights": weights, **held}
+        return {"weights": weights, **({"held": held, "hold": step.seconds} if held is not None else {})}
 
     def _activate(self, dep: Deployment, release_id: str | None) -> None:
         with self.store.begin() as conn:
@@ -508,7 +500,7 @@ class Executor:
                 # A switch alone: the previous release's instances never stopped.
                 await dep.router.set_backends(stable, [(r.host, r.port) for r in stable_running])
                 if stable != dep.release.id:  # else a failed scale-up: its release keeps serving, without the new
-                    await dep.router.set_weights({stable: 100})
+                    await self._switch_back(dep, stable)
                     self._activate(dep, stable)
                     await dep.router.drain(dep.release.id, dep.params.drain_timeout)
                     note = _cut_note(dep.release.id, drain_cut(dep.router, dep.release.id), dep.params.drain_timeout)
@@ -524,6 +516,11 @@ class Executor:
             if isinstance(result, BaseException):
                 problems.append(f"instance {row.id} could not be stopped: {type(result).__name__}: {result}")
         return problems
+
+    async def _switch_back(self, dep: Deployment, stable: str) -> None:
+        """All traffic to `stable`; with strategy.hold, held as the way forward was (no overlap either way)."""
+        hold = StrategyOptions.from_mapping(dep.params.strategy_options).hold
+        await _switch(dep.router, {stable: 100}, hold if can_hold(dep.router) else None)
 
     def _serving_text(self, dep: Deployment) -> str:
         current = self.store.current_activation(dep.row.environment, dep.row.service)
@@ -548,6 +545,20 @@ async def guarded(body: Awaitable[T], guard: Awaitable[Any]) -> T:
         for task in (body_task, guard_task):
             task.cancel()
         await asyncio.gather(body_task, guard_task, return_exceptions=True)
+
+
+async def _switch(router: Router, weights: dict[str, int], hold: float | None) -> int | None:
+    """Set `weights`; with `hold` (strategy.hold), new requests wait meanwhile until the releases left without
+    weight are done (at most `hold` seconds). Returns how many requests were held (None: no hold)."""
+    if not hold:
+        await router.set_weights(weights)
+        return None
+    await router.hold(hold)  # type: ignore[attr-defined]
+    try:
+        await router.set_weights(weights)
+    finally:
+        held = await router.release_hold()  # type: ignore[attr-defined]
+    return int(held)
 
 
 def _cut_note(release: str, cut: int | None, timeout: float) -> dict[str, Any]:
