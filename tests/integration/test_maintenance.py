@@ -67,3 +67,15 @@ def test_maintenance_answers_503_survives_an_edge_restart_and_ends_at_once(examp
     missing = example.ingot("maintenance", "on", "--page", str(tmp_path / "nope.html"))
     assert missing.code == 2 and "nope.html" in missing.err
     example.ingot("maintenance", "off", check=True)
+
+
+def test_maintenance_is_refused_on_haproxy_and_traffic_is_untouched(example: ExampleProject) -> None:
+    spec = example.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace(f'router: {{listen: "127.0.0.1:{example.port}"}}',
+                                             f'router: {{listen: "127.0.0.1:{example.port}", kind: haproxy}}'))
+    example.ingot("deploy", check=True)
+    refused = example.ingot("maintenance", "on")
+    assert refused.code == 2 and "maintenance mode needs the built-in router" in refused.err, refused
+    assert httpx.get(example.url, timeout=5, trust_env=False).status_code == 200
+    assert not [e for e in example.ingot("audit", "log", "--json", check=True).json
+                if e["action"].startswith("maintenance.")]

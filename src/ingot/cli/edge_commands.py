@@ -37,7 +37,8 @@ def edge_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
     for route in listing["routes"]:
         weights = ", ".join(f"{r} {w}" for r, w in route["weights"].items()) or "no release"
         console.print(f"  {route['listen']}  {route['kind']:<8} {route['name']}  {weights}"
-                      + ("" if route["serving"] else "  [not serving: see the edge's log]"))
+                      + ("" if route["serving"] else "  [not serving: see the edge's log]")
+                      + ("  [maintenance: 503]" if route.get("maintenance") else ""))
 
 
 def install_command(
