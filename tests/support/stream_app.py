@@ -2,7 +2,8 @@
 
 /        its version as JSON (like the example app), with when it began and finished answering (after
          sleeping `sleep` seconds, query), /healthz ok
-/ws      a WebSocket echo: each text message comes back as "<VERSION>:<message>"; a close is answered
+/ws      a WebSocket echo: each text message comes back as "<VERSION>:<message>"; a close is answered;
+         with `?stall=1` it first sends the start of a frame and never the rest
 /events  server-sent events, `data: <VERSION> <i>` every `every` seconds (query), `n` of them (default:
          until the client leaves); chunked, or close-delimited with `?close=1`
 
@@ -46,7 +47,7 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/healthz":
             self._send(200, b"ok\n", "text/plain")
         elif url.path == "/ws":
-            self._websocket()
+            self._websocket(stall=bool(parse_qs(url.query).get("stall")))
         elif url.path == "/events":
             query = parse_qs(url.query)
             self._events(float(query.get("every", ["0.2"])[0]), int(query.get("n", ["0"])[0]),
@@ -65,7 +66,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _websocket(self) -> None:
+    def _websocket(self, stall: bool = False) -> None:
         key = self.headers.get("Sec-WebSocket-Key")
         if self.headers.get("Upgrade", "").lower() != "websocket" or not key:
             self._send(400, b"not a websocket request\n", "text/plain")
@@ -78,6 +79,9 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         self.close_connection = True
+        if stall:
+            self.wfile.write(frame(1, b"x" * 100)[:12])
+            self.wfile.flush()
         read = self.rfile.read
         while True:
             head = read(2)

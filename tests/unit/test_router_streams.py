@@ -204,3 +204,25 @@ def test_an_upgrade_the_backend_declines_is_answered_and_the_connection_closed(r
             await backend.stop()
 
     run(body)
+
+
+def test_a_cut_inside_a_backend_frame_closes_without_a_frame_of_its_own(run: Any, stream_app: tuple[str, int]) -> None:
+    async def body() -> None:
+        router = await started({"A": [stream_app]}, {"A": 100})
+        try:
+            reader, writer = await asyncio.open_connection(*router.listen_address)
+            writer.write(b"GET /ws?stall=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101")
+            start = await asyncio.wait_for(reader.readexactly(12), 5)  # the start of a 100-byte frame
+            await router.set_weights({})
+            await router.drain("A", 0.05)
+            assert router.drain_cut("A") == 1
+            # Nothing after it: a close frame of the router's own here would have been read as payload.
+            assert start[:2] == b"\x81\x64" and await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        finally:
+            await router.stop()
+
+    run(body)

@@ -28,6 +28,7 @@ from ingot.routers.builtin.headers import (
     status_line,
     switch_head_for_client,
 )
+from ingot.routers.builtin.websocket import GOING_AWAY, FrameBoundary
 
 if TYPE_CHECKING:
     from ingot.routers.builtin.balancing import Backend, Release
@@ -40,8 +41,6 @@ REPLAY_LIMIT = 64 * 1024
 CONNECT_BUFFER_LIMIT = 256 * 1024
 
 _perf = time.perf_counter
-# A WebSocket close frame from the server (unmasked): code 1001 "going away" (RFC 6455 7.4.1).
-WS_GOING_AWAY = b"\x88\x0c\x03\xe9going away"
 
 _REASONS = {
     400: b"Bad Request",
@@ -72,6 +71,7 @@ class Exchange:
         "client_keep_alive",
         "done",
         "expect_continue",
+        "frames",
         "fresh_retry_used",
         "http10",
         "idempotent",
@@ -125,6 +125,7 @@ class Exchange:
         self.upgrade = False  # the client asked for a protocol switch, passed on to the backend
         self.tunnel = False  # the backend switched: bytes go both ways as they are
         self.websocket = False  # the tunnel is a WebSocket (closed with a close frame when cut)
+        self.frames: FrameBoundary | None = None  # where the backend's frames end (a WebSocket's)
         self.long_lived = False  # counted in its release's `streams`
 
     # ---- request side ------------------------------------------------------------------------
@@ -230,6 +231,8 @@ class Exchange:
             del self.out[: self.sent]
             self.sent = 0
         self.websocket = any(n.lower() == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
+        if self.websocket:
+            self.frames = FrameBoundary()
         self.client.wbuf.append(switch_head_for_client(self, reason, headers))
         self._count_long_lived()
 
@@ -244,9 +247,11 @@ class Exchange:
         if self.done:
             return
         client = self.client
-        if self.websocket and client.transport is not None and not client.closed:
+        # Only between two of the backend's frames: inside one, a frame of ours would break the stream, and
+        # the client gets a plain close instead (1006 to it) rather than a protocol error.
+        if self.frames is not None and self.frames.between and client.transport is not None and not client.closed:
             client.flush()
-            client.transport.write(WS_GOING_AWAY)
+            client.transport.write(GOING_AWAY)
         self.client_keep_alive = False
         self._close_upstream()
         self.finish(self.status, self.release, latency=False)

@@ -91,6 +91,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.last = self.router._now()
         client = ex.client
         if self.tunnel:
+            if ex.frames is not None:
+                ex.frames.feed(data)
             if client.transport is not None and not client.closed:
                 client.transport.write(data)
             return
@@ -102,6 +104,8 @@ class UpstreamProtocol(asyncio.Protocol):
                 if isinstance(exc, httptools.HttpParserUpgrade) and exc.args:
                     rest = data[int(exc.args[0]):]
                     if rest:
+                        if ex.frames is not None:
+                            ex.frames.feed(rest)
                         client.wbuf.append(rest)
                 self.msg_done = False
             elif self.head_only:
