@@ -23,7 +23,6 @@ from ingot.routers.builtin.headers import (
     FRAMING_CLOSE,
     FRAMING_NONE,
     connection_header,
-    is_event_stream,
     response_head_for_client,
     status_line,
     switch_head_for_client,
@@ -211,12 +210,12 @@ class Exchange:
             self.replayable = False  # nothing to replay once the backend answered
             del self.out[: self.sent]
             self.sent = 0
-        head, framing, keep = response_head_for_client(self, status, reason, headers)
+        head, framing, keep, events = response_head_for_client(self, status, reason, headers)
         self.resp_framing = framing
         if not keep:
             self.client_keep_alive = False
         self.client.wbuf.append(head)
-        if is_event_stream(headers):
+        if events:
             self._count_long_lived()
 
     def switch_protocols(self, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:

@@ -147,9 +147,11 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
 
 def response_head_for_client(
     ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-) -> tuple[bytes, int, bool]:
-    """The response head for the client, its body framing, and whether the client may keep alive."""
+) -> tuple[bytes, int, bool, bool]:
+    """The response head for the client, its body framing, whether the client may keep alive, and whether it is
+    an event stream (`text/event-stream`: long-lived, counted as a stream)."""
     parts = [status_line(status), reason, b"\r\n"]
+    events = False
     te: bytes | None = None
     has_length = False
     connection: bytes | None = None
@@ -169,6 +171,8 @@ def response_head_for_client(
                 continue
             if drop and lname in drop:
                 continue
+            if lname == b"content-type":
+                events = value.lstrip().lower().startswith(b"text/event-stream")
             parts += (name, b": ", value, b"\r\n")
         extra = _extra_connection_tokens(connection)
         if not extra or drop:
@@ -193,7 +197,7 @@ def response_head_for_client(
     assert ex.release is not None
     parts.append(ex.release.header)
     parts.append(b"\r\n")
-    return b"".join(parts), framing, keep
+    return b"".join(parts), framing, keep, events
 
 
 def switch_head_for_client(ex: Exchange, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -211,14 +215,6 @@ def switch_head_for_client(ex: Exchange, reason: bytes, headers: list[tuple[byte
         parts.append(ex.release.header)
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
-    """A response of server-sent events (`text/event-stream`): long-lived, counted as a stream."""
-    for name, value in headers:
-        if name.lower() == b"content-type":
-            return value.lower().lstrip().startswith(b"text/event-stream")
-    return False
 
 
 def informational_head_for_client(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
