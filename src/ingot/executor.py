@@ -280,6 +280,7 @@ class Executor:
                                                   dep.params.drain_timeout)
         dep.drained.extend(r.id for r in leaving)
         return {"instances": [r.id for r in leaving], "drained": drained,
+                **_cut_note(release, drain_cut(dep.router, release), dep.params.drain_timeout),
                 **_drain_warning(drained, dep.params.drain_timeout)}
 
     async def _start(self, dep: Deployment, step: Step) -> dict[str, Any]:

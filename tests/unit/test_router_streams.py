@@ -226,3 +226,26 @@ def test_a_cut_inside_a_backend_frame_closes_without_a_frame_of_its_own(run: Any
             await router.stop()
 
     run(body)
+
+
+def test_drain_backends_cuts_the_streams_of_the_leaving_backends_only(run: Any, stream_app: tuple[str, int]) -> None:
+    async def body() -> None:
+        other = TestBackend("A-2")
+        await other.start()
+        router = await started({"A": [stream_app]}, {"A": 100})
+        try:
+            host, port = router.listen_address
+            async with connect(f"ws://{host}:{port}/ws", open_timeout=5) as ws:
+                await router.set_backends("A", [stream_app, other.address])
+                assert await router.drain_backends("A", [stream_app], 0.2) is True
+                assert router.drain_cut("A") == 1
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 5)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+            async with httpx.AsyncClient(trust_env=False) as http:
+                assert (await http.get(f"http://{host}:{port}/")).text == "A-2"  # the release serves on
+        finally:
+            await router.stop()
+            await other.stop()
+
+    run(body)

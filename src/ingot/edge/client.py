@@ -224,6 +224,8 @@ class EdgeRouter:
     async def drain_backends(self, release: str, addrs: list[Address], timeout: float) -> bool:
         answer = await self.client.call("drain_backends", wait=CALL_TIMEOUT + timeout, id=self.id,
                                         release=release, addrs=[list(a) for a in addrs], timeout=timeout)
+        cut = answer.get("cut")
+        self._cut[release] = int(cut) if cut is not None else None
         return bool(answer["drained"])
 
     async def set_health(self, check: HealthCheck) -> None:

@@ -329,7 +329,7 @@ class Edge:
         state.pools[release] = [a for a in state.pools.get(release, []) if a not in gone]
         self._persist()
         drained = await router.drain_backends(release, addrs, timeout)
-        return {"drained": drained}
+        return {"drained": drained, "cut": drain_cut(router, release)}
 
     async def remove_release(self, router_id: str, release: str) -> dict[str, Any]:
         state, router = self._router(router_id)

@@ -598,6 +598,7 @@ class HAProxyRouter:
                 return True
             gone = {(str(h), int(p)) for h, p in addrs}
             leaving = [s for s in rel.pool if s.addr in gone]
+            self._cut[release] = 0  # nothing is cut here: its tunnels end with their instances
             await self._set_pool(rel, [s.addr for s in rel.pool if s.addr not in gone])
         return await self._wait_idle(lambda: leaving, deadline)
 

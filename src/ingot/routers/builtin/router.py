@@ -301,7 +301,8 @@ class BuiltinRouter:
         return self._maintenance is not None
 
     def drain_cut(self, release: str) -> int | None:
-        """How many long-lived connections of `release` its last `drain` closed at its timeout."""
+        """How many long-lived connections of `release` its last `drain` (or `drain_backends`) closed at its
+        timeout."""
         return self._cut.get(release, 0)
 
     # Whether `hold` is available (routers.base.can_hold).
@@ -352,9 +353,15 @@ class BuiltinRouter:
         await self.set_backends(release, [b.addr for b in rel.backends if b.addr not in gone])
         # Off the hot path: a short poll is simpler than per-backend waiters and costs nothing per request.
         deadline = asyncio.get_running_loop().time() + timeout
+        self._cut[release] = 0
         while any(b.in_flight for b in leaving):
             if asyncio.get_running_loop().time() >= deadline:
-                return False
+                # As `drain` does: the long-lived connections on the leaving backends are closed now.
+                streams = [ex for ex in rel.streams if ex.backend in leaving]
+                for ex in streams:
+                    ex.cut()
+                self._cut[release] = len(streams)
+                return not any(b.in_flight for b in leaving)
             await asyncio.sleep(0.01)
         return True
 
