@@ -127,9 +127,10 @@ class ClientProtocol(asyncio.Protocol):
             return  # discarded: the connection closes once the answer is out
         self.last = self.router._now()
         if self.upgraded:
-            if self.queue and self.queue[0].upgrade:
-                self.queue[0].add_raw(data)  # the switched protocol's bytes, both before the 101 and after
-                self.queue[0].flush()
+            # The upgrading request is the last one the connection will ever carry.
+            if self.queue and self.queue[-1].upgrade:
+                self.queue[-1].add_raw(data)  # the switched protocol's bytes, both before the 101 and after
+                self.queue[-1].flush()
             return  # else (CONNECT): discarded, the connection closes once the answer is out
         self.feeding = True
         try:
