@@ -211,6 +211,27 @@ def row_errors(row: Mapping[str, int]) -> int:
     return row.get("hrsp_5xx", 0) + row.get("econ", 0) + row.get("eresp", 0)
 
 
+def tunnel_sessions(show_sess_all: str, servers: set[str]) -> list[str]:
+    """The sessions (their ids for `shutdown session`) of `show sess all` that are tunnels on `servers`: a
+    connection the server switched to another protocol (status 101: a WebSocket)."""
+    found: list[str] = []
+    session: str | None = None
+    server: str | None = None
+    tunnel = False
+    for line in [*show_sess_all.splitlines(), "0x:"]:
+        if line.startswith("0x"):
+            if session is not None and tunnel and server in servers:
+                found.append(session)
+            session, server, tunnel = line.split(":", 1)[0], None, False
+            continue
+        text = line.strip()
+        if text.startswith("server="):
+            server = text[len("server="):].split(" ", 1)[0]
+        elif text.startswith("txn=") and " status=101 " in f"{text} ":
+            tunnel = True
+    return found
+
+
 def row_busy(row: Mapping[str, int]) -> int:
     """Requests on the server now (`scur`) or queued for it (`qcur`)."""
     return row.get("scur", 0) + row.get("qcur", 0)
@@ -419,6 +440,7 @@ class HAProxyRouter:
         self._retiring: list[_Server] = []  # out of their pool, waiting for 0 sessions to be deleted
         self._rows: dict[str, dict[str, int]] = {}  # the last poll, by server name
         self._serial = 0
+        self._cut: dict[str, int] = {}  # release -> sessions its last drain closed at the timeout
         self._proc: _Master | None = None
         self._log_file: IO[bytes] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -546,7 +568,27 @@ class HAProxyRouter:
                 return True
             rel.draining = True
             await self._apply_weights()
-        return await self._wait_idle(lambda: self._servers_of(rel), deadline)
+        self._cut[release] = 0
+        if await self._wait_idle(lambda: self._servers_of(rel), deadline):
+            return True
+        return await self._cut_sessions(rel)
+
+    async def _cut_sessions(self, rel: _Release) -> bool:
+        """At the drain timeout, close the release's tunnels (WebSockets and other upgraded connections,
+        which would otherwise hold it until its instances stop) with `shutdown session`; True if nothing is
+        in flight after that. haproxy tells a tunnel by its 101 (`show sess all`), but not an event stream
+        from a slow response: those are left to finish, or to the instances' stop, like any request. No
+        WebSocket close frame: the client sees the connection close."""
+        names = {server.name for server in self._servers_of(rel)}
+        tunnels = tunnel_sessions(await self.api.run("show sess all"), names)
+        for session in tunnels:
+            await self.api.run(f"shutdown session {session}")
+        self._cut[rel.name] = len(tunnels)
+        return await self._wait_idle(lambda: self._servers_of(rel), time.monotonic() + (0.5 if tunnels else 0.0))
+
+    def drain_cut(self, release: str) -> int | None:
+        """Sessions of `release` its last `drain` closed at its timeout (see `_cut_sessions`)."""
+        return self._cut.get(release, 0)
 
     async def drain_backends(self, release: str, addrs: list[Address], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -556,6 +598,7 @@ class HAProxyRouter:
                 return True
             gone = {(str(h), int(p)) for h, p in addrs}
             leaving = [s for s in rel.pool if s.addr in gone]
+            self._cut[release] = 0  # nothing is cut here: its tunnels end with their instances
             await self._set_pool(rel, [s.addr for s in rel.pool if s.addr not in gone])
         return await self._wait_idle(lambda: leaving, deadline)
 

@@ -79,6 +79,9 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         "defaults",
         "    mode http",
         "    option http-keep-alive",
+        # Without it haproxy sends a body it expects more of with MSG_MORE, and the kernel holds the bytes up to
+        # 200 ms: server-sent events would arrive in bursts. Complete small responses are sent at once either way.
+        "    option http-no-delay",
         "    option forwardfor",
         # 'safe' never sends a client's first request over a connection another client used,
         # which keeps a backend's close-at-idle race away from requests that cannot be replayed.
@@ -86,6 +89,8 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         f"    timeout connect {_ms(t.connect)}",
         f"    timeout server {_ms(t.server)}",
         f"    timeout client {_ms(t.client)}",
+        # A WebSocket (or other upgraded) connection may be quiet for long; a drain closes it on a deploy.
+        "    timeout tunnel 1h",
         f"    timeout http-keep-alive {_ms(t.client)}",
         f"    timeout http-request {_ms(c.head_timeout)}",
         f"    timeout queue {_ms(t.connect)}",
