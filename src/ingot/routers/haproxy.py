@@ -123,11 +123,15 @@ class RuntimeAPI:
         self.path = path
         self.timeout = timeout
 
-    async def run(self, command: str) -> str:
+    async def run(self, command: str, payload: str | None = None) -> str:
+        """`payload`: the multi-line argument of commands like `set ssl cert F <<` (it ends at an empty line)."""
+        line = command.encode("ascii") + b"\n"
+        if payload is not None:
+            line = command.encode("ascii") + b" <<\n" + payload.strip("\n").encode("ascii") + b"\n\n"
         async with asyncio.timeout(self.timeout):
             reader, writer = await asyncio.open_unix_connection(str(self.path))
             try:
-                writer.write(command.encode("ascii") + b"\n")
+                writer.write(line)
                 await writer.drain()
                 return (await reader.read()).decode("utf-8", "replace")
             finally:
@@ -138,6 +142,13 @@ class RuntimeAPI:
         answer = (await self.run(command)).strip()
         if answer != ok:
             raise OperationFailed(f"haproxy refused `{command}`: {answer or '(no answer)'}")
+
+    async def expect_in(self, command: str, needle: str, payload: str | None = None) -> str:
+        """Run `command`; raise unless haproxy's answer contains `needle` (commands whose success message varies)."""
+        answer = (await self.run(command, payload)).strip()
+        if needle not in answer:
+            raise OperationFailed(f"haproxy refused `{command}`: {answer or '(no answer)'}")
+        return answer
 
     async def set_addr(self, server: str, host: str, port: int) -> None:
         """`set server <backend/server> addr H port P`, whose success answer says what changed."""
@@ -471,6 +482,8 @@ class HAProxyRouter:
         self.maxconn = maxconn
         self.timeouts = timeouts or Timeouts()
         self.api = RuntimeAPI(self.workdir / "admin.sock")
+        self.backend = BACKEND  # the haproxy backend this router's servers are in (a front's routers: one each)
+        self._servers_map = self.workdir / "servers.map"
         self._listen = listen
         self._bound: Address | None = None
         self._releases: dict[str, _Release] = {}
@@ -508,7 +521,7 @@ class HAProxyRouter:
     @property
     def servers_map(self) -> Path:
         """slot → release; changed at runtime only (`add map`, `del map`), written empty at spawn."""
-        return self.workdir / "servers.map"
+        return self._servers_map
 
     @property
     def log_path(self) -> Path:
@@ -702,18 +715,18 @@ class HAProxyRouter:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
-            raise self._bind_error(exc) from None
+            raise self._bind_error(exc, listen) from None
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
             sock.listen(2048)
         except OSError as exc:
             sock.close()
-            raise self._bind_error(exc) from None
+            raise self._bind_error(exc, listen) from None
         return sock
 
-    def _bind_error(self, exc: OSError) -> OperationFailed:
-        host, port = self._listen
+    def _bind_error(self, exc: OSError, listen: Address) -> OperationFailed:
+        host, port = listen
         if exc.errno == errno.EADDRINUSE:
             return OperationFailed(
                 f"{self._label()} cannot listen on {host}:{port}: the address is already in use",
@@ -748,10 +761,10 @@ class HAProxyRouter:
                 worker = next(int(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("Pid:"))
                 if _parent_of(worker) != pid:
                     raise ValueError(f"the admin socket is served by pid {worker}, not a worker of {pid}")
-                servers = parse_servers_state(await api.run(f"show servers state {BACKEND}"))
+                servers = parse_servers_state(await api.run(f"show servers state {self.backend}"))
                 # A haproxy of an ingot before slots has no such map: replaced (its config differs too).
                 owners = parse_map(await api.run(f"show map {self.servers_map}"))
-                raw = parse_stat(await api.run(f"show stat {BACKEND} 4 -1"))
+                raw = parse_stat(await api.run(f"show stat {self.backend} 4 -1"))
             except (OSError, TimeoutError, ValueError, StopIteration, OperationFailed) as exc:
                 mine, why = False, f"it does not answer on {self.api.path} ({exc or type(exc).__name__})"
         if not mine:
@@ -782,8 +795,8 @@ class HAProxyRouter:
                 self._free.append(seen.name)
                 self._slot_base[seen.name] = counters_of(raw.get(seen.name, {}))
                 if seen.weight or seen.state != "maint":  # a crash halfway through freeing it
-                    await self.api.expect(f"set server {BACKEND}/{seen.name} weight 0")
-                    await self.api.expect(f"set server {BACKEND}/{seen.name} state maint")
+                    await self.api.expect(f"set server {self.backend}/{seen.name} weight 0")
+                    await self.api.expect(f"set server {self.backend}/{seen.name} state maint")
                     sent += 2
         for rel in self._releases.values():
             for server in rel.pool:
@@ -830,7 +843,7 @@ class HAProxyRouter:
                     server.health.ejected_at = time.monotonic()
                     server.health.reason = "ejected before the edge restarted (back after passing probes)"
 
-    async def _spawn(self, binary: str, listen_fd: int) -> None:
+    async def _spawn(self, binary: str, *listen_fds: int) -> None:
         self._log_file = self.log_path.open("ab")
         # -W master-worker, -db foreground: the master is our child, and it takes its worker down
         # with it. Its own session keeps a Ctrl-C meant for the caller from reaching it first.
@@ -845,7 +858,7 @@ class HAProxyRouter:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=self._log_file,
-            pass_fds=(listen_fd,),
+            pass_fds=listen_fds,
             start_new_session=True,
         )
 
@@ -939,7 +952,7 @@ class HAProxyRouter:
         """What haproxy itself says: server → (release, address) for every slot or added server that holds one."""
         self._require_running()
         owners = parse_map(await self.api.run(f"show map {self.servers_map}"))
-        found = parse_servers_state(await self.api.run(f"show servers state {BACKEND}"))
+        found = parse_servers_state(await self.api.run(f"show servers state {self.backend}"))
         return {f.name: (owners[f.name], f.addr) for f in found if f.name in owners}
 
     def _servers_of(self, rel: _Release) -> Iterable[_Server]:
@@ -964,7 +977,7 @@ class HAProxyRouter:
             server.name, server.base = slot, self._slot_base.pop(slot, {})
             self._rows.pop(slot, None)  # the previous occupant's: no delta across occupants
             await self.api.expect(f"add map {self.servers_map} {slot} {server.owner.name}")
-            await self.api.set_addr(f"{BACKEND}/{slot}", ip, port)
+            await self.api.set_addr(f"{self.backend}/{slot}", ip, port)
             server.weight, server.state = -1, "maint"  # -1: unknown, so the next weight is sent
             return
         self._serial += 1
@@ -973,7 +986,7 @@ class HAProxyRouter:
                     "connections (slower): give the router more slots", self._label(), self.slots, host, port)
         address = f"ipv6@{ip}:{port}" if ":" in ip else f"{ip}:{port}"
         await self.api.expect(f"add map {self.servers_map} {server.name} {server.owner.name}")
-        await self.api.expect(f"add server {BACKEND}/{server.name} {address} weight 0", "New server registered.")
+        await self.api.expect(f"add server {self.backend}/{server.name} {address} weight 0", "New server registered.")
         server.weight, server.state = 0, "maint"
 
     async def _set(self, server: _Server, *, weight: int | None = None, state: str | None = None) -> None:
@@ -981,10 +994,10 @@ class HAProxyRouter:
             return
         self._require_running()
         if weight is not None and weight != server.weight:
-            await self.api.expect(f"set server {BACKEND}/{server.name} weight {weight}")
+            await self.api.expect(f"set server {self.backend}/{server.name} weight {weight}")
             server.weight = weight
         if state is not None and state != server.state:
-            await self.api.expect(f"set server {BACKEND}/{server.name} state {state}")
+            await self.api.expect(f"set server {self.backend}/{server.name} state {state}")
             server.state = state
 
     async def _apply_weights(self) -> None:
@@ -1031,7 +1044,7 @@ class HAProxyRouter:
                 self._slot_base[server.name] = counters_of(self._raw_rows.get(server.name, {}))
                 self._free.append(server.name)
             else:
-                answer = (await self.api.run(f"del server {BACKEND}/{server.name}")).strip()
+                answer = (await self.api.run(f"del server {self.backend}/{server.name}")).strip()
                 if answer != "Server deleted.":
                     # Still has a connection attached (a request that slipped in): try again next poll.
                     log.debug("%s: del server %s: %s", self._label(), server.name, answer)
@@ -1065,7 +1078,7 @@ class HAProxyRouter:
     async def _read_rows(self, then: str = "") -> dict[str, dict[str, int]]:
         """Each placed server's `show stat` row, its counters since it took its slot (`then`: more commands)."""
         self._require_running()
-        self._raw_rows = parse_stat(await self.api.run(f"show stat {BACKEND} 4 -1{then}"))
+        self._raw_rows = parse_stat(await self.api.run(f"show stat {self.backend} 4 -1{then}"))
         servers = [s for r in self._releases.values() for s in r.pool] + self._retiring
         return {s.name: since(self._raw_rows[s.name], s.base) for s in servers if s.name in self._raw_rows}
 

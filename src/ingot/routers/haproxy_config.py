@@ -86,16 +86,25 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
                   servers_map: Path, slots: int = SLOTS, clients: ClientPolicy | None = None) -> str:
     """The whole configuration file; `listen_fd` is a listening socket haproxy inherits; `servers_map` the
     slot → release map (it must exist)."""
-    t = timeouts
-    c = clients or ClientPolicy(head_timeout=t.request, max_connections=maxconn)
-    maxconn = min(max(maxconn, c.max_connections + _OVER_CAP), _fd_bound())
-    trusted = " ".join(c.trusted_proxies)
-    forwarded = ([f"    http-request del-header X-Forwarded-For unless {{ src {trusted} }}"] if trusted
-                 else ["    http-request del-header X-Forwarded-For"])
-    release_of_server = f"srv_name,map({check_map_path(servers_map)})"
+    c = clients or ClientPolicy(head_timeout=timeouts.request, max_connections=maxconn)
     lines = [
         f"# Written by ingot for router {name or '(unnamed)'}; never reloaded: servers and weights",
         "# change only through the runtime API on the stats socket below.",
+        *global_and_defaults(socket_path, maxconn, timeouts, c),
+        f"frontend {FRONTEND}",
+        f"    bind fd@{listen_fd}",
+        *client_rules(c, "http"),
+        f"    default_backend {BACKEND}",
+        "",
+        *backend_lines(BACKEND, servers_map, slots, c),
+    ]
+    return "\n".join(lines)
+
+
+def global_and_defaults(socket_path: Path, maxconn: int, timeouts: Timeouts, c: ClientPolicy) -> list[str]:
+    t = timeouts
+    maxconn = min(max(maxconn, c.max_connections + _OVER_CAP), _fd_bound())
+    return [
         "global",
         # expose-fd lets a future haproxy take over the listener without closing it.
         f"    stats socket {socket_path} level admin expose-fd listeners",
@@ -128,8 +137,15 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         f'    http-error status 503 content-type text/plain string "{NO_RELEASE_503}"',
         f'    http-error status 502 content-type text/plain string "{NO_BACKEND_502}"',
         "",
-        f"frontend {FRONTEND}",
-        f"    bind fd@{listen_fd}",
+    ]
+
+
+def client_rules(c: ClientPolicy, proto: str) -> list[str]:
+    """A frontend's treatment of clients (see the module's docstring); `proto` is X-Forwarded-Proto."""
+    trusted = " ".join(c.trusted_proxies)
+    forwarded = ([f"    http-request del-header X-Forwarded-For unless {{ src {trusted} }}"] if trusted
+                 else ["    http-request del-header X-Forwarded-For"])
+    return [
         # `deny` (not `return`) closes the connection after answering, as the built-in router does.
         f'    http-request deny status 503 content-type text/plain string "{TOO_MANY_503}" '
         f"if {{ fe_conn gt {c.max_connections} }}",
@@ -138,11 +154,15 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         "    http-request deny deny_status 400 if { req.hdr_cnt(host) eq 1 } "
         f"!{{ req.hdr(host) -m reg '{_HOST_REGEX}' }}",
         *forwarded,
-        "    http-request set-header X-Forwarded-Proto http",
+        f"    http-request set-header X-Forwarded-Proto {proto}",
         "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }",
-        f"    default_backend {BACKEND}",
-        "",
-        f"backend {BACKEND}",
+    ]
+
+
+def backend_lines(backend: str, servers_map: Path, slots: int, c: ClientPolicy) -> list[str]:
+    release_of_server = f"srv_name,map({check_map_path(servers_map)})"
+    return [
+        f"backend {backend}",
         # roundrobin is smooth and honours weight changes at once, which dynamic servers need.
         "    balance roundrobin",
         # The map is referenced even without the header: haproxy loads only maps its config uses.
@@ -152,7 +172,6 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         server_template(slots),
         "",
     ]
-    return "\n".join(lines)
 
 
 def _fd_bound() -> int:
