@@ -224,8 +224,10 @@ class _FrontRouter(HAProxyRouter):
 
     @property
     def listen_address(self) -> Address:
-        address = self.front.https_address or self.front.http_address
-        assert address is not None
+        """The front's HTTPS listener (else its HTTP one): where its clients connect; as configured until started."""
+        front = self.front
+        address = front.https_address or front.http_address or front.https or front.http
+        assert address is not None  # a front has at least one listener
         return address
 
     async def start(self) -> None:
@@ -326,6 +328,8 @@ class HAProxyFront:
     def __init__(self, workdir: Path, *, http: Address | None, https: Address | None, haproxy: str = "haproxy",
                  backends: int = BACKENDS, slots: int = SLOTS, maxconn: int = 4096,
                  timeouts: Timeouts | None = None, clients: ClientPolicy | None = None) -> None:
+        if http is None and https is None:
+            raise ValueError("an HAProxy front needs an HTTP or an HTTPS listener")
         self.workdir = Path(workdir)
         self.http, self.https = http, https
         self.haproxy = haproxy
