@@ -276,3 +276,36 @@ def test_haproxy_front_routers_reuse_backend_connections(make_front: MakeFront) 
             assert (await router.refresh())["r1"].requests >= requests
 
     run(body)
+
+
+def test_a_haproxy_that_dies_under_the_front_is_started_again_with_everything(make_front: MakeFront) -> None:
+    async def body() -> None:
+        import os
+        import signal
+
+        from tests.support.switch_load import wait_until
+
+        async with fronted(make_front, {"app": ""}) as (front, _):
+            cert, key = certificate("app.test")
+            await front.set_certificate("app.test", cert, key)
+            await front.set_table([binding("app.test", "app", redirect=False)])
+            front.challenges["tok"] = "tok.auth"
+            pid = getattr(front, "pid", None)
+            assert pid is not None
+            os.killpg(pid, signal.SIGKILL)  # a crash or an OOM kill of haproxy (ours: started by this front)
+
+            async def serves() -> bool:
+                try:
+                    answer = await get(front, "app.test")
+                except httpx.HTTPError:
+                    return False
+                return answer.status_code == 200 and answer.headers.get("x-ingot-release") == "r1"
+
+            await wait_until(serves, "the front to serve again", timeout=15)
+            assert getattr(front, "pid", None) not in (None, pid)
+            assert (await get(front, "x", "/.well-known/acme-challenge/tok")).text == "tok.auth"
+            reader, writer = await tls_open(front, "app.test", tls_context(cert))
+            assert (await tls_request(reader, writer, "app.test"))[2] == b"app"
+            writer.close()
+
+    run(body)
