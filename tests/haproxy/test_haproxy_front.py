@@ -309,3 +309,54 @@ def test_a_haproxy_that_dies_under_the_front_is_started_again_with_everything(ma
             writer.close()
 
     run(body)
+
+
+def test_a_restarted_edge_adopts_the_fronts_haproxy_with_its_routes_servers_and_certificates(
+        make_front: MakeFront) -> None:
+    async def body() -> None:
+        from ingot.edge.haproxy_front import HAProxyFront
+
+        backend, extra = TestBackend("app"), TestBackend("app-2")
+        await backend.start()
+        await extra.start()
+        first: Any = make_front()
+        second: Any = None
+        try:
+            await first.start()
+            router = first.router("app", "app", ClientPolicy())
+            await router.start()
+            await router.set_backends("r1", [backend.address])
+            await router.set_weights({"r1": 1})
+            cert, key = certificate("app.test")
+            await first.set_certificate("app.test", cert, key)
+            await first.set_table([binding("app.test", "app", redirect=False)])
+            pid = first.pid
+            for task in (first.process._poller, router._poller):
+                task.cancel()  # the edge dies here: haproxy is left running, nobody stops it
+            second = HAProxyFront(first.workdir, http=first.http_address, https=first.https_address,
+                                  haproxy=first.haproxy, backends=6, slots=4)
+            again = second.router("app", "app", ClientPolicy())
+            await again.set_backends("r1", [backend.address, extra.address])  # the new intent: one more
+            await again.set_weights({"r1": 1})
+            await second.start()
+            await again.start()
+            assert second.pid == pid  # the same haproxy, not a new one
+            assert again.backend == router.backend
+            await second.set_table([binding("app.test", "app", redirect=False)])
+            names = {(await get(second, "app.test")).text for _ in range(12)}
+            assert names == {"app", "app-2"}
+            assert {r for r, _ in (await again.placed()).values()} == {"r1"} and len(await again.placed()) == 2
+            reader, writer = await tls_open(second, "app.test", tls_context(cert))  # its certificate kept
+            assert (await tls_request(reader, writer, "app.test"))[2] in (b"app", b"app-2")
+            writer.close()
+            renewed = certificate("app.test")
+            await second.set_certificate("app.test", *renewed)  # known as loaded: replaced, not added twice
+            reader, writer = await tls_open(second, "app.test", tls_context(renewed[0]))
+            assert peer_cert(writer) == renewed[0]
+            writer.close()
+        finally:
+            await (second or first).stop()
+            await backend.stop()
+            await extra.stop()
+
+    run(body)

@@ -23,24 +23,44 @@ in files haproxy reads at start and changes through the runtime API afterwards:
 - ACME HTTP-01: `challenges` (token → key authorisation) is a map (`acme.map`) that haproxy answers
   from itself (`http-request return`) on plain HTTP for any host, before routing.
 
-Not done here (yet): adoption by a restarted edge (a front's haproxy is replaced on start), per-router
-client policies (one policy for the shared frontends), a dedicated listener per router (`listen`).
+Adoption. haproxy outlives the edge; a front started where its haproxy still runs takes it over (the
+same checks as the dedicated router: `owner.json`, pidfile, command line, admin socket), reads back what it
+holds from the files kept in step with it (routes, challenges, certificates, which router id had which
+backend: `backends.json`), and each router reconciles its backend's slots as a dedicated router does.
+
+Not done here (yet): per-router client policies (one policy for the shared frontends), a dedicated
+listener per router (`listen`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import socket
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 from ingot.edge.front import Binding
 from ingot.errors import OperationFailed
 from ingot.routers.base import Address, ClientPolicy, Router
-from ingot.routers.haproxy import HAProxyRouter, counters_of, parse_stat, stop_leftover_haproxy
+from ingot.routers.haproxy import (
+    ADOPT_TIMEOUT,
+    STOP_TIMEOUT,
+    HAProxyRouter,
+    RuntimeAPI,
+    _Adopted,
+    _kill_group,
+    _parent_of,
+    counters_of,
+    parse_map,
+    parse_servers_state,
+    parse_stat,
+    running_master,
+)
 from ingot.routers.haproxy_config import (
     Timeouts,
     backend_lines,
@@ -166,8 +186,35 @@ class _FrontProcess(HAProxyRouter):
         self.front = front
 
     async def _adopt(self) -> bool:
-        await asyncio.to_thread(stop_leftover_haproxy, self.workdir)  # not adopted (yet): started anew
-        return False
+        """Take over the haproxy an earlier front of this workdir left running (the edge restarted), as the
+        dedicated router does: ours when `owner.json` names its pid and our listeners, its command line our
+        config, and its admin socket is answered by its worker. Anything else there is stopped."""
+        pid = running_master(self.workdir)
+        if pid is None:
+            return False
+        front = self.front
+        bound: dict[str, Address] = {}
+        try:
+            owner = json.loads(self.owner_path.read_text())
+            bound = {k: (str(owner[k][0]), int(owner[k][1])) for k in ("http", "https") if owner.get(k)}
+            mine = int(owner["pid"]) == pid and all(
+                _fits(bound.get(kind), wanted) for kind, wanted in (("http", front.http), ("https", front.https)))
+            if mine:
+                info = await RuntimeAPI(self.api.path, timeout=ADOPT_TIMEOUT).run("show info")
+                worker = next(int(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("Pid:"))
+                mine = _parent_of(worker) == pid
+        except (OSError, ValueError, KeyError, TypeError, IndexError, StopIteration, TimeoutError):
+            mine = False
+        if not mine:
+            log.warning("%s: replacing haproxy pid %d: not this front's, or it does not answer", self._label(), pid)
+            await asyncio.to_thread(_kill_group, pid, STOP_TIMEOUT)
+            return False
+        self._proc = _Adopted(pid)
+        front.bound = bound
+        front.load_state()
+        front.adopted = front.ready = self._proc
+        log.info("%s: adopted haproxy pid %d", self._label(), pid)
+        return True
 
     async def _launch(self, binary: str, listen: Address) -> None:
         front = self.front
@@ -178,7 +225,7 @@ class _FrontProcess(HAProxyRouter):
             for address in wanted:
                 sockets.append(self._bind(address) if address is not None else None)
             http_sock, https_sock = sockets
-            front.write_files()
+            front.write_files(fresh=True)
             self.config_path.write_text(render_front_config(
                 socket_path=self.api.path, http_fd=http_sock.fileno() if http_sock else None,
                 https_fd=https_sock.fileno() if https_sock else None, maxconn=self.maxconn,
@@ -189,6 +236,8 @@ class _FrontProcess(HAProxyRouter):
             for kind, sock in zip(("http", "https"), sockets, strict=True):
                 if sock is not None:
                     front.bound[kind] = (str(sock.getsockname()[0]), int(sock.getsockname()[1]))
+            assert self._proc is not None
+            self.owner_path.write_text(json.dumps({"pid": self._proc.pid, **front.bound}))
         except BaseException:
             await self._terminate()
             raise
@@ -197,6 +246,7 @@ class _FrontProcess(HAProxyRouter):
                 if sock is not None:
                     sock.close()  # haproxy holds its own copies
         await self._wait_ready()
+        front.ready = self._proc
 
     async def _poll(self) -> None:
         return  # no servers of its own; each router polls its backend
@@ -208,6 +258,12 @@ class _FrontProcess(HAProxyRouter):
                 await self._poller
             self._poller = None
         await self._terminate()
+
+
+def _fits(got: Address | None, wanted: Address | None) -> bool:
+    if wanted is None or got is None:
+        return wanted is got
+    return got == wanted or (wanted[1] == 0 and got[0] == wanted[0])
 
 
 class _FrontRouter(HAProxyRouter):
@@ -238,20 +294,27 @@ class _FrontRouter(HAProxyRouter):
         self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
 
     async def _attach(self) -> None:
-        proc = self.front.process._proc
+        proc = self.front.ready
         if proc is None or proc.returncode is not None:
             raise OperationFailed(f"{self._label()}: the edge's HAProxy front is not running")
         async with self._lock:
             self._proc = proc
-            # The backend may have served an earlier router: its slots' counters are where this one starts.
             rows = parse_stat(await self.api.run(f"show stat {self.backend} 4 -1"))
+            if proc is self.front.adopted:
+                # The edge restarted: the servers this backend has are read back and reconciled, as on a
+                # dedicated router's adoption.
+                found = parse_servers_state(await self.api.run(f"show servers state {self.backend}"))
+                owners = parse_map(await self.api.run(f"show map {self.servers_map}"))
+                await self._reconcile(found, owners, rows)
+                return
+            # The backend may have served an earlier router: its slots' counters are where this one starts.
             self._free, self._raw_rows = slot_names(self.slots), {}
             self._slot_base = {name: counters_of(row) for name, row in rows.items()}
             await self._restore_servers()
 
     async def _respawn(self) -> bool:
         """The front starts haproxy again; this router only gives the new one its servers."""
-        proc = self.front.process._proc
+        proc = self.front.ready
         if proc is None or proc.returncode is not None or proc is self._proc:
             await asyncio.sleep(0.1)
             return True  # no backoff: the front does the restarting
@@ -260,9 +323,10 @@ class _FrontRouter(HAProxyRouter):
         try:
             await self._attach()
         except (OperationFailed, OSError, TimeoutError) as exc:
-            log.warning("%s: giving the new haproxy its servers failed: %s", self._label(), exc)
-            return False
-        return True
+            log.warning("%s: giving the new haproxy its servers failed (again at the next poll): %s",
+                        self._label(), exc)
+            self._proc = None
+        return True  # no backoff: the next poll tries again
 
     async def stop(self) -> None:
         if self._poller is not None:
@@ -339,12 +403,17 @@ class HAProxyFront:
         self.clients = clients or ClientPolicy()
         self.backend_names = [f"b{n}" for n in range(1, backends + 1)]
         self._free_backends = list(self.backend_names)
+        self._assigned: dict[str, str] = {}  # router id → backend, kept across an edge restart (adoption)
+        self.adopted: object | None = None  # the haproxy master taken over at start, if it was
+        self.ready: Any = None  # the haproxy master whose admin socket answered: routers attach to it
         self.routers: dict[str, _FrontRouter] = {}
         self.bound: dict[str, Address] = {}
         self.table: list[tuple[str, str]] = []
         self.bindings: list[Binding] = []
         self.certificates: dict[str, Path] = {}  # host → its PEM file (certificate and key)
-        self.challenges: MutableMapping[str, str] = _Challenges(self)
+        self._challenges = _Challenges(self)
+        self.challenges: MutableMapping[str, str] = self._challenges
+        self.stopping: bool | None = None
         self.process = _FrontProcess(self)
 
     # ---- files ---------------------------------------------------------------------------------------
@@ -361,20 +430,40 @@ class HAProxyFront:
     def crt_list(self) -> Path:
         return self.workdir / "certs.crtlist"
 
+    @property
+    def backends_path(self) -> Path:
+        return self.workdir / "backends.json"
+
+    def load_state(self) -> None:
+        """After adopting a running haproxy: what it holds, from the files kept in step with it."""
+        with contextlib.suppress(OSError, ValueError):
+            self._assigned = {str(k): str(v) for k, v in json.loads(self.backends_path.read_text()).items()}
+        with contextlib.suppress(OSError):
+            lines = self.routes_map.read_text().splitlines()
+            self.table = [(k, v) for k, _, v in (line.partition(" ") for line in lines)]
+        with contextlib.suppress(OSError):
+            self._challenges.data = dict(line.split(" ", 1) for line in self.acme_map.read_text().splitlines() if line)
+        with contextlib.suppress(OSError):
+            for line in self.crt_list.read_text().splitlines():
+                path, _, host = line.partition(" ")
+                if host:
+                    self.certificates[host] = Path(path)
+
     def servers_map_of(self, backend: str) -> Path:
         return self.workdir / f"{backend}.map"
 
     def cert_path(self, host: str) -> Path:
         return self.workdir / "certs" / (host.replace("*", "_wildcard") + ".pem")
 
-    def write_files(self) -> None:
-        """What a haproxy started now must load: the routes, challenges and certificates as they are."""
+    def write_files(self, fresh: bool = False) -> None:
+        """What a haproxy started now must load: the routes, challenges and certificates as they are
+        (`fresh`: for a haproxy about to start, whose server slots are all free)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.routes_map.write_text("".join(f"{key} {value}\n" for key, value in self.table))
         self.acme_map.write_text("".join(f"{t} {v}\n" for t, v in self.challenges.items()))
         self.crt_list.write_text("".join(f"{path} {host}\n" for host, path in self.certificates.items()))
         for backend in self.backend_names:
-            if not self.servers_map_of(backend).exists():
+            if fresh or not self.servers_map_of(backend).exists():
                 self.servers_map_of(backend).write_text("")
 
     # ---- Front protocol ---------------------------------------------------------------------------------
@@ -396,9 +485,13 @@ class HAProxyFront:
         await self.process.start()
 
     async def stop(self) -> None:
-        for router in list(self.routers.values()):
-            await router.stop()
-        await self.process.stop()
+        self.stopping = True
+        try:
+            for router in list(self.routers.values()):
+                await router.stop()
+            await self.process.stop()
+        finally:
+            self.stopping = None
         self.bound.clear()
 
     def router(self, router_id: str, name: str, clients: ClientPolicy, listen: Address | None = None) -> Router:
@@ -413,9 +506,21 @@ class HAProxyFront:
         if not self._free_backends:
             raise OperationFailed(f"router {name!r}: all {len(self.backend_names)} backends of the HAProxy "
                                   "edge are taken", details=["give the front more backends"])
-        router = _FrontRouter(self, router_id, self._free_backends.pop(0), name, clients)
+        backend = self._assigned.get(router_id)
+        backend = backend if backend in self._free_backends else self._free_backends[0]
+        self._free_backends.remove(backend)
+        router = _FrontRouter(self, router_id, backend, name, clients)
         self.routers[router_id] = router
+        self._remember(router_id, backend)
         return router
+
+    def _remember(self, router_id: str, backend: str | None) -> None:
+        if backend is None:
+            self._assigned.pop(router_id, None)
+        else:
+            self._assigned[router_id] = backend
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.backends_path.write_text(json.dumps(self._assigned))
 
     def claim_backend(self, router: _FrontRouter) -> None:
         """A stopped router started again takes a backend again (its own if still free)."""
@@ -431,12 +536,15 @@ class HAProxyFront:
         else:
             raise OperationFailed(f"router {router.name!r}: all {len(self.backend_names)} backends are taken")
         self.routers[router.router_id] = router
+        self._remember(router.router_id, router.backend)
 
     def release_router(self, router: _FrontRouter) -> None:
         for router_id, known in list(self.routers.items()):
             if known is router:
                 del self.routers[router_id]
                 self._free_backends.append(router.backend)
+                if self.stopping is None:  # a router leaving, not the edge stopping: forget its backend
+                    self._remember(router_id, None)
 
     async def set_table(self, bindings: list[Binding]) -> None:
         table = route_entries(bindings, {rid: r.backend for rid, r in self.routers.items()})
