@@ -133,6 +133,27 @@ def peer_cert(writer: asyncio.StreamWriter) -> bytes:
 # ---- routing ----------------------------------------------------------------------------------------
 
 
+def test_the_haproxy_route_table_orders_hosts_then_paths_and_closes_each_host() -> None:
+    import re
+
+    from ingot.edge.haproxy_front import _cli_word, route_entries
+
+    entries = route_entries([binding("*.a.com", "w", "/x"), binding("app.a.com", "e", "/api/"),
+                             binding("*.b.a.com", "d"), binding("app.a.com", "e2"), binding("x.test", "gone")],
+                            {"w": "b1", "e": "b2", "d": "b3", "e2": "b4"})
+    assert entries == [
+        (r"^app\.a\.com/api/", "b2|1|"), (r"^app\.a\.com/", "b4|1|"),  # exact hosts first, longest path first
+        (r"^x\.test/", "404|0|"),  # a router the front does not have: 404, never another site
+        (r"^[^/]+\.b\.a\.com/", "b3|1|"),  # then wildcards, the longest suffix first
+        (r"^[^/]+\.a\.com/x/", "b1|1|"), (r"^[^/]+\.a\.com/", "404|0|"),  # a host without "/" ends in a 404
+    ]
+    assert re.match(entries[0][0], "app.a.com/api/v1/") and not re.match(entries[0][0], "app.a.com/apix/")
+    assert _cli_word(r"^a\.b c;d") == r"^a\\.b\ c\;d"
+    with pytest.raises(ValueError, match="host"):
+        route_entries([binding("bad host", "w")], {})
+
+
+
 def test_hosts_and_paths_are_matched_as_the_contract_says(make_front: MakeFront) -> None:
     async def body() -> None:
         sites = dict.fromkeys(("site", "api", "wild", "deep", "other"), "")

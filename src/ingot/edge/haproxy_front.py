@@ -96,7 +96,7 @@ def route_entries(bindings: list[Binding], backend_of: dict[str, str]) -> list[t
         if not _PATH.fullmatch(path):
             raise ValueError(f"route path {path!r} of {b.name} must be a URL path starting with /")
         backend = backend_of.get(b.router_id, NO_ROUTE)
-        redirect = "1" if b.route.redirect and b.route.tls != "off" else "0"
+        redirect = "1" if b.route.redirect and b.route.tls != "off" and backend != NO_ROUTE else "0"
         hsts = str(b.route.hsts) if b.route.hsts is not None else ""
         by_host.setdefault(host, {})[path.rstrip("/") + "/"] = f"{backend}|{redirect}|{hsts}"
 
