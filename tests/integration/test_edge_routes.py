@@ -26,8 +26,7 @@ def _listener(variable: str) -> tuple[str, int]:
     return address
 
 
-HTTP = _listener("INGOT_EDGE_HTTP")
-HTTPS = _listener("INGOT_EDGE_HTTPS")
+Address = tuple[str, int]
 HEALTH = "health: {path: /healthz, interval: 200ms, timeout: 2s, healthy_threshold: 1, deadline: 30s}"
 STRATEGY = "strategy: {type: blue-green, drain_timeout: 5s, min_ready: 300ms}"
 
@@ -37,7 +36,8 @@ def _service(name: str, greeting: str, routes: str) -> str:
             f"    {STRATEGY}\n    env: {{GREETING: {greeting}}}\n    routes: {routes}\n")
 
 
-def _project(tmp: Path, name: str, services: str, ca: TestCA, hosts: list[str]) -> ExampleProject:
+def _project(tmp: Path, name: str, services: str, ca: TestCA, hosts: list[str],
+             env: dict[str, str] | None = None) -> ExampleProject:
     root = tmp / name
     root.mkdir()
     shutil.copy(EXAMPLE / "app.py", root / "app.py")
@@ -45,7 +45,9 @@ def _project(tmp: Path, name: str, services: str, ca: TestCA, hosts: list[str]) 
     for host in hosts:
         ca.write(root / "tls", host)
     (root / "ingot.yaml").write_text(f"project: {name}\nservices:\n{services}")
-    return ExampleProject(root, port=0, _project=name)
+    project = ExampleProject(root, port=0, _project=name)
+    project.env.update(env or {})
+    return project
 
 
 def _files(host: str) -> str:
@@ -58,34 +60,56 @@ def _tls_route(host: str, extra: str = "") -> str:
 
 @dataclass
 class Machine:
+    """One edge of `kind` (the suite's own built-in edge, or an HAProxy edge of its own home and ports)."""
+
+    kind: str
     ca: TestCA
     alpha: ExampleProject
     beta: ExampleProject
     tmp: Path
+    env: dict[str, str]
+    home: Path
+    http: Address
+    https_address: Address
+
+    def project(self, name: str, services: str, hosts: list[str]) -> ExampleProject:
+        return _project(self.tmp, name, services, self.ca, hosts, self.env)
 
     def https(self, host: str, path: str = "/") -> dict[str, str]:
-        answer = fetch(HTTPS, host, path, tls=self.ca.client_context())
+        answer = fetch(self.https_address, host, path, tls=self.ca.client_context())
         assert answer.status == 200, answer
         import json
 
         return dict(json.loads(answer.body))
 
 
-@pytest.fixture(scope="module")
-def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
-    tmp = tmp_path_factory.mktemp("edge-routes")
+def _edge_of(kind: str, tmp: Path) -> tuple[dict[str, str], Path, Address, Address]:
+    if kind == "builtin":  # the suite's edge (tests/conftest.py gives it free loopback ports)
+        return {}, Path(os.environ["INGOT_EDGE_HOME"]), _listener("INGOT_EDGE_HTTP"), _listener("INGOT_EDGE_HTTPS")
+    http, https = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+    home = tmp / "edge"
+    env = {"INGOT_EDGE_HOME": str(home), "INGOT_EDGE_KIND": kind, "INGOT_EDGE_HTTP": f"{http[0]}:{http[1]}",
+           "INGOT_EDGE_HTTPS": f"{https[0]}:{https[1]}"}
+    return env, home, http, https
+
+
+@pytest.fixture(scope="module", params=["builtin", "haproxy"])
+def machine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    kind = str(request.param)
+    tmp = tmp_path_factory.mktemp(f"routes-{kind[:2]}")
+    env, home, http, https = _edge_of(kind, tmp)
     ca = TestCA()
     alpha = _project(tmp, "alpha", _service("web", "alpha-web", f"[{_tls_route('a.example.test', ', hsts: 300')}]")
                      + _service("api", "alpha-api", f"[{_tls_route('b.example.test')}]"),
-                     ca, ["a.example.test", "b.example.test"])
+                     ca, ["a.example.test", "b.example.test"], env)
     # beta's second route is plain HTTP on the loopback address: what the load client can reach by URL.
     beta = _project(tmp, "beta", _service("web", "beta-web", f"[{_tls_route('c.example.test')}, "
                                                              "{host: 127.0.0.1, tls: off}]"),
-                    ca, ["c.example.test"])
+                    ca, ["c.example.test"], env)
     try:
         alpha.ingot("deploy", check=True)
         beta.ingot("deploy", check=True)
-        yield Machine(ca, alpha, beta, tmp)
+        yield Machine(kind, ca, alpha, beta, tmp, env, home, http, https)
     finally:
         stop_everything(alpha)
         stop_everything(beta)
@@ -95,31 +119,32 @@ def test_three_hosts_of_two_projects_on_one_https_listener(machine: Machine) -> 
     assert machine.https("a.example.test")["greeting"] == "alpha-web"
     assert machine.https("b.example.test")["greeting"] == "alpha-api"
     assert machine.https("c.example.test")["greeting"] == "beta-web"
-    secure = fetch(HTTPS, "a.example.test", tls=machine.ca.client_context())
+    secure = fetch(machine.https_address, "a.example.test", tls=machine.ca.client_context())
     assert secure.headers["strict-transport-security"] == "max-age=300"
     assert secure.headers["x-ingot-release"]
     # Plain HTTP to a TLS route: redirected; the tls: off route is served as is.
-    moved = fetch(HTTP, "a.example.test", "/x?y=1")
-    assert (moved.status, moved.headers["location"]) == (308, f"https://a.example.test:{HTTPS[1]}/x?y=1")
-    assert fetch(HTTP, "127.0.0.1").status == 200
+    moved = fetch(machine.http, "a.example.test", "/x?y=1")
+    assert (moved.status, moved.headers["location"]) == (308, f"https://a.example.test:{machine.https_address[1]}/x?y=1")
+    assert fetch(machine.http, "127.0.0.1").status == 200
     status = machine.alpha.ingot("status", check=True)
     assert "route https://a.example.test/ (certificate: valid until" in status.out, status.out
     report = machine.beta.ingot("status", "--json", check=True).json
     assert report["services"][0]["url"] == "https://c.example.test/"
     edge = machine.beta.ingot("edge", "status", check=True).out
-    assert "shared listeners (builtin)" in edge and "http://127.0.0.1/  certificate: none (plain HTTP)" in edge, edge
+    assert f"shared listeners ({machine.kind})" in edge, edge
+    assert "http://127.0.0.1/  certificate: none (plain HTTP)" in edge, edge
 
 
 def test_unknown_host_is_404_and_unknown_sni_fails_the_handshake(machine: Machine) -> None:
-    missing = fetch(HTTP, "nobody.example.test")
+    missing = fetch(machine.http, "nobody.example.test")
     assert missing.status == 404 and b"no site" in missing.body
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        fetch(HTTPS, "nobody.example.test", tls=machine.ca.client_context())
+        fetch(machine.https_address, "nobody.example.test", tls=machine.ca.client_context())
 
 
 def test_a_host_another_project_holds_is_refused_naming_it(machine: Machine) -> None:
-    gamma = _project(machine.tmp, "gamma", _service("web", "gamma", f"[{_tls_route('a.example.test')}]"),
-                     machine.ca, ["a.example.test"])
+    gamma = machine.project("gamma", _service("web", "gamma", f"[{_tls_route('a.example.test')}]"),
+                            ["a.example.test"])
     try:
         result = gamma.ingot("deploy")
         assert result.code == 1, result.out + result.err
@@ -133,7 +158,7 @@ def test_a_host_another_project_holds_is_refused_naming_it(machine: Machine) -> 
 
 def test_an_agent_killed_under_load_costs_no_request_on_its_route(machine: Machine) -> None:
     before = machine.beta.ingot("status", "--json", check=True).json["agent"]["pid"]
-    with load(f"http://{HTTP[0]}:{HTTP[1]}/", machine.tmp) as report:
+    with load(f"http://{machine.http[0]}:{machine.http[1]}/", machine.tmp) as report:
         os.kill(before, signal.SIGKILL)
         poll(lambda: (s := machine.beta.ingot("status", "--json").json)["agent"]["running"]
              and s["agent"]["pid"] != before, timeout=15, what="the agent to be back")
@@ -142,9 +167,9 @@ def test_an_agent_killed_under_load_costs_no_request_on_its_route(machine: Machi
 
 
 def test_a_restarted_edge_serves_the_routes_and_certificates_again(machine: Machine) -> None:
-    home = Path(os.environ["INGOT_EDGE_HOME"])
+    home = machine.home
     edge = int((home / "edge.pid").read_text().strip())
-    with load(f"http://{HTTP[0]}:{HTTP[1]}/", machine.tmp) as report:
+    with load(f"http://{machine.http[0]}:{machine.http[1]}/", machine.tmp) as report:
         os.kill(edge, signal.SIGKILL)
         poll(lambda: (home / "edge.pid").read_text().strip() not in ("", str(edge)), timeout=15,
              what="the edge to be restarted by its supervisor")
@@ -159,35 +184,42 @@ def test_a_restarted_edge_serves_the_routes_and_certificates_again(machine: Mach
 
 def test_routes_added_changed_and_dropped_on_a_service_with_its_own_listener(machine: Machine) -> None:
     port = free_port()
-    delta = _project(machine.tmp, "delta", _service("web", "delta", "[]").replace(
-        "    routes: []\n", f"    router: {{listen: '127.0.0.1:{port}'}}\n"), machine.ca, [])
+    delta = machine.project("delta", _service("web", "delta", "[]").replace(
+        "    routes: []\n", f"    router: {{listen: '127.0.0.1:{port}'}}\n"), [])
     spec = delta.root / "ingot.yaml"
     plain = spec.read_text()
     try:
         delta.ingot("deploy", check=True)
-        assert fetch(HTTP, "d.example.test").status == 404
+        assert fetch(machine.http, "d.example.test").status == 404
         spec.write_text(plain + "    routes: [{host: d.example.test, tls: off}]\n")
+        if machine.kind == "haproxy":
+            # haproxy gains no listener without a reload: refused, and the release serves on where it was.
+            refused = delta.ingot("deploy")
+            assert refused.code == 2, refused.out + refused.err
+            assert "cannot give a service with routes a listener of its own" in refused.out + refused.err
+            assert b"delta" in fetch(("127.0.0.1", port), "anything").body
+            return
         delta.ingot("deploy", check=True)  # the same router, on its address and now on the shared listener too
-        assert b"delta" in fetch(HTTP, "d.example.test").body
+        assert b"delta" in fetch(machine.http, "d.example.test").body
         assert b"delta" in fetch(("127.0.0.1", port), "anything").body
-        home = Path(os.environ["INGOT_EDGE_HOME"])
-        edge = int((home / "edge.pid").read_text().strip())
+        edge = int((machine.home / "edge.pid").read_text().strip())
         os.kill(edge, signal.SIGKILL)  # both listeners come back: its own on the socket the supervisor held
-        poll(lambda: b"delta" in fetch(HTTP, "d.example.test").body, timeout=15, what="d.example.test again")
+        poll(lambda: b"delta" in fetch(machine.http, "d.example.test").body, timeout=15, what="d.example.test again")
         assert b"delta" in fetch(("127.0.0.1", port), "anything").body
         spec.write_text(plain + "    routes: [{host: e.example.test, tls: off}]\n")
         delta.ingot("deploy", check=True)
-        assert fetch(HTTP, "d.example.test").status == 404 and b"delta" in fetch(HTTP, "e.example.test").body
+        assert fetch(machine.http, "d.example.test").status == 404
+        assert b"delta" in fetch(machine.http, "e.example.test").body
         delta.ingot("down", check=True)
-        assert fetch(HTTP, "e.example.test").status == 404
+        assert fetch(machine.http, "e.example.test").status == 404
         assert machine.https("c.example.test")["greeting"] == "beta-web"  # the others serve on
     finally:
         stop_everything(delta)
 
 
 def test_a_certificate_that_does_not_match_its_key_is_refused(machine: Machine) -> None:
-    bad = _project(machine.tmp, "epsilon", _service("web", "epsilon", f"[{_tls_route('f.example.test')}]"),
-                   machine.ca, ["f.example.test"])
+    bad = machine.project("epsilon", _service("web", "epsilon", f"[{_tls_route('f.example.test')}]"),
+                          ["f.example.test"])
     _, other_key = machine.ca.issue("f.example.test")
     (bad.root / "tls" / "f.example.test.key").write_bytes(other_key)
     try:
@@ -195,7 +227,7 @@ def test_a_certificate_that_does_not_match_its_key_is_refused(machine: Machine) 
         assert result.code == 2, result.out + result.err
         assert "the certificate or key for f.example.test cannot be used" in result.out + result.err
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            fetch(HTTPS, "f.example.test", tls=machine.ca.client_context())
+            fetch(machine.https_address, "f.example.test", tls=machine.ca.client_context())
         assert machine.https("c.example.test")["greeting"] == "beta-web"
     finally:
         stop_everything(bad)

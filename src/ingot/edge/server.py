@@ -317,6 +317,13 @@ class Edge:
                     f"{route.host}{route.path} is already routed by this machine's edge to {holder.name}",
                     details=[f"its state directory: {holder.owner}",
                              "choose another host or path, or take the route out of the other spec first"])
+        if routes and listen != NO_LISTENER and self.settings.kind == "haproxy":
+            # Refused before anything changes: the router serving on `listen` today goes on serving there.
+            raise UserInputError(
+                f"router {name}: the HAProxy edge cannot give a service with routes a listener of its own "
+                f"({listen[0]}:{listen[1]}) without a reload",
+                details=["drop its `router.listen` (the shared listeners serve it), or use the built-in edge "
+                         "(INGOT_EDGE_KIND=builtin)"])
         mine_hosts = {r.host for r in routes if r.tls == "files"}
         certificates = {h: pem for h, pem in certificates.items() if h in mine_hosts}  # its own hosts only
         for host, pem in certificates.items():
