@@ -42,6 +42,9 @@ import json
 import logging
 import os
 import signal
+import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,12 +67,20 @@ log = logging.getLogger("ingot.edge")
 KINDS = ("builtin", "haproxy")
 NO_LISTENER: Address = ("", 0)  # a router with routes only: no listener of its own
 FRONT_FDS = {"http": "front:http", "https": "front:https"}  # names of the front's sockets in the fd store
+CERTIFICATE_EVENTS = 500  # kept in memory for the agents to record (each polls every 0.25 s)
 
 
 class CertificateManager(Protocol):
-    """What provides the certificates of `tls: auto` hosts (ACME): told the whole set after each change."""
+    """What provides the certificates of `tls: auto` hosts (ACME, edge/tls/manager.py): told the whole set
+    after each change, asked their state (per host: state, not_after, last_error, next_attempt)."""
+
+    async def start(self, hosts: Iterable[str] | None = None) -> None: ...
 
     async def hosts_changed(self, edge: Edge, auto_hosts: set[str]) -> None: ...
+
+    def status(self) -> dict[str, dict[str, Any]]: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -130,6 +141,8 @@ class Edge:
         self.auto_hosts: set[str] = set()  # `tls: auto` hosts, for `certificates`
         self.certificates: CertificateManager | None = None  # the ACME side plugs in here
         self._installed: set[str] = set()  # hosts whose certificate the front has
+        # What the certificate manager did (issued, renewed, failed...), for the agents to put in their ledgers.
+        self.certificate_events: deque[dict[str, Any]] = deque(maxlen=CERTIFICATE_EVENTS)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -157,6 +170,8 @@ class Edge:
                 self.fds.drop(name)
             with contextlib.suppress(Exception):
                 await self.front.stop()
+        if self.certificates is not None:
+            await self.certificates.stop()
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
 
@@ -180,6 +195,10 @@ class Edge:
                 await self.start_front()
             except IngotError as exc:
                 log.error("the shared listeners cannot start: %s", exc.message)
+        auto = {str(r["host"]) for s in self.states.values() for r in s.routes if r.get("tls") == "auto"}
+        if self.front is not None and auto:
+            # The stored ACME certificates go in first, so a restarted edge handshakes as before; no new order.
+            await self._acme().start(auto)
         for state in self.states.values():
             try:
                 await self._build(state)
@@ -462,7 +481,7 @@ class Edge:
         state, router = self._router(router_id)
         return {"listen": list(router.listen_address), "kind": state.kind,
                 "weights": router.weights(), "stats": {r: s.as_dict() for r, s in router.stats().items()},
-                "backends": router.backend_health()}
+                "backends": router.backend_health(), **self._router_certificates(state)}
 
     def listing(self) -> dict[str, Any]:
         routes = []
@@ -473,7 +492,8 @@ class Edge:
                 "listen": f"{state.listen[0]}:{state.listen[1]}", "serving": router is not None,
                 "weights": router.weights() if router else state.weights,
                 "pools": {r: [f"{h}:{p}" for h, p in pool] for r, pool in state.pools.items()},
-                "routes": [{**r, "certificate": self.certificate_state(r)} for r in state.routes],
+                "routes": [{**r, "certificate": self.certificate_state(r), "acme": self._acme_status(r)}
+                           for r in state.routes],
             })
         front = None
         if self.front is not None:
@@ -536,6 +556,8 @@ class Edge:
             await self.front.remove_certificate(host)
             self._installed.discard(host)
         self.auto_hosts = auto
+        if auto and self.certificates is None:
+            self._acme()  # an edge without `tls: auto` hosts never contacts an ACME server
         if self.certificates is not None:
             await self.certificates.hosts_changed(self, set(auto))
 
@@ -570,14 +592,54 @@ class Edge:
         self._installed.add(host)
 
     async def set_certificate(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
-        """For the certificate manager: install (and keep, for restarts) the certificate of `host`."""
+        """Install (and keep, for restarts) the certificate of `host`."""
         self._store_certificate(host, cert_pem, key_pem)
         await self._load_certificate(host)
+
+    def _acme(self) -> CertificateManager:
+        """The certificate manager of `tls: auto` hosts, made on first use. Its store (<home>/acme/certs) is
+        the one copy of what it issues: it installs on the front directly, never through certs/."""
+        if self.certificates is None:
+            from ingot.edge.tls.manager import CertificateManager as AcmeManager
+
+            assert self.front is not None
+            self.certificates = AcmeManager(
+                self.home.root, challenges=self.front.challenges, install=self._install_issued,
+                directory=self.settings.acme_directory, email=self.settings.acme_email or None,
+                ca_bundle=str(self.settings.acme_ca_bundle) if self.settings.acme_ca_bundle else None,
+                on_event=self._certificate_event)
+        return self.certificates
+
+    async def _install_issued(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
+        if self.front is None:
+            raise OperationFailed("the shared listeners are not running")
+        await self.front.set_certificate(host, cert_pem, key_pem)
+        self._installed.add(host)
+
+    def _certificate_event(self, host: str, kind: str, detail: str) -> None:
+        # The id orders events across edge restarts too: an agent records those newer than its last.
+        self.certificate_events.append({"id": time.time_ns(), "at": time.time(), "host": host, "kind": kind,
+                                        "detail": detail})
+
+    def _acme_status(self, route: dict[str, Any]) -> dict[str, Any] | None:
+        if route.get("tls") != "auto" or self.certificates is None:
+            return None
+        return self.certificates.status().get(str(route["host"]).lower())
+
+    def _router_certificates(self, state: RouteState) -> dict[str, Any]:
+        """For the router's agent: its `tls: auto` hosts' states, and the certificate events of its hosts."""
+        hosts = {str(r["host"]).lower() for r in state.routes}
+        status = {s["host"]: s for r in state.routes if (s := self._acme_status(r)) is not None}
+        return {"certificates": status,
+                "certificate_events": [e for e in self.certificate_events if e["host"] in hosts]}
 
     def certificate_state(self, route: dict[str, Any]) -> str:
         """What `ingot status` says of a route's certificate."""
         if route.get("tls") == "off":
             return "none (plain HTTP)"
+        acme = self._acme_status(route)
+        if acme is not None:
+            return _acme_text(acme)
         for host in host_candidates(str(route["host"])):
             path = self._certificate_path(host)
             if path.is_file():
@@ -660,6 +722,23 @@ def _expiry(pem: bytes) -> str:
     except ValueError:
         return "unreadable"
     return f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+
+
+def _acme_text(status: dict[str, Any]) -> str:
+    """A `tls: auto` host's certificate in a few words: `valid until ...`, `failed: <why>, retry at ...`."""
+    def when(iso: Any) -> str:
+        return str(iso).replace("T", " ").replace("+00:00", " UTC") if iso else "?"
+
+    state = status["state"]
+    if state == "valid":
+        return f"valid until {when(status['not_after'])}"
+    if state == "failed":
+        retry = f", retry at {when(status['next_attempt'])}" if status.get("next_attempt") else ", not retried"
+        serving = f"; the old one serves until {when(status['not_after'])}" if status.get("not_after") else ""
+        return f"failed: {status.get('last_error')}{retry}{serving}"
+    if state == "renewing":
+        return f"renewing (valid until {when(status['not_after'])})"
+    return "pending (ACME order)"
 
 
 def run_edge(home: EdgeHome, *, persistent: bool = False) -> None:
