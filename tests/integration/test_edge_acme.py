@@ -2,7 +2,8 @@
 an edge of its own, with certificates issued by Pebble after it validated HTTP-01 against the edge's real
 HTTP listener; `ingot status` saying `valid`; a host Pebble's DNS sends elsewhere failing with the reason in
 `ingot status` and in its project's ledger; a restarted edge serving the issued certificates again with no
-new order. (Renewal itself is proven at the manager level, with an injected clock: test_acme_pebble.py.)"""
+new order; renewal by a running edge whose ACME clock the test moves ahead (INGOT_TEST_ACME_CLOCK_FILE, a
+setting for tests only), the old certificates serving until the new ones are installed."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import ssl
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ class Machine:
     trust: ssl.SSLContext  # Pebble's issuing root: what a browser trusting this CA would check against
     alpha: ExampleProject
     beta: ExampleProject
+    clock: Path  # seconds the edge's ACME clock runs ahead
 
     def get(self, host: str) -> tuple[str, int]:
         answer = fetch(self.https, host, tls=self.trust)
@@ -71,9 +74,11 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     home = Path(tempfile.mkdtemp(prefix="ingot-edge-"))  # short: its control socket must fit AF_UNIX
     with running_pebble(tmp / "pebble") as pebble:
         https = ("127.0.0.1", free_port())
+        clock = tmp / "acme-clock"
+        clock.write_text("0")
         env = {"INGOT_EDGE_HOME": str(home), "INGOT_EDGE_HTTP": f"127.0.0.1:{pebble.http_port}",
                "INGOT_EDGE_HTTPS": f"127.0.0.1:{https[1]}", "INGOT_ACME_DIRECTORY": pebble.directory,
-               "INGOT_ACME_CA_BUNDLE": str(pebble.ca_bundle)}
+               "INGOT_ACME_CA_BUNDLE": str(pebble.ca_bundle), "INGOT_TEST_ACME_CLOCK_FILE": str(clock)}
         trust = ssl.create_default_context(cadata=pebble.issuing_root().decode())
         alpha = _project(tmp, "alpha", _service("web", "alpha-web", ["a.test"])
                          + _service("api", "alpha-api", ["b.test"]), env)
@@ -81,7 +86,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
         try:
             alpha.ingot("deploy", check=True)
             beta.ingot("deploy", check=True)
-            yield Machine(pebble, home, https, trust, alpha, beta)
+            yield Machine(pebble, home, https, trust, alpha, beta, clock)
         finally:
             stop_everything(alpha)
             stop_everything(beta)
@@ -146,6 +151,24 @@ def test_a_restarted_edge_serves_the_issued_certificates_without_a_new_order(mac
     poll(lambda: _valid(machine, "a.test"), timeout=10, what="a.test again")
     assert {h: machine.get(h)[1] for h in serials} == serials
     assert len([e for e in _certificate_entries(machine.alpha) if e.action == "certificate.issued"]) == 2
+
+
+def test_a_running_edge_renews_certificates_that_come_due(machine: Machine) -> None:
+    before = {h: machine.get(h)[1] for h in ("a.test", "c.test")}
+    not_after = datetime.fromisoformat(machine.routes(machine.alpha)["https://a.test/"]["acme"]["not_after"])
+    # 20 days before expiry: inside the 30-day renewal window. The manager looks at its clock again when the
+    # edge's table changes: a route added to beta's other service does that.
+    machine.clock.write_text(str((not_after - datetime.now(UTC) - timedelta(days=20)).total_seconds()))
+    spec = machine.beta.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("routes: [{host: bad.test, tls: auto}]",
+                                             "routes: [{host: bad.test, tls: auto}, {host: bad2.test, tls: off}]"))
+    machine.beta.ingot("deploy", check=True)
+    for host, serial in before.items():
+        poll(lambda h=host, s=serial: machine.get(h)[1] != s, timeout=30, what=f"{host} renewed")
+    assert machine.get("a.test")[0] == "alpha-web"
+    poll(lambda: any(e.action == "certificate.renewed" and e.subject == "c.test"
+                     for e in _certificate_entries(machine.beta)), timeout=10, what="c.test's renewal recorded")
+    assert "route https://c.test/ (certificate: valid until" in machine.beta.ingot("status", check=True).out
 
 
 def _certificate_entries(project: ExampleProject) -> list[ledger.LedgerEntry]:

@@ -67,6 +67,9 @@ log = logging.getLogger("ingot.edge")
 KINDS = ("builtin", "haproxy")
 NO_LISTENER: Address = ("", 0)  # a router with routes only: no listener of its own
 FRONT_FDS = {"http": "front:http", "https": "front:https"}  # names of the front's sockets in the fd store
+# For tests only: a file holding a number of seconds the certificate manager's clock runs ahead (read at each
+# look at the clock), to make certificates due for renewal in a running edge. Never set in production.
+TEST_CLOCK_FILE = "INGOT_TEST_ACME_CLOCK_FILE"
 CERTIFICATE_EVENTS = 500  # kept in memory for the agents to record (each polls every 0.25 s)
 
 
@@ -607,7 +610,7 @@ class Edge:
                 self.home.root, challenges=self.front.challenges, install=self._install_issued,
                 directory=self.settings.acme_directory, email=self.settings.acme_email or None,
                 ca_bundle=str(self.settings.acme_ca_bundle) if self.settings.acme_ca_bundle else None,
-                on_event=self._certificate_event)
+                on_event=self._certificate_event, **_test_clock())
         return self.certificates
 
     async def _install_issued(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
@@ -722,6 +725,24 @@ def _expiry(pem: bytes) -> str:
     except ValueError:
         return "unreadable"
     return f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+
+
+def _test_clock() -> dict[str, Any]:
+    """The `clock` argument of the certificate manager when TEST_CLOCK_FILE is set (tests only), else none."""
+    path = os.environ.get(TEST_CLOCK_FILE)
+    if not path:
+        return {}
+    from datetime import UTC, datetime, timedelta
+
+    def clock() -> datetime:
+        try:
+            ahead = float(Path(path).read_text().strip() or 0)
+        except (OSError, ValueError):
+            ahead = 0.0
+        return datetime.now(UTC) + timedelta(seconds=ahead)
+
+    log.warning("%s is set: the ACME clock is a test's (%s)", TEST_CLOCK_FILE, path)
+    return {"clock": clock}
 
 
 def _acme_text(status: dict[str, Any]) -> str:
