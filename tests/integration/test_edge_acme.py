@@ -148,7 +148,8 @@ def test_a_restarted_edge_serves_the_issued_certificates_without_a_new_order(mac
     os.kill(edge, signal.SIGKILL)
     poll(lambda: (machine.home / "edge.pid").read_text().strip() not in ("", str(edge)), timeout=15,
          what="the edge to be restarted by its supervisor")
-    poll(lambda: _valid(machine, "a.test"), timeout=10, what="a.test again")
+    # No retry: the supervisor held the HTTPS socket, so the handshake waits in its queue, and the stored
+    # certificates are installed as the listeners start, before any handshake is answered.
     assert {h: machine.get(h)[1] for h in serials} == serials
     assert len([e for e in _certificate_entries(machine.alpha) if e.action == "certificate.issued"]) == 2
 
