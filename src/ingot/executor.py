@@ -28,11 +28,11 @@ from ingot.diskspace import disk_full_error, is_disk_full
 from ingot.errors import IngotError, OperationFailed
 from ingot.health import Watched, WatchVerdict, wait_healthy, watch_instances
 from ingot.paths import StatePaths
-from ingot.plan import Plan, Step
+from ingot.plan import Plan, Step, StrategyOptions
 from ingot.release_trust import refuse_untrusted
 from ingot.rollout_analysis import analyse
 from ingot.rollout_control import RolloutAborted, RolloutControl
-from ingot.routers.base import Router
+from ingot.routers.base import Router, can_hold, drain_cut
 from ingot.runtimes import fence
 from ingot.runtimes.base import Hardening, InstanceRequest, Resources, Runtime
 from ingot.runtimes.registry import Runtimes
@@ -98,6 +98,13 @@ class Executor:
         """Apply `plan`. Any failure, ingot's own or not (a bug, a full disk), ends it the same way: traffic
         back, what it started stopped, the failure recorded, and `OperationFailed` raised."""
         total = len(plan.steps)
+        holding = next(((i, s) for i, s in enumerate(plan.steps, start=1) if s.kind == "route" and s.seconds), None)
+        if holding is not None and not can_hold(dep.router):
+            # Refused before anything starts: a switch without the hold would let the releases overlap.
+            await self._fail(dep, holding[1], holding[0], total, StepFailed(
+                "strategy.hold needs a router that can hold requests: the built-in one (router.kind: builtin)",
+                details=["HAProxy cannot queue requests at runtime without a reload;",
+                         "remove strategy.hold, or use router.kind: builtin for this service"]), emit)
         for index, step in enumerate(plan.steps, start=1):
             try:
                 await dep.control.checkpoint()
@@ -168,8 +175,10 @@ class Executor:
             case "drain":
                 assert step.release is not None
                 drained = await dep.router.drain(step.release, dep.params.drain_timeout)
+                cut = drain_cut(dep.router, step.release)
                 await dep.router.remove_release(step.release)
-                return {"drained": drained, **_drain_warning(drained, dep.params.drain_timeout)}
+                return {"drained": drained, **_cut_note(step.release, cut, dep.params.drain_timeout),
+                        **_drain_warning(drained, dep.params.drain_timeout)}
             case "drain_instances":
                 assert step.release is not None
                 return await self._drain_instances(dep, step.release, step.count)
@@ -271,6 +280,7 @@ class Executor:
                                                   dep.params.drain_timeout)
         dep.drained.extend(r.id for r in leaving)
         return {"instances": [r.id for r in leaving], "drained": drained,
+                **_cut_note(release, drain_cut(dep.router, release), dep.params.drain_timeout),
                 **_drain_warning(drained, dep.params.drain_timeout)}
 
     async def _start(self, dep: Deployment, step: Step) -> dict[str, Any]:
@@ -428,14 +438,14 @@ class Executor:
             backends = [(r.host, r.port) for r in self.store.live_instances(dep.row.environment, dep.row.service)
                         if r.release_id == release and r.state == "running"]
             await dep.router.set_backends(release, backends)
-        await dep.router.set_weights(weights)
+        held = await _switch(dep.router, weights, step.seconds)
         live = [release for release, weight in weights.items() if weight > 0]
         # The live release of record changes only when one release takes all the traffic (or none
         # does: scaled to zero); a canary's partial split leaves the stable release of record.
         if len(live) <= 1:
             self._activate(dep, live[0] if live else None)
         dep.routed = dep.routed or weights.get(dep.release.id, 0) > 0
-        return {"weights": weights}
+        return {"weights": weights, **({"held": held, "hold": step.seconds} if held is not None else {})}
 
     def _activate(self, dep: Deployment, release_id: str | None) -> None:
         with self.store.begin() as conn:
@@ -491,9 +501,12 @@ class Executor:
                 # A switch alone: the previous release's instances never stopped.
                 await dep.router.set_backends(stable, [(r.host, r.port) for r in stable_running])
                 if stable != dep.release.id:  # else a failed scale-up: its release keeps serving, without the new
-                    await dep.router.set_weights({stable: 100})
+                    await self._switch_back(dep, stable)
                     self._activate(dep, stable)
                     await dep.router.drain(dep.release.id, dep.params.drain_timeout)
+                    note = _cut_note(dep.release.id, drain_cut(dep.router, dep.release.id), dep.params.drain_timeout)
+                    if "note" in note:
+                        problems.append(note["note"])  # not a problem, but said with the outcome
                     await dep.router.remove_release(dep.release.id)
             except Exception as exc:
                 log.exception("deployment %s: switching traffic back failed", dep.row.id)
@@ -504,6 +517,11 @@ class Executor:
             if isinstance(result, BaseException):
                 problems.append(f"instance {row.id} could not be stopped: {type(result).__name__}: {result}")
         return problems
+
+    async def _switch_back(self, dep: Deployment, stable: str) -> None:
+        """All traffic to `stable`; with strategy.hold, held as the way forward was (no overlap either way)."""
+        hold = StrategyOptions.from_mapping(dep.params.strategy_options).hold
+        await _switch(dep.router, {stable: 100}, hold if can_hold(dep.router) else None)
 
     def _serving_text(self, dep: Deployment) -> str:
         current = self.store.current_activation(dep.row.environment, dep.row.service)
@@ -528,6 +546,30 @@ async def guarded(body: Awaitable[T], guard: Awaitable[Any]) -> T:
         for task in (body_task, guard_task):
             task.cancel()
         await asyncio.gather(body_task, guard_task, return_exceptions=True)
+
+
+async def _switch(router: Router, weights: dict[str, int], hold: float | None) -> int | None:
+    """Set `weights`; with `hold` (strategy.hold), new requests wait meanwhile until the releases left without
+    weight are done (at most `hold` seconds). Returns how many requests were held (None: no hold)."""
+    if not hold:
+        await router.set_weights(weights)
+        return None
+    await router.hold(hold)  # type: ignore[attr-defined]
+    try:
+        await router.set_weights(weights)
+    finally:
+        held = await router.release_hold()  # type: ignore[attr-defined]
+    return int(held)
+
+
+def _cut_note(release: str, cut: int | None, timeout: float) -> dict[str, Any]:
+    """How many long-lived connections (WebSocket, SSE) the drain closed at its timeout, said and recorded."""
+    if cut is None:
+        return {}
+    if not cut:
+        return {"cut": 0}
+    return {"cut": cut, "note": f"release {release}: {cut} long-lived connection{'s' if cut != 1 else ''} "
+                                f"closed after drain_timeout {timeout:g}s"}
 
 
 def _drain_warning(drained: bool, timeout: float) -> dict[str, str]:

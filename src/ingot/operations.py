@@ -320,6 +320,52 @@ def control(project: Project, environment: str, service: str | None, action: str
         raise UserInputError(f"no rollout is in progress for {environment}: the agent is not running") from None
 
 
+def maintenance(project: Project, environment: str, names: list[str], on: bool, *, retry_after: int = 120,
+                page: str | None = None) -> dict[str, Any]:
+    """Turn maintenance mode on or off for services' routers in the edge: every request is answered 503 with
+    `Retry-After` (and `page`) while the instances keep running. Persisted by the edge; recorded here."""
+    from datetime import UTC, datetime
+
+    from ingot.edge.client import call_sync, edge_alive
+    from ingot.edge.home import EdgeHome
+
+    if _on_cluster(project, environment):
+        raise UserInputError(f"maintenance mode needs ingot's own router; {environment} runs on Kubernetes")
+    home = EdgeHome.default()
+    routes = call_sync(home, "list")["routes"] if edge_alive(home) else []
+    owner = str(project.paths.root)
+    since = datetime.now(UTC).isoformat(timespec="seconds")
+    changed = []
+    for name in names:
+        route = next((r for r in routes if r["owner"] == owner and f"#{environment}/{name}@" in r["id"]), None)
+        if route is None:
+            raise UserInputError(f"{name} is not deployed in {environment}: it has no router to put in maintenance")
+        answer = call_sync(home, "maintenance", id=route["id"], on=on, retry_after=retry_after, page=page,
+                           since=since)
+        with project.store.begin() as conn:
+            ledger.append(conn, actor=current_actor(), action=f"maintenance.{'on' if on else 'off'}",
+                          environment=environment, service=name,
+                          payload={"retry_after": retry_after, "custom_page": page is not None} if on else {})
+        changed.append({"service": name, "maintenance": answer["maintenance"], "was": answer["was"]})
+    return {"environment": environment, "on": on, "services": changed}
+
+
+def maintenance_of(project: Project) -> dict[tuple[str, str], dict[str, Any]]:
+    """(environment, service) -> the maintenance mode its router in the edge is in, for those that are."""
+    from ingot.edge.client import call_sync, edge_alive
+    from ingot.edge.home import EdgeHome
+
+    home = EdgeHome.default()
+    if not edge_alive(home):
+        return {}
+    found = {}
+    for route in call_sync(home, "list")["routes"]:
+        if route["owner"] == str(project.paths.root) and route.get("maintenance") and "#" in route["id"]:
+            environment, rest = route["id"].rsplit("#", 1)[1].split("/", 1)
+            found[(environment, rest.split("@", 1)[0])] = dict(route["maintenance"])
+    return found
+
+
 def abort_handed_over(project: Project, handed: HandedOver, timeout: float = 600.0) -> dict[str, Any]:
     """Abort an operation the caller handed to the agent and then left (Ctrl-C, then "abort"), as
     `ingot abort` does, and wait until the agent's operation has ended. Returns the deployment, its
@@ -420,8 +466,10 @@ def status(project: Project, environment: str | None) -> dict[str, Any]:
         services = _offline_services(project)
     if environment:
         services = [s for s in services if s["environment"] == environment]
+    paused = maintenance_of(project)
     for item in services:
         item["hardening"] = _hardening_of(project, item.get("release"))
+        item["maintenance"] = paused.get((item["environment"], item["service"]))
     return {"project": project.spec.project, "state": str(project.paths.root), "agent": agent, "services": services}
 
 

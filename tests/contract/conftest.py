@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,14 +26,14 @@ from tests.support.routers import haproxy_bin, kill_haproxy_of, run
 
 __all__ = ["haproxy_bin", "make_router", "run"]
 
-ROUTER_KINDS = ["builtin", "haproxy"]
+ROUTER_KINDS = ["builtin", "haproxy", "haproxy-front"]
 
 MakeRouter = Callable[..., Router]
 
 
 @pytest.fixture(params=ROUTER_KINDS)
 def make_router(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeRouter]:
-    haproxy: str | None = request.getfixturevalue("haproxy_bin") if request.param == "haproxy" else None
+    haproxy: str | None = request.getfixturevalue("haproxy_bin") if request.param != "builtin" else None
     workdirs: list[Path] = []
 
     def make(listen: Address = ("127.0.0.1", 0), name: str = "contract", read_timeout: float = 60.0) -> Router:
@@ -43,6 +44,8 @@ def make_router(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make
 
         workdir = tmp_path / f"hap{len(workdirs)}"
         workdirs.append(workdir)
+        if request.param == "haproxy-front":
+            return FrontedRouter(listen, name, workdir, haproxy, Timeouts(server=read_timeout))
         return HAProxyRouter(
             listen, name=name, workdir=workdir, haproxy=haproxy, timeouts=Timeouts(server=read_timeout)
         )
@@ -50,6 +53,36 @@ def make_router(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make
     yield make
     for workdir in workdirs:
         kill_haproxy_of(workdir)  # only if a failed test left its haproxy running
+
+
+class FrontedRouter:
+    """A router of an `HAProxyFront` (the edge's shared listeners) routing every request for 127.0.0.1 on its
+    HTTP listener: the same Router contract as a dedicated one. The front starts and stops with it."""
+
+    def __init__(self, listen: Address, name: str, workdir: Path, haproxy: str, timeouts: Any) -> None:
+        from ingot.edge.haproxy_front import HAProxyFront
+        from ingot.routers.base import ClientPolicy
+
+        self.front = HAProxyFront(workdir, http=listen, https=None, haproxy=haproxy, backends=1, slots=8,
+                                  timeouts=timeouts)
+        self.inner = self.front.router("contract", name, ClientPolicy())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def start(self) -> None:
+        from ingot.edge.front import Binding, Route
+
+        await self.front.start()
+        try:
+            await self.inner.start()
+            await self.front.set_table([Binding(Route(host="127.0.0.1", tls="off"), "contract", "/p", "contract")])
+        except BaseException:
+            await self.front.stop()
+            raise
+
+    async def stop(self) -> None:
+        await self.front.stop()
 
 
 # ---- runtimes ----------------------------------------------------------------------------------------

@@ -253,7 +253,8 @@ def test_stats_count_requests_5xx_and_latency_per_release(run: Any, make_router:
         assert (b.requests, b.errors_5xx, b.in_flight) == (4, 1, 0)
         assert 0 < a.p50_ms <= a.p99_ms and a.mean_ms > 0
         assert 150 <= a.p99_ms < 1000  # the one slow request
-        assert set(a.as_dict()) == {"requests", "errors_5xx", "in_flight", "p50_ms", "p99_ms", "mean_ms"}
+        assert set(a.as_dict()) == {"requests", "errors_5xx", "in_flight", "p50_ms", "p99_ms", "mean_ms", "streams"}
+        assert a.streams == 0
         assert ReleaseStats().as_dict()["p99_ms"] == 0.0
 
     run(body)

@@ -39,14 +39,17 @@ def test_a_running_haproxy_is_adopted_and_reconciled_with_runtime_commands(run: 
                 names = {(await http.get("/")).text for _ in range(20)}
             assert names == {"A-2", "B-1"}
 
-            async def ports() -> set[int]:
-                return {s.addr[1] for s in parse_servers_state(await second.api.run("show servers state releases"))}
+            async def held() -> set[tuple[str, int]]:
+                return {(release, addr[1]) for release, addr in (await second.placed()).values()}
 
             deadline = time.monotonic() + 10
-            while a1.address[1] in await ports():  # drained, then deleted once idle
-                assert time.monotonic() < deadline, "the server of A-1 was never deleted"
+            while ("A", a1.address[1]) in await held():  # drained, then its slot freed once idle
+                assert time.monotonic() < deadline, "the slot of A-1 was never freed"
                 await asyncio.sleep(0.05)
-            assert await ports() == {a2.address[1], b1.address[1]}
+            assert await held() == {("A", a2.address[1]), ("B", b1.address[1])}
+            # Every slot is a configured server: none was added at runtime (they would never reuse connections).
+            names = {s.name for s in parse_servers_state(await second.api.run("show servers state releases"))}
+            assert names == {f"s{n}" for n in range(1, second.slots + 1)}
         finally:
             await (second or first).stop()
             for backend in (a1, a2, b1):

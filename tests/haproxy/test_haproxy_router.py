@@ -8,7 +8,10 @@ uvloop if present).
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,24 +83,69 @@ def test_x_forwarded_for_and_release_header(run: Any, workdir: Path, haproxy_bin
     run(body)
 
 
-def test_replaced_pool_servers_are_deleted_and_their_counts_kept(run: Any, workdir: Path, haproxy_bin: str) -> None:
+def test_replaced_pool_servers_free_their_slot_and_their_counts_are_kept(run: Any, workdir: Path,
+                                                                        haproxy_bin: str) -> None:
     async def body() -> None:
-        old, new = TestBackend("A-old"), TestBackend("A-new")
+        old, new, newer = TestBackend("A-old"), TestBackend("A-new"), TestBackend("A-newer")
         await new.start()
+        await newer.start()
         try:
-            async with routed(workdir, haproxy_bin, {"A": [old]}, {"A": 1}) as (router, base), client(base) as http:
+            async with routed(workdir, haproxy_bin, {"A": [old]}, {"A": 1}, slots=2) as (router, base), \
+                    client(base) as http:
                 assert {(await http.get("/")).text for _ in range(5)} == {"A-old"}
                 await router.set_backends("A", [new.address])
                 assert {(await http.get("/")).text for _ in range(5)} == {"A-new"}
-
-                async def servers() -> list[str]:
-                    return sorted(parse_stat(await router.api.run(f"show stat {BACKEND} 4 -1")))
-
                 stats = await poll_stats(router, lambda s: s["A"].requests == 10, "both pools' counts")
-                assert len(await servers()) == 1  # the old server was deleted once idle
                 assert stats["A"].requests == 10 and stats["A"].errors_5xx == 0
+                assert {r for r, _ in (await router.placed()).values()} == {"A"}
+                assert len(await router.placed()) == 1  # the old instance's slot was freed once idle
+                # The freed slot takes the next instance; its counts start from what the slot had.
+                await router.set_backends("A", [newer.address])
+                assert {(await http.get("/")).text for _ in range(5)} == {"A-newer"}
+                stats = await poll_stats(router, lambda s: s["A"].requests == 15, "three instances' counts")
+                assert stats["A"].requests == 15 and stats["A"].errors_5xx == 0
         finally:
             await new.stop()
+            await newer.stop()
+
+    run(body)
+
+
+def test_past_its_slots_a_router_adds_servers_and_warns(run: Any, workdir: Path, haproxy_bin: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        pools = {"A": [TestBackend(f"A-{i}") for i in range(3)]}
+        async with routed(workdir, haproxy_bin, pools, {"A": 1}, slots=2) as (router, base), client(base) as http:
+            answers = [await http.get("/") for _ in range(30)]
+            assert {r.text for r in answers} == {"A-0", "A-1", "A-2"}
+            assert {r.headers["x-ingot-release"] for r in answers} == {"A"}
+            assert sorted(await router.placed()) == ["s1", "s2", "x1"]  # x1: added at runtime
+            await router.set_backends("A", [b.address for b in pools["A"][:2]])
+            deadline = time.monotonic() + 10
+            while "x1" in await router.placed():  # deleted once idle
+                assert time.monotonic() < deadline, "the added server was never deleted"
+                await asyncio.sleep(0.05)
+        assert "all 2 server slots are taken" in caplog.text
+
+    run(body)
+
+
+def test_slot_servers_reuse_backend_connections_under_load(run: Any, workdir: Path, haproxy_bin: str) -> None:
+    """The measured bug: servers added at runtime made a new connection per request (`connect` = `req_tot`)."""
+    async def body() -> None:
+        pools = {"A": [TestBackend("A-1"), TestBackend("A-2")]}
+        async with routed(workdir, haproxy_bin, pools, {"A": 1}) as (router, base):
+            wrk = shutil.which("wrk")  # provisioned by scripts/test
+            assert wrk, "wrk is needed for load from another process"
+            proc = await asyncio.create_subprocess_exec(wrk, "-t1", "-c8", "-d1s", f"{base}/",
+                                                        stdout=asyncio.subprocess.DEVNULL)
+            assert await proc.wait() == 0
+            rows = parse_stat(await router.api.run(f"show stat {BACKEND} 4 -1"))
+            used = [rows[name] for name in await router.placed()]
+            requests = sum(r["req_tot"] for r in used)
+            connects = sum(r["connect"] for r in used)
+            assert requests >= 500 and sum(r["reuse"] for r in used) > 0, used
+            assert connects * 10 < requests, (connects, requests)
 
     run(body)
 

@@ -2,7 +2,8 @@
 
 Usage: python load_client.py URL STOP_FILE RESULT_FILE [CONNECTIONS]
 Every request is checked: a failure is any transport error or non-200 answer. The report counts the
-`version` field of each JSON body, so a test can tell which releases answered.
+`version` field of each JSON body, so a test can tell which releases answered; bodies that say when the
+app began and finished answering (`started`, `finished`) are kept as `spans` [version, started, finished].
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import httpx
 def worker(url: str, stop: Path, results: dict[str, object], lock: threading.Lock) -> None:
     versions: Counter[str] = Counter()
     failures: list[str] = []
+    spans: list[tuple[str, float, float]] = []
     count = 0
     with httpx.Client(timeout=10.0, trust_env=False) as client:
         while not stop.exists():
@@ -29,7 +31,10 @@ def worker(url: str, stop: Path, results: dict[str, object], lock: threading.Loc
                 if response.status_code != 200:
                     failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
                     continue
-                versions[str(response.json().get("version"))] += 1
+                body = response.json()
+                versions[str(body.get("version"))] += 1
+                if "started" in body:
+                    spans.append((str(body["version"]), float(body["started"]), float(body["finished"])))
             except (httpx.HTTPError, ValueError) as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
     with lock:
@@ -38,6 +43,8 @@ def worker(url: str, stop: Path, results: dict[str, object], lock: threading.Loc
         merged.update(versions)
         results["versions"] = dict(merged)
         results["failures"] = [*results.get("failures", []), *failures]  # type: ignore[misc]
+        if spans:
+            results["spans"] = [*results.get("spans", []), *spans]  # type: ignore[misc]
 
 
 def main() -> None:

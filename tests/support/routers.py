@@ -15,7 +15,8 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Coroutine
+import sys
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -118,3 +119,25 @@ def haproxy_bin() -> str:
     if match is None or (int(match[1]), int(match[2])) < MIN_HAPROXY:
         unavailable(f"{found} says {version.splitlines()[:1]}")
     return found
+
+
+STREAM_APP = REPO / "tests" / "support" / "stream_app.py"
+
+
+@pytest.fixture(scope="module")
+def stream_app() -> Iterator[tuple[str, int]]:
+    """tests/support/stream_app.py (WebSocket echo, server-sent events) in a process of its own: its address."""
+    import httpx
+
+    from tests.support.harness import free_port, poll
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(STREAM_APP)], env={**os.environ, "PORT": str(port)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", trust_env=False).status_code == 200,
+             timeout=10, what="the stream app")
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -41,7 +41,8 @@ def edge_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON
         weights = ", ".join(f"{r} {w}" for r, w in route["weights"].items()) or "no release"
         where = "shared" if route["listen"] == ":0" else route["listen"]
         console.print(f"  {where}  {route['kind']:<8} {route['name']}  {weights}"
-                      + ("" if route["serving"] else "  [not serving: see the edge's log]"), markup=False)
+                      + ("" if route["serving"] else "  [not serving: see the edge's log]")
+                      + ("  [maintenance: 503]" if route.get("maintenance") else ""), markup=False)
         for served in route.get("routes") or []:
             scheme = "http" if served["tls"] == "off" else "https"
             console.print(f"    {scheme}://{served['host']}{served['path']}  certificate: {served['certificate']}",

@@ -356,6 +356,51 @@ def abort(file: SpecFile = None, env: Env = None, service: Service = None) -> No
     _control("abort", file, env, service)
 
 
+MAX_PAGE_BYTES = 1 << 20
+
+
+@app.command()
+def maintenance(
+    action: Annotated[str, typer.Argument(help="on or off.")],
+    file: SpecFile = None, env: Env = None, service: Service = None,
+    page: Annotated[Path | None, typer.Option("--page", help="HTML page to answer with (default: a short one).")]
+    = None,
+    retry_after: Annotated[int, typer.Option("--retry-after", min=0, help="Seconds, in the Retry-After header.")]
+    = 120,
+    as_json: AsJson = False,
+) -> None:
+    """Answer every request 503 with Retry-After while the instances keep running (off: serve again at once)."""
+    if action not in ("on", "off"):
+        _print_error(UserInputError(f"maintenance takes on or off, not {action!r}"))
+        raise typer.Exit(2)
+    html = None
+    if page is not None and action == "on":
+        try:
+            data = page.read_bytes()
+        except OSError as exc:
+            _print_error(UserInputError(f"--page {page}: cannot be read ({exc.strerror or exc})"))
+            raise typer.Exit(2) from None
+        if len(data) > MAX_PAGE_BYTES:
+            _print_error(UserInputError(f"--page {page}: {len(data)} bytes; at most {MAX_PAGE_BYTES} are served"))
+            raise typer.Exit(2)
+        html = data.decode("utf-8", errors="replace")
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env_name(env)))
+    names = guarded(lambda: project.services(service))
+    result = guarded(lambda: operations.maintenance(project, environment, names, action == "on",
+                                                    retry_after=retry_after, page=html))
+    if as_json:
+        print_json(result)
+        return
+    for item in result["services"]:
+        if action == "on":
+            console.print(f"{environment}/{item['service']}: maintenance on: every request is answered 503 "
+                          f"(Retry-After: {retry_after}); instances keep running", markup=False)
+        else:
+            console.print(f"{environment}/{item['service']}: maintenance off: serving"
+                          + ("" if item["was"] else " (it was not on)"), markup=False)
+
+
 @app.command()
 def plan(file: SpecFile = None, env: Env = None, service: Service = None,
          as_json: AsJson = False) -> None:
@@ -404,6 +449,10 @@ def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> N
                       str(stats.get("errors_5xx", "-")), f"{stats['p99_ms']:.1f}" if stats else "-")
     console.print(table)
     for item in report["services"]:
+        paused = item.get("maintenance")
+        if paused:
+            console.print(f"  {item['environment']}/{item['service']}: maintenance on since {paused['since']}: "
+                          f"every request answered 503 (Retry-After: {paused['retry_after']})", markup=False)
         window = item.get("verifying")
         if window:
             console.print(f"  {item['environment']}/{item['service']}: verifying {window['release']} until "

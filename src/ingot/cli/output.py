@@ -100,6 +100,9 @@ class Progress:
         elif event["status"] == "done":
             mark = "[green]✓[/green]" if self.live else "done"
             self._line(f"{service}: {mark} {label} ({event['seconds']:.2f}s)")
+            note = (event.get("detail") or {}).get("note")
+            if note:
+                self._line(f"{service}: {note}")
             warning = (event.get("detail") or {}).get("warning")
             if warning:
                 self._line(f"{service}: warning: {warning}")

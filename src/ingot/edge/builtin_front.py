@@ -52,18 +52,18 @@ class _Listener(BuiltinRouter):
         if not self.secure and front.challenges and ex.url.startswith(_CHALLENGE):
             answer = front.challenges.get(request_path(ex.url.decode("latin-1"))[len(CHALLENGE_PREFIX):])
             if answer is not None:
-                ex.respond(200, b"OK", answer.encode("ascii", "replace"))
+                ex.respond(200, answer.encode("ascii", "replace"), None)
                 return
         binding = front.table.lookup_request(ex.host, ex.url)
         router = front.routers.get(binding.router_id) if binding is not None else None
         if binding is None or router is None:
-            ex.respond(404, b"Not Found", _NOT_FOUND)
+            ex.respond(404, _NOT_FOUND, None)
             return
         route = binding.route
         if not self.secure and route.tls != "off" and route.redirect:
             location = (b"https://" + normal_host(ex.host.decode("latin-1")).encode("ascii", "replace")
                         + front.https_port + ex.url)
-            ex.respond(308, b"Permanent Redirect", b"", b"Location: " + location + b"\r\n")
+            ex.respond(308, b"", None, extra=b"Location: " + location + b"\r\n")
             return
         if self.secure and route.hsts is not None:
             ex.extra = b"Strict-Transport-Security: max-age=%d\r\n" % route.hsts

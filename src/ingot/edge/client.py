@@ -176,6 +176,7 @@ class EdgeRouter:
         self._weights: dict[str, int] = {}
         self._stats: dict[str, ReleaseStats] = {}
         self._backends: dict[str, dict[str, str]] = {}
+        self._cut: dict[str, int | None] = {}
         # What the edge's certificate manager did for this router's hosts (newest last), for the agent's ledger.
         self.certificate_events: list[dict[str, Any]] = []
         self._poller: asyncio.Task[None] | None = None
@@ -221,11 +222,30 @@ class EdgeRouter:
     async def drain(self, release: str, timeout: float) -> bool:
         answer = await self.client.call("drain", wait=CALL_TIMEOUT + timeout, id=self.id, release=release,
                                         timeout=timeout)
+        cut = answer.get("cut")
+        self._cut[release] = int(cut) if cut is not None else None
         return bool(answer["drained"])
+
+    def drain_cut(self, release: str) -> int | None:
+        """The edge router's answer to the last `drain` of `release` (None: HAProxy cannot tell)."""
+        return self._cut.get(release)
+
+    @property
+    def holds(self) -> bool:
+        return self.kind == "builtin"
+
+    async def hold(self, seconds: float) -> None:
+        await self.client.call("hold", id=self.id, seconds=seconds)
+
+    async def release_hold(self) -> int:
+        answer = await self.client.call("release_hold", wait=CALL_TIMEOUT + 60.0, id=self.id)
+        return int(answer.get("held") or 0)
 
     async def drain_backends(self, release: str, addrs: list[Address], timeout: float) -> bool:
         answer = await self.client.call("drain_backends", wait=CALL_TIMEOUT + timeout, id=self.id,
                                         release=release, addrs=[list(a) for a in addrs], timeout=timeout)
+        cut = answer.get("cut")
+        self._cut[release] = int(cut) if cut is not None else None
         return bool(answer["drained"])
 
     async def set_health(self, check: HealthCheck) -> None:

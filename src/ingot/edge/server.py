@@ -59,7 +59,15 @@ from ingot.edge.routing import host_candidates
 from ingot.edge.settings import EdgeSettings, address_text
 from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.fdstore import Store
-from ingot.routers.base import Address, ClientPolicy, HealthCheck, Router, raise_open_files_limit
+from ingot.routers.base import (
+    Address,
+    ClientPolicy,
+    HealthCheck,
+    Router,
+    can_hold,
+    drain_cut,
+    raise_open_files_limit,
+)
 from ingot.routers.builtin import BuiltinRouter, install_fast_loop
 from ingot.routers.haproxy import HAProxyRouter, stop_leftover_haproxy
 
@@ -101,6 +109,7 @@ class RouteState:
     health: dict[str, Any] | None = None  # a `HealthCheck` as a dict
     clients: dict[str, Any] | None = None  # a `ClientPolicy` as a dict
     routes: list[dict[str, Any]] = field(default_factory=list)  # `Route`s as dicts, on the shared listeners
+    maintenance: dict[str, Any] | None = None  # {"retry_after": seconds, "page": HTML or None, "since": time}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RouteState:
@@ -113,6 +122,7 @@ class RouteState:
             health=dict(raw["health"]) if raw.get("health") else None,
             clients=dict(raw["clients"]) if raw.get("clients") else None,
             routes=[Route.from_dict(r).as_dict() for r in raw.get("routes", [])],
+            maintenance=dict(raw["maintenance"]) if raw.get("maintenance") else None,
         )
 
     @property
@@ -238,6 +248,8 @@ class Edge:
         await router.set_weights(state.weights)
         for release in state.draining:
             await router.drain(release, 0.0)
+        if state.maintenance is not None and isinstance(router, BuiltinRouter):
+            router.set_maintenance(int(state.maintenance["retry_after"]), state.maintenance.get("page"))
         try:
             await router.start()
         except BaseException:
@@ -444,7 +456,35 @@ class Edge:
             state.draining.append(release)
             self._persist()
         drained = await router.drain(release, timeout)
-        return {"drained": drained, "in_flight": self._in_flight(router, release)}
+        return {"drained": drained, "in_flight": self._in_flight(router, release),
+                "cut": drain_cut(router, release)}
+
+    async def hold(self, router_id: str, seconds: float) -> dict[str, Any]:
+        """New requests wait in the router (strategy.hold); not persisted: an edge restart ends a hold."""
+        state, router = self._router(router_id)
+        if not can_hold(router):
+            raise UserInputError(f"router {state.name} is {state.kind}: it cannot hold requests (strategy.hold)")
+        await router.hold(seconds)  # type: ignore[attr-defined]
+        return {}
+
+    async def maintenance(self, router_id: str, on: bool, retry_after: int, page: str | None,
+                          since: str | None) -> dict[str, Any]:
+        """Answer every request 503 + Retry-After (or serve again); persisted, so a restart keeps it."""
+        state, router = self._router(router_id)
+        if not isinstance(router, BuiltinRouter):
+            raise UserInputError(
+                f"router {state.name} is {state.kind}: maintenance mode needs the built-in router",
+                details=["HAProxy would need a reload to answer every request itself; use router.kind builtin"])
+        was = state.maintenance
+        state.maintenance = {"retry_after": retry_after, "page": page, "since": since} if on else None
+        router.set_maintenance(retry_after if on else None, page)
+        self._persist()
+        return {"maintenance": state.maintenance, "was": bool(was)}
+
+    async def release_hold(self, router_id: str) -> dict[str, Any]:
+        _, router = self._router(router_id)
+        held = await router.release_hold() if can_hold(router) else 0  # type: ignore[attr-defined]
+        return {"held": held}
 
     async def drain_backends(self, router_id: str, release: str, addrs: list[Address],
                              timeout: float) -> dict[str, Any]:
@@ -453,7 +493,7 @@ class Edge:
         state.pools[release] = [a for a in state.pools.get(release, []) if a not in gone]
         self._persist()
         drained = await router.drain_backends(release, addrs, timeout)
-        return {"drained": drained}
+        return {"drained": drained, "cut": drain_cut(router, release)}
 
     async def remove_release(self, router_id: str, release: str) -> dict[str, Any]:
         state, router = self._router(router_id)
@@ -497,6 +537,8 @@ class Edge:
                 "pools": {r: [f"{h}:{p}" for h, p in pool] for r, pool in state.pools.items()},
                 "routes": [{**r, "certificate": self.certificate_state(r), "acme": self._acme_status(r)}
                            for r in state.routes],
+                "maintenance": {k: v for k, v in state.maintenance.items() if k != "page"}
+                if state.maintenance else None,
             })
         front = None
         if self.front is not None:
@@ -712,6 +754,13 @@ class Edge:
                     return await self.set_clients(router_id, dict(request["clients"]))
                 case "remove_release":
                     return await self.remove_release(router_id, str(request["release"]))
+                case "hold":
+                    return await self.hold(router_id, float(request["seconds"]))
+                case "release_hold":
+                    return await self.release_hold(router_id)
+                case "maintenance":
+                    return await self.maintenance(router_id, bool(request["on"]), int(request.get("retry_after") or 0),
+                                                  request.get("page"), request.get("since"))
                 case "release":
                     return await self.release(router_id)
         raise UserInputError(f"unknown edge operation {op!r}")

@@ -1,5 +1,7 @@
 """Strategies as pure planners: (current state, target, options) -> Plan."""
 
+from dataclasses import replace
+
 from ingot.analysis import Thresholds
 from ingot.plan.blue_green import apply_to_state, plan_blue_green, stable_release
 from ingot.plan.canary import plan_abort, plan_canary
@@ -11,7 +13,27 @@ STRATEGIES = ("blue-green", "canary", "rolling")
 
 def plan_for(strategy: str, state: ServiceState, target: Target, options: StrategyOptions | None = None) -> Plan:
     """The plan of `strategy`; `options` carries canary steps and analysis, rolling surge limits, the
-    verification window and min_ready."""
+    verification window, min_ready and the hold of a switch."""
+    plan = _plan_for(strategy, state, target, options)
+    return with_hold(plan, state, options.hold) if options is not None and options.hold else plan
+
+
+def with_hold(plan: Plan, state: ServiceState, hold: float) -> Plan:
+    """`hold` on each switch of `plan` that takes the last traffic away from a release that had some (the
+    blue-green switch, a canary's or a rolling update's last step): new requests wait rather than overlap."""
+    weighted = {r for r, w in state.weights if w > 0}
+    steps = []
+    for step in plan.steps:
+        if step.kind == "route":
+            now = {r for r, w in step.weights if w > 0}
+            if weighted - now and now:
+                step = replace(step, seconds=hold)
+            weighted = now
+        steps.append(step)
+    return replace(plan, steps=tuple(steps))
+
+
+def _plan_for(strategy: str, state: ServiceState, target: Target, options: StrategyOptions | None) -> Plan:
     match strategy:
         case "blue-green":
             opts = options or StrategyOptions()
@@ -44,4 +66,5 @@ __all__ = [
     "plan_rolling",
     "proportional",
     "stable_release",
+    "with_hold",
 ]

@@ -19,7 +19,10 @@ class Step:
 
     start:           start `count` fresh instances of `release`
     wait_healthy:    wait until every starting instance of `release` passes the health gate
-    route:           send traffic by `weights` (release -> percent of traffic); releases not named get none
+    route:           send traffic by `weights` (release -> percent of traffic); releases not named get none;
+                     with `seconds` (strategy.hold, on a switch that takes a release's last traffic away), new
+                     requests are held in the router meanwhile, until the releases left without weight have
+                     finished their requests, at most `seconds`: the two never serve at once
     settle:          min_ready: for `seconds` after `release`'s fresh instances take their traffic, each must
                      keep running and keep passing its health probes before anything of `baseline` (the
                      release it replaces, None on a first deploy) is drained or stopped; one that dies or
@@ -80,6 +83,9 @@ class Step:
                 return f"wait until {self.release} passes its health gate"
             case "route":
                 split = ", ".join(f"{release} {weight}%" for release, weight in self.weights)
+                if self.seconds is not None:
+                    return (f"switch traffic: {split}, holding new requests up to {self.seconds:g}s until the "
+                            "releases leaving have finished theirs (strategy.hold)")
                 return f"switch traffic: {split}"
             case "settle":
                 back = (f"traffic switches back to {self.baseline}, which is still running" if self.baseline
@@ -198,6 +204,8 @@ class StrategyOptions:
     # Seconds fresh instances must stay up and healthy under traffic before what they replace retires
     # (the spec's strategy.min_ready, default 10 s there). None or 0 here: no settle step.
     min_ready: float | None = None
+    # Seconds new requests may be held during a switch that takes a release's last traffic away (strategy.hold).
+    hold: float | None = None
 
     @staticmethod
     def from_mapping(data: Mapping[str, Any]) -> StrategyOptions:
@@ -212,6 +220,7 @@ class StrategyOptions:
             verification=float(data["verification"]) if data.get("verification") else None,
             # Absent from deployment parameters recorded before min_ready existed: those plan no settle.
             min_ready=float(data["min_ready"]) if data.get("min_ready") else None,
+            hold=float(data["hold"]) if data.get("hold") else None,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -221,6 +230,8 @@ class StrategyOptions:
             data["verification"] = self.verification
         if self.min_ready is not None:
             data["min_ready"] = self.min_ready
+        if self.hold is not None:
+            data["hold"] = self.hold
         if self.analysis is not None:
             data["analysis"] = self.analysis.as_dict()
         return data

@@ -26,6 +26,16 @@ Contract every implementation keeps (tests/contract/ runs the same tests against
   (a wrong path, an overloaded shared dependency) more likely says something about the check than
   about every instance, and a 503 to every client is the one answer that is surely wrong. Until
   `set_health` is called nothing is ever ejected. `backend_health()` is a cheap read of that view.
+- Long-lived connections (WebSocket tunnels, server-sent events) are requests in flight like any
+  other for `drain`: they keep their release until they close or the timeout ends. A router that can
+  close them then does (a WebSocket is sent close 1001 "going away") and says how many with
+  `drain_cut(release)`; those closed connections do not make `drain` return False (only what is still
+  in flight does). A router without `drain_cut` leaves them to the instances' stop (`drain_cut()` below
+  reads None: not known).
+- Optional: `hold(seconds)` / `release_hold()` (with `holds = True`): new requests wait in the router,
+  sent nowhere, from `hold` until `release_hold` has seen every release without weight finish its
+  requests (long-lived ones aside), at most `seconds`; they then go by the weights of that moment.
+  The executor uses it for `strategy.hold` around a switch; a router without it is refused there.
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ class ReleaseStats:
     `errors_5xx` includes answers the router made itself (502/504) for requests it had chosen this
     release for, and responses cut off by the backend. Latency fields (milliseconds, request start to
     response end) cover a sliding window: the builtin router keeps the last `LATENCY_WINDOW`
-    requests per release. They are 0.0 while the window is empty.
+    requests per release. They are 0.0 while the window is empty. `streams`: long-lived connections open
+    now (WebSocket tunnels, server-sent events), counted in `in_flight` too; 0 where a router cannot tell.
     """
 
     requests: int = 0
@@ -53,6 +64,7 @@ class ReleaseStats:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     mean_ms: float = 0.0
+    streams: int = 0
 
     def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
@@ -236,3 +248,15 @@ class Router(Protocol):
     def stats(self) -> dict[str, ReleaseStats]: ...
 
     def weights(self) -> dict[str, int]: ...
+
+
+def drain_cut(router: Router, release: str) -> int | None:
+    """How many long-lived connections of `release` the router's last `drain` of it closed at its timeout;
+    None when the router cannot tell (it does not close them: the instances' stop does)."""
+    read = getattr(router, "drain_cut", None)
+    return read(release) if callable(read) else None
+
+
+def can_hold(router: Router) -> bool:
+    """Whether the router can hold new requests during a switch (`strategy.hold`)."""
+    return bool(getattr(router, "holds", False))

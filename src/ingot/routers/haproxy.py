@@ -3,17 +3,24 @@
 Design. One haproxy process per router, started in master-worker mode as a child of the caller,
 with a configuration written once (see `haproxy_config`) and never reloaded. Python binds the
 listening socket itself and hands it to haproxy (`bind fd@N`), so "address in use" is reported
-exactly and port 0 works. The configuration has ONE backend; every instance of every release is
-a dynamic server in it, added at runtime with `add server releases/<release>__<n> ADDR:PORT`.
+exactly and port 0 works. The configuration has ONE backend with `SLOTS` server slots
+(`server-template`, disabled); every instance of every release takes a free slot, filled at runtime
+(`set server releases/s<n> addr A port P`, then `weight` and `state`), and the slot → release map
+(`add map`/`del map`) names its release. Slots rather than `add server`: haproxy 2.6 never reuses a
+backend connection of a server added at runtime (`connect` = `req_tot`, about a third of the
+throughput), and does for declared ones. When every slot is taken, further instances are added with
+`add server` (named `x<n>`) with a warning: they serve, without connection reuse.
 One backend rather than one per release because haproxy cannot create backends at runtime and has
 no weighted choice between backends (it would take a pre-declared set of backends and a map of
 random ranges); inside one backend, `balance roundrobin` already splits smoothly by server weight
 and picks up weight changes at once. The release split is made exact by giving each server the
 release's weight divided by the size of its pool (see `server_weights`). The release that answered
-comes back as `X-Ingot-Release`, cut from the server's name. A server's address never changes:
-a new instance gets a new server, and a server that leaves its pool is set to drain and deleted
-(`del server`) once it has no session left. So an idle keep-alive connection haproxy keeps to an old
-address can never be reused for a new instance, and each server's counters describe one instance.
+comes back as `X-Ingot-Release`, looked up in the map by the server's name. A slot's address changes
+only while it is free: a new instance takes a free slot, and a server that leaves its pool is set to
+drain and, once it has no session left, to maintenance and freed (an added server is deleted). haproxy
+drops a server's idle connections when its address changes (checked on 2.6), so a connection to an old
+instance is never reused for a new one. A slot's counters go on across occupants: the router keeps each
+instance's starting counters (`_Server.base`) and reports the difference.
 
 Every runtime command goes over the admin socket from Python, one command per connection.
 
@@ -23,7 +30,8 @@ still runs takes it over instead of starting another: it is ours when the pid in
 (written at spawn) is the one in haproxy's own pidfile, that process's command line names this
 workdir's config, it listens where this router should (`owner.json` again), and the worker that
 answers on the admin socket is that master's child. The router then reads back the servers
-(`show servers state`: names, addresses, weights, drain/maintenance) and reconciles them with the
+(`show servers state`: slots, addresses, weights, drain/maintenance; `show map`: which slots hold
+which release, the others are free) and reconciles them with the
 pools and weights it was given before `start()`, with runtime commands only, and none at all when
 nothing changed. Only a haproxy that does not answer in time is replaced (killed, started anew);
 `stop()` stops an adopted one like its own. Counters go on from what haproxy has (those of servers
@@ -80,11 +88,13 @@ from ingot.errors import OperationFailed
 from ingot.routers.base import Address, ClientPolicy, HealthCheck, ReleaseStats
 from ingot.routers.haproxy_config import (
     BACKEND,
+    OVERFLOW_PREFIX,
     RELEASE_NAME,
-    SERVER_SEPARATOR,
+    SLOTS,
     Timeouts,
+    is_slot,
     render_config,
-    server_name,
+    slot_names,
 )
 from ingot.routers.health import BackendHealth, HealthMonitor, address_key, fail_open
 
@@ -113,11 +123,15 @@ class RuntimeAPI:
         self.path = path
         self.timeout = timeout
 
-    async def run(self, command: str) -> str:
+    async def run(self, command: str, payload: str | None = None) -> str:
+        """`payload`: the multi-line argument of commands like `set ssl cert F <<` (it ends at an empty line)."""
+        line = command.encode("ascii") + b"\n"
+        if payload is not None:
+            line = command.encode("ascii") + b" <<\n" + payload.strip("\n").encode("ascii") + b"\n\n"
         async with asyncio.timeout(self.timeout):
             reader, writer = await asyncio.open_unix_connection(str(self.path))
             try:
-                writer.write(command.encode("ascii") + b"\n")
+                writer.write(line)
                 await writer.drain()
                 return (await reader.read()).decode("utf-8", "replace")
             finally:
@@ -128,6 +142,20 @@ class RuntimeAPI:
         answer = (await self.run(command)).strip()
         if answer != ok:
             raise OperationFailed(f"haproxy refused `{command}`: {answer or '(no answer)'}")
+
+    async def expect_in(self, command: str, needle: str, payload: str | None = None) -> str:
+        """Run `command`; raise unless haproxy's answer contains `needle` (commands whose success message varies)."""
+        answer = (await self.run(command, payload)).strip()
+        if needle not in answer:
+            raise OperationFailed(f"haproxy refused `{command}`: {answer or '(no answer)'}")
+        return answer
+
+    async def set_addr(self, server: str, host: str, port: int) -> None:
+        """`set server <backend/server> addr H port P`, whose success answer says what changed."""
+        command = f"set server {server} addr {host} port {port}"
+        answer = (await self.run(command)).strip()
+        if answer and "by 'stats socket command'" not in answer and not answer.startswith("no need to change"):
+            raise OperationFailed(f"haproxy refused `{command}`: {answer}")
 
 
 # ---- pure helpers ---------------------------------------------------------------------------------
@@ -168,6 +196,36 @@ def parse_stat(csv_text: str) -> dict[str, dict[str, int]]:
     return rows
 
 
+def parse_map(text: str) -> dict[str, str]:
+    """`show map <file>` -> {key: value}; each line is `<entry id> <key> <value>`."""
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cells = line.split()
+        if len(cells) != 3 or not cells[0].startswith("0x"):
+            raise OperationFailed(f"haproxy answered `show map` with {text[:200]!r}")
+        entries[cells[1]] = cells[2]
+    return entries
+
+
+# Cumulative `show stat` columns: a slot's go on across occupants, so each instance's are taken from its start.
+COUNTER_COLUMNS = frozenset((
+    "stot", "bin", "bout", "dreq", "dresp", "ereq", "econ", "eresp", "wretr", "wredis", "chkfail", "chkdown",
+    "lbtot", "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other", "cli_abrt", "srv_abrt",
+    "req_tot", "connect", "reuse",
+))
+
+
+def counters_of(row: Mapping[str, int]) -> dict[str, int]:
+    return {k: v for k, v in row.items() if k in COUNTER_COLUMNS}
+
+
+def since(row: Mapping[str, int], base: Mapping[str, int]) -> dict[str, int]:
+    """`row` with its cumulative counters counted from `base` (a slot's counters when its occupant took it)."""
+    return {k: v - base.get(k, 0) if k in COUNTER_COLUMNS else v for k, v in row.items()}
+
+
 @dataclass(frozen=True)
 class ServerState:
     """One server as `show servers state` reports it."""
@@ -203,12 +261,39 @@ def row_requests(row: Mapping[str, int]) -> int:
     `req_tot` counts responses received from the server (including ones cut off, `srv_abrt`);
     a connection failure after all retries is `econ`, an invalid or missing response is `eresp`.
     """
-    return row.get("req_tot", 0) + row.get("econ", 0) + max(0, row.get("eresp", 0) - row.get("srv_abrt", 0))
+    return row.get("req_tot", 0) + row.get("econ", 0) + max(0, _unretried(row) - row.get("srv_abrt", 0))
 
 
 def row_errors(row: Mapping[str, int]) -> int:
     """5xx from the server, plus the 502/503 haproxy made for it and responses the server cut off."""
-    return row.get("hrsp_5xx", 0) + row.get("econ", 0) + row.get("eresp", 0)
+    return row.get("hrsp_5xx", 0) + row.get("econ", 0) + _unretried(row)
+
+
+def _unretried(row: Mapping[str, int]) -> int:
+    """Invalid or missing responses (`eresp`) less those haproxy replayed (`wretr`): a reused connection the
+    backend closed just as the request went out is retried elsewhere and is no error the client saw."""
+    return max(0, row.get("eresp", 0) - row.get("wretr", 0))
+
+
+def tunnel_sessions(show_sess_all: str, servers: set[str]) -> list[str]:
+    """The sessions (their ids for `shutdown session`) of `show sess all` that are tunnels on `servers`: a
+    connection the server switched to another protocol (status 101: a WebSocket)."""
+    found: list[str] = []
+    session: str | None = None
+    server: str | None = None
+    tunnel = False
+    for line in [*show_sess_all.splitlines(), "0x:"]:
+        if line.startswith("0x"):
+            if session is not None and tunnel and server in servers:
+                found.append(session)
+            session, server, tunnel = line.split(":", 1)[0], None, False
+            continue
+        text = line.strip()
+        if text.startswith("server="):
+            server = text[len("server="):].split(" ", 1)[0]
+        elif text.startswith("txn=") and " status=101 " in f"{text} ":
+            tunnel = True
+    return found
 
 
 def row_busy(row: Mapping[str, int]) -> int:
@@ -324,11 +409,12 @@ def _kill_group(pid: int, timeout: float) -> None:
 class _Server:
     """One instance as a haproxy server; `weight` and `state` are what haproxy was last told."""
 
-    name: str
+    name: str  # haproxy's: a slot (`s<n>`) or an added server (`x<n>`); "" until placed
     addr: Address
     owner: _Release
     weight: int = 0
-    state: str = "maint"  # dynamic servers are created in maintenance
+    state: str = "maint"  # free slots (and added servers) are in maintenance
+    base: dict[str, int] = field(default_factory=dict)  # the slot's counters when this instance took it
     health: BackendHealth = field(init=False)
     # `health.status()` as of the last time haproxy was told (what `backend_health()` reports).
     applied_health: str = "up"
@@ -405,20 +491,30 @@ class HAProxyRouter:
         maxconn: int = 4096,
         timeouts: Timeouts | None = None,
         clients: ClientPolicy | None = None,
+        slots: int = SLOTS,
     ) -> None:
+        if slots < 1:
+            raise ValueError(f"an haproxy router needs at least 1 server slot, got {slots}")
         self.name = name
+        self.slots = slots
         self.clients = clients or ClientPolicy()  # written into the configuration: applies from `start`
         self.workdir = Path(workdir)
         self.haproxy = haproxy
         self.maxconn = maxconn
         self.timeouts = timeouts or Timeouts()
         self.api = RuntimeAPI(self.workdir / "admin.sock")
+        self.backend = BACKEND  # the haproxy backend this router's servers are in (a front's routers: one each)
+        self._servers_map = self.workdir / "servers.map"
         self._listen = listen
         self._bound: Address | None = None
         self._releases: dict[str, _Release] = {}
         self._retiring: list[_Server] = []  # out of their pool, waiting for 0 sessions to be deleted
         self._rows: dict[str, dict[str, int]] = {}  # the last poll, by server name
-        self._serial = 0
+        self._serial = 0  # of added (`x<n>`) servers
+        self._cut: dict[str, int] = {}  # release -> sessions its last drain closed at the timeout
+        self._free: list[str] = []  # slots no instance holds, in the order they are taken
+        self._slot_base: dict[str, dict[str, int]] = {}  # a free slot's counters, for its next occupant
+        self._raw_rows: dict[str, dict[str, int]] = {}  # the last `show stat`, by haproxy's server name
         self._proc: _Master | None = None
         self._log_file: IO[bytes] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -443,6 +539,11 @@ class HAProxyRouter:
     @property
     def pid_path(self) -> Path:
         return self.workdir / "haproxy.pid"
+
+    @property
+    def servers_map(self) -> Path:
+        """slot → release; changed at runtime only (`add map`, `del map`), written empty at spawn."""
+        return self._servers_map
 
     @property
     def log_path(self) -> Path:
@@ -482,6 +583,8 @@ class HAProxyRouter:
         await self._claim_socket_path()
         listener = self._bind(listen)
         try:
+            self.servers_map.write_text("")
+            self._free, self._slot_base, self._raw_rows = slot_names(self.slots), {}, {}
             self.config_path.write_text(
                 render_config(
                     name=self.name,
@@ -489,6 +592,8 @@ class HAProxyRouter:
                     listen_fd=listener.fileno(),
                     maxconn=self.maxconn,
                     timeouts=self.timeouts,
+                    servers_map=self.servers_map,
+                    slots=self.slots,
                     clients=self.clients,
                 )
             )
@@ -546,7 +651,27 @@ class HAProxyRouter:
                 return True
             rel.draining = True
             await self._apply_weights()
-        return await self._wait_idle(lambda: self._servers_of(rel), deadline)
+        self._cut[release] = 0
+        if await self._wait_idle(lambda: self._servers_of(rel), deadline):
+            return True
+        return await self._cut_sessions(rel)
+
+    async def _cut_sessions(self, rel: _Release) -> bool:
+        """At the drain timeout, close the release's tunnels (WebSockets and other upgraded connections,
+        which would otherwise hold it until its instances stop) with `shutdown session`; True if nothing is
+        in flight after that. haproxy tells a tunnel by its 101 (`show sess all`), but not an event stream
+        from a slow response: those are left to finish, or to the instances' stop, like any request. No
+        WebSocket close frame: the client sees the connection close."""
+        names = {server.name for server in self._servers_of(rel)}
+        tunnels = tunnel_sessions(await self.api.run("show sess all"), names)
+        for session in tunnels:
+            await self.api.run(f"shutdown session {session}")
+        self._cut[rel.name] = len(tunnels)
+        return await self._wait_idle(lambda: self._servers_of(rel), time.monotonic() + (0.5 if tunnels else 0.0))
+
+    def drain_cut(self, release: str) -> int | None:
+        """Sessions of `release` its last `drain` closed at its timeout (see `_cut_sessions`)."""
+        return self._cut.get(release, 0)
 
     async def drain_backends(self, release: str, addrs: list[Address], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -556,6 +681,7 @@ class HAProxyRouter:
                 return True
             gone = {(str(h), int(p)) for h, p in addrs}
             leaving = [s for s in rel.pool if s.addr in gone]
+            self._cut[release] = 0  # nothing is cut here: its tunnels end with their instances
             await self._set_pool(rel, [s.addr for s in rel.pool if s.addr not in gone])
         return await self._wait_idle(lambda: leaving, deadline)
 
@@ -632,18 +758,18 @@ class HAProxyRouter:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:
-            raise self._bind_error(exc) from None
+            raise self._bind_error(exc, listen) from None
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
             sock.listen(2048)
         except OSError as exc:
             sock.close()
-            raise self._bind_error(exc) from None
+            raise self._bind_error(exc, listen) from None
         return sock
 
-    def _bind_error(self, exc: OSError) -> OperationFailed:
-        host, port = self._listen
+    def _bind_error(self, exc: OSError, listen: Address) -> OperationFailed:
+        host, port = listen
         if exc.errno == errno.EADDRINUSE:
             return OperationFailed(
                 f"{self._label()} cannot listen on {host}:{port}: the address is already in use",
@@ -678,7 +804,10 @@ class HAProxyRouter:
                 worker = next(int(line.split(":", 1)[1]) for line in info.splitlines() if line.startswith("Pid:"))
                 if _parent_of(worker) != pid:
                     raise ValueError(f"the admin socket is served by pid {worker}, not a worker of {pid}")
-                servers = parse_servers_state(await api.run(f"show servers state {BACKEND}"))
+                servers = parse_servers_state(await api.run(f"show servers state {self.backend}"))
+                # A haproxy of an ingot before slots has no such map: replaced (its config differs too).
+                owners = parse_map(await api.run(f"show map {self.servers_map}"))
+                raw = parse_stat(await api.run(f"show stat {self.backend} 4 -1"))
             except (OSError, TimeoutError, ValueError, StopIteration, OperationFailed) as exc:
                 mine, why = False, f"it does not answer on {self.api.path} ({exc or type(exc).__name__})"
         if not mine:
@@ -688,34 +817,52 @@ class HAProxyRouter:
         self._proc = _Adopted(pid)
         self._bound = listen
         async with self._lock:
-            changes = await self._reconcile(servers)
+            changes = await self._reconcile(servers, owners, raw)
         log.info("%s: adopted haproxy pid %d on %s:%d (%d servers, %d runtime changes)", self._label(), pid,
                  *listen, len(servers), changes)
         return True
 
-    async def _reconcile(self, found: list[ServerState]) -> int:
-        """Make the adopted haproxy's servers the pools and weights this router holds; returns the commands sent."""
+    async def _reconcile(self, found: list[ServerState], owners: Mapping[str, str],
+                         raw: Mapping[str, Mapping[str, int]]) -> int:
+        """Make the adopted haproxy's servers the pools and weights this router holds; returns the commands sent.
+
+        `owners` is the slot → release map; a slot it does not name is free. Counters go on from haproxy's.
+        """
         sent = 0
-        serials = [int(f.name.rpartition(SERVER_SEPARATOR)[2]) for f in found
-                   if f.name.rpartition(SERVER_SEPARATOR)[2].isdigit()]
+        serials = [int(f.name[len(OVERFLOW_PREFIX):]) for f in found
+                   if not is_slot(f.name) and f.name[len(OVERFLOW_PREFIX):].isdigit()]
         self._serial = max([self._serial, *serials])
-        unclaimed = {(f.name.rpartition(SERVER_SEPARATOR)[0], f.addr): f for f in reversed(found)}
+        self._free, self._slot_base = [], {}
+        for seen in found:
+            if is_slot(seen.name) and seen.name not in owners:
+                self._free.append(seen.name)
+                self._slot_base[seen.name] = counters_of(raw.get(seen.name, {}))
+                if seen.weight or seen.state != "maint":  # a crash halfway through freeing it
+                    await self.api.expect(f"set server {self.backend}/{seen.name} weight 0")
+                    await self.api.expect(f"set server {self.backend}/{seen.name} state maint")
+                    sent += 2
         for rel in self._releases.values():
             for server in rel.pool:
-                seen = unclaimed.pop((rel.name, server.addr), None)
-                if seen is None:
-                    server.name = self._next_name(rel.name)
+                server.name = ""
+        held = [f for f in found if f.name in owners]
+        unclaimed = {(owners[f.name], f.addr): f for f in reversed(held)}
+        for rel in self._releases.values():
+            for server in rel.pool:
+                claim = unclaimed.pop((rel.name, server.addr), None)
+                if claim is not None:
+                    server.name, server.weight, server.state = claim.name, claim.weight, claim.state
+        for rel in self._releases.values():  # after every claim, so that no claimed slot is taken
+            for server in rel.pool:
+                if not server.name:
                     await self._add_server(server)
                     sent += 1
-                else:
-                    server.name, server.weight, server.state = seen.name, seen.weight, seen.state
         claimed = {s.name for r in self._releases.values() for s in r.pool}
         self._infer_ejections()
         for seen in found:
-            if seen.name in claimed:
+            if seen.name in claimed or (is_slot(seen.name) and seen.name not in owners):
                 continue
-            # In haproxy, in no pool (the earlier owner died before deleting it): drained, then deleted.
-            release = seen.name.rpartition(SERVER_SEPARATOR)[0]
+            # In haproxy, in no pool (the earlier owner died before freeing it): drained, then freed.
+            release = owners.get(seen.name, "")
             server = _Server(seen.name, seen.addr, self._releases.get(release) or _Release(release),
                              weight=seen.weight, state=seen.state)
             sent += (seen.weight != 0) + (seen.state != "drain")
@@ -739,7 +886,7 @@ class HAProxyRouter:
                     server.health.ejected_at = time.monotonic()
                     server.health.reason = "ejected before the edge restarted (back after passing probes)"
 
-    async def _spawn(self, binary: str, listen_fd: int) -> None:
+    async def _spawn(self, binary: str, *listen_fds: int) -> None:
         self._log_file = self.log_path.open("ab")
         # -W master-worker, -db foreground: the master is our child, and it takes its worker down
         # with it. Its own session keeps a Ctrl-C meant for the caller from reaching it first.
@@ -754,7 +901,7 @@ class HAProxyRouter:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=self._log_file,
-            pass_fds=(listen_fd,),
+            pass_fds=listen_fds,
             start_new_session=True,
         )
 
@@ -810,7 +957,7 @@ class HAProxyRouter:
         kept = [s for s in rel.pool if s.addr in wanted]
         gone = [s for s in rel.pool if s.addr not in wanted]
         have = {s.addr for s in kept}
-        fresh = [_Server(self._next_name(rel.name), a, rel) for a in wanted if a not in have]
+        fresh = [_Server("", a, rel) for a in wanted if a not in have]
         for server in fresh:
             await self._add_server(server)
         rel.pool = kept + fresh
@@ -844,9 +991,12 @@ class HAProxyRouter:
             rel = self._releases[name] = _Release(name)
         return rel
 
-    def _next_name(self, release: str) -> str:
-        self._serial += 1
-        return server_name(release, self._serial)
+    async def placed(self) -> dict[str, tuple[str, Address]]:
+        """What haproxy itself says: server → (release, address) for every slot or added server that holds one."""
+        self._require_running()
+        owners = parse_map(await self.api.run(f"show map {self.servers_map}"))
+        found = parse_servers_state(await self.api.run(f"show servers state {self.backend}"))
+        return {f.name: (owners[f.name], f.addr) for f in found if f.name in owners}
 
     def _servers_of(self, rel: _Release) -> Iterable[_Server]:
         yield from rel.pool
@@ -859,12 +1009,27 @@ class HAProxyRouter:
             raise self._died(f"haproxy is not running (it exited with code {self._proc.returncode})")
 
     async def _add_server(self, server: _Server) -> None:
+        """Put `server` in a free slot (or, with none left, add it to haproxy), in maintenance at weight 0."""
         if self._proc is None:
             return  # not started: `start()` adds the pools
         self._require_running()
-        host, port = server.addr
-        address = f"ipv6@{host}:{port}" if ":" in host else f"{host}:{port}"
-        await self.api.expect(f"add server {BACKEND}/{server.name} {address} weight 0", "New server registered.")
+        host, port = server.addr[0], server.addr[1]
+        ip = await _ip_of(host, port)
+        if self._free:
+            slot = self._free.pop(0)
+            server.name, server.base = slot, self._slot_base.pop(slot, {})
+            self._rows.pop(slot, None)  # the previous occupant's: no delta across occupants
+            await self.api.expect(f"add map {self.servers_map} {slot} {server.owner.name}")
+            await self.api.set_addr(f"{self.backend}/{slot}", ip, port)
+            server.weight, server.state = -1, "maint"  # -1: unknown, so the next weight is sent
+            return
+        self._serial += 1
+        server.name, server.base = f"{OVERFLOW_PREFIX}{self._serial}", {}
+        log.warning("%s: all %d server slots are taken; %s:%d is added as a server that never reuses "
+                    "connections (slower): give the router more slots", self._label(), self.slots, host, port)
+        address = f"ipv6@{ip}:{port}" if ":" in ip else f"{ip}:{port}"
+        await self.api.expect(f"add map {self.servers_map} {server.name} {server.owner.name}")
+        await self.api.expect(f"add server {self.backend}/{server.name} {address} weight 0", "New server registered.")
         server.weight, server.state = 0, "maint"
 
     async def _set(self, server: _Server, *, weight: int | None = None, state: str | None = None) -> None:
@@ -872,10 +1037,10 @@ class HAProxyRouter:
             return
         self._require_running()
         if weight is not None and weight != server.weight:
-            await self.api.expect(f"set server {BACKEND}/{server.name} weight {weight}")
+            await self.api.expect(f"set server {self.backend}/{server.name} weight {weight}")
             server.weight = weight
         if state is not None and state != server.state:
-            await self.api.expect(f"set server {BACKEND}/{server.name} state {state}")
+            await self.api.expect(f"set server {self.backend}/{server.name} state {state}")
             server.state = state
 
     async def _apply_weights(self) -> None:
@@ -915,14 +1080,19 @@ class HAProxyRouter:
         if not idle:
             return
         for server in idle:
-            await self._set(server, state="maint")  # haproxy deletes only servers in maintenance
+            await self._set(server, weight=0, state="maint")  # haproxy deletes only servers in maintenance
         rows = await self._read_rows()  # the final counters, now that nothing can reach them
         for server in idle:
-            answer = (await self.api.run(f"del server {BACKEND}/{server.name}")).strip()
-            if answer != "Server deleted.":
-                # Still has a connection attached (a request that slipped in): try again next poll.
-                log.debug("%s: del server %s: %s", self._label(), server.name, answer)
-                continue
+            if is_slot(server.name):
+                self._slot_base[server.name] = counters_of(self._raw_rows.get(server.name, {}))
+                self._free.append(server.name)
+            else:
+                answer = (await self.api.run(f"del server {self.backend}/{server.name}")).strip()
+                if answer != "Server deleted.":
+                    # Still has a connection attached (a request that slipped in): try again next poll.
+                    log.debug("%s: del server %s: %s", self._label(), server.name, answer)
+                    continue
+            await self.api.run(f"del map {self.servers_map} {server.name}")
             self._retiring.remove(server)
             if self._releases.get(server.owner.name) is server.owner:
                 server.owner.forget_server(rows.get(server.name))
@@ -931,7 +1101,6 @@ class HAProxyRouter:
         """Give a (re)started haproxy the pools and weights this router holds."""
         for rel in self._releases.values():
             for server in rel.pool:
-                server.name = self._next_name(rel.name)
                 await self._add_server(server)
         await self._apply_weights()
 
@@ -940,7 +1109,7 @@ class HAProxyRouter:
         for rel in self._releases.values():
             for server in rel.pool:
                 rel.forget_server(self._rows.get(server.name))
-                server.weight, server.state = 0, "maint"
+                server.name, server.base, server.weight, server.state = "", {}, 0, "maint"
         for server in self._retiring:
             if self._releases.get(server.owner.name) is server.owner:
                 server.owner.forget_server(self._rows.get(server.name))
@@ -949,16 +1118,17 @@ class HAProxyRouter:
 
     # ---- polling -------------------------------------------------------------------------------
 
-    async def _read_rows(self) -> dict[str, dict[str, int]]:
+    async def _read_rows(self, then: str = "") -> dict[str, dict[str, int]]:
+        """Each placed server's `show stat` row, its counters since it took its slot (`then`: more commands)."""
         self._require_running()
-        return parse_stat(await self.api.run(f"show stat {BACKEND} 4 -1"))
+        self._raw_rows = parse_stat(await self.api.run(f"show stat {self.backend} 4 -1{then}"))
+        servers = [s for r in self._releases.values() for s in r.pool] + self._retiring
+        return {s.name: since(self._raw_rows[s.name], s.base) for s in servers if s.name in self._raw_rows}
 
     async def _poll(self) -> None:
-        """Refresh the counters, record latency peaks, reset haproxy's maxima, delete idle retirees."""
-        self._require_running()
+        """Refresh the counters, record latency peaks, reset haproxy's maxima, free idle retirees."""
         # One connection for both: haproxy runs them back to back, so almost no maximum is lost.
-        answer = await self.api.run(f"show stat {BACKEND} 4 -1;clear counters")
-        rows = parse_stat(answer)
+        rows = await self._read_rows(";clear counters")
         previous, self._rows = self._rows, rows
         self._observe(previous, rows)
         for rel in self._releases.values():
@@ -1061,6 +1231,21 @@ class HAProxyRouter:
             p99_ms=float(max(rel.peaks, default=0)),
             mean_ms=float(mean),
         )
+
+
+async def _ip_of(host: str, port: int) -> str:
+    """`set server ... addr` takes an IP address only: a host name is resolved once, here."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise OperationFailed(f"backend {host}:{port}: the host name does not resolve ({exc})") from None
+    return str(infos[0][4][0])
 
 
 def _parent_of(pid: int) -> int | None:

@@ -2,7 +2,13 @@
 
 Everything that changes during a rollout (servers, their addresses, weights, states) goes through
 the runtime API afterwards, so the file only holds what stays fixed for the life of the process:
-the admin socket, timeouts, the listener and the one backend the servers are added to.
+the admin socket, timeouts, the listener and the one backend with its server slots.
+
+Servers are slots declared here (`server-template`), disabled, and filled at runtime (`set server ... addr`,
+`weight`, `state`): haproxy 2.6 never reuses a backend connection of a server added at runtime (`add server`),
+which costs about 60% of its throughput, while declared servers do. Slot names say nothing about releases: the
+slot → release map (a map file, changed with `add map`/`del map`) gives `X-Ingot-Release` and lets a later
+owner read back which slot serves which release.
 
 The client policy (`ClientPolicy`) maps to haproxy's own means: `timeout http-request` is the head deadline;
 connections past `max_connections` are answered 503 (`fe_conn`; haproxy's own `maxconn` is set above it so
@@ -23,11 +29,15 @@ from ingot.routers.base import ClientPolicy
 # Names inside the config that the runtime commands refer to.
 FRONTEND = "ingot"
 BACKEND = "releases"
-# A server is named `<release>__<n>`; the response header strips the `__<n>` again.
-SERVER_SEPARATOR = "__"
+# Server slots are `s1`..`s<N>`; servers added at runtime once every slot is taken are `x<n>`.
+SLOT_PREFIX = "s"
+OVERFLOW_PREFIX = "x"
+SLOTS = 64  # per router: more instances than this at once are added as servers that never reuse connections
+# haproxy's config and runtime commands take the map's path unquoted inside a converter: keep it plain.
+_MAP_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
 
-# HAProxy server names allow letters, digits, '-', '_', '.' and ':'. Release ids are 12 hex
-# digits; the leading character and the length limit keep names valid and readable.
+# Release ids are map values (one word) and once were server names; 12 hex digits in practice. The
+# leading character and the length limit keep them valid and readable.
 RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # Plain-text answers haproxy makes itself, worded like the builtin router's.
@@ -52,24 +62,49 @@ class Timeouts:
     request: float = 10.0  # receiving a complete request head
 
 
-def server_name(release: str, serial: int) -> str:
-    return f"{release}{SERVER_SEPARATOR}{serial}"
+def slot_names(slots: int) -> list[str]:
+    return [f"{SLOT_PREFIX}{n}" for n in range(1, slots + 1)]
+
+
+def is_slot(server: str) -> bool:
+    return server.startswith(SLOT_PREFIX) and server[len(SLOT_PREFIX):].isdigit()
+
+
+def check_map_path(path: Path) -> str:
+    text = str(path)
+    if not _MAP_PATH.fullmatch(text):
+        raise ValueError(f"haproxy map path {text!r} must be absolute, of letters, digits and ._/@+- only")
+    return text
+
+
+def server_template(slots: int) -> str:
+    """The slots: disabled (in maintenance), weight 0, at a placeholder address until filled."""
+    return f"    server-template {SLOT_PREFIX} 1-{slots} 127.0.0.1:1 disabled weight 0"
 
 
 def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int, timeouts: Timeouts,
-                  clients: ClientPolicy | None = None) -> str:
-    """The whole configuration file; `listen_fd` is a listening socket haproxy inherits."""
-    t = timeouts
-    c = clients or ClientPolicy(head_timeout=t.request, max_connections=maxconn)
-    maxconn = min(max(maxconn, c.max_connections + _OVER_CAP), _fd_bound())
-    trusted = " ".join(c.trusted_proxies)
-    forwarded = ([f"    http-request del-header X-Forwarded-For unless {{ src {trusted} }}"] if trusted
-                 else ["    http-request del-header X-Forwarded-For"])
-    # Single quotes around the header format: haproxy expands `$` inside double quotes.
-    release_header = f"'%[srv_name,regsub({SERVER_SEPARATOR}[0-9]+$,)]'"
+                  servers_map: Path, slots: int = SLOTS, clients: ClientPolicy | None = None) -> str:
+    """The whole configuration file; `listen_fd` is a listening socket haproxy inherits; `servers_map` the
+    slot → release map (it must exist)."""
+    c = clients or ClientPolicy(head_timeout=timeouts.request, max_connections=maxconn)
     lines = [
         f"# Written by ingot for router {name or '(unnamed)'}; never reloaded: servers and weights",
         "# change only through the runtime API on the stats socket below.",
+        *global_and_defaults(socket_path, maxconn, timeouts, c),
+        f"frontend {FRONTEND}",
+        f"    bind fd@{listen_fd}",
+        *client_rules(c, "http"),
+        f"    default_backend {BACKEND}",
+        "",
+        *backend_lines(BACKEND, servers_map, slots, c),
+    ]
+    return "\n".join(lines)
+
+
+def global_and_defaults(socket_path: Path, maxconn: int, timeouts: Timeouts, c: ClientPolicy) -> list[str]:
+    t = timeouts
+    maxconn = min(max(maxconn, c.max_connections + _OVER_CAP), _fd_bound())
+    return [
         "global",
         # expose-fd lets a future haproxy take over the listener without closing it.
         f"    stats socket {socket_path} level admin expose-fd listeners",
@@ -79,13 +114,22 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         "defaults",
         "    mode http",
         "    option http-keep-alive",
+        # Without it haproxy sends a body it expects more of with MSG_MORE, and the kernel holds the bytes up to
+        # 200 ms: server-sent events would arrive in bursts. Complete small responses are sent at once either way.
+        "    option http-no-delay",
         "    option forwardfor",
         # 'safe' never sends a client's first request over a connection another client used,
         # which keeps a backend's close-at-idle race away from requests that cannot be replayed.
         "    http-reuse safe",
+        # Reused connections race a backend closing them at idle; haproxy replays a request only while it
+        # holds it whole (`retry-on empty-response`), so small bodies are read before a server is picked.
+        # This also puts a small body under `timeout http-request`.
+        "    option http-buffer-request",
         f"    timeout connect {_ms(t.connect)}",
         f"    timeout server {_ms(t.server)}",
         f"    timeout client {_ms(t.client)}",
+        # A WebSocket (or other upgraded) connection may be quiet for long; a drain closes it on a deploy.
+        "    timeout tunnel 1h",
         f"    timeout http-keep-alive {_ms(t.client)}",
         f"    timeout http-request {_ms(c.head_timeout)}",
         f"    timeout queue {_ms(t.connect)}",
@@ -98,8 +142,15 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         f'    http-error status 503 content-type text/plain string "{NO_RELEASE_503}"',
         f'    http-error status 502 content-type text/plain string "{NO_BACKEND_502}"',
         "",
-        f"frontend {FRONTEND}",
-        f"    bind fd@{listen_fd}",
+    ]
+
+
+def client_rules(c: ClientPolicy, proto: str) -> list[str]:
+    """A frontend's treatment of clients (see the module's docstring); `proto` is X-Forwarded-Proto."""
+    trusted = " ".join(c.trusted_proxies)
+    forwarded = ([f"    http-request del-header X-Forwarded-For unless {{ src {trusted} }}"] if trusted
+                 else ["    http-request del-header X-Forwarded-For"])
+    return [
         # `deny` (not `return`) closes the connection after answering, as the built-in router does.
         f'    http-request deny status 503 content-type text/plain string "{TOO_MANY_503}" '
         f"if {{ fe_conn gt {c.max_connections} }}",
@@ -108,18 +159,24 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         "    http-request deny deny_status 400 if { req.hdr_cnt(host) eq 1 } "
         f"!{{ req.hdr(host) -m reg '{_HOST_REGEX}' }}",
         *forwarded,
-        "    http-request set-header X-Forwarded-Proto http",
+        f"    http-request set-header X-Forwarded-Proto {proto}",
         "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }",
-        f"    default_backend {BACKEND}",
-        "",
-        f"backend {BACKEND}",
+    ]
+
+
+def backend_lines(backend: str, servers_map: Path, slots: int, c: ClientPolicy) -> list[str]:
+    release_of_server = f"srv_name,map({check_map_path(servers_map)})"
+    return [
+        f"backend {backend}",
         # roundrobin is smooth and honours weight changes at once, which dynamic servers need.
         "    balance roundrobin",
-        f"    http-response set-header X-Ingot-Release {release_header}" if c.release_header
+        # The map is referenced even without the header: haproxy loads only maps its config uses.
+        f"    http-response set-var(txn.release) {release_of_server}",
+        "    http-response set-header X-Ingot-Release %[var(txn.release)]" if c.release_header
         else "    http-response del-header X-Ingot-Release",
+        server_template(slots),
         "",
     ]
-    return "\n".join(lines)
 
 
 def _fd_bound() -> int:

@@ -325,6 +325,9 @@ class StrategySpec(_Model):
     # Nomad's min_healthy_time, Kubernetes' minReadySeconds: how long fresh instances must stay up and
     # healthy under traffic before the release they replace retires and the deploy succeeds. 0: not at all.
     min_ready: Duration = 10.0
+    # For releases that must not overlap: during a switch that takes the old release's last traffic away,
+    # new requests wait in the router (up to this long) until its requests in flight have finished.
+    hold: Duration | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _strategy_can_progress(self) -> StrategySpec:
@@ -545,6 +548,10 @@ class ServiceSpec(_Model):
             found.append(
                 ("build", f"runtime {self.runtime} needs build (a directory with a Containerfile) or image")
             )
+        if self.strategy.hold is not None and (self.router.kind != "builtin" or self.runtime == "kubernetes"):
+            by = "Kubernetes" if self.runtime == "kubernetes" else f"router.kind {self.router.kind}"
+            found.append(("strategy", f"hold needs the built-in router, which queues requests during the switch; "
+                                      f"{by} cannot without a reload: remove strategy.hold or use router.kind builtin"))
         found.extend(self._variable_clashes())
         seen: dict[tuple[str, str], int] = {}
         for index, route in enumerate(self.routes):

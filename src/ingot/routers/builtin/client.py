@@ -123,15 +123,30 @@ class ClientProtocol(asyncio.Protocol):
         self._abort_queue()
 
     def data_received(self, data: bytes) -> None:
-        if self.lingering or self.upgraded:
+        if self.lingering:
             return  # discarded: the connection closes once the answer is out
         self.last = self.router._now()
+        if self.upgraded:
+            # The upgrading request is the last one the connection will ever carry.
+            if self.queue and self.queue[-1].upgrade:
+                self.queue[-1].add_raw(data)  # the switched protocol's bytes, both before the 101 and after
+                self.queue[-1].flush()
+            return  # else (CONNECT): discarded, the connection closes once the answer is out
         self.feeding = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Bytes after an Upgrade/CONNECT head are not HTTP: answer the head, then close.
+        except httptools.HttpParserUpgrade as exc:
+            # Bytes after an Upgrade/CONNECT head are not HTTP. A protocol switch (WebSocket) goes on to the
+            # backend as it is, and after its 101 both ways (a tunnel); CONNECT is answered, then closed.
             self.upgraded = True
+            ex = self.queue[-1] if self.queue else None
+            if ex is not None and ex.upgrade:
+                if self.parsing is ex:
+                    self.parsing = None
+                    ex.end_body()
+                rest = data[int(exc.args[0]):] if exc.args else b""
+                if rest:
+                    ex.add_raw(rest)
         except httptools.HttpParserError as exc:
             self.feeding = False
             self._bad_request(431 if isinstance(exc.__context__, _HeadTooLarge) else 400)
@@ -148,6 +163,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.eof = True
+        if self.queue and self.queue[0].tunnel:
+            return False  # a tunnel ends with either side: the upstream is closed with it
         if self.parsing is not None or self.lingering:
             return False  # a request cut short can never complete
         # A half-closed client may still wait for the answers to what it sent.
@@ -193,13 +210,15 @@ class ClientProtocol(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method()
         http10 = parser.get_http_version() == "1.0"
-        head, chunked, expect, host = request_head_for_backend(self, method, http10)
+        upgrade = parser.should_upgrade() and method != b"CONNECT" and not http10
+        head, chunked, expect, host = request_head_for_backend(self, method, http10, upgrade)
         ex = Exchange(self, head, chunked=chunked, http10=http10, keep_alive=parser.should_keep_alive())
         ex.host = host
         ex.url = self.url
         ex.is_head = method == b"HEAD"
         ex.idempotent = method in IDEMPOTENT_METHODS
         ex.expect_continue = expect and not http10
+        ex.upgrade = upgrade
         if parser.should_upgrade():
             ex.client_keep_alive = False
         self.parsing = ex
@@ -342,5 +361,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         ex = self.queue[0]
         up = ex.up
+        if ex.tunnel:
+            return  # a tunnel (WebSocket) may be quiet for long: it ends when either side closes it
         if up is not None and now - max(up.last, self.last) > router.read_timeout:
             ex.timed_out()

@@ -2,6 +2,14 @@
 
 Request bytes are kept (up to `REPLAY_LIMIT`) until the backend's first response byte, so that a
 pooled keep-alive connection the backend closed as we reused it can be replayed once.
+
+Long-lived exchanges: a protocol switch (a WebSocket: the request's `Upgrade` passed on, the backend's
+101 back) becomes a tunnel, bytes spliced both ways with the same flow control as bodies, until either
+side closes; a response of server-sent events (`text/event-stream`) streams like any body, each read
+written on at once. Both are counted in their release's `streams` (in flight too) and are what
+`BuiltinRouter.drain` closes (`cut`) when its timeout ends. A tunnel has no read timeout (a WebSocket may be
+quiet for long); an event stream keeps it between reads, as any response does (and as HAProxy's `timeout
+server` does): its app should send a comment line now and then.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ from ingot.routers.builtin.headers import (
     connection_header,
     response_head_for_client,
     status_line,
+    switch_head_for_client,
 )
+from ingot.routers.builtin.websocket import GOING_AWAY, FrameBoundary
 
 if TYPE_CHECKING:
     from ingot.routers.builtin.balancing import Backend, Release
@@ -32,7 +42,10 @@ CONNECT_BUFFER_LIMIT = 256 * 1024
 _perf = time.perf_counter
 
 _REASONS = {
+    200: b"OK",
+    308: b"Permanent Redirect",
     400: b"Bad Request",
+    404: b"Not Found",
     408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
     502: b"Bad Gateway",
@@ -61,11 +74,13 @@ class Exchange:
         "done",
         "expect_continue",
         "extra",
+        "frames",
         "fresh_retry_used",
         "host",
         "http10",
         "idempotent",
         "is_head",
+        "long_lived",
         "out",
         "pending",
         "release",
@@ -79,8 +94,11 @@ class Exchange:
         "start",
         "status",
         "tried",
+        "tunnel",
         "up",
+        "upgrade",
         "url",
+        "websocket",
     )
 
     def __init__(self, client: ClientProtocol, head: bytes, *, chunked: bool, http10: bool, keep_alive: bool) -> None:
@@ -112,6 +130,11 @@ class Exchange:
         self.host = b""  # the request's Host and target: what the edge's shared listeners route by
         self.url = b""
         self.extra = b""  # response header lines the edge adds (HSTS)
+        self.upgrade = False  # the client asked for a protocol switch, passed on to the backend
+        self.tunnel = False  # the backend switched: bytes go both ways as they are
+        self.websocket = False  # the tunnel is a WebSocket (closed with a close frame when cut)
+        self.frames: FrameBoundary | None = None  # where the backend's frames end (a WebSocket's)
+        self.long_lived = False  # counted in its release's `streams`
 
     # ---- request side ------------------------------------------------------------------------
 
@@ -125,6 +148,13 @@ class Exchange:
             out.append(b"\r\n")
         else:
             out.append(data)
+        self._account(len(data))
+
+    def add_raw(self, data: bytes) -> None:
+        """Bytes of the switched protocol (a WebSocket's frames), before the backend's 101 or after it."""
+        if self.done:
+            return
+        self.out.append(data)
         self._account(len(data))
 
     def end_body(self) -> None:
@@ -189,11 +219,50 @@ class Exchange:
             self.replayable = False  # nothing to replay once the backend answered
             del self.out[: self.sent]
             self.sent = 0
-        head, framing, keep = response_head_for_client(self, status, reason, headers)
+        head, framing, keep, events = response_head_for_client(self, status, reason, headers)
         self.resp_framing = framing
         if not keep:
             self.client_keep_alive = False
         self.client.wbuf.append(head)
+        if events:
+            self._count_long_lived()
+
+    def switch_protocols(self, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """The backend answered the client's Upgrade with 101: from now on a tunnel."""
+        self.status = 101
+        self.resp_started = True
+        self.tunnel = True
+        self.resp_framing = FRAMING_CLOSE  # it ends when the backend closes (or the client does)
+        self.client_keep_alive = False
+        if self.replayable:
+            self.replayable = False
+            del self.out[: self.sent]
+            self.sent = 0
+        self.websocket = any(n.lower() == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
+        if self.websocket:
+            self.frames = FrameBoundary()
+        self.client.wbuf.append(switch_head_for_client(self, reason, headers))
+        self._count_long_lived()
+
+    def _count_long_lived(self) -> None:
+        rel = self.release
+        if rel is not None and not self.long_lived:
+            self.long_lived = True
+            rel.streams.add(self)
+
+    def cut(self) -> None:
+        """Close a long-lived exchange whose release is leaving: a WebSocket's client is told 1001."""
+        if self.done:
+            return
+        client = self.client
+        # Only between two of the backend's frames: inside one, a frame of ours would break the stream, and
+        # the client gets a plain close instead (1006 to it) rather than a protocol error.
+        if self.frames is not None and self.frames.between and client.transport is not None and not client.closed:
+            client.flush()
+            client.transport.write(GOING_AWAY)
+        self.client_keep_alive = False
+        self._close_upstream()
+        self.finish(self.status, self.release, latency=False)
 
     def response_body(self, data: bytes) -> None:
         wbuf = self.client.wbuf
@@ -211,7 +280,7 @@ class Exchange:
     def response_done(self, up: UpstreamProtocol, upstream_keep_alive: bool) -> None:
         self.up = None
         up.ex = None
-        if upstream_keep_alive and self.req_done and self.sent == len(self.out):
+        if upstream_keep_alive and self.req_done and self.sent == len(self.out) and not self.upgrade:
             self.router.release_conn(up)
         else:
             up.close()
@@ -241,7 +310,8 @@ class Exchange:
                 self.router.backend_failed(self.backend, "closed without answering")
             self.respond_error(502, self.chosen)
         elif self.resp_framing == FRAMING_CLOSE:
-            self.finish(self.status, self.release)  # the end of a close-delimited body
+            # The end of a close-delimited body, or of a tunnel (whose duration is no latency).
+            self.finish(self.status, self.release, latency=not self.tunnel)
         else:
             # Cut off mid-body: the client must see a broken response, not a short one.
             self.client_keep_alive = False
@@ -258,11 +328,11 @@ class Exchange:
             self.respond_error(504, self.chosen)
 
     def respond_error(self, status: int, rel: Release | None) -> None:
-        self.respond(status, _REASONS[status], _ERROR_BODIES[status], rel=rel)
+        self.respond(status, _ERROR_BODIES[status], rel)
 
-    def respond(self, status: int, reason: bytes, body: bytes, headers: bytes = b"",
-                rel: Release | None = None) -> None:
-        """Answer without a backend (`headers`: complete header lines, CRLF-terminated)."""
+    def respond(self, status: int, body: bytes, rel: Release | None, *,
+                content_type: bytes = b"text/plain; charset=utf-8", extra: bytes = b"") -> None:
+        """An answer of the router's own (`extra`: more header lines, each ending in CRLF)."""
         if self.done:
             return
         if not self.req_done:
@@ -272,14 +342,16 @@ class Exchange:
             b"".join(
                 (
                     status_line(status),
-                    reason,
-                    b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ",
+                    _REASONS[status],
+                    b"\r\nContent-Type: ",
+                    content_type,
+                    b"\r\nContent-Length: ",
                     b"%d" % len(body),
                     b"\r\n",
-                    headers,
+                    extra,
                     connection_header(self.http10, self.client_keep_alive),
                     b"\r\n",
-                    body,
+                    b"" if self.is_head else body,
                 )
             )
         )
@@ -290,12 +362,18 @@ class Exchange:
             return
         self.done = True
         if rel is not None:
-            rel.record(status, _perf() - self.start if latency else None)
-        if self.release is not None:
-            self.release.leave()
-            self.release = None
+            rel.record(status, _perf() - self.start if latency and not self.long_lived else None)
+        self._leave_release()
         self.drop_backend()
         self.client.exchange_done(self)
+
+    def _leave_release(self) -> None:
+        rel = self.release
+        if rel is not None:
+            if self.long_lived:
+                rel.streams.discard(self)
+            rel.leave()
+            self.release = None
 
     def abort(self) -> None:
         """The client went away: stop without answering."""
@@ -303,9 +381,7 @@ class Exchange:
             return
         self.done = True
         self._close_upstream()
-        if self.release is not None:
-            self.release.leave()
-            self.release = None
+        self._leave_release()
         self.drop_backend()
 
     def _close_upstream(self) -> None:

@@ -77,10 +77,16 @@ def _is_chunked(transfer_encoding: bytes) -> bool:
     return transfer_encoding.rstrip().lower().endswith(b"chunked")
 
 
-def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool) -> tuple[bytes, bool, bool, bytes]:
+def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool,
+                             upgrade: bool = False) -> tuple[bytes, bool, bool, bytes]:
     """The request head for the backend; also whether the body is chunked, 100-continue expected, and the Host
-    (what the edge's shared listeners route by)."""
+    (what the edge's shared listeners route by).
+
+    With `upgrade` (the client asked for a protocol switch, a WebSocket), its `Upgrade` goes on to the
+    backend with `Connection: Upgrade`: the one hop-by-hop header pair passed through (RFC 9110 7.8).
+    """
     headers = client.headers
+    protocol: bytes | None = None
     parts = [method, b" ", client.url, b" HTTP/1.1\r\n"]
     host: bytes | None = None
     xff: bytes | None = None
@@ -108,6 +114,8 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
                     connection = value if connection is None else connection + b"," + value
                 elif lname == b"expect":
                     expect = value.lower() == b"100-continue"
+                elif lname == b"upgrade":
+                    protocol = value
                 continue
             if drop and lname in drop:
                 continue
@@ -116,7 +124,7 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
         if not extra or drop:
             break
         drop = extra
-        xff = te = connection = host = None
+        xff = te = connection = host = protocol = None
     if host is None:
         if not http10:
             raise BadHost
@@ -125,6 +133,8 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
     chunked = te is not None and _is_chunked(te)
     if te is not None:
         parts += (b"Transfer-Encoding: ", te, b"\r\n")
+    if upgrade and protocol is not None:
+        parts += (b"Connection: Upgrade\r\nUpgrade: ", protocol, b"\r\n")
     parts += (
         b"X-Forwarded-For: ",
         # Kept only from a trusted proxy: anyone else could name any address as the client's.
@@ -140,9 +150,11 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
 
 def response_head_for_client(
     ex: Exchange, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
-) -> tuple[bytes, int, bool]:
-    """The response head for the client, its body framing, and whether the client may keep alive."""
+) -> tuple[bytes, int, bool, bool]:
+    """The response head for the client, its body framing, whether the client may keep alive, and whether it is
+    an event stream (`text/event-stream`: long-lived, counted as a stream)."""
     parts = [status_line(status), reason, b"\r\n"]
+    events = False
     te: bytes | None = None
     has_length = False
     connection: bytes | None = None
@@ -162,6 +174,8 @@ def response_head_for_client(
                 continue
             if drop and lname in drop:
                 continue
+            if lname == b"content-type":
+                events = value.lstrip().lower().startswith(b"text/event-stream")
             parts += (name, b": ", value, b"\r\n")
         extra = _extra_connection_tokens(connection)
         if not extra or drop:
@@ -187,7 +201,24 @@ def response_head_for_client(
     parts.append(ex.release.header)
     parts.append(ex.extra)  # what the edge adds for the route (HSTS), usually nothing
     parts.append(b"\r\n")
-    return b"".join(parts), framing, keep
+    return b"".join(parts), framing, keep, events
+
+
+def switch_head_for_client(ex: Exchange, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The backend's 101 for the client: its end-to-end headers, its `Upgrade`, and the release's header."""
+    parts = [status_line(101), reason, b"\r\n"]
+    protocol = b"websocket"
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"upgrade":
+            protocol = value
+        elif lname not in _RESP_SPECIAL and not lname.startswith(b"proxy-"):
+            parts += (name, b": ", value, b"\r\n")
+    parts += (b"Connection: Upgrade\r\nUpgrade: ", protocol, b"\r\n")
+    if ex.release is not None:
+        parts.append(ex.release.header)
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def informational_head_for_client(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -31,6 +31,11 @@ DOWN_FOR = 1.0
 # Distinct backends tried per request after connect failures before giving up with 502.
 MAX_CONNECT_ATTEMPTS = 6
 SWEEP_INTERVAL = 0.5
+DEFAULT_MAINTENANCE_PAGE = (
+    "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Down for maintenance</title></head>\n"
+    "<body><h1>Down for maintenance</h1><p>This service is being worked on. Please try again shortly.</p>"
+    "</body></html>\n"
+)
 
 
 def install_fast_loop() -> bool:
@@ -80,7 +85,13 @@ class BuiltinRouter:
       failed counts for the release first chosen; 504 and responses cut off by the backend count
       as 5xx too. Requests whose client went away before the answer are not counted.
     - `drain` returns as soon as the in-flight count is 0 at some moment; callers move the weight
-      away first. Draining an unknown (or removed) release returns True at once.
+      away first. Draining an unknown (or removed) release returns True at once. Long-lived
+      exchanges (WebSocket tunnels, server-sent events) keep it waiting like any request; when the
+      timeout ends they are closed (a WebSocket client gets close 1001 first), `drain_cut` says how
+      many, and only what else is still in flight makes it return False.
+    - `hold(seconds)` / `release_hold()`: new requests wait in the router (unanswered, sent nowhere)
+      from `hold` until `release_hold` has seen the releases without weight finish their requests
+      (long-lived ones aside), or `seconds` pass; they then go by the weights of that moment.
     """
 
     def __init__(
@@ -124,6 +135,11 @@ class BuiltinRouter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
+        self._cut: dict[str, int] = {}  # release -> long-lived exchanges its last drain closed
+        self._held: list[Exchange] | None = None  # requests waiting while a hold lasts
+        self._maintenance: tuple[bytes, bytes] | None = None  # (Retry-After header line, page) while on
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._hold_until = 0.0
         self._host_header = b""
         # The loop's clock once started (cheap, and what timers use).
         self._now: Callable[[], float] = time.monotonic
@@ -217,6 +233,7 @@ class BuiltinRouter:
         if server is not None:
             server.close()
         await self._health.stop()
+        self._end_hold(send=False)  # their clients are closed next
         for client in list(self._clients):
             client.abort()
         for task in list(self._tasks):
@@ -269,6 +286,7 @@ class BuiltinRouter:
         # Out of rotation whatever its weight says, until a later `set_weights` gives it weight again.
         self._active = [r for r in self._active if r is not rel]
         self._refresh_usable()
+        self._cut[release] = 0
         if rel.in_flight == 0:
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -276,11 +294,76 @@ class BuiltinRouter:
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            return False
+            # Long-lived connections would hold the old release forever: at the timeout they are closed.
+            streams = list(rel.streams)
+            for ex in streams:
+                ex.cut()
+            self._cut[release] = len(streams)
+            if streams:
+                log.info("router %s: %d long-lived connection(s) of %s closed at the drain timeout (%g s)",
+                         self.name, len(streams), release, timeout)
+            return rel.in_flight == 0
         finally:
             if fut in rel.waiters:
                 rel.waiters.remove(fut)
         return True
+
+    def set_maintenance(self, retry_after: int | None, page: str | None = None) -> None:
+        """With `retry_after` (seconds), answer every request 503 with `Retry-After` and `page` (HTML; a
+        short default one without it) while the releases keep running; None: serve again at once."""
+        if retry_after is None:
+            self._maintenance = None
+            return
+        body = (page if page is not None else DEFAULT_MAINTENANCE_PAGE).encode("utf-8")
+        self._maintenance = (b"Retry-After: %d\r\nCache-Control: no-store\r\n" % int(retry_after), body)
+
+    @property
+    def maintenance(self) -> bool:
+        return self._maintenance is not None
+
+    def drain_cut(self, release: str) -> int | None:
+        """How many long-lived connections of `release` its last `drain` (or `drain_backends`) closed at its
+        timeout."""
+        return self._cut.get(release, 0)
+
+    # Whether `hold` is available (routers.base.can_hold).
+    holds = True
+
+    async def hold(self, seconds: float) -> None:
+        """From now on new requests wait in the router, for `release_hold`, at most `seconds`."""
+        if not seconds > 0:
+            raise ValueError(f"hold must be a number of seconds > 0, got {seconds!r}")
+        assert self._loop is not None, "hold needs a started router"
+        if self._held is None:
+            self._held = []
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+        self._hold_until = self._loop.time() + seconds
+        # The bound holds even if nobody calls release_hold (a control plane that died mid-switch).
+        self._hold_timer = self._loop.call_at(self._hold_until, self._end_hold)
+
+    async def release_hold(self) -> int:
+        """End the hold once every release without weight has no request in flight but long-lived ones (the
+        switch is complete: nothing of the old release overlaps the new), or at the hold's bound; the
+        held requests then go by the current weights. Returns how many were held."""
+        loop = asyncio.get_running_loop()
+        while self._held is not None and loop.time() < self._hold_until:
+            if not any(rel.in_flight > len(rel.streams) for rel in self._releases.values()
+                       if rel not in self._active):
+                break
+            await asyncio.sleep(0.005)  # off the hot path: a short poll, as drain_backends
+        held = len(self._held or ())
+        self._end_hold()
+        return held
+
+    def _end_hold(self, send: bool = True) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        held, self._held = self._held, None
+        for ex in held if send and held else ():
+            if not ex.done:
+                self.dispatch(ex)
 
     async def drain_backends(self, release: str, addrs: list[Address], timeout: float) -> bool:
         rel = self._releases.get(release)
@@ -291,9 +374,15 @@ class BuiltinRouter:
         await self.set_backends(release, [b.addr for b in rel.backends if b.addr not in gone])
         # Off the hot path: a short poll is simpler than per-backend waiters and costs nothing per request.
         deadline = asyncio.get_running_loop().time() + timeout
+        self._cut[release] = 0
         while any(b.in_flight for b in leaving):
             if asyncio.get_running_loop().time() >= deadline:
-                return False
+                # As `drain` does: the long-lived connections on the leaving backends are closed now.
+                streams = [ex for ex in rel.streams if ex.backend in leaving]
+                for ex in streams:
+                    ex.cut()
+                self._cut[release] = len(streams)
+                return not any(b.in_flight for b in leaving)
             await asyncio.sleep(0.01)
         return True
 
@@ -357,6 +446,13 @@ class BuiltinRouter:
     # ---- request dispatch --------------------------------------------------------------------
 
     def dispatch(self, ex: Exchange) -> None:
+        if self._maintenance is not None:
+            extra, page = self._maintenance
+            ex.respond(503, page, None, content_type=b"text/html; charset=utf-8", extra=extra)
+            return
+        if self._held is not None:
+            self._held.append(ex)  # a hold lasts: sent on when it ends
+            return
         rel = choose_release(self._active)
         if rel is None:
             ex.respond_error(503, None)

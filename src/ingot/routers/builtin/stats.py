@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ingot.routers.base import LATENCY_WINDOW, ReleaseStats
+
+if TYPE_CHECKING:
+    from ingot.routers.builtin.exchange import Exchange
 
 
 class ReleaseCounters:
     """The counters behind `ReleaseStats`; `Release` extends them (one object, no extra lookups)."""
 
-    __slots__ = ("errors", "in_flight", "lat", "lat_i", "lat_n", "requests")
+    __slots__ = ("errors", "in_flight", "lat", "lat_i", "lat_n", "requests", "streams")
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -17,6 +22,7 @@ class ReleaseCounters:
         self.lat = [0.0] * LATENCY_WINDOW  # a ring of the last latencies, in seconds
         self.lat_i = 0
         self.lat_n = 0
+        self.streams: set[Exchange] = set()  # long-lived exchanges (WebSocket, SSE), in in_flight too
 
     def record(self, status: int, seconds: float | None) -> None:
         self.requests += 1
@@ -32,7 +38,7 @@ class ReleaseCounters:
     def snapshot(self) -> ReleaseStats:
         n = self.lat_n
         if n == 0:
-            return ReleaseStats(self.requests, self.errors, self.in_flight)
+            return ReleaseStats(self.requests, self.errors, self.in_flight, streams=len(self.streams))
         window = sorted(self.lat[:n])
         return ReleaseStats(
             requests=self.requests,
@@ -41,6 +47,7 @@ class ReleaseCounters:
             p50_ms=_nearest_rank(window, 0.50) * 1000.0,
             p99_ms=_nearest_rank(window, 0.99) * 1000.0,
             mean_ms=sum(window) / n * 1000.0,
+            streams=len(self.streams),
         )
 
 

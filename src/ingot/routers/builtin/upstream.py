@@ -1,7 +1,9 @@
 """The upstream side: an `asyncio.Protocol` per backend connection, parsing responses with httptools.
 
 A connection serves one exchange at a time (`ex`) and between exchanges waits in its backend's
-idle pool (`Backend.idle`); any byte that arrives while it is idle closes it.
+idle pool (`Backend.idle`); any byte that arrives while it is idle closes it. After a 101 to a
+client's Upgrade it is a tunnel (`tunnel`): its bytes go to the client as they come, unparsed, and
+it is never pooled again.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class UpstreamProtocol(asyncio.Protocol):
         "reused",
         "router",
         "transport",
+        "tunnel",
     )
 
     def __init__(self, router: BuiltinRouter, backend: Backend) -> None:
@@ -61,6 +64,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.reason = b""
         self.idle_since = 0.0
         self.last = 0.0
+        self.tunnel = False
 
     # ---- asyncio.Protocol --------------------------------------------------------------------
 
@@ -85,10 +89,26 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         self.got = True
         self.last = self.router._now()
+        client = ex.client
+        if self.tunnel:
+            if ex.frames is not None:
+                ex.frames.feed(data)
+            if client.transport is not None and not client.closed:
+                client.transport.write(data)
+            return
         try:
             self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            if self.head_only:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.tunnel:
+                # The 101's head is parsed: what follows it is the switched protocol's, for the client.
+                if isinstance(exc, httptools.HttpParserUpgrade) and exc.args:
+                    rest = data[int(exc.args[0]):]
+                    if rest:
+                        if ex.frames is not None:
+                            ex.frames.feed(rest)
+                        client.wbuf.append(rest)
+                self.msg_done = False
+            elif self.head_only:
                 # A HEAD response ends at its headers; start the next response with a clean parser.
                 self.head_only = False
                 self.parser = httptools.HttpResponseParser(self)
@@ -100,7 +120,6 @@ class UpstreamProtocol(asyncio.Protocol):
                 ex.client.flush()
                 ex.upstream_lost(self)
                 return
-        client = ex.client
         if client.wbuf:
             client.flush()
         if self.msg_done:
@@ -137,7 +156,12 @@ class UpstreamProtocol(asyncio.Protocol):
         parser = self.parser
         status = parser.get_status_code()
         if status == 101:
-            raise _StopParsing  # we never forward Upgrade, so a protocol switch is a broken backend
+            if not ex.upgrade:
+                raise _StopParsing  # a protocol switch nobody asked for: a broken backend
+            self.backend.fails = 0
+            self.tunnel = True
+            ex.switch_protocols(self.reason, self.headers)
+            return
         if status < 200:
             self.informational = True
             # 100 answers an Expect the router answered itself; HTTP/1.0 clients get no 1xx at all.
@@ -157,6 +181,8 @@ class UpstreamProtocol(asyncio.Protocol):
             ex.response_body(body)
 
     def on_message_complete(self) -> None:
+        if self.tunnel:
+            return  # the 101 ends no exchange: the tunnel does, when it closes
         if self.informational:
             self.informational = False
             return
