@@ -10,7 +10,7 @@ from ingot.edge.fronts import make_front
 from ingot.edge.settings import EdgeSettings
 from tests.support.harness import free_port
 
-FRONT_KINDS = ["builtin"]  # + "haproxy" once ingot.edge.fronts makes one
+FRONT_KINDS = ["builtin", "haproxy"]
 
 
 def new_front(kind: str, home: Path) -> Front:

@@ -19,7 +19,11 @@ def make_front(settings: EdgeSettings, *, home: Path | None = None,
 
         return BuiltinFront(settings.http, settings.https, socks=socks)
     if settings.kind == "haproxy":
-        # The HAProxy front goes here (routers/haproxy_front.py): return HAProxyFront(settings, home=home).
-        raise UserInputError("INGOT_EDGE_KIND=haproxy: the HAProxy front is not available yet",
-                             details=["set INGOT_EDGE_KIND=builtin (the default)"])
+        from ingot.edge.haproxy_front import HAProxyFront
+
+        if home is None:
+            raise ValueError("an HAProxy front keeps its haproxy's files in the edge's home: give `home`")
+        # Its own directory, not under home/haproxy (the dedicated routers' workdirs, whose strays the edge
+        # stops). Held sockets are not used: its haproxy outlives the edge and is adopted by the next one.
+        return HAProxyFront(home / "front", http=settings.http, https=settings.https)
     raise UserInputError(f"INGOT_EDGE_KIND: unknown edge kind {settings.kind!r}; expected builtin or haproxy")

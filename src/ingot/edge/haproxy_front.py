@@ -121,8 +121,11 @@ def _cli_word(text: str) -> str:
 
 def render_front_config(*, socket_path: Path, http_fd: int | None, https_fd: int | None, maxconn: int,
                         timeouts: Timeouts, clients: ClientPolicy, routes_map: Path, acme_map: Path,
-                        crt_list: Path, backends: list[tuple[str, Path]], slots: int) -> str:
+                        crt_list: Path, backends: list[tuple[str, Path]], slots: int,
+                        https_port: int | None = None) -> str:
     routes = check_map_path(routes_map)
+    # As the contract says: the redirect names the HTTPS listener's port unless it is 443.
+    port = f":{https_port}" if https_port not in (None, 443) else ""
     routing = [
         "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower",
         "    http-request set-var(txn.path) path",
@@ -152,7 +155,8 @@ def render_front_config(*, socket_path: Path, http_fd: int | None, https_fd: int
             '    http-request return status 200 content-type text/plain lf-string "%[var(txn.acme)]" '
             "if { var(txn.acme) -m found }",
             *routing,
-            "    http-request redirect scheme https code 308 if { var(txn.redirect) -m str 1 }",
+            f'    http-request redirect code 308 location "https://%[var(txn.host)]{port}%[capture.req.uri]" '
+            "if { var(txn.redirect) -m str 1 }",
             *dispatch,
             "",
         ]
@@ -231,7 +235,8 @@ class _FrontProcess(HAProxyRouter):
                 https_fd=https_sock.fileno() if https_sock else None, maxconn=self.maxconn,
                 timeouts=self.timeouts, clients=self.clients, routes_map=front.routes_map,
                 acme_map=front.acme_map, crt_list=front.crt_list,
-                backends=[(b, front.servers_map_of(b)) for b in front.backend_names], slots=front.slots))
+                backends=[(b, front.servers_map_of(b)) for b in front.backend_names], slots=front.slots,
+                https_port=https_sock.getsockname()[1] if https_sock else None))
             await self._spawn(binary, *(s.fileno() for s in sockets if s is not None))
             for kind, sock in zip(("http", "https"), sockets, strict=True):
                 if sock is not None:
