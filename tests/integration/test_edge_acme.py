@@ -1,9 +1,10 @@
-"""Automatic TLS through the edge, end to end: two projects, three `tls: auto` hosts on one HTTPS listener of
-an edge of its own, with certificates issued by Pebble after it validated HTTP-01 against the edge's real
-HTTP listener; `ingot status` saying `valid`; a host Pebble's DNS sends elsewhere failing with the reason in
-`ingot status` and in its project's ledger; a restarted edge serving the issued certificates again with no
-new order; renewal by a running edge whose ACME clock the test moves ahead (INGOT_TEST_ACME_CLOCK_FILE, a
-setting for tests only), the old certificates serving until the new ones are installed."""
+"""Automatic TLS through the edge, end to end, on each front (built-in and HAProxy): two projects, three
+`tls: auto` hosts on one HTTPS listener of an edge of its own, with certificates issued by Pebble after it
+validated HTTP-01 against the edge's real HTTP listener; `ingot status` saying `valid`; a host Pebble's DNS
+sends elsewhere failing with the reason in `ingot status` and in its project's ledger; a restarted edge
+serving the issued certificates again with no new order; renewal by a running edge whose ACME clock the test
+moves ahead (INGOT_TEST_ACME_CLOCK_FILE, a setting for tests only), the old certificates serving until the
+new ones are installed."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ import pytest
 from ingot import ledger
 from ingot.store import Store
 from tests.support.certs import fetch
+from tests.support.engines import in_ci
 from tests.support.harness import EXAMPLE, ExampleProject, free_port, poll, stop_edge, stop_everything
 from tests.support.pebble import Pebble, running_pebble
+from tests.support.routers import find_haproxy
 
 pytestmark = pytest.mark.integration
 
@@ -68,8 +71,10 @@ def _project(tmp: Path, name: str, services: str, env: dict[str, str]) -> Exampl
     return ExampleProject(root, port=0, env=dict(env), _project=name)
 
 
-@pytest.fixture(scope="module")
-def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+@pytest.fixture(scope="module", params=["builtin", "haproxy"])
+def machine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    if request.param == "haproxy" and find_haproxy() is None and not in_ci():
+        pytest.skip("no haproxy on PATH")
     tmp = tmp_path_factory.mktemp("edge-acme")
     home = Path(tempfile.mkdtemp(prefix="ingot-edge-"))  # short: its control socket must fit AF_UNIX
     with running_pebble(tmp / "pebble") as pebble:
@@ -78,7 +83,8 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
         clock.write_text("0")
         env = {"INGOT_EDGE_HOME": str(home), "INGOT_EDGE_HTTP": f"127.0.0.1:{pebble.http_port}",
                "INGOT_EDGE_HTTPS": f"127.0.0.1:{https[1]}", "INGOT_ACME_DIRECTORY": pebble.directory,
-               "INGOT_ACME_CA_BUNDLE": str(pebble.ca_bundle), "INGOT_TEST_ACME_CLOCK_FILE": str(clock)}
+               "INGOT_ACME_CA_BUNDLE": str(pebble.ca_bundle), "INGOT_TEST_ACME_CLOCK_FILE": str(clock),
+               "INGOT_EDGE_KIND": str(request.param)}
         trust = ssl.create_default_context(cadata=pebble.issuing_root().decode())
         alpha = _project(tmp, "alpha", _service("web", "alpha-web", ["a.test"])
                          + _service("api", "alpha-api", ["b.test"]), env)
