@@ -17,7 +17,10 @@ the first router with routes arrives, so an edge without routes never binds :80/
 routes make the front's table, given whole after each change; a host+path claimed by another service
 (of any project) is refused naming its holder. Certificates from files (`tls: {cert, key}`) come from
 the agents as PEM and are kept in `certs/` (0600) so a restarted edge serves them again; `tls: auto`
-hosts are `auto_hosts`, for the certificate manager (`certificates`, ACME) to provide.
+hosts are `auto_hosts`, for the certificate manager (`certificates`, ACME, edge/tls/manager.py) to provide:
+made with the first such host, its store (`acme/certs/`) the one copy of what it issued, installed again
+when a restarted edge's front starts. Its state per host is in `stats` and `list`; its events (issued,
+failed...) are kept for the agents, which record those of their own hosts in their project's ledger.
 
 Started on demand (by the first agent that needs it, under ingot's supervisor), the edge ends when
 its last router is released (`ingot down` everywhere): nothing is left running. `ingot edge serve
