@@ -171,7 +171,11 @@ def test_a_running_edge_renews_certificates_that_come_due(machine: Machine) -> N
                                              "routes: [{host: bad.test, tls: auto}, {host: bad2.test, tls: off}]"))
     machine.beta.ingot("deploy", check=True)
     for host, serial in before.items():
-        poll(lambda h=host, s=serial: machine.get(h)[1] != s, timeout=30, what=f"{host} renewed")
+        try:
+            poll(lambda h=host, s=serial: machine.get(h)[1] != s, timeout=30, what=f"{host} renewed")
+        except AssertionError as exc:  # say what the edge thinks, for a failure seen once and not since
+            raise AssertionError(f"{exc}; alpha: {machine.routes(machine.alpha)}; "
+                                 f"beta: {machine.routes(machine.beta)}") from None
     assert machine.get("a.test")[0] == "alpha-web"
     poll(lambda: any(e.action == "certificate.renewed" and e.subject == "c.test"
                      for e in _certificate_entries(machine.beta)), timeout=10, what="c.test's renewal recorded")

@@ -50,3 +50,16 @@ def test_the_status_text_of_an_acme_host() -> None:
     assert _acme_text({"state": "valid", "not_after": "2027-03-01T00:00:00+00:00"}) == \
         "valid until 2027-03-01 00:00:00 UTC"
     assert _acme_text({"state": "pending"}) == "pending (ACME order)"
+
+
+def test_the_edge_keeps_certificate_events_across_a_restart(tmp_path: Path) -> None:
+    from ingot.edge.server import Edge
+
+    home = EdgeHome(tmp_path / "edge")
+    Edge(home)._certificate_event("a.test", "tls_issued", "serial 1")
+    (tmp_path / "edge" / "acme" / "garbage").write_text("x")  # what else is in acme/ is not read
+    again = Edge(home)
+    assert [(e["host"], e["kind"], e["detail"]) for e in again.certificate_events] == [
+        ("a.test", "tls_issued", "serial 1")]
+    (tmp_path / "edge" / "acme" / "events.json").write_text("{not json")
+    assert list(Edge(home).certificate_events) == []  # unreadable: dropped, said in the log, never fatal

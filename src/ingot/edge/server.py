@@ -54,6 +54,7 @@ from typing import Any, Protocol
 
 from ingot import __version__, pidfile
 from ingot.agent.protocol import decode, encode
+from ingot.atomic import write_atomically
 from ingot.edge.builtin_front import BuiltinFront, check_certificate
 from ingot.edge.front import Binding, Front, Route
 from ingot.edge.fronts import make_front
@@ -158,7 +159,7 @@ class Edge:
         self.certificates: CertificateManager | None = None  # the ACME side plugs in here
         self._installed: set[str] = set()  # hosts whose certificate the front has
         # What the certificate manager did (issued, renewed, failed...), for the agents to put in their ledgers.
-        self.certificate_events: deque[dict[str, Any]] = deque(maxlen=CERTIFICATE_EVENTS)
+        self.certificate_events: deque[dict[str, Any]] = deque(self._saved_events(), maxlen=CERTIFICATE_EVENTS)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -665,9 +666,29 @@ class Edge:
         self._installed.add(host)
 
     def _certificate_event(self, host: str, kind: str, detail: str) -> None:
-        # The id orders events across edge restarts too: an agent records those newer than its last.
+        # The id orders events across edge restarts too: an agent records those newer than its last. Kept on
+        # disk as well (rare, small), so that an edge killed before an agent read one still has it.
         self.certificate_events.append({"id": time.time_ns(), "at": time.time(), "host": host, "kind": kind,
                                         "detail": detail})
+        try:
+            write_atomically(self._events_file, json.dumps(list(self.certificate_events)) + "\n")
+        except OSError as exc:
+            log.warning("cannot save %s: %s", self._events_file, exc)
+
+    @property
+    def _events_file(self) -> Path:
+        return self.home.root / "acme" / "events.json"
+
+    def _saved_events(self) -> list[dict[str, Any]]:
+        try:
+            raw = json.loads(self._events_file.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            log.error("%s is unreadable (%s): earlier certificate events are dropped", self._events_file, exc)
+            return []
+        return [e for e in raw if isinstance(e, dict) and {"id", "host", "kind", "detail"} <= e.keys()] \
+            if isinstance(raw, list) else []
 
     def _acme_status(self, route: dict[str, Any]) -> dict[str, Any] | None:
         if route.get("tls") != "auto" or self.certificates is None:
