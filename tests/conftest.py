@@ -24,6 +24,9 @@ if "INGOT_EDGE_HOME" not in os.environ:
 # Its shared listeners on free loopback ports, never the machine's :80 and :443 (read when the edge starts).
 for _variable in ("INGOT_EDGE_HTTP", "INGOT_EDGE_HTTPS"):
     os.environ.setdefault(_variable, f"127.0.0.1:{free_port()}")
+# Never Let's Encrypt from a test: a route left at `tls: auto` (the default) gets a refused connection at once
+# (the tests that issue certificates point their edge at Pebble).
+os.environ.setdefault("INGOT_ACME_DIRECTORY", "https://127.0.0.1:9/directory")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -169,11 +169,14 @@ def latest(store: Store, *, limit: int, before: int | None = None, environment: 
         return [_entry(r) for r in reversed(conn.execute(query).all())]
 
 
-def last_entry(store: Store, *, actions: Collection[str], environment: str | None = None) -> LedgerEntry | None:
-    """The newest entry with one of `actions` (in `environment`, if given)."""
+def last_entry(store: Store, *, actions: Collection[str], environment: str | None = None,
+               service: str | None = None) -> LedgerEntry | None:
+    """The newest entry with one of `actions` (in `environment` and of `service`, if given)."""
     query = select(t.ledger).where(t.ledger.c.action.in_(list(actions)))
     if environment:
         query = query.where(t.ledger.c.environment == environment)
+    if service:
+        query = query.where(t.ledger.c.service == service)
     with store.engine.connect() as conn:
         row = conn.execute(query.order_by(t.ledger.c.seq.desc()).limit(1)).first()
     return _entry(row) if row else None

@@ -121,6 +121,34 @@ def test_a_wrong_token_is_refused_and_a_rotated_one_brings_the_sign_in_back(
     assert page.evaluate("sessionStorage.getItem('ingot.token')") is None
 
 
+def test_a_route_shows_its_certificate_state_and_an_acme_failure_its_reason(
+        deployed: ExampleProject, server: Served, page: Any) -> None:
+    # The agent's report as an edge with a failing ACME order would make it (test_edge_acme.py makes real
+    # ones): the page shows what the API gives, the reason and the retry time included.
+    failed = {"url": "https://shop.test/", "tls": "auto",
+              "certificate": "failed: shop.test: connection refused, retry at 2026-12-01 18:05:00 UTC",
+              "acme": {"host": "shop.test", "state": "failed", "not_after": None, "failures": 1,
+                       "last_error": "shop.test: connection refused", "next_attempt": "2026-12-01T18:05:00+00:00"}}
+    valid = {"url": "https://www.test/", "tls": "auto", "certificate": "valid until 2027-03-01 00:00 UTC",
+             "acme": {**failed["acme"], "host": "www.test", "state": "valid", "last_error": None}}  # type: ignore[dict-item]
+
+    def with_routes(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        for item in body["services"]:
+            item["routes"] = [failed, valid]
+        route.fulfill(response=response, json=body)
+
+    page.route(re.compile(r".*/api/v1/overview.*"), with_routes)
+    sign_in(page, server)
+    shop = page.locator('#services tr[data-service=web] li[data-route="https://shop.test/"]')
+    expect(shop).to_contain_text("certificate failed")
+    expect(shop).to_contain_text("connection refused, retry at 2026-12-01 18:05:00 UTC")
+    expect(shop.locator(".badge.bad")).to_be_visible()
+    www = page.locator('#services tr[data-service=web] li[data-route="https://www.test/"]')
+    expect(www.locator(".badge.ok")).to_have_text("certificate valid")
+
+
 def test_a_canary_shows_live_then_a_rollback_from_the_page_is_recorded(
         deployed: ExampleProject, server: Served, page: Any) -> None:
     example = deployed

@@ -53,6 +53,7 @@ class Pebble:
     management: str  # Pebble's management API (roots, cert status)
     ca_bundle: Path  # trusts Pebble's own HTTPS certificate
     http_port: int  # where Pebble sends HTTP-01 validations (on 127.0.0.1)
+    dns_management: str = ""  # pebble-challtestsrv's management API (`point` a name elsewhere)
 
     def trust(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_bundle))
@@ -63,6 +64,12 @@ class Pebble:
             answer = http.get(f"{self.management}/roots/0")
             answer.raise_for_status()
             return answer.content
+
+    def point(self, host: str, address: str) -> None:
+        """Make Pebble's DNS answer `address` for `host` (its HTTP-01 validation then goes there)."""
+        answer = httpx.post(f"{self.dns_management}/add-a", json={"host": host, "addresses": [address]},
+                            trust_env=False, timeout=5)
+        answer.raise_for_status()
 
 
 def _write_api_certificate(workdir: Path) -> tuple[Path, Path, Path]:
@@ -135,7 +142,8 @@ def running_pebble(workdir: Path, http_port: int | None = None) -> Iterator[Pebb
                               start_new_session=True)
     try:
         server = Pebble(directory=f"https://127.0.0.1:{acme_port}/dir",
-                        management=f"https://127.0.0.1:{management_port}", ca_bundle=bundle, http_port=http_port)
+                        management=f"https://127.0.0.1:{management_port}", ca_bundle=bundle, http_port=http_port,
+                        dns_management=f"http://127.0.0.1:{challtest_management}")
 
         def up() -> bool:
             for process, name in ((dns, "challtestsrv"), (pebble, "pebble")):

@@ -49,6 +49,10 @@ SUPERVISE_INTERVAL = 1.0
 # A file the agent keeps a signed checkpoint of the ledger in (`ingot serve --checkpoint`; see ingot.checkpoint).
 CHECKPOINT_ENV = "INGOT_CHECKPOINT"
 CHECKPOINT_INTERVAL = 2.0
+# What the edge's certificate manager reports (edge/tls/manager.py kinds) → the ledger's actions.
+CERTIFICATE_ACTIONS = {"tls_issued": "certificate.issued", "tls_renewed": "certificate.renewed",
+                       "tls_failed": "certificate.failed", "tls_refused": "certificate.refused",
+                       "tls_damaged": "certificate.damaged", "acme_account": "certificate.account"}
 log = logging.getLogger("ingot.agent")
 
 
@@ -72,6 +76,7 @@ class Agent:
                                       deploy=self.deploy)
         self._stopping = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
+        self._certificates_recorded: dict[Key, int] = {}  # the newest edge certificate event in the ledger
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def run(self, companions: Sequence[Companion] = ()) -> None:
@@ -246,6 +251,7 @@ class Agent:
     async def _supervise(self) -> None:
         while True:
             await asyncio.sleep(SUPERVISE_INTERVAL)
+            self._record_certificate_events()
             for row in self.store.live_instances():
                 if row.state != "running" or self.runtimes.of(row).observe(row).alive:
                     continue
@@ -257,6 +263,24 @@ class Agent:
                     payload={"release": row.release_id, "last_log_lines": self.runtimes.of(row).log_tail(row, 10)},
                 )
                 await self._refresh_pool((row.environment, row.service), row.release_id)
+
+    def _record_certificate_events(self) -> None:
+        """Put in the ledger what the edge did for the certificates of this project's hosts (issued, renewed,
+        failed...), once each: an event is recorded when it is newer than the newest one recorded already."""
+        for key, router in list(self.routers.items()):
+            if not isinstance(router, EdgeRouter) or not router.certificate_events:
+                continue
+            if key not in self._certificates_recorded:
+                last = ledger.last_entry(self.store, actions=CERTIFICATE_ACTIONS.values(), environment=key[0],
+                                         service=key[1])
+                self._certificates_recorded[key] = int(last.payload.get("edge_event", 0)) if last else 0
+            for event in router.certificate_events:
+                if int(event["id"]) <= self._certificates_recorded[key]:
+                    continue
+                ledger.record(self.store, actor="edge", environment=key[0], service=key[1], subject=event["host"],
+                              action=CERTIFICATE_ACTIONS.get(event["kind"], f"certificate.{event['kind']}"),
+                              payload={"host": event["host"], "detail": event["detail"], "edge_event": event["id"]})
+                self._certificates_recorded[key] = int(event["id"])
 
     async def _keep_checkpoint(self) -> None:
         """Keep $INGOT_CHECKPOINT up to date with the ledger: looked at every CHECKPOINT_INTERVAL, rewritten
@@ -437,6 +461,7 @@ class Agent:
         return {"stopped": stopped, "agent_stopping": not remaining}
 
     async def status(self) -> dict[str, Any]:
+        self._record_certificate_events()  # what `ingot status` says of a certificate, the ledger has too
         services = []
         for activation in self.store.active_services():
             key = (activation.environment, activation.service)
@@ -470,14 +495,16 @@ class Agent:
         """The service's routes with their certificate's state as the edge knows it."""
         if not params.routes:
             return []
-        states: dict[tuple[str, str], str] = {}
+        states: dict[tuple[str, str], dict[str, Any]] = {}
         with contextlib.suppress(IngotError, OSError, ValueError):
             router = self.routers.get(key)
             for listed in (await self.edge.call("list"))["routes"]:
                 if isinstance(router, EdgeRouter) and listed["id"] == router.id:
-                    states = {(r["host"], r["path"]): r["certificate"] for r in listed.get("routes", [])}
+                    states = {(r["host"], r["path"]): r for r in listed.get("routes", [])}
+        # `acme`: a `tls: auto` host's state at the edge (state, not_after, last_error, next_attempt).
         return [{"url": f"{'http' if r.tls == 'off' else 'https'}://{r.host}{r.path}", "tls": r.tls,
-                 "certificate": states.get((r.host, r.path), "unknown")} for r in params.routes]
+                 "certificate": states.get((r.host, r.path), {}).get("certificate", "unknown"),
+                 "acme": states.get((r.host, r.path), {}).get("acme")} for r in params.routes]
 
     async def _health_of(self, row: InstanceRow, policy: HealthPolicy) -> tuple[str, str]:
         """The instance's state and one live probe of its health path, as evidence for `ingot status`."""

@@ -177,6 +177,8 @@ class EdgeRouter:
         self._stats: dict[str, ReleaseStats] = {}
         self._backends: dict[str, dict[str, str]] = {}
         self._cut: dict[str, int | None] = {}
+        # What the edge's certificate manager did for this router's hosts (newest last), for the agent's ledger.
+        self.certificate_events: list[dict[str, Any]] = []
         self._poller: asyncio.Task[None] | None = None
 
     @property
@@ -283,6 +285,7 @@ class EdgeRouter:
         self._weights = {str(k): int(v) for k, v in answer["weights"].items()}
         self._stats = {str(r): ReleaseStats(**s) for r, s in answer["stats"].items()}
         self._backends = answer.get("backends", {})
+        self.certificate_events = list(answer.get("certificate_events", []))
         return self.stats()
 
     async def _poll_forever(self) -> None:

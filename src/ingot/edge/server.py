@@ -17,7 +17,10 @@ the first router with routes arrives, so an edge without routes never binds :80/
 routes make the front's table, given whole after each change; a host+path claimed by another service
 (of any project) is refused naming its holder. Certificates from files (`tls: {cert, key}`) come from
 the agents as PEM and are kept in `certs/` (0600) so a restarted edge serves them again; `tls: auto`
-hosts are `auto_hosts`, for the certificate manager (`certificates`, ACME) to provide.
+hosts are `auto_hosts`, for the certificate manager (`certificates`, ACME, edge/tls/manager.py) to provide:
+made with the first such host, its store (`acme/certs/`) the one copy of what it issued, installed again
+when a restarted edge's front starts. Its state per host is in `stats` and `list`; its events (issued,
+failed...) are kept for the agents, which record those of their own hosts in their project's ledger.
 
 Started on demand (by the first agent that needs it, under ingot's supervisor), the edge ends when
 its last router is released (`ingot down` everywhere): nothing is left running. `ingot edge serve
@@ -42,12 +45,16 @@ import json
 import logging
 import os
 import signal
+import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ingot import __version__, pidfile
 from ingot.agent.protocol import decode, encode
+from ingot.atomic import write_atomically
 from ingot.edge.builtin_front import BuiltinFront, check_certificate
 from ingot.edge.front import Binding, Front, Route
 from ingot.edge.fronts import make_front
@@ -72,12 +79,23 @@ log = logging.getLogger("ingot.edge")
 KINDS = ("builtin", "haproxy")
 NO_LISTENER: Address = ("", 0)  # a router with routes only: no listener of its own
 FRONT_FDS = {"http": "front:http", "https": "front:https"}  # names of the front's sockets in the fd store
+# For tests only: a file holding a number of seconds the certificate manager's clock runs ahead (read at each
+# look at the clock), to make certificates due for renewal in a running edge. Never set in production.
+TEST_CLOCK_FILE = "INGOT_TEST_ACME_CLOCK_FILE"
+CERTIFICATE_EVENTS = 500  # kept in memory for the agents to record (each polls every 0.25 s)
 
 
 class CertificateManager(Protocol):
-    """What provides the certificates of `tls: auto` hosts (ACME): told the whole set after each change."""
+    """What provides the certificates of `tls: auto` hosts (ACME, edge/tls/manager.py): told the whole set
+    after each change, asked their state (per host: state, not_after, last_error, next_attempt)."""
+
+    async def start(self, hosts: Iterable[str] | None = None) -> None: ...
 
     async def hosts_changed(self, edge: Edge, auto_hosts: set[str]) -> None: ...
+
+    def status(self) -> dict[str, dict[str, Any]]: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -140,6 +158,8 @@ class Edge:
         self.auto_hosts: set[str] = set()  # `tls: auto` hosts, for `certificates`
         self.certificates: CertificateManager | None = None  # the ACME side plugs in here
         self._installed: set[str] = set()  # hosts whose certificate the front has
+        # What the certificate manager did (issued, renewed, failed...), for the agents to put in their ledgers.
+        self.certificate_events: deque[dict[str, Any]] = deque(self._saved_events(), maxlen=CERTIFICATE_EVENTS)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -167,6 +187,8 @@ class Edge:
                 self.fds.drop(name)
             with contextlib.suppress(Exception):
                 await self.front.stop()
+        if self.certificates is not None:
+            await self.certificates.stop()
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
 
@@ -190,6 +212,10 @@ class Edge:
                 await self.start_front()
             except IngotError as exc:
                 log.error("the shared listeners cannot start: %s", exc.message)
+        auto = {str(r["host"]) for s in self.states.values() for r in s.routes if r.get("tls") == "auto"}
+        if self.front is not None and auto:
+            # The stored ACME certificates go in first, so a restarted edge handshakes as before; no new order.
+            await self._acme().start(auto)
         for state in self.states.values():
             try:
                 await self._build(state)
@@ -509,7 +535,7 @@ class Edge:
         state, router = self._router(router_id)
         return {"listen": list(router.listen_address), "kind": state.kind,
                 "weights": router.weights(), "stats": {r: s.as_dict() for r, s in router.stats().items()},
-                "backends": router.backend_health()}
+                "backends": router.backend_health(), **self._router_certificates(state)}
 
     def listing(self) -> dict[str, Any]:
         routes = []
@@ -520,7 +546,8 @@ class Edge:
                 "listen": f"{state.listen[0]}:{state.listen[1]}", "serving": router is not None,
                 "weights": router.weights() if router else state.weights,
                 "pools": {r: [f"{h}:{p}" for h, p in pool] for r, pool in state.pools.items()},
-                "routes": [{**r, "certificate": self.certificate_state(r)} for r in state.routes],
+                "routes": [{**r, "certificate": self.certificate_state(r), "acme": self._acme_status(r)}
+                           for r in state.routes],
                 "maintenance": {k: v for k, v in state.maintenance.items() if k != "page"}
                 if state.maintenance else None,
             })
@@ -585,6 +612,8 @@ class Edge:
             await self.front.remove_certificate(host)
             self._installed.discard(host)
         self.auto_hosts = auto
+        if auto and self.certificates is None:
+            self._acme()  # an edge without `tls: auto` hosts never contacts an ACME server
         if self.certificates is not None:
             await self.certificates.hosts_changed(self, set(auto))
 
@@ -619,14 +648,74 @@ class Edge:
         self._installed.add(host)
 
     async def set_certificate(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
-        """For the certificate manager: install (and keep, for restarts) the certificate of `host`."""
+        """Install (and keep, for restarts) the certificate of `host`."""
         self._store_certificate(host, cert_pem, key_pem)
         await self._load_certificate(host)
+
+    def _acme(self) -> CertificateManager:
+        """The certificate manager of `tls: auto` hosts, made on first use. Its store (<home>/acme/certs) is
+        the one copy of what it issues: it installs on the front directly, never through certs/."""
+        if self.certificates is None:
+            from ingot.edge.tls.manager import CertificateManager as AcmeManager
+
+            assert self.front is not None
+            self.certificates = AcmeManager(
+                self.home.root, challenges=self.front.challenges, install=self._install_issued,
+                directory=self.settings.acme_directory, email=self.settings.acme_email or None,
+                ca_bundle=str(self.settings.acme_ca_bundle) if self.settings.acme_ca_bundle else None,
+                on_event=self._certificate_event, **_test_clock())
+        return self.certificates
+
+    async def _install_issued(self, host: str, cert_pem: bytes, key_pem: bytes) -> None:
+        if self.front is None:
+            raise OperationFailed("the shared listeners are not running")
+        await self.front.set_certificate(host, cert_pem, key_pem)
+        self._installed.add(host)
+
+    def _certificate_event(self, host: str, kind: str, detail: str) -> None:
+        # The id orders events across edge restarts too: an agent records those newer than its last. Kept on
+        # disk as well (rare, small), so that an edge killed before an agent read one still has it.
+        self.certificate_events.append({"id": time.time_ns(), "at": time.time(), "host": host, "kind": kind,
+                                        "detail": detail})
+        try:
+            write_atomically(self._events_file, json.dumps(list(self.certificate_events)) + "\n")
+        except OSError as exc:
+            log.warning("cannot save %s: %s", self._events_file, exc)
+
+    @property
+    def _events_file(self) -> Path:
+        return self.home.root / "acme" / "events.json"
+
+    def _saved_events(self) -> list[dict[str, Any]]:
+        try:
+            raw = json.loads(self._events_file.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            log.error("%s is unreadable (%s): earlier certificate events are dropped", self._events_file, exc)
+            return []
+        return [e for e in raw if isinstance(e, dict) and {"id", "host", "kind", "detail"} <= e.keys()] \
+            if isinstance(raw, list) else []
+
+    def _acme_status(self, route: dict[str, Any]) -> dict[str, Any] | None:
+        if route.get("tls") != "auto" or self.certificates is None:
+            return None
+        return self.certificates.status().get(str(route["host"]).lower())
+
+    def _router_certificates(self, state: RouteState) -> dict[str, Any]:
+        """For the router's agent: its `tls: auto` hosts' states, and the certificate events of its hosts."""
+        hosts = {str(r["host"]).lower() for r in state.routes}
+        status = {s["host"]: s for r in state.routes if (s := self._acme_status(r)) is not None}
+        return {"certificates": status,
+                "certificate_events": [e for e in self.certificate_events if e["host"] in hosts]}
 
     def certificate_state(self, route: dict[str, Any]) -> str:
         """What `ingot status` says of a route's certificate."""
         if route.get("tls") == "off":
             return "none (plain HTTP)"
+        acme = self._acme_status(route)
+        if acme is not None:
+            return _acme_text(acme)
         for host in host_candidates(str(route["host"])):
             path = self._certificate_path(host)
             if path.is_file():
@@ -716,6 +805,41 @@ def _expiry(pem: bytes) -> str:
     except ValueError:
         return "unreadable"
     return f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+
+
+def _test_clock() -> dict[str, Any]:
+    """The `clock` argument of the certificate manager when TEST_CLOCK_FILE is set (tests only), else none."""
+    path = os.environ.get(TEST_CLOCK_FILE)
+    if not path:
+        return {}
+    from datetime import UTC, datetime, timedelta
+
+    def clock() -> datetime:
+        try:
+            ahead = float(Path(path).read_text().strip() or 0)
+        except (OSError, ValueError):
+            ahead = 0.0
+        return datetime.now(UTC) + timedelta(seconds=ahead)
+
+    log.warning("%s is set: the ACME clock is a test's (%s)", TEST_CLOCK_FILE, path)
+    return {"clock": clock}
+
+
+def _acme_text(status: dict[str, Any]) -> str:
+    """A `tls: auto` host's certificate in a few words: `valid until ...`, `failed: <why>, retry at ...`."""
+    def when(iso: Any) -> str:
+        return str(iso).replace("T", " ").replace("+00:00", " UTC") if iso else "?"
+
+    state = status["state"]
+    if state == "valid":
+        return f"valid until {when(status['not_after'])}"
+    if state == "failed":
+        retry = f", retry at {when(status['next_attempt'])}" if status.get("next_attempt") else ", not retried"
+        serving = f"; the old one serves until {when(status['not_after'])}" if status.get("not_after") else ""
+        return f"failed: {status.get('last_error')}{retry}{serving}"
+    if state == "renewing":
+        return f"renewing (valid until {when(status['not_after'])})"
+    return "pending (ACME order)"
 
 
 def run_edge(home: EdgeHome, *, persistent: bool = False) -> None:

@@ -62,7 +62,20 @@ function routerCell(item) {
     url ? h("a", {href: url, rel: "noreferrer", dataset: {focusKey: `router:${item.service}`}}, url)
       : h("span", {}, item.url || "—"),
     router.listening === false ? h("p", {}, badge("not listening", "bad")) : null,
+    (item.routes || []).length ? h("ul", {class: "routes"}, item.routes.map(routeItem)) : null,
   ];
+}
+
+// A route on the edge's shared listeners and its certificate: an ACME failure says why and when it is retried.
+const CERTIFICATE_KIND = {valid: "ok", renewing: "warn", pending: "warn", failed: "bad"};
+
+function routeItem(route) {
+  const acme = route.acme;
+  const kind = acme ? CERTIFICATE_KIND[acme.state] || "" : (route.certificate === "missing" ? "bad" : "");
+  return h("li", {dataset: {route: route.url}},
+    code(route.url), " ",
+    badge(acme ? `certificate ${acme.state}` : "certificate", kind), " ",
+    h("span", {class: "certificate"}, route.certificate));
 }
 
 // ---- traffic and rollouts -------------------------------------------------------------------------

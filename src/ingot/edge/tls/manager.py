@@ -20,11 +20,12 @@ import contextlib
 import json
 import logging
 import random
+import threading
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ingot.atomic import write_atomically
 from ingot.edge.tls.acme_client import LETS_ENCRYPT, Account, AcmeClient, Issued, auto_tls_refusal
@@ -32,6 +33,7 @@ from ingot.edge.tls.renewal import RenewalPolicy, next_attempt
 from ingot.edge.tls.store import CertificateStore, DamagedCertificate, StoredCertificate
 
 log = logging.getLogger("ingot.edge.tls")
+T = TypeVar("T")
 
 Install = Callable[[str, bytes, bytes], Awaitable[None]]
 OnEvent = Callable[[str, str, str], None]  # (host, kind, detail)
@@ -41,6 +43,36 @@ ISSUED, RENEWED, FAILED, REFUSED, DAMAGED, ACCOUNT = ("tls_issued", "tls_renewed
                                                       "tls_damaged", "acme_account")
 # A wait that ends by the clock re-reads it at least this often (suspends, clock steps).
 _LONGEST_SLEEP = 3600.0
+
+
+async def _in_thread(func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` in a daemon thread of its own. Not asyncio.to_thread: the default executor's threads are
+    joined when the process exits, so an edge told to stop while an ACME server hangs would wait up to the
+    client's timeout (90 s) before exiting. A stopped manager abandons the call instead (its result is
+    dropped; the order is taken up again by the next start)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return  # cancelled meanwhile
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = func(*args)
+        except BaseException as exc:  # given to the awaiting task, whatever it is
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name=f"ingot-acme-{getattr(func, '__name__', 'call')}", daemon=True).start()
+    return await future
 
 
 def _utc_now() -> datetime:
@@ -316,20 +348,20 @@ class CertificateManager:
     async def _issue(self, host: str) -> Issued:
         async with self._account_lock:
             if self._account is None:
-                account = await asyncio.to_thread(self.acme.account)
+                account = await _in_thread(self.acme.account)
                 for note in account.notes:
                     self._emit(host, DAMAGED, note)
                 if account.how != "loaded":
                     self._emit(host, ACCOUNT, f"{account.how} ACME account {account.registration.uri} "
                                               f"at {self.acme.directory}")
                 self._account = account
-        pending = await asyncio.to_thread(self.acme.begin, host, self._account)
+        pending = await _in_thread(self.acme.begin, host, self._account)
         # The challenges are set and removed here, on the loop that owns the front, never from the thread.
         tokens = [token for token, _, _ in pending.http01]
         try:
             for token, validation, _ in pending.http01:
                 self.challenges[token] = validation
-            return await asyncio.to_thread(self.acme.complete, pending)
+            return await _in_thread(self.acme.complete, pending)
         finally:
             for token in tokens:
                 self.challenges.pop(token, None)
