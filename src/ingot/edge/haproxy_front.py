@@ -121,7 +121,7 @@ def _cli_word(text: str) -> str:
 
 def render_front_config(*, socket_path: Path, http_fd: int | None, https_fd: int | None, maxconn: int,
                         timeouts: Timeouts, clients: ClientPolicy, routes_map: Path, acme_map: Path,
-                        crt_list: Path, backends: list[tuple[str, Path]], slots: int,
+                        crt_list: Path, backends: list[tuple[str, Path]], slots: int, maintenance_map: Path,
                         https_port: int | None = None) -> str:
     routes = check_map_path(routes_map)
     # As the contract says: the redirect names the HTTPS listener's port unless it is 443.
@@ -172,7 +172,7 @@ def render_front_config(*, socket_path: Path, http_fd: int | None, https_fd: int
             "",
         ]
     for backend, servers_map in backends:
-        lines += backend_lines(backend, servers_map, slots, clients)
+        lines += backend_lines(backend, servers_map, slots, clients, maintenance_map)
     return "\n".join(lines)
 
 
@@ -236,6 +236,7 @@ class _FrontProcess(HAProxyRouter):
                 timeouts=self.timeouts, clients=self.clients, routes_map=front.routes_map,
                 acme_map=front.acme_map, crt_list=front.crt_list,
                 backends=[(b, front.servers_map_of(b)) for b in front.backend_names], slots=front.slots,
+                maintenance_map=self.maintenance_map,
                 https_port=https_sock.getsockname()[1] if https_sock else None))
             await self._spawn(binary, *(s.fileno() for s in sockets if s is not None))
             for kind, sock in zip(("http", "https"), sockets, strict=True):
@@ -351,6 +352,7 @@ class _FrontRouter(HAProxyRouter):
                         await self.api.run(f"del map {self.servers_map} {server.name}")
                         if not is_slot(server.name):
                             await self.api.run(f"del server {self.backend}/{server.name}")
+                    await self.api.run(f"del map {self.maintenance_map} {self.backend}")  # the backend's next router
             self._retiring.clear()
             self._forget_haproxy_servers()
             self._proc = None
@@ -470,6 +472,9 @@ class HAProxyFront:
         for backend in self.backend_names:
             if fresh or not self.servers_map_of(backend).exists():
                 self.servers_map_of(backend).write_text("")
+        maintenance = self.workdir / "maint.map"  # `HAProxyRouter.maintenance_map`: each router sets its entry again
+        if fresh or not maintenance.exists():
+            maintenance.write_text("")
 
     # ---- Front protocol ---------------------------------------------------------------------------------
 
