@@ -110,6 +110,19 @@ def test_maintenance_answers_503_survives_an_edge_restart_and_ends_at_once(pause
     again = paused.answer()
     assert again.status_code == 503 and words(again.text) == words(page.read_text())
     assert paused.haproxy_pids() == haproxy  # adopted, not started anew
+    if paused.kind != "builtin":  # a haproxy that dies is started again, in maintenance before it serves
+        os.killpg(int(next(iter(haproxy))), signal.SIGKILL)
+        seen: list[int] = []
+
+        def answered_again() -> bool:
+            with contextlib.suppress(httpx.HTTPError, OSError):
+                response = paused.answer()
+                seen.append(response.status_code)
+                return paused.haproxy_pids() != haproxy and words(response.text) == words(page.read_text())
+            return False
+
+        poll(answered_again, timeout=20, what="a new haproxy answering 503")
+        assert set(seen) == {503}, seen  # never the app's 200
 
     off = example.ingot("maintenance", "off", check=True)
     assert "maintenance off: serving" in off.out

@@ -878,6 +878,7 @@ class HAProxyRouter:
 
         `owners` is the slot → release map; a slot it does not name is free. Counters go on from haproxy's.
         """
+        await self._apply_maintenance()  # first: the servers' changes then never serve a request it answers
         sent = 0
         serials = [int(f.name[len(OVERFLOW_PREFIX):]) for f in found
                    if not is_slot(f.name) and f.name[len(OVERFLOW_PREFIX):].isdigit()]
@@ -920,7 +921,6 @@ class HAProxyRouter:
         before = [(s.weight, s.state) for r in self._releases.values() for s in r.pool]
         await self._apply_weights()
         after = [(s.weight, s.state) for r in self._releases.values() for s in r.pool]
-        await self._apply_maintenance()
         return sent + sum(a != b for a, b in zip(before, after, strict=True))
 
     def _infer_ejections(self) -> None:
@@ -1149,12 +1149,13 @@ class HAProxyRouter:
                 server.owner.forget_server(rows.get(server.name))
 
     async def _restore_servers(self) -> None:
-        """Give a (re)started haproxy the pools and weights this router holds."""
+        """Give a (re)started haproxy the pools and weights this router holds (maintenance first: in it, no
+        request reaches a server of the new haproxy)."""
+        await self._apply_maintenance()
         for rel in self._releases.values():
             for server in rel.pool:
                 await self._add_server(server)
         await self._apply_weights()
-        await self._apply_maintenance()
 
     def _forget_haproxy_servers(self) -> None:
         """haproxy is going away: keep every server's counters, and its pool for a later start."""
