@@ -20,6 +20,8 @@ in files haproxy reads at start and changes through the runtime API afterwards:
   certificate fails the handshake; `set_certificate` uses `new/set/commit ssl cert` and
   `add ssl crt-list` (an existing one: `set` and `commit` only; connections stay up), and writes the
   files too, so a haproxy started again after a crash has them. ALPN offers h2 and http/1.1.
+- Maintenance: one map (`maint.map`, backend → answer) for every backend; each router sets its own
+  backend's entry (`HAProxyRouter.set_maintenance`) and removes it when it stops.
 - ACME HTTP-01: `challenges` (token → key authorisation) is a map (`acme.map`) that haproxy answers
   from itself (`http-request return`) on plain HTTP for any host, before routing.
 
