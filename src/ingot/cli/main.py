@@ -387,8 +387,17 @@ def maintenance(
     project = project_for(file)
     environment = guarded(lambda: project.environment(env_name(env)))
     names = guarded(lambda: project.services(service))
-    result = guarded(lambda: operations.maintenance(project, environment, names, action == "on",
-                                                    retry_after=retry_after, page=html))
+
+    def switch() -> dict[str, Any]:
+        try:
+            return operations.maintenance(project, environment, names, action == "on", retry_after=retry_after,
+                                          page=html)
+        except UserInputError as exc:  # an HAProxy router's page limit: said with the file's name
+            if page is None or not exc.message.startswith("the page is"):
+                raise
+            raise UserInputError(f"--page {page}: {exc.message}", details=exc.details) from None
+
+    result = guarded(switch)
     if as_json:
         print_json(result)
         return

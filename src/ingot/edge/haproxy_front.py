@@ -20,6 +20,8 @@ in files haproxy reads at start and changes through the runtime API afterwards:
   certificate fails the handshake; `set_certificate` uses `new/set/commit ssl cert` and
   `add ssl crt-list` (an existing one: `set` and `commit` only; connections stay up), and writes the
   files too, so a haproxy started again after a crash has them. ALPN offers h2 and http/1.1.
+- Maintenance: one map (`maint.map`, backend → answer) for every backend; each router sets its own
+  backend's entry (`HAProxyRouter.set_maintenance`) and removes it when it stops.
 - ACME HTTP-01: `challenges` (token → key authorisation) is a map (`acme.map`) that haproxy answers
   from itself (`http-request return`) on plain HTTP for any host, before routing.
 
@@ -121,7 +123,7 @@ def _cli_word(text: str) -> str:
 
 def render_front_config(*, socket_path: Path, http_fd: int | None, https_fd: int | None, maxconn: int,
                         timeouts: Timeouts, clients: ClientPolicy, routes_map: Path, acme_map: Path,
-                        crt_list: Path, backends: list[tuple[str, Path]], slots: int,
+                        crt_list: Path, backends: list[tuple[str, Path]], slots: int, maintenance_map: Path,
                         https_port: int | None = None) -> str:
     routes = check_map_path(routes_map)
     # As the contract says: the redirect names the HTTPS listener's port unless it is 443.
@@ -172,7 +174,7 @@ def render_front_config(*, socket_path: Path, http_fd: int | None, https_fd: int
             "",
         ]
     for backend, servers_map in backends:
-        lines += backend_lines(backend, servers_map, slots, clients)
+        lines += backend_lines(backend, servers_map, slots, clients, maintenance_map)
     return "\n".join(lines)
 
 
@@ -236,6 +238,7 @@ class _FrontProcess(HAProxyRouter):
                 timeouts=self.timeouts, clients=self.clients, routes_map=front.routes_map,
                 acme_map=front.acme_map, crt_list=front.crt_list,
                 backends=[(b, front.servers_map_of(b)) for b in front.backend_names], slots=front.slots,
+                maintenance_map=self.maintenance_map,
                 https_port=https_sock.getsockname()[1] if https_sock else None))
             await self._spawn(binary, *(s.fileno() for s in sockets if s is not None))
             for kind, sock in zip(("http", "https"), sockets, strict=True):
@@ -351,6 +354,7 @@ class _FrontRouter(HAProxyRouter):
                         await self.api.run(f"del map {self.servers_map} {server.name}")
                         if not is_slot(server.name):
                             await self.api.run(f"del server {self.backend}/{server.name}")
+                    await self.api.run(f"del map {self.maintenance_map} {self.backend}")  # the backend's next router
             self._retiring.clear()
             self._forget_haproxy_servers()
             self._proc = None
@@ -470,6 +474,9 @@ class HAProxyFront:
         for backend in self.backend_names:
             if fresh or not self.servers_map_of(backend).exists():
                 self.servers_map_of(backend).write_text("")
+        maintenance = self.workdir / "maint.map"  # `HAProxyRouter.maintenance_map`: each router sets its entry again
+        if fresh or not maintenance.exists():
+            maintenance.write_text("")
 
     # ---- Front protocol ---------------------------------------------------------------------------------
 

@@ -71,6 +71,7 @@ from ingot.routers.base import (
     can_hold,
     drain_cut,
     raise_open_files_limit,
+    set_maintenance,
 )
 from ingot.routers.builtin import BuiltinRouter, install_fast_loop
 from ingot.routers.haproxy import HAProxyRouter, stop_leftover_haproxy
@@ -252,8 +253,8 @@ class Edge:
         await router.set_weights(state.weights)
         for release in state.draining:
             await router.drain(release, 0.0)
-        if state.maintenance is not None and isinstance(router, BuiltinRouter):
-            router.set_maintenance(int(state.maintenance["retry_after"]), state.maintenance.get("page"))
+        if state.maintenance is not None:
+            await set_maintenance(router, int(state.maintenance["retry_after"]), state.maintenance.get("page"))
         try:
             await router.start()
         except BaseException:
@@ -482,13 +483,9 @@ class Edge:
                           since: str | None) -> dict[str, Any]:
         """Answer every request 503 + Retry-After (or serve again); persisted, so a restart keeps it."""
         state, router = self._router(router_id)
-        if not isinstance(router, BuiltinRouter):
-            raise UserInputError(
-                f"router {state.name} is {state.kind}: maintenance mode needs the built-in router",
-                details=["HAProxy would need a reload to answer every request itself; use router.kind builtin"])
+        await set_maintenance(router, retry_after if on else None, page)  # first: a page refused changes nothing
         was = state.maintenance
         state.maintenance = {"retry_after": retry_after, "page": page, "since": since} if on else None
-        router.set_maintenance(retry_after if on else None, page)
         self._persist()
         return {"maintenance": state.maintenance, "was": bool(was)}
 

@@ -36,12 +36,19 @@ Contract every implementation keeps (tests/contract/ runs the same tests against
   sent nowhere, from `hold` until `release_hold` has seen every release without weight finish its
   requests (long-lived ones aside), at most `seconds`; they then go by the weights of that moment.
   The executor uses it for `strategy.hold` around a switch; a router without it is refused there.
+  HAProxy has none: it has no runtime way to keep a new request waiting without sending it to a server.
+- Optional: `set_maintenance(retry_after, page)` (plain or async): every request is answered 503 with
+  `Retry-After` and the HTML page while the releases keep running; `retry_after` None serves again at
+  once. `set_maintenance()` below calls it; a router without it is refused (exit 2).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
+
+from ingot.errors import UserInputError
 
 Address = tuple[str, int]
 
@@ -260,3 +267,13 @@ def drain_cut(router: Router, release: str) -> int | None:
 def can_hold(router: Router) -> bool:
     """Whether the router can hold new requests during a switch (`strategy.hold`)."""
     return bool(getattr(router, "holds", False))
+
+
+async def set_maintenance(router: Router, retry_after: int | None, page: str | None) -> None:
+    """`router.set_maintenance` (the builtin router's is plain, haproxy's async); UserInputError without one."""
+    method = getattr(router, "set_maintenance", None)
+    if not callable(method):
+        raise UserInputError(f"router {getattr(router, 'name', '')!r} has no maintenance mode")
+    done = method(retry_after, page)
+    if inspect.isawaitable(done):
+        await done

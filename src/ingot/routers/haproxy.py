@@ -38,6 +38,11 @@ nothing changed. Only a haproxy that does not answer in time is replaced (killed
 deleted before the takeover are lost). An ejection survives the takeover as far as haproxy shows
 it: a server of a weighted release left at weight 0 is taken as ejected until probes bring it back.
 
+Maintenance (`set_maintenance`). The backend answers every request 503 itself while its entry in a map
+(`maint.map`, keyed by backend name: a front's backends share one) holds the Retry-After and the page, set
+with `set map` (or `add map`) and removed with `del map`: on and off at once, no reload. The router keeps
+the value and gives it to a haproxy it starts again or adopts, like its servers.
+
 Respawn. A haproxy that dies under a running router (a crash, an OOM kill) is seen by the background
 poll and started again on the same address with the router's pools and weights; if it cannot start, again
 after a backoff. Its listening socket died with it, so clients are refused in between (about a second).
@@ -84,7 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from ingot.errors import OperationFailed
+from ingot.errors import OperationFailed, UserInputError
 from ingot.routers.base import Address, ClientPolicy, HealthCheck, ReleaseStats
 from ingot.routers.haproxy_config import (
     BACKEND,
@@ -93,6 +98,7 @@ from ingot.routers.haproxy_config import (
     SLOTS,
     Timeouts,
     is_slot,
+    maintenance_value,
     render_config,
     slot_names,
 )
@@ -505,6 +511,7 @@ class HAProxyRouter:
         self.api = RuntimeAPI(self.workdir / "admin.sock")
         self.backend = BACKEND  # the haproxy backend this router's servers are in (a front's routers: one each)
         self._servers_map = self.workdir / "servers.map"
+        self._maintenance: str | None = None  # this backend's maint.map value while in maintenance
         self._listen = listen
         self._bound: Address | None = None
         self._releases: dict[str, _Release] = {}
@@ -546,6 +553,11 @@ class HAProxyRouter:
         return self._servers_map
 
     @property
+    def maintenance_map(self) -> Path:
+        """backend → `<Retry-After>|<page, base64>` (`maintenance_value`); written empty at spawn."""
+        return self.workdir / "maint.map"
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "haproxy.log"
 
@@ -584,6 +596,7 @@ class HAProxyRouter:
         listener = self._bind(listen)
         try:
             self.servers_map.write_text("")
+            self.maintenance_map.write_text("")
             self._free, self._slot_base, self._raw_rows = slot_names(self.slots), {}, {}
             self.config_path.write_text(
                 render_config(
@@ -593,6 +606,7 @@ class HAProxyRouter:
                     maxconn=self.maxconn,
                     timeouts=self.timeouts,
                     servers_map=self.servers_map,
+                    maintenance_map=self.maintenance_map,
                     slots=self.slots,
                     clients=self.clients,
                 )
@@ -694,6 +708,41 @@ class HAProxyRouter:
             await self._apply_weights()  # the other releases' servers first, so nothing is left bare
             for server in pool:
                 await self._retire(server)
+
+    async def set_maintenance(self, retry_after: int | None, page: str | None = None) -> None:
+        """As the builtin router's: with `retry_after`, every request is answered 503 with it and `page` (line breaks
+        as spaces, see `maintenance_value`); None: served again at once. A page too big is refused (UserInputError)."""
+        from ingot.routers.builtin.router import DEFAULT_MAINTENANCE_PAGE
+
+        try:
+            value = None if retry_after is None else maintenance_value(
+                retry_after, page if page is not None else DEFAULT_MAINTENANCE_PAGE)
+        except ValueError as exc:
+            raise UserInputError(str(exc), details=["haproxy answers the page from a map value, within one buffer"]) \
+                from None
+        async with self._lock:
+            self._maintenance = value
+            if self._proc is not None and self._proc.returncode is None:
+                await self._apply_maintenance()
+
+    @property
+    def maintenance(self) -> bool:
+        return self._maintenance is not None
+
+    async def _apply_maintenance(self) -> None:
+        """Make haproxy's entry for this backend the value held (`set map` first: no gap when it is there)."""
+        path, key = self.maintenance_map, self.backend
+        if self._maintenance is None:
+            answer = (await self.api.run(f"del map {path} {key}")).strip()
+            # A haproxy from before maintenance (a front adopted across an upgrade) has no map, and no entry.
+            if answer and answer != "Key not found." and not answer.startswith("Unknown map"):
+                raise OperationFailed(f"haproxy refused `del map {path} {key}`: {answer}")
+            return
+        answer = (await self.api.run(f"set map {path} {key} {self._maintenance}")).strip()
+        if answer == "entry not found.":
+            await self.api.expect(f"add map {path} {key} {self._maintenance}")
+        elif answer:
+            raise OperationFailed(f"haproxy refused `set map {path} {key}`: {answer[:200]}")
 
     async def set_health(self, check: HealthCheck) -> None:
         self._health.configure(check)
@@ -807,6 +856,7 @@ class HAProxyRouter:
                 servers = parse_servers_state(await api.run(f"show servers state {self.backend}"))
                 # A haproxy of an ingot before slots has no such map: replaced (its config differs too).
                 owners = parse_map(await api.run(f"show map {self.servers_map}"))
+                parse_map(await api.run(f"show map {self.maintenance_map}"))  # one from before maintenance: replaced
                 raw = parse_stat(await api.run(f"show stat {self.backend} 4 -1"))
             except (OSError, TimeoutError, ValueError, StopIteration, OperationFailed) as exc:
                 mine, why = False, f"it does not answer on {self.api.path} ({exc or type(exc).__name__})"
@@ -828,6 +878,7 @@ class HAProxyRouter:
 
         `owners` is the slot → release map; a slot it does not name is free. Counters go on from haproxy's.
         """
+        await self._apply_maintenance()  # first: the servers' changes then never serve a request it answers
         sent = 0
         serials = [int(f.name[len(OVERFLOW_PREFIX):]) for f in found
                    if not is_slot(f.name) and f.name[len(OVERFLOW_PREFIX):].isdigit()]
@@ -1098,7 +1149,9 @@ class HAProxyRouter:
                 server.owner.forget_server(rows.get(server.name))
 
     async def _restore_servers(self) -> None:
-        """Give a (re)started haproxy the pools and weights this router holds."""
+        """Give a (re)started haproxy the pools and weights this router holds (maintenance first: in it, no
+        request reaches a server of the new haproxy)."""
+        await self._apply_maintenance()
         for rel in self._releases.values():
             for server in rel.pool:
                 await self._add_server(server)

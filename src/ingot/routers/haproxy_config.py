@@ -20,6 +20,7 @@ adds the peer; the release header is set or deleted. haproxy has no minimum body
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ _MAP_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
 # Release ids are map values (one word) and once were server names; 12 hex digits in practice. The
 # leading character and the length limit keep them valid and readable.
 RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+# A maintenance page is a map value (base64 of it), looked up and decoded into one buffer (tune.bufsize, 16 KiB)
+# per request: past this many bytes it would not fit with its encoding and the response head.
+MAINTENANCE_PAGE_MAX = 8192
 
 # Plain-text answers haproxy makes itself, worded like the builtin router's.
 NO_RELEASE_503 = "503 Service Unavailable: no release has weight"
@@ -83,9 +88,10 @@ def server_template(slots: int) -> str:
 
 
 def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int, timeouts: Timeouts,
-                  servers_map: Path, slots: int = SLOTS, clients: ClientPolicy | None = None) -> str:
+                  servers_map: Path, maintenance_map: Path, slots: int = SLOTS,
+                  clients: ClientPolicy | None = None) -> str:
     """The whole configuration file; `listen_fd` is a listening socket haproxy inherits; `servers_map` the
-    slot → release map (it must exist)."""
+    slot → release map and `maintenance_map` the backend → maintenance answer map (both must exist)."""
     c = clients or ClientPolicy(head_timeout=timeouts.request, max_connections=maxconn)
     lines = [
         f"# Written by ingot for router {name or '(unnamed)'}; never reloaded: servers and weights",
@@ -96,7 +102,7 @@ def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int,
         *client_rules(c, "http"),
         f"    default_backend {BACKEND}",
         "",
-        *backend_lines(BACKEND, servers_map, slots, c),
+        *backend_lines(BACKEND, servers_map, slots, c, maintenance_map),
     ]
     return "\n".join(lines)
 
@@ -164,10 +170,16 @@ def client_rules(c: ClientPolicy, proto: str) -> list[str]:
     ]
 
 
-def backend_lines(backend: str, servers_map: Path, slots: int, c: ClientPolicy) -> list[str]:
+def backend_lines(backend: str, servers_map: Path, slots: int, c: ClientPolicy, maintenance_map: Path) -> list[str]:
     release_of_server = f"srv_name,map({check_map_path(servers_map)})"
+    paused = f"be_name,map({check_map_path(maintenance_map)})"
     return [
         f"backend {backend}",
+        # Maintenance: the backend's entry in the map (`maintenance_value`) is answered here, no server picked.
+        # Keyed by backend name, so the front's backends share one map; no entry, one lookup and on.
+        '    http-request return status 503 content-type "text/html; charset=utf-8" '
+        f'hdr Retry-After "%[{paused},field(1,|)]" hdr Cache-Control no-store '
+        f'lf-string "%[{paused},field(2,|),b64dec]" if {{ {paused} -m found }}',
         # roundrobin is smooth and honours weight changes at once, which dynamic servers need.
         "    balance roundrobin",
         # The map is referenced even without the header: haproxy loads only maps its config uses.
@@ -177,6 +189,17 @@ def backend_lines(backend: str, servers_map: Path, slots: int, c: ClientPolicy) 
         server_template(slots),
         "",
     ]
+
+
+def maintenance_value(retry_after: int, page: str) -> str:
+    """The maintenance map's value: `<Retry-After>|<page, base64>`. haproxy escapes control characters in what
+    it formats (a newline would be sent as `%0A`), so line breaks become spaces and other controls but tab
+    are dropped: HTML renders the same (except inside <pre>). ValueError past `MAINTENANCE_PAGE_MAX`."""
+    text = re.sub(r"\r\n|[\r\n]", " ", page)
+    data = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", text).encode("utf-8")
+    if len(data) > MAINTENANCE_PAGE_MAX:
+        raise ValueError(f"the page is {len(data)} bytes; an HAProxy router serves at most {MAINTENANCE_PAGE_MAX}")
+    return f"{int(retry_after)}|{base64.b64encode(data).decode('ascii')}"
 
 
 def _fd_bound() -> int:
