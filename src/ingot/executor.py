@@ -103,7 +103,7 @@ class Executor:
             # Refused before anything starts: a switch without the hold would let the releases overlap.
             await self._fail(dep, holding[1], holding[0], total, StepFailed(
                 "strategy.hold needs a router that can hold requests: the built-in one (router.kind: builtin)",
-                details=["HAProxy cannot queue requests at runtime without a reload;",
+                details=["HAProxy has no runtime way to park new requests (its only queue is a chosen server's);",
                          "remove strategy.hold, or use router.kind: builtin for this service"]), emit)
         for index, step in enumerate(plan.steps, start=1):
             try:

@@ -56,5 +56,5 @@ def test_hold_is_refused_where_the_router_cannot_hold(tmp_path: Path) -> None:
         load_spec(spec)
     assert caught.value.details == [
         f"{spec}:13: environments.production.services.web.strategy: hold needs the built-in router, which queues "
-        "requests during the switch; router.kind haproxy cannot without a reload: remove strategy.hold or use "
-        "router.kind builtin"]
+        "requests during the switch; router.kind haproxy has no way to park new requests at runtime: remove "
+        "strategy.hold or use router.kind builtin"]

@@ -551,7 +551,8 @@ class ServiceSpec(_Model):
         if self.strategy.hold is not None and (self.router.kind != "builtin" or self.runtime == "kubernetes"):
             by = "Kubernetes" if self.runtime == "kubernetes" else f"router.kind {self.router.kind}"
             found.append(("strategy", f"hold needs the built-in router, which queues requests during the switch; "
-                                      f"{by} cannot without a reload: remove strategy.hold or use router.kind builtin"))
+                                      f"{by} has no way to park new requests at runtime: remove strategy.hold "
+                                      "or use router.kind builtin"))
         found.extend(self._variable_clashes())
         seen: dict[tuple[str, str], int] = {}
         for index, route in enumerate(self.routes):
