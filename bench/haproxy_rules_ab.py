@@ -20,23 +20,9 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: `bench` is a package
 
 from bench._common import free_port, run_wrk, terminate, wait_for_port
+from bench.edge_bench import PLAIN_HAPROXY
 
 HERE = Path(__file__).resolve().parent
-PLAIN = """global
-    maxconn 4096
-defaults
-    mode http
-    option http-keep-alive
-    option forwardfor
-    timeout connect 2s
-    timeout client 75s
-    timeout server 60s
-frontend plain
-    bind fd@3
-    default_backend app
-backend app
-    server app 127.0.0.1:{backend}
-"""
 # Variant name -> substrings of the lines it leaves out of ingot's config.
 DROPS: dict[str, tuple[str, ...]] = {
     "full": (),
@@ -64,7 +50,7 @@ def variants(backend: int, workdir: Path) -> dict[str, str]:
     base = base.replace(hc.server_template(1), f"    server s1 127.0.0.1:{backend}")
     out = {name: "\n".join(line for line in base.splitlines() if not any(d in line for d in drops))
            for name, drops in DROPS.items()}
-    out["plain"] = PLAIN.format(backend=backend)
+    out["plain"] = PLAIN_HAPROXY.format(port="@PORT@", tls_bind="", backend=backend)
     return out
 
 
@@ -88,7 +74,7 @@ def main() -> int:
             for name, text in configs.items():
                 port = free_port()
                 path = workdir / f"{name}.cfg"
-                path.write_text(text.replace("bind fd@3", f"bind 127.0.0.1:{port}") + "\n")
+                path.write_text(text.replace("bind fd@3", "bind 127.0.0.1:@PORT@").replace("@PORT@", str(port)) + "\n")
                 proxy = subprocess.Popen(["taskset", "-c", "1", "haproxy", "-db", "-f", str(path)])
                 try:
                     wait_for_port("127.0.0.1", port)
