@@ -13,10 +13,11 @@ thread):
 - plain-haproxy: haproxy with a hand-written config (one `server` line, `option forwardfor`);
 - haproxy-front / builtin-front: ingot's fronts (the edge's shared listeners: routes by host and path,
   certificates by SNI), over HTTP and TLS; each is measured when its module is in this tree, else its slot
-  is reported as skipped (the built-in front is being built in parallel: `front_kinds`);
+  is reported as skipped (`front_kinds`);
 - over TLS: plain haproxy with a certificate (the same ECDSA P-256 one as the fronts').
 
-Figures: wrk `-t1 -c32` req/s and p50/p99 (rounds alternate between subjects; medians), the latency at
+Figures: wrk `-t1 -c32` req/s and p50/p99 (rounds alternate between subjects; medians), each subject's ratio
+to plain haproxy taken round by round (the median of those, and their spread: the targets use it), the latency at
 a fixed `--rate` from an open-loop client of our own (bench/_rate_client.py, a separate process; wrk2 is
 not available), and TLS handshakes per second (a Python client in its own process: full handshakes with
 SNI, no session reuse, one at a time, so a latency-bound rate of one client; this openssl's `s_time`
@@ -108,10 +109,10 @@ async def serve_front(kind: str, http: int, https: int, backend: int, workdir: P
         from ingot.edge.haproxy_front import HAProxyFront
 
         front = HAProxyFront(workdir, http=("127.0.0.1", http), https=("127.0.0.1", https))
-    else:  # the built-in front, built by the routes engineer's factory (not in every tree: see `front_kinds`)
-        from ingot.edge.fronts import make_front  # type: ignore[import-not-found,unused-ignore]
+    else:
+        from ingot.edge.builtin_front import BuiltinFront
 
-        front = make_front("builtin", workdir=workdir, http=("127.0.0.1", http), https=("127.0.0.1", https))
+        front = BuiltinFront(("127.0.0.1", http), ("127.0.0.1", https))
     await front.start()
     router = front.router("bench", "bench", ClientPolicy())
     await router.start()
@@ -132,7 +133,7 @@ def front_kinds() -> dict[str, str | None]:
     import importlib.util
 
     kinds: dict[str, str | None] = {}
-    for kind, module in (("haproxy", "ingot.edge.haproxy_front"), ("builtin", "ingot.edge.fronts")):
+    for kind, module in (("haproxy", "ingot.edge.haproxy_front"), ("builtin", "ingot.edge.builtin_front")):
         kinds[kind] = None if importlib.util.find_spec(module) else f"skipped: {module} is not in this tree"
     return kinds
 
@@ -312,11 +313,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def verdicts(summary: dict[str, dict[str, Any]], at_rate: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    plain = summary["plain-haproxy"]["requests_per_s"] or 0.0
+def round_ratios(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each subject's req/s over plain haproxy's (over TLS: plain haproxy's over TLS) round by round, the two
+    measured back to back in one round, so that a slow stretch of a shared machine weighs on both: the median of
+    those ratios, and their spread (min, max)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, subject in runs.items():
+        base = runs["plain-haproxy-tls" if name.endswith("-tls") else "plain-haproxy"]
+        ratios = [s["requests_per_s"] / b["requests_per_s"] for s, b in zip(subject, base, strict=True)
+                  if s.get("requests_per_s") and b.get("requests_per_s")]
+        out[name] = {"median": round(median(ratios), 3), "min": round(min(ratios), 3),
+                     "max": round(max(ratios), 3)} if ratios else {"median": None, "min": None, "max": None}
+    return out
 
+
+def verdicts(ratios: dict[str, dict[str, Any]], at_rate: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     def ratio(name: str) -> float | None:
-        return round(summary[name]["requests_per_s"] / plain, 3) if plain else None
+        value: float | None = ratios[name]["median"]
+        return value
 
     added = None
     if at_rate.get("builtin", {}).get("p99_ms") is not None and at_rate.get("direct", {}).get("p99_ms") is not None:
@@ -338,8 +352,10 @@ def report(data: dict[str, Any]) -> None:
     for name, s in summary.items():
         baseline = plain if not name.endswith("-tls") else summary["plain-haproxy-tls"]["requests_per_s"]
         rate = at_rate.get(name, {})
+        r = data["ratios"][name]
         rows.append({"subject": name, "req/s": s["requests_per_s"],
                      "vs plain haproxy": round(s["requests_per_s"] / baseline, 3) if baseline else None,
+                     "ratio by round (median, min-max)": f"{r['median']} ({r['min']}-{r['max']})",
                      "p50 ms": s["p50_ms"], "p99 ms": s["p99_ms"], "errors": s["errors"],
                      f"p50 ms @{data['config']['rate']:g}/s": rate.get("p50_ms"),
                      f"p99 ms @{data['config']['rate']:g}/s": rate.get("p99_ms"),
@@ -390,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary, "at_rate": measured["at_rate"], "handshakes": measured["handshakes"],
         "skipped": measured["skipped"], "runs": measured["runs"],
     }
-    data["targets"] = verdicts(summary, measured["at_rate"])
+    data["ratios"] = round_ratios(measured["runs"])
+    data["targets"] = verdicts(data["ratios"], measured["at_rate"])
     report(data)
     console.print(f"results written to {write_json(args.json, data)}")
     return 0

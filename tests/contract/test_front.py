@@ -70,7 +70,8 @@ def _off(host: str, path: str = "/") -> Route:
 def test_routes_by_host_and_longest_path_and_404_otherwise(run: Run, front_kind: str, tmp_path: Path) -> None:
     async def body() -> None:
         sites = {"app": [_off("app.example.com")], "api": [_off("app.example.com", "/api")],
-                 "wild": [_off("*.example.com")]}
+                 "wild": [_off("*.example.com")], "deep": [_off("*.deep.example.com")],
+                 "docs": [_off("only.example.org", "/docs/")]}
         async with serving_front(front_kind, tmp_path, sites) as (front, _):
             http = front.http_address
             assert http is not None
@@ -78,8 +79,13 @@ def test_routes_by_host_and_longest_path_and_404_otherwise(run: Run, front_kind:
             assert (await afetch(http, "APP.example.com:80", "/api/v1")).body == b"api"
             assert (await afetch(http, "app.example.com", "/apix")).body == b"app"
             assert (await afetch(http, "other.example.com", "/")).body == b"wild"
+            assert (await afetch(http, "z.deep.example.com", "/")).body == b"deep"  # the longest suffix wins
+            assert (await afetch(http, "example.com", "/")).status == 404  # *.example.com is not example.com
+            assert (await afetch(http, "only.example.org", "/docs")).body == b"docs"
+            assert (await afetch(http, "only.example.org", "/")).status == 404  # no route for that path
             missing = await afetch(http, "nothing.test", "/")
             assert missing.status == 404 and b"no site" in missing.body
+            assert "x-ingot-release" not in missing.headers
             await front.set_table([])  # the whole table replaced at once
             assert (await afetch(http, "app.example.com", "/")).status == 404
 
@@ -122,7 +128,9 @@ def test_a_replaced_certificate_serves_new_handshakes_and_keeps_open_connections
             await front.set_certificate("a.example.com", *ca.issue("a.example.com", serial=1001))
             tls = ca.client_context()
             held = await _open_tls(https, "a.example.com", tls)
+            pid = getattr(front, "pid", None)
             await front.set_certificate("a.example.com", *ca.issue("a.example.com", serial=1002))
+            assert getattr(front, "pid", None) == pid  # HAProxy: the same process, never reloaded
             assert (await afetch(https, "a.example.com", tls=tls)).peer_serial == 1002
             # The connection opened before still works (in a thread: the loop under test must keep running).
             assert (await asyncio.to_thread(_again, held)).startswith(b"HTTP/1.1 200")
@@ -174,8 +182,11 @@ def test_plain_http_answers_challenges_and_redirects_tls_routes(run: Run, front_
             http = front.http_address
             assert http is not None
             front.challenges["tok-1"] = "tok-1.thumbprint"
-            challenge = await afetch(http, "a.example.com", "/.well-known/acme-challenge/tok-1")
-            assert (challenge.status, challenge.body) == (200, b"tok-1.thumbprint")
+            for host in ("a.example.com", "c.example.com", "anything.invalid"):  # any host, before routing
+                challenge = await afetch(http, host, "/.well-known/acme-challenge/tok-1")
+                assert (challenge.status, challenge.body) == (200, b"tok-1.thumbprint")
+            del front.challenges["tok-1"]
+            assert (await afetch(http, "anything.invalid", "/.well-known/acme-challenge/tok-1")).status == 404
             moved = await afetch(http, "a.example.com", "/p/q?x=1")
             https = front.https_address
             port = "" if https is None or https[1] == 443 else f":{https[1]}"  # on 443 no port is named

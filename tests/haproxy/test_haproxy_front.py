@@ -1,8 +1,8 @@
 """The edge's shared listeners on haproxy (`HAProxyFront`) against a real haproxy.
 
-Written as front-contract tests: each takes `make_front` (a factory of unstarted fronts, parametrized by
-kind), so they can move under tests/contract/ (test_front.py) and run on the built-in front as well. What is
-HAProxy's own (reuse of backend connections, the process kept through a certificate change) is marked so.
+What every front promises (routing, 404, SNI, certificate changes, challenges, redirects, HSTS) is tested on
+both fronts by tests/contract/test_front.py; here is what is HAProxy's own: its route table's order, h2 over
+ALPN, reuse of backend connections, its haproxy started again after a death, and adoption by a new front.
 """
 
 from __future__ import annotations
@@ -152,126 +152,6 @@ def test_the_haproxy_route_table_orders_hosts_then_paths_and_closes_each_host() 
     with pytest.raises(ValueError, match="host"):
         route_entries([binding("bad host", "w")], {})
 
-
-
-def test_hosts_and_paths_are_matched_as_the_contract_says(make_front: MakeFront) -> None:
-    async def body() -> None:
-        sites = dict.fromkeys(("site", "api", "wild", "deep", "other"), "")
-        async with fronted(make_front, sites) as (front, _):
-            await front.set_table([  # plain HTTP only: with TLS, plain requests are redirected (tested below)
-                binding("app.example.com", "site", tls="off"),
-                binding("app.example.com", "api", "/api", tls="off"),
-                binding("*.example.com", "wild", tls="off"),
-                binding("*.deep.example.com", "deep", tls="off"),
-                binding("only.example.org", "other", "/docs/", tls="off"),
-            ])
-
-            async def who(host: str, path: str = "/") -> str:
-                answer = await get(front, host, path)
-                return answer.text if answer.status_code == 200 else str(answer.status_code)
-
-            assert await who("app.example.com") == "site"
-            assert await who("app.example.com", "/api") == "api"
-            assert await who("app.example.com", "/api/v1/x?q=1") == "api"
-            assert await who("app.example.com", "/apix") == "site"  # segment boundaries, not string prefixes
-            assert await who("APP.Example.com:8080", "/api/") == "api"  # case and port ignored
-            assert await who("x.example.com", "/api") == "wild"
-            assert await who("a.b.example.com") == "wild"
-            assert await who("z.deep.example.com") == "deep"  # the longest suffix wins
-            assert await who("example.com") == "404"  # *.example.com is not example.com
-            assert await who("only.example.org", "/docs") == "other"
-            assert await who("only.example.org", "/") == "404"  # the host has no route for that path
-            assert await who("unknown.test") == "404"
-            answer = await get(front, "unknown.test")
-            assert "no site" in answer.text and "x-ingot-release" not in answer.headers
-            # A new table replaces the old one whole.
-            await front.set_table([binding("app.example.com", "other", tls="off")])
-            assert await who("app.example.com", "/api") == "other"
-            assert await who("x.example.com") == "404"
-
-    run(body)
-
-
-def test_acme_challenges_redirects_and_hsts(make_front: MakeFront) -> None:
-    async def body() -> None:
-        async with fronted(make_front, {"secure": "", "plain": ""}) as (front, _):
-            cert, key = certificate("secure.test")
-            await front.set_certificate("secure.test", cert, key)
-            await front.set_table([binding("secure.test", "secure", hsts=31536000),
-                                   binding("plain.test", "plain", tls="off")])
-            front.challenges["tok-1_A"] = "tok-1_A.thumb-print"
-            for host in ("secure.test", "plain.test", "anything.invalid"):  # for any host, before routing
-                answer = await get(front, host, "/.well-known/acme-challenge/tok-1_A")
-                assert (answer.status_code, answer.text) == (200, "tok-1_A.thumb-print")
-            del front.challenges["tok-1_A"]
-            assert (await get(front, "anything.invalid", "/.well-known/acme-challenge/tok-1_A")).status_code == 404
-            redirected = await get(front, "secure.test", "/a/b?c=d")
-            assert redirected.status_code == 308
-            https = front.https_address
-            assert https is not None  # not on 443 here: the location names the port
-            assert redirected.headers["location"] == f"https://secure.test:{https[1]}/a/b?c=d"
-            plain = await get(front, "plain.test", "/x")
-            assert (plain.status_code, plain.text) == (200, "plain")
-            assert "strict-transport-security" not in plain.headers
-            reader, writer = await tls_open(front, "secure.test", tls_context(cert))
-            status, headers, text = await tls_request(reader, writer, "secure.test")
-            writer.close()
-            assert (status, text) == (200, b"secure")
-            assert headers["strict-transport-security"] == "max-age=31536000"
-
-    run(body)
-
-
-# ---- TLS ---------------------------------------------------------------------------------------------
-
-
-def test_sni_selects_the_certificate_and_an_unknown_name_fails_the_handshake(make_front: MakeFront) -> None:
-    async def body() -> None:
-        async with fronted(make_front, {"app": "", "wild": ""}) as (front, _):
-            exact, wildcard = certificate("app.example.com"), certificate("*.example.com")
-            await front.set_certificate("app.example.com", *exact)
-            await front.set_certificate("*.example.com", *wildcard)
-            await front.set_table([binding("app.example.com", "app"), binding("*.example.com", "wild")])
-            both = tls_context(exact[0], wildcard[0], alpn=("h2", "http/1.1"))
-            reader, writer = await tls_open(front, "app.example.com", both)
-            assert peer_cert(writer) == exact[0]
-            assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
-            writer.close()
-            reader, writer = await tls_open(front, "x.example.com", tls_context(exact[0], wildcard[0]))
-            assert peer_cert(writer) == wildcard[0]
-            assert (await tls_request(reader, writer, "x.example.com"))[2] == b"wild"
-            writer.close()
-            # No certificate for the name: the handshake fails; no other site's certificate is served.
-            unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
-            for name in ("other.test", "example.com"):
-                with pytest.raises(ssl.SSLError, match=r"UNRECOGNIZED_NAME|unrecognized name"):
-                    await tls_open(front, name, unverified)
-            await front.remove_certificate("*.example.com")
-            with pytest.raises(ssl.SSLError, match=r"UNRECOGNIZED_NAME|unrecognized name"):
-                await tls_open(front, "x.example.com", unverified)
-
-    run(body)
-
-
-def test_a_certificate_is_replaced_without_a_reload_or_a_dropped_connection(make_front: MakeFront) -> None:
-    async def body() -> None:
-        async with fronted(make_front, {"app": ""}) as (front, _):
-            old, new = certificate("app.test"), certificate("app.test")
-            await front.set_certificate("app.test", *old)
-            await front.set_table([binding("app.test", "app")])
-            pid = getattr(front, "pid", None)
-            reader, writer = await tls_open(front, "app.test", tls_context(old[0]))
-            assert (await tls_request(reader, writer, "app.test"))[0] == 200
-            await front.set_certificate("app.test", *new)
-            assert (await tls_request(reader, writer, "app.test"))[0] == 200  # the open connection stays
-            writer.close()
-            reader, writer = await tls_open(front, "app.test", tls_context(new[0]))
-            assert peer_cert(writer) == new[0]
-            writer.close()
-            assert getattr(front, "pid", None) == pid  # HAProxy: the same process, never reloaded
-
-    run(body)
 
 
 # ---- HAProxy's own --------------------------------------------------------------------------------------

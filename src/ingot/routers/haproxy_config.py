@@ -160,10 +160,10 @@ def client_rules(c: ClientPolicy, proto: str) -> list[str]:
         # `deny` (not `return`) closes the connection after answering, as the built-in router does.
         f'    http-request deny status 503 content-type text/plain string "{TOO_MANY_503}" '
         f"if {{ fe_conn gt {c.max_connections} }}",
-        "    http-request deny deny_status 400 if { req.hdr_cnt(host) gt 1 }",
-        "    http-request deny deny_status 400 if { req.ver 1.1 } !{ req.hdr_cnt(host) eq 1 }",
-        "    http-request deny deny_status 400 if { req.hdr_cnt(host) eq 1 } "
-        f"!{{ req.hdr(host) -m reg '{_HOST_REGEX}' }}",
+        # One rule, the usual case (one valid Host) decided by its first two fetches: allowed are one Host of the
+        # right form, or none on HTTP/1.0; a duplicate, malformed or (HTTP/1.1) missing one is refused.
+        "    http-request deny deny_status 400 unless { req.hdr_cnt(host) eq 1 } "
+        f"{{ req.hdr(host) -m reg '{_HOST_REGEX}' }} or {{ req.hdr_cnt(host) eq 0 }} !{{ req.ver 1.1 }}",
         *forwarded,
         f"    http-request set-header X-Forwarded-Proto {proto}",
         "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }",
@@ -182,10 +182,12 @@ def backend_lines(backend: str, servers_map: Path, slots: int, c: ClientPolicy, 
         f'lf-string "%[{paused},field(2,|),b64dec]" if {{ {paused} -m found }}',
         # roundrobin is smooth and honours weight changes at once, which dynamic servers need.
         "    balance roundrobin",
-        # The map is referenced even without the header: haproxy loads only maps its config uses.
-        f"    http-response set-var(txn.release) {release_of_server}",
-        "    http-response set-header X-Ingot-Release %[var(txn.release)]" if c.release_header
-        else "    http-response del-header X-Ingot-Release",
+        # One lookup straight into the header, no variable; without the header the map is only referenced, in a
+        # rule whose condition (`FALSE`) is tested first and never holds: haproxy loads only maps its config uses,
+        # and the runtime commands and a later owner need this one, but no response pays for a lookup.
+        *([f"    http-response set-header X-Ingot-Release %[{release_of_server}]"] if c.release_header
+          else ["    http-response del-header X-Ingot-Release",
+                f"    http-response set-var(txn.release) {release_of_server} if FALSE"]),
         server_template(slots),
         "",
     ]
