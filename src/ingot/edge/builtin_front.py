@@ -45,7 +45,6 @@ class _Listener(BuiltinRouter):
                  sock: socket.socket | None) -> None:
         super().__init__(listen, name="edge-https" if tls else "edge-http", sock=sock, tls=tls)
         self.front = front
-        self.secure = tls is not None
 
     def dispatch(self, ex: Exchange) -> None:
         front = self.front

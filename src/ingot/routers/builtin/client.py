@@ -167,8 +167,9 @@ class ClientProtocol(asyncio.Protocol):
             return False  # a tunnel ends with either side: the upstream is closed with it
         if self.parsing is not None or self.lingering:
             return False  # a request cut short can never complete
-        # A half-closed client may still wait for the answers to what it sent.
-        return bool(self.queue)
+        # A half-closed client may still wait for the answers to what it sent. Over TLS there is no half-close
+        # (asyncio's SSL transport closes on EOF whatever this returns, and warns when it is True).
+        return bool(self.queue) and not self.router.secure
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -111,6 +111,7 @@ class BuiltinRouter:
         # `listen` None: no listener of its own; requests come from the edge's shared listeners (`dispatch`).
         self._tls = tls
         self._running = False
+        self.secure = tls is not None  # its clients speak TLS
         self.forwarded_proto = b"https" if tls is not None else b"http"  # X-Forwarded-Proto of its clients
         # A socket already listening on `listen` (the edge's, held across its restarts): used by the
         # next `start()` instead of binding anew; the server closes it on `stop()`.
