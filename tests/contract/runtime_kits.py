@@ -97,7 +97,9 @@ class Kit:
                 force_rmtree(self.artifact.parent)
             return
         client = client_at(str(self.engine_url))
-        for container in client.containers.list(all=True, filters={"label": f"ingot.project={self.project}"}):
+        # ignore_removed: a container the runtime's stop is removing in the background may vanish mid-listing.
+        for container in client.containers.list(all=True, filters={"label": f"ingot.project={self.project}"},
+                                                ignore_removed=True):
             with contextlib.suppress(NotFound, APIError):  # gone, or being removed by the runtime's stop
                 container.remove(force=True, v=True)
 
