@@ -157,7 +157,11 @@ def test_the_edge_stopped_on_purpose_stops_its_haproxy(example: ExampleProject) 
     poll(lambda: running_master(workdir) is None and gone(master), timeout=10, what="haproxy to stop")
     # The next call that needs the router starts the edge again, which restores it from its state.
     example.ingot("deploy", check=True)
-    master = running_master(workdir)
-    assert master is not None
+    try:
+        master = poll(lambda: running_master(workdir), timeout=15, what="the restored router's haproxy")
+    except AssertionError as exc:
+        # Once seen in a full CI run only (a shared edge restoring many routers): say what the edge did.
+        log = home.log.read_text(errors="replace").splitlines()[-40:] if home.log.exists() else []
+        raise AssertionError("\n".join([str(exc), "the edge's log ends with:", *log])) from None
     example.ingot("down", check=True)  # the last router released: the edge ends, its haproxy with it
     poll(lambda: running_master(workdir) is None and gone(master), timeout=10, what="haproxy to stop")
