@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -28,6 +29,8 @@ from ingot.edge.settings import EdgeSettings
 from ingot.errors import OperationFailed, UserInputError
 from ingot.routers.base import Address, ClientPolicy, HealthCheck, ReleaseStats
 from ingot.supervision import running_supervisor
+
+log = logging.getLogger("ingot.edge.client")
 
 POLL_INTERVAL = 0.25
 START_TIMEOUT = 20.0
@@ -291,5 +294,9 @@ class EdgeRouter:
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
-            with contextlib.suppress(OperationFailed, OSError, ValueError, KeyError):
+            try:
                 await self.refresh()
+            except (OperationFailed, OSError, ValueError, KeyError):
+                pass  # the edge is restarting or the router is being restored: the next poll asks again
+            except Exception:  # a poll that dies would leave a stopped edge unstarted by this agent for good
+                log.exception("polling the edge failed; polling on")
