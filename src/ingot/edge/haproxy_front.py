@@ -260,11 +260,7 @@ class _FrontProcess(HAProxyRouter):
         return  # no servers of its own; each router polls its backend
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        await self._stop_poller()
         await self._terminate()
 
 
@@ -337,11 +333,7 @@ class _FrontRouter(HAProxyRouter):
         return True  # no backoff: the next poll tries again
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        await self._stop_poller()
         async with self._lock:
             proc = self._proc
             if proc is not None and proc.returncode is None:

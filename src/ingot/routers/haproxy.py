@@ -624,12 +624,15 @@ class HAProxyRouter:
         async with self._lock:
             await self._restore_servers()
 
-    async def stop(self) -> None:
+    async def _stop_poller(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+
+    async def stop(self) -> None:
+        await self._stop_poller()
         async with self._lock:
             if self._proc is not None and self._proc.returncode is None:
                 with contextlib.suppress(OperationFailed, OSError, TimeoutError):
