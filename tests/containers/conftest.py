@@ -7,7 +7,6 @@ tests are skipped with the reason, except in CI (`CI` set), where that is a fail
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -15,11 +14,10 @@ from pathlib import Path
 
 import docker  # type: ignore[import-untyped]
 import pytest
-from docker.errors import NotFound  # type: ignore[import-untyped]
 
 from ingot.runtimes.docker import DockerRuntime
 from tests.containers.helpers import BASE_IMAGE, BuiltImage
-from tests.support.engines import podman_engine
+from tests.support.engines import podman_engine, remove_project_containers
 
 APP_DIR = Path(__file__).with_name("app")
 APP_TAG = "localhost/ingot-test-app:latest"
@@ -51,6 +49,4 @@ def project(engine: docker.DockerClient) -> Iterator[str]:
     """A project name of this test's own; every container labelled with it is removed afterwards."""
     name = f"t{uuid.uuid4().hex[:10]}"
     yield name
-    for container in engine.containers.list(all=True, filters={"label": f"ingot.project={name}"}):
-        with contextlib.suppress(NotFound):  # removed meanwhile
-            container.remove(force=True, v=True)
+    remove_project_containers(engine, name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import docker  # type: ignore[import-untyped]
 import pytest
 from docker.errors import NotFound  # type: ignore[import-untyped]
 
+from tests.support.engines import remove_project_containers
 from tests.support.harness import (
     ExampleProject,
     load,
@@ -29,9 +29,7 @@ def boxed(engine: docker.DockerClient, tmp_path: Path) -> Iterator[ExampleProjec
     example = make_container_example(tmp_path)
     yield example
     stop_everything(example)
-    for container in engine.containers.list(all=True, filters={"label": f"ingot.project={_project_name(example)}"}):
-        with contextlib.suppress(NotFound):
-            container.remove(force=True)
+    remove_project_containers(engine, _project_name(example))
 
 
 def containers(engine: docker.DockerClient, example: ExampleProject) -> list[object]:
@@ -146,9 +144,7 @@ def test_container_drift_injected_and_repaired(engine: docker.DockerClient, tmp_
             engine.containers.get(stray.id)
     finally:
         stop_everything(example)
-        for container in engine.containers.list(all=True, filters={"label": f"ingot.project={_project_name(example)}"}):
-            with contextlib.suppress(NotFound):
-                container.remove(force=True)
+        remove_project_containers(engine, _project_name(example))
 
 
 def test_prune_keeps_rollback_images(engine: docker.DockerClient, boxed: ExampleProject) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker  # type: ignore[import-untyped]
 import pytest
-from docker.errors import NotFound  # type: ignore[import-untyped]
 
+from tests.support.engines import remove_project_containers
 from tests.support.harness import ExampleProject, load, make_container_example, poll, stop_everything
 
 
@@ -21,9 +20,7 @@ def healing(engine: docker.DockerClient, tmp_path: Path) -> Iterator[ExampleProj
     yield example
     stop_everything(example)
     project = (example.root / "ingot.yaml").read_text().split("project: ", 1)[1].split()[0]
-    for container in engine.containers.list(all=True, filters={"label": f"ingot.project={project}"}):
-        with contextlib.suppress(NotFound):
-            container.remove(force=True)
+    remove_project_containers(engine, project)
 
 
 def instances(example: ExampleProject) -> list[dict[str, Any]]:

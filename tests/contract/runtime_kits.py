@@ -7,7 +7,6 @@ image, built once per session on each engine (from the engine's cache after the 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import shutil
 import tempfile
@@ -18,16 +17,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import docker  # type: ignore[import-untyped]
-from docker.errors import APIError, NotFound  # type: ignore[import-untyped]
 
 from ingot.artifacts.store import force_rmtree
 from ingot.runtimes.base import Hardening, InstanceRequest, Runtime
-from ingot.runtimes.docker import DockerRuntime
+from ingot.runtimes.docker import DockerRuntime, containers_labelled
 from ingot.runtimes.process import ProcessRuntime, labelled_processes, terminate_group
 from ingot.store import InstanceRow
 from tests.containers.helpers import wait_for as poll_until
 from tests.support import http_json
-from tests.support.engines import BASE_IMAGE, client_at
+from tests.support.engines import BASE_IMAGE, client_at, remove_project_containers
 
 APP_DIR = Path(__file__).with_name("runtime_app")
 APP_TAG = "localhost/ingot-contract-app:latest"
@@ -85,8 +83,7 @@ class Kit:
         if self.kind == "process":
             return [env.get("INGOT_INSTANCE", "?") for _, env in labelled_processes(self.state_dir)]
         client = client_at(str(self.engine_url))
-        found = client.containers.list(all=True, filters={"label": f"ingot.project={self.project}"},
-                                       ignore_removed=True)
+        found = containers_labelled(client, f"ingot.project={self.project}")
         return [str(c.labels.get("ingot.instance")) for c in found]
 
     def clean_up(self) -> None:
@@ -97,11 +94,8 @@ class Kit:
                 force_rmtree(self.artifact.parent)
             return
         client = client_at(str(self.engine_url))
-        # ignore_removed: a container the runtime's stop is removing in the background may vanish mid-listing.
-        for container in client.containers.list(all=True, filters={"label": f"ingot.project={self.project}"},
-                                                ignore_removed=True):
-            with contextlib.suppress(NotFound, APIError):  # gone, or being removed by the runtime's stop
-                container.remove(force=True, v=True)
+        # A container the runtime's stop is removing in the background may vanish mid-listing.
+        remove_project_containers(client, self.project)
 
 
 def process_kit(workdir: Path) -> Kit:

@@ -17,9 +17,10 @@ from typing import NoReturn
 
 import docker  # type: ignore[import-untyped]
 import pytest
-from docker.errors import DockerException, NotFound  # type: ignore[import-untyped]
+from docker.errors import APIError, DockerException, NotFound  # type: ignore[import-untyped]
 
 from ingot.errors import OperationFailed
+from ingot.runtimes.docker import containers_labelled
 from ingot.runtimes.engine import API_VERSION, connect_engine, forget_engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,3 +113,15 @@ def docker_engine() -> docker.DockerClient:
 def client_at(url: str) -> docker.DockerClient:
     """A new client of the engine at `url`: what another process (a restarted agent) would hold."""
     return docker.DockerClient(base_url=url, version=API_VERSION, timeout=300)
+
+
+def remove_project_containers(client: docker.DockerClient, project: str) -> None:
+    """Remove every container labelled with `project`, whatever an engine is doing to it meanwhile."""
+    for container in containers_labelled(client, f"ingot.project={project}"):
+        try:
+            container.remove(force=True, v=True)
+        except NotFound:
+            continue
+        except APIError as exc:  # Podman: 500 "no such container"; both: 409 "removal already in progress"
+            if exc.status_code not in (409, 500):
+                raise

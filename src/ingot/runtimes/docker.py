@@ -79,6 +79,24 @@ class ContainerFacts:
     name: str
 
 
+def containers_labelled(client: Any, label: str) -> list[Any]:
+    """Every container (running or not) with `label`, skipping any removed while it is listed.
+
+    The SDK's own `ignore_removed` only skips a 404; Podman answers the inspection of a container
+    being removed with a 500 "no such container", which would fail a listing that merely raced a stop.
+    """
+    found = []
+    for summary in client.api.containers(all=True, filters={"label": label}):
+        try:
+            found.append(client.containers.get(summary["Id"]))
+        except NotFound:
+            continue
+        except APIError as exc:
+            if "no such container" not in str(exc).lower():
+                raise
+    return found
+
+
 def container_name(project: str, environment: str, instance_id: str) -> str:
     """`ingot-<project>-<environment>-<instance>`, with what engines refuse in names made `-`."""
     return NAME_UNSAFE.sub("-", f"ingot-{project}-{environment}-{instance_id}")
@@ -170,8 +188,7 @@ class DockerRuntime:
     def find(self, instance: InstanceRow, state_dir: str) -> InstanceRow | None:
         """The container created for `instance` (by its `ingot.instance` and `ingot.state` labels), if any."""
         with _engine_errors(f"looking for the container of instance {instance.id} failed"):
-            found = self.client.containers.list(all=True, filters={"label": f"ingot.instance={instance.id}"},
-                                                ignore_removed=True)
+            found = containers_labelled(self.client, f"ingot.instance={instance.id}")
         for container in found:
             attrs = container.attrs
             labels = (attrs.get("Config") or {}).get("Labels") or {}
@@ -270,10 +287,7 @@ class DockerRuntime:
     def labelled(self, project: str) -> list[ContainerFacts]:
         """Every container labelled `ingot.project=<project>`, running or not, whoever started it."""
         with _engine_errors(f"listing the containers of project {project} failed"):
-            # ignore_removed: a container removed between the listing and its inspection is simply gone.
-            found = self.client.containers.list(
-                all=True, filters={"label": f"ingot.project={project}"}, ignore_removed=True
-            )
+            found = containers_labelled(self.client, f"ingot.project={project}")
         return [_facts_of(container.attrs) for container in found]
 
     # -- images ----------------------------------------------------------------------------------
