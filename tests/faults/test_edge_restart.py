@@ -12,14 +12,16 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ingot.edge.client import call_sync
+from ingot.edge.client import START_TIMEOUT, call_sync, ensure_edge
 from ingot.edge.home import EdgeHome
+from ingot.errors import OperationFailed
 from ingot.routers.haproxy import running_master
 from ingot.supervision import running_supervisor, stop_supervisor
 from tests.support.harness import ExampleProject, load, poll
@@ -33,7 +35,7 @@ def router_id(example: ExampleProject) -> str:
 
 
 def edge_pid(home: EdgeHome) -> int | None:
-    with contextlib.suppress(OSError, ValueError, KeyError):
+    with contextlib.suppress(OperationFailed, OSError, ValueError, KeyError):  # OperationFailed: not running
         return int(call_sync(home, "ping", timeout=1.0)["pid"])
     return None
 
@@ -115,9 +117,7 @@ def test_edge_killed_five_times_under_load_refuses_nothing(routed: ExampleProjec
 @pytest.mark.parametrize("fault", ["killed", "hung"])
 def test_a_haproxy_that_died_or_hangs_while_the_edge_was_down_is_replaced(example: ExampleProject,
                                                                           fault: str) -> None:
-    spec = example.root / "ingot.yaml"
-    spec.write_text(spec.read_text().replace(f'router: {{listen: "127.0.0.1:{example.port}"}}',
-                                             f'router: {{listen: "127.0.0.1:{example.port}", kind: haproxy}}'))
+    use_haproxy(example)
     example.ingot("deploy", check=True)
     home = EdgeHome.default()
     workdir = home.router_dir(router_id(example))
@@ -143,14 +143,14 @@ def test_a_haproxy_that_died_or_hangs_while_the_edge_was_down_is_replaced(exampl
             os.killpg(master, signal.SIGKILL)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known regression (2026-12-01), open in issue 11's note: run after the other tests of tests/faults, the deploy "
-    "that follows an edge stopped on purpose does not start the edge again, so the router is not restored "
-    "until something else calls the edge; passes alone and with its own file"))
-def test_the_edge_stopped_on_purpose_stops_its_haproxy(example: ExampleProject) -> None:
+def use_haproxy(example: ExampleProject) -> None:
     spec = example.root / "ingot.yaml"
     spec.write_text(spec.read_text().replace(f'router: {{listen: "127.0.0.1:{example.port}"}}',
                                              f'router: {{listen: "127.0.0.1:{example.port}", kind: haproxy}}'))
+
+
+def test_the_edge_stopped_on_purpose_stops_its_haproxy(example: ExampleProject) -> None:
+    use_haproxy(example)
     example.ingot("deploy", check=True)
     home = EdgeHome.default()
     workdir = home.router_dir(router_id(example))
@@ -166,6 +166,33 @@ def test_the_edge_stopped_on_purpose_stops_its_haproxy(example: ExampleProject) 
     except AssertionError as exc:
         # Once seen in a full CI run only (a shared edge restoring many routers): say what the edge did.
         log = home.log.read_text(errors="replace").splitlines()[-40:] if home.log.exists() else []
-        raise AssertionError("\n".join([str(exc), "the edge's log ends with:", *log])) from None
+        agent_logs = [line for f in example.root.rglob("agent.log")
+                      for line in f.read_text(errors="replace").splitlines()[-30:]]
+        ps = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout.splitlines()
+        raise AssertionError("\n".join([str(exc), "the edge's log ends with:", *log, "agent logs:", *agent_logs,
+                                        f"socket exists: {home.control_socket.exists()}",
+                                        *[line for line in ps if "ingot" in line]])) from None
     example.ingot("down", check=True)  # the last router released: the edge ends, its haproxy with it
     poll(lambda: running_master(workdir) is None and gone(master), timeout=10, what="haproxy to stop")
+
+
+def test_a_client_calling_while_the_edge_stops_starts_the_next_one_once_it_is_gone(example: ExampleProject) -> None:
+    """A client that finds the edge stopping (its supervisor still running) starts the next edge as soon as the
+    old one has ended; it used to wait its whole start timeout for a supervisor that was never coming back, so
+    an agent's poll left its routers down for 20 s after the edge was stopped on purpose. On HAProxy, whose
+    stop takes the edge longest (its haproxies end first)."""
+    use_haproxy(example)
+    example.ingot("deploy", check=True)
+    home = EdgeHome.default()
+    old = edge_pid(home)
+    supervisor = running_supervisor(home.supervisor_pidfile)
+    assert old is not None and supervisor is not None
+    os.kill(supervisor, signal.SIGTERM)
+    poll(lambda: edge_pid(home) is None, timeout=10, interval=0.005, what="the edge to stop answering")
+    stopping = running_supervisor(home.supervisor_pidfile) == supervisor  # else this run cannot tell
+    started = time.monotonic()
+    ensure_edge(home)  # what any client does when the edge does not answer
+    took = time.monotonic() - started
+    assert edge_pid(home) not in (None, old)
+    assert took < START_TIMEOUT / 2 or not stopping, f"the next edge answered after {took:.1f} s"
+    poll(lambda: example.get()["release"], timeout=15, what="the restored router to serve")

@@ -76,13 +76,13 @@ def ensure_edge(home: EdgeHome) -> None:
     if edge_alive(home):
         return
     EdgeSettings.load(home.root)  # bad settings are the caller's to hear (exit 2), not only the edge's log
-    if running_supervisor(home.supervisor_pidfile) is not None:
-        # Its supervisor is starting it again: wait for that rather than start a second one.
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if edge_alive(home):
-                return
-            time.sleep(0.02)
+    # A supervisor still running is either starting its edge again (after a crash) or ending with it (a
+    # SIGTERM): wait for whichever comes first, and start a new edge only once the old one is gone.
+    deadline = time.monotonic() + START_TIMEOUT
+    while running_supervisor(home.supervisor_pidfile) is not None and time.monotonic() < deadline:
+        if edge_alive(home):
+            return
+        time.sleep(0.02)
     home.prepare()
     with open(home.log, "ab") as log:
         os.chmod(home.log, 0o600)

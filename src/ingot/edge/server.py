@@ -179,10 +179,14 @@ class Edge:
         log.info("edge %s ready on %s (pid %d, %d routers)", __version__, sock, os.getpid(), len(self.routers))
         await self._stopping.wait()
         self._server.close()
-        for router_id, router in self.routers.items():
+        # Gone from the path at once: a client starting the next edge must not find this one's socket, and
+        # this edge's last act must not unlink the next one's.
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        for router_id in self.routers:
             self.fds.drop(router_id)
-            with contextlib.suppress(Exception):
-                await router.stop()
+        # All at once: one by one, an edge with many HAProxy routers took longer to stop than callers wait.
+        await asyncio.gather(*(router.stop() for router in self.routers.values()), return_exceptions=True)
         if self.front is not None:
             for name in FRONT_FDS.values():
                 self.fds.drop(name)
@@ -190,8 +194,7 @@ class Edge:
                 await self.front.stop()
         if self.certificates is not None:
             await self.certificates.stop()
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()
+        log.info("edge stopped (pid %d)", os.getpid())
 
     async def _restore(self) -> None:
         try:
