@@ -382,7 +382,7 @@ function capitalise(text) {
 }
 
 // ---- an operation's progress (the same lines the CLI prints) --------------------------------------
-function stepLine(service, event) {
+function operationStepLine(service, event) {
   const label = `[${event.index}/${event.total}] ${(event.step || {}).description || ""}`;
   if (event.status === "started") return `${service}: ${label}…`;
   if (event.status === "done") {
@@ -401,7 +401,7 @@ export function operationLine(event) {
     case "release": return `${service}: release ${event.release} (${event.created ? "new, signed" : "already exists"})`;
     case "plan": return `${service}: deployment ${event.deployment}, ${((event.plan || {}).steps || []).length} steps`;
     case "waiting": return `${service}: ${event.message}`;
-    case "step": return stepLine(service, event);
+    case "step": return operationStepLine(service, event);
     case "output": return `  | ${event.line}`;
     case "end": return event.state === "succeeded" ? "Succeeded."
       : `${capitalised(event.state)}: ${(event.error || {}).message || "see the history"}`;
