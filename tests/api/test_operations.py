@@ -184,6 +184,9 @@ def test_ctrl_c_detaches_from_a_remote_deploy_and_follow_picks_it_up(
     assert process.returncode == 130, out + err
     assert "detached: operation " in err and "follow" in err
     operation = err.split("detached: operation ", 1)[1].split()[0]
+    with server.client() as client:  # still running there (min_ready 4 s): a second deploy is refused at once
+        busy = client.post("/api/v1/deploy", json={})
+        assert busy.status_code == 409 and "staging is locked" in busy.json()["error"], busy.text
     followed = remote_ingot(example, server, tmp_path, "follow", operation)
     assert followed.code == 0, followed.err
     assert example.get()["version"] == "4"

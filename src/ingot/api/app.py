@@ -223,6 +223,7 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
         project = source()
         env = project.environment(body.environment)
         names = project.services(body.service)
+        locks.refuse_if_busy(project.store, env)  # 409 now rather than an operation that fails at once
         return started(ops.start("deploy", env, names, current_actor(), lambda on_event, on_output: operations.deploy(
             project, env, names, on_event=on_event, on_output=on_output)))
 
@@ -233,10 +234,9 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
         names = project.services(body.service)
         if body.to and len(names) > 1:
             raise UserInputError("'to' needs 'service' when the spec has several services")
-        held = locks.current(project.store, env)
-        if held is None or not held.alive:  # as operations.rollback does: a bad target is refused at once
-            for name in names:
-                operations.rollback_target(project, env, name, body.to)
+        locks.refuse_if_busy(project.store, env)
+        for name in names:  # as operations.rollback does: a bad target is refused at once
+            operations.rollback_target(project, env, name, body.to)
 
         def work(on_event: OnEvent, _on_output: OnOutput) -> list[operations.DeployOutcome]:
             return [operations.rollback(project, env, name, body.to, on_event=on_event) for name in names]
@@ -250,6 +250,7 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
         if source_env == target_env:
             raise UserInputError(f"source and target are both {source_env}: promotion goes from one "
                                  "environment to another")
+        locks.refuse_if_busy(project.store, target_env)
         return started(ops.start("promote", target_env, names, current_actor(), lambda on_event, _on_output:
                                  operations.promote(project, source_env, target_env, names, force=body.force,
                                                     on_event=on_event)))
