@@ -234,3 +234,12 @@ def unlock(store: Store, environment: str, actor: str, *, force: bool = False) -
         ledger.append(conn, actor=actor, action="unlock", environment=environment,
                       payload={"cleared": holder.describe(), "holder_alive": holder.alive, "forced": force})
     return holder
+
+
+def refuse_if_busy(store: Store, environment: str) -> None:
+    """Refuse at once, as `hold` would, while a live operation holds the environment: for callers that start
+    the operation in the background and would otherwise only learn it there (the API's 202). A stale lock is
+    left to `hold`, after the agent starting has had its chance to clear it."""
+    holder = current(store, environment)
+    if holder is not None and holder.alive:
+        raise _refusal(holder)

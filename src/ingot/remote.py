@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import httpx
 
@@ -10,6 +13,15 @@ from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.operations import DeployOutcome
 
 API = "/api/v1"
+OnStart = Callable[[str], None]
+
+
+class Progress(Protocol):
+    """Where an operation's events go as they come (the CLI's progress display)."""
+
+    def event(self, event: dict[str, Any]) -> None: ...
+
+    def output(self, line: str) -> None: ...
 
 
 class Remote:
@@ -49,19 +61,84 @@ class Remote:
                           params=_given(environment=environment, service=service, limit=limit, tail="true"))
         return list(page["entries"])
 
-    def deploy(self, environment: str | None, service: str | None) -> list[DeployOutcome]:
-        return _outcomes(self._call("POST", f"{API}/deploy", json={"environment": environment, "service": service}))
+    # Deploy, rollback and promote start an operation on the server (202) and follow its event stream.
+    def deploy(self, environment: str | None, service: str | None, progress: Progress | None = None,
+               on_start: OnStart | None = None) -> list[DeployOutcome]:
+        started = self._call("POST", f"{API}/deploy", json={"environment": environment, "service": service})
+        return self._until_done(started, progress, on_start)
 
-    def rollback(self, environment: str | None, service: str | None, to: str | None) -> list[DeployOutcome]:
-        return _outcomes(self._call("POST", f"{API}/rollback",
-                                    json={"environment": environment, "service": service, "to": to}))
+    def rollback(self, environment: str | None, service: str | None, to: str | None,
+                 progress: Progress | None = None, on_start: OnStart | None = None) -> list[DeployOutcome]:
+        started = self._call("POST", f"{API}/rollback", json={"environment": environment, "service": service, "to": to})
+        return self._until_done(started, progress, on_start)
 
-    def promote(self, source: str, target: str, service: str | None, force: bool) -> list[DeployOutcome]:
-        return _outcomes(self._call("POST", f"{API}/promote",
-                                    json={"source": source, "target": target, "service": service, "force": force}))
+    def promote(self, source: str, target: str, service: str | None, force: bool,
+                progress: Progress | None = None, on_start: OnStart | None = None) -> list[DeployOutcome]:
+        started = self._call("POST", f"{API}/promote",
+                             json={"source": source, "target": target, "service": service, "force": force})
+        return self._until_done(started, progress, on_start)
+
+    def operation(self, operation_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"{API}/operations/{operation_id}"))
+
+    def _until_done(self, started: dict[str, Any], progress: Progress | None,
+                    on_start: OnStart | None) -> list[DeployOutcome]:
+        if on_start is not None:
+            on_start(str(started["id"]))
+        return self.follow(str(started["id"]), progress)
+
+    def follow(self, operation_id: str, progress: Progress | None = None) -> list[DeployOutcome]:
+        """Read the operation's events until its final one (reconnecting from the last one seen if the
+        stream breaks); its outcomes, or its error raised as the error it was on the server."""
+        final = self._final_event(operation_id, progress)
+        error = final.get("error")
+        if error:
+            kind = UserInputError if error.get("exit_code") == 2 else OperationFailed
+            raise kind(str(error.get("message")), details=list(error.get("details") or []))
+        if final.get("state") != "succeeded":
+            raise OperationFailed(f"operation {operation_id} ended {final.get('state')}")
+        return _outcomes(list(final.get("result") or []))
+
+    def _final_event(self, operation_id: str, progress: Progress | None) -> dict[str, Any]:
+        seen, breaks = 0, 0
+        path = f"{API}/operations/{operation_id}/events"
+        while True:
+            try:
+                with self._client.stream("GET", path, params={"after": seen},
+                                         headers={"Accept": "text/event-stream"}) as response:
+                    if not response.is_success:
+                        response.read()
+                        raise _error_from(response)
+                    for event in _events(response.iter_lines()):
+                        seen = int(event.get("seq", seen))
+                        if event.get("event") == "end":
+                            return event
+                        if progress is not None:
+                            show(progress, event)
+            except httpx.HTTPError as exc:
+                breaks += 1
+                if breaks > 5:
+                    raise OperationFailed(f"lost the event stream of operation {operation_id} from {self.url}: "
+                                          f"{exc}", details=[f"it may still run there: 'ingot --server {self.url} "
+                                                             f"follow {operation_id}'"]) from exc
+                time.sleep(min(0.2 * 2 ** breaks, 3.0))
 
     def control(self, environment: str | None, service: str | None, action: str) -> dict[str, Any]:
         return dict(self._call("POST", f"{API}/{action}", json={"environment": environment, "service": service}))
+
+
+def show(progress: Progress, event: dict[str, Any]) -> None:
+    if event.get("event") == "output":
+        progress.output(str(event.get("line", "")))
+    else:
+        progress.event(event)
+
+
+def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The data of each server-sent event (one `data:` line each here), skipping comments."""
+    for line in lines:
+        if line.startswith("data:"):
+            yield dict(json.loads(line[5:].strip()))
 
 
 def _given(**params: Any) -> dict[str, Any]:

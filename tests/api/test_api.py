@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.api_server import Served, serving
+from tests.support.api_server import Served, finished, serving
 from tests.support.harness import ExampleProject, make_example, poll, stop_everything
 
 
@@ -34,7 +34,7 @@ def instance_ids(example: ExampleProject) -> set[str]:
 def protected_calls(server: Served) -> list[tuple[str, str]]:
     """Every operation the OpenAPI document lists, plus /metrics: all of them need the token."""
     spec = httpx.get(f"{server.url}/openapi.json", trust_env=False).json()
-    calls = [(method.upper(), path.replace("{deployment_id}", "x"))
+    calls = [(method.upper(), path.replace("{deployment_id}", "x").replace("{operation_id}", "x"))
              for path, methods in spec["paths"].items() for method in methods]
     return [*calls, ("GET", "/metrics")]
 
@@ -47,7 +47,8 @@ def test_every_endpoint_refuses_a_missing_or_wrong_token_and_nothing_happens(
     before = (example.get()["release"], len(example.ingot("audit", "log", "--json", "--limit", "100000").json))
     calls = protected_calls(server)
     assert {("POST", "/api/v1/deploy"), ("POST", "/api/v1/rollback"), ("POST", "/api/v1/abort"),
-            ("POST", "/api/v1/promote"), ("GET", "/api/v1/ledger")} <= set(calls)
+            ("POST", "/api/v1/promote"), ("GET", "/api/v1/ledger"), ("GET", "/api/v1/operations/x"),
+            ("GET", "/api/v1/operations/x/events")} <= set(calls)
     with server.client(token) as client:
         for method, path in calls:
             body: dict[str, Any] | None = {"source": "staging", "target": "production"} if method == "POST" else None
@@ -92,15 +93,17 @@ def test_deploy_and_rollback_through_the_api(served: tuple[ExampleProject, Serve
     example.set_version("2")
     with server.client() as client:
         response = client.post("/api/v1/deploy", json={}, headers={"X-Ingot-Actor": "alice"})  # not believed
-        assert response.status_code == 200, response.text
-        outcome = response.json()[0]
+        operation = finished(client, response)
+        assert operation["state"] == "succeeded", operation
+        outcome = operation["result"][0]
         answer = example.get()
         assert (answer["version"], answer["release"]) == ("2", outcome["release"])
         detail = client.get(f"/api/v1/deployments/{outcome['deployment']}").json()
         assert detail["outcome"] == "succeeded" and detail["actor"] == "default (api)"
         assert [s["name"] for s in detail["steps"]][-1] == "finish"
-        back = client.post("/api/v1/rollback", json={"service": "web"}, headers={"X-Ingot-Actor": "bob"})
-        assert back.status_code == 200 and back.json()[0]["release"] == first
+        back = finished(client, client.post("/api/v1/rollback", json={"service": "web"},
+                                            headers={"X-Ingot-Actor": "bob"}))
+        assert back["state"] == "succeeded" and back["result"][0]["release"] == first
         assert example.get()["release"] == first
         bad = client.post("/api/v1/rollback", json={"to": "ffffffff"})
         assert bad.status_code == 400 and "no release of web starts with" in bad.json()["error"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.dashboard.test_dashboard import expect, sign_in
-from tests.support.api_server import Served, serving
+from tests.support.api_server import Served, finished, serving
 from tests.support.harness import ExampleProject
 
 
@@ -15,9 +15,12 @@ def every_get(server: Served, deployment: str) -> dict[str, str]:
     """The body of every GET the OpenAPI document lists, and of /metrics, by path."""
     with server.client() as client:
         paths = [p for p, methods in client.get("/openapi.json").json()["paths"].items() if "get" in methods]
+        operation = finished(client, client.post("/api/v1/deploy", json={}))  # nothing changed: a quick one
+        assert operation["state"] == "succeeded", operation
         bodies = {}
         for path in [*paths, "/metrics", "/"]:
-            response = client.get(path.replace("{deployment_id}", deployment),
+            where = path.replace("{deployment_id}", deployment).replace("{operation_id}", operation["id"])
+            response = client.get(where,
                                   params={"tail": "true", "limit": 1000} if path.endswith("/ledger") else None)
             assert response.status_code == 200, f"{path}: {response.status_code} {response.text[:200]}"
             bodies[path] = response.text

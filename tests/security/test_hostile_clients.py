@@ -23,7 +23,7 @@ import pytest
 from ingot.routers.base import ClientPolicy, Router
 from ingot.routers.builtin import BuiltinRouter
 from ingot.routers.testing import TestBackend, serving
-from tests.support.api_server import Served
+from tests.support.api_server import Served, finished
 from tests.support.api_server import serving as api_serving
 from tests.support.harness import ExampleProject, make_example, poll, stop_everything
 from tests.support.routers import haproxy_bin, kill_haproxy_of
@@ -454,7 +454,7 @@ def test_a_read_token_cannot_deploy_and_the_actor_is_the_token_name(
         assert refused.status_code == 403 and "scope read" in refused.json()["detail"]
         assert example.get()["version"] == "1"
         deployed = ci.post("/api/v1/deploy", json={}, headers={"X-Ingot-Actor": "someone-else"})
-        assert deployed.status_code == 200, deployed.text
+        assert finished(ci, deployed)["state"] == "succeeded"
     assert example.get()["version"] == "2"
     assert example.ingot("history", "--json", check=True).json[0]["actor"] == "ci (api)"
     example.ingot("token", "revoke", "ci", check=True)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -50,3 +51,11 @@ def serving(example: ExampleProject, *extra: str) -> Iterator[Served]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def finished(client: httpx.Client, started: httpx.Response, timeout: float = 120) -> dict[str, Any]:
+    """The operation a deploy, rollback or promote answered 202 with, polled until it has ended."""
+    assert started.status_code == 202, started.text
+    where = started.headers["location"]
+    return dict(poll(lambda: (op := client.get(where).json())["state"] != "running" and op, timeout=timeout,
+                     interval=0.2, what=f"operation {where} to end"))

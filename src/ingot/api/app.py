@@ -9,21 +9,25 @@ talk to the agent over its local socket, and the agent runs in this same process
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 from swagger_ui_bundle import swagger_ui_path
 
-from ingot import __version__, operations, views
+from ingot import __version__, locks, operations, views
+from ingot.actor import current_actor
 from ingot.api.guard import MAX_BODY_DEFAULT, Backoff, Guard
 from ingot.api.metrics import render_metrics
-from ingot.errors import IngotError
+from ingot.api.tasks import FINAL, Operation, Operations, sse
+from ingot.errors import IngotError, UserInputError
+from ingot.operations import OnEvent, OnOutput
 from ingot.project import Project, open_project
 from ingot.store import Store
 
@@ -92,6 +96,25 @@ class ControlBody(_Body):
     service: str | None = None
 
 
+async def follow(op: Operation, after: int) -> AsyncIterator[str]:
+    """The operation's events after `after` as they come, until its final one; a comment line every
+    15 s keeps proxies from closing a quiet stream (a health gate can take a minute)."""
+    seq, quiet = after, 0.0
+    while True:
+        events = op.since(seq)
+        for event in events:
+            yield sse(event)
+            if event.get("event") == FINAL:
+                return
+        if events:
+            seq, quiet = events[-1]["seq"], 0.0
+        elif quiet >= 15:
+            yield ": still running\n\n"
+            quiet = 0.0
+        await asyncio.sleep(0.1)
+        quiet += 0.1
+
+
 def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backoff: Backoff | None = None) -> FastAPI:
     app = FastAPI(title="ingot", version=__version__, docs_url=None, redoc_url=None,
                   description="Immutable releases, progressive delivery, rollback and an audit ledger.")
@@ -105,6 +128,7 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
                             status_code=status)
 
     Auth = Depends(_bearer)
+    ops = Operations(source.paths.root / "operations", source.store)
     api = "/api/v1"
 
     # ---- reads -------------------------------------------------------------------------
@@ -187,26 +211,72 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
         return PlainTextResponse(body, media_type=content_type)
 
     # ---- actions -----------------------------------------------------------------------
-    @app.post(f"{api}/deploy", dependencies=[Auth])
-    def deploy(body: DeployBody) -> list[dict[str, Any]]:
-        project = source()
-        env = project.environment(body.environment)
-        outcomes = operations.deploy(project, env, project.services(body.service))
-        return [o.as_dict() for o in outcomes]
+    def started(op: Operation) -> JSONResponse:
+        where = f"{api}/operations/{op.id}"
+        return JSONResponse({**op.summary(), "url": where, "events": f"{where}/events"}, status_code=202,
+                            headers={"Location": where})
 
-    @app.post(f"{api}/rollback", dependencies=[Auth])
-    def rollback(body: RollbackBody) -> list[dict[str, Any]]:
+    # Deploy, rollback and promote answer 202 with an operation at once (they take minutes): bad input is
+    # still refused here with 400, before anything starts.
+    @app.post(f"{api}/deploy", dependencies=[Auth], status_code=202)
+    def deploy(body: DeployBody) -> JSONResponse:
         project = source()
         env = project.environment(body.environment)
         names = project.services(body.service)
-        return [operations.rollback(project, env, name, body.to).as_dict() for name in names]
+        locks.refuse_if_busy(project.store, env)  # 409 now rather than an operation that fails at once
+        return started(ops.start("deploy", env, names, current_actor(), lambda on_event, on_output: operations.deploy(
+            project, env, names, on_event=on_event, on_output=on_output)))
 
-    @app.post(f"{api}/promote", dependencies=[Auth])
-    def promote(body: PromoteBody) -> list[dict[str, Any]]:
+    @app.post(f"{api}/rollback", dependencies=[Auth], status_code=202)
+    def rollback(body: RollbackBody) -> JSONResponse:
         project = source()
-        outcomes = operations.promote(project, project.environment(body.source), project.environment(body.target),
-                                      project.services(body.service), force=body.force)
-        return [o.as_dict() for o in outcomes]
+        env = project.environment(body.environment)
+        names = project.services(body.service)
+        if body.to and len(names) > 1:
+            raise UserInputError("'to' needs 'service' when the spec has several services")
+        locks.refuse_if_busy(project.store, env)
+        for name in names:  # as operations.rollback does: a bad target is refused at once
+            operations.rollback_target(project, env, name, body.to)
+
+        def work(on_event: OnEvent, _on_output: OnOutput) -> list[operations.DeployOutcome]:
+            return [operations.rollback(project, env, name, body.to, on_event=on_event) for name in names]
+        return started(ops.start("rollback", env, names, current_actor(), work))
+
+    @app.post(f"{api}/promote", dependencies=[Auth], status_code=202)
+    def promote(body: PromoteBody) -> JSONResponse:
+        project = source()
+        source_env, target_env = project.environment(body.source), project.environment(body.target)
+        names = project.services(body.service)
+        if source_env == target_env:
+            raise UserInputError(f"source and target are both {source_env}: promotion goes from one "
+                                 "environment to another")
+        locks.refuse_if_busy(project.store, target_env)
+        return started(ops.start("promote", target_env, names, current_actor(), lambda on_event, _on_output:
+                                 operations.promote(project, source_env, target_env, names, force=body.force,
+                                                    on_event=on_event)))
+
+    @app.get(f"{api}/operations/{{operation_id}}", dependencies=[Auth])
+    def operation(operation_id: str) -> dict[str, Any]:
+        """A deploy, rollback or promote this server started: its state (running, succeeded, failed,
+        aborted, superseded), deployments, steps so far, and its result or error."""
+        return found_operation(operation_id).summary()
+
+    @app.get(f"{api}/operations/{{operation_id}}/events", dependencies=[Auth],
+             response_class=StreamingResponse)
+    def operation_events(operation_id: str, after: Annotated[int, Query(ge=0)] = 0,
+                         last_event_id: Annotated[int | None, Header()] = None) -> StreamingResponse:
+        """Server-sent events: the operation's progress (the events the CLI prints), from `after` (or the
+        Last-Event-ID header), ending with an `end` event that carries the final state."""
+        op = found_operation(operation_id)
+        return StreamingResponse(follow(op, max(after, last_event_id or 0)), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def found_operation(operation_id: str) -> Operation:
+        op = ops.get(operation_id)
+        if op is None:
+            raise HTTPException(404, f"no operation {operation_id} (finished ones are kept for a day; "
+                                     "see /api/v1/deployments)")
+        return op
 
     def _control(action: str) -> Callable[[ControlBody], dict[str, Any]]:
         def handler(body: ControlBody) -> dict[str, Any]:

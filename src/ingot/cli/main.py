@@ -186,7 +186,8 @@ def deploy(file: SpecFile = None, env: Env = None, service: Service = None,
     """Build, release and deploy: fresh instances, health gate, traffic switch, drain, retire the old."""
     remote = remote_server()
     if remote is not None:
-        outcomes = guarded(lambda: remote.deploy(env_name(env), service))
+        outcomes = followed(remote, as_json, lambda progress, started: remote.deploy(
+            env_name(env), service, progress, started))
     else:
         project = project_for(file)
         environment = guarded(lambda: project.environment(env_name(env)))
@@ -219,6 +220,53 @@ def handed_over(project: Project, action: Callable[[Progress], T]) -> T:
         after_interrupt(project, handed, guarded)
 
 
+def followed(remote: Remote, as_json: bool,
+             action: Callable[[Progress | None, Callable[[str], None]], T]) -> T:
+    """A deploy, rollback or promote on the --server: started there, its event stream shown as a local one
+    would be; Ctrl-C detaches (the operation goes on there), saying how to follow it again."""
+    started: list[str] = []
+
+    def run(progress: Progress) -> T:
+        try:
+            return action(None if as_json else progress, started.append)
+        except KeyboardInterrupt:
+            progress.__exit__()
+            if started:
+                errors.print(f"detached: operation {started[0]} goes on on the server; follow it again with "
+                             f"'ingot --server {remote.url} follow {started[0]}'", markup=False, soft_wrap=True)
+            else:
+                errors.print("interrupted before the server started the operation", markup=False)
+            raise typer.Exit(130) from None
+
+    with Progress() as progress:
+        return guarded(lambda: run(progress))
+
+
+@app.command()
+def follow(operation: Annotated[str, typer.Argument(help="The operation's id (printed when it started).")],
+           as_json: AsJson = False) -> None:
+    """Follow a deploy, rollback or promote running on the --server to its end (exit code from how it ended)."""
+    remote = remote_server()
+    if remote is None:
+        errors.print("error: 'ingot follow' needs --server (or INGOT_SERVER): operations are the API's")
+        raise typer.Exit(2)
+    kind = str(guarded(lambda: remote.operation(operation))["kind"])
+    def again(progress: Progress | None, started: Callable[[str], None]) -> list[operations.DeployOutcome]:
+        started(operation)
+        return remote.follow(operation, progress)
+
+    outcomes = followed(remote, as_json, again)
+    if as_json:
+        print_json([o.as_dict() for o in outcomes])
+        return
+    if kind == "rollback":
+        _print_rollbacks(outcomes, as_json)
+        return
+    for outcome in outcomes:
+        how = "already serves" if outcome.nothing_changed else "is live at"
+        console.print(f"{outcome.service}: {kind}: release {outcome.release} {how} {outcome.url}")
+
+
 def _print_window(outcome: operations.DeployOutcome) -> None:
     window = outcome.verifying
     if window and window.get("previous"):
@@ -235,7 +283,8 @@ def rollback(file: SpecFile = None, env: Env = None, service: Service = None,
     """Go back to the previous release (or --to any earlier one), through the same health gate."""
     remote = remote_server()
     if remote is not None:
-        _print_rollbacks(guarded(lambda: remote.rollback(env_name(env), service, to)), as_json)
+        _print_rollbacks(followed(remote, as_json, lambda progress, started: remote.rollback(
+            env_name(env), service, to, progress, started)), as_json)
         return
     project = project_for(file)
     environment = guarded(lambda: project.environment(env_name(env)))
@@ -279,7 +328,8 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
     remote = remote_server()
     if remote is not None:
         source_env, target_env = source, target
-        outcomes = guarded(lambda: remote.promote(source, target, service, force))
+        outcomes = followed(remote, as_json, lambda progress, started: remote.promote(
+            source, target, service, force, progress, started))
     else:
         project = project_for(file)
         source_env = guarded(lambda: project.environment(source))

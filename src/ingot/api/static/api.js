@@ -77,3 +77,53 @@ export async function call(path, {method = "GET", params, body, signal, authToke
 
 export const get = (path, params, signal) => call(path, {params, signal});
 export const post = (path, body) => call(path, {method: "POST", body});
+
+/**
+ * Follow an operation's server-sent-event stream (read with fetch: EventSource cannot send the token) until
+ * its final `end` event, which is returned; each event before it goes to `onEvent`. A broken stream is
+ * opened again from the last event seen.
+ */
+export async function follow(operation, onEvent) {
+  let after = 0;
+  for (let breaks = 0; breaks < 10; breaks += 1) {
+    let response;
+    try {
+      response = await fetch(`/api/v1/operations/${encodeURIComponent(operation)}/events${query({after})}`, {
+        headers: {Accept: "text/event-stream", Authorization: `Bearer ${token() ?? ""}`},
+        cache: "no-store", credentials: "omit",
+      });
+    } catch (err) {
+      await new Promise((resolve) => setTimeout(resolve, 500 * (breaks + 1)));
+      continue;
+    }
+    if (response.status === 401) throw new Unauthorized("a valid token is needed");
+    if (!response.ok) {
+      let data = null;
+      try { data = await response.json(); } catch { data = null; }
+      throw problem(response.status, data, `${response.status} ${response.statusText}`);
+    }
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    try {
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5)).join("\n");
+          if (!data) continue; // a keep-alive comment
+          const event = JSON.parse(data);
+          after = event.seq;
+          if (event.event === "end") return event;
+          onEvent(event);
+        }
+      }
+    } catch (err) {
+      if (err instanceof SyntaxError) throw err;
+    }
+  }
+  throw new ApiError(0, `lost the progress of operation ${operation}; see the history`, []);
+}

@@ -1,7 +1,7 @@
 // The ingot dashboard: sign-in, then live panels for one environment, refreshed by polling /api/v1.
 // Everything from the API is put on the page as text (see dom.js): nothing is ever parsed as HTML.
 
-import {ApiError, Unauthorized, call, forgetToken, get, post, setToken, token} from "./api.js";
+import {ApiError, Unauthorized, call, follow, forgetToken, get, post, setToken, token} from "./api.js";
 import {findByKey, h, replaceKeepingFocus, setText, when} from "./dom.js";
 import * as panels from "./panels.js";
 
@@ -208,7 +208,8 @@ async function refreshLive(generation) {
   const agent = overview.agent || {};
   setText($("agent-state"), agent.running ? `agent running (pid ${agent.pid})` : "agent not running");
   $("agent-state").classList.toggle("bad", !agent.running);
-  replaceKeepingFocus($("services"), panels.services(overview.services, state.env));
+  replaceKeepingFocus($("services"), panels.services(overview.services, state.env, {
+    deploy: askDeploy, promote: askPromote, targets: state.environments.filter((e) => e !== state.env)}));
   replaceKeepingFocus($("rollouts"), panels.rollouts(overview.rollouts, state.env, rolloutActions));
   const live = new Map(overview.services.map((s) => [s.service, s.release]));
   const liveChanged = JSON.stringify([...live]) !== JSON.stringify([...state.live]);
@@ -394,12 +395,88 @@ function askRollback(row, fromRelease) {
     focusKey: `rollback:${row.service}:${row.release}`,
     fallback: $("history-title"),
     action: () => act(`Rolling back ${row.service} in ${env} to ${row.release}…`, async () => {
-      const outcomes = await post("rollback", {environment: env, service: row.service, to: row.release});
-      const outcome = outcomes[0] || {};
+      const end = await runOperation(`Rollback of ${row.service} in ${env} to ${row.release}`,
+        post("rollback", {environment: env, service: row.service, to: row.release}));
+      const outcome = end.result[0] || {};
       return `Rolled back ${row.service} in ${env}: release ${outcome.release} is live`
         + (outcome.deployment ? ` (deployment ${outcome.deployment}).` : ".");
     }, `Rollback of ${row.service} to ${row.release} failed`),
   });
+}
+
+function askDeploy(item) {
+  const env = state.env;
+  const service = item.service;
+  confirmAction({
+    title: `Deploy ${service} to ${env}?`,
+    body: [
+      h("p", {}, `The server builds ${service} from its spec and files as they are now, makes a signed release `
+        + `of it (or reuses the release of an unchanged build) and deploys it to ${env} on fresh instances, `
+        + "which must pass the health gate before traffic moves to them."),
+      h("p", {}, item.release ? `Release ${item.release} is live now; it keeps serving if the deploy fails.`
+        : `Nothing of ${service} is live in ${env} now.`),
+    ],
+    confirmLabel: `Deploy ${service}`,
+    danger: false,
+    focusKey: `deploy:${service}`,
+    fallback: $("services-title"),
+    action: () => act(`Deploying ${service} to ${env}…`, async () => {
+      const end = await runOperation(`Deploy of ${service} to ${env}`,
+        post("deploy", {environment: env, service}));
+      const outcome = end.result[0] || {};
+      return outcome.nothing_changed
+        ? `Nothing changed: release ${outcome.release} of ${service} already serves ${env}.`
+        : `Deployed ${service} to ${env}: release ${outcome.release} is live (deployment ${outcome.deployment}).`;
+    }, `Deploy of ${service} to ${env} failed`),
+  });
+}
+
+function askPromote(item, target) {
+  const env = state.env;
+  const service = item.service;
+  confirmAction({
+    title: `Promote ${service} from ${env} to ${target}?`,
+    body: [
+      h("p", {}, `The artifact of release ${item.release}, live in ${env}, is deployed to ${target} with `
+        + `${target}'s own configuration, through the same health gate.`),
+      h("p", {}, `Refused unless ${service} is healthy and verified in ${env}.`),
+    ],
+    confirmLabel: `Promote ${service} to ${target}`,
+    danger: false,
+    focusKey: `promote:${service}:${target}`,
+    fallback: $("services-title"),
+    action: () => act(`Promoting ${service} from ${env} to ${target}…`, async () => {
+      const end = await runOperation(`Promotion of ${service} from ${env} to ${target}`,
+        post("promote", {source: env, target, service}));
+      const outcome = end.result[0] || {};
+      return `Promoted ${service} to ${target}: release ${outcome.release} is live`
+        + (outcome.deployment ? ` (deployment ${outcome.deployment}).` : ".");
+    }, `Promotion of ${service} to ${target} failed`),
+  });
+}
+
+/** A deploy, rollback or promote the server answered with an operation: its progress shown line by line
+ * from the event stream, until it ends. Returns the final event; an operation that did not succeed throws. */
+async function runOperation(title, starting) {
+  const started = await starting;
+  const box = $("operation");
+  const log = $("operation-log");
+  setText($("operation-title"), `${title} (operation ${started.id})`);
+  log.replaceChildren();
+  box.hidden = false;
+  box.dataset.operation = started.id;
+  box.dataset.state = "running";
+  const line = (text, kind) => {
+    if (text !== null) log.appendChild(h("li", kind ? {class: kind} : {}, text));
+  };
+  const end = await follow(started.id, (event) => line(panels.operationLine(event)));
+  box.dataset.state = end.state;
+  line(panels.operationLine(end), end.state === "succeeded" ? "ok" : "bad");
+  if (end.state !== "succeeded") {
+    const error = end.error || {};
+    throw new ApiError(0, error.message || `it ended ${end.state}`, error.details || []);
+  }
+  return end;
 }
 
 function rolloutActions(item, action) {
@@ -453,12 +530,13 @@ async function act(progress, task, failure) {
 // ---- the confirmation dialog ---------------------------------------------------------------------
 let pending = null;
 
-function confirmAction({title, body, confirmLabel, focusKey, fallback, action}) {
+function confirmAction({title, body, confirmLabel, focusKey, fallback, action, danger = true}) {
   const dialog = $("confirm");
   if (dialog.open) return;
   setText($("confirm-title"), title);
   $("confirm-body").replaceChildren(...body);
   setText($("confirm-ok"), confirmLabel);
+  $("confirm-ok").className = danger ? "danger" : "primary";
   pending = {focusKey, fallback, action};
   dialog.returnValue = "";
   dialog.showModal();

@@ -21,7 +21,8 @@ function empty(text) {
 }
 
 // ---- services -----------------------------------------------------------------------------------
-export function services(items, env) {
+/** `actions`: {deploy(item), promote(item, target), targets: the other environments}; none while signed out. */
+export function services(items, env, actions) {
   if (!items.length) return empty(`No service is deployed in ${env}. 'ingot deploy --env ${env}' deploys one.`);
   return h("table", {class: "data services-table"},
     h("caption", {}, `Services in ${env}`),
@@ -29,11 +30,22 @@ export function services(items, env) {
       h("th", {scope: "col"}, "Service"),
       h("th", {scope: "col"}, "Live release"),
       h("th", {scope: "col"}, "Instances"),
-      h("th", {scope: "col"}, "Router"))),
-    h("tbody", {}, items.map(serviceRow)));
+      h("th", {scope: "col"}, "Router"),
+      actions ? h("th", {scope: "col"}, "Actions") : null)),
+    h("tbody", {}, items.map((item) => serviceRow(item, env, actions))));
 }
 
-function serviceRow(item) {
+function serviceActions(item, env, actions) {
+  const deploy = h("button", {type: "button", class: "deploy", dataset: {focusKey: `deploy:${item.service}`},
+    on: {click: () => actions.deploy(item)}}, `Deploy ${item.service}`);
+  // Promotion takes what is live here: nothing live, nothing to promote.
+  const promotions = item.release ? actions.targets.map((target) => h("button", {
+    type: "button", class: "promote", dataset: {focusKey: `promote:${item.service}:${target}`},
+    on: {click: () => actions.promote(item, target)}}, `Promote ${item.service} to ${target}`)) : [];
+  return h("td", {class: "service-actions"}, h("div", {class: "controls"}, deploy, promotions));
+}
+
+function serviceRow(item, env, actions) {
   const instances = item.instances || [];
   const healthy = instances.filter((i) => i.health === "healthy").length;
   const allWell = instances.length > 0 && healthy === instances.length;
@@ -43,7 +55,8 @@ function serviceRow(item) {
     h("td", {},
       h("p", {class: "instance-summary"}, badge(`${healthy} of ${instances.length} healthy`, allWell ? "ok" : "bad")),
       instances.length ? h("ul", {class: "instances"}, instances.map(instanceItem)) : null),
-    h("td", {}, routerCell(item)));
+    h("td", {}, routerCell(item)),
+    actions ? serviceActions(item, env, actions) : null);
 }
 
 function instanceItem(instance) {
@@ -367,3 +380,34 @@ export function verification(report) {
 function capitalise(text) {
   return text.charAt(0).toUpperCase() + text.slice(1);
 }
+
+// ---- an operation's progress (the same lines the CLI prints) --------------------------------------
+function operationStepLine(service, event) {
+  const label = `[${event.index}/${event.total}] ${(event.step || {}).description || ""}`;
+  if (event.status === "started") return `${service}: ${label}…`;
+  if (event.status === "done") {
+    const seconds = typeof event.seconds === "number" ? ` (${event.seconds.toFixed(2)}s)` : "";
+    return `${service}: ✓ ${label}${seconds}`;
+  }
+  return `${service}: ✗ ${label}: ${event.error || ""}`;
+}
+
+/** One event of an operation's stream as a line of text; null for those not shown. */
+export function operationLine(event) {
+  const service = event.service || "";
+  switch (event.event) {
+    case "build": return `${service}: building`;
+    case "built": return `${service}: artifact ${shortDigest(event.digest)} (${event.reused ? "unchanged, reused" : "built"})`;
+    case "release": return `${service}: release ${event.release} (${event.created ? "new, signed" : "already exists"})`;
+    case "plan": return `${service}: deployment ${event.deployment}, ${((event.plan || {}).steps || []).length} steps`;
+    case "waiting": return `${service}: ${event.message}`;
+    case "step": return operationStepLine(service, event);
+    case "output": return `  | ${event.line}`;
+    case "end": return event.state === "succeeded" ? "Succeeded."
+      : `${capitalised(event.state)}: ${(event.error || {}).message || "see the history"}`;
+    default: return null;
+  }
+}
+
+const shortDigest = (digest) => String(digest || "").split(":").pop().slice(0, 12);
+const capitalised = (text) => String(text).charAt(0).toUpperCase() + String(text).slice(1);
