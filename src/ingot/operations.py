@@ -138,6 +138,7 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
     if _on_cluster(project, environment):
         from ingot.kube import operations as kube
 
+        _refuse_release_command_on_cluster(project, environment, names)
         return list(kube.deploy(project, environment, names, on_event=on_event, on_output=on_output, commit=commit))
     emit = on_event or (lambda _e: None)
     for name in names:
@@ -163,6 +164,15 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
             with _rest_not_started(names[index + 1:]):
                 outcomes.append(_apply(project, environment, name, row, created, "deploy", emit, lock))
     return outcomes
+
+
+def _refuse_release_command_on_cluster(project: Project, environment: str, names: list[str]) -> None:
+    """A migration silently skipped would be worse than a refusal: Kubernetes targets do not run them yet."""
+    for name in names:
+        if project.spec.service_for(environment, name).release_command:
+            raise UserInputError(f"{project.spec.path.name}: environments.{environment} / services.{name}."
+                                 "release_command: not run on Kubernetes targets yet; run it as a Job, and "
+                                 "leave release_command out of this environment")
 
 
 def _announce_pin(project: Project, emit: OnEvent) -> None:
@@ -226,6 +236,8 @@ def run_command(project: Project, environment: str, name: str, release: str | No
     the ledger with its argv and exit code (never its environment)."""
     if not command:
         raise UserInputError("ingot run needs a command after --, e.g. ingot run web -- python manage.py shell")
+    if _on_cluster(project, environment):
+        raise UserInputError(f"ingot run does not reach Kubernetes targets ({environment}); use kubectl run")
     project.spec.service_for(environment, name)  # an unknown service is refused by name
     if release:
         row = _one_release(project, name, release)
@@ -338,7 +350,9 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     _announce_pin(project, emit)
     actor = current_actor()
     outcomes = []
-    if not _on_cluster(project, target):
+    if _on_cluster(project, target):
+        _refuse_release_command_on_cluster(project, target, names)
+    else:
         ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, target, "promote", actor) as lock:
         for index, name in enumerate(names):

@@ -82,3 +82,10 @@ def test_a_rollback_goes_back_past_the_irreversible_releases_live_since_its_targ
                   subject=v3.id, payload={})
     assert oneoff.irreversible_between(store, "staging", v2) == [v3]
     assert oneoff.irreversible_between(store, "production", v2) == []  # marked for staging only
+
+
+def test_secret_values_are_masked_in_what_a_one_off_instance_prints() -> None:
+    mask = oneoff._masker(("s3cr3t-token", "abc", "s3cr3t"))
+    assert mask("token=s3cr3t-token and s3cr3t") == "token=*** and ***"
+    assert mask("abc stays: too short to mask without masking everything") == \
+        "abc stays: too short to mask without masking everything"
