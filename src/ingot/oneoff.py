@@ -33,6 +33,7 @@ SUCCEEDED = "release_command.succeeded"
 FAILED = "release_command.failed"
 IRREVERSIBLE = "release.irreversible"  # a release marked irreversible by `ingot deploy --irreversible`
 TAIL_LINES = 20
+KEPT_LINES = 10_000  # of a container one-off's output, kept in its log file
 POLL = 0.05
 
 
@@ -97,6 +98,7 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
         # for a one-off that is just its end, with its code in the message.
         code = _code_in(exc.message)
         tail = [mask(line.removeprefix("  | ")) for line in exc.details[1:]]
+        _keep_log(request, tail)
         for line in tail if on_line else ():
             on_line(line)  # type: ignore[misc]
         return OneOffResult(request.instance_id, code, False, round(time.monotonic() - started, 3),
@@ -121,14 +123,17 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
             except KeyboardInterrupt:
                 if not request.attach or row.pid is None:
                     raise
-                with _suppress_lookup():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(row.pid, signal.SIGINT)
         if follower is not None and on_line is not None:
             _wait_for_logger(follower, on_line, mask)
         tail = [mask(line) for line in runtime.log_tail(row, TAIL_LINES)] if not request.attach else []
-        if runtime_name != "process" and on_line is not None:
-            for line in tail:
-                on_line(line)
+        if runtime_name != "process":
+            # The engine's log goes with the container: what it wrote is kept where a process's would be.
+            whole = [mask(line) for line in runtime.log_tail(row, KEPT_LINES)]
+            _keep_log(request, whole)
+            for line in whole if on_line is not None else ():
+                on_line(line)  # type: ignore[misc]
         return OneOffResult(row.id, None if timed_out else seen.exit_code, timed_out,
                             round(time.monotonic() - started, 3), str(request.log_path), tail)
     finally:
@@ -200,6 +205,12 @@ def _masker(values: tuple[str, ...]) -> Callable[[str], str]:
     return mask
 
 
+def _keep_log(request: InstanceRequest, lines: list[str]) -> None:
+    path = Path(request.log_path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
 def _cleanup(executor: Executor, request: InstanceRequest) -> None:
     if request.artifact_path is not None:
         executor.remove_checkout(request.artifact_path)
@@ -208,14 +219,6 @@ def _cleanup(executor: Executor, request: InstanceRequest) -> None:
 def _code_in(message: str) -> int | None:
     text = message.rsplit("code", 1)[-1].strip()
     return int(text) if text.lstrip("-").isdigit() else None
-
-
-class _suppress_lookup:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, ProcessLookupError | PermissionError)
 
 
 # ---- release_command -------------------------------------------------------------------------------
