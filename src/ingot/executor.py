@@ -115,7 +115,7 @@ class Executor:
                 await emit({"event": "step", "index": index, "total": total, "status": "started",
                             "step": step.as_dict()})
                 self._record(dep, step.kind, "started", step.as_dict())
-                detail = await self._run(dep, step)
+                detail = await self._run(dep, step, emit)
                 elapsed = round(time.monotonic() - started, 3)
                 self._record(dep, step.kind, "done", {**detail, "seconds": elapsed})
             except asyncio.CancelledError:
@@ -161,8 +161,12 @@ class Executor:
             details=details,
         ) from exc
 
-    async def _run(self, dep: Deployment, step: Step) -> dict[str, Any]:
+    async def _run(self, dep: Deployment, step: Step, emit: Emit) -> dict[str, Any]:
         match step.kind:
+            case "release_command":
+                from ingot import oneoff  # (it imports this module for the instance template)
+
+                return await oneoff.release_phase(self, dep, step, emit)
             case "start":
                 return await self._start(dep, step)
             case "wait_healthy":
@@ -302,7 +306,7 @@ class Executor:
             return []  # no checkout copied for nothing
         runtime = self.runtimes.get(params.runtime)
         await asyncio.to_thread(self.check_release, environment, service, release)
-        template = await self._request_template(environment, service, release, params)
+        template = await self.request_template(environment, service, release, params)
         requests = []
         for _ in range(count):
             instance_id = f"{service}-{release.id[:6]}-{uuid.uuid4().hex[:6]}"
@@ -312,7 +316,7 @@ class Executor:
         try:
             self.store.add_instances(intents)
         except BaseException:
-            self._remove_checkout(template.artifact_path)  # nothing was recorded to run from it
+            self.remove_checkout(template.artifact_path)  # nothing was recorded to run from it
             raise
         # In parallel: container engines take a while per container, and nothing orders replicas.
         outcomes = await asyncio.gather(*(asyncio.to_thread(self._spawn, runtime, r) for r in requests),
@@ -369,7 +373,7 @@ class Executor:
             used = {r.handle for r in self.store.live_instances() if r.runtime == "process"}
             for run_dir in self.paths.runs.iterdir() if self.paths.runs.is_dir() else ():
                 if str(run_dir) not in used:
-                    self._remove_checkout(run_dir)
+                    self.remove_checkout(run_dir)
         if key is not None:
             for dep in self.store.deployments(*key, limit=20):
                 if dep.params.get("target") == "kubernetes" or self.store.deployment_outcome(dep.id) != "running":
@@ -382,7 +386,7 @@ class Executor:
                                            "note": "found unfinished by the next operation on the service"})
         return cleared
 
-    async def _request_template(self, environment: str, service: str, release: ReleaseRow,
+    async def request_template(self, environment: str, service: str, release: ReleaseRow,
                                 params: DeployParams) -> InstanceRequest:
         spec = release.spec
         # Secret values are decrypted here, for the instance's environment only: never stored or logged.
@@ -473,9 +477,9 @@ class Executor:
             return
         if any(other.handle == row.handle for other in self.store.live_instances() if other.id != row.id):
             return
-        self._remove_checkout(Path(row.handle))
+        self.remove_checkout(Path(row.handle))
 
-    def _remove_checkout(self, run_dir: Path | None) -> None:
+    def remove_checkout(self, run_dir: Path | None) -> None:
         # `runs/` in the state directory: where checkouts were before root's moved out of it (see StatePaths.runs).
         places = (self.paths.runs, self.paths.root / "runs")
         if run_dir is not None and run_dir.parent in places and run_dir.exists():

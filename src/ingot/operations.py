@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingot import build_release, checkpoint, config_ops, config_store, ledger, locks
+from ingot import build_release, checkpoint, config_ops, config_store, ledger, locks, oneoff
 from ingot.actor import current_actor
 from ingot.agent.client import (
     AgentClient,
@@ -25,7 +26,7 @@ from ingot.artifacts import ArtifactCorrupt
 from ingot.deploy_params import NO_LISTENER, DeployParams, HealthPolicy
 from ingot.edge.front import Route
 from ingot.errors import OperationFailed, UserInputError
-from ingot.executor import resolve_instance
+from ingot.executor import Executor, resolve_instance
 from ingot.paths import StatePaths
 from ingot.plan import StrategyOptions, Target, plan_for
 from ingot.project import Project
@@ -130,11 +131,14 @@ class HandedOver(KeyboardInterrupt):
 
 
 def deploy(project: Project, environment: str, names: list[str], *, on_event: OnEvent | None = None,
-           on_output: OnOutput | None = None, commit: str | None = None) -> list[DeployOutcome]:
-    """Build, release and deploy; `commit` goes into new releases (default: the spec's work tree's HEAD)."""
+           on_output: OnOutput | None = None, commit: str | None = None,
+           irreversible: bool = False) -> list[DeployOutcome]:
+    """Build, release and deploy; `commit` goes into new releases (default: the spec's work tree's HEAD).
+    `irreversible` marks the releases deployed as not safe to roll back past (recorded in the ledger)."""
     if _on_cluster(project, environment):
         from ingot.kube import operations as kube
 
+        _refuse_release_command_on_cluster(project, environment, names)
         return list(kube.deploy(project, environment, names, on_event=on_event, on_output=on_output, commit=commit))
     emit = on_event or (lambda _e: None)
     for name in names:
@@ -153,9 +157,22 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
                   "replaced_corrupt": list(artifact.replaced_corrupt)})
             row, created = build_release.release(project, environment, name, artifact, commit)
             emit({"event": "release", "service": name, "release": row.id, "created": created})
+            if irreversible and not oneoff.is_irreversible(project.store, environment, row):
+                ledger.record(project.store, actor=current_actor(), action=oneoff.IRREVERSIBLE,
+                              environment=environment, service=name, subject=row.id,
+                              payload={"by": "ingot deploy --irreversible"})
             with _rest_not_started(names[index + 1:]):
                 outcomes.append(_apply(project, environment, name, row, created, "deploy", emit, lock))
     return outcomes
+
+
+def _refuse_release_command_on_cluster(project: Project, environment: str, names: list[str]) -> None:
+    """A migration silently skipped would be worse than a refusal: Kubernetes targets do not run them yet."""
+    for name in names:
+        if project.spec.service_for(environment, name).release_command:
+            raise UserInputError(f"{project.spec.path.name}: environments.{environment} / services.{name}."
+                                 "release_command: not run on Kubernetes targets yet; run it as a Job, and "
+                                 "leave release_command out of this environment")
 
 
 def _announce_pin(project: Project, emit: OnEvent) -> None:
@@ -176,7 +193,7 @@ def _rest_not_started(rest: list[str]) -> Iterator[None]:
 
 
 def _apply(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
-           emit: OnEvent, lock: locks.LockInfo) -> DeployOutcome:
+           emit: OnEvent, lock: locks.LockInfo, rerun_release_command: bool = False) -> DeployOutcome:
     if _on_cluster(project, environment):  # a promotion to a cluster
         from ingot.kube import operations as kube
 
@@ -199,7 +216,8 @@ def _apply(project: Project, environment: str, name: str, row: ReleaseRow, creat
 
     try:
         result = client.call("deploy", on_event=forward, environment=environment, service=name, release=row.id,
-                             kind=kind, params=params.as_dict(), actor=current_actor(), lock=lock.handoff())
+                             kind=kind, params=params.as_dict(), actor=current_actor(), lock=lock.handoff(),
+                             rerun_release_command=rerun_release_command)
     except KeyboardInterrupt:
         # The request is sent: the agent goes on with it, whatever becomes of this process.
         raise HandedOver(kind, environment, name, row.id, current.release_id if current else None, lock,
@@ -210,18 +228,66 @@ def _apply(project: Project, environment: str, name: str, row: ReleaseRow, creat
                          deployment=result.get("deployment"), verifying=result.get("verifying"))
 
 
+def run_command(project: Project, environment: str, name: str, release: str | None, command: list[str], *,
+                detach: bool = False, on_line: OnOutput | None = None) -> dict[str, Any]:
+    """`ingot run`: `command` in a fresh one-off instance of the live release (or `release`, an id or prefix),
+    attached to this process's stdin/stdout/stderr on the process runtime, its output streamed to `on_line`
+    on containers; or started and left running (`detach`). Running instances are not touched. Recorded in
+    the ledger with its argv and exit code (never its environment)."""
+    if not command:
+        raise UserInputError("ingot run needs a command after --, e.g. ingot run web -- python manage.py shell")
+    if _on_cluster(project, environment):
+        raise UserInputError(f"ingot run does not reach Kubernetes targets ({environment}); use kubectl run")
+    project.spec.service_for(environment, name)  # an unknown service is refused by name
+    if release:
+        row = _one_release(project, name, release)
+    else:
+        current = project.store.current_activation(environment, name)
+        if current is None or current.release_id is None:
+            raise UserInputError(f"{name} is not deployed in {environment}: give --release, or deploy it first")
+        found = project.store.get_release(current.release_id)
+        assert found is not None
+        row = found
+    config_store.check_secrets_for(row, environment)
+    runtime = str(row.spec.get("runtime") or "process")
+    executor = Executor(project.store, Runtimes(), project.artifacts, project.paths)
+    one = asyncio.run(oneoff.prepare(executor, environment, name, row, runtime, command, purpose="run",
+                                     attach=not detach))
+    actor = current_actor()
+    base = {"instance": one.request.instance_id, "release": row.id, "command": command}
+    ledger.record(project.store, actor=actor, action="run.start", environment=environment, service=name,
+                  subject=row.id, payload={**base, "detach": detach})
+    if detach:
+        log_path = oneoff.start_detached(executor, one)
+        return {**base, "detached": True, "log": log_path, "exit_code": None}
+    try:
+        result = oneoff.run(executor, one, timeout=None, on_line=on_line)
+    except BaseException as exc:
+        ledger.record(project.store, actor=actor, action="run.finish", environment=environment, service=name,
+                      subject=row.id, payload={**base, "exit_code": None, "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    ledger.record(project.store, actor=actor, action="run.finish", environment=environment, service=name,
+                  subject=row.id, payload={**base, "exit_code": result.exit_code, "seconds": result.seconds})
+    return {**base, "detached": False, "exit_code": result.exit_code, "seconds": result.seconds,
+            "log": None if one.request.attach else result.log_path}
+
+
+def _one_release(project: Project, name: str, prefix: str) -> ReleaseRow:
+    matches = project.store.find_releases(prefix, service=name)
+    if not matches:
+        raise UserInputError(f"no release of {name} starts with {prefix!r}; see 'ingot history'")
+    if len(matches) > 1:
+        raise UserInputError(f"{prefix!r} matches several releases of {name}: "
+                             f"{', '.join(r.id for r in matches)}; give more characters")
+    return matches[0]
+
+
 def rollback_target(project: Project, environment: str, name: str, to: str | None) -> ReleaseRow:
     history = [a.release_id for a in project.store.activation_history(environment, name) if a.release_id]
     current = project.store.current_activation(environment, name)
     current_id = current.release_id if current else None
     if to:
-        matches = project.store.find_releases(to, service=name)
-        if not matches:
-            raise UserInputError(f"no release of {name} starts with {to!r}; see 'ingot history'")
-        if len(matches) > 1:
-            raise UserInputError(f"{to!r} matches several releases of {name}: "
-                                 f"{', '.join(r.id for r in matches)}; give more characters")
-        return matches[0]
+        return _one_release(project, name, to)
     earlier = [r for r in history if r != current_id]
     if not earlier:
         raise UserInputError(f"{name} in {environment} has no earlier release to roll back to; see 'ingot history'")
@@ -231,7 +297,10 @@ def rollback_target(project: Project, environment: str, name: str, to: str | Non
 
 
 def rollback(project: Project, environment: str, name: str, to: str | None, *,
-             on_event: OnEvent | None = None) -> DeployOutcome:
+             on_event: OnEvent | None = None, force: bool = False,
+             rerun_release_command: bool = False) -> DeployOutcome:
+    """Back to the previous release (or `to`). Refused across an irreversible release unless `force`; the
+    target's release_command is not run again unless `rerun_release_command`."""
     if _on_cluster(project, environment):
         from ingot.kube import operations as kube
 
@@ -245,15 +314,35 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
     with locks.hold(project.store, environment, "rollback", current_actor()) as lock:
         # Chosen under the lock: an operation that was running may have changed what is live.
         target = rollback_target(project, environment, name, to)
+        _check_reversible(project, environment, name, target, force)
         config_store.check_secrets_for(target, environment)
         if not build_release.artifact_available(project.artifacts, target):
             raise OperationFailed(f"release {target.id} cannot be restored: its artifact "
                                   f"{target.artifact_digest} is no longer in the store")
-        return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None), lock)
+        return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None), lock,
+                      rerun_release_command)
+
+
+def _check_reversible(project: Project, environment: str, name: str, target: ReleaseRow, force: bool) -> None:
+    """A rollback to `target` across a release marked irreversible is refused, unless forced (recorded)."""
+    blockers = oneoff.irreversible_between(project.store, environment, target)
+    if not blockers:
+        return
+    said = ", ".join(r.id for r in blockers)
+    why = [f"release {r.id} is marked irreversible "
+           f"({'irreversible: true in its spec' if r.spec.get('irreversible') else 'deployed with --irreversible'})"
+           + (f"; its release_command `{' '.join(r.spec['release_command'])}` may have changed what "
+              f"{target.id} expects" if r.spec.get("release_command") else "") for r in blockers]
+    if not force:
+        raise UserInputError(f"rollback of {name} in {environment} to {target.id} refused: it would go back past "
+                             f"irreversible release{'s' if len(blockers) > 1 else ''} {said}",
+                             details=[*why, "--force rolls back anyway (recorded in the ledger)"])
+    ledger.record(project.store, actor=current_actor(), action="rollback.forced", environment=environment,
+                  service=name, subject=target.id, payload={"past_irreversible": [r.id for r in blockers]})
 
 
 def promote(project: Project, source: str, target: str, names: list[str], *, force: bool = False,
-            on_event: OnEvent | None = None) -> list[DeployOutcome]:
+            on_event: OnEvent | None = None, rerun_release_command: bool = False) -> list[DeployOutcome]:
     """Deploy to `target` exactly the artifact live in `source`, with `target`'s own spec and config."""
     if source == target:
         raise UserInputError(f"--from and --to are both {source}: promotion goes from one environment to another")
@@ -261,7 +350,9 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     _announce_pin(project, emit)
     actor = current_actor()
     outcomes = []
-    if not _on_cluster(project, target):
+    if _on_cluster(project, target):
+        _refuse_release_command_on_cluster(project, target, names)
+    else:
         ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, target, "promote", actor) as lock:
         for index, name in enumerate(names):
@@ -274,7 +365,8 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
                                                    "artifact": live.artifact_digest, "forced": force})
             emit({"event": "release", "service": name, "release": row.id, "created": created})
             with _rest_not_started(names[index + 1:]):
-                outcomes.append(_apply(project, target, name, row, created, "promote", emit, lock))
+                outcomes.append(_apply(project, target, name, row, created, "promote", emit, lock,
+                                       rerun_release_command))
     return outcomes
 
 
@@ -422,8 +514,14 @@ def plan(project: Project, environment: str, names: list[str]) -> list[dict[str,
         params = deploy_params(service, root=project.spec.root_dir)
         release_id = build_release.expected_release_id(project, environment, name, service)
         state = service_state(project.store, environment, name)
-        steps = plan_for(params.strategy, state, Target(release_id or "<new build>", params.replicas),
+        target = release_id or "<new build>"
+        steps = plan_for(params.strategy, state, Target(target, params.replicas),
                          StrategyOptions.from_mapping(params.strategy_options))
+        known = project.store.get_release(release_id) if release_id else None
+        if known is not None:
+            steps = oneoff.with_release_command(steps, project.store, environment, known)
+        elif service.release_command:
+            steps = oneoff.with_release_step(steps, target, service.release_command_timeout)
         plans.append({"service": name, "environment": environment, "needs_build": release_id is None,
                       **steps.as_dict()})
     return plans

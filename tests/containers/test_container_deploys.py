@@ -196,3 +196,24 @@ def test_a_root_image_is_refused_and_says_how_to_fix_it(engine: docker.DockerCli
     assert "runs as root" in result.err and "run_as_non_root" in result.err and "run_as_user" in result.err
     assert "Traceback" not in result.err
     assert containers(engine, boxed) == []
+
+
+def test_release_command_and_ingot_run_in_one_off_containers(engine: docker.DockerClient, tmp_path: Path) -> None:
+    migrate = "import os, sys; print('migrating', os.environ['INGOT_RELEASE'], os.getuid()); sys.exit(0)"
+    example = make_container_example(tmp_path, replicas=1, extra_service_yaml=(
+        f'    release_command: [python3, -c, "{migrate}"]\n'))
+    try:
+        deployed = example.ingot("deploy", check=True)
+        live = example.get()["release"]
+        assert f"| migrating {live}" in deployed.out and " 0\n" not in deployed.out, deployed.out
+        before = {b.id for b in containers(engine, example)}  # type: ignore[attr-defined]
+        ran = example.ingot("run", "web", "--", "python3", "-c",
+                            "import os, sys; print('hi from', os.environ['INGOT_RELEASE']); sys.exit(5)")
+        assert ran.code == 5 and f"hi from {live}" in ran.out, ran.out + ran.err
+        # The serving container is untouched, and the one-off one is gone.
+        poll(lambda: {b.id for b in containers(engine, example)} == before,  # type: ignore[attr-defined]
+             timeout=20, what="only the serving container left")
+        assert example.get()["release"] == live
+    finally:
+        stop_everything(example)
+        remove_project_containers(engine, _project_name(example))

@@ -319,8 +319,8 @@ def test_unknown_key_in_a_service(tmp_path: Path) -> None:
     # typo is fixed; the typo is what the person needs to see first anyway.
     assert only_problem(path) == (
         f"{path}:4: services.web.comand: unknown key; expected one of allow_mutable_tag, build, command, config, "
-        "env, health, image, port, replicas, resources, retention, router, routes, runtime, secrets, security, "
-        "stop_timeout, strategy (did you mean command?)"
+        "env, health, image, irreversible, port, release_command, release_command_timeout, replicas, resources, "
+        "retention, router, routes, runtime, secrets, security, stop_timeout, strategy (did you mean command?)"
     )
 
 

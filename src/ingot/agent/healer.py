@@ -181,8 +181,8 @@ class Healer:
         recorded = self.store.instance_states(*key)
         for facts in docker.labelled(project) if project else []:
             labels = facts.labels
-            if labels.get("ingot.state", state) != state:
-                continue
+            if labels.get("ingot.state", state) != state or labels.get("ingot.oneoff"):
+                continue  # another ingot's, or a one-off instance (ingot run, a release_command): not drift
             if (labels.get("ingot.environment"), labels.get("ingot.service")) != key:
                 continue
             instance = labels.get("ingot.instance")

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from ingot import __version__, ledger, locks, pidfile
+from ingot import __version__, ledger, locks, oneoff, pidfile
 from ingot.actor import current_actor
 from ingot.agent.healer import Healer
 from ingot.agent.protocol import decode, encode
@@ -309,7 +309,8 @@ class Agent:
 
     # ---- operations --------------------------------------------------------------------
     async def deploy(self, key: Key, release_id: str, params: DeployParams, *, kind: str, send: Send,
-                     actor: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+                     actor: str | None = None, dry_run: bool = False,
+                     rerun_release_command: bool = False) -> dict[str, Any]:
         """Apply the plan that takes `key` to `release_id`.
 
         Returns when the plan is done, or when its verification window opens: the rest (the window,
@@ -331,7 +332,8 @@ class Agent:
             if not dry_run:
                 await self.windows.end(key, f"{kind} of {release_id}")
                 await self.executor.clear_leftovers(key)  # what a failed operation could not record or retire
-            plan = self._plan(key, release_id, params, kind)
+            plan = oneoff.with_release_command(self._plan(key, release_id, params, kind), self.store, key[0],
+                                               release, rerun=rerun_release_command)
             if plan.empty and same_params:
                 return {"nothing_to_do": True, "plan": plan.as_dict()}
             if dry_run:
@@ -558,7 +560,8 @@ class Agent:
             with locks.carry(self.store, key[0], request.get("lock"), str(request.get("actor") or self.actor)):
                 return await self.deploy(key, str(request["release"]), params,
                                          kind=str(request.get("kind", "deploy")), send=send,
-                                         actor=request.get("actor"), dry_run=bool(request.get("dry_run")))
+                                         actor=request.get("actor"), dry_run=bool(request.get("dry_run")),
+                                         rerun_release_command=bool(request.get("rerun_release_command")))
         if op == "control":
             return self.control(str(request["environment"]), request.get("service"), str(request["action"]),
                                 str(request.get("actor") or self.actor))

@@ -182,9 +182,15 @@ def _pip_line(line: str) -> None:
 
 @app.command()
 def deploy(file: SpecFile = None, env: Env = None, service: Service = None,
+           irreversible: Annotated[bool, typer.Option("--irreversible", help="Mark the releases deployed as not "
+                                                      "safe to roll back past (recorded in the ledger).")] = False,
            as_json: AsJson = False) -> None:
     """Build, release and deploy: fresh instances, health gate, traffic switch, drain, retire the old."""
     remote = remote_server()
+    if remote is not None and irreversible:
+        errors.print("error: --irreversible is not available with --server yet; mark the service "
+                     "irreversible: true in the spec instead")
+        raise typer.Exit(2)
     if remote is not None:
         outcomes = followed(remote, as_json, lambda progress, started: remote.deploy(
             env_name(env), service, progress, started))
@@ -195,7 +201,7 @@ def deploy(file: SpecFile = None, env: Env = None, service: Service = None,
         outcomes = handed_over(project, lambda progress: operations.deploy(
             project, environment, names,
             on_event=None if as_json else progress.event,
-            on_output=None if as_json else progress.output))
+            on_output=None if as_json else progress.output, irreversible=irreversible))
     if as_json:
         print_json([o.as_dict() for o in outcomes])
         return
@@ -279,9 +285,16 @@ def _print_window(outcome: operations.DeployOutcome) -> None:
 def rollback(file: SpecFile = None, env: Env = None, service: Service = None,
              to: Annotated[str | None, typer.Option("--to", help="Release id (or prefix); default: the "
                                                     "previous release.")] = None,
+             force: Annotated[bool, typer.Option("--force", help="Roll back even past a release marked "
+                                                 "irreversible (recorded in the ledger).")] = False,
+             rerun: Annotated[bool, typer.Option("--rerun-release-command", help="Run the target's "
+                                                 "release_command again, though it already succeeded.")] = False,
              as_json: AsJson = False) -> None:
     """Go back to the previous release (or --to any earlier one), through the same health gate."""
     remote = remote_server()
+    if remote is not None and (force or rerun):
+        errors.print("error: --force and --rerun-release-command are not available with --server yet")
+        raise typer.Exit(2)
     if remote is not None:
         _print_rollbacks(followed(remote, as_json, lambda progress, started: remote.rollback(
             env_name(env), service, to, progress, started)), as_json)
@@ -297,7 +310,8 @@ def rollback(file: SpecFile = None, env: Env = None, service: Service = None,
         for index, name in enumerate(names):
             try:
                 results.append(operations.rollback(project, environment, name, to,
-                                                   on_event=None if as_json else progress.event))
+                                                   on_event=None if as_json else progress.event,
+                                                   force=force, rerun_release_command=rerun))
             except operations.HandedOver as handed:
                 handed.not_started = names[index + 1:]
                 raise
@@ -323,9 +337,14 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
             file: SpecFile = None, service: Service = None,
             force: Annotated[bool, typer.Option("--force", help="Promote even if the source is not healthy "
                                                 "and verified (recorded).")] = False,
+            rerun: Annotated[bool, typer.Option("--rerun-release-command", help="Run the release_command "
+                                                "again, though it already succeeded for this release.")] = False,
             as_json: AsJson = False) -> None:
     """Deploy to one environment exactly the artifact live in another, with the target's own config."""
     remote = remote_server()
+    if remote is not None and rerun:
+        errors.print("error: --rerun-release-command is not available with --server yet")
+        raise typer.Exit(2)
     if remote is not None:
         source_env, target_env = source, target
         outcomes = followed(remote, as_json, lambda progress, started: remote.promote(
@@ -336,7 +355,8 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
         target_env = guarded(lambda: project.environment(target))
         names = guarded(lambda: project.services(service))
         outcomes = handed_over(project, lambda progress: operations.promote(
-            project, source_env, target_env, names, force=force, on_event=None if as_json else progress.event))
+            project, source_env, target_env, names, force=force, on_event=None if as_json else progress.event,
+            rerun_release_command=rerun))
     if as_json:
         print_json([o.as_dict() for o in outcomes])
         return
@@ -345,6 +365,38 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
         console.print(f"{outcome.service}: promoted {source_env} → {target_env}: release {outcome.release} "
                       f"{verb} {outcome.url}")
         _print_window(outcome)
+
+
+@app.command("run")
+def run_one_off(service: Annotated[str, typer.Argument(help="Service whose release to run the command in.")],
+        command: Annotated[list[str] | None, typer.Argument(help="The command, after --.")] = None,
+        file: SpecFile = None, env: Env = None,
+        release: Annotated[str | None, typer.Option("--release", help="Release id (or prefix); default: the "
+                                                    "live one.")] = None,
+        detach: Annotated[bool, typer.Option("--detach", "-d", help="Start it and return; its output goes to "
+                                             "its log.")] = False,
+        as_json: AsJson = False) -> None:
+    """Run a command in a fresh one-off instance of the live (or --release) release: same artifact, env,
+    config, secrets, user and limits; attached to this terminal. Exits with the command's exit code."""
+    if remote_server() is not None:
+        errors.print("error: ingot run works on this machine only (it attaches to the terminal); drop --server")
+        raise typer.Exit(2)
+    project = project_for(file)
+    environment = guarded(lambda: project.environment(env_name(env)))
+    outcome = guarded(lambda: operations.run_command(project, environment, service, release, list(command or []),
+                                                     detach=detach, on_line=None if as_json else _run_line))
+    if as_json:
+        print_json(outcome)
+    elif detach:
+        console.print(f"{service}: started {outcome['instance']} of release {outcome['release']}; its output goes "
+                      f"to {outcome['log']}", markup=False)
+    code = outcome["exit_code"]
+    raise typer.Exit(0 if detach else (code if isinstance(code, int) and code >= 0 else 1))
+
+
+def _run_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def on_server_or_here(file: Path | None, remote: Callable[[Remote], T], local: Callable[[Project], T]) -> T:

@@ -92,6 +92,9 @@ class Progress:
             self._running(f"{service}: {event['message']}")
         elif kind == "step":
             self._step(service, event)
+        elif kind == "release_output":  # the release_command's output, as it runs
+            self._stop_spinner()
+            console.print(f"{service}:   | {event.get('line', '')}", markup=False, highlight=False)
 
     def _step(self, service: str, event: dict[str, Any]) -> None:
         label = f"[{event['index']}/{event['total']}] {event['step']['description']}"

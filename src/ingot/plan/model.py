@@ -8,8 +8,8 @@ from typing import Any, Literal, NamedTuple
 
 from ingot.analysis import Thresholds
 
-StepKind = Literal["start", "wait_healthy", "route", "settle", "drain", "drain_instances", "stop", "pause",
-                   "analyse", "verify"]
+StepKind = Literal["release_command", "start", "wait_healthy", "route", "settle", "drain", "drain_instances",
+                   "stop", "pause", "analyse", "verify"]
 Pause = float | Literal["manual"] | None
 
 
@@ -17,6 +17,9 @@ Pause = float | Literal["manual"] | None
 class Step:
     """One step of a plan.
 
+    release_command: run `release`'s release_command once, in a one-off instance of it, with `seconds` as its
+                     deadline, before any instance of it starts; a failure ends the deploy before anything of
+                     `release` has run, the previous release serving as it was
     start:           start `count` fresh instances of `release`
     wait_healthy:    wait until every starting instance of `release` passes the health gate
     route:           send traffic by `weights` (release -> percent of traffic); releases not named get none;
@@ -77,6 +80,9 @@ class Step:
 
     def describe(self) -> str:
         match self.kind:
+            case "release_command":
+                return (f"run the release command of {self.release} in a one-off instance (deadline "
+                        f"{self.seconds:g}s), before any of its instances starts")
             case "start":
                 return f"start {self.count} instance(s) of {self.release}"
             case "wait_healthy":

@@ -140,6 +140,9 @@ class InstanceRequest:
     container_port: int = 8000
     hardening: Hardening = Hardening()
     resources: Resources = Resources()
+    # A one-off instance (`ingot run`, a release_command) run attached to the caller's terminal: the process
+    # runtime gives it the caller's stdin, stdout and stderr (a TTY if they are one) instead of a log.
+    attach: bool = False
 
 
 @dataclass(frozen=True)

@@ -115,15 +115,16 @@ class ProcessRuntime:
                               str(group / "cgroup.procs") if group is not None else None)
         read_end, write_end = os.pipe()
         try:
-            self._start_logger(request, read_end)
+            if not request.attach:
+                self._start_logger(request, read_end)
             try:
                 child = subprocess.Popen(
                     command,
                     cwd=request.artifact_path,
                     env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=write_end,
-                    stderr=subprocess.STDOUT,
+                    stdin=None if request.attach else subprocess.DEVNULL,
+                    stdout=None if request.attach else write_end,
+                    stderr=None if request.attach else subprocess.STDOUT,
                     start_new_session=True,
                     preexec_fn=setup,  # safe with threads: see fence, it only makes prepared, lock-free calls
                 )

@@ -510,6 +510,11 @@ class ServiceSpec(_Model):
     retention: StrictInt = Field(default=5, ge=1, le=1000)
     resources: ResourcesSpec | None = None
     routes: list[RouteSpec] = Field(default_factory=list)
+    # Run once per new release, in a one-off instance of it, before any of its instances starts.
+    release_command: Command = None
+    release_command_timeout: Duration = Field(default=600.0, gt=0)
+    # The release's release_command cannot be undone (a dropped column): rollback past it needs --force.
+    irreversible: StrictBool = False
 
     @property
     def dedicated_listen(self) -> tuple[str, int] | None:
@@ -542,6 +547,8 @@ class ServiceSpec(_Model):
             found.append(("command", "the process runtime needs a command, e.g. command: [python, app.py]"))
         if self.command is not None and not self.command:
             found.append(("command", "must not be empty"))
+        if self.release_command is not None and not self.release_command:
+            found.append(("release_command", "must not be empty; leave it out to run none"))
         if self.allow_mutable_tag and self.image is None:
             found.append(("allow_mutable_tag", "only means something with image: (a tag resolved once to its digest)"))
         if self.runtime in CONTAINER_RUNTIMES and self.build is None and self.image is None:
@@ -596,6 +603,10 @@ class ServiceSpec(_Model):
             **({"security": self.security.release_dump()} if self.runtime != "process" else {}),
             # Only when given: releases made before `resources` existed keep their ids.
             **({"resources": self.resources.model_dump(mode="json")} if self.resources is not None else {}),
+            # Likewise: a migration is part of what a release is, and irreversible is recorded with it.
+            **({"release_command": list(self.release_command),
+                "release_command_timeout": self.release_command_timeout} if self.release_command else {}),
+            **({"irreversible": True} if self.irreversible else {}),
         }
 
 

@@ -1,0 +1,317 @@
+"""One-off instances: a command run once in a fresh instance of a release, then gone.
+
+Two callers share this one mechanism: a service's `release_command` (run by the agent as a plan step,
+before any instance of a new release starts) and `ingot run` (run by the CLI, attached to the terminal).
+A one-off instance is built from the same template as the release's serving instances (the executor's
+`request_template`: same verified artifact checkout, env, config, secrets, instance user, rlimits,
+cgroup limits, container hardening), with only its command swapped. It is never a row of the
+instances table (it takes no traffic, is never healed or replaced), and it carries no `INGOT_STATE`
+label, so that drift and self-heal do not take it for a stray of the service and stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ingot import ledger
+from ingot.errors import OperationFailed
+from ingot.executor import Deployment, Emit, Executor, StepFailed
+from ingot.plan import Plan, Step
+from ingot.runtimes.base import InstanceRequest
+from ingot.store import ReleaseRow, Store
+
+SUCCEEDED = "release_command.succeeded"
+FAILED = "release_command.failed"
+IRREVERSIBLE = "release.irreversible"  # a release marked irreversible by `ingot deploy --irreversible`
+TAIL_LINES = 20
+KEPT_LINES = 10_000  # of a container one-off's output, kept in its log file
+POLL = 0.05
+
+
+@dataclass(frozen=True)
+class OneOff:
+    """A one-off instance about to start: its request, its runtime, and what its output must not show."""
+
+    request: InstanceRequest
+    runtime: str
+    secret_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OneOffResult:
+    instance: str
+    exit_code: int | None  # None: ended by its deadline (or the engine could not say)
+    timed_out: bool
+    seconds: float
+    log_path: str
+    tail: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ---- preparing and running one -----------------------------------------------------------------
+async def prepare(executor: Executor, environment: str, service: str, release: ReleaseRow, runtime: str,
+                  command: list[str], *, purpose: str, attach: bool = False) -> OneOff:
+    """The request of a one-off instance of `release` running `command`: the serving instances' template
+    (the release is verified against the pinned key first, as for them), its command swapped."""
+    from ingot.deploy_params import DeployParams, HealthPolicy
+
+    await asyncio.to_thread(executor.check_release, environment, service, release)
+    params = DeployParams(replicas=0, health=HealthPolicy(), listen=("", 0), runtime=runtime)
+    template = await executor.request_template(environment, service, release, params)
+    instance_id = f"{service}-{release.id[:6]}-{purpose}-{uuid.uuid4().hex[:6]}"
+    request = replace(template, instance_id=instance_id, command=tuple(command), state_dir="",
+                      log_path=executor.paths.instance_log(environment, service, instance_id),
+                      attach=attach and runtime == "process")
+    secrets = tuple(template.env[name] for name in release.spec.get("secrets") or () if name in template.env)
+    return OneOff(request, runtime, secrets)
+
+
+def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
+        on_line: Callable[[str], None] | None = None, stop_timeout: float = 10.0) -> OneOffResult:
+    """Start the one-off instance, stream its output lines to `on_line` as they are written (secret values
+    masked), wait until it exits or `timeout` passes (then it is stopped), and clean up after it.
+
+    Blocking: the agent calls it in a thread, the CLI directly. Ctrl-C in an attached run is passed on to
+    the command, which decides what it means (a REPL goes on)."""
+    request, runtime_name = oneoff.request, oneoff.runtime
+    runtime = executor.runtimes.get(runtime_name)
+    mask = _masker(oneoff.secret_values)
+    started = time.monotonic()
+    try:
+        row = runtime.start(request)
+    except OperationFailed as exc:
+        if runtime_name == "process" or "exited at once with code" not in exc.message:
+            _cleanup(executor, request)
+            raise
+        # A container engine reports an instance that ended before its port was read as a failed start:
+        # for a one-off that is just its end, with its code in the message.
+        code = _code_in(exc.message)
+        tail = [mask(line.removeprefix("  | ")) for line in exc.details[1:]]
+        _keep_log(request, tail)
+        for line in tail if on_line else ():
+            on_line(line)  # type: ignore[misc]
+        return OneOffResult(request.instance_id, code, False, round(time.monotonic() - started, 3),
+                            str(request.log_path), tail[-TAIL_LINES:])
+    follower = _Follower(Path(request.log_path)) if runtime_name == "process" and not request.attach else None
+    timed_out = False
+    try:
+        while True:
+            try:
+                seen = runtime.observe(row)
+                if follower is not None and on_line is not None:
+                    for line in follower.new_lines():
+                        on_line(mask(line))
+                if not seen.alive:
+                    break
+                if timeout is not None and time.monotonic() - started > timeout:
+                    timed_out = True
+                    runtime.stop(row, stop_timeout)
+                    seen = runtime.observe(row)
+                    break
+                time.sleep(POLL)
+            except KeyboardInterrupt:
+                if not request.attach or row.pid is None:
+                    raise
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(row.pid, signal.SIGINT)
+        if follower is not None and on_line is not None:
+            _wait_for_logger(follower, on_line, mask)
+        tail = [mask(line) for line in runtime.log_tail(row, TAIL_LINES)] if not request.attach else []
+        if runtime_name != "process":
+            # The engine's log goes with the container: what it wrote is kept where a process's would be.
+            whole = [mask(line) for line in runtime.log_tail(row, KEPT_LINES)]
+            _keep_log(request, whole)
+            for line in whole if on_line is not None else ():
+                on_line(line)  # type: ignore[misc]
+        return OneOffResult(row.id, None if timed_out else seen.exit_code, timed_out,
+                            round(time.monotonic() - started, 3), str(request.log_path), tail)
+    finally:
+        runtime.stop(row, stop_timeout)  # a no-op once it exited; never left running if we are interrupted
+        _cleanup(executor, request)
+
+
+def start_detached(executor: Executor, oneoff: OneOff) -> str:
+    """Start the one-off instance and leave it running on its own (`ingot run --detach`); its log path.
+    Its checkout stays until it ends: the agent removes checkouts no instance runs from as it starts."""
+    try:
+        executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False))
+    except BaseException:
+        _cleanup(executor, oneoff.request)
+        raise
+    return str(oneoff.request.log_path)
+
+
+class _Follower:
+    """The new complete lines of a log file since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.partial = path, 0, b""
+
+    def new_lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError:
+            return []
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [line.decode("utf-8", "replace") for line in lines]
+
+    def rest(self) -> list[str]:
+        lines = self.new_lines()
+        if self.partial:
+            lines.append(self.partial.decode("utf-8", "replace"))
+            self.partial = b""
+        return lines
+
+
+def _wait_for_logger(follower: _Follower, on_line: Callable[[str], None], mask: Callable[[str], str]) -> None:
+    """The logger process writes what the command wrote last just after it exited: read until it is
+    quiet for a moment (bounded), so the output shown is the whole output."""
+    quiet_since = time.monotonic()
+    deadline = quiet_since + 2.0
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < 0.2:
+        lines = follower.new_lines()
+        if lines:
+            quiet_since = time.monotonic()
+        for line in lines:
+            on_line(mask(line))
+        time.sleep(POLL)
+    for line in follower.rest():
+        on_line(mask(line))
+
+
+def _masker(values: tuple[str, ...]) -> Callable[[str], str]:
+    """Secret values never reach the deploy's output or the ledger, even if the command prints them."""
+    secrets = sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+
+    def mask(line: str) -> str:
+        for value in secrets:
+            line = line.replace(value, "***")
+        return line
+
+    return mask
+
+
+def _keep_log(request: InstanceRequest, lines: list[str]) -> None:
+    path = Path(request.log_path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text("".join(f"{line}\n" for line in lines))
+
+
+def _cleanup(executor: Executor, request: InstanceRequest) -> None:
+    if request.artifact_path is not None:
+        executor.remove_checkout(request.artifact_path)
+
+
+def _code_in(message: str) -> int | None:
+    text = message.rsplit("code", 1)[-1].strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+# ---- release_command -------------------------------------------------------------------------------
+def release_command(release: ReleaseRow) -> list[str] | None:
+    command = release.spec.get("release_command")
+    return [str(word) for word in command] if command else None
+
+
+def ran_before(store: Store, environment: str, release: ReleaseRow) -> bool:
+    """Whether `release`'s release_command already succeeded in `environment` (a rollback or a repeated
+    promotion to it reuses the release, and its migration is done)."""
+    return any(e.subject == release.id for e in ledger.entries(store, environment=environment,
+                                                               service=release.service, actions=[SUCCEEDED]))
+
+
+def with_release_command(plan: Plan, store: Store, environment: str, release: ReleaseRow, *,
+                         rerun: bool = False) -> Plan:
+    """`plan` with a `release_command` step before the first start of `release`, when it has a
+    release_command that has not run successfully in `environment` yet (or `rerun`)."""
+    if release_command(release) is None or (not rerun and ran_before(store, environment, release)):
+        return plan
+    return with_release_step(plan, release.id, float(release.spec.get("release_command_timeout") or 600.0))
+
+
+def with_release_step(plan: Plan, release_id: str, seconds: float) -> Plan:
+    """`plan` with a `release_command` step for `release_id` just before its first start, if it has one."""
+    first = next((i for i, s in enumerate(plan.steps) if s.kind == "start" and s.release == release_id), None)
+    if first is None:
+        return plan
+    step = Step("release_command", release_id, seconds=seconds)
+    return replace(plan, steps=(*plan.steps[:first], step, *plan.steps[first:]))
+
+
+async def release_phase(executor: Executor, dep: Deployment, step: Step, emit: Emit) -> dict[str, Any]:
+    """The `release_command` step: run it, its output streamed to the deploy's caller and kept in its
+    log; success is recorded (so that it is not run again for this release), failure raised."""
+    command = release_command(dep.release)
+    assert command is not None and step.seconds is not None
+    env, service = dep.row.environment, dep.row.service
+    oneoff = await prepare(executor, env, service, dep.release, dep.params.runtime, command, purpose="release")
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def forward() -> None:  # in order, from the loop: the caller sees the lines as they come
+        while (line := await lines.get()) is not None:
+            await emit({"event": "release_output", "instance": oneoff.request.instance_id, "line": line})
+
+    def on_line(line: str) -> None:
+        loop.call_soon_threadsafe(lines.put_nowait, line)
+
+    forwarding = asyncio.create_task(forward())
+    try:
+        result = await asyncio.to_thread(run, executor, oneoff, timeout=step.seconds, on_line=on_line,
+                                         stop_timeout=dep.params.stop_timeout)
+    finally:
+        lines.put_nowait(None)
+        with contextlib.suppress(Exception):  # a caller gone away does not fail the deploy
+            await forwarding
+    detail = {"command": command, **result.as_dict()}
+    ok = result.exit_code == 0 and not result.timed_out
+    ledger.record(executor.store, actor=dep.row.actor, action=SUCCEEDED if ok else FAILED, environment=env,
+                  service=service, subject=dep.release.id, payload={"deployment": dep.row.id, **detail})
+    if ok:
+        return detail
+    how = (f"did not finish within release_command_timeout {step.seconds:g}s and was stopped"
+           if result.timed_out else f"exited with code {result.exit_code}")
+    raise StepFailed(f"release command `{' '.join(command)}` of {dep.release.id} {how}",
+                     details=[f"its log: {result.log_path}", *(f"  | {line}" for line in result.tail),
+                              "no instance of the new release was started"])
+
+
+# ---- irreversible releases ---------------------------------------------------------------------------
+def is_irreversible(store: Store, environment: str, release: ReleaseRow) -> bool:
+    if release.spec.get("irreversible"):
+        return True
+    return any(e.subject == release.id for e in ledger.entries(store, environment=environment,
+                                                               service=release.service, actions=[IRREVERSIBLE]))
+
+
+def irreversible_between(store: Store, environment: str, target: ReleaseRow) -> list[ReleaseRow]:
+    """The irreversible releases that went live in `environment` after `target` last did (all those
+    newer than it, if it never did): a rollback to `target` would run its code on what they changed."""
+    history = [a.release_id for a in store.activation_history(environment, target.service) if a.release_id]
+    if target.id in history:
+        last = len(history) - 1 - history[::-1].index(target.id)
+        later = history[last + 1:]
+    else:
+        later = [r for r in history if (row := store.get_release(r)) is not None and row.created_at > target.created_at]
+    found: dict[str, ReleaseRow] = {}
+    for release_id in later:
+        row = store.get_release(release_id)
+        if row is not None and row.id != target.id and is_irreversible(store, environment, row):
+            found.setdefault(row.id, row)
+    return list(found.values())
+
+
