@@ -68,6 +68,7 @@ def deploy_params(service: ServiceSpec, *, self_heal: bool = True, root: Path | 
                              max_connections=service.router.max_connections,
                              trusted_proxies=tuple(service.router.trusted_proxies),
                              release_header=service.router.release_header),
+        checks=tuple(c.model_dump(mode="json", exclude_defaults=True) for c in service.checks),
     )
 
 
