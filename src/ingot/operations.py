@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import time
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingot import build_release, checkpoint, config_ops, config_store, ledger, locks
+from ingot import build_release, checkpoint, config_ops, config_store, hooks, ledger, locks
 from ingot.actor import current_actor
 from ingot.agent.client import (
     AgentClient,
@@ -24,7 +26,7 @@ from ingot.agent.client import (
 from ingot.artifacts import ArtifactCorrupt
 from ingot.deploy_params import NO_LISTENER, DeployParams, HealthPolicy
 from ingot.edge.front import Route
-from ingot.errors import OperationFailed, UserInputError
+from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.executor import resolve_instance
 from ingot.paths import StatePaths
 from ingot.plan import StrategyOptions, Target, plan_for
@@ -44,6 +46,7 @@ from ingot.store.db import StoreDamaged
 from ingot.supervision import stop_supervisor
 
 OnEvent = Callable[[dict[str, Any]], None]
+log = logging.getLogger("ingot")
 OnOutput = Callable[[str], None]
 
 
@@ -155,7 +158,7 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
             row, created = build_release.release(project, environment, name, artifact, commit)
             emit({"event": "release", "service": name, "release": row.id, "created": created})
             with _rest_not_started(names[index + 1:]):
-                outcomes.append(_apply(project, environment, name, row, created, "deploy", emit, lock))
+                outcomes.append(_hooked(project, environment, name, row, created, "deploy", emit, lock))
     return outcomes
 
 
@@ -174,6 +177,55 @@ def _rest_not_started(rest: list[str]) -> Iterator[None]:
     except HandedOver as handed:
         handed.not_started = rest
         raise
+
+
+def _hooked(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
+            emit: OnEvent, lock: locks.LockInfo) -> DeployOutcome:
+    """`_apply` between the service's hooks (ingot.hooks), then its notification (spec `notify`).
+
+    A failing pre_deploy (deploy and promote; not a rollback, the way back) stops the operation before
+    anything starts. On a Kubernetes target neither hooks nor notifications run yet."""
+    if _on_cluster(project, environment):
+        return _apply(project, environment, name, row, created, kind, emit, lock)
+    spec = project.spec.service_for(environment, name).hooks
+    actor = current_actor()
+    current = project.store.current_activation(environment, name)
+    previous = current.release_id if current else None
+
+    def after(which: str, outcome: str, deployment: str | None, error: str | None, url: str | None) -> None:
+        try:
+            hooks.run_hook(project, environment, name, spec, which, release=row, actor=actor, outcome=outcome)
+        except Exception:  # recorded where it could be; a later hook never changes the outcome
+            log.exception("hook %s of %s failed to run", which, name)
+        hooks.notify(project, environment, name, kind=kind, outcome=outcome, release=row, actor=actor,
+                     previous=previous, deployment=deployment, error=error, url=url)
+
+    if kind != "rollback":
+        done = hooks.run_hook(project, environment, name, spec, "pre_deploy", release=row, actor=actor,
+                              outcome="pending")
+        if done is not None and not done.ok:
+            message = (f"{kind} of {name} to {row.id} stopped before it started: its pre_deploy hook "
+                       f"{done.describe(spec.timeout)}")
+            hooks.notify(project, environment, name, kind=kind, outcome="failed", release=row, actor=actor,
+                         previous=previous, error=message)
+            serving = f"still serving: release {previous}" if previous else "nothing was serving it, nor is now"
+            raise OperationFailed(message, details=[*[f"  | {line}" for line in done.output.splitlines()[-15:]],
+                                                    "nothing was started", serving])
+    try:
+        outcome = _apply(project, environment, name, row, created, kind, emit, lock)
+    except IngotError as exc:
+        deployment = next((d.id for d in project.store.deployments(environment, name, limit=1)
+                           if d.to_release == row.id), None)
+        after("on_failure", "failed", deployment, exc.message, None)
+        if kind == "rollback":
+            with contextlib.suppress(Exception):
+                hooks.run_hook(project, environment, name, spec, "on_rollback", release=row, actor=actor,
+                               outcome="failed")
+        raise
+    if not outcome.nothing_changed:
+        after("on_rollback" if kind == "rollback" else "post_deploy", "succeeded", outcome.deployment, None,
+              outcome.url)
+    return outcome
 
 
 def _apply(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
@@ -250,7 +302,7 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
         if not build_release.artifact_available(project.artifacts, target):
             raise OperationFailed(f"release {target.id} cannot be restored: its artifact "
                                   f"{target.artifact_digest} is no longer in the store")
-        return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None), lock)
+        return _hooked(project, environment, name, target, False, "rollback", on_event or (lambda _e: None), lock)
 
 
 def promote(project: Project, source: str, target: str, names: list[str], *, force: bool = False,
@@ -275,7 +327,7 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
                                                    "artifact": live.artifact_digest, "forced": force})
             emit({"event": "release", "service": name, "release": row.id, "created": created})
             with _rest_not_started(names[index + 1:]):
-                outcomes.append(_apply(project, target, name, row, created, "promote", emit, lock))
+                outcomes.append(_hooked(project, target, name, row, created, "promote", emit, lock))
     return outcomes
 
 

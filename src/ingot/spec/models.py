@@ -366,6 +366,7 @@ class NotifySpec(_Model):
     """A webhook told about deploys: POSTed JSON with a Slack-compatible `text`, signed (X-Ingot-Signature)."""
 
     url: HttpUrl | SecretRef
+    key: SecretRef | None = None  # the HMAC key; default: the project's webhook key (keys/webhook.key)
     events: list[NotifyEvent] = Field(
         default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
     timeout: Duration = Field(default=10.0, gt=0)  # per attempt
