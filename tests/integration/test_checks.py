@@ -3,13 +3,14 @@ before each step that gives the new release traffic, against its own instances."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from tests.support.harness import ExampleProject, load, use_strategy
 
 FETCH = ("import os, urllib.request; url = os.environ['INGOT_TARGET_URL']; "
-         "print(url, urllib.request.urlopen(url).read().decode())")
+         "print('uid', os.getuid(), url, urllib.request.urlopen(url).read().decode())")
 
 
 def set_checks(example: ExampleProject, checks: str) -> None:
@@ -77,6 +78,8 @@ def test_passing_check_runs_before_each_canary_step_against_the_new_release(
             assert payload["ok"]
             if payload["check"] == "fetch":
                 assert '"version": "2"' in payload["output"] and f":{example.port}" not in payload["output"]
+                # As root, ingot runs a check's command as the service's own user, as its instances.
+                assert not payload["output"].startswith("uid 0 ") or os.geteuid() != 0
         elif entry["action"] == "deploy.step" and payload["step"] == "route" and payload["status"] == "done":
             weight = dict(payload["weights"]).get(release)
             if weight:
