@@ -46,8 +46,8 @@ from ingot.store.db import StoreDamaged
 from ingot.supervision import stop_supervisor
 
 OnEvent = Callable[[dict[str, Any]], None]
-log = logging.getLogger("ingot")
 OnOutput = Callable[[str], None]
+log = logging.getLogger("ingot")
 
 
 def deploy_params(service: ServiceSpec, *, self_heal: bool = True, root: Path | None = None) -> DeployParams:

@@ -4,6 +4,7 @@ before each step that gives the new release traffic, against its own instances."
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def test_failing_checks_abort_with_the_previous_release_serving(example: Example
     assert [h["outcome"] for h in history[:2]] == ["failed", "failed"]
 
 
-def test_passing_check_runs_before_each_canary_step_against_the_new_release(
+def test_passing_checks_run_before_each_canary_step_and_rolling_batch(
         example: ExampleProject, tmp_path: Path) -> None:
     example.ingot("deploy", check=True)
     use_strategy(example, "    strategy: {type: canary, drain_timeout: 5s, steps: [{weight: 20, pause: 300ms}, "
@@ -90,3 +91,25 @@ def test_passing_check_runs_before_each_canary_step_against_the_new_release(
         expected += [("check", "fetch", weight), ("check", "GET /healthz", weight), ("check", "GET /healthz", weight),
                      ("route", "", weight)]
     assert order == expected
+
+    # Rolling: before each batch's route, the checks run on that batch's fresh instance.
+    spec = example.root / "ingot.yaml"
+    spec.write_text(re.sub(r"^    strategy: \{.*\}$", "    strategy: {type: rolling, max_surge: 1, max_unavailable: 0, "
+                                                      "drain_timeout: 5s, min_ready: 500ms}",
+                           spec.read_text(), count=1, flags=re.M))
+    example.set_version("3")
+    seen = len(log)
+    example.ingot("deploy", check=True)
+    third = example.get()["release"]
+    log = example.ingot("audit", "log", "--json", "--limit", "1000", check=True).json[seen:]
+    batches, checked_since = [], []
+    for entry in log:
+        payload = entry["payload"]
+        if entry["action"] == "deploy.check" and payload["release"] == third:
+            checked_since.append((payload["check"], payload["instance"], payload["ok"]))
+        elif entry["action"] == "deploy.step" and payload["step"] == "route" and payload["status"] == "done":
+            batches.append((dict(payload["weights"]).get(third), checked_since))
+            checked_since = []
+    first, second = batches[0], batches[1]
+    assert 0 < first[0] < 100 and len(first[1]) == 2 and all(ok for _, _, ok in first[1])
+    assert second[1] and {i for _, i, _ in second[1]} != {i for _, i, _ in first[1]}  # the next fresh instance
