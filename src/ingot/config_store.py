@@ -268,6 +268,22 @@ def secret_values(store: Store, keys_dir: Path, release: ReleaseRow, environment
     return values
 
 
+def current_secret_value(store: Store, keys_dir: Path, environment: str, name: str) -> str:
+    """The decrypted value of `name`'s newest version in `environment` (for ingot's own use: a webhook's
+    URL or signing key); refused if it was never set or is removed."""
+    current = current_secrets(store, environment).get(name)
+    if current is None or current.removed:
+        raise OperationFailed(f"secret {name} is not set in {environment}",
+                              details=[f"ingot secret set {name} --env {environment}"])
+    c = t.secret_versions.c
+    with store.engine.connect() as conn:
+        row = conn.execute(select(c.ciphertext, c.key_id).where(and_(
+            c.environment == environment, c.name == name, c.version == current.version))).first()
+    assert row is not None and row.ciphertext is not None
+    return load_box(keys_dir).open(row.ciphertext, secret_context(environment, name, current.version),
+                                   sealed_with=row.key_id)
+
+
 def mask_secrets(differences: tuple[tuple[str, str | None, str | None], ...],
                  names: set[str]) -> tuple[tuple[str, str | None, str | None], ...]:
     """Environment differences fit to show: a secret's values become a mask, only its name stays."""

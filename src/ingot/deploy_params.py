@@ -47,6 +47,7 @@ class DeployParams:
     self_heal: bool = True  # the environment's: the agent repairs drift on its own, or only records it
     clients: ClientPolicy = field(default_factory=ClientPolicy)  # the router's limits on its clients
     routes: tuple[Route, ...] = ()  # on the machine's shared listeners (the edge's front)
+    checks: tuple[dict[str, Any], ...] = ()  # smoke checks before traffic (spec CheckSpec, as JSON; ingot.checks)
 
     @property
     def urls(self) -> list[str]:
@@ -68,6 +69,10 @@ class DeployParams:
             data["routes"] = [r.as_dict() for r in self.routes]
         else:
             del data["routes"]  # as before routes existed: an unchanged spec deploys nothing new
+        if self.checks:
+            data["checks"] = [dict(c) for c in self.checks]
+        else:
+            del data["checks"]  # likewise
         return data
 
     @staticmethod
@@ -86,4 +91,5 @@ class DeployParams:
             self_heal=bool(data.get("self_heal", True)),
             clients=ClientPolicy.from_dict(data.get("clients")),
             routes=tuple(Route.from_dict(r) for r in data.get("routes") or []),
+            checks=tuple(dict(c) for c in data.get("checks") or []),
         )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from ingot import ledger
+from ingot import checks, ledger
 from ingot.artifacts import ArtifactStore
 from ingot.artifacts.store import force_rmtree
 from ingot.config_store import secret_values
@@ -63,6 +63,8 @@ class Deployment:
     # Why the rest of the plan was cancelled, if it is (another operation took over the service).
     superseded_by: str = "the agent stopped"
     in_window: bool = False  # inside a verify step: the only point where the rest of the plan may be cancelled
+    checked: set[str] = field(default_factory=set)  # instances the smoke checks have passed on
+    checked_weight: int = 0  # the release's weight after the last route its checks passed before
 
 
 class Executor:
@@ -438,6 +440,7 @@ class Executor:
 
     async def _route(self, dep: Deployment, step: Step) -> dict[str, Any]:
         weights = dict(step.weights)
+        checked = await self._smoke_check(dep, weights.get(dep.release.id, 0))
         for release in weights:
             backends = [(r.host, r.port) for r in self.store.live_instances(dep.row.environment, dep.row.service)
                         if r.release_id == release and r.state == "running"]
@@ -449,7 +452,44 @@ class Executor:
         if len(live) <= 1:
             self._activate(dep, live[0] if live else None)
         dep.routed = dep.routed or weights.get(dep.release.id, 0) > 0
-        return {"weights": weights, **({"held": held, "hold": step.seconds} if held is not None else {})}
+        return {"weights": weights, **({"held": held, "hold": step.seconds} if held is not None else {}),
+                **({"checked": checked} if checked else {})}
+
+    async def _smoke_check(self, dep: Deployment, weight: int) -> list[str]:
+        """The service's `checks` against the new release's own instances, before a route that gives it more
+        traffic or puts fresh instances of it in the pool (the blue-green switch, each canary step, each
+        rolling batch). Each result is in the ledger; a failure raises, and the route is not taken.
+
+        Not for a rollback or a recovery: going back to a release that served before must not depend on
+        checks written for the release that replaced it. Returns the instances checked."""
+        if not dep.params.checks or weight <= 0 or dep.row.kind in ("rollback", "recover"):
+            return []
+        fresh = [r for r in dep.started if r.release_id == dep.release.id and r.state == "running"
+                 and r.id not in dep.checked]
+        if not fresh and weight <= dep.checked_weight:
+            return []
+        rows = fresh or self._passed_gate(dep, dep.release.id)
+        if not rows:
+            return []
+        targets = [checks.Target(r.id, r.host, r.port, r.handle if r.runtime == "process" else None) for r in rows]
+        secrets = await asyncio.to_thread(secret_values, self.store, self.paths.keys, dep.release,
+                                          dep.row.environment)
+        results = await dep.control.or_abort(checks.run_checks(
+            checks.parse(dep.params.checks), targets, project=dep.release.project, environment=dep.row.environment,
+            service=dep.row.service, release=dep.release.id, secrets=list(secrets.values())))
+        with self.store.begin() as conn:
+            for result in results:
+                ledger.append(conn, actor=dep.row.actor, action=f"{dep.row.kind}.check",
+                              environment=dep.row.environment, service=dep.row.service, subject=dep.row.id,
+                              payload={"release": dep.release.id, "weight": weight, **result.as_dict()})
+        failed = next((r for r in results if not r.ok), None)
+        if failed is not None:
+            raise StepFailed(f"check '{failed.check}' failed: {failed.summary}",
+                             details=[f"output of check '{failed.check}' ({failed.instance}):",
+                                      *[f"  | {line}" for line in failed.output.splitlines()[-15:]]])
+        dep.checked.update(r.id for r in rows)
+        dep.checked_weight = max(dep.checked_weight, weight)
+        return [r.id for r in rows]
 
     def _activate(self, dep: Deployment, release_id: str | None) -> None:
         with self.store.begin() as conn:

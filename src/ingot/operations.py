@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import signal
 import time
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingot import build_release, checkpoint, config_ops, config_store, ledger, locks, oneoff
+from ingot import build_release, checkpoint, config_ops, config_store, hooks, ledger, locks, oneoff
 from ingot.actor import current_actor
 from ingot.agent.client import (
     AgentClient,
@@ -25,7 +27,7 @@ from ingot.agent.client import (
 from ingot.artifacts import ArtifactCorrupt
 from ingot.deploy_params import NO_LISTENER, DeployParams, HealthPolicy
 from ingot.edge.front import Route
-from ingot.errors import OperationFailed, UserInputError
+from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.executor import Executor, resolve_instance
 from ingot.paths import StatePaths
 from ingot.plan import StrategyOptions, Target, plan_for
@@ -46,6 +48,7 @@ from ingot.supervision import stop_supervisor
 
 OnEvent = Callable[[dict[str, Any]], None]
 OnOutput = Callable[[str], None]
+log = logging.getLogger("ingot")
 
 
 def deploy_params(service: ServiceSpec, *, self_heal: bool = True, root: Path | None = None) -> DeployParams:
@@ -69,6 +72,7 @@ def deploy_params(service: ServiceSpec, *, self_heal: bool = True, root: Path | 
                              max_connections=service.router.max_connections,
                              trusted_proxies=tuple(service.router.trusted_proxies),
                              release_header=service.router.release_header),
+        checks=tuple(c.model_dump(mode="json", exclude_defaults=True) for c in service.checks),
     )
 
 
@@ -162,7 +166,7 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
                               environment=environment, service=name, subject=row.id,
                               payload={"by": "ingot deploy --irreversible"})
             with _rest_not_started(names[index + 1:]):
-                outcomes.append(_apply(project, environment, name, row, created, "deploy", emit, lock))
+                outcomes.append(_hooked(project, environment, name, row, created, "deploy", emit, lock))
     return outcomes
 
 
@@ -190,6 +194,55 @@ def _rest_not_started(rest: list[str]) -> Iterator[None]:
     except HandedOver as handed:
         handed.not_started = rest
         raise
+
+
+def _hooked(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
+            emit: OnEvent, lock: locks.LockInfo, rerun_release_command: bool = False) -> DeployOutcome:
+    """`_apply` between the service's hooks (ingot.hooks), then its notification (spec `notify`).
+
+    A failing pre_deploy (deploy and promote; not a rollback, the way back) stops the operation before
+    anything starts. On a Kubernetes target neither hooks nor notifications run yet."""
+    if _on_cluster(project, environment):
+        return _apply(project, environment, name, row, created, kind, emit, lock, rerun_release_command)
+    spec = project.spec.service_for(environment, name).hooks
+    actor = current_actor()
+    current = project.store.current_activation(environment, name)
+    previous = current.release_id if current else None
+
+    def after(which: str, outcome: str, deployment: str | None, error: str | None, url: str | None) -> None:
+        try:
+            hooks.run_hook(project, environment, name, spec, which, release=row, actor=actor, outcome=outcome)
+        except Exception:  # recorded where it could be; a later hook never changes the outcome
+            log.exception("hook %s of %s failed to run", which, name)
+        hooks.notify(project, environment, name, kind=kind, outcome=outcome, release=row, actor=actor,
+                     previous=previous, deployment=deployment, error=error, url=url)
+
+    if kind != "rollback":
+        done = hooks.run_hook(project, environment, name, spec, "pre_deploy", release=row, actor=actor,
+                              outcome="pending")
+        if done is not None and not done.ok:
+            message = (f"{kind} of {name} to {row.id} stopped before it started: its pre_deploy hook "
+                       f"{done.describe(spec.timeout)}")
+            hooks.notify(project, environment, name, kind=kind, outcome="failed", release=row, actor=actor,
+                         previous=previous, error=message)
+            serving = f"still serving: release {previous}" if previous else "nothing was serving it, nor is now"
+            raise OperationFailed(message, details=[*[f"  | {line}" for line in done.output.splitlines()[-15:]],
+                                                    "nothing was started", serving])
+    try:
+        outcome = _apply(project, environment, name, row, created, kind, emit, lock, rerun_release_command)
+    except IngotError as exc:
+        deployment = next((d.id for d in project.store.deployments(environment, name, limit=1)
+                           if d.to_release == row.id), None)
+        after("on_failure", "failed", deployment, exc.message, None)
+        if kind == "rollback":
+            with contextlib.suppress(Exception):
+                hooks.run_hook(project, environment, name, spec, "on_rollback", release=row, actor=actor,
+                               outcome="failed")
+        raise
+    if not outcome.nothing_changed:
+        after("on_rollback" if kind == "rollback" else "post_deploy", "succeeded", outcome.deployment, None,
+              outcome.url)
+    return outcome
 
 
 def _apply(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
@@ -319,8 +372,8 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
         if not build_release.artifact_available(project.artifacts, target):
             raise OperationFailed(f"release {target.id} cannot be restored: its artifact "
                                   f"{target.artifact_digest} is no longer in the store")
-        return _apply(project, environment, name, target, False, "rollback", on_event or (lambda _e: None), lock,
-                      rerun_release_command)
+        return _hooked(project, environment, name, target, False, "rollback", on_event or (lambda _e: None), lock,
+                       rerun_release_command)
 
 
 def _check_reversible(project: Project, environment: str, name: str, target: ReleaseRow, force: bool) -> None:
@@ -365,8 +418,8 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
                                                    "artifact": live.artifact_digest, "forced": force})
             emit({"event": "release", "service": name, "release": row.id, "created": created})
             with _rest_not_started(names[index + 1:]):
-                outcomes.append(_apply(project, target, name, row, created, "promote", emit, lock,
-                                       rerun_release_command))
+                outcomes.append(_hooked(project, target, name, row, created, "promote", emit, lock,
+                                        rerun_release_command))
     return outcomes
 
 

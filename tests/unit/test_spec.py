@@ -308,7 +308,7 @@ def test_wrong_type(tmp_path: Path) -> None:
 def test_unknown_key_at_top_level(tmp_path: Path) -> None:
     path = write(tmp_path, "project: hi\nservices:\n  web:\n    command: [a]\nenvironment: {}\n")
     assert only_problem(path) == (
-        f"{path}:5: environment: unknown key; expected one of environments, project, services "
+        f"{path}:5: environment: unknown key; expected one of environments, notify, project, services "
         "(did you mean environments?)"
     )
 
@@ -318,9 +318,10 @@ def test_unknown_key_in_a_service(tmp_path: Path) -> None:
     # pydantic skips model rules once a field fails, so the missing command shows up only after the
     # typo is fixed; the typo is what the person needs to see first anyway.
     assert only_problem(path) == (
-        f"{path}:4: services.web.comand: unknown key; expected one of allow_mutable_tag, build, command, config, "
-        "env, health, image, irreversible, port, release_command, release_command_timeout, replicas, resources, "
-        "retention, router, routes, runtime, secrets, security, stop_timeout, strategy (did you mean command?)"
+        f"{path}:4: services.web.comand: unknown key; expected one of allow_mutable_tag, build, checks, command, "
+        "config, env, health, hooks, image, irreversible, port, release_command, release_command_timeout, replicas, "
+        "resources, retention, router, routes, runtime, secrets, security, stop_timeout, strategy (did you mean "
+        "command?)"
     )
 
 

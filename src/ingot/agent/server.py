@@ -26,18 +26,21 @@ from ingot.agent.protocol import decode, encode
 from ingot.agent.selfheal import SelfHealer, heal_interval
 from ingot.agent.verification import VerificationWindows
 from ingot.artifacts import ArtifactStore
+from ingot.config_store import current_secret_value
 from ingot.deploy_params import NO_LISTENER, DeployParams, HealthPolicy
 from ingot.edge.client import EdgeClient, EdgeRouter
 from ingot.edge.home import EdgeHome
 from ingot.errors import IngotError, UserInputError
 from ingot.executor import Deployment, Executor
 from ingot.health import probe
+from ingot.notify import deliver, webhook_key
 from ingot.paths import StatePaths, private_umask
 from ingot.plan import Plan, StrategyOptions, Target, plan_for
 from ingot.rollout_control import RolloutControl
 from ingot.routers.base import Router
 from ingot.runtimes import fence
 from ingot.runtimes.registry import Runtimes
+from ingot.spec.models import NotifySpec
 from ingot.state import service_state
 from ingot.store import InstanceRow, Store
 
@@ -77,6 +80,7 @@ class Agent:
         self._stopping = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._certificates_recorded: dict[Key, int] = {}  # the newest edge certificate event in the ledger
+        self._deliveries: set[asyncio.Task[bool]] = set()  # webhooks being delivered (ingot.notify)
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def run(self, companions: Sequence[Companion] = ()) -> None:
@@ -107,6 +111,8 @@ class Agent:
         await asyncio.gather(*beside, return_exceptions=True)
         for key in self.windows.open_keys():
             await self.windows.end(key, "the agent stopped")
+        for delivery in list(self._deliveries):
+            delivery.cancel()
         self._server.close()
         # The routers live in the edge: they go on serving this agent's instances while it is gone.
         for router in self.routers.values():
@@ -421,6 +427,33 @@ class Agent:
                                 params=dep.params.as_dict())
         self.executor.finish(dep, "succeeded", {"steps": 0, "note": "deployment parameters recorded"})
 
+    def notify(self, environment: str, service: str, facts: dict[str, Any],
+               entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """Deliver a finished operation's notification to `entries` (spec `notify`) in the background:
+        answered at once, each attempt recorded as it is made."""
+        specs = [NotifySpec.model_validate(e) for e in entries]
+        if not specs:
+            return {"queued": 0}
+        key = webhook_key(self.paths.keys)
+        actor = str(facts.get("actor") or self.actor)
+
+        def secret_value(name: str) -> str:
+            return current_secret_value(self.store, self.paths.keys, environment, name)
+
+        def record(payload: dict[str, Any]) -> None:
+            try:
+                ledger.record(self.store, actor=actor, action="notify.delivery", environment=environment,
+                              service=service, subject=facts.get("deployment") or facts.get("release"),
+                              payload=payload)
+            except Exception:
+                log.exception("a webhook delivery could not be recorded")
+
+        for spec in specs:
+            task = asyncio.create_task(deliver(spec, facts, key, secret_value, record))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+        return {"queued": len(specs)}
+
     def control(self, environment: str, service: str | None, action: str, actor: str) -> dict[str, Any]:
         """Pause, resume (or promote a manual step) or abort the rollouts in progress in an environment."""
         targets = {k: c for k, c in self.controls.items() if k[0] == environment and service in (None, k[1])}
@@ -562,6 +595,9 @@ class Agent:
                                          kind=str(request.get("kind", "deploy")), send=send,
                                          actor=request.get("actor"), dry_run=bool(request.get("dry_run")),
                                          rerun_release_command=bool(request.get("rerun_release_command")))
+        if op == "notify":
+            return self.notify(str(request["environment"]), str(request["service"]), dict(request["facts"]),
+                               list(request.get("entries") or []))
         if op == "control":
             return self.control(str(request["environment"]), request.get("service"), str(request["action"]),
                                 str(request.get("actor") or self.actor))

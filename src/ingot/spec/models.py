@@ -294,6 +294,85 @@ class HealthSpec(_Model):
         return self
 
 
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc}): {value!r}") from None
+    return value
+
+
+class CheckSpec(_Model):
+    """A smoke check run against the new release's own instances before it takes traffic: an HTTP probe
+    (`http: /path`, its `status`, a `body` regex searched in the answer) or a `command` (exit 0 passes),
+    which gets INGOT_TARGET_URL aimed at one new instance directly, not through the router."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=80)
+    http: Annotated[
+        str | None, AfterValidator(lambda v: v if v is None else _check_http_path(v)),
+        WithJsonSchema({"type": "string", "pattern": "^/"}),
+    ] = None
+    status: StrictInt = Field(default=200, ge=100, le=599)
+    body: Annotated[str | None, AfterValidator(lambda v: v if v is None else _check_regex(v))] = None
+    command: Command = None
+    timeout: Duration = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CheckSpec:
+        if (self.http is None) == (self.command is None):
+            raise _rule("http", "a check is either `http: /path` or `command: [...]`, exactly one of them")
+        if self.command is not None and not self.command:
+            raise _rule("command", "must not be empty")
+        if self.command is not None and ("status" in self.model_fields_set or self.body is not None):
+            raise _rule("status", "status and body belong to an http check, not a command")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How the check is named in the ledger and in errors."""
+        if self.name:
+            return self.name
+        if self.http is not None:
+            return f"GET {self.http}"
+        return " ".join(self.command or ())
+
+
+class HooksSpec(_Model):
+    """Local commands around a deploy, run by ingot where the deploy runs, inside the deploy lock."""
+
+    pre_deploy: Command = None
+    post_deploy: Command = None
+    on_failure: Command = None
+    on_rollback: Command = None
+    timeout: Duration = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> HooksSpec:
+        for name in ("pre_deploy", "post_deploy", "on_failure", "on_rollback"):
+            if getattr(self, name) == []:
+                raise _rule(name, "must not be empty (leave it out instead)")
+        return self
+
+
+class SecretRef(_Model):
+    secret: EnvVarName
+
+
+NotifyEvent = Literal["deploy", "rollback", "failure"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("deploy", "rollback", "failure")
+
+
+class NotifySpec(_Model):
+    """A webhook told about deploys: POSTed JSON with a Slack-compatible `text`, signed (X-Ingot-Signature)."""
+
+    url: HttpUrl | SecretRef
+    key: SecretRef | None = None  # the HMAC key; default: the project's webhook key (keys/webhook.key)
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+    timeout: Duration = Field(default=10.0, gt=0)  # per attempt
+    attempts: StrictInt = Field(default=5, ge=1, le=20)  # retried with backoff (1 s, 2 s, 4 s ...)
+
+
 class StrategyStep(_Model):
     weight: StrictInt = Field(ge=1, le=100)
     pause: Pause = None
@@ -515,6 +594,8 @@ class ServiceSpec(_Model):
     release_command_timeout: Duration = Field(default=600.0, gt=0)
     # The release's release_command cannot be undone (a dropped column): rollback past it needs --force.
     irreversible: StrictBool = False
+    checks: list[CheckSpec] = Field(default_factory=list)
+    hooks: HooksSpec = HooksSpec()
 
     @property
     def dedicated_listen(self) -> tuple[str, int] | None:
@@ -657,6 +738,7 @@ class EnvironmentSpec(_Model):
     services: dict[str, dict[str, Any]] = Field(default_factory=dict)
     self_heal: StrictBool = True
     target: KubernetesTarget | None = None  # None: this machine
+    notify: list[NotifySpec] | None = None  # None: the spec's top-level notify
 
     @field_validator("services", mode="before")
     @classmethod
@@ -668,6 +750,7 @@ class Spec(_Model):
     project: Name
     services: dict[Name, ServiceSpec] = Field(min_length=1)
     environments: dict[Name, EnvironmentSpec] = Field(default_factory=dict)
+    notify: list[NotifySpec] = Field(default_factory=list)
 
     @field_validator("environments", mode="before")
     @classmethod
@@ -695,6 +778,13 @@ class Spec(_Model):
     @property
     def default_environment(self) -> str:
         return self.environment_names[0]
+
+    def notify_for(self, env: str) -> list[NotifySpec]:
+        """The webhooks of `env`: its own `notify` list if it has one (empty: none), else the spec's."""
+        environment = self.environments.get(env)
+        if environment is not None and environment.notify is not None:
+            return list(environment.notify)
+        return list(self.notify)
 
     def service_for(self, env: str, service: str) -> ServiceSpec:
         """The service as it runs in `env`: the base service with the environment's overrides merged."""
