@@ -423,11 +423,12 @@ def test_failed_authentications_are_logged_without_the_token_and_slowed(
     example, server = served
     times = []
     with server.client("guess-0123456789") as wrong:
-        for _ in range(4):
+        for _ in range(6):
             started = time.monotonic()
             assert wrong.get("/api/v1/services").status_code == 401
             times.append(time.monotonic() - started)
     assert times[0] >= 0.09 and times[2] >= 0.19, times  # 0.1 s, then doubling up to --auth-delay (0.2 s here)
+    assert times[5] < 1.5, times  # held at --auth-delay: without its ceiling the 6th waits 3.2 s
     with server.client() as right:
         started = time.monotonic()
         assert right.get("/api/v1/services").status_code == 200

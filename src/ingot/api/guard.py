@@ -100,7 +100,8 @@ class Guard:
         self.keys_dir = keys_dir
         self.public = public
         self.max_body = max_body
-        self.backoff = backoff or Backoff()
+        # `is None`, not `or`: a Backoff with no client yet has length 0, which made `--auth-delay` ignored.
+        self.backoff = backoff if backoff is not None else Backoff()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
