@@ -21,18 +21,22 @@ from tests.support.harness import REPO, TEST_MIN_READY, ExampleProject, free_por
 EXPRESS = REPO / "examples" / "express"
 NODE_BASE = Path(__file__).with_name("node-base")
 NODE_IMAGE = "localhost/ingot-node:bookworm"  # what examples/express/Containerfile builds FROM
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's bundle (with any CA the machine added)
 
 
 @pytest.fixture(scope="session")
-def node_base(engine: docker.DockerClient, runtime: DockerRuntime) -> str:
+def node_base(engine: docker.DockerClient, runtime: DockerRuntime, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The base image with Node.js, built once (apt-get install nodejs npm: a few minutes) and then kept."""
     try:
         return str(engine.images.get(NODE_IMAGE).id)
     except ImageNotFound:
         pass
+    context = tmp_path_factory.mktemp("node-base")
+    shutil.copy2(NODE_BASE / "Containerfile", context / "Containerfile")
+    shutil.copy2(HOST_CA, context / "host-ca.crt")
     output: list[str] = []
     try:
-        return runtime.build_image(NODE_BASE, tag=NODE_IMAGE, build_args={"BASE": BASE_IMAGE},
+        return runtime.build_image(context, tag=NODE_IMAGE, build_args={"BASE": BASE_IMAGE},
                                    on_output=output.append)
     except Exception as exc:  # the Debian mirror unreachable, say: said with the build's own words
         raise AssertionError(f"building {NODE_IMAGE} failed: {exc}\n" + "\n".join(output[-20:])) from exc

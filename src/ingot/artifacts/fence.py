@@ -47,7 +47,7 @@ BUILD_USER = "ingot-build"
 _TAIL_LINES = 20
 _SYMLINK_HOPS = 40  # as the kernel's MAXSYMLINKS: more is a loop
 _SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
-# What of the operator's environment a build may see. pip's settings for *where* packages come from
+# What of the operator's environment a build may see. The package managers' settings for *where* packages come from
 # (an index, a mirror, a proxy, a CA bundle) are needed to install at all on machines that use them; an
 # index URL may carry a credential, which is then the operator's deliberate choice for builds. Nothing
 # else passes: no tokens, no cloud credentials, no PYTHONPATH, no PIP_CONFIG_FILE (a file the operator
@@ -56,7 +56,8 @@ PASSED_VARIABLES = (
     "LANG",
     "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST",
     "PIP_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES", "PIP_ONLY_BINARY", "PIP_PREFER_BINARY",
-    "npm_config_registry", "NPM_CONFIG_REGISTRY", "YARN_NPM_REGISTRY_SERVER", "UV_INDEX_URL", "GOPROXY",
+    "npm_config_registry", "NPM_CONFIG_REGISTRY", "npm_config_cafile", "NODE_EXTRA_CA_CERTS",
+    "YARN_NPM_REGISTRY_SERVER", "UV_INDEX_URL", "GOPROXY",
     "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
     "SOURCE_DATE_EPOCH",
 )  # fmt: skip
