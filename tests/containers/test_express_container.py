@@ -61,6 +61,7 @@ def boxed_express(engine: docker.DockerClient, node_base: str, tmp_path: Path) -
     remove_project_containers(engine, project)
 
 
+@pytest.mark.timeout(900)  # the first run builds the Node.js base (apt-get install nodejs npm: minutes)
 def test_express_in_a_container_deploys_changes_and_rolls_back_with_zero_failed_requests(
         boxed_express: ExampleProject, tmp_path: Path) -> None:
     app = boxed_express
