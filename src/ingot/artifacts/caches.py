@@ -69,14 +69,20 @@ def lockfile_key(listing: dict[str, str]) -> str | None:
 def open_cache(root: Path, service: str, key: str, owner: tuple[int, int] | None) -> DepsCache:
     """The cache for `key`, made (seeded from the service's newest complete cache) if it is new."""
     top = root / service / key.removeprefix(DIGEST_PREFIX)
-    if (top / _READY).is_file() and (top / "data").is_dir():
-        return DepsCache(key, top, hit=True)
+    if (top / "data").is_dir():
+        # Not ready: a build with it failed, was interrupted, or runs now (another environment's deploy).
+        # Its downloads are as good as any (package managers check them against the lockfile's hashes), so
+        # it is used as it is, never swept from under a build still using it.
+        return DepsCache(key, top, hit=(top / _READY).is_file())
     if top.exists():
-        force_rmtree(top)  # a build with it failed or was interrupted: start it again from a seed
+        force_rmtree(top)  # made, but not its data: nothing in it to keep
     top.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    top.mkdir(mode=0o700)
+    top.mkdir(mode=0o700, exist_ok=True)
     data = top / "data"
-    data.mkdir(mode=0o700)
+    try:
+        data.mkdir(mode=0o700)
+    except FileExistsError:
+        return DepsCache(key, top, hit=False)  # another build of the service made it meanwhile
     seed = _newest(root / service, exclude=top)
     if seed is not None:
         # Copied by ingot, never followed: the seed was written by a build and may hold any link.
