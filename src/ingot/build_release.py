@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ingot import config_ops, config_store, ledger
 from ingot.actor import current_actor
-from ingot.artifacts import ArtifactStore, BuildResult, build_artifact, cached_build
+from ingot.artifacts import ArtifactStore, BuildResult, BuildSteps, build_artifact, cached_build
 from ingot.canonical import content_digest
 from ingot.errors import IngotError, UserInputError
 from ingot.image_inputs import image_input_key
@@ -38,6 +38,8 @@ class Built:
     input_key: str
     detail: str
     replaced_corrupt: tuple[str, ...] = ()  # the cached artifact was damaged, and rebuilt: what was wrong
+    deps_cache: str | None = None  # the lockfiles' digest keying the dependency cache the build used
+    deps_cache_hit: bool = False  # that cache was complete: nothing new needed downloading
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -52,7 +54,8 @@ def context_dir(project: Project, service: ServiceSpec, environment: str | None 
     so a link named in `build:` cannot lead out either.
     """
     root = project.spec.root_dir.resolve()
-    context = (root / (service.build or ".")).resolve()
+    given = service.build.context if service.build is not None else "."
+    context = (root / given).resolve()
     allowed = [root, *([repo] if (repo := _git_toplevel(root)) is not None else [])]
     if not any(context.is_relative_to(place) for place in allowed):
         loc = _build_key(project, environment, name)
@@ -60,7 +63,7 @@ def context_dir(project: Project, service: ServiceSpec, environment: str | None 
         where = f"{project.spec.path}:{line}" if line else str(project.spec.path)
         key = ".".join(loc) if loc else "build"
         raise UserInputError(
-            f"{where}: {key}: {service.build!r} resolves to {context}, outside the spec's directory",
+            f"{where}: {key}: {given!r} resolves to {context}, outside the spec's directory",
             details=[f"a build context must be inside {' or '.join(map(str, allowed))}"
                      + (" (the git repository)" if len(allowed) > 1 else "")],
         )
@@ -118,6 +121,8 @@ def build(project: Project, environment: str, name: str, on_output: OnOutput | N
                   subject=built.digest,
                   payload={"context": str(context), "reused": built.reused, "input_key": built.input_key,
                            "runtime": service.runtime,
+                           **({"deps_cache": {"key": built.deps_cache, "hit": built.deps_cache_hit}}
+                              if built.deps_cache else {}),
                            **({"replaced_corrupt": list(built.replaced_corrupt)} if built.replaced_corrupt else {})})
     return built
 
@@ -150,8 +155,10 @@ def _build(project: Project, name: str, service: ServiceSpec, context: Path | No
     if service.runtime == "process":
         assert context is not None
         result: BuildResult = build_artifact(project.artifacts, context, on_output=on_output,
-                                             exclude=spec_exclusion(project, context), rebuild=rebuild)
-        return Built(result.digest, result.reused, result.input_key, str(result.path), result.replaced_corrupt)
+                                             exclude=spec_exclusion(project, context), rebuild=rebuild,
+                                             steps=build_steps(service), cache_name=name)
+        return Built(result.digest, result.reused, result.input_key, str(result.path), result.replaced_corrupt,
+                     result.deps_cache, result.deps_cache_hit)
     engine: Any = Runtimes().get(service.runtime)
     if service.image is not None:
         image_id = engine.resolve_image(service.image, allow_mutable_tag=service.allow_mutable_tag)
@@ -173,12 +180,20 @@ def expected_release_id(project: Project, environment: str, name: str, service: 
     if service.runtime != "process":
         return None
     context = context_dir(project, service, environment, name)
-    digest = cached_build(project.artifacts, context, exclude=spec_exclusion(project, context))
+    digest = cached_build(project.artifacts, context, exclude=spec_exclusion(project, context),
+                          steps=build_steps(service))
     if digest is None:
         return None
     config = config_store.snapshot(project.store, environment, name, service)
     return make_release_id(project.spec.project, name, digest, content_digest(config),
                            content_digest(service.release_fields()))
+
+
+def build_steps(service: ServiceSpec) -> BuildSteps | None:
+    """The spec's build steps, or None for the plain recipe (the context, and its requirements.txt)."""
+    if service.build is None or not service.build.run:
+        return None
+    return BuildSteps.of(service.build.run, service.build.env)
 
 
 def release(project: Project, environment: str, name: str, artifact: Built,

@@ -20,6 +20,7 @@ import pwd
 import re
 import shutil
 import subprocess
+import threading
 import time
 
 from ingot.errors import OperationFailed
@@ -54,13 +55,20 @@ def lookup(name: str) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
+# The replicas of a first deploy start in threads, each making sure its user exists: one makes it while the
+# others wait. Two useradds at once for one name left a replica of an npm app unable to read its checkout
+# (EACCES on package.json) on the first deploy of a service, every time.
+_CREATING = threading.Lock()
+
+
 def ensure_system_user(name: str, comment: str = "ingot") -> tuple[int, int]:
     """The (uid, gid) of system user `name`, created now if it does not exist (root only)."""
     if not _NAME.match(name):
         raise ValueError(f"{name!r} is not a valid user name")
-    found = lookup(name)
-    if found is None:
-        found = _create(name, comment)
+    with _CREATING:
+        found = lookup(name)
+        if found is None:
+            found = _create(name, comment)
     if found[0] == 0 or found[1] == 0:
         raise OperationFailed(f"user {name} exists with uid or gid 0 (root); ingot will not run anything as it",
                               details=[f"remove it (userdel {name}) and let ingot create it again"])

@@ -113,8 +113,12 @@ def test_a_requirements_build_code_runs_unprivileged_with_no_operator_variable(t
     environ = report["environ"]
     # Only the allow-list, and what pip itself sets for its build (its isolated env's PYTHONPATH, hooks).
     allowed = {"PATH", "HOME", "TMPDIR", "LANG", "SOURCE_DATE_EPOCH", "PYTHONNOUSERSITE", "PYTHONUNBUFFERED",
-               "PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "PWD"}  # PWD: set by the shell that fences it
-    assert {n for n in environ if n not in allowed and not n.startswith(("PIP_", "PEP517_", "_PYPROJECT_"))} == set()
+               "PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "PWD",  # PWD: set by the shell that fences it
+               # package managers pointed at the dependency cache (ingot.artifacts.caches)
+               "XDG_CACHE_HOME", "YARN_CACHE_FOLDER", "BUNDLE_USER_CACHE", "GOMODCACHE", "GOCACHE",
+               "NODE_EXTRA_CA_CERTS"}  # a CA bundle for the registry, passed where the operator sets one
+    prefixes = ("PIP_", "PEP517_", "_PYPROJECT_", "npm_config_")
+    assert {n for n in environ if n not in allowed and not n.startswith(prefixes)} == set()
     assert "INGOT_ACTOR" not in environ and "COLUMNS" not in environ
     operator_path = os.environ.get("PYTHONPATH")  # set where ingot runs from a checkout, not in CI
     if operator_path:

@@ -178,7 +178,7 @@ def test_service_for_unknown_names_lists_what_exists(tmp_path: Path) -> None:
 
 def test_process_runtime_defaults_build_to_the_spec_directory() -> None:
     service = ServiceSpec(command=["./run"])
-    assert service.build == "."
+    assert service.build is not None and service.build.context == "."
     # The default is not recorded as written, so overrides can switch to an image without a clash.
     assert "build" not in service.model_fields_set
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ingot.artifacts.build import (
     BuildResult,
+    BuildSteps,
     build_artifact,
     cached_build,
     deps_dir,
@@ -27,6 +28,7 @@ __all__ = [
     "ArtifactNotFound",
     "ArtifactStore",
     "BuildResult",
+    "BuildSteps",
     "IgnoreRules",
     "build_artifact",
     "cached_build",

@@ -1,24 +1,32 @@
 """Builds of a service's context into a stored artifact, for the process runtime.
 
-The artifact is the context (filtered by `.ingotignore`) plus, if the context has a
-`requirements.txt`, those requirements installed by pip into `<artifact>/.ingot-deps`.
+Two recipes. The plain one (`build: DIR`): the artifact is the context (filtered by `.ingotignore`)
+plus, if the context has a `requirements.txt`, those requirements installed by pip into
+`<artifact>/.ingot-deps`. With steps (`build: {run: [[npm, ci], [npm, run, build]]}`): each step runs
+in turn, fenced, in a private copy of the context, and what they leave in the copy is the artifact
+(any language: the steps bring their own tools).
 
-Builds are cached by an input key: the context's tree digest and the target interpreter. An
-unchanged context is therefore never rebuilt, which also means unpinned requirements stay at the
-versions of the first build until the context changes: pin them.
+Builds are cached by an input key: the context's tree digest and the recipe (the target interpreter,
+or the steps and their variables). An unchanged context is therefore never rebuilt, which also means
+unpinned requirements stay at the versions of the first build until the context changes: pin them.
+A changed context with unchanged lockfiles installs from the dependency cache (`ingot.artifacts.caches`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
+import shlex
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ingot.artifacts import caches
 from ingot.artifacts.digest import DIGEST_PREFIX, IgnoreFn, file_listing, listing_digest
 from ingot.artifacts.fence import BuildSandbox, EntryHook, build_sandbox, copy_tree, refuse_escaping_symlinks
 from ingot.artifacts.ignore import IgnoreRules
@@ -29,8 +37,10 @@ from ingot.errors import OperationFailed, UserInputError
 DEPS_DIR = ".ingot-deps"
 REQUIREMENTS = "requirements.txt"
 _PIP_TAIL_LINES = 20
+_PATH_HINT = "/usr/local/bin:/usr/bin:/bin and the directory of ingot's python"
 # Bump when the build recipe changes in a way that changes outputs, so old cache entries miss.
 _RECIPE = "ingot-process-build-v1"
+_STEPS_RECIPE = "ingot-steps-build-v1"
 # Files pip writes into *.dist-info that vary between identical installs (paths, installer, hashes of
 # files we delete) and that nothing at run time needs.
 _PIP_VOLATILE = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
@@ -47,6 +57,26 @@ class BuildResult:
     deps_installed: int
     # The cached artifact was found damaged and rebuilt: what was wrong with it.
     replaced_corrupt: tuple[str, ...] = ()
+    # The dependency cache the build used (keyed by the lockfiles' digest), and whether it was complete.
+    deps_cache: str | None = None
+    deps_cache_hit: bool = False
+
+
+@dataclass(frozen=True)
+class BuildSteps:
+    """`build.run` and `build.env` of a spec: the commands that make the artifact, and their variables."""
+
+    run: tuple[tuple[str, ...], ...] = ()
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, run: Sequence[Sequence[str]], env: Mapping[str, str]) -> BuildSteps:
+        return cls(tuple(tuple(step) for step in run), dict(env))
+
+    def tag(self) -> str:
+        """What of the recipe enters the input key: the steps and variables, canonically."""
+        return _STEPS_RECIPE + json.dumps({"run": self.run, "env": dict(sorted(self.env.items()))},
+                                          separators=(",", ":"))
 
 
 def build_artifact(
@@ -58,19 +88,23 @@ def build_artifact(
     exclude: Iterable[str] = (),
     rebuild: bool = False,
     on_entry: EntryHook | None = None,
+    steps: BuildSteps | None = None,
+    cache_name: str | None = None,
 ) -> BuildResult:
     """Build `context` into `store`, or reuse the artifact already built from the same input.
 
     A cached artifact is verified before it is reused: a damaged one is rebuilt and replaced, never
     reused. `rebuild` builds afresh whatever the cache holds. `exclude` adds ignore patterns on top of
     `.ingotignore` (the spec file, for one). `on_entry(rel)` is called as each entry is copied (for tests).
+    `steps`: the build's own commands instead of the plain recipe. `cache_name` (the service): keep
+    package managers' downloads between builds, keyed by the context's lockfiles.
 
     See `ingot.artifacts.fence` for how the build is fenced.
     """
     if not context.is_dir():
         raise UserInputError(f"build context {context} does not exist or is not a directory")
     listing = file_listing(context, ignore=IgnoreRules.from_context(context, exclude).is_ignored)
-    key = input_key(listing_digest(listing), interpreter_tag(python))
+    key = input_key(listing_digest(listing), _recipe_tag(python, steps))
 
     cached = store.lookup_input(key)
     corrupt: tuple[str, ...] = ()
@@ -85,20 +119,58 @@ def build_artifact(
     size = _listed_size(context, listing)
     require_space(store.tmp_dir, size, f"the build of {context}")
     what = f"the build of {context}"
-    if REQUIREMENTS not in listing:
+    cache: caches.DepsCache | None = None
+    if steps is None and REQUIREMENTS not in listing:
         # Nothing to install, so no untrusted code runs: the context is copied straight into the store.
         digest = _store_copy(store, context, context, listing=listing, on_entry=on_entry, what=what)
     else:
+        emit = on_output or (lambda _line: None)
         with build_sandbox(size, what) as box:
+            lock_key = caches.lockfile_key(listing) if cache_name is not None else None
+            if lock_key is not None and cache_name is not None:
+                cache = caches.open_cache(store.root / "caches", cache_name, lock_key, box.owner)
+                box = box.with_cache(cache.data, {**cache.hints(), **(steps.env if steps is not None else {})})
+                emit(f"ingot: dependency cache {'hit' if cache.hit else 'miss'} (lockfiles {lock_key[7:19]})")
+            elif steps is not None:
+                box = dataclasses.replace(box, extra_env=dict(steps.env))
             # The private copy: exactly the listed entries (what was hashed into the input key), never
             # following a symlink; one that points out of the context is refused before anything runs.
             copy_tree(context, box.src, ignore=_only(listing), owner=box.owner, on_entry=on_entry, what=what)
             refuse_escaping_symlinks(box.src, lambda rel, target: _escaping_link(context, rel, target))
-            _pip_install(box, python, on_output or (lambda _line: None))
+            if steps is None:
+                _pip_install(box, python, emit)
+            else:
+                _run_steps(box, steps, python, emit)
             # The build's output comes back the same way: its own files only, its links kept inside.
             digest = _store_copy(store, box.src, context, require_uid=box.uid, what=what)
+        if cache is not None and cache_name is not None:
+            cache.mark_ready()
+            caches.prune(store.root / "caches", cache_name)
     store.record_input(key, digest)
-    return replace(_result(store, digest, key, reused=False), replaced_corrupt=corrupt)
+    return replace(_result(store, digest, key, reused=False), replaced_corrupt=corrupt,
+                   deps_cache=cache.key if cache is not None else None,
+                   deps_cache_hit=cache.hit if cache is not None else False)
+
+
+def _recipe_tag(python: str, steps: BuildSteps | None) -> str:
+    # The plain recipe installs wheels for the interpreter; steps bring their own tools.
+    return steps.tag() if steps is not None else interpreter_tag(python)
+
+
+def _run_steps(box: BuildSandbox, steps: BuildSteps, python: str, on_output: OutputFn) -> None:
+    for number, step in enumerate(steps.run, start=1):
+        shown = shlex.join(step)
+        on_output(f"ingot: step {number}/{len(steps.run)}: {shown}")
+        try:
+            returncode, tail = box.run(step, python, on_output)
+        except (FileNotFoundError, PermissionError) as exc:  # not root: the program is started directly
+            raise OperationFailed(f"build failed: step {number} ({shown}) could not start: {exc.strerror or exc}",
+                                  details=["the build sees only the system's PATH: " + _PATH_HINT]) from exc
+        if returncode != 0:
+            raise OperationFailed(
+                f"build failed: step {number} of {len(steps.run)} ({shown}) exited with code {returncode}",
+                details=[*tail, f"the step: {shown}"],
+            )
 
 
 def _only(listing: dict[str, str]) -> IgnoreFn:
@@ -133,12 +205,12 @@ def _listed_size(context: Path, listing: dict[str, str]) -> int:
 
 
 def cached_build(store: ArtifactStore, context: Path, python: str = sys.executable,
-                 exclude: Iterable[str] = ()) -> str | None:
+                 exclude: Iterable[str] = (), steps: BuildSteps | None = None) -> str | None:
     """The digest an unchanged `context` already built to, or None if a build is needed."""
     if not context.is_dir():
         return None
     listing = file_listing(context, ignore=IgnoreRules.from_context(context, exclude).is_ignored)
-    cached = store.lookup_input(input_key(listing_digest(listing), interpreter_tag(python)))
+    cached = store.lookup_input(input_key(listing_digest(listing), _recipe_tag(python, steps)))
     return cached if cached is not None and store.has(cached) else None
 
 

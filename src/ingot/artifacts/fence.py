@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import errno
 import os
 import shlex
@@ -46,7 +47,7 @@ BUILD_USER = "ingot-build"
 _TAIL_LINES = 20
 _SYMLINK_HOPS = 40  # as the kernel's MAXSYMLINKS: more is a loop
 _SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
-# What of the operator's environment a build may see. pip's settings for *where* packages come from
+# What of the operator's environment a build may see. The package managers' settings for *where* packages come from
 # (an index, a mirror, a proxy, a CA bundle) are needed to install at all on machines that use them; an
 # index URL may carry a credential, which is then the operator's deliberate choice for builds. Nothing
 # else passes: no tokens, no cloud credentials, no PYTHONPATH, no PIP_CONFIG_FILE (a file the operator
@@ -55,10 +56,23 @@ PASSED_VARIABLES = (
     "LANG",
     "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST",
     "PIP_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES", "PIP_ONLY_BINARY", "PIP_PREFER_BINARY",
+    "npm_config_registry", "NPM_CONFIG_REGISTRY", "npm_config_cafile", "NODE_EXTRA_CA_CERTS",
+    "YARN_NPM_REGISTRY_SERVER", "UV_INDEX_URL", "GOPROXY",
     "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
     "SOURCE_DATE_EPOCH",
 )  # fmt: skip
 _DEFAULTS = {"LANG": "C.UTF-8", "SOURCE_DATE_EPOCH": "315532800"}  # sdists embed timestamps otherwise
+
+# Where each package manager keeps downloads, pointed into the dependency cache.
+_CACHE_VARIABLES = {
+    "XDG_CACHE_HOME": "xdg",  # pip, uv, poetry, pipenv, yarn 1 (under xdg/<tool>)
+    "PIP_CACHE_DIR": "xdg/pip",
+    "npm_config_cache": "npm",
+    "YARN_CACHE_FOLDER": "yarn",
+    "BUNDLE_USER_CACHE": "bundle",
+    "GOMODCACHE": "go/mod",
+    "GOCACHE": "go/build",
+}
 
 OutputFn = Callable[[str], None]
 EntryHook = Callable[[str], None]
@@ -260,6 +274,16 @@ class BuildSandbox:
     home: Path
     tmp: Path
     user: tuple[int, int] | None  # (uid, gid); None: ingot is not root, the build runs as ingot's own user
+    # A dependency cache outside the sandbox (`ingot.artifacts.caches`), seen by the build at `cache_path`
+    # (bound there in the build's own mount namespace, as root; used where it is otherwise).
+    cache: Path | None = None
+    extra_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cache_path(self) -> Path | None:
+        if self.cache is None:
+            return None
+        return self.top / "work" / "cache" if self.user is not None else self.cache
 
     @property
     def owner(self) -> tuple[int, int] | None:
@@ -270,7 +294,15 @@ class BuildSandbox:
         return self.user[0] if self.user is not None else os.getuid()
 
     def env(self, python: str) -> dict[str, str]:
-        return build_env(os.environ, python=python, home=self.home, tmp=self.tmp)
+        return build_env(os.environ, python=python, home=self.home, tmp=self.tmp, cache=self.cache_path,
+                         extra=self.extra_env)
+
+    def with_cache(self, cache: Path, extra_env: Mapping[str, str]) -> BuildSandbox:
+        """This sandbox with a dependency cache (and the spec's build variables)."""
+        if self.user is not None:
+            (self.top / "work" / "cache").mkdir(mode=0o700, exist_ok=True)
+            os.chown(self.top / "work" / "cache", *self.user)
+        return dataclasses.replace(self, cache=cache, extra_env=dict(extra_env))
 
     def command(self, argv: Sequence[str], python: str) -> list[str]:
         """`argv` as it runs fenced: as the build user in its own namespaces when root, as is otherwise."""
@@ -287,7 +319,7 @@ class BuildSandbox:
             covers.append(f"mount -t tmpfs -o mode=0755,size=1m,nosuid,nodev ingot-hidden {shlex.quote(cover)}")
             for number, path in enumerate(exposed):
                 point = self.top / "mnt" / f"{index}-{number}"
-                point.mkdir(parents=True, mode=0o700)
+                point.mkdir(parents=True, mode=0o700, exist_ok=True)  # one sandbox runs several steps
                 # Bound aside first: once the cover is mounted, the path itself is hidden from us too.
                 binds += [f"mount --bind {shlex.quote(path)} {shlex.quote(str(point))}",
                           f"mount -o remount,bind,ro,nosuid,nodev {shlex.quote(str(point))}"]
@@ -295,6 +327,9 @@ class BuildSandbox:
                           f"mount --move {shlex.quote(str(point))} {shlex.quote(path)}"]
         # The directories made in a cover lead the build user to the interpreter: open to pass through,
         # whatever ingot's own umask (077).
+        if self.cache is not None and self.cache_path is not None:
+            # Bound before the covers: the cache may sit below one (a state dir in /root).
+            binds.insert(0, f"mount --bind {shlex.quote(str(self.cache))} {shlex.quote(str(self.cache_path))}")
         script = ["set -e", *binds, *covers, "umask 022", *moves, "umask 077"]
         script.append(f'exec {shlex.quote(setpriv)} --reuid={self.uid} --regid={self.user[1]} '
                       '--clear-groups --no-new-privs -- "$@"')
@@ -345,22 +380,32 @@ def build_sandbox(size: int, what: str) -> Iterator[BuildSandbox]:
         force_rmtree(top)
 
 
-def build_env(environ: Mapping[str, str], *, python: str, home: Path, tmp: Path) -> dict[str, str]:
-    """The whole environment of a build: an allow-list, never the operator's other variables."""
+def build_env(environ: Mapping[str, str], *, python: str, home: Path, tmp: Path, cache: Path | None = None,
+              extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a build: an allow-list, never the operator's other variables.
+
+    `cache`: where package managers keep their downloads (see `ingot.artifacts.caches`); without one,
+    nothing is cached (the home is thrown away after the build). `extra`: the spec's `build.env`.
+    """
     env = {name: environ[name] for name in PASSED_VARIABLES if environ.get(name)}
     for name, value in _DEFAULTS.items():
         env.setdefault(name, value)
     env.update(
         PATH=os.path.dirname(os.path.abspath(python)) + ":" + _SYSTEM_PATH,
-        HOME=str(home),
-        TMPDIR=str(tmp),
         PIP_NO_INPUT="1",  # never wait for a prompt nobody will answer
-        PIP_NO_CACHE_DIR="1",  # the home is thrown away after the build anyway
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         PYTHONNOUSERSITE="1",
         PYTHONUNBUFFERED="1",  # lines reach on_output as pip prints them, not in 8 KiB blocks
         PYTHONDONTWRITEBYTECODE="1",
-    )
+        # npm: no calls home that a build does not need (an audit, a version check), none that can hang.
+        npm_config_audit="false", npm_config_fund="false", npm_config_update_notifier="false",
+    )  # fmt: skip
+    if cache is None:
+        env["PIP_NO_CACHE_DIR"] = "1"
+    else:
+        env.update({name: str(cache / sub) for name, sub in _CACHE_VARIABLES.items()})
+    env.update(extra or {})
+    env.update(HOME=str(home), TMPDIR=str(tmp))  # the sandbox's, whatever the spec says
     return env
 
 

@@ -570,8 +570,50 @@ class ResourcesSpec(_Model):
         return self
 
 
+def _check_build_steps(steps: list[list[str]]) -> list[list[str]]:
+    for index, step in enumerate(steps):
+        if not step:
+            raise ValueError(f"step {index + 1} is empty; each step is an argv such as [npm, ci]")
+    return steps
+
+
+def _build_steps(value: Any) -> Any:
+    # `run: [npm, ci]` is one command written one level too flat: said so, rather than run as `npm`, then `ci`.
+    if isinstance(value, list) and value and all(isinstance(step, str) for step in value):
+        raise ValueError(f"expected a list of steps, each an argv list: [[{', '.join(value)}]] runs "
+                         f"`{' '.join(value)}` as one step; e.g. run: [[npm, ci], [npm, run, build]]")
+    return value
+
+
+class BuildSpec(_Model):
+    """How a process service's artifact is made: `run` each step, in order, in a private copy of `context`.
+
+    Without steps it is the plain form (`build: DIR`): the context as is, plus its requirements.txt
+    installed by pip. With steps, what they leave in the copy is the artifact.
+    """
+
+    context: str = Field(default=".", min_length=1)
+    run: Annotated[list[list[str]], BeforeValidator(_build_steps), AfterValidator(_check_build_steps)] = Field(
+        default_factory=list)
+    env: EnvVars = Field(default_factory=dict)
+
+    def release_dump(self) -> str | dict[str, Any]:
+        """The plain form stays a string, so releases made before build steps existed keep their ids."""
+        if not self.run and not self.env:
+            return self.context
+        return {"context": self.context, "run": [list(step) for step in self.run],
+                "env": dict(sorted(self.env.items()))}
+
+
+def _build_form(value: Any) -> Any:
+    return {"context": value} if isinstance(value, str) else value
+
+
 class ServiceSpec(_Model):
-    build: str | None = None
+    build: Annotated[
+        BuildSpec | None,
+        BeforeValidator(_build_form, json_schema_input_type=str | BuildSpec | None),
+    ] = None
     image: str | None = None
     runtime: Literal["process", "docker", "kubernetes"] = "process"
     command: Command = None
@@ -615,7 +657,7 @@ class ServiceSpec(_Model):
             # Set without marking the field as given: model_dump(exclude_unset=True) must keep showing
             # only what the user wrote, so an environment switching to a container runtime with an
             # `image` does not collide with a build directory the user never asked for.
-            object.__setattr__(self, "build", ".")
+            object.__setattr__(self, "build", BuildSpec())
         return self
 
     def _rule_violations(self) -> list[tuple[str, str]]:
@@ -632,6 +674,9 @@ class ServiceSpec(_Model):
             found.append(("release_command", "must not be empty; leave it out to run none"))
         if self.allow_mutable_tag and self.image is None:
             found.append(("allow_mutable_tag", "only means something with image: (a tag resolved once to its digest)"))
+        if self.runtime in CONTAINER_RUNTIMES and self.build is not None and (self.build.run or self.build.env):
+            found.append(("build", f"runtime {self.runtime} builds the context's Containerfile; build.run and "
+                                   "build.env are for the process runtime (put the steps in the Containerfile)"))
         if self.runtime in CONTAINER_RUNTIMES and self.build is None and self.image is None:
             found.append(
                 ("build", f"runtime {self.runtime} needs build (a directory with a Containerfile) or image")
@@ -672,7 +717,7 @@ class ServiceSpec(_Model):
         """
         return {
             "runtime": self.runtime,
-            "build": self.build,
+            "build": self.build.release_dump() if self.build is not None else None,
             "image": self.image,
             "command": list(self.command) if self.command is not None else None,
             "port": self.port,
