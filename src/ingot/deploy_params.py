@@ -23,6 +23,13 @@ class HealthPolicy:
     healthy_threshold: int = 2
     deadline: float = 60.0
     unhealthy_threshold: int = 2  # failed probes in a row that make a settling or verified instance unhealthy
+    command: tuple[str, ...] | None = None  # a command check instead of GET path (see ingot.health)
+    http: bool = True  # False for a worker: without a command, running is all it can show (see ingot.health)
+
+    @property
+    def probes(self) -> bool:
+        """Whether there is anything to probe: a command, or the HTTP path of a service with a port."""
+        return self.command is not None or self.http
 
     def for_router(self) -> HealthCheck:
         """What the router checks between deploys: the same path, probed at most 0.5 s apart with at most a
@@ -47,6 +54,7 @@ class DeployParams:
     self_heal: bool = True  # the environment's: the agent repairs drift on its own, or only records it
     clients: ClientPolicy = field(default_factory=ClientPolicy)  # the router's limits on its clients
     routes: tuple[Route, ...] = ()  # on the machine's shared listeners (the edge's front)
+    worker: bool = False  # port: null: no router, no listener; ready by health.command or after min_ready alive
 
     @property
     def urls(self) -> list[str]:
@@ -58,7 +66,8 @@ class DeployParams:
 
     @property
     def url(self) -> str:
-        return self.urls[0]
+        # A worker is reached by nobody: what it is said instead of an address.
+        return self.urls[0] if self.urls else "worker (no listener)"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -68,6 +77,15 @@ class DeployParams:
             data["routes"] = [r.as_dict() for r in self.routes]
         else:
             del data["routes"]  # as before routes existed: an unchanged spec deploys nothing new
+        # Likewise left out at their defaults, so that parameters recorded before them compare equal.
+        if self.health.http:
+            del data["health"]["http"]
+        if self.health.command is None:
+            del data["health"]["command"]
+        else:
+            data["health"]["command"] = list(self.health.command)
+        if not self.worker:
+            del data["worker"]
         return data
 
     @staticmethod
@@ -75,7 +93,7 @@ class DeployParams:
         host, _, port = str(data["listen"]).rpartition(":")
         return DeployParams(
             replicas=int(data["replicas"]),
-            health=HealthPolicy(**data["health"]),
+            health=_health(data["health"]),
             listen=(host, int(port)),
             router_kind=str(data.get("router_kind", "builtin")),
             strategy=str(data.get("strategy", "blue-green")),
@@ -86,4 +104,10 @@ class DeployParams:
             self_heal=bool(data.get("self_heal", True)),
             clients=ClientPolicy.from_dict(data.get("clients")),
             routes=tuple(Route.from_dict(r) for r in data.get("routes") or []),
+            worker=bool(data.get("worker", False)),
         )
+
+
+def _health(data: dict[str, Any]) -> HealthPolicy:
+    command = data.get("command")
+    return HealthPolicy(**{**data, "command": tuple(command) if command is not None else None})
