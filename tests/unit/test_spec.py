@@ -320,7 +320,7 @@ def test_unknown_key_in_a_service(tmp_path: Path) -> None:
     assert only_problem(path) == (
         f"{path}:4: services.web.comand: unknown key; expected one of allow_mutable_tag, build, command, config, "
         "env, health, image, port, replicas, resources, retention, router, routes, runtime, secrets, security, "
-        "stop_timeout, strategy (did you mean command?)"
+        "stop_timeout, strategy, volumes (did you mean command?)"
     )
 
 
@@ -338,7 +338,7 @@ def test_unknown_key_in_health(tmp_path: Path) -> None:
         """,
     )
     assert only_problem(path) == (
-        f"{path}:7: services.web.health.intervall: unknown key; expected one of deadline, "
+        f"{path}:7: services.web.health.intervall: unknown key; expected one of command, deadline, "
         "healthy_threshold, interval, path, timeout, unhealthy_threshold (did you mean interval?)"
     )
 
