@@ -1014,6 +1014,12 @@ def _kubernetes_problems(env: str, name: str, service: ServiceSpec, override: Ma
                         f"environment {env} runs on Kubernetes ({RELATED}), which runs container images only; set "
                         "runtime: docker with build: DIR (a Containerfile) or image: repo@sha256:...",
                         related=("environments", env, "target", "kind"))]
+    for key, given in (("port", service.worker), ("volumes", bool(service.volumes)),
+                       ("health", service.health.command is not None)):
+        if given:
+            what = {"port": "workers (port: null)", "volumes": "volumes", "health": "health.command"}[key]
+            return [Problem(where(key), f"environment {env} runs on Kubernetes ({RELATED}), where {what} are not "
+                                        "available yet", related=("environments", env, "target", "kind"))]
     if service.image is not None and not re.fullmatch(IMAGE_DIGEST_PATTERN, service.image):
         return [Problem(where("image"),
                         f"environment {env} runs on Kubernetes, where every node must run the same image: pin it "
