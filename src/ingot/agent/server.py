@@ -488,7 +488,7 @@ class Agent:
                 "self_heal": self.self_healer.describe(activation),
                 "url": params.url, "worker": params.worker, "instances": instances,
                 "routes": await self._routes_of(key, params),
-                "router": {"listening": router is not None,
+                "router": {"listening": router is not None and not params.worker,
                            "weights": router.weights() if router else {},
                            "backends": router.backend_health() if router else {},
                            "stats": {k: v.as_dict() for k, v in router.stats().items()} if router else {}},
