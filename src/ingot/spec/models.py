@@ -318,6 +318,8 @@ class HealthSpec(_Model):
 
     @model_validator(mode="after")
     def _deadline_after_interval(self) -> HealthSpec:
+        if self.command is not None and not self.command:
+            raise _rule("command", "must not be empty; leave it out to probe `path`")
         if self.deadline <= self.interval:
             raise _rule(
                 "deadline",
@@ -606,13 +608,10 @@ class ServiceSpec(_Model):
         return found
 
     def _worker_problems(self) -> list[tuple[str, str]]:
+        # (On Kubernetes, workers, volumes and health.command are refused by `_kubernetes_problems`.)
         if not self.worker:
-            if self.health.command is not None and self.runtime == "kubernetes":
-                return [("health", "health.command is not available on Kubernetes yet; use health.path")]
             return []
         why = "port: null makes a worker, which has no router and takes no traffic"
-        if self.runtime == "kubernetes":
-            return [("port", "workers (port: null) are not available on Kubernetes yet")]
         if self.routes:
             return [("routes", f"{why}: remove its routes, or give it a port")]
         if "listen" in self.router.model_fields_set:
