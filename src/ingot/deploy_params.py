@@ -23,6 +23,13 @@ class HealthPolicy:
     healthy_threshold: int = 2
     deadline: float = 60.0
     unhealthy_threshold: int = 2  # failed probes in a row that make a settling or verified instance unhealthy
+    command: tuple[str, ...] | None = None  # a command check instead of GET path (see ingot.health)
+    http: bool = True  # False for a worker: without a command, running is all it can show (see ingot.health)
+
+    @property
+    def probes(self) -> bool:
+        """Whether there is anything to probe: a command, or the HTTP path of a service with a port."""
+        return self.command is not None or self.http
 
     def for_router(self) -> HealthCheck:
         """What the router checks between deploys: the same path, probed at most 0.5 s apart with at most a
@@ -48,6 +55,7 @@ class DeployParams:
     clients: ClientPolicy = field(default_factory=ClientPolicy)  # the router's limits on its clients
     routes: tuple[Route, ...] = ()  # on the machine's shared listeners (the edge's front)
     checks: tuple[dict[str, Any], ...] = ()  # smoke checks before traffic (spec CheckSpec, as JSON; ingot.checks)
+    worker: bool = False  # port: null: no router, no listener; ready by health.command or after min_ready alive
 
     @property
     def urls(self) -> list[str]:
@@ -59,7 +67,8 @@ class DeployParams:
 
     @property
     def url(self) -> str:
-        return self.urls[0]
+        # A worker is reached by nobody: what it is said instead of an address.
+        return self.urls[0] if self.urls else "worker (no listener)"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -73,6 +82,15 @@ class DeployParams:
             data["checks"] = [dict(c) for c in self.checks]
         else:
             del data["checks"]  # likewise
+        # Likewise left out at their defaults, so that parameters recorded before them compare equal.
+        if self.health.http:
+            del data["health"]["http"]
+        if self.health.command is None:
+            del data["health"]["command"]
+        else:
+            data["health"]["command"] = list(self.health.command)
+        if not self.worker:
+            del data["worker"]
         return data
 
     @staticmethod
@@ -80,7 +98,7 @@ class DeployParams:
         host, _, port = str(data["listen"]).rpartition(":")
         return DeployParams(
             replicas=int(data["replicas"]),
-            health=HealthPolicy(**data["health"]),
+            health=_health(data["health"]),
             listen=(host, int(port)),
             router_kind=str(data.get("router_kind", "builtin")),
             strategy=str(data.get("strategy", "blue-green")),
@@ -92,4 +110,10 @@ class DeployParams:
             clients=ClientPolicy.from_dict(data.get("clients")),
             routes=tuple(Route.from_dict(r) for r in data.get("routes") or []),
             checks=tuple(dict(c) for c in data.get("checks") or []),
+            worker=bool(data.get("worker", False)),
         )
+
+
+def _health(data: dict[str, Any]) -> HealthPolicy:
+    command = data.get("command")
+    return HealthPolicy(**{**data, "command": tuple(command) if command is not None else None})

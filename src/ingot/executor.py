@@ -19,14 +19,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from ingot import checks, ledger
+from ingot import checks, ledger, volumes
 from ingot.artifacts import ArtifactStore
 from ingot.artifacts.store import force_rmtree
 from ingot.config_store import secret_values
 from ingot.deploy_params import DeployParams
 from ingot.diskspace import disk_full_error, is_disk_full
 from ingot.errors import IngotError, OperationFailed
-from ingot.health import Watched, WatchVerdict, wait_healthy, watch_instances
+from ingot.health import CheckContext, Watched, WatchVerdict, wait_healthy, watch_instances
 from ingot.paths import StatePaths
 from ingot.plan import Plan, Step, StrategyOptions
 from ingot.release_trust import refuse_untrusted
@@ -233,7 +233,8 @@ class Executor:
         """Watch `release`'s instances for `seconds` (None: until cancelled); raise StepFailed with the
         evidence as soon as one of them dies or fails `unhealthy_threshold` health probes in a row."""
         rows = self._passed_gate(dep, release)
-        watched = [Watched(row.id, row.host, row.port, self._exit_reason_of(row)) for row in rows]
+        watched = [Watched(row.id, row.host, row.port, self._exit_reason_of(row), self.check_context(row))
+                   for row in rows]
         verdict = await watch_instances(watched, dep.params.health, seconds, dep.control.check)
         if not verdict.stable:
             raise self._unstable(rows, verdict, span)
@@ -397,7 +398,10 @@ class Executor:
                                  project=release.project, state_dir=str(self.paths.root),
                                  env={**release_environment(release), **secrets},
                                  command=tuple(spec.get("command") or ()),
-                                 resources=Resources.from_spec(spec.get("resources")))
+                                 resources=Resources.from_spec(spec.get("resources")),
+                                 volumes=volumes.mounts(self.paths, release.project, environment, params.runtime,
+                                                        spec.get("volumes") or {}),
+                                 worker=spec.get("port") is None)
         if params.runtime == "process":
             run_dir = await asyncio.to_thread(self.artifacts.checkout, release.artifact_digest, self.paths.runs)
             return replace(common, artifact_path=run_dir)
@@ -412,7 +416,28 @@ class Executor:
             run_as_non_root=bool(security.get("run_as_non_root", True)),
             run_as_user=security.get("run_as_user"),
         )
-        return replace(common, image=release.artifact_digest, container_port=int(spec["port"]), hardening=hardening)
+        port = spec.get("port")
+        return replace(common, image=release.artifact_digest, container_port=int(port) if port is not None else None,
+                       hardening=hardening)
+
+    def check_context(self, row: InstanceRow) -> CheckContext:
+        """What a health command of `row` runs with: its INGOT_* variables and volumes, its checkout as cwd."""
+        release = self.store.get_release(row.release_id)
+        project = release.project if release is not None else ""
+        env = {"INGOT_INSTANCE": row.id, "INGOT_SERVICE": row.service, "INGOT_ENVIRONMENT": row.environment,
+               "INGOT_RELEASE": row.release_id, "INGOT_PROJECT": project}
+        if row.port:
+            env["PORT"] = str(row.port)
+        if row.runtime == "process":
+            if row.pid is not None:
+                env["INGOT_INSTANCE_PID"] = str(row.pid)
+            declared = (release.spec.get("volumes") or {}) if release is not None else {}
+            env.update(volumes.variables(volumes.mounts(self.paths, project, row.environment, "process", declared),
+                                         "process"))
+            return CheckContext(env, row.handle)
+        if row.handle:
+            env["INGOT_CONTAINER"] = row.handle
+        return CheckContext(env)
 
     async def _wait_healthy(self, dep: Deployment) -> dict[str, Any]:
         pending = [row for row in dep.started if row.state == "starting"]
@@ -436,7 +461,7 @@ class Executor:
             observed = self.runtimes.of(row).observe(row)
             return None if observed.alive else f"it exited before becoming healthy ({observed.detail})"
 
-        return await wait_healthy(row.host, row.port, params.health, still_running)
+        return await wait_healthy(row.host, row.port, params.health, still_running, self.check_context(row))
 
     async def _route(self, dep: Deployment, step: Step) -> dict[str, Any]:
         weights = dict(step.weights)

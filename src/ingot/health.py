@@ -7,11 +7,19 @@ verdict carries its evidence (probe results, exit code, last log lines).
 The watch (`watch_instances`) judges instances that already take traffic (min_ready, verification
 windows): each must keep running and keep answering its health path; it fails at the first exit or at
 `unhealthy_threshold` failed probes in a row, with the evidence.
+
+A probe is `GET health.path`, or with `health.command` that command: run on ingot's host (not inside
+the instance: a runtime has no `exec`), with the instance's INGOT_* variables (`CheckContext`), killed
+after `timeout`; exit 0 passes. A worker (`port: null`) without a command has nothing to probe: running is
+all it shows, so its gate passes once it runs, and strategy.min_ready (the settle step) is what judges it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,6 +28,10 @@ from dataclasses import dataclass, field
 import httpx
 
 from ingot.deploy_params import HealthPolicy
+from ingot.spec.models import expand_own
+
+# What a health command's output is cut to in a probe's detail.
+COMMAND_DETAIL_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -37,7 +49,49 @@ class GateVerdict:
     waited_s: float = 0.0
 
 
-async def probe(client: httpx.AsyncClient, host: str, port: int, policy: HealthPolicy) -> ProbeResult:
+@dataclass(frozen=True)
+class CheckContext:
+    """Where a health command runs for one instance: its INGOT_* variables (and INGOT_VOLUME_*), its
+    checkout as the working directory (process runtime)."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+
+
+async def command_probe(command: Sequence[str], timeout: float, context: CheckContext) -> ProbeResult:
+    """Run a health command; exit 0 within `timeout` passes. Its output's last line is the detail."""
+    started = time.perf_counter()
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "TZ") if k in os.environ} | context.env
+    argv = expand_own(command, context.env)
+    cwd = context.cwd if context.cwd and os.path.isdir(context.cwd) else None
+    try:
+        child = await asyncio.create_subprocess_exec(*argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+                                                     stdout=asyncio.subprocess.PIPE,
+                                                     stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        return ProbeResult(False, f"health command could not run: {exc}", (time.perf_counter() - started) * 1000)
+    try:
+        output, _ = await asyncio.wait_for(child.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # its own session: whatever it started goes too
+        await child.wait()
+        elapsed = (time.perf_counter() - started) * 1000
+        return ProbeResult(False, f"health command timed out after {timeout:g}s", elapsed)
+    elapsed = (time.perf_counter() - started) * 1000
+    lines = output.decode("utf-8", "replace").strip().splitlines()
+    said = f": {lines[-1][:COMMAND_DETAIL_CHARS]}" if lines else ""
+    return ProbeResult(child.returncode == 0, f"exit {child.returncode}{said}", elapsed)
+
+
+async def probe(client: httpx.AsyncClient, host: str, port: int, policy: HealthPolicy,
+                context: CheckContext | None = None) -> ProbeResult:
+    """One probe of an instance: its health command, else GET its health path; a worker without a command
+    passes (whether it runs is observed apart)."""
+    if policy.command is not None:
+        return await command_probe(policy.command, policy.timeout, context or CheckContext())
+    if not policy.http:
+        return ProbeResult(True, "running (a worker without health.command)", 0.0)
     started = time.perf_counter()
     try:
         response = await client.get(f"http://{host}:{port}{policy.path}", timeout=policy.timeout)
@@ -55,6 +109,7 @@ async def wait_healthy(
     port: int,
     policy: HealthPolicy,
     still_running: Callable[[], str | None],
+    context: CheckContext | None = None,
 ) -> GateVerdict:
     """Probe until healthy, the process dies (`still_running` returns why), or the deadline passes."""
     started = time.monotonic()
@@ -66,7 +121,10 @@ async def wait_healthy(
             died = still_running()
             if died:
                 return GateVerdict(False, died, probes[-5:], time.monotonic() - started)
-            result = await probe(client, host, port, policy)
+            if not policy.probes:
+                return GateVerdict(True, "running (no health.command: min_ready judges it)", [],
+                                   time.monotonic() - started)
+            result = await probe(client, host, port, policy, context)
             probes.append(result)
             consecutive = consecutive + 1 if result.ok else 0
             if consecutive >= policy.healthy_threshold:
@@ -99,6 +157,7 @@ class Watched:
     host: str
     port: int
     exited: Callable[[], Awaitable[str | None]]  # why it no longer runs, or None while it does
+    context: CheckContext | None = None  # for a health command
 
 
 @dataclass
@@ -132,7 +191,7 @@ async def watch_instances(instances: Sequence[Watched], policy: HealthPolicy, se
     async def keep_probing(client: httpx.AsyncClient, who: Watched) -> Watched:
         failed = 0
         while True:
-            result = await probe(client, who.host, who.port, policy)
+            result = await probe(client, who.host, who.port, policy, who.context)
             probed[0] += 1
             recent[who.name].append(result)
             failed = 0 if result.ok else failed + 1
@@ -142,7 +201,7 @@ async def watch_instances(instances: Sequence[Watched], policy: HealthPolicy, se
 
     async with httpx.AsyncClient(trust_env=False) as client:
         started = time.monotonic()
-        probers = [asyncio.create_task(keep_probing(client, who)) for who in instances]
+        probers = [asyncio.create_task(keep_probing(client, who)) for who in instances if policy.probes]
         try:
             while True:
                 check()
@@ -157,8 +216,9 @@ async def watch_instances(instances: Sequence[Watched], policy: HealthPolicy, se
                     why = await who.exited()
                     if why:
                         return verdict(False, f"stopped running ({why})", who)
+                    on = " ".join(policy.command) if policy.command is not None else policy.path
                     return verdict(False, f"failed {policy.unhealthy_threshold} health probe(s) in a row on "
-                                          f"{policy.path} (last: {recent[who.name][-1].detail})", who)
+                                          f"{on} (last: {recent[who.name][-1].detail})", who)
                 elapsed = time.monotonic() - started
                 if seconds is not None and elapsed >= seconds:
                     return verdict(True, "stayed up and healthy")

@@ -58,8 +58,11 @@ def deploy_params(service: ServiceSpec, *, self_heal: bool = True, root: Path | 
         replicas=service.replicas,
         health=HealthPolicy(path=health.path, interval=health.interval, timeout=health.timeout,
                             healthy_threshold=health.healthy_threshold, deadline=health.deadline,
-                            unhealthy_threshold=health.unhealthy_threshold),
+                            unhealthy_threshold=health.unhealthy_threshold,
+                            command=tuple(health.command) if health.command is not None else None,
+                            http=not service.worker),
         listen=service.dedicated_listen or NO_LISTENER,
+        worker=service.worker,
         routes=tuple(_route(r, root) for r in service.routes),
         router_kind=service.router.kind,
         strategy=service.strategy.type,
@@ -569,7 +572,7 @@ def plan(project: Project, environment: str, names: list[str]) -> list[dict[str,
         state = service_state(project.store, environment, name)
         target = release_id or "<new build>"
         steps = plan_for(params.strategy, state, Target(target, params.replicas),
-                         StrategyOptions.from_mapping(params.strategy_options))
+                         StrategyOptions.from_mapping(params.strategy_options), worker=params.worker)
         known = project.store.get_release(release_id) if release_id else None
         if known is not None:
             steps = oneoff.with_release_command(steps, project.store, environment, known)
@@ -644,8 +647,9 @@ def _offline_services(project: Project) -> list[dict[str, Any]]:
                               "state": row.state if alive else "exited", "health": "unknown (agent not running)",
                               "started_at": row.started_at, "runtime": row.runtime,
                               "user": fence.user_of(row.pid) if row.runtime == "process" and alive else None})
+        params = DeployParams.from_dict(activation.params)
         services.append({"environment": activation.environment, "service": activation.service,
-                         "release": activation.release_id, "url": DeployParams.from_dict(activation.params).url,
+                         "release": activation.release_id, "url": params.url, "worker": params.worker,
                          "instances": instances, "router": {"listening": False, "weights": {}, "stats": {}}})
     return services
 

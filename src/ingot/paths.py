@@ -49,6 +49,14 @@ class StatePaths:
         return self.root / "runs"
 
     @property
+    def volumes(self) -> Path:
+        """Process instances' volumes, `<project>/<environment>/<name>` below. As root, beside the runs (the
+        state directory is private, and each volume belongs to its instances' user); else in the state."""
+        if os.geteuid() == 0:
+            return runs_home() / "volumes" / state_tag(self.root)
+        return self.root / "volumes"
+
+    @property
     def keys(self) -> Path:
         return self.root / "keys"
 

@@ -320,8 +320,8 @@ def test_unknown_key_in_a_service(tmp_path: Path) -> None:
     assert only_problem(path) == (
         f"{path}:4: services.web.comand: unknown key; expected one of allow_mutable_tag, build, checks, command, "
         "config, env, health, hooks, image, irreversible, port, release_command, release_command_timeout, replicas, "
-        "resources, retention, router, routes, runtime, secrets, security, stop_timeout, strategy (did you mean "
-        "command?)"
+        "resources, retention, router, routes, runtime, secrets, security, stop_timeout, strategy, volumes (did you "
+        "mean command?)"
     )
 
 
@@ -339,7 +339,7 @@ def test_unknown_key_in_health(tmp_path: Path) -> None:
         """,
     )
     assert only_problem(path) == (
-        f"{path}:7: services.web.health.intervall: unknown key; expected one of deadline, "
+        f"{path}:7: services.web.health.intervall: unknown key; expected one of command, deadline, "
         "healthy_threshold, interval, path, timeout, unhealthy_threshold (did you mean interval?)"
     )
 

@@ -141,7 +141,8 @@ class Healer:
         assert row.pid is not None
         facts: dict[str, Any] = {}
         env = process_environment(row.pid) or {}
-        facts["env_diff"] = env_differences({**expected_env, "PORT": str(row.port)}, env)
+        ports = {"PORT": str(row.port)} if row.port else {}  # a worker has none
+        facts["env_diff"] = env_differences({**expected_env, **ports}, env)
         cwd = process_cwd(row.pid)
         if row.handle and cwd != row.handle:
             facts["actual_artifact"] = f"running from {cwd}, not from its checkout {row.handle}"
@@ -158,7 +159,7 @@ class Healer:
         policy = replace(params.health, timeout=min(params.health.timeout, 2.0))
         async with httpx.AsyncClient(trust_env=False) as client:
             for attempt in range(2):
-                result = await probe(client, row.host, row.port, policy)
+                result = await probe(client, row.host, row.port, policy, self.executor.check_context(row))
                 if result.ok:
                     return None
                 if attempt == 0:

@@ -38,6 +38,7 @@ from ingot.paths import StatePaths, private_umask
 from ingot.plan import Plan, StrategyOptions, Target, plan_for
 from ingot.rollout_control import RolloutControl
 from ingot.routers.base import Router
+from ingot.routers.none import NoRouter
 from ingot.runtimes import fence
 from ingot.runtimes.registry import Runtimes
 from ingot.spec.models import NotifySpec
@@ -135,7 +136,10 @@ class Agent:
         and a failed deploy can drop it while the old router goes on serving.
         """
         router = self.routers.get(key)
-        if router is not None and router.listen_address == params.listen:
+        if params.worker:
+            # No listener at all: a worker's router only keeps the plan's bookkeeping (see NoRouter).
+            return router if isinstance(router, NoRouter) else NoRouter()
+        if router is not None and router.listen_address == params.listen and not isinstance(router, NoRouter):
             await router.set_health(params.health.for_router())
             if isinstance(router, EdgeRouter):
                 await router.set_clients(params.clients)
@@ -372,7 +376,8 @@ class Agent:
             # Going back is always one switch to a release that served before, not a new canary; and
             # the release left behind is retired at once, not kept warm (no window, no min_ready).
             strategy, options = "blue-green", replace(options, verification=None, min_ready=None)
-        return plan_for(strategy, service_state(self.store, *key), Target(release_id, params.replicas), options)
+        return plan_for(strategy, service_state(self.store, *key), Target(release_id, params.replicas), options,
+                        worker=params.worker)
 
     async def _run_until_verifying(self, key: Key, dep: Deployment, plan: Plan,
                                    send: Send) -> tuple[asyncio.Task[None], float] | None:
@@ -516,9 +521,9 @@ class Agent:
                 "environment": key[0], "service": key[1], "release": activation.release_id,
                 "verifying": window.as_dict() if window else None,
                 "self_heal": self.self_healer.describe(activation),
-                "url": params.url, "instances": instances,
+                "url": params.url, "worker": params.worker, "instances": instances,
                 "routes": await self._routes_of(key, params),
-                "router": {"listening": router is not None,
+                "router": {"listening": router is not None and not params.worker,
                            "weights": router.weights() if router else {},
                            "backends": router.backend_health() if router else {},
                            "stats": {k: v.as_dict() for k, v in router.stats().items()} if router else {}},
@@ -546,7 +551,8 @@ class Agent:
         if not self.runtimes.of(row).observe(row).alive:
             return "exited", "not running"
         async with httpx.AsyncClient(trust_env=False) as client:
-            result = await probe(client, row.host, row.port, replace(policy, timeout=min(policy.timeout, 2.0)))
+            result = await probe(client, row.host, row.port, replace(policy, timeout=min(policy.timeout, 2.0)),
+                                 self.executor.check_context(row))
         return row.state, ("healthy" if result.ok else f"unhealthy: {result.detail}")
 
     # ---- protocol ----------------------------------------------------------------------

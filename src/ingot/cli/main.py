@@ -861,6 +861,10 @@ def _register_command_modules() -> None:
     app.add_typer(config_commands.config_app, name="config")
     app.add_typer(config_commands.secret_app, name="secret")
 
+    from ingot.cli import volume_commands
+
+    app.add_typer(volume_commands.volume_app, name="volume")
+
     from ingot.cli import watch_commands
 
     app.command("watch")(watch_commands.watch_command)

@@ -11,11 +11,21 @@ from ingot.plan.rolling import plan_rolling, proportional
 STRATEGIES = ("blue-green", "canary", "rolling")
 
 
-def plan_for(strategy: str, state: ServiceState, target: Target, options: StrategyOptions | None = None) -> Plan:
+def plan_for(strategy: str, state: ServiceState, target: Target, options: StrategyOptions | None = None, *,
+             worker: bool = False) -> Plan:
     """The plan of `strategy`; `options` carries canary steps and analysis, rolling surge limits, the
-    verification window, min_ready and the hold of a switch."""
+    verification window, min_ready and the hold of a switch. A `worker` (port: null) takes no traffic:
+    see `without_traffic`."""
     plan = _plan_for(strategy, state, target, options)
+    if worker:
+        return without_traffic(plan)
     return with_hold(plan, state, options.hold) if options is not None and options.hold else plan
+
+
+def without_traffic(plan: Plan) -> Plan:
+    """A worker's plan: nothing is in flight through a router, so nothing drains. Its `route` steps stay:
+    they are where a release becomes the live one of record, before what it replaces is stopped."""
+    return replace(plan, steps=tuple(s for s in plan.steps if s.kind not in ("drain", "drain_instances")))
 
 
 def with_hold(plan: Plan, state: ServiceState, hold: float) -> Plan:
@@ -67,4 +77,5 @@ __all__ = [
     "proportional",
     "stable_release",
     "with_hold",
+    "without_traffic",
 ]

@@ -137,12 +137,25 @@ class InstanceRequest:
     project: str = ""
     state_dir: str = ""  # which ingot owns it: two projects of one name in two places stay apart
     image: str | None = None
-    container_port: int = 8000
+    container_port: int | None = 8000  # None: a worker, nothing published and no PORT
     hardening: Hardening = Hardening()
     resources: Resources = Resources()
     # A one-off instance (`ingot run`, a release_command) run attached to the caller's terminal: the process
     # runtime gives it the caller's stdin, stdout and stderr (a TTY if they are one) instead of a log.
     attach: bool = False
+    # The service's volumes: a directory on the host (process runtime) or an engine volume (containers).
+    volumes: tuple[VolumeMount, ...] = ()
+    worker: bool = False  # port: null: no port chosen, no PORT variable
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """One named volume of an instance. `source`: the host directory (process runtime), which the instance
+    finds in INGOT_VOLUME_<NAME>; or the engine volume's name (containers), mounted at `target`."""
+
+    name: str
+    target: str
+    source: str
 
 
 @dataclass(frozen=True)

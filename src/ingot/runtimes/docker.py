@@ -30,9 +30,11 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.types import LogConfig
 from docker.utils.build import tar as context_tar
 
+from ingot import volumes
 from ingot.errors import OperationFailed, UserInputError
 from ingot.runtimes.base import LOG_BACKUPS, InstanceRequest, Observation, log_max_bytes
 from ingot.runtimes.engine import ContainerEngineUnavailable, connect_engine, is_podman
+from ingot.spec.models import expand_own
 from ingot.store import InstanceRow
 
 __all__ = ["ContainerEngineUnavailable", "ContainerFacts", "DockerRuntime", "ImageInUse", "container_name",
@@ -126,7 +128,8 @@ class DockerRuntime:
         with _engine_errors(f"{what} could not start"):
             try:
                 user = self._user_for(request, what)
-                container = self.client.containers.create(**_create_arguments(request, name, user))
+                container = self.client.containers.create(**_create_arguments(request, name, user,
+                                                                                 is_podman(self.client)))
             except NotFound as exc:
                 raise OperationFailed(
                     f"{what} could not start: image {request.image} is not in the container engine",
@@ -136,7 +139,8 @@ class DockerRuntime:
                 container.start()
                 container.reload()
                 _fail_if_exited(container, what)
-                port = _published_port(container.attrs, request.container_port)
+                port = 0 if request.container_port is None else _published_port(container.attrs,
+                                                                                 request.container_port)
             except BaseException:
                 # A container that never served must not linger with the instance's name and labels.
                 _remove_quietly(container)
@@ -479,7 +483,8 @@ def instance_env(request: InstanceRequest) -> dict[str, str]:
     env = dict(request.env)
     env.update(
         {
-            "PORT": str(request.container_port),
+            **({"PORT": str(request.container_port)} if request.container_port is not None else {}),
+            **volumes.variables(request.volumes, "docker"),
             "INGOT_RELEASE": request.release_id,
             "INGOT_SERVICE": request.service,
             "INGOT_ENVIRONMENT": request.environment,
@@ -502,21 +507,29 @@ def instance_labels(request: InstanceRequest) -> dict[str, str]:
     }
 
 
-def _create_arguments(request: InstanceRequest, name: str, user: str | None = None) -> dict[str, Any]:
+def _create_arguments(request: InstanceRequest, name: str, user: str | None = None,
+                      podman: bool = False) -> dict[str, Any]:
     hardening = request.hardening
+    env = instance_env(request)
+    # A fresh engine volume is root's: Podman's U option gives it to the container's user (Docker copies the
+    # image's ownership of the path instead, when the image has it).
+    mode = "rw,U" if podman else "rw"
     resources = request.resources
     limits = {"mem_limit": resources.memory_bytes, "nano_cpus": resources.nano_cpus,
               "cpu_shares": resources.cpu_shares, "mem_reservation": resources.memory_reservation_bytes}
     return {
         "image": request.image,
-        "command": list(request.command) or None,
+        "command": expand_own(request.command, env) or None,
         "name": name,
         "detach": True,
-        "environment": instance_env(request),
+        "environment": env,
         "labels": instance_labels(request),
         # Host port None: the engine picks a free one, read back after start. No race with other
-        # processes, unlike picking a free port first and binding it later.
-        "ports": {f"{request.container_port}/tcp": (LOCALHOST, None)},
+        # processes, unlike picking a free port first and binding it later. A worker publishes none.
+        **({"ports": {f"{request.container_port}/tcp": (LOCALHOST, None)}} if request.container_port is not None
+           else {}),
+        **({"volumes": {m.source: {"bind": m.target, "mode": mode} for m in request.volumes}}
+           if request.volumes else {}),
         "read_only": hardening.read_only,
         "tmpfs": {path: TMPFS_OPTIONS for path in hardening.tmpfs} or None,
         "security_opt": ["no-new-privileges"] if hardening.no_new_privileges else None,

@@ -148,6 +148,24 @@ def _open_dir(directory: Path, *, listable: bool = False) -> None:
         os.chmod(directory, wanted)
 
 
+def own_volume(directory: Path, identity: Identity | None) -> None:
+    """Make a volume's directory (made if missing) the instance user's alone, 0700, and the directories
+    above it up to the runs home traversable (0711, root's) as a checkout's are. Only the top is chowned:
+    what the instances wrote in it is theirs already."""
+    if identity is None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return
+    open_runs_dir(directory.parent)
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OperationFailed(f"volume {directory} is not a directory; ingot will not hand it to an instance")
+    if st.st_uid != identity.uid or st.st_gid != identity.gid:
+        os.lchown(directory, identity.uid, identity.gid)
+    os.chmod(directory, 0o700)
+
+
 def hand_over(checkout: Path, identity: Identity) -> None:
     """Make `checkout` readable by `identity`'s group only, and writable by nobody but root.
 

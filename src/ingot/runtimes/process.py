@@ -25,10 +25,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from ingot import volumes
 from ingot.errors import OperationFailed
 from ingot.paths import runs_home, state_tag
 from ingot.runtimes import fence, logpipe
 from ingot.runtimes.base import LOG_BACKUPS, InstanceRequest, Observation, log_max_bytes
+from ingot.spec.models import expand_own
 from ingot.store import InstanceRow
 
 log = logging.getLogger("ingot.agent")
@@ -84,9 +86,11 @@ class ProcessRuntime:
                 raise OperationFailed(f"instance {request.instance_id}: its user {identity.user} cannot reach its "
                                       f"checkout {request.artifact_path} (a directory above it is private)",
                                       details=[f"checkouts belong under {runs_home()}"])
-        command = resolve_command(request.command, fence.interpreter_for(identity))
+        for volume in request.volumes:
+            fence.own_volume(Path(volume.source), identity)
         # Bound as the instance's user: a port above 1024, free now (the agent's probe socket is closed).
-        port = free_port()
+        # A worker has none.
+        port = 0 if request.worker else free_port()
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         if identity is not None:
             env["HOME"] = fence.NO_HOME  # ingot's home (/root) is not its to read
@@ -95,7 +99,8 @@ class ProcessRuntime:
         env.update(request.env)
         env.update(
             {
-                "PORT": str(port),
+                **({} if request.worker else {"PORT": str(port)}),
+                **volumes.variables(request.volumes, "process"),
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "PYTHONUNBUFFERED": "1",
                 "INGOT_RELEASE": request.release_id,
@@ -106,6 +111,8 @@ class ProcessRuntime:
                 "INGOT_STATE": request.state_dir,
             }
         )
+        # ${PORT} and ingot's other variables in the arguments, now that their values are known.
+        command = resolve_command(tuple(expand_own(request.command, env)), fence.interpreter_for(identity))
         deps = request.artifact_path / ".ingot-deps"
         if deps.is_dir():
             env["PYTHONPATH"] = str(deps)

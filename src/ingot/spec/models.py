@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -220,6 +220,35 @@ Listen = Annotated[
     AfterValidator(_check_listen),
     WithJsonSchema({"type": "string", "pattern": LISTEN_PATTERN, "examples": ["127.0.0.1:8080"]}),
 ]
+# ${PORT} and ${INGOT_...} in command arguments are ingot's; other ${NAME} are left to the program.
+OWN_VARIABLE = re.compile(r"\$\{(PORT|INGOT_[A-Z0-9_]+)\}")
+INSTANCE_VARIABLES = ("INGOT_RELEASE", "INGOT_SERVICE", "INGOT_ENVIRONMENT", "INGOT_INSTANCE", "INGOT_PROJECT")
+
+
+def volume_variable(name: str) -> str:
+    """The variable that names a volume's place: INGOT_VOLUME_<NAME>, `-` as `_`."""
+    return "INGOT_VOLUME_" + name.upper().replace("-", "_")
+
+
+def instance_variables(volumes: Mapping[str, str], *, port: bool = True) -> set[str]:
+    """ingot's own variables an instance gets, which ${NAME} in its command may name."""
+    return {*INSTANCE_VARIABLES, *(["PORT"] if port else []), *(volume_variable(v) for v in volumes)}
+
+
+def expand_own(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    """`argv` with ${PORT} and ${INGOT_...} replaced by `values`; any other ${NAME} left as it is (the spec's
+    check refuses an ingot-looking name it does not know, so none is left unexpanded by mistake)."""
+    return [OWN_VARIABLE.sub(lambda m: values.get(m.group(1), m.group(0)), arg) for arg in argv]
+
+
+def _check_volume_path(value: str) -> str:
+    if not value.startswith("/") or "\0" in value or any(part == ".." for part in value.split("/")):
+        raise ValueError(f"expected an absolute path inside the instance such as /data, got {value!r}")
+    return value
+
+
+VolumeName = Name
+VolumePath = Annotated[str, AfterValidator(_check_volume_path), WithJsonSchema({"type": "string", "pattern": "^/"})]
 Command = Annotated[
     list[str] | None,
     BeforeValidator(_split_command),
@@ -277,6 +306,9 @@ class HealthSpec(_Model):
     path: Annotated[
         str, AfterValidator(_check_http_path), WithJsonSchema({"type": "string", "pattern": "^/"})
     ] = "/healthz"
+    # A command health check instead of the HTTP one (workers, `port: null`, have no HTTP to probe): run on
+    # the host with the instance's INGOT_* variables, killed after `timeout`; exit 0 is a passing probe.
+    command: Command = None
     interval: Duration = Field(default=1.0, gt=0)
     timeout: Duration = Field(default=2.0, gt=0)
     healthy_threshold: StrictInt = Field(default=2, ge=1)
@@ -286,6 +318,8 @@ class HealthSpec(_Model):
 
     @model_validator(mode="after")
     def _deadline_after_interval(self) -> HealthSpec:
+        if self.command is not None and not self.command:
+            raise _rule("command", "must not be empty; leave it out to probe `path`")
         if self.deadline <= self.interval:
             raise _rule(
                 "deadline",
@@ -617,7 +651,8 @@ class ServiceSpec(_Model):
     image: str | None = None
     runtime: Literal["process", "docker", "kubernetes"] = "process"
     command: Command = None
-    port: StrictInt = Field(default=8000, ge=1, le=65535)
+    # None: a worker, with no port, no router and no listener (a queue consumer, a scheduler).
+    port: StrictInt | None = Field(default=8000, ge=1, le=65535)
     replicas: StrictInt = Field(default=1, ge=0, le=100)
     health: HealthSpec = HealthSpec()  # frozen, so one shared default is safe
     env: EnvVars = Field(default_factory=dict)
@@ -638,12 +673,19 @@ class ServiceSpec(_Model):
     irreversible: StrictBool = False
     checks: list[CheckSpec] = Field(default_factory=list)
     hooks: HooksSpec = HooksSpec()
+    # NAME -> where the instance sees it: named, persistent, kept across replacement and rollback.
+    volumes: dict[VolumeName, VolumePath] = Field(default_factory=dict)
+
+    @property
+    def worker(self) -> bool:
+        """A service with `port: null`: no router, ready by its health command or after min_ready alive."""
+        return self.port is None
 
     @property
     def dedicated_listen(self) -> tuple[str, int] | None:
         """Where the service's own listener is: `router.listen`, its default for services without routes;
         None for a service with routes and no `router.listen` (it is served by the edge's shared ones)."""
-        if self.routes and "listen" not in self.router.model_fields_set:
+        if self.worker or (self.routes and "listen" not in self.router.model_fields_set):
             return None
         return self.router.address
 
@@ -687,6 +729,8 @@ class ServiceSpec(_Model):
                                       f"{by} has no way to park new requests at runtime: remove strategy.hold "
                                       "or use router.kind builtin"))
         found.extend(self._variable_clashes())
+        found.extend(self._worker_problems())
+        found.extend(self._command_variables())
         seen: dict[tuple[str, str], int] = {}
         for index, route in enumerate(self.routes):
             if route.key in seen:
@@ -695,6 +739,31 @@ class ServiceSpec(_Model):
                                         "each host and path needs one route"))
             seen.setdefault(route.key, index)
         return found
+
+    def _worker_problems(self) -> list[tuple[str, str]]:
+        # (On Kubernetes, workers, volumes and health.command are refused by `_kubernetes_problems`.)
+        if not self.worker:
+            return []
+        why = "port: null makes a worker, which has no router and takes no traffic"
+        if self.routes:
+            return [("routes", f"{why}: remove its routes, or give it a port")]
+        if "listen" in self.router.model_fields_set:
+            return [("router", f"{why}: remove router.listen, or give it a port")]
+        if self.strategy.type == "canary":
+            return [("strategy", f"{why}, so there is no traffic to split: use blue-green or rolling")]
+        return []
+
+    def _command_variables(self) -> list[tuple[str, str]]:
+        # Only ingot's own ${NAME} expand in command arguments; a misspelt one would reach the app verbatim.
+        known = instance_variables(self.volumes, port=not self.worker)
+        for key, argv in (("command", self.command), ("health", self.health.command)):
+            for index, arg in enumerate(argv or ()):
+                for name in OWN_VARIABLE.findall(arg):
+                    if name not in known:
+                        where = f"{key}[{index}]" if key == "command" else f"health.command[{index}]"
+                        return [(key, f"{where}: ${{{name}}} is not one of ingot's variables "
+                                      f"({', '.join(sorted(known))}); ${{NAME}} of others is left as it is")]
+        return []
 
     def _variable_clashes(self) -> list[tuple[str, str]]:
         # One variable fed from two sources would make the running value depend on merge order.
@@ -725,6 +794,9 @@ class ServiceSpec(_Model):
             "config": sorted(self.config),
             "secrets": sorted(self.secrets),
             "health": {"path": self.health.path},
+            # Only when given, as below: releases made before workers and volumes existed keep their ids.
+            **({"health_command": list(self.health.command)} if self.health.command is not None else {}),
+            **({"volumes": dict(sorted(self.volumes.items()))} if self.volumes else {}),
             "stop_timeout": self.stop_timeout,
             **({"security": self.security.release_dump()} if self.runtime != "process" else {}),
             # Only when given: releases made before `resources` existed keep their ids.
@@ -1087,6 +1159,12 @@ def _kubernetes_problems(env: str, name: str, service: ServiceSpec, override: Ma
                         f"environment {env} runs on Kubernetes ({RELATED}), which runs container images only; set "
                         "runtime: docker with build: DIR (a Containerfile) or image: repo@sha256:...",
                         related=("environments", env, "target", "kind"))]
+    for key, given in (("port", service.worker), ("volumes", bool(service.volumes)),
+                       ("health", service.health.command is not None)):
+        if given:
+            what = {"port": "workers (port: null)", "volumes": "volumes", "health": "health.command"}[key]
+            return [Problem(where(key), f"environment {env} runs on Kubernetes ({RELATED}), where {what} are not "
+                                        "available yet", related=("environments", env, "target", "kind"))]
     if service.image is not None and not re.fullmatch(IMAGE_DIGEST_PATTERN, service.image):
         return [Problem(where("image"),
                         f"environment {env} runs on Kubernetes, where every node must run the same image: pin it "

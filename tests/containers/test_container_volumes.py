@@ -1,0 +1,61 @@
+"""A named engine volume on the container runtime: mounted writable under the read-only root file system,
+the same one for every release, kept across a deploy and a rollback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker  # type: ignore[import-untyped]
+import pytest
+from docker.errors import NotFound  # type: ignore[import-untyped]
+
+from tests.support.engines import remove_project_containers
+from tests.support.harness import ExampleProject, make_container_example, poll, stop_everything
+
+# Each container notes its release in the volume (${INGOT_RELEASE} expanded by ingot), then serves.
+VOLUME_YAML = """\
+    volumes: {data: /data}
+    command: [sh, -c, "echo ${INGOT_RELEASE} >> /data/boots && exec python3 /app/app.py"]
+"""
+
+
+@pytest.fixture
+def boxed(engine: docker.DockerClient, tmp_path: Path) -> Iterator[ExampleProject]:
+    example = make_container_example(tmp_path, replicas=1, extra_service_yaml=VOLUME_YAML)
+    yield example
+    stop_everything(example)
+    remove_project_containers(engine, example.project)
+    for volume in engine.volumes.list(filters={"name": f"ingot-{example.project}-"}):
+        volume.remove(force=True)
+
+
+def boots(engine: docker.DockerClient, name: str) -> list[str]:
+    mountpoint = Path(engine.volumes.get(name).attrs["Mountpoint"])
+    return (mountpoint / "boots").read_text().split()
+
+
+def test_a_volume_is_kept_across_deploy_and_rollback(engine: docker.DockerClient, boxed: ExampleProject) -> None:
+    boxed.ingot("deploy", check=True)
+    one = boxed.get()["release"]
+    name = f"ingot-{boxed.project}-staging-data"  # the spec's first environment
+    [box] = engine.containers.list(filters={"label": f"ingot.project={boxed.project}"})
+    assert box.attrs["HostConfig"]["ReadonlyRootfs"] is True
+    assert any(m.get("Name") == name and m["Destination"] == "/data" for m in box.attrs["Mounts"])
+    assert boots(engine, name) == [one]
+
+    boxed.set_version("2")
+    boxed.ingot("deploy", check=True)
+    two = boxed.get()["release"]
+    boxed.ingot("rollback", check=True)
+    assert boxed.get()["release"] == one
+    poll(lambda: boots(engine, name) == [one, two, one], timeout=10, what="three boots in one volume")
+
+    [listed] = boxed.ingot("volume", "ls", "--env", "staging", "--json", check=True).json
+    assert listed["location"] == name and listed["runtime"] == "docker" and listed["used_by"] == [one]
+    refused = boxed.ingot("volume", "rm", "data")
+    assert refused.code == 2 and "used by the live release" in refused.err
+    boxed.ingot("down", check=True)
+    boxed.ingot("volume", "rm", "data", check=True)
+    with pytest.raises(NotFound):
+        engine.volumes.get(name)
