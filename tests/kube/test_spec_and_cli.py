@@ -53,6 +53,10 @@ def spec(services: str, environments: str = "  prod:\n" + TARGET) -> str:
          "  prod:\n" + TARGET, "services.web.resources.requests.gpu: invalid name: expected one of: cpu, memory"),
         (f"  web:\n    runtime: docker\n    image: {IMAGE}\n    security: {{run_as_non_root: false}}\n",
          "  prod:\n" + TARGET, "ingot.yaml:6: services.web.security.reason: relaxing run_as_non_root needs a reason"),
+        (f"  web:\n    runtime: docker\n    image: {IMAGE}\n    routes: [{{host: app.example.com}}]\n",
+         "  prod:\n" + TARGET, "ingot.yaml:6: services.web.routes: environment prod runs on Kubernetes "
+                               "(environments.prod.target.kind at ingot.yaml:9), where routes (host names and TLS "
+                               "are the Gateway's there: see target.gateway) are not available yet"),
     ],
 )
 def test_spec_problems_name_file_line_and_key_with_exit_2(tmp_path: Path, services: str, environments: str,

@@ -1159,10 +1159,12 @@ def _kubernetes_problems(env: str, name: str, service: ServiceSpec, override: Ma
                         f"environment {env} runs on Kubernetes ({RELATED}), which runs container images only; set "
                         "runtime: docker with build: DIR (a Containerfile) or image: repo@sha256:...",
                         related=("environments", env, "target", "kind"))]
+    # Routes are the machine edge's shared listeners; on a cluster, host names belong to its Gateway.
     for key, given in (("port", service.worker), ("volumes", bool(service.volumes)),
-                       ("health", service.health.command is not None)):
+                       ("health", service.health.command is not None), ("routes", bool(service.routes))):
         if given:
-            what = {"port": "workers (port: null)", "volumes": "volumes", "health": "health.command"}[key]
+            what = {"port": "workers (port: null)", "volumes": "volumes", "health": "health.command",
+                    "routes": "routes (host names and TLS are the Gateway's there: see target.gateway)"}[key]
             return [Problem(where(key), f"environment {env} runs on Kubernetes ({RELATED}), where {what} are not "
                                         "available yet", related=("environments", env, "target", "kind"))]
     if service.image is not None and not re.fullmatch(IMAGE_DIGEST_PATTERN, service.image):
