@@ -234,14 +234,17 @@ def test_router_address_taken_at_restart_is_reported_and_down_still_stops_everyt
     assert example.get()["version"] == "1"
 
     # The edge stops (its state stays), and its address is taken before it comes back.
+    # The agent is stopped meanwhile: its edge poll would start the edge again at once.
     edge = Path(os.environ["INGOT_EDGE_HOME"])
+    agent = example.ingot("status", "--json", check=True).json["agent"]["pid"]
+    os.kill(agent, signal.SIGSTOP)
     stop_edge(edge)
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     squatter.bind(("127.0.0.1", example.port))
     squatter.listen()
     try:
-        os.kill(example.ingot("status", "--json", check=True).json["agent"]["pid"], 9)
+        os.kill(agent, signal.SIGKILL)
 
         def recover_failure() -> dict[str, Any] | None:
             log = example.ingot("audit", "log", "--json", "--limit", "1000").json
