@@ -38,8 +38,8 @@ services:
     health: {{command: {check}, interval: 100ms, timeout: 2s, healthy_threshold: 1, deadline: 10s}}
     strategy: {{type: blue-green, min_ready: 500ms}}
 """
-# Run on ingot's host: the container it judges is named to it (INGOT_CONTAINER).
-READY = '[test, -n, "${INGOT_CONTAINER}"]'
+# Run on ingot's host, told which container it judges: it notes the container beside the spec.
+READY = '[sh, -c, "echo ${{INGOT_CONTAINER}} >> {root}/judged"]'
 
 
 def entries(example: ExampleProject, action: str) -> list[dict[str, Any]]:
@@ -97,7 +97,8 @@ def worker(engine: docker.DockerClient, tmp_path: Path) -> Iterator[ExampleProje
     remove_project_containers(engine, project.project)
 
 
-def write_worker(project: ExampleProject, version: str, check: str = READY) -> None:
+def write_worker(project: ExampleProject, version: str, check: str | None = None) -> None:
+    check = check or READY.format(root=project.root)
     (project.root / "ingot.yaml").write_text(WORKER_SPEC.format(project=project.project, version=version,
                                                                 check=check))
 
@@ -125,6 +126,8 @@ def test_a_container_worker_is_replaced_and_a_failing_health_command_keeps_the_o
     [(new_box, release)] = running(engine, worker.project).items()
     assert release == two and new_box != old_box  # the new one runs, the old one was stopped
     assert "working 2" in engine.containers.get(new_box).logs().decode()
+    judged = set((worker.root / "judged").read_text().split())
+    assert {old_box, new_box} <= judged, judged  # each release's health.command saw its own container
 
     write_worker(worker, "3", check='[sh, -c, "echo broker unreachable; exit 3"]')
     failed = worker.ingot("deploy")
