@@ -30,6 +30,9 @@ def service(**fields: Any) -> ServiceSpec:
     ({"port": None, "command": ["w", "--port=${PORT}"]}, "command", "${PORT} is not one of ingot's variables"),
     ({"command": ["w", "${INGOT_VOLUME_CACHE}"]}, "command", "${INGOT_VOLUME_CACHE} is not one"),
     ({"health": {"command": ["check", "${INGOT_NOPE}"]}}, "health", "health.command[1]: ${INGOT_NOPE}"),
+    ({"health": {"command": ["check", "${INGOT_CONTAINER}"]}}, "health", "${INGOT_CONTAINER} is not one"),
+    ({"runtime": "docker", "build": ".", "command": ["w", "${INGOT_CONTAINER}"]}, "command",
+     "${INGOT_CONTAINER} is not one"),
     ({"volumes": {"data": "data"}}, "volumes", "an absolute path inside the instance"),
     ({"volumes": {"Data": "/data"}}, "volumes", "lowercase"),
 ])
@@ -49,6 +52,13 @@ def test_a_worker_has_no_listener_and_ingot_variables_are_known() -> None:
     assert params.worker and not params.health.http and not params.health.probes
     assert params.urls == [] and params.url == "worker (no listener)"
     assert worker.release_fields()["port"] is None and worker.release_fields()["volumes"] == {"job-queue": "/q"}
+
+
+def test_a_health_command_may_name_the_instance_it_judges() -> None:
+    # Run on the host, it is told which container (or process) to look at.
+    service(runtime="docker", build=".", port=None,
+            health={"command": ["podman", "exec", "${INGOT_CONTAINER}", "true"]})
+    service(port=None, health={"command": ["kill", "-0", "${INGOT_INSTANCE_PID}"]})
 
 
 def test_parameters_and_release_fields_of_a_web_service_are_as_before() -> None:

@@ -756,13 +756,16 @@ class ServiceSpec(_Model):
     def _command_variables(self) -> list[tuple[str, str]]:
         # Only ingot's own ${NAME} expand in command arguments; a misspelt one would reach the app verbatim.
         known = instance_variables(self.volumes, port=not self.worker)
+        # A health command runs on the host, told which instance it judges (ingot.executor.check_context).
+        judged = {*known, "INGOT_CONTAINER" if self.runtime == "docker" else "INGOT_INSTANCE_PID"}
         for key, argv in (("command", self.command), ("health", self.health.command)):
+            allowed = known if key == "command" else judged
             for index, arg in enumerate(argv or ()):
                 for name in OWN_VARIABLE.findall(arg):
-                    if name not in known:
+                    if name not in allowed:
                         where = f"{key}[{index}]" if key == "command" else f"health.command[{index}]"
                         return [(key, f"{where}: ${{{name}}} is not one of ingot's variables "
-                                      f"({', '.join(sorted(known))}); ${{NAME}} of others is left as it is")]
+                                      f"({', '.join(sorted(allowed))}); ${{NAME}} of others is left as it is")]
         return []
 
     def _variable_clashes(self) -> list[tuple[str, str]]:
