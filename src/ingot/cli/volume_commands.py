@@ -50,6 +50,9 @@ def volume_ls(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -
     if as_json:
         print_json([v.as_dict() for v in found])
         return
+    if not found:
+        console.print("no volumes: a service declares them with volumes: {NAME: /path/in/instance}", markup=False)
+        return
     table = Table(box=None)
     for column in ("environment", "volume", "runtime", "services", "used by", "location"):
         table.add_column(column)
