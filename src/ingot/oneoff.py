@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -104,6 +106,7 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
         return OneOffResult(request.instance_id, code, False, round(time.monotonic() - started, 3),
                             str(request.log_path), tail[-TAIL_LINES:])
     follower = _Follower(Path(request.log_path)) if runtime_name == "process" and not request.attach else None
+    streamed = _Streamed(runtime, row, on_line, mask) if runtime_name != "process" else None
     timed_out = False
     try:
         while True:
@@ -128,12 +131,9 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
         if follower is not None and on_line is not None:
             _wait_for_logger(follower, on_line, mask)
         tail = [mask(line) for line in runtime.log_tail(row, TAIL_LINES)] if not request.attach else []
-        if runtime_name != "process":
+        if streamed is not None:
             # The engine's log goes with the container: what it wrote is kept where a process's would be.
-            whole = [mask(line) for line in runtime.log_tail(row, KEPT_LINES)]
-            _keep_log(request, whole)
-            for line in whole if on_line is not None else ():
-                on_line(line)  # type: ignore[misc]
+            _keep_log(request, streamed.rest())
         return OneOffResult(row.id, None if timed_out else seen.exit_code, timed_out,
                             round(time.monotonic() - started, 3), str(request.log_path), tail)
     finally:
@@ -175,6 +175,42 @@ class _Follower:
             lines.append(self.partial.decode("utf-8", "replace"))
             self.partial = b""
         return lines
+
+
+class _Streamed:
+    """A container one-off's output passed on live, from a thread following the engine's log, and kept
+    (its last KEPT_LINES) for the log file. Should following fail, `rest` reads the log once it has ended
+    and passes on what was not seen yet."""
+
+    def __init__(self, runtime: Any, row: Any, on_line: Callable[[str], None] | None,
+                 mask: Callable[[str], str]) -> None:
+        self.runtime, self.row, self.on_line, self.mask = runtime, row, on_line, mask
+        self.lines: deque[str] = deque(maxlen=KEPT_LINES)
+        self.seen, self.ok = 0, False
+        self.thread = threading.Thread(target=self._pump, name=f"log {row.id}", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        with contextlib.suppress(Exception):  # made up for by `rest`
+            for raw in self.runtime.follow_log(self.row):
+                self._pass(self.mask(raw))
+            self.ok = True
+
+    def _pass(self, line: str) -> None:
+        self.lines.append(line)
+        self.seen += 1
+        if self.on_line is not None:
+            self.on_line(line)
+
+    def rest(self) -> list[str]:
+        """Once the container has ended: every line kept (the stream ends with it; a bounded wait)."""
+        self.thread.join(timeout=10)
+        if not self.ok or self.thread.is_alive():
+            whole = [self.mask(line) for line in self.runtime.log_tail(self.row, KEPT_LINES)]
+            missed = whole[self.seen:] if not self.thread.is_alive() else []
+            for line in missed:
+                self._pass(line)
+        return list(self.lines)
 
 
 def _wait_for_logger(follower: _Follower, on_line: Callable[[str], None], mask: Callable[[str], str]) -> None:

@@ -265,6 +265,14 @@ class DockerRuntime:
             except NotFound:
                 return []
 
+    def follow_log(self, instance: InstanceRow) -> Iterator[str]:
+        """The container's stdout and stderr lines as it writes them, from its start until it exits (a
+        one-off's output shown live). Blocking: read it in a thread."""
+        container = self._container(instance)
+        if container is not None:
+            with _engine_errors(f"instance {instance.id}: following the container's log failed"):
+                yield from _lines(container.logs(stdout=True, stderr=True, stream=True, follow=True))
+
     # -- drift facts -----------------------------------------------------------------------------
 
     def facts(self, instance: InstanceRow) -> ContainerFacts | None:
@@ -570,18 +578,23 @@ def _last_log_lines(container: Any, lines: int, *, whole_log: bool) -> list[str]
     if not whole_log:
         raw = container.logs(stdout=True, stderr=True, tail=lines)
         return bytes(raw).decode("utf-8", "replace").splitlines()[-lines:]
-    kept: deque[str] = deque(maxlen=lines)
+    kept: deque[str] = deque(_lines(container.logs(stdout=True, stderr=True, stream=True, follow=False)),
+                             maxlen=lines)
+    return list(kept)
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Whole lines from a log stream's chunks, as each one completes."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a chunk may end mid-character too
     pending = ""
-    for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=False):
+    for chunk in chunks:
         # A chunk may end mid-line (that is what a partial write is): keep the rest for the next one.
         pending += decoder.decode(bytes(chunk))
         *complete, pending = pending.split("\n")
-        kept.extend(complete)
+        yield from complete
     pending += decoder.decode(b"", final=True)
     if pending:
-        kept.append(pending)
-    return list(kept)
+        yield pending
 
 
 def _published_port(attrs: dict[str, Any], container_port: int) -> int:
