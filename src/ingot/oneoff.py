@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -74,7 +75,7 @@ async def prepare(executor: Executor, environment: str, service: str, release: R
     instance_id = f"{service}-{release.id[:6]}-{purpose}-{uuid.uuid4().hex[:6]}"
     request = replace(template, instance_id=instance_id, command=tuple(command), state_dir="",
                       log_path=executor.paths.instance_log(environment, service, instance_id),
-                      attach=attach and runtime == "process")
+                      attach=attach and runtime == "process", stdin=attach and runtime != "process")
     secrets = tuple(template.env[name] for name in release.spec.get("secrets") or () if name in template.env)
     return OneOff(request, runtime, secrets)
 
@@ -107,6 +108,8 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
                             str(request.log_path), tail[-TAIL_LINES:])
     follower = _Follower(Path(request.log_path)) if runtime_name == "process" and not request.attach else None
     streamed = _Streamed(runtime, row, on_line, mask) if runtime_name != "process" else None
+    if request.stdin:  # a daemon: a caller's stdin that never ends must not hold this process at exit
+        threading.Thread(target=_feed, args=(runtime, row), name=f"stdin {row.id}", daemon=True).start()
     timed_out = False
     try:
         while True:
@@ -145,7 +148,7 @@ def start_detached(executor: Executor, oneoff: OneOff) -> str:
     """Start the one-off instance and leave it running on its own (`ingot run --detach`); its log path.
     Its checkout stays until it ends: the agent removes checkouts no instance runs from as it starts."""
     try:
-        executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False))
+        executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False, stdin=False))
     except BaseException:
         _cleanup(executor, oneoff.request)
         raise
@@ -175,6 +178,11 @@ class _Follower:
             lines.append(self.partial.decode("utf-8", "replace"))
             self.partial = b""
         return lines
+
+
+def _feed(runtime: Any, row: Any) -> None:
+    with contextlib.suppress(Exception):  # an instance that has already ended reads nothing more
+        runtime.feed_stdin(row, sys.stdin.fileno())
 
 
 class _Streamed:

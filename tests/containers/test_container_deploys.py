@@ -232,6 +232,11 @@ def test_release_command_and_ingot_run_in_one_off_containers(engine: docker.Dock
                 process.kill()
         assert line.strip() == "early" and process.returncode == 0, err
         assert "late" in out and time.monotonic() - early > 3, "the line came only when the command ended"
+        # The caller's stdin is the command's, to its end.
+        piped = subprocess.run([sys.executable, "-m", "ingot", "run", "web", "--", "python3", "-c",
+                                "import sys; print(sys.stdin.read().upper(), end='')"], input="piped\nin\n",
+                               cwd=example.root, env=env, text=True, capture_output=True, timeout=60)
+        assert piped.returncode == 0 and "PIPED\nIN\n" in piped.stdout, piped.stdout + piped.stderr
         # The serving container is untouched, and the one-off one is gone.
         poll(lambda: {b.id for b in containers(engine, example)} == before,  # type: ignore[attr-defined]
              timeout=20, what="only the serving container left")

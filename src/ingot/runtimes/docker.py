@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import codecs
 import math
+import os
 import re
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -272,6 +274,23 @@ class DockerRuntime:
         if container is not None:
             with _engine_errors(f"instance {instance.id}: following the container's log failed"):
                 yield from _lines(container.logs(stdout=True, stderr=True, stream=True, follow=True))
+
+    def feed_stdin(self, instance: InstanceRow, fd: int) -> None:
+        """Copy what can be read from `fd` to the container's stdin, closing it at the end of `fd`
+        (stdin_once: the command sees its end of input). Blocking: run it in a thread."""
+        container = self._container(instance)
+        if container is None:
+            return
+        with _engine_errors(f"instance {instance.id}: attaching to the container's stdin failed"):
+            attached = container.attach_socket(params={"stdin": 1, "stream": 1})
+            sock = getattr(attached, "_sock", attached)  # the SDK wraps the hijacked socket in a SocketIO
+            try:
+                while chunk := os.read(fd, 65536):
+                    sock.sendall(chunk)
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
+            finally:
+                attached.close()
 
     # -- drift facts -----------------------------------------------------------------------------
 
@@ -548,6 +567,8 @@ def _create_arguments(request: InstanceRequest, name: str, user: str | None = No
         "log_config": LogConfig(type="json-file", config={"max-size": str(log_max_bytes()),
                                                           "max-file": str(LOG_BACKUPS + 1)}),
         **({"user": user} if user is not None else {}),
+        # Not detached: the SDK then sets StdinOnce, so the command's stdin ends when the attached one does.
+        **({"stdin_open": True, "detach": False} if request.stdin else {}),
         **{key: value for key, value in limits.items() if value is not None},
     }
 
