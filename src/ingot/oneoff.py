@@ -15,8 +15,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -72,7 +75,7 @@ async def prepare(executor: Executor, environment: str, service: str, release: R
     instance_id = f"{service}-{release.id[:6]}-{purpose}-{uuid.uuid4().hex[:6]}"
     request = replace(template, instance_id=instance_id, command=tuple(command), state_dir="",
                       log_path=executor.paths.instance_log(environment, service, instance_id),
-                      attach=attach and runtime == "process")
+                      attach=attach and runtime == "process", stdin=attach and runtime != "process")
     secrets = tuple(template.env[name] for name in release.spec.get("secrets") or () if name in template.env)
     return OneOff(request, runtime, secrets)
 
@@ -104,6 +107,9 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
         return OneOffResult(request.instance_id, code, False, round(time.monotonic() - started, 3),
                             str(request.log_path), tail[-TAIL_LINES:])
     follower = _Follower(Path(request.log_path)) if runtime_name == "process" and not request.attach else None
+    streamed = _Streamed(runtime, row, on_line, mask) if runtime_name != "process" else None
+    if request.stdin:  # a daemon: a caller's stdin that never ends must not hold this process at exit
+        threading.Thread(target=_feed, args=(runtime, row), name=f"stdin {row.id}", daemon=True).start()
     timed_out = False
     try:
         while True:
@@ -128,12 +134,9 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
         if follower is not None and on_line is not None:
             _wait_for_logger(follower, on_line, mask)
         tail = [mask(line) for line in runtime.log_tail(row, TAIL_LINES)] if not request.attach else []
-        if runtime_name != "process":
+        if streamed is not None:
             # The engine's log goes with the container: what it wrote is kept where a process's would be.
-            whole = [mask(line) for line in runtime.log_tail(row, KEPT_LINES)]
-            _keep_log(request, whole)
-            for line in whole if on_line is not None else ():
-                on_line(line)  # type: ignore[misc]
+            _keep_log(request, streamed.rest())
         return OneOffResult(row.id, None if timed_out else seen.exit_code, timed_out,
                             round(time.monotonic() - started, 3), str(request.log_path), tail)
     finally:
@@ -145,7 +148,7 @@ def start_detached(executor: Executor, oneoff: OneOff) -> str:
     """Start the one-off instance and leave it running on its own (`ingot run --detach`); its log path.
     Its checkout stays until it ends: the agent removes checkouts no instance runs from as it starts."""
     try:
-        executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False))
+        executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False, stdin=False))
     except BaseException:
         _cleanup(executor, oneoff.request)
         raise
@@ -175,6 +178,47 @@ class _Follower:
             lines.append(self.partial.decode("utf-8", "replace"))
             self.partial = b""
         return lines
+
+
+def _feed(runtime: Any, row: Any) -> None:
+    with contextlib.suppress(Exception):  # an instance that has already ended reads nothing more
+        runtime.feed_stdin(row, sys.stdin.fileno())
+
+
+class _Streamed:
+    """A container one-off's output passed on live, from a thread following the engine's log, and kept
+    (its last KEPT_LINES) for the log file. Should following fail, `rest` reads the log once it has ended
+    and passes on what was not seen yet."""
+
+    def __init__(self, runtime: Any, row: Any, on_line: Callable[[str], None] | None,
+                 mask: Callable[[str], str]) -> None:
+        self.runtime, self.row, self.on_line, self.mask = runtime, row, on_line, mask
+        self.lines: deque[str] = deque(maxlen=KEPT_LINES)
+        self.seen, self.ok = 0, False
+        self.thread = threading.Thread(target=self._pump, name=f"log {row.id}", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        with contextlib.suppress(Exception):  # made up for by `rest`
+            for raw in self.runtime.follow_log(self.row):
+                self._pass(self.mask(raw))
+            self.ok = True
+
+    def _pass(self, line: str) -> None:
+        self.lines.append(line)
+        self.seen += 1
+        if self.on_line is not None:
+            self.on_line(line)
+
+    def rest(self) -> list[str]:
+        """Once the container has ended: every line kept (the stream ends with it; a bounded wait)."""
+        self.thread.join(timeout=10)
+        if not self.ok or self.thread.is_alive():
+            whole = [self.mask(line) for line in self.runtime.log_tail(self.row, KEPT_LINES)]
+            missed = whole[self.seen:] if not self.thread.is_alive() else []
+            for line in missed:
+                self._pass(line)
+        return list(self.lines)
 
 
 def _wait_for_logger(follower: _Follower, on_line: Callable[[str], None], mask: Callable[[str], str]) -> None:

@@ -370,7 +370,7 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
     with locks.hold(project.store, environment, "rollback", current_actor()) as lock:
         # Chosen under the lock: an operation that was running may have changed what is live.
         target = rollback_target(project, environment, name, to)
-        _check_reversible(project, environment, name, target, force)
+        check_reversible(project, environment, name, target, force)
         config_store.check_secrets_for(target, environment)
         if not build_release.artifact_available(project.artifacts, target):
             raise OperationFailed(f"release {target.id} cannot be restored: its artifact "
@@ -379,7 +379,7 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
                        rerun_release_command)
 
 
-def _check_reversible(project: Project, environment: str, name: str, target: ReleaseRow, force: bool) -> None:
+def check_reversible(project: Project, environment: str, name: str, target: ReleaseRow, force: bool) -> None:
     """A rollback to `target` across a release marked irreversible is refused, unless forced (recorded)."""
     blockers = oneoff.irreversible_between(project.store, environment, target)
     if not blockers:

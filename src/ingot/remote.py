@@ -63,19 +63,25 @@ class Remote:
 
     # Deploy, rollback and promote start an operation on the server (202) and follow its event stream.
     def deploy(self, environment: str | None, service: str | None, progress: Progress | None = None,
-               on_start: OnStart | None = None) -> list[DeployOutcome]:
-        started = self._call("POST", f"{API}/deploy", json={"environment": environment, "service": service})
+               on_start: OnStart | None = None, *, irreversible: bool = False) -> list[DeployOutcome]:
+        started = self._call("POST", f"{API}/deploy", json={"environment": environment, "service": service,
+                                                             "irreversible": irreversible})
         return self._until_done(started, progress, on_start)
 
     def rollback(self, environment: str | None, service: str | None, to: str | None,
-                 progress: Progress | None = None, on_start: OnStart | None = None) -> list[DeployOutcome]:
-        started = self._call("POST", f"{API}/rollback", json={"environment": environment, "service": service, "to": to})
+                 progress: Progress | None = None, on_start: OnStart | None = None, *, force: bool = False,
+                 rerun_release_command: bool = False) -> list[DeployOutcome]:
+        started = self._call("POST", f"{API}/rollback", json={
+            "environment": environment, "service": service, "to": to, "force": force,
+            "rerun_release_command": rerun_release_command})
         return self._until_done(started, progress, on_start)
 
     def promote(self, source: str, target: str, service: str | None, force: bool,
-                progress: Progress | None = None, on_start: OnStart | None = None) -> list[DeployOutcome]:
+                progress: Progress | None = None, on_start: OnStart | None = None, *,
+                rerun_release_command: bool = False) -> list[DeployOutcome]:
         started = self._call("POST", f"{API}/promote",
-                             json={"source": source, "target": target, "service": service, "force": force})
+                             json={"source": source, "target": target, "service": service, "force": force,
+                                   "rerun_release_command": rerun_release_command})
         return self._until_done(started, progress, on_start)
 
     def operation(self, operation_id: str) -> dict[str, Any]:

@@ -193,3 +193,30 @@ def test_ctrl_c_detaches_from_a_remote_deploy_and_follow_picks_it_up(
     assert f"release {example.get()['release']} is live at" in followed.out
     with server.client() as client:
         assert client.get(f"/api/v1/operations/{operation}").json()["state"] == "succeeded"
+
+
+def test_remote_irreversible_deploy_refuses_a_rollback_past_it_unless_forced(
+        served: tuple[ExampleProject, Served], tmp_path: Path) -> None:
+    example, server = served
+    before = example.get()["release"]
+    example.set_version("5")
+    deployed = remote_ingot(example, server, tmp_path, "deploy", "--irreversible")
+    assert deployed.code == 0, deployed.err
+    marked = example.get()["release"]
+    assert marked != before
+    with server.client() as client:  # refused at once (400), before any operation starts
+        refused = client.post("/api/v1/rollback", json={"to": before})
+        assert refused.status_code == 400 and f"past irreversible release {marked}" in refused.json()["error"]
+    cli = remote_ingot(example, server, tmp_path, "rollback", "--to", before)
+    assert cli.code == 2, cli.out + cli.err
+    assert f"past irreversible release {marked}" in cli.err and "deployed with --irreversible" in cli.err
+    assert "Traceback" not in cli.err and example.get()["release"] == marked
+    forced = remote_ingot(example, server, tmp_path, "rollback", "--to", before, "--force",
+                          "--rerun-release-command", "--json")
+    assert forced.code == 0, forced.err
+    assert example.get()["release"] == before
+    with server.client() as client:
+        log = client.get("/api/v1/ledger", params={"tail": "true", "limit": 50}).json()["entries"]
+    [entry] = [e for e in log if e["action"] == "rollback.forced"]
+    assert entry["subject"] == before and entry["payload"]["past_irreversible"] == [marked]
+    assert entry["actor"] == "default (api)"

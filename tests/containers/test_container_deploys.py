@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,6 +214,29 @@ def test_release_command_and_ingot_run_in_one_off_containers(engine: docker.Dock
         ran = example.ingot("run", "web", "--", "python3", "-c",
                             "import os, sys; print('hi from', os.environ['INGOT_RELEASE']); sys.exit(5)")
         assert ran.code == 5 and f"hi from {live}" in ran.out, ran.out + ran.err
+        # Its output is shown as it is written, not once the command has ended.
+        env = {**os.environ, "INGOT_ACTOR": "tester@ci", **example.env}
+        env.pop("INGOT_HOME", None)
+        script = "import time; print('early', flush=True); time.sleep(5); print('late')"
+        process = subprocess.Popen([sys.executable, "-m", "ingot", "run", "web", "--", "python3", "-c", script],
+                                   cwd=example.root, env=env, text=True, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        try:
+            assert process.stdout is not None
+            while (line := process.stdout.readline()) and line.strip() != "early":
+                pass
+            early = time.monotonic()
+            out, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert line.strip() == "early" and process.returncode == 0, err
+        assert "late" in out and time.monotonic() - early > 3, "the line came only when the command ended"
+        # The caller's stdin is the command's, to its end.
+        piped = subprocess.run([sys.executable, "-m", "ingot", "run", "web", "--", "python3", "-c",
+                                "import sys; print(sys.stdin.read().upper(), end='')"], input="piped\nin\n",
+                               cwd=example.root, env=env, text=True, capture_output=True, timeout=60)
+        assert piped.returncode == 0 and "PIPED\nIN\n" in piped.stdout, piped.stdout + piped.stderr
         # The serving container is untouched, and the one-off one is gone.
         poll(lambda: {b.id for b in containers(engine, example)} == before,  # type: ignore[attr-defined]
              timeout=20, what="only the serving container left")

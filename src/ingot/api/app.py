@@ -76,12 +76,15 @@ class _Body(BaseModel):
 class DeployBody(_Body):
     environment: str | None = None
     service: str | None = None
+    irreversible: bool = False  # mark the releases deployed as not safe to roll back past
 
 
 class RollbackBody(_Body):
     environment: str | None = None
     service: str | None = None
     to: str | None = None
+    force: bool = False  # past a release marked irreversible (recorded in the ledger)
+    rerun_release_command: bool = False
 
 
 class PromoteBody(_Body):
@@ -89,6 +92,7 @@ class PromoteBody(_Body):
     target: str
     service: str | None = None
     force: bool = False
+    rerun_release_command: bool = False
 
 
 class ControlBody(_Body):
@@ -225,7 +229,7 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
         names = project.services(body.service)
         locks.refuse_if_busy(project.store, env)  # 409 now rather than an operation that fails at once
         return started(ops.start("deploy", env, names, current_actor(), lambda on_event, on_output: operations.deploy(
-            project, env, names, on_event=on_event, on_output=on_output)))
+            project, env, names, on_event=on_event, on_output=on_output, irreversible=body.irreversible)))
 
     @app.post(f"{api}/rollback", dependencies=[Auth], status_code=202)
     def rollback(body: RollbackBody) -> JSONResponse:
@@ -235,11 +239,15 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
         if body.to and len(names) > 1:
             raise UserInputError("'to' needs 'service' when the spec has several services")
         locks.refuse_if_busy(project.store, env)
-        for name in names:  # as operations.rollback does: a bad target is refused at once
-            operations.rollback_target(project, env, name, body.to)
+        for name in names:  # as operations.rollback does: a bad target is refused at once, so is one past an
+            # irreversible release unless forced (checked again under the lock, where --force is recorded)
+            target = operations.rollback_target(project, env, name, body.to)
+            if not body.force:
+                operations.check_reversible(project, env, name, target, force=False)
 
         def work(on_event: OnEvent, _on_output: OnOutput) -> list[operations.DeployOutcome]:
-            return [operations.rollback(project, env, name, body.to, on_event=on_event) for name in names]
+            return [operations.rollback(project, env, name, body.to, on_event=on_event, force=body.force,
+                                        rerun_release_command=body.rerun_release_command) for name in names]
         return started(ops.start("rollback", env, names, current_actor(), work))
 
     @app.post(f"{api}/promote", dependencies=[Auth], status_code=202)
@@ -253,7 +261,8 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
         locks.refuse_if_busy(project.store, target_env)
         return started(ops.start("promote", target_env, names, current_actor(), lambda on_event, _on_output:
                                  operations.promote(project, source_env, target_env, names, force=body.force,
-                                                    on_event=on_event)))
+                                                    on_event=on_event,
+                                                    rerun_release_command=body.rerun_release_command)))
 
     @app.get(f"{api}/operations/{{operation_id}}", dependencies=[Auth])
     def operation(operation_id: str) -> dict[str, Any]:

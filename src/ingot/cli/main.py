@@ -187,13 +187,9 @@ def deploy(file: SpecFile = None, env: Env = None, service: Service = None,
            as_json: AsJson = False) -> None:
     """Build, release and deploy: fresh instances, health gate, traffic switch, drain, retire the old."""
     remote = remote_server()
-    if remote is not None and irreversible:
-        errors.print("error: --irreversible is not available with --server yet; mark the service "
-                     "irreversible: true in the spec instead")
-        raise typer.Exit(2)
     if remote is not None:
         outcomes = followed(remote, as_json, lambda progress, started: remote.deploy(
-            env_name(env), service, progress, started))
+            env_name(env), service, progress, started, irreversible=irreversible))
     else:
         project = project_for(file)
         environment = guarded(lambda: project.environment(env_name(env)))
@@ -292,12 +288,9 @@ def rollback(file: SpecFile = None, env: Env = None, service: Service = None,
              as_json: AsJson = False) -> None:
     """Go back to the previous release (or --to any earlier one), through the same health gate."""
     remote = remote_server()
-    if remote is not None and (force or rerun):
-        errors.print("error: --force and --rerun-release-command are not available with --server yet")
-        raise typer.Exit(2)
     if remote is not None:
         _print_rollbacks(followed(remote, as_json, lambda progress, started: remote.rollback(
-            env_name(env), service, to, progress, started)), as_json)
+            env_name(env), service, to, progress, started, force=force, rerun_release_command=rerun)), as_json)
         return
     project = project_for(file)
     environment = guarded(lambda: project.environment(env_name(env)))
@@ -342,13 +335,10 @@ def promote(source: Annotated[str, typer.Option("--from", help="Environment whos
             as_json: AsJson = False) -> None:
     """Deploy to one environment exactly the artifact live in another, with the target's own config."""
     remote = remote_server()
-    if remote is not None and rerun:
-        errors.print("error: --rerun-release-command is not available with --server yet")
-        raise typer.Exit(2)
     if remote is not None:
         source_env, target_env = source, target
         outcomes = followed(remote, as_json, lambda progress, started: remote.promote(
-            source, target, service, force, progress, started))
+            source, target, service, force, progress, started, rerun_release_command=rerun))
     else:
         project = project_for(file)
         source_env = guarded(lambda: project.environment(source))

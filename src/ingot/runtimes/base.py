@@ -143,6 +143,9 @@ class InstanceRequest:
     # A one-off instance (`ingot run`, a release_command) run attached to the caller's terminal: the process
     # runtime gives it the caller's stdin, stdout and stderr (a TTY if they are one) instead of a log.
     attach: bool = False
+    # A container one-off of `ingot run`: created with stdin open, the caller's stdin fed to it (`feed_stdin`)
+    # and closed at its end, so `ingot run web -- cmd < file` works there too.
+    stdin: bool = False
     # The service's volumes: a directory on the host (process runtime) or an engine volume (containers).
     volumes: tuple[VolumeMount, ...] = ()
     worker: bool = False  # port: null: no port chosen, no PORT variable

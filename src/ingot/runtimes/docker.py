@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import codecs
 import math
+import os
 import re
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -264,6 +266,31 @@ class DockerRuntime:
                 return _last_log_lines(container, lines, whole_log=is_podman(self.client))
             except NotFound:
                 return []
+
+    def follow_log(self, instance: InstanceRow) -> Iterator[str]:
+        """The container's stdout and stderr lines as it writes them, from its start until it exits (a
+        one-off's output shown live). Blocking: read it in a thread."""
+        container = self._container(instance)
+        if container is not None:
+            with _engine_errors(f"instance {instance.id}: following the container's log failed"):
+                yield from _lines(container.logs(stdout=True, stderr=True, stream=True, follow=True))
+
+    def feed_stdin(self, instance: InstanceRow, fd: int) -> None:
+        """Copy what can be read from `fd` to the container's stdin, closing it at the end of `fd`
+        (stdin_once: the command sees its end of input). Blocking: run it in a thread."""
+        container = self._container(instance)
+        if container is None:
+            return
+        with _engine_errors(f"instance {instance.id}: attaching to the container's stdin failed"):
+            attached = container.attach_socket(params={"stdin": 1, "stream": 1})
+            sock = getattr(attached, "_sock", attached)  # the SDK wraps the hijacked socket in a SocketIO
+            try:
+                while chunk := os.read(fd, 65536):
+                    sock.sendall(chunk)
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
+            finally:
+                attached.close()
 
     # -- drift facts -----------------------------------------------------------------------------
 
@@ -540,6 +567,8 @@ def _create_arguments(request: InstanceRequest, name: str, user: str | None = No
         "log_config": LogConfig(type="json-file", config={"max-size": str(log_max_bytes()),
                                                           "max-file": str(LOG_BACKUPS + 1)}),
         **({"user": user} if user is not None else {}),
+        # Not detached: the SDK then sets StdinOnce, so the command's stdin ends when the attached one does.
+        **({"stdin_open": True, "detach": False} if request.stdin else {}),
         **{key: value for key, value in limits.items() if value is not None},
     }
 
@@ -570,18 +599,23 @@ def _last_log_lines(container: Any, lines: int, *, whole_log: bool) -> list[str]
     if not whole_log:
         raw = container.logs(stdout=True, stderr=True, tail=lines)
         return bytes(raw).decode("utf-8", "replace").splitlines()[-lines:]
-    kept: deque[str] = deque(maxlen=lines)
+    kept: deque[str] = deque(_lines(container.logs(stdout=True, stderr=True, stream=True, follow=False)),
+                             maxlen=lines)
+    return list(kept)
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Whole lines from a log stream's chunks, as each one completes."""
     decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a chunk may end mid-character too
     pending = ""
-    for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=False):
+    for chunk in chunks:
         # A chunk may end mid-line (that is what a partial write is): keep the rest for the next one.
         pending += decoder.decode(bytes(chunk))
         *complete, pending = pending.split("\n")
-        kept.extend(complete)
+        yield from complete
     pending += decoder.decode(b"", final=True)
     if pending:
-        kept.append(pending)
-    return list(kept)
+        yield pending
 
 
 def _published_port(attrs: dict[str, Any], container_port: int) -> int:
