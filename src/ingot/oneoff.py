@@ -73,7 +73,7 @@ async def prepare(executor: Executor, environment: str, service: str, release: R
     params = DeployParams(replicas=0, health=HealthPolicy(), listen=("", 0), runtime=runtime)
     template = await executor.request_template(environment, service, release, params)
     instance_id = f"{service}-{release.id[:6]}-{purpose}-{uuid.uuid4().hex[:6]}"
-    request = replace(template, instance_id=instance_id, command=tuple(command), state_dir="",
+    request = replace(template, instance_id=instance_id, command=tuple(command), state_dir="", oneoff=True,
                       log_path=executor.paths.instance_log(environment, service, instance_id),
                       attach=attach and runtime == "process", stdin=attach and runtime != "process")
     secrets = tuple(template.env[name] for name in release.spec.get("secrets") or () if name in template.env)

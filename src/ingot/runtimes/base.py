@@ -146,6 +146,8 @@ class InstanceRequest:
     # A container one-off of `ingot run`: created with stdin open, the caller's stdin fed to it (`feed_stdin`)
     # and closed at its end, so `ingot run web -- cmd < file` works there too.
     stdin: bool = False
+    # `ingot run` or a release_command: no instance row, so drift and self-heal must leave it alone.
+    oneoff: bool = False
     # The service's volumes: a directory on the host (process runtime) or an engine volume (containers).
     volumes: tuple[VolumeMount, ...] = ()
     worker: bool = False  # port: null: no port chosen, no PORT variable

@@ -529,8 +529,9 @@ def instance_labels(request: InstanceRequest) -> dict[str, str]:
         "ingot.service": request.service,
         "ingot.release": request.release_id,
         "ingot.instance": request.instance_id,
-        # A one-off instance (ingot.oneoff) carries no state label: drift and self-heal leave it alone.
-        **({"ingot.state": request.state_dir} if request.state_dir else {"ingot.oneoff": "1"}),
+        **({"ingot.state": request.state_dir} if request.state_dir else {}),
+        # A one-off instance (ingot.oneoff) carries no state label either: drift and self-heal leave it alone.
+        **({"ingot.oneoff": "1"} if request.oneoff else {}),
     }
 
 
