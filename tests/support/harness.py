@@ -264,12 +264,21 @@ def break_app(example: ExampleProject, body: str) -> None:
 HEALTHY_ANSWER = '            self._send(200, b"ok\\n", "text/plain")\n            return\n'
 
 
+WRITES = "        self.end_headers()\n        self.wfile.write(body)\n"
+WRITES_LOCKED = "        with WRITING:\n            self.end_headers()\n            self.wfile.write(body)\n"
+MAIN = "def main() -> None:"
+
+
 def exit_after_first_health_check(example: ExampleProject, seconds: float, stagger: Path | None = None) -> None:
     """Each instance passes its health gate, then exits (code 3, after printing "giving up") `seconds`
     after its first health check. With `stagger` (a directory), the instances exit one second apart in
-    the order they were first probed, as instances of a bad release rarely die in the same millisecond."""
+    the order they were first probed, as instances of a bad release rarely die in the same millisecond.
+    They exit between two responses, never in the middle of one: a response cut halfway is lost on any
+    router (its head is already with the client), which is not what the tests of this prove."""
     app = example.root / "app.py"
-    assert HEALTHY_ANSWER in app.read_text()
+    source = app.read_text()
+    assert HEALTHY_ANSWER in source and WRITES in source and MAIN in source
+    app.write_text(source.replace(WRITES, WRITES_LOCKED).replace(MAIN, "WRITING = threading.Lock()\n\n\n" + MAIN))
     order = ""
     if stagger is not None:
         stagger.mkdir(parents=True, exist_ok=True)
@@ -290,7 +299,8 @@ def exit_after_first_health_check(example: ExampleProject, seconds: float, stagg
         '                Handler.doomed = True\n'
         f'                delay = {seconds!r}\n'
         f'{order}'
-        '                threading.Timer(delay, lambda: (print("giving up", flush=True), os._exit(3))).start()\n'
+        '                threading.Timer(delay, lambda: (WRITING.acquire(), print("giving up", flush=True), '
+        'os._exit(3))).start()\n'
         '            return\n')))
 
 
