@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from ingot import config_ops
+from ingot.cli.options import AsJson, Env, SpecFile, main_module
 from ingot.cli.output import console, errors, print_json, when
 from ingot.config_store import ConfigEntry, SecretEntry
 from ingot.errors import UserInputError
@@ -25,19 +25,12 @@ config_app = typer.Typer(help="Config values per environment: versioned, snapsho
 secret_app = typer.Typer(help="Secrets per environment: encrypted at rest, passed to instances, never shown.",
                          no_args_is_help=True)
 
-SpecFile = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")]
-Env = Annotated[str | None, typer.Option("--env", "-e", help="Environment (default: the spec's first).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _cli() -> ModuleType:
-    from ingot.cli import main  # main registers this module's apps, so it is imported lazily
-
-    return main
 
 
 def _target(file: Path | None, env: str | None) -> tuple[Project, str]:
-    cli = _cli()
+    cli = main_module()
     if cli._global.get("server"):
         errors.print("error: ingot config and ingot secret work on the local state only; run them where the "
                      "state is (without --server)", markup=False)
@@ -55,7 +48,7 @@ def config_set(key: Annotated[str, typer.Argument(help="Variable name, e.g. FEAT
                file: SpecFile = None, env: Env = None) -> None:
     """Set a config value in an environment: a new version; the next deploy makes a release with it."""
     project, environment = _target(file, env)
-    entry = _cli().guarded(lambda: config_ops.set_config(project, environment, key, value))
+    entry = main_module().guarded(lambda: config_ops.set_config(project, environment, key, value))
     console.print(f"{environment}: {entry.key} version {entry.version} set; services listing it get it as a new "
                   "release on their next deploy", markup=False)
 
@@ -65,7 +58,7 @@ def config_get(key: Annotated[str, typer.Argument(help="Variable name.")],
                file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Print a config value (the newest version) of an environment."""
     project, environment = _target(file, env)
-    entry = _cli().guarded(lambda: config_ops.get_config(project, environment, key))
+    entry = main_module().guarded(lambda: config_ops.get_config(project, environment, key))
     if as_json:
         print_json(entry.as_dict())
         return
@@ -76,7 +69,7 @@ def config_get(key: Annotated[str, typer.Argument(help="Variable name.")],
 def config_list(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Every config key of an environment with its newest value, version, who and when."""
     project, environment = _target(file, env)
-    entries = _cli().guarded(lambda: config_ops.list_config(project, environment))
+    entries = main_module().guarded(lambda: config_ops.list_config(project, environment))
     _print_config(entries, as_json, f"no config values in {environment} yet")
 
 
@@ -85,7 +78,7 @@ def config_history(key: Annotated[str | None, typer.Argument(help="Only this key
                    file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Every version of the config values of an environment (or of one key), newest first."""
     project, environment = _target(file, env)
-    entries = _cli().guarded(lambda: config_ops.config_history(project, environment, key))
+    entries = main_module().guarded(lambda: config_ops.config_history(project, environment, key))
     _print_config(entries, as_json, f"no config versions in {environment}" + (f" for {key}" if key else ""))
 
 
@@ -112,7 +105,7 @@ def secret_set(name: Annotated[str, typer.Argument(help="Variable name, e.g. API
                file: SpecFile = None, env: Env = None) -> None:
     """Set a secret in an environment, from stdin, --from-file or a hidden prompt (never an argument)."""
     project, environment = _target(file, env)
-    cli = _cli()
+    cli = main_module()
     value = cli.guarded(lambda: _read_secret(name, from_file))
     entry = cli.guarded(lambda: config_ops.set_secret(project, environment, name, value))
     console.print(f"{environment}: secret {entry.name} version {entry.version} set (encrypted with key "
@@ -143,7 +136,7 @@ def _read_secret(name: str, from_file: Path | None) -> str:
 def secret_list(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Every secret of an environment: name, newest version, set or removed, who and when (never a value)."""
     project, environment = _target(file, env)
-    entries = _cli().guarded(lambda: config_ops.list_secrets(project, environment))
+    entries = main_module().guarded(lambda: config_ops.list_secrets(project, environment))
     _print_secrets(entries, as_json, f"no secrets in {environment} yet")
 
 
@@ -152,7 +145,7 @@ def secret_history(name: Annotated[str | None, typer.Argument(help="Only this se
                    file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """Every version and removal of the secrets of an environment (or of one), newest first."""
     project, environment = _target(file, env)
-    entries = _cli().guarded(lambda: config_ops.secret_history(project, environment, name))
+    entries = main_module().guarded(lambda: config_ops.secret_history(project, environment, name))
     _print_secrets(entries, as_json, f"no secret versions in {environment}" + (f" for {name}" if name else ""))
 
 
@@ -161,7 +154,7 @@ def secret_rm(name: Annotated[str, typer.Argument(help="Secret name.")],
               file: SpecFile = None, env: Env = None) -> None:
     """Remove a secret: new releases can no longer use it; releases made before keep their version."""
     project, environment = _target(file, env)
-    entry = _cli().guarded(lambda: config_ops.remove_secret(project, environment, name))
+    entry = main_module().guarded(lambda: config_ops.remove_secret(project, environment, name))
     console.print(f"{environment}: secret {entry.name} removed (version {entry.version}); a deploy of a service "
                   "listing it is refused until it is set again; earlier releases keep their version for "
                   "rollback", markup=False)

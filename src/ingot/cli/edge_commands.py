@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
+from ingot.cli.options import SpecFile
 from ingot.cli.output import console, errors, print_json
 
 edge_app = typer.Typer(help="The edge: this machine's data plane, serving every project's routers.",
                        no_args_is_help=True)
-SpecFile = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")]
 
 
 @edge_app.command("status")

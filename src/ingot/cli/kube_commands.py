@@ -8,10 +8,9 @@ from typing import Annotated
 
 import typer
 
+from ingot.cli.options import Env, SpecFile
 from ingot.cli.output import console, errors
 
-SpecFile = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")]
-Env = Annotated[str | None, typer.Option("--env", "-e", help="Environment (default: the spec's first).")]
 Service = Annotated[str | None, typer.Option("--service", "-s", help="Only this service.")]
 
 kube_app = typer.Typer(help="Kubernetes environments (target: {kind: kubernetes}).", no_args_is_help=True)

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ingot import __version__, build_release, ledger, operations
+from ingot.cli.options import AsJson, Env, SpecFile
 from ingot.cli.output import Progress, console, errors, pinned_note, print_json, short, when
 from ingot.diskspace import disk_full_error, is_disk_full
 from ingot.errors import IngotError, UserInputError
@@ -34,9 +35,6 @@ app = typer.Typer(
 audit_app = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-SpecFile = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")]
-Env = Annotated[str | None, typer.Option("--env", "-e", help="Environment (default: the spec's first).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Service = Annotated[str | None, typer.Option("--service", "-s", help="Only this service.")]
 
 # Options given before the command (`ingot -f x.yaml --env prod deploy`) apply when the command's own

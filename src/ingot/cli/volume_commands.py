@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated
 
 import typer
@@ -11,25 +10,19 @@ from rich.table import Table
 
 from ingot import volumes
 from ingot.actor import current_actor
+from ingot.cli.options import AsJson, Env, SpecFile, main_module
 from ingot.cli.output import console, errors, print_json
 from ingot.project import Project
 
 volume_app = typer.Typer(help="Named volumes: persistent per environment, kept across deploys and rollbacks.",
                          no_args_is_help=True)
 
-SpecFile = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")]
-Env = Annotated[str | None, typer.Option("--env", "-e", help="Environment (default: the spec's first).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _cli() -> ModuleType:
-    from ingot.cli import main  # main registers this module's app, so it is imported lazily
-
-    return main
 
 
 def _project(file: Path | None) -> Project:
-    cli = _cli()
+    cli = main_module()
     if cli._global.get("server"):
         errors.print("error: ingot volume works on the local state only; run it where the state is "
                      "(without --server)", markup=False)
@@ -41,7 +34,7 @@ def _project(file: Path | None) -> Project:
 @volume_app.command("ls")
 def volume_ls(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
     """The volumes of every environment (or one): where each is, which services declare it, what uses it."""
-    cli = _cli()
+    cli = main_module()
     project = _project(file)
     environment = cli.env_name(env)
     if environment is not None:
@@ -67,7 +60,7 @@ def volume_ls(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -
 def volume_rm(name: Annotated[str, typer.Argument(help="The volume's name.")], file: SpecFile = None,
               env: Env = None) -> None:
     """Delete a volume and its data; refused while a live release uses it."""
-    cli = _cli()
+    cli = main_module()
     project = _project(file)
     environment = cli.guarded(lambda: project.environment(cli.env_name(env)))
     info = cli.guarded(lambda: volumes.remove_volume(project, environment, name, current_actor()))

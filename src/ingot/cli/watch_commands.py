@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ingot.cli.options import SpecFile
 from ingot.cli.output import console, errors
 
 if TYPE_CHECKING:
     from ingot.gitops import PollResult
 
-SpecFile = Annotated[Path | None, typer.Option("--file", "-f", help="Spec file (default ./ingot.yaml).")]
 Env = Annotated[str | None, typer.Option("--env", "-e", help="Environment.")]
 
 
