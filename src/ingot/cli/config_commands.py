@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 
 from ingot import config_ops
-from ingot.cli.options import AsJson, Env, SpecFile, main_module
-from ingot.cli.output import console, errors, print_json, when
+from ingot.cli.options import AsJson, Env, SpecFile, local_project, main_module
+from ingot.cli.output import console, print_json, when
 from ingot.config_store import ConfigEntry, SecretEntry
 from ingot.errors import UserInputError
 from ingot.project import Project
@@ -31,11 +31,7 @@ secret_app = typer.Typer(help="Secrets per environment: encrypted at rest, passe
 
 def _target(file: Path | None, env: str | None) -> tuple[Project, str]:
     cli = main_module()
-    if cli._global.get("server"):
-        errors.print("error: ingot config and ingot secret work on the local state only; run them where the "
-                     "state is (without --server)", markup=False)
-        raise typer.Exit(2)
-    project: Project = cli.project_for(file)
+    project = local_project(file, "ingot config and ingot secret work")
     environment: str = cli.guarded(lambda: project.environment(cli.env_name(env)))
     return project, environment
 

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ingot import volumes
 from ingot.actor import current_actor
-from ingot.cli.options import AsJson, Env, SpecFile, main_module
-from ingot.cli.output import console, errors, print_json
+from ingot.cli.options import AsJson, Env, SpecFile, local_project, main_module
+from ingot.cli.output import console, print_json
 from ingot.project import Project
 
 volume_app = typer.Typer(help="Named volumes: persistent per environment, kept across deploys and rollbacks.",
@@ -22,13 +22,7 @@ volume_app = typer.Typer(help="Named volumes: persistent per environment, kept a
 
 
 def _project(file: Path | None) -> Project:
-    cli = main_module()
-    if cli._global.get("server"):
-        errors.print("error: ingot volume works on the local state only; run it where the state is "
-                     "(without --server)", markup=False)
-        raise typer.Exit(2)
-    project: Project = cli.project_for(file)
-    return project
+    return local_project(file, "ingot volume works")
 
 
 @volume_app.command("ls")
