@@ -12,19 +12,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.api_server import Served, finished, serving
+from tests.support.api_server import Served, deployed_and_served, finished, serving
 from tests.support.harness import ExampleProject, make_example, poll, stop_everything
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[ExampleProject, Served]]:
-    example = make_example(tmp_path)
-    example.ingot("deploy", check=True)
-    try:
-        with serving(example) as server:
-            yield example, server
-    finally:
-        stop_everything(example)
+    with deployed_and_served(make_example(tmp_path)) as served:
+        yield served
 
 
 def instance_ids(example: ExampleProject) -> set[str]:

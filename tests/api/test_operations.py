@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.api_server import Served, finished, serving
-from tests.support.harness import ExampleProject, make_example, stop_everything, use_strategy
+from tests.support.api_server import Served, deployed_and_served, finished
+from tests.support.harness import ExampleProject, make_example, use_strategy
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +26,8 @@ UNHEALTHY = 'if self.path == "/healthz":\n            self._send(500, b"down\\n"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ExampleProject, Served]]:
-    example = make_example(tmp_path_factory.mktemp("operations"), replicas=1)
-    example.ingot("deploy", check=True)
-    try:
-        with serving(example) as server:
-            yield example, server
-    finally:
-        stop_everything(example)
+    with deployed_and_served(make_example(tmp_path_factory.mktemp("operations"), replicas=1)) as served:
+        yield served
 
 
 def read_events(client: httpx.Client, path: str, **params: Any) -> list[dict[str, Any]]:

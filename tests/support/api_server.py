@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.harness import ExampleProject, free_port, poll
+from tests.support.harness import ExampleProject, free_port, poll, stop_everything
 
 
 @dataclass
@@ -59,3 +59,14 @@ def finished(client: httpx.Client, started: httpx.Response, timeout: float = 120
     where = started.headers["location"]
     return dict(poll(lambda: (op := client.get(where).json())["state"] != "running" and op, timeout=timeout,
                      interval=0.2, what=f"operation {where} to end"))
+
+
+@contextlib.contextmanager
+def deployed_and_served(example: ExampleProject) -> Iterator[tuple[ExampleProject, Served]]:
+    """`example` deployed, then served by `ingot serve`; everything it started is stopped afterwards."""
+    example.ingot("deploy", check=True)
+    try:
+        with serving(example) as server:
+            yield example, server
+    finally:
+        stop_everything(example)
