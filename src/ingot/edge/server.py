@@ -185,7 +185,7 @@ class Edge:
             sock.unlink()
         for router_id in self.routers:
             self.fds.drop(router_id)
-        # All at once: one by one, an edge with many HAProxy routers took longer to stop than callers wait.
+        # All at once: each HAProxy router waits for its haproxy to end, and one after another those waits add up.
         await asyncio.gather(*(router.stop() for router in self.routers.values()), return_exceptions=True)
         if self.front is not None:
             for name in FRONT_FDS.values():
