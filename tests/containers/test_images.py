@@ -10,7 +10,7 @@ import pytest
 
 from ingot.errors import OperationFailed, UserInputError
 from ingot.runtimes.docker import DockerRuntime, ImageInUse, container_name
-from tests.containers.helpers import BASE_IMAGE, BuiltImage, new_request
+from tests.containers.helpers import BASE_IMAGE, BuiltImage, new_request, wait_for
 
 
 def test_build_streams_output_and_an_unchanged_context_gives_the_same_image_id(
@@ -135,6 +135,8 @@ def test_remove_image_is_refused_while_a_container_uses_it(runtime: DockerRuntim
     assert runtime.image_exists(image_id)
 
     runtime.stop(row, timeout=0)
+    # stop() returns once the container has exited; it is removed in the background (its docstring).
+    wait_for(lambda: runtime.image_users(image_id) == [], what="the stopped container to be removed", timeout=15)
     runtime.remove_image(image_id)
     assert not runtime.image_exists(image_id)
     assert not runtime.image_exists(f"localhost/ingot-test-{project}:second")
