@@ -412,6 +412,9 @@ class HAProxyFront:
         self.table: list[tuple[str, str]] = []
         self.bindings: list[Binding] = []
         self.certificates: dict[str, Path] = {}  # host → its PEM file (certificate and key)
+        # haproxy holds one certificate transaction at a time ("Operations on certificates are currently
+        # locked!" for a second `set ssl cert` before the first commits): two hosts renewed at once queue here.
+        self._certificate_lock = asyncio.Lock()
         self._challenges = _Challenges(self)
         self.challenges: MutableMapping[str, str] = self._challenges
         self.stopping: bool | None = None
@@ -570,31 +573,39 @@ class HAProxyFront:
         path = self.cert_path(host)
         path.parent.mkdir(parents=True, exist_ok=True)
         pem = cert_pem.decode("ascii").strip() + "\n" + key_pem.decode("ascii").strip() + "\n"
-        new = host not in self.certificates
-        if self._running():
-            api = self.process.api
-            if new:
-                await api.expect_in(f"new ssl cert {path}", "New empty certificate store")
-            await api.expect_in(f"set ssl cert {path}", "Transaction", payload=pem)
-            await api.expect_in(f"commit ssl cert {path}", "Success!")
-            if new:
-                await api.expect_in(f"add ssl crt-list {self.crt_list}", "Success!", payload=f"{path} {host}")
-        path.write_text(pem)
-        path.chmod(0o600)
-        self.certificates[host] = path
-        self.write_files()
+        async with self._certificate_lock:
+            new = host not in self.certificates
+            if self._running():
+                api = self.process.api
+                if new:
+                    await api.expect_in(f"new ssl cert {path}", "New empty certificate store")
+                try:
+                    await api.expect_in(f"set ssl cert {path}", "Transaction", payload=pem)
+                    await api.expect_in(f"commit ssl cert {path}", "Success!")
+                except BaseException:
+                    # A transaction left open would refuse every later certificate change until haproxy restarts.
+                    with contextlib.suppress(Exception):
+                        await api.run(f"abort ssl cert {path}")
+                    raise
+                if new:
+                    await api.expect_in(f"add ssl crt-list {self.crt_list}", "Success!", payload=f"{path} {host}")
+            path.write_text(pem)
+            path.chmod(0o600)
+            self.certificates[host] = path
+            self.write_files()
 
     async def remove_certificate(self, host: str) -> None:
         host = host.lower()
-        path = self.certificates.pop(host, None)
-        if path is None:
-            return
-        self.write_files()
-        if self._running():
-            api = self.process.api
-            await api.expect_in(f"del ssl crt-list {self.crt_list} {path}", "deleted")
-            await api.expect_in(f"del ssl cert {path}", "deleted")
-        path.unlink(missing_ok=True)
+        async with self._certificate_lock:
+            path = self.certificates.pop(host, None)
+            if path is None:
+                return
+            self.write_files()
+            if self._running():
+                api = self.process.api
+                await api.expect_in(f"del ssl crt-list {self.crt_list} {path}", "deleted")
+                await api.expect_in(f"del ssl cert {path}", "deleted")
+            path.unlink(missing_ok=True)
 
     # ---- helpers -------------------------------------------------------------------------------------
 
