@@ -7,6 +7,12 @@ gives `key: {secret: NAME}`, by that ingot secret. The agent delivers: a deploy 
 notification and goes on, so a slow or dead receiver can never block or fail a deploy. Every attempt
 is in the ledger (`notify.delivery`: attempt, status or error), naming the URL only when the spec
 wrote it out; one that came from a secret is named by the secret.
+
+A delivery not yet final is kept in the state's spool (`notify/<id>.json`, 0600: the spec's entry,
+the facts and the next attempt; a URL from a secret stays its name), so an agent stopped or killed
+while a receiver is down or slow picks it up where it was when it next starts, instead of dropping it.
+An attempt whose answer was lost with the agent is made again: receivers may see one notification
+twice and can tell by its `deployment` and `event`.
 """
 
 from __future__ import annotations
@@ -18,16 +24,20 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from ingot.atomic import write_atomically
 from ingot.spec.models import NotifySpec, SecretRef
 
 SIGNATURE_HEADER = "X-Ingot-Signature"
 KEY_FILE = "webhook.key"
+SPOOL_DIR = "notify"
 BACKOFF_CAP = 30.0
 log = logging.getLogger("ingot.agent")
 
@@ -70,10 +80,65 @@ def message(facts: Mapping[str, Any]) -> dict[str, Any]:
     return {"text": text, **facts}
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A delivery in the spool: what to send, and the attempt to make next."""
+
+    id: str
+    environment: str
+    service: str
+    actor: str
+    entry: NotifySpec
+    facts: dict[str, Any]
+    next_attempt: int = 1
+
+
+class Spool:
+    """Deliveries not yet final, one file each, rewritten atomically as their attempts are made."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / SPOOL_DIR
+
+    def add(self, environment: str, service: str, actor: str, entry: NotifySpec,
+            facts: Mapping[str, Any]) -> Pending:
+        pending = Pending(uuid.uuid4().hex, environment, service, actor, entry, dict(facts))
+        self._write(pending)
+        return pending
+
+    def advance(self, pending: Pending, next_attempt: int) -> None:
+        self._write(Pending(pending.id, pending.environment, pending.service, pending.actor, pending.entry,
+                            pending.facts, next_attempt))
+
+    def done(self, pending: Pending) -> None:
+        (self.dir / f"{pending.id}.json").unlink(missing_ok=True)
+
+    def pending(self) -> Iterator[Pending]:
+        """What is left from before, oldest first; an unreadable file is set aside (renamed `.bad`) and logged."""
+        if not self.dir.is_dir():
+            return
+        for path in sorted(self.dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                raw = json.loads(path.read_text())
+                yield Pending(raw["id"], raw["environment"], raw["service"], raw["actor"],
+                              NotifySpec.model_validate(raw["entry"]), raw["facts"], int(raw["next_attempt"]))
+            except Exception as exc:  # a torn or hand-edited file must not stop the rest
+                log.warning("a spooled webhook delivery %s is unreadable (%s): set aside", path.name, exc)
+                path.rename(path.with_suffix(".bad"))
+
+    def _write(self, pending: Pending) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        body = {"id": pending.id, "environment": pending.environment, "service": pending.service,
+                "actor": pending.actor, "entry": pending.entry.model_dump(mode="json"), "facts": pending.facts,
+                "next_attempt": pending.next_attempt}
+        write_atomically(self.dir / f"{pending.id}.json", json.dumps(body, sort_keys=True))
+
+
 async def deliver(entry: NotifySpec, facts: Mapping[str, Any], key: bytes, secret_value: SecretValue,
-                  record: Record) -> bool:
+                  record: Record, *, first_attempt: int = 1,
+                  attempted: Callable[[int], None] | None = None) -> bool:
     """POST the notification to `entry`, retrying with backoff up to its attempts; each attempt recorded.
-    Returns whether it was delivered (a 2xx answer)."""
+    Starts at `first_attempt` (a spooled delivery resumed); `attempted(n)` is told of each failed attempt
+    that is not the last. Returns whether it was delivered (a 2xx answer)."""
     target = f"secret {entry.url.secret}" if isinstance(entry.url, SecretRef) else entry.url
     base = {"event": facts["event"], "deployment": facts.get("deployment"), "target": target}
     try:
@@ -86,7 +151,7 @@ async def deliver(entry: NotifySpec, facts: Mapping[str, Any], key: bytes, secre
     body = json.dumps(message(facts), sort_keys=True).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "ingot", SIGNATURE_HEADER: sign(key, body)}
     async with httpx.AsyncClient(timeout=entry.timeout, trust_env=False) as client:
-        for attempt in range(1, entry.attempts + 1):
+        for attempt in range(max(1, first_attempt), entry.attempts + 1):
             final = attempt == entry.attempts
             try:
                 answer = await client.post(url, content=body, headers=headers)
@@ -100,5 +165,7 @@ async def deliver(entry: NotifySpec, facts: Mapping[str, Any], key: bytes, secre
                     return True
             record({**base, "attempt": attempt, "delivered": False, "final": final, **outcome})
             if not final:
+                if attempted is not None:
+                    attempted(attempt)
                 await asyncio.sleep(min(BACKOFF_CAP, 2.0 ** (attempt - 1)))
     return False

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -149,3 +151,59 @@ def test_webhooks_are_signed_and_a_hanging_one_never_holds_the_deploy(
     assert [(d["attempt"], d["delivered"], d["status"]) for d in delivered] == [(1, True, 200)]
     log = example.ingot("audit", "log", "--json", "--limit", "1000", check=True).out
     assert f"127.0.0.1:{good}" not in log  # the URL from the secret is never recorded
+
+
+class HoldFirst(BaseHTTPRequestHandler):
+    """Holds the first notification unanswered (until told to let go), answers 200 to the rest."""
+
+    got: list[bytes] = []
+    first = threading.Event()
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        HoldFirst.got.append(body)
+        if len(HoldFirst.got) == 1:
+            HoldFirst.first.set()
+            HoldFirst.release.wait(30)
+            return  # the connection is closed with no answer
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_delivery_in_flight_when_the_agent_is_killed_is_made_when_it_is_back(example: ExampleProject) -> None:
+    HoldFirst.got, HoldFirst.first, HoldFirst.release = [], threading.Event(), threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HoldFirst)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = example.root / "ingot.yaml"
+        spec.write_text(spec.read_text().replace("services:\n", (
+            "notify:\n"
+            f"  - {{url: 'http://127.0.0.1:{server.server_address[1]}/hook', timeout: 20s, attempts: 2}}\n"
+            "services:\n"), 1))
+        example.ingot("deploy", check=True)
+        assert HoldFirst.first.wait(20), "the first attempt never reached the receiver"
+        spool = example.state / "notify"
+        [spooled] = list(spool.glob("*.json"))
+        assert json.loads(spooled.read_text())["next_attempt"] == 1
+        old_agent = int((example.state / "agent.pid").read_text().split()[0])
+        os.kill(old_agent, signal.SIGKILL)  # mid-attempt: its answer is lost with the agent
+        HoldFirst.release.set()
+
+        def delivered() -> list[dict[str, Any]]:
+            found = entries(example, "notify.delivery")
+            return found if any(p["delivered"] for p in found) else []
+
+        # The supervisor starts the agent again; it finds the delivery in its spool and makes it.
+        attempts = poll(delivered, timeout=30, interval=0.5, what="the spooled delivery made by the next agent")
+        assert [(a["attempt"], a["delivered"], a["status"]) for a in attempts] == [(1, True, 200)]
+        assert len(HoldFirst.got) == 2 and HoldFirst.got[0] == HoldFirst.got[1]  # the same notification again
+        assert int((example.state / "agent.pid").read_text().split()[0]) != old_agent
+        poll(lambda: not list(spool.glob("*.json")), timeout=10, what="the spool to empty")
+    finally:
+        HoldFirst.release.set()
+        server.shutdown()

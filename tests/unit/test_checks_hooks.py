@@ -151,3 +151,24 @@ def test_a_webhook_is_signed_and_retried_until_delivered(app: int, tmp_path: Pat
     assert headers["X-Ingot-Signature"] == "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
     sent = json.loads(body)
     assert sent["text"] == "ingot p: deploy of web to r1 in e succeeded (by me)" and sent["release"] == "r1"
+
+
+def test_the_spool_keeps_pending_deliveries_and_sets_a_torn_one_aside(tmp_path: Path) -> None:
+    from ingot.notify import Spool
+    from ingot.spec.models import NotifySpec
+
+    spool = Spool(tmp_path)
+    entry = NotifySpec.model_validate({"url": {"secret": "HOOK_URL"}, "attempts": 3})
+    first = spool.add("staging", "web", "ana", entry, {"event": "deploy", "release": "r1"})
+    second = spool.add("staging", "web", "ana", entry, {"event": "failure", "release": "r2"})
+    spool.advance(first, 3)
+    (spool.dir / "torn.json").write_text('{"id": "torn", "entry": ')
+    assert oct((spool.dir / f"{first.id}.json").stat().st_mode & 0o777) == "0o600"
+    left = {p.id: p for p in spool.pending()}
+    assert set(left) == {first.id, second.id}
+    assert left[first.id].next_attempt == 3 and left[second.id].next_attempt == 1
+    assert left[first.id].entry == entry and left[second.id].facts == {"event": "failure", "release": "r2"}
+    assert "HOOK_URL" in (spool.dir / f"{first.id}.json").read_text()  # the secret's name, never its value
+    assert (spool.dir / "torn.bad").exists() and not (spool.dir / "torn.json").exists()
+    spool.done(first)
+    assert [p.id for p in spool.pending()] == [second.id]

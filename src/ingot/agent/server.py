@@ -33,7 +33,7 @@ from ingot.edge.home import EdgeHome
 from ingot.errors import IngotError, UserInputError
 from ingot.executor import Deployment, Executor
 from ingot.health import probe
-from ingot.notify import deliver, webhook_key
+from ingot.notify import Pending, Spool, deliver, webhook_key
 from ingot.paths import StatePaths, private_umask
 from ingot.plan import Plan, StrategyOptions, Target, plan_for
 from ingot.rollout_control import RolloutControl
@@ -82,6 +82,7 @@ class Agent:
         self._server: asyncio.AbstractServer | None = None
         self._certificates_recorded: dict[Key, int] = {}  # the newest edge certificate event in the ledger
         self._deliveries: set[asyncio.Task[bool]] = set()  # webhooks being delivered (ingot.notify)
+        self.spool = Spool(paths.root)  # and those not yet final, kept across a stop of the agent
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def run(self, companions: Sequence[Companion] = ()) -> None:
@@ -94,6 +95,10 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        for pending in self.spool.pending():
+            log.info("resuming a webhook delivery to %s from attempt %d", pending.facts.get("event"),
+                     pending.next_attempt)
+            self._start_delivery(pending)
         supervisor = asyncio.create_task(self._supervise())
         healing = asyncio.create_task(self.self_healer.run())
         keeping = asyncio.create_task(self._keep_checkpoint())
@@ -435,29 +440,38 @@ class Agent:
     def notify(self, environment: str, service: str, facts: dict[str, Any],
                entries: list[dict[str, Any]]) -> dict[str, Any]:
         """Deliver a finished operation's notification to `entries` (spec `notify`) in the background:
-        answered at once, each attempt recorded as it is made."""
+        answered at once (once spooled, so a stop of the agent does not drop it), each attempt recorded."""
         specs = [NotifySpec.model_validate(e) for e in entries]
-        if not specs:
-            return {"queued": 0}
-        key = webhook_key(self.paths.keys)
         actor = str(facts.get("actor") or self.actor)
+        for spec in specs:
+            self._start_delivery(self.spool.add(environment, service, actor, spec, facts))
+        return {"queued": len(specs)}
+
+    def _start_delivery(self, pending: Pending) -> None:
+        task = asyncio.create_task(self._deliver(pending))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, pending: Pending) -> bool:
+        environment, facts = pending.environment, pending.facts
 
         def secret_value(name: str) -> str:
             return current_secret_value(self.store, self.paths.keys, environment, name)
 
         def record(payload: dict[str, Any]) -> None:
             try:
-                ledger.record(self.store, actor=actor, action="notify.delivery", environment=environment,
-                              service=service, subject=facts.get("deployment") or facts.get("release"),
+                ledger.record(self.store, actor=pending.actor, action="notify.delivery", environment=environment,
+                              service=pending.service, subject=facts.get("deployment") or facts.get("release"),
                               payload=payload)
             except Exception:
                 log.exception("a webhook delivery could not be recorded")
 
-        for spec in specs:
-            task = asyncio.create_task(deliver(spec, facts, key, secret_value, record))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
-        return {"queued": len(specs)}
+        delivered = await deliver(pending.entry, facts, webhook_key(self.paths.keys), secret_value, record,
+                                  first_attempt=pending.next_attempt,
+                                  attempted=lambda attempt: self.spool.advance(pending, attempt + 1))
+        # Cancelled (the agent stopping) never gets here: the spooled delivery resumes at the next start.
+        self.spool.done(pending)
+        return delivered
 
     def control(self, environment: str, service: str | None, action: str, actor: str) -> dict[str, Any]:
         """Pause, resume (or promote a manual step) or abort the rollouts in progress in an environment."""
