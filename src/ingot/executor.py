@@ -428,12 +428,14 @@ class Executor:
                "INGOT_RELEASE": row.release_id, "INGOT_PROJECT": project}
         if row.port:
             env["PORT"] = str(row.port)
+        # A process's volumes by their host directory; a container's by where they are mounted inside it
+        # (its health command reaches them with `podman exec ${INGOT_CONTAINER} …`).
+        declared = (release.spec.get("volumes") or {}) if release is not None else {}
+        env.update(volumes.variables(volumes.mounts(self.paths, project, row.environment, row.runtime, declared),
+                                     row.runtime))
         if row.runtime == "process":
             if row.pid is not None:
                 env["INGOT_INSTANCE_PID"] = str(row.pid)
-            declared = (release.spec.get("volumes") or {}) if release is not None else {}
-            env.update(volumes.variables(volumes.mounts(self.paths, project, row.environment, "process", declared),
-                                         "process"))
             return CheckContext(env, row.handle)
         if row.handle:
             env["INGOT_CONTAINER"] = row.handle

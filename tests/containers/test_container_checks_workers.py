@@ -35,11 +35,13 @@ services:
     command: [sh, -c, "trap 'exit 0' TERM; echo working $VERSION; while :; do sleep 0.1; done"]
     env: {{VERSION: "{version}"}}
     stop_timeout: 5s
+    volumes: {{queue: /var/lib/queue}}
     health: {{command: {check}, interval: 100ms, timeout: 2s, healthy_threshold: 1, deadline: 10s}}
     strategy: {{type: blue-green, min_ready: 500ms}}
 """
-# Run on ingot's host, told which container it judges: it notes the container beside the spec.
-READY = '[sh, -c, "echo ${{INGOT_CONTAINER}} >> {root}/judged"]'
+# Run on ingot's host, told which container it judges and where its volume is inside it: it notes both
+# beside the spec.
+READY = '[sh, -c, "echo ${{INGOT_CONTAINER}}:${{INGOT_VOLUME_QUEUE}} >> {root}/judged"]'
 
 
 def entries(example: ExampleProject, action: str) -> list[dict[str, Any]]:
@@ -95,6 +97,8 @@ def worker(engine: docker.DockerClient, tmp_path: Path) -> Iterator[ExampleProje
     yield project
     stop_everything(project)
     remove_project_containers(engine, project.project)
+    for volume in engine.volumes.list(filters={"name": f"ingot-{project.project}-"}):
+        volume.remove(force=True)
 
 
 def write_worker(project: ExampleProject, version: str, check: str | None = None) -> None:
@@ -127,7 +131,8 @@ def test_a_container_worker_is_replaced_and_a_failing_health_command_keeps_the_o
     assert release == two and new_box != old_box  # the new one runs, the old one was stopped
     assert "working 2" in engine.containers.get(new_box).logs().decode()
     judged = set((worker.root / "judged").read_text().split())
-    assert {old_box, new_box} <= judged, judged  # each release's health.command saw its own container
+    # Each release's health.command saw its own container, and the volume's place inside it.
+    assert {f"{old_box}:/var/lib/queue", f"{new_box}:/var/lib/queue"} <= judged, judged
 
     write_worker(worker, "3", check='[sh, -c, "echo broker unreachable; exit 3"]')
     failed = worker.ingot("deploy")
@@ -137,3 +142,6 @@ def test_a_container_worker_is_replaced_and_a_failing_health_command_keeps_the_o
     assert running(engine, worker.project) == {new_box: two}
     assert worker.ingot("status", "--json", check=True).json["services"][0]["release"] == two
     assert worker.ingot("history", "--json", check=True).json[0]["outcome"] == "failed"
+    # Nothing drifted: the engine's own changes for the volume's mount point are not the instance's doing.
+    drift = worker.ingot("drift", "--json")
+    assert drift.code == 0 and drift.json == [], drift.out

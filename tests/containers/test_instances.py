@@ -164,6 +164,13 @@ def test_engine_noise_filter() -> None:
     # A change under /etc that is not the engine's keeps /etc, as engines report it.
     assert without_engine_noise([("/etc", "modified"), ("/etc/motd", "modified")], ["/tmp"]) == [
         ("/etc", "modified"), ("/etc/motd", "modified")]
+    # A volume at a nested path: Podman reports every directory above it modified (self-heal used to
+    # replace such a container every pass for that); a change of the instance's own beside it keeps /var.
+    nested = [("/etc", "modified"), ("/var", "modified"), ("/var/lib", "modified"), ("/var/lib/queue", "added")]
+    assert without_engine_noise(nested, ["/tmp", "/var/lib/queue"]) == []
+    assert without_engine_noise([*nested, ("/var/log", "modified"), ("/var/log/x", "added")],
+                                ["/tmp", "/var/lib/queue"]) == [
+        ("/var", "modified"), ("/var/log", "modified"), ("/var/log/x", "added")]
 
 
 def test_labelled_finds_stray_containers_of_the_project_only(

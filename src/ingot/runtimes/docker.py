@@ -690,14 +690,15 @@ def without_engine_noise(entries: list[tuple[str, str]], mount_points: Iterable[
     """
     noise_roots = [*ENGINE_WRITTEN, *mount_points]
     kept = [(path, kind) for path, kind in entries if not _is_at_or_under(path, noise_roots)]
-    kept_paths = [path for path, _ in kept]
 
-    def touched_by_engine(path: str, kind: str) -> bool:
-        if kind != "modified" or not any(_is_at_or_under(root, [path]) for root in noise_roots):
-            return False
-        return not any(other != path and _is_at_or_under(other, [path]) for other in kept_paths)
+    def above_engine_work(path: str, kind: str) -> bool:
+        return kind == "modified" and any(_is_at_or_under(root, [path]) for root in noise_roots)
 
-    return [(path, kind) for path, kind in kept if not touched_by_engine(path, kind)]
+    # Judged against the changes that are the instance's own, not against each other: with a volume at
+    # /var/lib/queue, Podman reports both /var and /var/lib modified, and neither is the instance's doing.
+    own = [path for path, kind in kept if not above_engine_work(path, kind)]
+    return [(path, kind) for path, kind in kept
+            if not above_engine_work(path, kind) or any(_is_at_or_under(other, [path]) for other in own)]
 
 
 def _containerfile(context: Path) -> str:
