@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingot import build_release, checkpoint, config_ops, config_store, hooks, ledger, locks, oneoff
+from ingot import build_release, checkpoint, checks, config_ops, config_store, hooks, ledger, locks, oneoff
 from ingot.actor import current_actor
 from ingot.agent.client import (
     AgentClient,
@@ -578,8 +578,10 @@ def plan(project: Project, environment: str, names: list[str]) -> list[dict[str,
             steps = oneoff.with_release_command(steps, project.store, environment, known)
         elif service.release_command:
             steps = oneoff.with_release_step(steps, target, service.release_command_timeout)
+        # The smoke checks run inside the route steps that give the new release traffic (before each).
+        smoke = [check.label for check in checks.parse(params.checks)]
         plans.append({"service": name, "environment": environment, "needs_build": release_id is None,
-                      **steps.as_dict()})
+                      **steps.as_dict(), "checks": smoke})
     return plans
 
 

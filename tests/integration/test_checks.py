@@ -66,6 +66,10 @@ def test_passing_checks_run_before_each_canary_step_and_rolling_batch(
     set_checks(example, f'      - {{name: fetch, command: [python, -c, "{FETCH}"], timeout: 5s}}\n'
                         '      - {http: /healthz, body: ok}\n')
     example.set_version("2")
+    [planned] = example.ingot("plan", "--json", check=True).json
+    assert planned["checks"] == ["fetch", "GET /healthz"]
+    assert ("smoke checks before each step that gives the new release traffic: fetch, GET /healthz"
+            in example.ingot("plan", check=True).out)
     with load(example.url, tmp_path) as during:
         example.ingot("deploy", check=True)
     assert during["failures"] == []

@@ -517,6 +517,9 @@ def plan(file: SpecFile = None, env: Env = None, service: Service = None,
             console.print("  nothing to do")
         for number, step in enumerate(item["steps"], start=1):
             console.print(f"  {number}. {step['description']}")
+        if item["steps"] and item.get("checks"):
+            console.print("  smoke checks before each step that gives the new release traffic: "
+                          + ", ".join(item["checks"]), markup=False)
 
 
 @app.command()
