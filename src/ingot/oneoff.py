@@ -29,6 +29,7 @@ from ingot import ledger
 from ingot.errors import OperationFailed
 from ingot.executor import Deployment, Emit, Executor, StepFailed
 from ingot.plan import Plan, Step
+from ingot.rollout_control import RolloutAborted
 from ingot.runtimes.base import InstanceRequest
 from ingot.store import ReleaseRow, Store
 
@@ -81,9 +82,11 @@ async def prepare(executor: Executor, environment: str, service: str, release: R
 
 
 def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
-        on_line: Callable[[str], None] | None = None, stop_timeout: float = 10.0) -> OneOffResult:
+        on_line: Callable[[str], None] | None = None, stop_timeout: float = 10.0,
+        given_up: Callable[[], bool] | None = None) -> OneOffResult:
     """Start the one-off instance, stream its output lines to `on_line` as they are written (secret values
-    masked), wait until it exits or `timeout` passes (then it is stopped), and clean up after it.
+    masked), wait until it exits, `timeout` passes or `given_up()` says so (then it is stopped: an aborted
+    deploy's release command), and clean up after it.
 
     Blocking: the agent calls it in a thread, the CLI directly. Ctrl-C in an attached run is passed on to
     the command, which decides what it means (a REPL goes on)."""
@@ -120,8 +123,9 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
                         on_line(mask(line))
                 if not seen.alive:
                     break
-                if timeout is not None and time.monotonic() - started > timeout:
-                    timed_out = True
+                late = timeout is not None and time.monotonic() - started > timeout
+                if late or (given_up is not None and given_up()):
+                    timed_out = late
                     runtime.stop(row, stop_timeout)
                     seen = runtime.observe(row)
                     break
@@ -314,9 +318,21 @@ async def release_phase(executor: Executor, dep: Deployment, step: Step, emit: E
         loop.call_soon_threadsafe(lines.put_nowait, line)
 
     forwarding = asyncio.create_task(forward())
+    aborted = threading.Event()
+    # The command runs in a thread, which cancelling cannot stop: an abort tells it to stop the instance,
+    # and the step waits for that, so nothing of the aborted release is left running.
+    work = asyncio.ensure_future(asyncio.to_thread(
+        run, executor, oneoff, timeout=step.seconds, on_line=on_line, stop_timeout=dep.params.stop_timeout,
+        given_up=aborted.is_set))
     try:
-        result = await asyncio.to_thread(run, executor, oneoff, timeout=step.seconds, on_line=on_line,
-                                         stop_timeout=dep.params.stop_timeout)
+        result = await dep.control.or_abort(asyncio.shield(work))
+    except RolloutAborted as exc:
+        aborted.set()
+        result = await work
+        ledger.record(executor.store, actor=dep.row.actor, action=FAILED, environment=env, service=service,
+                      subject=dep.release.id, payload={"deployment": dep.row.id, "command": command,
+                                                       **result.as_dict(), "aborted": str(exc)})
+        raise
     finally:
         lines.put_nowait(None)
         with contextlib.suppress(Exception):  # a caller gone away does not fail the deploy

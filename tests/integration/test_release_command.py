@@ -8,14 +8,17 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.harness import ExampleProject, load, make_example, stop_everything
+from tests.support.harness import ExampleProject, load, make_example, poll, processes_of, stop_everything
 
 # The migration the release runs: a table for v1, a NOT NULL column that v2's code reads; "bad" fails.
 MIGRATE = '''\
@@ -155,6 +158,34 @@ def test_a_failing_or_hung_release_command_fails_the_deploy_and_the_previous_rel
     assert migrating.get()["release"] == old and instances(migrating) == before
     timed_out = entries(migrating, "release_command.failed")[-1]["payload"]
     assert timed_out["timed_out"] is True and timed_out["exit_code"] is None
+
+
+def test_an_abort_stops_a_running_release_command_and_starts_nothing(migrating: ExampleProject) -> None:
+    migrating.ingot("deploy", check=True)
+    old, before = migrating.get()["release"], instances(migrating)
+    migrating.set_version("slow")  # it would run 60 s
+    spec = migrating.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("release_command_timeout: 5s", "release_command_timeout: 50s"))
+    deploy = subprocess.Popen([sys.executable, "-m", "ingot", "deploy"], cwd=migrating.root, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    said: list[str] = []
+
+    def read() -> None:  # line by line, as they come (list.extend would show them only at the end)
+        for line in deploy.stdout or ():
+            said.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    poll(lambda: any("migrating to slow" in line for line in said), timeout=30, what="the migration to start")
+    assert "aborted the rollout of web" in migrating.ingot("abort", check=True).out
+    _, err = deploy.communicate(timeout=30)
+    # Stopped by the abort, not by its deadline: the ledger says which.
+    assert deploy.returncode == 1 and "aborted by" in err, err
+    [stopped] = entries(migrating, "release_command.failed")
+    assert stopped["payload"]["aborted"].startswith("aborted by") and stopped["payload"]["timed_out"] is False
+    assert migrating.get()["release"] == old and instances(migrating) == before
+    assert not [cmd for _, cmd in processes_of(migrating.state) if "migrate.py" in cmd]
+    assert migrating.ingot("history", "--json", check=True).json[0]["outcome"] == "aborted"
 
 
 def test_ingot_run_runs_a_command_in_a_fresh_instance_of_the_live_release(example: ExampleProject) -> None:
