@@ -572,7 +572,8 @@ class Agent:
 
     async def _probe_health(self, row: InstanceRow, policy: HealthPolicy) -> bool | str:
         self.status_probes += 1
-        async with httpx.AsyncClient(trust_env=False) as client:
+        # Plain HTTP to the instance: no TLS, so no CA bundle to load (that costs 3-400 ms a client here).
+        async with httpx.AsyncClient(trust_env=False, verify=False) as client:
             result = await probe(client, row.host, row.port, replace(policy, timeout=min(policy.timeout, 2.0)),
                                  self.executor.check_context(row))
         return True if result.ok else f"unhealthy: {result.detail}"

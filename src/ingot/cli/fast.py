@@ -59,12 +59,14 @@ def main() -> None:
 
 def try_fast(argv: list[str]) -> int | None:
     """Answer `argv` on the fast path and return the exit code, or None for the full CLI to run it."""
+    if os.environ.get(OFF_ENV) == "0":
+        return None
     if argv == ["--version"]:
         from ingot import __version__
 
         sys.stdout.write(f"ingot {__version__}\n")
         return 0
-    if os.environ.get("INGOT_SERVER") or os.environ.get(OFF_ENV) == "0":
+    if os.environ.get("INGOT_SERVER"):
         return None
     os.umask(0o077)  # as the full CLI (ingot.paths.private_umask), should anything be made on the way
     try:
