@@ -3,6 +3,13 @@ once per interval however many callers ask for its status."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +54,40 @@ def test_fast_path_prints_what_the_full_cli_prints(deployed: ExampleProject, arg
     full = deployed.ingot(*args, extra_env=FULL)
     assert (fast.code, fast.out, fast.err) == (full.code, full.out, full.err)
     assert fast.code == 0 and fast.out
+
+
+def _on_a_terminal(example: ExampleProject, *args: str, env: dict[str, str]) -> bytes:
+    """What `ingot ARGS` writes to a 100x30 terminal (stdout and stderr both on it)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    full_env = {**os.environ, "INGOT_ACTOR": "tester@ci", "TERM": "xterm-256color", **example.env, **env}
+    for name in ("COLUMNS", "LINES", "INGOT_HOME", "NO_COLOR", "FORCE_COLOR"):
+        full_env.pop(name, None)
+    with subprocess.Popen([sys.executable, "-m", "ingot", *args], cwd=example.root, env=full_env,
+                          stdin=follower, stdout=follower, stderr=follower) as proc:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the command ended and closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=60) == 0
+    os.close(leader)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("command", ["status", "logs"])
+def test_on_a_terminal_too(deployed: ExampleProject, command: str) -> None:
+    args = ("logs", "web", "-n", "2") if command == "logs" else (command,)
+    before = _agent(deployed).call("ping")["cli_answers"]
+    fast = _on_a_terminal(deployed, *args, env={})
+    assert _agent(deployed).call("ping")["cli_answers"] == before + 1
+    assert fast == _on_a_terminal(deployed, *args, env=FULL)
+    assert b"\x1b[" in fast  # bold table headers and instance names: styled as on a terminal
 
 
 def test_what_it_does_not_know_goes_to_the_full_cli(deployed: ExampleProject) -> None:
