@@ -1,3 +1,4 @@
-from ingot.cli.main import run
+# The fast path first: it runs the full CLI (ingot.cli.main) for whatever it does not answer itself.
+from ingot.cli.fast import main
 
-run()
+main()

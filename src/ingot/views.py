@@ -1,15 +1,23 @@
 """Read models for the HTTP API and the dashboard: releases, one deployment in full, rollouts in progress.
 
-Plain data over the store and the agent's status; the CLI's own views live in `ingot.operations`.
+Plain data over the store and the agent's status; the CLI's own views live in `ingot.operations`. The text
+of `ingot status`, `history` and `logs` is rendered here too (`status_text`, ...), onto a console given by
+the caller: the CLI's own, or one the agent makes for a thin client (see ingot.cli.fast), so both print
+the same bytes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import time
+from typing import TYPE_CHECKING, Any
 
 from ingot import ledger, operations
 from ingot.project import Project
 from ingot.store import ReleaseRow, Store
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def release_summary(release: ReleaseRow) -> dict[str, Any]:
@@ -103,3 +111,130 @@ def overview(project: Project, environment: str | None) -> dict[str, Any]:
     their instances and health, and the traffic and rollout in progress of each."""
     report = operations.status(project, environment)
     return {**report, "environment": environment, "rollouts": rollouts(project, report["services"])}
+
+
+# How every console of ingot's text prints (ingot.cli.output's, and the agent's for a thin client).
+CONSOLE_OPTIONS: dict[str, Any] = {"highlight": False, "soft_wrap": True}
+
+
+def console_width(stdout_is_terminal: bool) -> int | None:
+    """Off a terminal, lines are not wrapped at 80 columns: logs and CI keep whole lines."""
+    return None if stdout_is_terminal else 160
+
+
+def json_text(data: Any) -> str:
+    """What `--json` prints."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def short(digest: str | None, length: int = 12) -> str:
+    if not digest:
+        return "-"
+    return digest.split(":", 1)[-1][:length]
+
+
+def status_text(report: dict[str, Any], out: Console, err: Console) -> None:
+    """`ingot status` as text: the agent, a table of services, then what needs a person's attention."""
+    from rich.table import Table
+
+    agent = report["agent"]
+    out.print(f"project {report['project']} — agent "
+              + (f"running (pid {agent['pid']})" if agent["running"] else "not running"))
+    uses_processes = any(i.get("runtime", "process") == "process" for s in report["services"]
+                         for i in s.get("instances", ()))
+    for weaker in (agent.get("isolation") or {}).get("weaker", []) if uses_processes else []:
+        err.print(f"warning: {weaker}", markup=False, soft_wrap=True)
+    if not report["services"]:
+        out.print("nothing deployed")
+        return
+    table = Table(show_edge=False)
+    for column in ("environment", "service", "release", "url", "instances", "requests", "5xx", "p99 ms"):
+        table.add_column(column)
+    for item in report["services"]:
+        stats = item["router"]["stats"].get(item["release"] or "", {})
+        healthy = sum(1 for i in item["instances"] if i["health"] == "healthy")
+        table.add_row(item["environment"], item["service"], item["release"] or "-", item["url"],
+                      f"{healthy}/{len(item['instances'])} healthy", str(stats.get("requests", "-")),
+                      str(stats.get("errors_5xx", "-")), f"{stats['p99_ms']:.1f}" if stats else "-")
+    out.print(table)
+    for item in report["services"]:
+        paused = item.get("maintenance")
+        if paused:
+            out.print(f"  {item['environment']}/{item['service']}: maintenance on since {paused['since']}: "
+                      f"every request answered 503 (Retry-After: {paused['retry_after']})", markup=False)
+        window = item.get("verifying")
+        if window:
+            out.print(f"  {item['environment']}/{item['service']}: verifying {window['release']} until "
+                      f"{window['until']}; {window['previous']} kept warm for a switch back", markup=False)
+        hardening = item.get("hardening")
+        if hardening and hardening["relaxed"]:
+            out.print(f"  {item['environment']}/{item['service']}: hardening relaxed: "
+                      f"{', '.join(hardening['relaxed'])} (reason: {hardening['reason']})", markup=False)
+        for healing in _self_heal_lines(item.get("self_heal")):
+            out.print(f"  {item['environment']}/{item['service']}: {healing}", markup=False)
+        for route in item.get("routes") or []:
+            out.print(f"  {item['environment']}/{item['service']}: route {route['url']} "
+                      f"(certificate: {route['certificate']})", markup=False)
+        for instance in item["instances"]:
+            if instance["health"] != "healthy":
+                out.print(f"  {item['service']}/{instance['id']} (pid {instance['pid']}, port "
+                          f"{instance['port']}): {instance['state']}, {instance['health']}")
+
+
+def _self_heal_lines(heal: dict[str, Any] | None) -> list[str]:
+    """What `ingot status` says of self-healing: a fallback to the last stable release, a backoff, or drift
+    left alone because it is off."""
+    if not heal:
+        return []
+    lines = []
+    fallback = heal.get("fallback")
+    if fallback:
+        match fallback["outcome"]:
+            case "rolled back" | "rolling back":
+                lines.append(f"self-heal {fallback['outcome']} from {fallback['from']} to {fallback['to']}, "
+                             f"the last release that was stable: {fallback['reason']}")
+            case "failed":
+                lines.append(f"self-heal could not go back to {fallback['to']}: {fallback['error']} "
+                             f"({fallback['reason']})")
+            case _:
+                lines.append(f"self-heal has no earlier stable release to go back to: {fallback['reason']}")
+    backoff = heal.get("backoff")
+    if backoff:
+        lines.append(f"self-heal backing off: {backoff['failed_replacements']} failed replacement(s), next try in "
+                     f"{backoff['next_try_in']:g}s (last: {backoff['last_failure']})")
+    elif heal.get("findings") and not heal.get("enabled"):
+        lines.append(f"self-heal off: {len(heal['findings'])} drift finding(s) recorded, not repaired "
+                     "(ingot drift shows them, ingot reconcile repairs them)")
+    return lines
+
+
+def history_text(environment: str, rows: list[dict[str, Any]], out: Console) -> None:
+    """`ingot history` as text: a table of deployments, newest first."""
+    from rich.table import Table
+
+    if not rows:
+        out.print(f"no deployments in {environment} yet")
+        return
+    table = Table(show_edge=False)
+    for column in ("when", "service", "kind", "release", "commit", "artifact", "who", "outcome", ""):
+        table.add_column(column)
+    for row in rows:
+        commit = row["commit"] or ""
+        commit_text = short(commit, 10) + ("-dirty" if commit.endswith("-dirty") else "")
+        table.add_row(when(row["at"]), row["service"], row["kind"], row["release"], commit_text,
+                      short(row["artifact"]), row["actor"], row["outcome"], "← live" if row["live"] else "")
+    out.print(table)
+
+
+def logs_text(tails: list[tuple[str, list[str]]], out: Console) -> None:
+    """`ingot logs` as text: each instance's last lines under its name."""
+    for instance, text in tails:
+        out.print(f"==> {instance} <==", style="bold")
+        for line in text:
+            out.print(line, markup=False, highlight=False)

@@ -21,6 +21,7 @@ import httpx
 
 from ingot import __version__, ledger, locks, oneoff, pidfile
 from ingot.actor import current_actor
+from ingot.agent.cli_answers import CliAnswers
 from ingot.agent.healer import Healer
 from ingot.agent.protocol import decode, encode
 from ingot.agent.selfheal import SelfHealer, heal_interval
@@ -50,6 +51,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 # Something that runs beside the agent for its whole life (the HTTP API of `ingot serve`).
 Companion = Callable[["Agent"], Coroutine[Any, Any, None]]
 SUPERVISE_INTERVAL = 1.0
+# A status report's health verdicts are at most this old: every caller within it (ten open dashboards,
+# a watch loop, `ingot status`) shares one probe per instance, started by the first and awaited by all.
+STATUS_PROBE_MAX_AGE = 0.5
 # A file the agent keeps a signed checkpoint of the ledger in (`ingot serve --checkpoint`; see ingot.checkpoint).
 CHECKPOINT_ENV = "INGOT_CHECKPOINT"
 CHECKPOINT_INTERVAL = 2.0
@@ -83,6 +87,10 @@ class Agent:
         self._certificates_recorded: dict[Key, int] = {}  # the newest edge certificate event in the ledger
         self._deliveries: set[asyncio.Task[bool]] = set()  # webhooks being delivered (ingot.notify)
         self.spool = Spool(paths.root)  # and those not yet final, kept across a stop of the agent
+        # Per instance: when its last status probe started, and its verdict (see STATUS_PROBE_MAX_AGE).
+        self._probes: dict[str, tuple[float, asyncio.Future[bool | str]]] = {}
+        self.status_probes = 0  # probes made for status reports, in `ping`'s answer (for tests and benchmarks)
+        self.cli = CliAnswers(paths.root, self.store)
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def run(self, companions: Sequence[Companion] = ()) -> None:
@@ -561,13 +569,28 @@ class Agent:
                  "acme": states.get((r.host, r.path), {}).get("acme")} for r in params.routes]
 
     async def _health_of(self, row: InstanceRow, policy: HealthPolicy) -> tuple[str, str]:
-        """The instance's state and one live probe of its health path, as evidence for `ingot status`."""
+        """The instance's state (observed now) and a live probe of its health path at most
+        STATUS_PROBE_MAX_AGE old, as evidence for `ingot status`."""
         if not self.runtimes.of(row).observe(row).alive:
             return "exited", "not running"
-        async with httpx.AsyncClient(trust_env=False) as client:
+        now = asyncio.get_running_loop().time()
+        known = self._probes.get(row.id)
+        if known is None or now - known[0] > STATUS_PROBE_MAX_AGE:
+            for other, (started, _verdict) in list(self._probes.items()):  # retired instances' go too
+                if now - started > STATUS_PROBE_MAX_AGE:
+                    del self._probes[other]
+            known = (now, asyncio.ensure_future(self._probe_health(row, policy)))
+            self._probes[row.id] = known
+        # Shielded: one caller going away must not cancel the probe the others wait for.
+        return row.state, ("healthy" if (verdict := await asyncio.shield(known[1])) is True else str(verdict))
+
+    async def _probe_health(self, row: InstanceRow, policy: HealthPolicy) -> bool | str:
+        self.status_probes += 1
+        # Plain HTTP to the instance: no TLS, so no CA bundle to load (that costs 3-400 ms a client here).
+        async with httpx.AsyncClient(trust_env=False, verify=False) as client:
             result = await probe(client, row.host, row.port, replace(policy, timeout=min(policy.timeout, 2.0)),
                                  self.executor.check_context(row))
-        return row.state, ("healthy" if result.ok else f"unhealthy: {result.detail}")
+        return True if result.ok else f"unhealthy: {result.detail}"
 
     # ---- protocol ----------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -603,9 +626,14 @@ class Agent:
         op = request.get("op")
         if op == "ping":
             return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root),
-                    "heal_interval": self.self_healer.interval}
+                    "heal_interval": self.self_healer.interval, "status_probes": self.status_probes,
+                    "cli_answers": self.cli.served}
         if op == "status":
             return await self.status()
+        if op == "cli":
+            # `ingot status`, `history`, `logs` for the thin client (ingot.cli.fast); in a thread, as the
+            # operations are synchronous (and `status` asks this agent over its socket, as the CLI does).
+            return await asyncio.to_thread(self.cli.answer, request)
         if op == "deploy":
             key = (str(request["environment"]), str(request["service"]))
             params = DeployParams.from_dict(request["params"])

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ingot import __version__, build_release, ledger, operations
+from ingot import __version__, build_release, ledger, operations, views
 from ingot.cli.options import AsJson, Env, SpecFile
 from ingot.cli.output import Progress, console, errors, pinned_note, print_json, short, when
 from ingot.diskspace import disk_full_error, is_disk_full
@@ -530,75 +530,7 @@ def status(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> N
     if as_json:
         print_json(report)
         return
-    agent = report["agent"]
-    console.print(f"project {report['project']} — agent "
-                  + (f"running (pid {agent['pid']})" if agent["running"] else "not running"))
-    uses_processes = any(i.get("runtime", "process") == "process" for s in report["services"]
-                         for i in s.get("instances", ()))
-    for weaker in (agent.get("isolation") or {}).get("weaker", []) if uses_processes else []:
-        errors.print(f"warning: {weaker}", markup=False, soft_wrap=True)
-    if not report["services"]:
-        console.print("nothing deployed")
-        return
-    table = Table(show_edge=False)
-    for column in ("environment", "service", "release", "url", "instances", "requests", "5xx", "p99 ms"):
-        table.add_column(column)
-    for item in report["services"]:
-        stats = item["router"]["stats"].get(item["release"] or "", {})
-        healthy = sum(1 for i in item["instances"] if i["health"] == "healthy")
-        table.add_row(item["environment"], item["service"], item["release"] or "-", item["url"],
-                      f"{healthy}/{len(item['instances'])} healthy", str(stats.get("requests", "-")),
-                      str(stats.get("errors_5xx", "-")), f"{stats['p99_ms']:.1f}" if stats else "-")
-    console.print(table)
-    for item in report["services"]:
-        paused = item.get("maintenance")
-        if paused:
-            console.print(f"  {item['environment']}/{item['service']}: maintenance on since {paused['since']}: "
-                          f"every request answered 503 (Retry-After: {paused['retry_after']})", markup=False)
-        window = item.get("verifying")
-        if window:
-            console.print(f"  {item['environment']}/{item['service']}: verifying {window['release']} until "
-                          f"{window['until']}; {window['previous']} kept warm for a switch back", markup=False)
-        hardening = item.get("hardening")
-        if hardening and hardening["relaxed"]:
-            console.print(f"  {item['environment']}/{item['service']}: hardening relaxed: "
-                          f"{', '.join(hardening['relaxed'])} (reason: {hardening['reason']})", markup=False)
-        for healing in _self_heal_lines(item.get("self_heal")):
-            console.print(f"  {item['environment']}/{item['service']}: {healing}", markup=False)
-        for route in item.get("routes") or []:
-            console.print(f"  {item['environment']}/{item['service']}: route {route['url']} "
-                          f"(certificate: {route['certificate']})", markup=False)
-        for instance in item["instances"]:
-            if instance["health"] != "healthy":
-                console.print(f"  {item['service']}/{instance['id']} (pid {instance['pid']}, port "
-                              f"{instance['port']}): {instance['state']}, {instance['health']}")
-
-
-def _self_heal_lines(heal: dict[str, Any] | None) -> list[str]:
-    """What `ingot status` says of self-healing: a fallback to the last stable release, a backoff, or drift
-    left alone because it is off."""
-    if not heal:
-        return []
-    lines = []
-    fallback = heal.get("fallback")
-    if fallback:
-        match fallback["outcome"]:
-            case "rolled back" | "rolling back":
-                lines.append(f"self-heal {fallback['outcome']} from {fallback['from']} to {fallback['to']}, "
-                             f"the last release that was stable: {fallback['reason']}")
-            case "failed":
-                lines.append(f"self-heal could not go back to {fallback['to']}: {fallback['error']} "
-                             f"({fallback['reason']})")
-            case _:
-                lines.append(f"self-heal has no earlier stable release to go back to: {fallback['reason']}")
-    backoff = heal.get("backoff")
-    if backoff:
-        lines.append(f"self-heal backing off: {backoff['failed_replacements']} failed replacement(s), next try in "
-                     f"{backoff['next_try_in']:g}s (last: {backoff['last_failure']})")
-    elif heal.get("findings") and not heal.get("enabled"):
-        lines.append(f"self-heal off: {len(heal['findings'])} drift finding(s) recorded, not repaired "
-                     "(ingot drift shows them, ingot reconcile repairs them)")
-    return lines
+    views.status_text(report, console, errors)
 
 
 @app.command()
@@ -612,18 +544,7 @@ def history(file: SpecFile = None, env: Env = None, service: Service = None,
     if as_json:
         print_json(rows)
         return
-    if not rows:
-        console.print(f"no deployments in {environment} yet")
-        return
-    table = Table(show_edge=False)
-    for column in ("when", "service", "kind", "release", "commit", "artifact", "who", "outcome", ""):
-        table.add_column(column)
-    for row in rows:
-        commit = row["commit"] or ""
-        commit_text = short(commit, 10) + ("-dirty" if commit.endswith("-dirty") else "")
-        table.add_row(when(row["at"]), row["service"], row["kind"], row["release"], commit_text,
-                      short(row["artifact"]), row["actor"], row["outcome"], "← live" if row["live"] else "")
-    console.print(table)
+    views.history_text(environment, rows, console)
 
 
 @app.command()
@@ -633,10 +554,7 @@ def logs(service: Annotated[str, typer.Argument(help="Service.")], file: SpecFil
     project = project_for(file)
     environment = guarded(lambda: project.environment(env_name(env)))
     guarded(lambda: project.services(service))
-    for instance, text in guarded(lambda: operations.logs(project, environment, service, lines)):
-        console.print(f"==> {instance} <==", style="bold")
-        for line in text:
-            console.print(line, markup=False, highlight=False)
+    views.logs_text(guarded(lambda: operations.logs(project, environment, service, lines)), console)
 
 
 @app.command()

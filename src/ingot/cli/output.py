@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.status import Status
 
-# Off a terminal, lines are not wrapped at 80 columns: logs and CI keep whole lines.
-_WIDTH = None if sys.stdout.isatty() else 160
-console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-errors = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+from ingot.views import CONSOLE_OPTIONS, console_width, json_text
+from ingot.views import short as short  # shared with the agent's renderings for the thin client
+from ingot.views import when as when
+
+_WIDTH = console_width(sys.stdout.isatty())
+console = Console(width=_WIDTH, **CONSOLE_OPTIONS)
+errors = Console(stderr=True, width=_WIDTH, **CONSOLE_OPTIONS)
 
 
 def pinned_note(path: Path) -> str:
@@ -22,19 +23,7 @@ def pinned_note(path: Path) -> str:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def when(timestamp: float | None) -> str:
-    if not timestamp:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
-
-
-def short(digest: str | None, length: int = 12) -> str:
-    if not digest:
-        return "-"
-    return digest.split(":", 1)[-1][:length]
+    sys.stdout.write(json_text(data))
 
 
 class Progress:
