@@ -17,10 +17,6 @@ from ingot.secrets_box import SecretsKeyError, load_box
 from ingot.spec import ServiceSpec
 
 
-def set_config(project: Project, environment: str, key: str, value: str) -> ConfigEntry:
-    return config_store.set_config(project.store, environment, key, value, current_actor())
-
-
 def set_configs(project: Project, environment: str, pairs: list[tuple[str, str]]) -> list[ConfigEntry]:
     return config_store.set_configs(project.store, environment, pairs, current_actor())
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import httpx
 
@@ -31,7 +30,12 @@ class Follower:
         return any(text in line for line in self.out)
 
 
-def test_follow_streams_across_a_deploy_and_ends_on_ctrl_c(example: ExampleProject, tmp_path: Path) -> None:
+def test_follow_streams_across_a_deploy_and_ends_on_ctrl_c(example: ExampleProject) -> None:
+    follow_across_a_deploy(example)
+
+
+def follow_across_a_deploy(example: ExampleProject) -> None:
+    """The test, for each runtime (tests/containers runs it on containers)."""
     example.ingot("deploy", check=True)
     old = {i["id"] for i in example.ingot("status", "--json", check=True).json["services"][0]["instances"]}
     follower = Follower(example, "--follow", "-n", "5")
