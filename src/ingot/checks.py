@@ -63,7 +63,7 @@ async def run_checks(checks: Sequence[CheckSpec], targets: Sequence[Target], *, 
                      service: str, release: str, secrets: Sequence[str] = ()) -> list[CheckResult]:
     """Every check, in order, until one fails: HTTP ones against every target at once, command ones once
     against the first target. Returns the results so far (the last one failed, if any did)."""
-    mask = _masker(secrets)
+    mask = masker(secrets)
     results: list[CheckResult] = []
     for check in checks:
         if check.http is not None:
@@ -131,7 +131,9 @@ def _command(check: CheckSpec, target: Target, project: str, environment: str, s
     return CheckResult(check.label, "command", target.instance, done.ok, summary, done.output, done.seconds)
 
 
-def _masker(secrets: Sequence[str]) -> Callable[[str], str]:
+def masker(secrets: Sequence[str]) -> Callable[[str], str]:
+    """Text with these secret values replaced by [secret] (values under 4 characters are left: they would
+    mask words)."""
     values = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)  # shorter would mask words
 
     def mask(text: str) -> str:

@@ -17,8 +17,28 @@ from ingot.secrets_box import SecretsKeyError, load_box
 from ingot.spec import ServiceSpec
 
 
-def set_config(project: Project, environment: str, key: str, value: str) -> ConfigEntry:
-    return config_store.set_config(project.store, environment, key, value, current_actor())
+def set_configs(project: Project, environment: str, pairs: list[tuple[str, str]]) -> list[ConfigEntry]:
+    return config_store.set_configs(project.store, environment, pairs, current_actor())
+
+
+def unset_config(project: Project, environment: str, key: str) -> ConfigEntry:
+    return config_store.unset_config(project.store, environment, key, current_actor())
+
+
+def parse_assignments(args: list[str]) -> list[tuple[str, str]]:
+    """`KEY=VALUE ...`, or the older `KEY VALUE`; a key given twice keeps its last value."""
+    if len(args) == 2 and "=" not in args[0]:
+        return [(args[0], args[1])]
+    pairs: dict[str, str] = {}
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        if not equals:
+            raise UserInputError(f"config set: {arg!r} has no value; write {arg}=VALUE (or KEY VALUE for one key)")
+        if not key:
+            raise UserInputError(f"config set: {arg!r} has no key before '='; write KEY=VALUE")
+        config_store.check_name(key, "config")
+        pairs[key] = value
+    return list(pairs.items())
 
 
 def get_config(project: Project, environment: str, key: str) -> ConfigEntry:

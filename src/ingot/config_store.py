@@ -40,6 +40,11 @@ class ConfigEntry:
     value: str
     actor: str
     at: float
+    action: str = "set"  # set | unset (its value then empty)
+
+    @property
+    def removed(self) -> bool:
+        return self.action == "unset"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -96,14 +101,43 @@ def _next_version(conn: Connection, table: Any, column: Any, environment: str, n
 
 
 def set_config(store: Store, environment: str, key: str, value: str, actor: str) -> ConfigEntry:
-    check_name(key, "config")
-    check_value(value, f"config {key}")
+    return set_configs(store, environment, [(key, value)], actor)[0]
+
+
+def set_configs(store: Store, environment: str, pairs: list[tuple[str, str]], actor: str) -> list[ConfigEntry]:
+    """Set several keys in one transaction: all of them or (on bad input) none."""
+    for key, value in pairs:
+        check_name(key, "config")
+        check_value(value, f"config {key}")
+    entries = []
     with store.begin() as conn:
-        version = _next_version(conn, t.config_values, t.config_values.c.key, environment, key)
-        entry = ConfigEntry(environment, key, version, value, actor, time.time())
+        for key, value in pairs:
+            version = _next_version(conn, t.config_values, t.config_values.c.key, environment, key)
+            entry = ConfigEntry(environment, key, version, value, actor, time.time())
+            conn.execute(t.config_values.insert().values(**entry.as_dict()))
+            # The value itself is in the config table (and in releases' snapshots), not in the ledger.
+            ledger.append(conn, actor=actor, action="config.set", environment=environment, subject=key,
+                          payload={"key": key, "version": version})
+            entries.append(entry)
+    return entries
+
+
+def unset_config(store: Store, environment: str, key: str, actor: str) -> ConfigEntry:
+    """Remove a key: a new version that unsets it. Services listing it are refused a new release until it
+    is set again; releases made before keep the value they snapshotted (rollback still works)."""
+    check_name(key, "config")
+    with store.begin() as conn:
+        c = t.config_values.c
+        newest = conn.execute(select(c.action).where(and_(c.environment == environment, c.key == key))
+                              .order_by(c.id.desc()).limit(1)).scalar()
+        if newest is None or newest == "unset":
+            state = "was unset" if newest else "was never set"
+            raise UserInputError(f"config {key} {state} in {environment}: nothing to unset; see "
+                                 f"'ingot config list --env {environment}'")
+        version = _next_version(conn, t.config_values, c.key, environment, key)
+        entry = ConfigEntry(environment, key, version, "", actor, time.time(), "unset")
         conn.execute(t.config_values.insert().values(**entry.as_dict()))
-        # The value itself is in the config table (and in releases' snapshots), not in the ledger.
-        ledger.append(conn, actor=actor, action="config.set", environment=environment, subject=key,
+        ledger.append(conn, actor=actor, action="config.unset", environment=environment, subject=key,
                       payload={"key": key, "version": version})
     return entry
 
@@ -167,14 +201,15 @@ def config_history(store: Store, environment: str, key: str | None = None) -> li
         query = query.where(c.key == key)
     with store.engine.connect() as conn:
         rows = conn.execute(query.order_by(c.id.desc()))
-        return [ConfigEntry(r.environment, r.key, r.version, r.value, r.actor, r.at) for r in rows]
+        return [ConfigEntry(r.environment, r.key, r.version, r.value, r.actor, r.at, r.action) for r in rows]
 
 
 def current_config(store: Store, environment: str) -> dict[str, ConfigEntry]:
+    """The newest value of each key that has one (an unset key is not there)."""
     current: dict[str, ConfigEntry] = {}
     for entry in config_history(store, environment):
         current.setdefault(entry.key, entry)
-    return dict(sorted(current.items()))
+    return {key: entry for key, entry in sorted(current.items()) if not entry.removed}
 
 
 def _secret_rows(conn: Connection, environment: str, name: str | None) -> list[SecretEntry]:

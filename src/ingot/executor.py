@@ -42,6 +42,8 @@ from ingot.store.repo import SPAWNING
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
 T = TypeVar("T")
 log = logging.getLogger("ingot.agent")
+# How many of an instance's last log lines a failed health gate or watch shows.
+LOG_EVIDENCE_LINES = 20
 
 
 class StepFailed(OperationFailed):
@@ -237,7 +239,7 @@ class Executor:
                    for row in rows]
         verdict = await watch_instances(watched, dep.params.health, seconds, dep.control.check)
         if not verdict.stable:
-            raise self._unstable(rows, verdict, span)
+            raise await self._unstable(dep, rows, verdict, span)
         return {"instances": [r.id for r in rows], "probes": verdict.probed}
 
     def _passed_gate(self, dep: Deployment, release: str) -> list[InstanceRow]:
@@ -265,14 +267,28 @@ class Executor:
 
         return exit_reason
 
-    def _unstable(self, rows: list[InstanceRow], verdict: WatchVerdict, span: str) -> StepFailed:
+    async def _unstable(self, dep: Deployment, rows: list[InstanceRow], verdict: WatchVerdict,
+                        span: str) -> StepFailed:
         row = next(r for r in rows if r.id == verdict.instance)
         details = []
         if verdict.probes:
             details.append(f"last health probes of {row.id}: {', '.join(p.detail for p in verdict.probes)}")
-        details += [f"last log lines of {row.id} ({row.log_path}):",
-                    *[f"  | {line}" for line in self.runtimes.of(row).log_tail(row, 15)]]
+        details += await self._log_evidence(dep, row)
         return StepFailed(f"instance {row.id} {verdict.reason} {verdict.seconds:.1f}s into {span}", details=details)
+
+    async def _log_evidence(self, dep: Deployment, row: InstanceRow) -> list[str]:
+        """An instance's last log lines for a failure's details (the deploy's output and the ledger), with
+        the secret values of its release masked: an app that prints its config must not leak them there."""
+        release = dep.release if row.release_id == dep.release.id else self.store.get_release(row.release_id)
+        try:
+            secrets = [] if release is None else list((await asyncio.to_thread(
+                secret_values, self.store, self.paths.keys, release, dep.row.environment)).values())
+        except IngotError as exc:  # values it cannot decrypt cannot be masked: the lines are not shown
+            return [f"last log lines of {row.id}: not shown, its secrets cannot be read to mask them ({exc})",
+                    f"  see {row.log_path}"]
+        mask = checks.masker(secrets)
+        lines = await asyncio.to_thread(self.runtimes.of(row).log_tail, row, LOG_EVIDENCE_LINES)
+        return [f"last log lines of {row.id} ({row.log_path}):", *[f"  | {mask(line)}" for line in lines]]
 
     def _record_verdict(self, dep: Deployment, verdict: dict[str, Any]) -> None:
         with self.store.begin() as conn:
@@ -447,11 +463,8 @@ class Executor:
         failed = [(row, v) for row, v in zip(pending, verdicts, strict=True) if not v.healthy]
         if failed:
             row, verdict = failed[0]
-            raise StepFailed(
-                f"instance {row.id} did not become healthy: {verdict.reason}",
-                details=[f"last log lines of {row.id} ({row.log_path}):",
-                         *[f"  | {line}" for line in self.runtimes.of(row).log_tail(row, 15)]],
-            )
+            raise StepFailed(f"instance {row.id} did not become healthy: {verdict.reason}",
+                             details=await self._log_evidence(dep, row))
         for row in pending:
             self.store.set_instance_state(row.id, "running")
         dep.started = [replace(r, state="running") if r in pending else r for r in dep.started]

@@ -1,8 +1,11 @@
 """Health probes, the health gate, and the watch over instances that have passed it.
 
 The gate is deterministic: an instance passes after `healthy_threshold` consecutive successful
-probes spaced `interval` apart; it fails when the instance exits or the `deadline` passes. Every
-verdict carries its evidence (probe results, exit code, last log lines).
+probes spaced `interval` apart; it fails when the instance exits, when it answers its health path with
+a failing status (a 5xx, a 404) `unhealthy_threshold` times in a row, or when the `deadline` passes.
+Only an answer counts toward failing fast: a refused connection or a timeout is an app still starting
+(binding takes time), and 503 is the status that says "not ready yet" (warming up): those wait for the
+deadline. Every verdict carries its evidence (probe results, exit code, last log lines).
 
 The watch (`watch_instances`) judges instances that already take traffic (min_ready, verification
 windows): each must keep running and keep answering its health path; it fails at the first exit or at
@@ -39,6 +42,16 @@ class ProbeResult:
     ok: bool
     detail: str
     elapsed_ms: float
+    status: int | None = None  # the HTTP status, when the instance answered
+
+    @property
+    def answered_failing(self) -> bool:
+        """A failing answer that shows the instance is up and broken, not still starting (see the gate)."""
+        return not self.ok and self.status is not None and self.status != NOT_READY
+
+
+# The status an app answers while it warms up: the gate waits for it to change, up to the deadline.
+NOT_READY = 503
 
 
 @dataclass
@@ -99,9 +112,8 @@ async def probe(client: httpx.AsyncClient, host: str, port: int, policy: HealthP
         detail = type(exc).__name__
         return ProbeResult(False, detail, (time.perf_counter() - started) * 1000)
     elapsed = (time.perf_counter() - started) * 1000
-    if 200 <= response.status_code < 400:
-        return ProbeResult(True, f"HTTP {response.status_code}", elapsed)
-    return ProbeResult(False, f"HTTP {response.status_code}", elapsed)
+    ok = 200 <= response.status_code < 400
+    return ProbeResult(ok, f"HTTP {response.status_code}", elapsed, response.status_code)
 
 
 async def wait_healthy(
@@ -111,9 +123,11 @@ async def wait_healthy(
     still_running: Callable[[], str | None],
     context: CheckContext | None = None,
 ) -> GateVerdict:
-    """Probe until healthy, the process dies (`still_running` returns why), or the deadline passes."""
+    """Probe until healthy, the process dies (`still_running` returns why), it answers failing
+    `unhealthy_threshold` times in a row, or the deadline passes."""
     started = time.monotonic()
     consecutive = 0
+    failing = 0  # failing answers in a row
     probes: list[ProbeResult] = []
     # Probes go straight to the instance, never through a proxy from the environment.
     async with httpx.AsyncClient(trust_env=False) as client:
@@ -127,9 +141,19 @@ async def wait_healthy(
             result = await probe(client, host, port, policy, context)
             probes.append(result)
             consecutive = consecutive + 1 if result.ok else 0
+            failing = failing + 1 if result.answered_failing else 0
             if consecutive >= policy.healthy_threshold:
                 return GateVerdict(True, "healthy", probes[-5:], time.monotonic() - started)
             elapsed = time.monotonic() - started
+            if failing >= policy.unhealthy_threshold:
+                return GateVerdict(
+                    False,
+                    f"answered {policy.path} with {result.detail} {failing} time(s) in a row "
+                    f"(health.unhealthy_threshold: {policy.unhealthy_threshold}); failed at once, without "
+                    f"waiting for the {policy.deadline:g}s deadline",
+                    probes[-5:],
+                    elapsed,
+                )
             if elapsed >= policy.deadline:
                 last = result.detail
                 return GateVerdict(
@@ -140,7 +164,9 @@ async def wait_healthy(
                 )
             # Until the first success, poll at most every 100 ms so a fast starter is not held back a
             # full interval; once it answers, confirming probes are spaced by the configured interval.
-            pause = policy.interval if result.ok else min(policy.interval, 0.1)
+            # A failing answer is spaced by the interval too: the app is up, and a second look a moment
+            # later is what tells a blip from a broken release.
+            pause = policy.interval if result.ok or result.answered_failing else min(policy.interval, 0.1)
             await asyncio.sleep(min(pause, max(0.0, policy.deadline - elapsed)))
 
 

@@ -13,6 +13,7 @@ import docker  # type: ignore[import-untyped]
 import pytest
 from docker.errors import NotFound  # type: ignore[import-untyped]
 
+from tests.integration.test_logs_follow import follow_across_a_deploy
 from tests.support.engines import remove_project_containers
 from tests.support.harness import (
     ExampleProject,
@@ -92,6 +93,10 @@ def test_failed_health_gate_keeps_the_old_release(engine: docker.DockerClient, b
     assert f"still serving: release {good}" in failed.err
     assert boxed.get()["release"] == good
     assert {c.labels["ingot.release"] for c in containers(engine, boxed)} == {good}  # type: ignore[attr-defined]
+
+
+def test_logs_follow_streams_across_a_deploy(boxed: ExampleProject) -> None:
+    follow_across_a_deploy(boxed)
 
 
 def test_mutable_tag_is_refused(boxed: ExampleProject) -> None:

@@ -106,3 +106,29 @@ def test_secret_values_come_from_stdin_or_a_file_and_are_never_printed(tmp_path:
             for v, c, k in rows] == ["stdin-value-9a2", "from-file-value-7c1"]
     for raw in (tmp_path / ".ingot" / "hello").glob("state.db*"):
         assert b"value-9a2" not in raw.read_bytes() and b"value-7c1" not in raw.read_bytes()
+
+
+def test_config_set_takes_key_equals_value_pairs_and_unset_removes_a_key(tmp_path: Path) -> None:
+    (tmp_path / "ingot.yaml").write_text(SPEC)
+    done = ingot(tmp_path, "config", "set", "FEATURE_FLAG=on", "DSN=postgres://db/x?sslmode=require")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(ingot(tmp_path, "config", "list", "--json").stdout)
+    assert [(e["key"], e["value"]) for e in listed] == [("DSN", "postgres://db/x?sslmode=require"),
+                                                        ("FEATURE_FLAG", "on")]
+    # Bad input sets nothing, even beside a good pair.
+    for args, says in ((["=x"], "no key before '='"), (["FEATURE_FLAG"], "has no value"),
+                       (["OK=1", "NOPE"], "has no value"), (["1BAD=x"], "not a valid environment variable name")):
+        bad = ingot(tmp_path, "config", "set", *args)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
+    assert "OK" not in {e["key"] for e in json.loads(ingot(tmp_path, "config", "list", "--json").stdout)}
+    assert ingot(tmp_path, "config", "unset", "DSN").returncode == 0
+    assert [e["key"] for e in json.loads(ingot(tmp_path, "config", "list", "--json").stdout)] == ["FEATURE_FLAG"]
+    history = json.loads(ingot(tmp_path, "config", "history", "DSN", "--json").stdout)
+    assert [(e["version"], e["action"]) for e in history] == [(2, "unset"), (1, "set")]
+    again = ingot(tmp_path, "config", "unset", "DSN")
+    assert again.returncode == 2 and "nothing to unset" in again.stderr
+    # A service listing an unset key is refused a new release, naming the command that fixes it.
+    assert ingot(tmp_path, "config", "unset", "FEATURE_FLAG").returncode == 0
+    assert ingot(tmp_path, "secret", "set", "API_KEY", stdin="s3cret-value").returncode == 0
+    refused = ingot(tmp_path, "deploy")
+    assert refused.returncode == 2 and "config FEATURE_FLAG has no value" in refused.stderr

@@ -107,7 +107,9 @@ def test_settings_default_then_file_then_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("environ", "file", "says"), [
     ({"INGOT_EDGE_KIND": "nginx"}, None, "INGOT_EDGE_KIND: unknown edge kind 'nginx'"),
     ({"INGOT_EDGE_HTTP": "80"}, None, "INGOT_EDGE_HTTP: expected HOST:PORT or :PORT"),
-    ({"INGOT_EDGE_HTTPS": ":70000"}, None, "INGOT_EDGE_HTTPS: expected HOST:PORT"),
+    ({"INGOT_EDGE_HTTPS": ":70000"}, None, "INGOT_EDGE_HTTPS: port must be between 1 and 65535, got 70000"),
+    ({}, {"https": "https://example.com:443"}, "settings.json: key 'https': expected HOST:PORT or :PORT "
+                                               "(every address), such as 127.0.0.1:8080 or :8080, not a URL"),
     ({"INGOT_ACME_DIRECTORY": "letsencrypt"}, None, "INGOT_ACME_DIRECTORY: expected the URL of an ACME directory"),
     ({"INGOT_ACME_CA_BUNDLE": "/nonexistent.pem"}, None, "INGOT_ACME_CA_BUNDLE: no such file"),
     ({}, {"http": 80}, "settings.json: key 'http' must be a string"),

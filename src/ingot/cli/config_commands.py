@@ -38,15 +38,30 @@ def _target(file: Path | None, env: str | None) -> tuple[Project, str]:
 
 # ---- config --------------------------------------------------------------------------------------
 @config_app.command("set")
-def config_set(key: Annotated[str, typer.Argument(help="Variable name, e.g. FEATURE_FLAG.")],
-               value: Annotated[str, typer.Argument(help="Its value (config is not secret: use "
-                                                    "'ingot secret set' for secrets).")],
+def config_set(assignments: Annotated[list[str], typer.Argument(
+                   help="KEY=VALUE pairs (several at once, set together), or KEY VALUE. Config is not "
+                        "secret: use 'ingot secret set' for secrets.", metavar="KEY=VALUE...")],
                file: SpecFile = None, env: Env = None) -> None:
-    """Set a config value in an environment: a new version; the next deploy makes a release with it."""
+    """Set config values in an environment: a new version each; the next deploy makes a release with them."""
+    cli = main_module()
+    pairs = cli.guarded(lambda: config_ops.parse_assignments(assignments))
     project, environment = _target(file, env)
-    entry = main_module().guarded(lambda: config_ops.set_config(project, environment, key, value))
-    console.print(f"{environment}: {entry.key} version {entry.version} set; services listing it get it as a new "
-                  "release on their next deploy", markup=False)
+    entries = cli.guarded(lambda: config_ops.set_configs(project, environment, pairs))
+    for entry in entries:
+        console.print(f"{environment}: {entry.key} version {entry.version} set", markup=False)
+    console.print("services listing them get them as a new release on their next deploy", markup=False)
+
+
+@config_app.command("unset")
+@config_app.command("rm", hidden=True)  # the same word as 'ingot secret rm'
+def config_unset(key: Annotated[str, typer.Argument(help="Variable name.")],
+                 file: SpecFile = None, env: Env = None) -> None:
+    """Remove a config value: a new version; services listing it are refused a deploy until it is set again."""
+    project, environment = _target(file, env)
+    entry = main_module().guarded(lambda: config_ops.unset_config(project, environment, key))
+    console.print(f"{environment}: {entry.key} unset (version {entry.version}); a deploy of a service listing "
+                  "it is refused until it is set again; earlier releases keep their value for rollback",
+                  markup=False)
 
 
 @config_app.command("get")
@@ -89,7 +104,7 @@ def _print_config(entries: list[ConfigEntry], as_json: bool, empty: str) -> None
     for column in ("key", "value", "version", "who", "when"):
         table.add_column(column, overflow="fold")
     for e in entries:
-        table.add_row(e.key, e.value, str(e.version), e.actor, when(e.at))
+        table.add_row(e.key, "(unset)" if e.removed else e.value, str(e.version), e.actor, when(e.at))
     console.print(table)
 
 
@@ -146,6 +161,7 @@ def secret_history(name: Annotated[str | None, typer.Argument(help="Only this se
 
 
 @secret_app.command("rm")
+@secret_app.command("unset", hidden=True)  # the same word as 'ingot config unset'
 def secret_rm(name: Annotated[str, typer.Argument(help="Secret name.")],
               file: SpecFile = None, env: Env = None) -> None:
     """Remove a secret: new releases can no longer use it; releases made before keep their version."""

@@ -549,12 +549,36 @@ def history(file: SpecFile = None, env: Env = None, service: Service = None,
 
 @app.command()
 def logs(service: Annotated[str, typer.Argument(help="Service.")], file: SpecFile = None,
-         env: Env = None, lines: Annotated[int, typer.Option("--lines", "-n")] = 50) -> None:
-    """The last lines of each running instance's log."""
+         env: Env = None, lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
+         follow: Annotated[bool, typer.Option(
+             "--follow", "-F", help="Then print new lines as they are written, of the instances live now and of "
+                                    "those deploys start, each line tagged with its instance, until Ctrl-C. "
+                                    "(-f is --file.)")] = False) -> None:
+    """The last lines of each running instance's log (with --follow, then every new line)."""
     project = project_for(file)
     environment = guarded(lambda: project.environment(env_name(env)))
     guarded(lambda: project.services(service))
+    if follow:
+        _follow_logs(project, environment, service, lines)
+        return
     views.logs_text(guarded(lambda: operations.logs(project, environment, service, lines)), console)
+
+
+def _follow_logs(project: Project, environment: str, service: str, lines: int) -> None:
+    from ingot import logfollow
+
+    try:
+        for item in logfollow.follow(project.store, environment, service, lines):
+            if isinstance(item, logfollow.Notice):
+                errors.print(f"==> {item.text} <==", markup=False, highlight=False)
+            else:
+                sys.stdout.write(f"{item.instance} | {item.text}\n")
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how following ends: exit 0
+    except BrokenPipeError:
+        # The reader went away (`| head`): done, quietly; stdout's final flush must not fail either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @app.command()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ingot.addresses import split_address
 from ingot.edge.front import FRONT_KINDS
 from ingot.errors import UserInputError
 from ingot.routers.base import Address
@@ -107,13 +108,10 @@ def parse_listener(value: str, where: str) -> Address | None:
     value = value.strip()
     if value.lower() in _OFF:
         return None
-    host, sep, port_text = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535 or any(c.isspace() for c in host):
-        raise UserInputError(f"{where}: expected HOST:PORT or :PORT (such as :443 or 127.0.0.1:8443) or off, "
-                             f"got {value!r}")
-    return host, int(port_text)
+    try:
+        return split_address(value, allow_any=True)
+    except ValueError as exc:
+        raise UserInputError(f"{where}: {exc} (or off)") from None
 
 
 def address_text(address: Address | None) -> str:

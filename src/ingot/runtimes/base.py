@@ -50,6 +50,8 @@ process runtime, Podman and Docker Engine, each for real):
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -180,6 +182,12 @@ class Runtime(Protocol):
     def observe(self, instance: InstanceRow) -> Observation: ...
 
     def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]: ...
+
+    def follow_log(self, instance: InstanceRow, tail: int | None = None,
+                   stop: threading.Event | None = None) -> Iterator[str]:
+        """Its log lines as they are written: the last `tail` first (None: from its start); until it ends
+        or `stop` is set. Blocking: read it in a thread."""
+        ...
 
     def find(self, instance: InstanceRow, state_dir: str) -> InstanceRow | None:
         """The process or container a row without pid or handle describes (its intent was recorded, and

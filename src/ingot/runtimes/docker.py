@@ -17,6 +17,7 @@ import math
 import os
 import re
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -267,13 +268,25 @@ class DockerRuntime:
             except NotFound:
                 return []
 
-    def follow_log(self, instance: InstanceRow) -> Iterator[str]:
-        """The container's stdout and stderr lines as it writes them, from its start until it exits (a
-        one-off's output shown live). Blocking: read it in a thread."""
+    def follow_log(self, instance: InstanceRow, tail: int | None = None,
+                   stop: threading.Event | None = None) -> Iterator[str]:
+        """The container's stdout and stderr lines as it writes them until it exits: from its start (a
+        one-off's output shown live), or its last `tail` lines first (`ingot logs --follow`). The stream
+        ends with the container, so `stop` is not needed. Blocking: read it in a thread."""
         container = self._container(instance)
-        if container is not None:
-            with _engine_errors(f"instance {instance.id}: following the container's log failed"):
+        if container is None:
+            return
+        with _engine_errors(f"instance {instance.id}: following the container's log failed"):
+            if tail is None:
                 yield from _lines(container.logs(stdout=True, stderr=True, stream=True, follow=True))
+            elif not is_podman(self.client):
+                yield from _lines(container.logs(stdout=True, stderr=True, stream=True, follow=True, tail=tail))
+            else:
+                # Podman's `tail` garbles lines (see _last_log_lines): the tail as log_tail reads it, then
+                # what comes after. A line written in that moment may show twice.
+                since = time.time()
+                yield from self.log_tail(instance, tail)
+                yield from _lines(container.logs(stdout=True, stderr=True, stream=True, follow=True, since=since))
 
     def feed_stdin(self, instance: InstanceRow, fd: int) -> None:
         """Copy what can be read from `fd` to the container's stdin, closing it at the end of `fd`

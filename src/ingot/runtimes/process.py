@@ -19,11 +19,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import IO
 
 from ingot import volumes
 from ingot.errors import OperationFailed
@@ -235,6 +237,84 @@ class ProcessRuntime:
         if len(tail) < lines:
             tail = tail_lines(path.with_name(path.name + ".1"), lines - len(tail)) + tail
         return tail
+
+
+    def follow_log(self, instance: InstanceRow, tail: int | None = None,
+                   stop: threading.Event | None = None) -> Iterator[str]:
+        """The instance's log lines as its logger writes them (`ingot logs --follow`): its last `tail` lines
+        first (None: from its first line), then each new one, across rotations, until `stop` is set; then
+        what is left is read. Blocking: read it in a thread."""
+        path = Path(instance.log_path)
+        if not _is_instance_log(path, instance):
+            log.warning("instance %s: its log path %s is not an instance log; not read", instance.id, path)
+            return
+        follower = _LogFollower(path)
+        if tail is not None:
+            # From the end as it is now, then its tail: a line written in between shows twice, none is lost.
+            follower.start_at_end()
+            yield from self.log_tail(instance, tail) if tail > 0 else []
+        while True:
+            stopping = stop is not None and stop.is_set()
+            lines = follower.new_lines()
+            yield from lines
+            if stopping and not lines:
+                yield from follower.rest()
+                return
+            if not lines:
+                time.sleep(FOLLOW_POLL)
+
+
+# How often a followed log is looked at for new lines.
+FOLLOW_POLL = 0.1
+
+
+class _LogFollower:
+    """The new complete lines of an instance's log since the last call, across the logger's rotations
+    (it renames the file to .1 and starts a new one) and before the file exists (it is made at the first
+    write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.partial = path, b""
+        self.handle: IO[bytes] | None = None
+        self.handle_ino: int | None = None
+
+    def _open(self) -> bool:
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115 (kept open between calls)
+        except OSError:
+            return False
+        self.handle, self.handle_ino = handle, os.fstat(handle.fileno()).st_ino
+        return True
+
+    def start_at_end(self) -> None:
+        """Only what is written from now on (a file not there yet is read from its start)."""
+        if self._open() and self.handle is not None:
+            self.handle.seek(0, os.SEEK_END)
+
+    def new_lines(self) -> list[str]:
+        if self.handle is None and not self._open():
+            return []
+        assert self.handle is not None
+        data = self.handle.read()
+        try:
+            rotated = os.stat(self.path).st_ino != self.handle_ino
+        except OSError:
+            rotated = False  # between the rename and the new file: the next look finds it
+        if rotated:
+            data += self.handle.read()  # what was written to it before the rename
+            self.handle.close()
+            self.handle = None
+            self._open()
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [line.decode("utf-8", "replace") for line in lines]
+
+    def rest(self) -> list[str]:
+        rest = [self.partial.decode("utf-8", "replace")] if self.partial else []
+        self.partial = b""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+        return rest
 
 
 def _is_instance_log(path: Path, instance: InstanceRow) -> bool:

@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ingot.addresses import split_address
 from ingot.errors import UserInputError
 from ingot.spec.durations import DURATION_JSON_SCHEMA, Duration, parse_duration
 from ingot.spec.problems import RELATED, RULE_ERROR, Loc, Problem, dotted, problems_from_error
@@ -154,16 +155,8 @@ def _check_route_path(value: str) -> str:
 
 
 def split_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into host and port; ValueError if it is neither."""
-    host, sep, port_text = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or any(c.isspace() for c in host):
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8080, got {value!r}")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be between 1 and 65535, got {port} in {value!r}")
-    return host, port
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) into host and port; ValueError saying what is expected."""
+    return split_address(value)
 
 
 def _check_listen(value: str) -> str:

@@ -143,9 +143,17 @@ def _migration_6(conn: Connection) -> None:
             conn.execute(text(statement))
 
 
+def _migration_7(conn: Connection) -> None:
+    # `ingot config unset`: a config version says whether it sets or unsets its key. (Migration 4 makes
+    # the table from the current definition, which has the column already.)
+    columns = {str(row[1]) for row in conn.exec_driver_sql("PRAGMA table_info(config_values)")}
+    if "action" not in columns:
+        conn.execute(text("ALTER TABLE config_values ADD COLUMN action VARCHAR(8) NOT NULL DEFAULT 'set'"))
+
+
 # Each migration moves the schema from version N-1 to N; they are applied in order and never edited.
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
-                                                   _migration_5, _migration_6]
+                                                   _migration_5, _migration_6, _migration_7]
 
 
 def migrate(engine: Engine) -> int:

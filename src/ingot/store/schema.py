@@ -158,6 +158,8 @@ config_values = Table(
     Column("value", Text, nullable=False),
     Column("actor", String(128), nullable=False),
     Column("at", Float, nullable=False),
+    # set | unset: an unset is a version too (its value empty), so history says who removed a key and when.
+    Column("action", String(8), nullable=False, server_default="set"),
     UniqueConstraint("environment", "key", "version"),
 )
 
