@@ -32,19 +32,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ingot import ledger, locks
-from ingot.agent.healer import Healer, RepairReport
+from ingot.agent.healer import Healer, RepairReport, env_duration
 from ingot.build_release import artifact_available
 from ingot.deploy_params import DeployParams
 from ingot.drift import Finding, find_drift
-from ingot.errors import IngotError, UserInputError
-from ingot.spec.durations import parse_duration
+from ingot.errors import IngotError
 from ingot.store import ActivationRow, ReleaseRow, Store
 
 Key = tuple[str, str]
@@ -71,13 +69,7 @@ class Deploy(Protocol):
 
 def heal_interval(value: str | None = None, source: str = INTERVAL_ENV) -> float:
     """The interval between passes: `value`, else $INGOT_HEAL_INTERVAL, else 5 s. 0 turns self-healing off."""
-    text = value if value is not None else os.environ.get(INTERVAL_ENV)
-    if text is None or not text.strip():
-        return DEFAULT_INTERVAL
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise UserInputError(f"{source}: {exc}") from None
+    return env_duration(INTERVAL_ENV, DEFAULT_INTERVAL, value, source)
 
 
 @dataclass
