@@ -211,6 +211,15 @@ class ArtifactStore:
                 # Too many links to one inode (or no hard links here): this artifact keeps its own copy.
 
     def _link_shared(self, staged: Path, shared: Path, entry_digest: str) -> None:
+        for _attempt in range(3):
+            try:
+                self._link_shared_once(staged, shared, entry_digest)
+                return
+            except FileNotFoundError:
+                continue  # a prune swept the shared copy away meanwhile: this file becomes it
+        raise OSError(errno.EMLINK, "the shared copy kept vanishing", str(shared))  # keep our own copy
+
+    def _link_shared_once(self, staged: Path, shared: Path, entry_digest: str) -> None:
         try:
             os.link(staged, shared)  # the first artifact with this file: its copy becomes the shared one
             return
@@ -218,6 +227,8 @@ class ArtifactStore:
             pass
         try:
             intact = path_entry_digest(str(shared)) == entry_digest
+        except FileNotFoundError:
+            raise
         except (OSError, UserInputError):
             intact = False
         if intact:
