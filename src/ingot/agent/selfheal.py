@@ -3,7 +3,9 @@
 Each pass observes every live service the way `ingot drift` does. New findings go to the ledger. In an
 environment with `self_heal: true` (the default) they are then repaired the way `ingot reconcile`
 repairs them: a fresh instance of the same release first, the faulty one retired after. With
-`self_heal: false` they are only recorded.
+`self_heal: false` they are only recorded. A pass re-hashes a stored artifact or checkout only when its
+stat fingerprint moved or its full re-hash is due (`ingot.artifacts.fingerprint`): its cost follows the
+number of files, not their size.
 
 Self-heal never fights an operator: a service is left alone while something holds its lock (a deploy,
 rollback, reconcile or down in the agent; it does not queue behind them), while a deploy, rollback
