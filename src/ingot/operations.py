@@ -832,6 +832,8 @@ def prune(project: Project, dry_run: bool) -> dict[str, Any]:
                                         if a.release_id]
     infos = [ReleaseInfo(r.id, r.service, r.artifact_digest, r.created_at) for r in releases]
     decision = decide(infos, history, retention, 5, stored)
+    # Counted before anything goes: files an artifact shares with a kept one free nothing.
+    freed = project.artifacts.space_freed_by([a for a in sorted(decision.remove) if a not in docker_artifacts])
     removed: list[str] = []
     outcomes: dict[str, str] = {}
     if not dry_run:
@@ -847,9 +849,9 @@ def prune(project: Project, dry_run: bool) -> dict[str, Any]:
             removed.append(artifact)
         ledger.record(store, actor=current_actor(), action="prune",
                       payload={"removed": {a: decision.remove[a] for a in removed}, "outcomes": outcomes,
-                               "kept": len(decision.keep)})
+                               "kept": len(decision.keep), "freed_bytes": freed})
     return {"dry_run": dry_run, "remove": decision.remove, "keep": decision.keep, "removed": removed,
-            "outcomes": outcomes}
+            "outcomes": outcomes, "freed_bytes": freed}
 
 
 # ---- drift ----------------------------------------------------------------------------------

@@ -134,3 +134,29 @@ def test_corrupted_store_copy_is_reported_not_repaired(example: ExampleProject) 
     result = example.ingot("reconcile")
     assert result.code == 1 and "corrupt" in result.err
     shutil.rmtree(example.state / "artifacts" / "inputs", ignore_errors=True)
+
+
+def test_an_edit_is_found_at_once_between_full_rehashes_even_with_size_and_mtime_put_back(
+        example: ExampleProject) -> None:
+    example.env["INGOT_REHASH_INTERVAL"] = "1h"  # every pass below takes the stat path unless a fingerprint moved
+    example.ingot("deploy", check=True)
+    assert drift(example) == (0, [])  # the trees are hashed once here: what the fingerprints are taken against
+    run_dir = Path(os.readlink(f"/proc/{instances(example)[0]['pid']}/cwd"))
+    app = run_dir / "app.py"
+    before = app.stat()
+    text = app.read_text()
+    app.chmod(0o644)
+    app.write_text(text.replace("VERSION", "VERSIOn", 1))  # same size
+    os.utime(app, ns=(before.st_atime_ns, before.st_mtime_ns))  # `touch -r`: the same mtime
+    code, findings = drift(example)
+    assert code == 1 and {f["kind"] for f in findings} == {"changed_files"}, findings
+    assert findings[0]["evidence"]["files"] == ["modified: app.py"]
+
+    [obj] = list((example.state / "artifacts" / "objects").iterdir())
+    stored = obj / "app.py"
+    mtime = stored.stat().st_mtime_ns
+    stored.chmod(0o644)
+    stored.write_text(stored.read_text().replace("VERSION", "VERSIOn", 1))
+    os.utime(stored, ns=(mtime, mtime))
+    code, findings = drift(example)
+    assert code == 1 and "artifact_corrupt" in {f["kind"] for f in findings}, findings

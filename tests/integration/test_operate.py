@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ingot.artifacts import ArtifactStore
 from tests.support.harness import ExampleProject, manual_repair
 
 
@@ -134,8 +135,12 @@ def test_prune_keeps_live_and_rollback_targets_in_every_environment(example: Exa
     doomed = {rid for ids in dry["remove"].values() for rid in ids}
     assert doomed == {releases[0], releases[1]}
 
+    store = ArtifactStore(example.state / "artifacts")
+    before = store.disk_usage()
     pruned = example.ingot("prune", "--json", check=True).json
     assert sorted(pruned["removed"]) == sorted(dry["remove"])
+    # What it says it freed is what the store shrank by; the files releases share stay for the kept ones.
+    assert pruned["freed_bytes"] == dry["freed_bytes"] == before - store.disk_usage() > 0
     # Rollback targets still work; a pruned release says plainly why it cannot come back.
     example.ingot("rollback", check=True)
     assert example.get()["release"] == releases[-2]

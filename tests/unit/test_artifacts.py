@@ -332,3 +332,95 @@ def test_build_with_failing_pip_reports_its_output(store: ArtifactStore, tmp_pat
     assert 0 < len(info.value.details) <= 20
     assert list(store.tmp_dir.glob("*")) == []
     assert store.list_digests() == []
+
+
+# -- files shared between artifacts ---------------------------------------------------------------
+
+
+def _stored(store: ArtifactStore, tree: Path, files: dict[str, str]) -> str:
+    staging = store.new_staging_dir()
+    shutil.copytree(tree, staging, dirs_exist_ok=True)
+    make_tree(staging, files)
+    return store.put_tree(staging)
+
+
+def test_artifacts_share_identical_files_and_prune_counts_only_what_it_frees(store: ArtifactStore,
+                                                                              tree: Path) -> None:
+    big = "x" * 200_000
+    make_tree(tree, {"vendor/big.py": big})
+    (tree / "run.sh").write_text(big)
+    (tree / "run.sh").chmod(0o755)  # same bytes, executable: not the same entry, never one inode
+    first = _stored(store, tree, {"app.py": "v = 1\n"})
+    second = _stored(store, tree, {"app.py": "v = 2\n"})
+    one, two = store.path_for(first), store.path_for(second)
+    assert (one / "vendor/big.py").stat().st_ino == (two / "vendor/big.py").stat().st_ino
+    assert (one / "app.py").stat().st_ino != (two / "app.py").stat().st_ino
+    assert (one / "run.sh").stat().st_ino != (one / "vendor/big.py").stat().st_ino
+    assert stat.S_IMODE((two / "run.sh").stat().st_mode) == 0o500
+    assert stat.S_IMODE((two / "vendor/big.py").stat().st_mode) == 0o400
+    assert store.verify(first) and store.verify(second)
+
+    # Removing one frees its own files only; the shared ones go with the last artifact linking them.
+    before = store.disk_usage()
+    freed = store.space_freed_by([first])
+    assert 0 < freed < 100_000
+    store.remove(first)
+    assert before - store.disk_usage() == freed
+    assert store.verify(second)
+    assert store.space_freed_by([second]) > 400_000
+    store.remove(second)
+    assert list(store.files_dir.iterdir()) == []
+
+
+def test_a_damaged_shared_file_is_found_in_every_artifact_and_never_linked_again(store: ArtifactStore,
+                                                                                  tree: Path) -> None:
+    first = _stored(store, tree, {"app.py": "v = 1\n"})
+    second = _stored(store, tree, {"app.py": "v = 2\n"})
+    shared = store.path_for(first) / "lib/util.py"
+    shared.chmod(0o644)
+    shared.write_text("X = 'tampered'\n")  # one inode: both artifacts are damaged
+    for digest in (first, second):
+        with pytest.raises(ArtifactCorrupt) as info:
+            store.verify(digest)
+        assert info.value.details == ["modified: lib/util.py"]
+    # A fresh build of the same content does not reuse the damaged file: it replaces it.
+    assert _stored(store, tree, {"app.py": "v = 1\n"}) == first
+    assert store.verify(first)
+    assert (store.path_for(first) / "lib/util.py").read_text() == "X = 1\n"
+    with pytest.raises(ArtifactCorrupt):
+        store.verify(second)  # still linking the damaged copy: found, as before
+    third = _stored(store, tree, {"app.py": "v = 3\n"})
+    assert (store.path_for(third) / "lib/util.py").stat().st_ino == \
+        (store.path_for(first) / "lib/util.py").stat().st_ino
+
+
+# -- stat fingerprints ------------------------------------------------------------------------------
+
+
+def test_tree_cache_rehashes_on_a_changed_fingerprint_and_on_its_schedule(tree: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingot.artifacts import fingerprint
+
+    now = [0.0]
+    cache = fingerprint.TreeCache(full_every=60.0, clock=lambda: now[0])
+    assert cache.listing(tree) == file_listing(tree) and cache.full_hashes == 1
+    assert cache.listing(tree) == file_listing(tree) and (cache.full_hashes, cache.stat_hits) == (1, 1)
+
+    # An ordinary edit changes the fingerprint: hashed again at once.
+    (tree / "app.py").write_text("print('edited')\n")
+    assert cache.listing(tree) == file_listing(tree) and cache.full_hashes == 2
+    # The same size and mtime put back (touch -r): ctime still moves, so the fingerprint sees it too.
+    st = (tree / "app.py").stat()
+    (tree / "app.py").write_text("print('EDITED')\n")
+    os.utime(tree / "app.py", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.listing(tree) == file_listing(tree) and cache.full_hashes == 3
+
+    # What no stat shows (a write below the filesystem, bit rot): only the scheduled full re-hash finds it.
+    monkeypatch.setattr(fingerprint, "tree_fingerprint", lambda _root: "sha256:unchanged")
+    cache.listing(tree)
+    stale = cache.full_hashes
+    (tree / "app.py").write_text("print('rot')\n")
+    now[0] = 59.0
+    assert cache.listing(tree) != file_listing(tree) and cache.full_hashes == stale
+    now[0] = 60.0 + 59.0
+    assert cache.listing(tree) == file_listing(tree) and cache.full_hashes == stale + 1

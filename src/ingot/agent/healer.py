@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,15 +13,17 @@ from typing import Any
 import httpx
 
 from ingot import ledger
-from ingot.artifacts import ArtifactStore, diff_listings, file_listing, listing_digest
+from ingot.artifacts import ArtifactStore, diff_listings, listing_digest
+from ingot.artifacts.fingerprint import DEFAULT_FULL_EVERY, TreeCache
 from ingot.deploy_params import DeployParams
 from ingot.drift import REPLACE, Finding, Observed, ServiceObservation, Stray, env_differences, find_drift
-from ingot.errors import IngotError
+from ingot.errors import IngotError, UserInputError
 from ingot.executor import Executor, release_environment
 from ingot.health import probe
 from ingot.routers.base import Router
 from ingot.runtimes.process import labelled_processes, process_cwd, process_environment, terminate_group
 from ingot.runtimes.registry import Runtimes
+from ingot.spec.durations import parse_duration
 from ingot.store import ActivationRow, InstanceRow, ReleaseRow, Store
 from ingot.store.repo import SPAWNING
 
@@ -29,6 +32,18 @@ UNFINISHED = (SPAWNING, "starting")
 
 log = logging.getLogger("ingot.agent")
 Key = tuple[str, str]
+REHASH_ENV = "INGOT_REHASH_INTERVAL"
+
+
+def env_duration(name: str, default: float, value: str | None = None, source: str | None = None) -> float:
+    """`value`, else $`name`, else `default`, as seconds; bad text is the user's error, naming its source."""
+    text = value if value is not None else os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UserInputError(f"{source or name}: {exc}") from None
 
 
 @dataclass
@@ -47,8 +62,10 @@ class RepairReport:
 class Healer:
     def __init__(self, store: Store, runtimes: Runtimes, artifacts: ArtifactStore, executor: Executor,
                  routers: dict[Key, Router], lock: Callable[[Key], asyncio.Lock],
-                 verifying: Callable[[Key], bool] = lambda _key: False) -> None:
+                 verifying: Callable[[Key], bool] = lambda _key: False, trees: TreeCache | None = None) -> None:
         self.store = store
+        # Stored artifacts and checkouts, hashed in full only when their stat fingerprint changes or it is time.
+        self.trees = trees if trees is not None else TreeCache(env_duration(REHASH_ENV, DEFAULT_FULL_EVERY))
         self.runtimes = runtimes
         self.artifacts = artifacts
         self.executor = executor
@@ -86,7 +103,7 @@ class Healer:
         store_problem = None
         if params.runtime == "process":
             try:
-                await asyncio.to_thread(self.artifacts.verify, release.artifact_digest)
+                await asyncio.to_thread(self.artifacts.verify, release.artifact_digest, self.trees.listing)
             except IngotError as exc:
                 store_problem = "; ".join([exc.message, *exc.details])
         return ServiceObservation(
@@ -148,7 +165,7 @@ class Healer:
             facts["actual_artifact"] = f"running from {cwd}, not from its checkout {row.handle}"
             return facts
         if row.handle:
-            listing = file_listing(Path(row.handle))
+            listing = self.trees.listing(Path(row.handle))
             if listing_digest(listing) != release.artifact_digest:
                 expected = self.artifacts.read_listing(release.artifact_digest) or {}
                 facts["changed_files"] = tuple(diff_listings(expected, listing))

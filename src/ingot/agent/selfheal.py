@@ -3,7 +3,9 @@
 Each pass observes every live service the way `ingot drift` does. New findings go to the ledger. In an
 environment with `self_heal: true` (the default) they are then repaired the way `ingot reconcile`
 repairs them: a fresh instance of the same release first, the faulty one retired after. With
-`self_heal: false` they are only recorded.
+`self_heal: false` they are only recorded. A pass re-hashes a stored artifact or checkout only when its
+stat fingerprint moved or its full re-hash is due (`ingot.artifacts.fingerprint`): its cost follows the
+number of files, not their size.
 
 Self-heal never fights an operator: a service is left alone while something holds its lock (a deploy,
 rollback, reconcile or down in the agent; it does not queue behind them), while a deploy, rollback
@@ -32,19 +34,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ingot import ledger, locks
-from ingot.agent.healer import Healer, RepairReport
+from ingot.agent.healer import Healer, RepairReport, env_duration
 from ingot.build_release import artifact_available
 from ingot.deploy_params import DeployParams
 from ingot.drift import Finding, find_drift
-from ingot.errors import IngotError, UserInputError
-from ingot.spec.durations import parse_duration
+from ingot.errors import IngotError
 from ingot.store import ActivationRow, ReleaseRow, Store
 
 Key = tuple[str, str]
@@ -71,13 +71,7 @@ class Deploy(Protocol):
 
 def heal_interval(value: str | None = None, source: str = INTERVAL_ENV) -> float:
     """The interval between passes: `value`, else $INGOT_HEAL_INTERVAL, else 5 s. 0 turns self-healing off."""
-    text = value if value is not None else os.environ.get(INTERVAL_ENV)
-    if text is None or not text.strip():
-        return DEFAULT_INTERVAL
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise UserInputError(f"{source}: {exc}") from None
+    return env_duration(INTERVAL_ENV, DEFAULT_INTERVAL, value, source)
 
 
 @dataclass

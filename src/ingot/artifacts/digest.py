@@ -95,15 +95,41 @@ def _walk(directory: Path, prefix: str, ignore: IgnoreFn | None) -> Iterator[tup
             yield from _walk(Path(entry.path), rel + "/", ignore)
 
 
+def tree_fingerprint(root: Path) -> str:
+    """A digest of what `stat` says of every entry under `root` (and of `root`): no file is read.
+
+    Path, type and mode bits, size, mtime, ctime, device and inode. A write through the filesystem
+    changes mtime and ctime; `touch -r` (or `utime`) can put mtime back but not ctime, which only a
+    clock set back or a write below the filesystem (the raw device, a failing disk) leaves as it
+    was. Those, and nothing else, are left to the periodic full re-hash (see `TreeCache`).
+    """
+    h = hashlib.sha256(b"ingot-stat-v1\n")
+    st = os.lstat(root)
+    h.update(b"%d %d %d %d %d\n" % (st.st_dev, st.st_ino, st.st_mode, st.st_mtime_ns, st.st_ctime_ns))
+    for rel, entry in _walk(root, "", None):
+        st = entry.stat(follow_symlinks=False)
+        h.update(_encode(rel) + b"\0%d %d %d %d %d %d\n" % (
+            st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino))
+    return DIGEST_PREFIX + h.hexdigest()
+
+
+def path_entry_digest(path: str) -> str:
+    """The listing digest of one entry at `path` (see `file_listing`); raises OSError if it is gone."""
+    return _digest_of(path, os.lstat(path), path)
+
+
 def _entry_digest(entry: os.DirEntry[str], rel: str) -> str:
-    st = entry.stat(follow_symlinks=False)
+    return _digest_of(entry.path, entry.stat(follow_symlinks=False), rel)
+
+
+def _digest_of(path: str, st: os.stat_result, rel: str) -> str:
     if stat.S_ISLNK(st.st_mode):
-        payload = b"symlink\0" + _encode(os.readlink(entry.path))
+        payload = b"symlink\0" + _encode(os.readlink(path))
     elif stat.S_ISDIR(st.st_mode):
         payload = b"dir\0"
     elif stat.S_ISREG(st.st_mode):
         flag = b"x" if is_executable(st.st_mode) else b"-"
-        payload = b"file\0" + flag + b"\0" + _file_sha256(entry.path)
+        payload = b"file\0" + flag + b"\0" + _file_sha256(path)
     else:
         raise UserInputError(
             f"unsupported file type at {rel}",

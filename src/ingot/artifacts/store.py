@@ -5,6 +5,8 @@ Layout under `root`:
     objects/<hex>/          the artifact tree, named by its tree digest: owner-read-only (files 0400,
                             executables 0500, directories 0500)
     listings/<hex>.json     the file listing at store time, so corruption can be pinned to files
+    files/<entry-hex>       one copy of each distinct file (contents + executable bit), hard-linked
+                            into every object that has it: releases share what they have in common
     inputs/<input-hex>      text: the artifact digest built from that input (the build cache index)
     tmp/                    staging dirs; on the same filesystem so objects appear by one rename
 
@@ -21,6 +23,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ingot.artifacts.digest import (
@@ -30,6 +33,7 @@ from ingot.artifacts.digest import (
     is_digest,
     is_executable,
     listing_digest,
+    path_entry_digest,
 )
 from ingot.atomic import write_atomically
 from ingot.diskspace import disk_full_error, is_disk_full, require_space, tree_size
@@ -53,6 +57,7 @@ class ArtifactStore:
         self.root = root
         self.objects_dir = root / "objects"
         self.listings_dir = root / "listings"
+        self.files_dir = root / "files"
         self.inputs_dir = root / "inputs"
         self.tmp_dir = root / "tmp"
 
@@ -94,6 +99,10 @@ class ArtifactStore:
             # The stored copy was damaged: the fresh build of the same content takes its place.
             self._discard(target)
         self._write_listing(digest, listing)
+        # Shared before directories are made read-only (a link is put in the staged file's place); modes
+        # first, as they belong to the inode every artifact with that file will share.
+        _make_read_only(staging_dir, include_root=False, dirs=False)
+        self._share_files(staging_dir, listing)
         _make_read_only(staging_dir, include_root=False)
         self._private(self.objects_dir)
         try:
@@ -132,11 +141,125 @@ class ArtifactStore:
         return target
 
     def remove(self, digest: str) -> None:
-        """Delete an artifact and its listing; input records pointing at it become misses."""
+        """Delete an artifact and its listing; input records pointing at it become misses.
+
+        Its shared files go with the last artifact that links them.
+        """
         path = self.path_for(digest)
         if path.exists():
             force_rmtree(path)
         self._listing_path(digest).unlink(missing_ok=True)
+        self._sweep_files()
+
+    def space_freed_by(self, digests: list[str]) -> int:
+        """Bytes on disk that removing `digests` would free: files shared with a kept artifact do not count."""
+        links: dict[tuple[int, int], int] = {}
+        blocks: dict[tuple[int, int], tuple[int, int]] = {}  # inode -> (its link count, bytes on disk)
+        for digest in digests:
+            paths = [self._listing_path(digest)]
+            if self.has(digest):
+                dirs, files = _dirs_and_files(self.path_for(digest))
+                paths += [self.path_for(digest), *map(Path, dirs), *map(Path, files)]
+            for path in paths:
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                inode = (st.st_dev, st.st_ino)
+                links[inode] = links.get(inode, 0) + 1
+                # A directory's link count counts its subdirectories' `..`: it is the artifact's own.
+                blocks[inode] = (1 if stat.S_ISDIR(st.st_mode) else st.st_nlink, st.st_blocks * 512)
+        shared = self._shared_inodes()
+        # An inode is freed once its last link goes: the links in these artifacts, and its shared name.
+        return sum(size for inode, (nlink, size) in blocks.items()
+                   if nlink - links[inode] - (1 if inode in shared else 0) <= 0)
+
+    def disk_usage(self) -> int:
+        """Bytes on disk the store takes, each file counted once however many artifacts share it."""
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for current, dirnames, filenames in os.walk(self.root):
+            for name in [*dirnames, *filenames]:
+                st = os.lstat(os.path.join(current, name))
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+        return total
+
+    # -- sharing files between artifacts --------------------------------------------------------
+
+    def _share_files(self, staging_dir: Path, listing: dict[str, str]) -> None:
+        """Replace each staged file by a hard link to the store's one copy of the same entry.
+
+        Files are shared under `files/<entry hex>`, named by their listing digest (contents and the
+        executable bit: modes belong to the inode, so a file and an executable with the same bytes stay
+        apart). A shared copy is re-hashed before it is linked into a new artifact: a damaged one is
+        never reused, the fresh file takes its name (artifacts still linking the damaged one fail to
+        verify, as before). Verification is unchanged: every artifact's tree is hashed as it is.
+        """
+        self._private(self.files_dir)
+        for rel, entry_digest in listing.items():
+            staged = staging_dir / rel
+            if not stat.S_ISREG(os.lstat(staged).st_mode):
+                continue
+            shared = self.files_dir / _hex(entry_digest)
+            try:
+                self._link_shared(staged, shared, entry_digest)
+            except OSError as exc:
+                if exc.errno not in (errno.EMLINK, errno.EXDEV, errno.EPERM):
+                    raise
+                # Too many links to one inode (or no hard links here): this artifact keeps its own copy.
+
+    def _link_shared(self, staged: Path, shared: Path, entry_digest: str) -> None:
+        for _attempt in range(3):
+            try:
+                self._link_shared_once(staged, shared, entry_digest)
+                return
+            except FileNotFoundError:
+                continue  # a prune swept the shared copy away meanwhile: this file becomes it
+        raise OSError(errno.EMLINK, "the shared copy kept vanishing", str(shared))  # keep our own copy
+
+    def _link_shared_once(self, staged: Path, shared: Path, entry_digest: str) -> None:
+        try:
+            os.link(staged, shared)  # the first artifact with this file: its copy becomes the shared one
+            return
+        except FileExistsError:
+            pass
+        try:
+            intact = path_entry_digest(str(shared)) == entry_digest
+        except FileNotFoundError:
+            raise
+        except (OSError, UserInputError):
+            intact = False
+        if intact:
+            if os.path.samefile(shared, staged):
+                return
+            linked = staged.with_name(staged.name + ".ingot-link")
+            os.link(shared, linked)
+            os.replace(linked, staged)
+            return
+        # Damaged (or not a file): the staged copy takes the shared name, in one rename.
+        fresh = self.files_dir / f".{shared.name}.{os.getpid()}.tmp"
+        fresh.unlink(missing_ok=True)
+        os.link(staged, fresh)
+        os.replace(fresh, shared)
+
+    def _shared_inodes(self) -> set[tuple[int, int]]:
+        if not self.files_dir.is_dir():
+            return set()
+        inodes = set()
+        for entry in os.scandir(self.files_dir):
+            st = entry.stat(follow_symlinks=False)
+            inodes.add((st.st_dev, st.st_ino))
+        return inodes
+
+    def _sweep_files(self) -> None:
+        """Delete shared files no artifact links any more (their only name is the shared one)."""
+        if not self.files_dir.is_dir():
+            return
+        for entry in os.scandir(self.files_dir):
+            if entry.stat(follow_symlinks=False).st_nlink <= 1:
+                os.unlink(entry.path)
 
     def _discard(self, target: Path) -> None:
         """Take a stored object out of the way at once (one rename), then delete it."""
@@ -156,13 +279,17 @@ class ArtifactStore:
             return False
         return True
 
-    def verify(self, digest: str) -> Path:
-        """Recompute the digest of the stored tree; return its path, or raise `ArtifactCorrupt`."""
+    def verify(self, digest: str, lister: Callable[[Path], dict[str, str]] = file_listing) -> Path:
+        """Recompute the digest of the stored tree; return its path, or raise `ArtifactCorrupt`.
+
+        `lister` is how the tree is listed: a full hash by default; the agent's checks pass a
+        `TreeCache`'s, which re-hashes only when the tree's stat fingerprint changed or it is time.
+        """
         path = self.path_for(digest)
         if not path.is_dir():
             raise ArtifactNotFound(f"artifact {digest} is not in the store at {self.root}")
         try:
-            actual = file_listing(path)
+            actual = lister(path)
         except UserInputError as exc:  # e.g. a FIFO planted in the tree: corruption, not bad input
             raise ArtifactCorrupt(f"artifact {digest} at {path} has been modified: {exc.message}") from exc
         if listing_digest(actual) == digest:
@@ -259,12 +386,17 @@ def _dirs_and_files(root: Path) -> tuple[list[str], list[str]]:
     return dirs, files
 
 
-def _make_read_only(root: Path, *, include_root: bool) -> None:
+def _make_read_only(root: Path, *, include_root: bool, dirs: bool = True) -> None:
     # Owner only: whoever else needs the tree (an instance's user) gets a copy of its own.
-    dirs, files = _dirs_and_files(root)
+    subdirs, files = _dirs_and_files(root)
     for f in files:
-        os.chmod(f, READ_ONLY_EXECUTABLE if is_executable(os.stat(f).st_mode) else READ_ONLY_FILE)
-    for d in reversed(dirs):  # children first, so a parent is still writable while we work in it
+        mode = os.stat(f).st_mode
+        wanted = READ_ONLY_EXECUTABLE if is_executable(mode) else READ_ONLY_FILE
+        if stat.S_IMODE(mode) != wanted:  # a chmod, even to the same mode, touches a shared file's ctime
+            os.chmod(f, wanted)
+    if not dirs:
+        return
+    for d in reversed(subdirs):  # children first, so a parent is still writable while we work in it
         os.chmod(d, READ_ONLY_DIR)
     if include_root:
         root.chmod(READ_ONLY_DIR)

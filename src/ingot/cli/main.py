@@ -658,6 +658,9 @@ def prune(file: SpecFile = None,
         console.print(f"keep {short(artifact)}: {'; '.join(reasons)}")
     if not result["remove"]:
         console.print("nothing to prune")
+    else:  # images freed in the container engine are its to count; this is the artifact store's share
+        console.print(f"{'would free' if dry_run else 'freed'} {result['freed_bytes'] / 1e6:.1f} MB of artifact "
+                      "storage")
 
 
 @app.command()
