@@ -220,8 +220,12 @@ def test_a_ledger_cut_at_its_end_fails_verify_against_a_checkpoint(example: Exam
         db.execute("DROP TRIGGER ledger_no_delete")
         db.execute("DELETE FROM ledger WHERE seq >= ?", (mark["seq"] - 1,))
         db.execute(insert_only_triggers()["ledger_no_delete"])  # and put back, to hide it
-    # What is left is a sound, signed chain: only the checkpoint kept elsewhere tells it was cut.
-    assert example.ingot("audit", "verify").code == 0
+    # What is left is a sound, signed chain: the entry the last verify reached is gone, which tells it...
+    since = example.ingot("audit", "verify")
+    assert since.code == 1 and f"(the last verified, in {example.state / 'ledger.verified'}): it is missing" \
+        in since.err, since.err
+    # ...and, without it (a full verify), only the checkpoint kept elsewhere does.
+    assert example.ingot("audit", "verify", "--full").code == 0
     cut = example.ingot("audit", "verify", "--checkpoint", str(kept))
     assert cut.code == 1
     assert f"the ledger was cut: it ends at entry {mark['seq'] - 2}" in cut.err and str(kept) in cut.err
