@@ -588,8 +588,11 @@ def history(project: Project, environment: str, name: str | None = None, limit: 
     # Each row costs a few key lookups: the deployments come newest first from an index, and the live
     # activation is read once per service (not once per row, nor the service's whole history).
     current_of: dict[tuple[str, str], ActivationRow | None] = {}
+    releases: dict[str, ReleaseRow | None] = {}
     for dep in project.store.deployments(environment, name, limit):
-        rel = project.store.get_release(dep.to_release)
+        if dep.to_release not in releases:  # deployments of one release (rollbacks, scales) read it once
+            releases[dep.to_release] = project.store.get_release(dep.to_release)
+        rel = releases[dep.to_release]
         key = (dep.environment, dep.service)
         if key not in current_of:
             current_of[key] = project.store.current_activation(*key)
