@@ -4,6 +4,14 @@ A hash chain and its signatures prove that what is there was written by ingot; t
 nothing was removed from its end. A checkpoint is the ledger's head at one moment (seq, hash, time),
 signed with the project's key, in a file kept apart (another disk, another machine, git): a ledger
 shorter than it, or whose entry at its seq differs, was cut or rewritten.
+
+`ingot audit verify` keeps one more, of the newest entry it verified (`ledger.verified` in the state
+directory), and the next verify starts from it: the entries after it are checked, and the entry at its
+seq must still have its hash. It is a file signed like a checkpoint, not a row in the store, because
+whoever can write the database could move a mark kept there past the entries they rewrote. Without the
+key, they cannot move this one: one that does not verify against the trusted key is refused (the chain
+is then verified in full). Deleting it, or putting back an older genuine one, only makes the next verify
+check more entries. A ledger rewritten at or before it, or cut below it, no longer matches it.
 """
 
 from __future__ import annotations
@@ -34,12 +42,16 @@ def _head(store: Store) -> tuple[int, str]:
 
 def make(store: Store, keys_dir: Path, project: str) -> dict[str, Any]:
     """The ledger's head now, signed; never makes a key (a state with none has nothing signed to protect)."""
+    return _signed(keys_dir, project, _head(store))
+
+
+def _signed(keys_dir: Path, project: str, head: tuple[int, str]) -> dict[str, Any]:
     key = load_key(keys_dir)
     if key is None:
         raise UserInputError(f"no signing key for {project}: nothing to sign a checkpoint with",
                              details=["a deploy makes one (or set INGOT_SIGNING_KEY to the key's file)"])
-    seq, head = _head(store)
-    body = {"kind": KIND, "project": project, "seq": seq, "hash": head, "at": time.time()}
+    seq, digest = head
+    body = {"kind": KIND, "project": project, "seq": seq, "hash": digest, "at": time.time()}
     return {**body, "public_key": public_key_text(key), "signature": sign(key, canonical_json(body).encode())}
 
 
@@ -73,16 +85,24 @@ def read(path: Path) -> dict[str, Any]:
     return data
 
 
+def _refusal(data: dict[str, Any], trusted: str | None, project: str) -> str | None:
+    """Why a checkpoint read from a file is not to be trusted, or None."""
+    body = {name: data.get(name) for name in FIELDS}
+    if trusted is None:
+        return "no trusted key to check its signature against"
+    if not signature_valid(trusted, data.get("signature"), canonical_json(body).encode()):
+        return "its signature does not verify against the trusted key (forged or altered)"
+    if data.get("project") != project:
+        return f"it is of project {data.get('project')!r}, not {project!r}"
+    return None
+
+
 def problems(store: Store, path: Path, trusted: str | None, project: str) -> list[str]:
     """What is wrong with the ledger measured against the checkpoint at `path`; empty when it holds."""
     data = read(path)
-    body = {name: data.get(name) for name in FIELDS}
-    if trusted is None:
-        return [f"checkpoint {path}: no trusted key to check its signature against"]
-    if not signature_valid(trusted, data.get("signature"), canonical_json(body).encode()):
-        return [f"checkpoint {path}: its signature does not verify against the trusted key (forged or altered)"]
-    if data.get("project") != project:
-        return [f"checkpoint {path}: it is of project {data.get('project')!r}, not {project!r}"]
+    refused = _refusal(data, trusted, project)
+    if refused:
+        return [f"checkpoint {path}: {refused}"]
     seq = int(data["seq"])
     if seq == 0:
         return []
@@ -95,3 +115,39 @@ def problems(store: Store, path: Path, trusted: str | None, project: str) -> lis
     if row.hash != data.get("hash"):
         return [f"ledger entry {seq} differs from checkpoint {path}: the ledger was rewritten"]
     return []
+
+
+# ---- the last verified point ---------------------------------------------------------------------------
+VERIFIED_FILE = "ledger.verified"
+
+
+def verified_path(state_root: Path) -> Path:
+    return state_root / VERIFIED_FILE
+
+
+def last_verified(path: Path, trusted: str | None, project: str) -> tuple[tuple[int, str] | None, str | None]:
+    """The (seq, hash) the last verify reached, if the file at `path` is one this project's key signed;
+    else why it is refused (None, None when there is none: the first verify, or a state without a key)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"the last verified point {path} cannot be read ({exc}): the ledger was verified in full"
+    if not isinstance(data, dict) or data.get("kind") != KIND or not isinstance(data.get("seq"), int) \
+            or not isinstance(data.get("hash"), str):
+        return None, f"the last verified point {path} is not one ingot wrote: the ledger was verified in full"
+    refused = _refusal(data, trusted, project)
+    if refused:
+        return None, f"the last verified point {path} is refused: {refused}; the ledger was verified in full"
+    return ((data["seq"], data["hash"]) if data["seq"] > 0 else None), None
+
+
+def keep_verified(path: Path, keys_dir: Path, project: str, head: tuple[int, str]) -> bool:
+    """Record `head` as the newest entry verified, signed; False when it cannot be (no key, a read-only
+    state): the next verify then checks more entries, nothing else."""
+    try:
+        write(path, _signed(keys_dir, project, head))
+    except (UserInputError, OSError):
+        return False
+    return True

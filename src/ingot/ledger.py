@@ -13,10 +13,13 @@ entries is told by a signed checkpoint kept outside the store (see ingot.checkpo
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -193,51 +196,153 @@ class ChainProblem:
     reason: str
 
 
+@dataclass(frozen=True)
+class ChainReport:
+    """What one verification of the chain found: `checked` entries recomputed after `start` (0: from the
+    first), up to `head` (seq, hash of the newest entry seen), and the first break, if any."""
+    checked: int
+    head: tuple[int, str] | None
+    problem: ChainProblem | None
+    start: int = 0
+
+
 def verify_chain(store: Store, trusted: str | None = None, *,
                  require_signed: bool = False) -> tuple[int, ChainProblem | None]:
-    """Recompute the chain from the start; return how many entries were checked and the first break.
+    """Recompute the chain from the start; return how many entries were checked and the first break."""
+    report = check_chain(store, trusted, require_signed=require_signed)
+    return report.checked, report.problem
 
-    With `trusted` (a public key), signatures are checked too: every signed entry's must verify, and
-    once one entry is signed every later one must be (unsigned ones can only be older than signing).
-    `require_signed` (a key is pinned, so ingot has signed this ledger): the last entry must be signed.
+
+# How many rows a verification fetches at a time: the chain is read once, never held whole.
+_BATCH = 20_000
+
+
+def check_chain(store: Store, trusted: str | None = None, *, require_signed: bool = False,
+                start: tuple[int, str] | None = None, every_signature: bool = False) -> ChainReport:
+    """Recompute the chain from the start, or from `start` (the seq and hash of an entry verified before,
+    which must still be there, unchanged); report the first break.
+
+    With `trusted` (a public key), signatures are checked too. An entry's signature signs its hash, which
+    covers every entry up to it: so once every hash is recomputed, the newest entry's signature vouches
+    for them all, and only that one is verified (each signature costs ~100 times a hash). When it fails,
+    a binary search names the first entry whose signature fails: the ledger was rewritten from there
+    (a rewrite cannot be signed without the key, so every signature from it on fails). Once one entry is
+    signed every later one must be (unsigned ones can only be older than signing); `every_signature`
+    verifies each one's too (slow: for a signature column edited alone). `require_signed` (a key is
+    pinned, so ingot has signed this ledger): the last entry must be signed.
     """
-    prev = GENESIS
-    expected_seq = 1
-    checked = 0
+    prev, expected_seq, checked = GENESIS, 1, 0
     signed_since: int | None = None
-    last: LedgerEntry | None = None
-    for entry in entries(store):
-        if entry.seq != expected_seq:
-            return checked, ChainProblem(expected_seq, f"entry {expected_seq} is missing (next is {entry.seq})")
-        if entry.prev_hash != prev:
-            return checked, ChainProblem(entry.seq, "its previous-hash link does not match the entry before it")
-        recomputed = entry_hash(
-            seq=entry.seq,
-            at=entry.at,
-            actor=entry.actor,
-            action=entry.action,
-            environment=entry.environment,
-            service=entry.service,
-            subject=entry.subject,
-            payload=entry.payload,
-            prev_hash=entry.prev_hash,
-        )
-        if recomputed != entry.hash:
-            return checked, ChainProblem(entry.seq, "its content does not match its hash (it was altered)")
-        if trusted is not None:
-            if entry.signature:
-                if not signature_valid(trusted, entry.signature, signed_head(entry.hash)):
-                    return checked, ChainProblem(entry.seq, "its signature does not verify against the trusted "
-                                                            "key (the ledger was rewritten from here on)")
-                signed_since = signed_since or entry.seq
-            elif signed_since is not None:
-                return checked, ChainProblem(entry.seq, f"it is not signed, though entries are signed since "
-                                                        f"{signed_since} (it was rewritten or added)")
-        prev = entry.hash
-        expected_seq += 1
-        checked += 1
-        last = entry
-    if trusted is not None and require_signed and last is not None and not last.signature:
-        return checked, ChainProblem(last.seq, "no entry up to it is signed, though a key is pinned "
-                                               "(the signatures were stripped)")
-    return checked, None
+    last: tuple[int, str, object] | None = None  # seq, hash, its signature (or whether it has one)
+    # Whether an entry is signed, not its signature: only the newest one's is verified (below).
+    columns = [*(getattr(t.ledger.c, name) for name in _COLUMNS),
+               t.ledger.c.signature if every_signature else t.ledger.c.signature.isnot(None)]
+    # One connection, one read transaction: the chain is checked as of one moment, however many append.
+    with store.engine.connect() as conn:
+
+        def first_bad_signature(low: int, high: int) -> ChainProblem | None:
+            """The first entry in [low, high] (all signed) whose signature fails, if the one at high fails."""
+            if trusted is None or _signature_holds(conn, trusted, high):
+                return None
+            while low < high:
+                middle = (low + high) // 2
+                if _signature_holds(conn, trusted, middle):
+                    low = middle + 1
+                else:
+                    high = middle
+            return ChainProblem(low, "its signature does not verify against the trusted key (the ledger was "
+                                     "rewritten from here on)")
+
+        def broken(problem: ChainProblem) -> ChainReport:
+            # A signature failing before the break is the earlier problem: the rewrite started there.
+            earlier = first_bad_signature(signed_since, last[0]) if signed_since is not None and last else None
+            found = earlier or problem
+            done = checked if earlier is None else earlier.seq - (start[0] if start else 0) - 1
+            return ChainReport(done, last[:2] if last else start, found, start[0] if start else 0)
+
+        if start is not None:
+            row = conn.execute(select(t.ledger.c.hash, t.ledger.c.signature)
+                               .where(t.ledger.c.seq == start[0])).first()
+            if row is None:
+                return ChainReport(0, None, ChainProblem(start[0], "it is missing, though it was verified "
+                                                                   "before: the ledger was cut"), start[0])
+            if row.hash != start[1]:
+                return ChainReport(0, None, ChainProblem(start[0], "it differs from when it was verified: "
+                                                                   "the ledger was rewritten"), start[0])
+            prev, expected_seq = start[1], start[0] + 1
+            signed_since = start[0] if row.signature else None
+            last = (start[0], start[1], row.signature)
+        query = select(*columns).where(t.ledger.c.seq >= expected_seq).order_by(t.ledger.c.seq)
+        for seq, at, actor, action, environment, service, subject, payload_json, prev_hash, digest, signature \
+                in itertools.chain.from_iterable(conn.execute(query).partitions(_BATCH)):
+            if seq != expected_seq:
+                return broken(ChainProblem(expected_seq, f"entry {expected_seq} is missing (next is {seq})"))
+            if prev_hash != prev:
+                return broken(ChainProblem(seq, "its previous-hash link does not match the entry before it"))
+            if _fast_hash(seq, at, actor, action, environment, service, subject, payload_json, prev) != digest \
+                    and entry_hash(seq=seq, at=at, actor=actor, action=action, environment=environment,
+                                   service=service, subject=subject, payload=json.loads(payload_json),
+                                   prev_hash=prev) != digest:
+                return broken(ChainProblem(seq, "its content does not match its hash (it was altered)"))
+            if trusted is not None:
+                if signature:
+                    if every_signature and not signature_valid(trusted, signature, signed_head(digest)):
+                        return broken(ChainProblem(seq, "its signature does not verify against the trusted key "
+                                                        "(the ledger was rewritten from here on)"))
+                    if signed_since is None:
+                        signed_since = seq
+                elif signed_since is not None:
+                    return broken(ChainProblem(seq, f"it is not signed, though entries are signed since "
+                                                    f"{signed_since} (it was rewritten or added)"))
+            prev = digest
+            expected_seq += 1
+            checked += 1
+            last = (seq, digest, signature)
+        if trusted is not None and signed_since is not None and last is not None and checked:
+            bad = first_bad_signature(max(signed_since, (start[0] if start else 0) + 1), last[0])
+            if bad is not None:
+                return ChainReport(bad.seq - (start[0] if start else 0) - 1, last[:2], bad,
+                                   start[0] if start else 0)
+    if trusted is not None and require_signed and last is not None and not last[2]:
+        return ChainReport(checked, last[:2], ChainProblem(last[0], "no entry up to it is signed, though a key "
+                                                                    "is pinned (the signatures were stripped)"),
+                           start[0] if start else 0)
+    return ChainReport(checked, last[:2] if last else None, None, start[0] if start else 0)
+
+
+_COLUMNS = ("seq", "at", "actor", "action", "environment", "service", "subject", "payload_json", "prev_hash",
+            "hash")
+
+
+def _signature_holds(conn: Connection, trusted: str, seq: int) -> bool:
+    row = conn.execute(select(t.ledger.c.hash, t.ledger.c.signature).where(t.ledger.c.seq == seq)).first()
+    return row is not None and signature_valid(trusted, row.signature, signed_head(row.hash))
+
+
+_sha256 = hashlib.sha256
+
+# JSON of the few values that repeat in every entry (actors, actions, environments, services): encoded once.
+_encoded: dict[str | None, str] = {None: "null"}
+
+
+def _json_string(value: str | None) -> str:
+    found = _encoded.get(value)
+    if found is None:
+        found = encode_basestring(value)  # type: ignore[arg-type]  # None is in the cache
+        if len(_encoded) < 10_000:
+            _encoded[value] = found
+    return found
+
+
+def _fast_hash(seq: int, at: float, actor: str, action: str, environment: str | None, service: str | None,
+               subject: str | None, payload_json: str, prev_hash: str) -> str:
+    """`entry_hash` of a stored row without decoding its payload: the row's canonical JSON is put together
+    as text (keys in sorted order), the payload as stored (`append` stores it canonical). A payload stored
+    otherwise gives another hash here: the caller then computes `entry_hash` the slow way."""
+    known = _encoded  # (`or`: a cache miss; no encoded value is empty)
+    return _sha256(
+        f'{prev_hash}\n{{"action":{known.get(action) or _json_string(action)},'
+        f'"actor":{known.get(actor) or _json_string(actor)},"at":"{at!r}",'
+        f'"environment":{known.get(environment) or _json_string(environment)},"payload":{payload_json},'
+        f'"seq":{seq},"service":{known.get(service) or _json_string(service)},'
+        f'"subject":{"null" if subject is None else encode_basestring(subject)}}}'.encode()).hexdigest()

@@ -42,7 +42,7 @@ from ingot.signing import trusted_key
 from ingot.spec import SecuritySpec, ServiceSpec
 from ingot.spec.models import RouteFiles, RouteSpec
 from ingot.state import service_state
-from ingot.store import ReleaseRow, Store
+from ingot.store import ActivationRow, ReleaseRow, Store
 from ingot.store.db import StoreDamaged
 from ingot.supervision import stop_supervisor
 
@@ -587,9 +587,18 @@ def plan(project: Project, environment: str, names: list[str]) -> list[dict[str,
 
 def history(project: Project, environment: str, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     rows = []
+    # Each row costs a few key lookups: the deployments come newest first from an index, and the live
+    # activation is read once per service (not once per row, nor the service's whole history).
+    current_of: dict[tuple[str, str], ActivationRow | None] = {}
+    releases: dict[str, ReleaseRow | None] = {}
     for dep in project.store.deployments(environment, name, limit):
-        rel = project.store.get_release(dep.to_release)
-        current = project.store.current_activation(dep.environment, dep.service)
+        if dep.to_release not in releases:  # deployments of one release (rollbacks, scales) read it once
+            releases[dep.to_release] = project.store.get_release(dep.to_release)
+        rel = releases[dep.to_release]
+        key = (dep.environment, dep.service)
+        if key not in current_of:
+            current_of[key] = project.store.current_activation(*key)
+        current = current_of[key]
         rows.append({
             "deployment": dep.id, "environment": dep.environment, "service": dep.service, "kind": dep.kind,
             "release": dep.to_release, "from": dep.from_release,
@@ -889,24 +898,31 @@ def reconcile(project: Project, environment: str | None, on_event: OnEvent | Non
 # ---- audit --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AuditReport:
-    entries_checked: int
+    entries_checked: int  # by this verify: those after `verified_from`
     releases_checked: int
     problems: list[str]
     artifacts_checked: int = 0
     database_checked: bool = False
     trusted: str = ""  # what signatures were checked against
     checkpoint: str | None = None  # the checkpoint the ledger was measured against
+    ledger_head: int = 0  # the newest entry the chain was verified up to
+    verified_from: int = 0  # the entry verified before this verify started after (0: from the first)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path | None = None) -> AuditReport:
+def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path | None = None,
+                 full: bool = False) -> AuditReport:
     """The ledger's hash chain and signatures, every release signature (both against the pinned key) and
     the insert-only triggers; with `checkpoint_file`, that the ledger still reaches that checkpoint;
     `deep` also checks the database's integrity (SQLite's own check of every page) and recomputes the
-    digest of every stored artifact. Never makes a key."""
+    digest of every stored artifact. Never makes a key.
+
+    The chain is checked from the last verified point (see ingot.checkpoint), unless `full`: the entries
+    after it, and that the entry at it is unchanged. If that entry is gone or differs, the chain is
+    checked in full to name where it breaks."""
     problems: list[str] = []
     database = project.paths.root / "state.db"
     if deep:
@@ -916,22 +932,37 @@ def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path 
             problems.append(f"database {database}: {exc.message}")
     trusted, source = trusted_key(project.paths.pin, project.paths.keys)
     pinned = project.paths.pin is not None and project.paths.pin.exists()
+    point = checkpoint.verified_path(project.paths.root)
+    start, refused = (None, None) if full or trusted is None else \
+        checkpoint.last_verified(point, trusted, project.spec.project)
+    if refused:
+        problems.append(refused)
+    chain: ledger.ChainReport | None = None
     try:
         problems.extend(f"trigger {name} is missing: its table is no longer protected in the database "
                         "(dropped: someone went around the insert-only rule)"
                         for name in project.store.missing_triggers())
-        checked, broken = ledger.verify_chain(project.store, trusted, require_signed=pinned)
-        if broken:
-            problems.append(f"ledger entry {broken.seq}: {broken.reason}")
+        chain = ledger.check_chain(project.store, trusted, require_signed=pinned, start=start)
+        if chain.problem and start is not None and chain.head is None:
+            # The verified entry itself is gone or changed: say so, and find where the chain breaks.
+            problems.append(f"ledger entry {chain.problem.seq} (the last verified, in {point}): "
+                            f"{chain.problem.reason}")
+            chain = ledger.check_chain(project.store, trusted, require_signed=pinned)
+        if chain.problem:
+            problems.append(f"ledger entry {chain.problem.seq}: {chain.problem.reason}")
         releases = project.store.all_releases()
         if checkpoint_file is not None:
             problems.extend(checkpoint.problems(project.store, checkpoint_file, trusted, project.spec.project))
     except StoreDamaged as exc:
         problems.append(f"the ledger and releases could not be read: {exc.message}")
-        checked, releases = 0, []
-    if trusted is None and (checked or releases):
+        releases = []
+    checked = chain.checked if chain else 0
+    head = chain.head[0] if chain and chain.head else 0
+    if trusted is None and (head or releases):
         problems.append(f"signatures cannot be checked: {source} (restore the pin beside the spec from git, "
                         "or the signing key)")
+    elif chain is not None and chain.problem is None and not refused and chain.head and chain.head != start:
+        checkpoint.keep_verified(point, project.paths.keys, project.spec.project, chain.head)
     for rel in releases:
         problem = verify_release(rel, trusted) if trusted else "there is no key to check its signature against"
         if problem:
@@ -943,7 +974,7 @@ def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path 
         except ArtifactCorrupt as exc:
             problems.append("; ".join([f"artifact {digest}: {exc.message}", *exc.details]))
     return AuditReport(checked, len(releases), problems, len(digests), deep, source,
-                       str(checkpoint_file) if checkpoint_file else None)
+                       str(checkpoint_file) if checkpoint_file else None, head, chain.start if chain else 0)
 
 
 def audit_checkpoint(project: Project, out: Path | None) -> dict[str, Any]:

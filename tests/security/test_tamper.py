@@ -220,8 +220,12 @@ def test_a_ledger_cut_at_its_end_fails_verify_against_a_checkpoint(example: Exam
         db.execute("DROP TRIGGER ledger_no_delete")
         db.execute("DELETE FROM ledger WHERE seq >= ?", (mark["seq"] - 1,))
         db.execute(insert_only_triggers()["ledger_no_delete"])  # and put back, to hide it
-    # What is left is a sound, signed chain: only the checkpoint kept elsewhere tells it was cut.
-    assert example.ingot("audit", "verify").code == 0
+    # What is left is a sound, signed chain: the entry the last verify reached is gone, which tells it...
+    since = example.ingot("audit", "verify")
+    assert since.code == 1 and f"(the last verified, in {example.state / 'ledger.verified'}): it is missing" \
+        in since.err, since.err
+    # ...and, without it (a full verify), only the checkpoint kept elsewhere does.
+    assert example.ingot("audit", "verify", "--full").code == 0
     cut = example.ingot("audit", "verify", "--checkpoint", str(kept))
     assert cut.code == 1
     assert f"the ledger was cut: it ends at entry {mark['seq'] - 2}" in cut.err and str(kept) in cut.err
@@ -229,6 +233,13 @@ def test_a_ledger_cut_at_its_end_fails_verify_against_a_checkpoint(example: Exam
     forged = {**mark, "seq": mark["seq"] - 2}
     kept.write_text(json.dumps(forged))
     assert "its signature does not verify" in example.ingot("audit", "verify", "--checkpoint", str(kept)).err
+    # Nor does a last verified point moved back (to let the entries after it go unchecked): it is refused.
+    point = example.state / "ledger.verified"
+    assert json.loads(point.read_text())["seq"] == mark["seq"] - 2  # the --full verify above wrote it
+    point.write_text(json.dumps({**json.loads(point.read_text()), "seq": 1}))
+    moved = example.ingot("audit", "verify")
+    assert moved.code == 1 and f"the last verified point {point} is refused: its signature does not verify" \
+        in moved.err, moved.err
 
 
 def test_verify_names_a_missing_trigger(example: ExampleProject) -> None:

@@ -721,8 +721,10 @@ def audit_log(file: SpecFile = None, env: Env = None, service: Service = None,
         entries = [ledger.LedgerEntry(**e) for e in guarded(lambda: remote.ledger(env_name(env), service, limit))]
     else:
         project = project_for(file)
-        entries = guarded(lambda: ledger.entries(project.store, environment=env_name(env),
-                                                 service=service))[-limit:]
+        # Read from the ledger's end: the newest `limit` entries cost `limit` rows, however long it is.
+        entries = guarded(lambda: ledger.latest(project.store, limit=limit, environment=env_name(env),
+                                                service=service)) if limit > 0 else \
+            guarded(lambda: ledger.entries(project.store, environment=env_name(env), service=service))
     if as_json:
         print_json([e.as_dict() for e in entries])
         return
@@ -745,19 +747,26 @@ def audit_verify(file: SpecFile = None,
                  checkpoint: Annotated[Path | None, typer.Option(
                      "--checkpoint", help="A checkpoint written by 'ingot audit checkpoint' (kept outside the "
                      "store): fail if the ledger is shorter than it or differs at its entry.")] = None,
+                 full: Annotated[bool, typer.Option(
+                     "--full", help="Recompute the whole chain from its first entry, not only the entries after "
+                     "the last verified one.")] = False,
                  as_json: AsJson = False) -> None:
     """Check the ledger's hash chain and signatures and every release signature against the pinned key, the
     insert-only triggers, every stored artifact's digest and the database's integrity; exit 1 naming what
-    is bad. Never makes a key."""
+    is bad. The chain is checked from the last entry a verify found intact (kept signed beside the store),
+    unless --full. Never makes a key."""
     project = project_for(file)
-    report = guarded(lambda: operations.audit_verify(project, deep=True, checkpoint_file=checkpoint))
+    report = guarded(lambda: operations.audit_verify(project, deep=True, checkpoint_file=checkpoint, full=full))
     if as_json:
-        print_json({"ok": report.ok, "entries": report.entries_checked, "releases": report.releases_checked,
+        print_json({"ok": report.ok, "entries": report.ledger_head, "entries_checked": report.entries_checked,
+                    "verified_from": report.verified_from, "releases": report.releases_checked,
                     "artifacts": report.artifacts_checked, "trusted": report.trusted,
                     "checkpoint": report.checkpoint, "problems": report.problems})
     elif report.ok:
         against = f"; the ledger reaches checkpoint {report.checkpoint}" if report.checkpoint else ""
-        console.print(f"ledger intact: {report.entries_checked} entries chained and signed; "
+        since = (f" ({report.entries_checked} new since entry {report.verified_from}, verified before)"
+                 if report.verified_from else "")
+        console.print(f"ledger intact: {report.ledger_head} entries chained and signed{since}; "
                       f"{report.releases_checked} release signatures valid (checked against {report.trusted}); "
                       f"insert-only triggers in place; {report.artifacts_checked} stored artifacts match their "
                       f"digests; database integrity ok{against}", markup=False)

@@ -13,7 +13,7 @@ from sqlalchemy.engine import ExceptionContext
 
 from ingot.diskspace import HEADROOM, DiskFull, free_bytes, human
 from ingot.errors import OperationFailed
-from ingot.store.schema import INSERT_ONLY_TABLES, metadata, schema_version, sqlite_triggers
+from ingot.store.schema import HISTORY_INDEXES, INSERT_ONLY_TABLES, metadata, schema_version, sqlite_triggers
 
 WRITE = "ingot_write"
 # SQLite's primary result codes (the low byte of an extended code) that are not ingot's bugs.
@@ -151,9 +151,18 @@ def _migration_7(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE config_values ADD COLUMN action VARCHAR(8) NOT NULL DEFAULT 'set'"))
 
 
+def _migration_8(conn: Connection) -> None:
+    # Indexes for the newest-first reads (see schema.HISTORY_INDEXES). Only indexes: the insert-only
+    # triggers are untouched. (Migration 1 makes the tables from their current definitions, indexes
+    # included, so a fresh store has them already.)
+    for index in HISTORY_INDEXES:
+        index.create(conn, checkfirst=True)
+
+
 # Each migration moves the schema from version N-1 to N; they are applied in order and never edited.
 MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
-                                                   _migration_5, _migration_6, _migration_7]
+                                                   _migration_5, _migration_6, _migration_7,
+                                                   _migration_8]
 
 
 def migrate(engine: Engine) -> int:

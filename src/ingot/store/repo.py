@@ -361,8 +361,13 @@ class Store:
             return [_activation(r) for r in conn.execute(query)]
 
     def current_activation(self, environment: str, service: str) -> ActivationRow | None:
-        history = self.activation_history(environment, service)
-        return history[-1] if history else None
+        # The newest row only (an index walk from its end), not the service's whole history.
+        query = (select(t.activations)
+                 .where(and_(t.activations.c.environment == environment, t.activations.c.service == service))
+                 .order_by(t.activations.c.id.desc()).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _activation(row) if row else None
 
     def active_services(self) -> list[ActivationRow]:
         """The newest activation of every (environment, service) that is not taken down."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -179,6 +180,21 @@ secret_versions = Table(
     Column("actor", String(128), nullable=False),
     Column("at", Float, nullable=False),
     UniqueConstraint("environment", "name", "version"),
+)
+
+# Since schema 7: what the newest-first reads walk (`ingot history`, `ingot audit log --limit N`, the
+# dashboard's ledger pages), so that they cost the N rows they return, not the table. Each ends with the
+# column the read is ordered by: a filtered read is then one index range walked from its end.
+HISTORY_INDEXES = (
+    Index("ix_ledger_environment_seq", ledger.c.environment, ledger.c.seq),
+    Index("ix_ledger_service_seq", ledger.c.service, ledger.c.seq),
+    Index("ix_ledger_environment_service_seq", ledger.c.environment, ledger.c.service, ledger.c.seq),
+    Index("ix_deployments_started_at", deployments.c.started_at),
+    Index("ix_deployments_environment_started_at", deployments.c.environment, deployments.c.started_at),
+    Index("ix_deployments_environment_service_started_at", deployments.c.environment, deployments.c.service,
+          deployments.c.started_at),
+    Index("ix_activations_environment_service_id", activations.c.environment, activations.c.service,
+          activations.c.id),
 )
 
 schema_version = Table(
