@@ -852,6 +852,27 @@ class KubernetesTarget(_Model):
     prometheus: PrometheusSpec | None = None  # the canary analysis' metrics source
 
 
+class EtcdSource(_Model):
+    """An etcd v3 cluster (its JSON gateway): a listed config key NAME is read from `prefix` + NAME."""
+
+    endpoints: list[HttpUrl] = Field(min_length=1)  # tried in order until one answers
+    prefix: str = Field(min_length=1)  # taken as written: /apps/hello/ + FLAG is /apps/hello/FLAG
+    timeout: Duration = Field(default=5.0, gt=0)  # per endpoint; then the next one is tried
+
+
+class ConfigSourceSpec(_Model):
+    """Where an environment's config values come from besides ingot's own store (see ingot.config_sources)."""
+
+    etcd: EtcdSource | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ConfigSourceSpec:
+        if self.etcd is None:
+            raise ValueError("expected one source kind, e.g. etcd: {endpoints: [http://127.0.0.1:2379], "
+                             "prefix: /apps/hello/}")
+        return self
+
+
 class EnvironmentSpec(_Model):
     """Per-environment overrides: ``services.<name>`` holds any ServiceSpec fields, merged deeply."""
 
@@ -859,6 +880,8 @@ class EnvironmentSpec(_Model):
     self_heal: StrictBool = True
     target: KubernetesTarget | None = None  # None: this machine
     notify: list[NotifySpec] | None = None  # None: the spec's top-level notify
+    # Config values read at deploy time from an external store, snapshotted into each release.
+    config_source: ConfigSourceSpec | None = None
 
     @field_validator("services", mode="before")
     @classmethod

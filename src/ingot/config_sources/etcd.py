@@ -1,0 +1,104 @@
+"""etcd v3 as a config source, over its JSON gRPC gateway (`POST /v3/kv/range`).
+
+Why the gateway and httpx rather than a client library: the Python etcd3 libraries are unmaintained (and pin
+old protobuf/grpc releases), while the gateway is part of etcd itself (3.4 and later serve it on the client
+URL by default), documented, and plain HTTP+JSON with keys and values in base64. httpx is already one of
+ingot's dependencies. Only what a deploy needs is used: one range read of the prefix, which etcd serves at a
+single revision, so the values a release takes are one consistent snapshot and the revision names it.
+
+Not supported yet: etcd authentication (users/roles) and client certificates; an https:// endpoint is
+verified against the system's CA certificates.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Collection
+from typing import Any
+
+import httpx
+
+from ingot.config_sources import SourceRead, SourceUnavailable
+from ingot.errors import UserInputError
+
+KIND = "etcd"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that makes a range read cover every key starting with `prefix` (etcd's own rule: the
+    prefix with its last byte below 0xff incremented and the rest dropped; all keys if there is none)."""
+    for index in range(len(prefix) - 1, -1, -1):
+        if prefix[index] < 0xFF:
+            return prefix[:index] + bytes([prefix[index] + 1])
+    return b"\0"
+
+
+class EtcdSource:
+    kind = KIND
+
+    def __init__(self, endpoints: tuple[str, ...], prefix: str, timeout: float = 5.0) -> None:
+        self.endpoints = endpoints
+        self.prefix = prefix
+        self.timeout = timeout
+
+    def read(self, names: Collection[str]) -> SourceRead:
+        # The whole prefix in one request: one revision for every key, whichever of them are there.
+        raw_prefix = self.prefix.encode()
+        body = {"key": _b64(raw_prefix), "range_end": _b64(prefix_end(raw_prefix))}
+        answer = self._post("/v3/kv/range", body)
+        wanted = set(names)
+        values: dict[str, str] = {}
+        versions: dict[str, int] = {}
+        for kv in answer.get("kvs") or []:
+            try:
+                key = base64.b64decode(kv.get("key", "")).decode()
+                raw = base64.b64decode(kv.get("value", ""))
+            except (binascii.Error, UnicodeDecodeError):
+                continue  # a key that is not text cannot be one of ours
+            name = key[len(self.prefix):]
+            if name not in wanted:
+                continue
+            try:
+                values[name] = raw.decode()
+            except UnicodeDecodeError:
+                raise UserInputError(f"etcd key {key} holds {len(raw)} bytes that are not UTF-8 text; an "
+                                     "environment variable needs text") from None
+            versions[name] = int(kv.get("mod_revision", 0))
+        revision = int((answer.get("header") or {}).get("revision", 0))
+        return SourceRead(KIND, self.endpoints, self.prefix, revision, values, versions)
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The first endpoint's answer that is one; every endpoint's failure named if none answers."""
+        failures = []
+        for endpoint in self.endpoints:
+            try:
+                response = httpx.post(endpoint + path, json=body, timeout=self.timeout, trust_env=False)
+            except httpx.TimeoutException:
+                failures.append(f"{endpoint}: no answer within {self.timeout:g}s")
+                continue
+            except httpx.HTTPError as exc:
+                failures.append(f"{endpoint}: {_reason(exc)}")
+                continue
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = None
+            if response.status_code == 200 and isinstance(answer, dict):
+                return answer
+            said = answer.get("message") or answer.get("error") if isinstance(answer, dict) else None
+            failures.append(f"{endpoint}: HTTP {response.status_code}" + (f": {said}" if said else ""))
+        raise SourceUnavailable(f"etcd is unreachable: none of its endpoints answered ({', '.join(self.endpoints)})",
+                                details=failures)
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    cause: BaseException | None = exc
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = str(cause or exc) or type(exc).__name__
+    return "connection refused" if "refused" in text.lower() else text
