@@ -82,9 +82,11 @@ def sourced(tmp_path: Path, etcd: Etcd) -> Iterator[tuple[ExampleProject, str]]:
     app.write_text(app.read_text().replace('"greeting": GREETING,',
                                            '"greeting": GREETING, "flag": os.environ.get("FEATURE_FLAG"),'))
     prefix = f"/apps/hello-{uuid.uuid4().hex[:8]}/"
+    # A dead endpoint first: reads go on to the next one.
+    endpoints = f"[http://127.0.0.1:{free_port()}, {etcd.url}]"
     spec = example.root / "ingot.yaml"
     spec.write_text(spec.read_text().replace(
-        "  staging: {}", f"  staging:\n    config_source: {{etcd: {{endpoints: [{etcd.url}], prefix: {prefix}}}}}"))
+        "  staging: {}", f"  staging:\n    config_source: {{etcd: {{endpoints: {endpoints}, prefix: {prefix}}}}}"))
     yield example, prefix
     stop_everything(example)
 
@@ -102,8 +104,8 @@ def test_values_come_from_etcd_a_change_is_a_new_release_and_rollback_restores(
     first = example.get()
     assert first["flag"] == "blue"
     recorded = releases_in_ledger(example)[-1]["payload"]["config_source"]
-    assert recorded == {"kind": "etcd", "endpoints": [etcd.url], "prefix": prefix, "revision": first_revision,
-                        "keys": {"FEATURE_FLAG": first_revision}}
+    assert recorded["endpoints"][1] == etcd.url and recorded["prefix"] == prefix
+    assert (recorded["revision"], recorded["keys"]) == (first_revision, {"FEATURE_FLAG": first_revision})
     unrelated = etcd.put(prefix + "OTHER", "x")  # a key no service lists: no new release
     assert "nothing changed" in example.ingot("deploy", check=True).out
 
@@ -175,7 +177,8 @@ def test_etcd_down_fails_the_deploy_and_the_previous_release_serves_under_load(
         assert status["release"] == live and len(status["instances"]) == 1, status
         [entry] = [e for e in example.ingot("audit", "log", "--json", check=True).json
                    if e["action"] == "config_source.fail"]
-        assert entry["service"] == "web" and entry["payload"]["endpoints"] == [etcd.url], entry
+        assert entry["service"] == "web" and entry["payload"]["endpoints"][1] == etcd.url, entry
+        assert len(entry["payload"]["details"]) == 2, entry  # each endpoint's failure
     finally:
         etcd.start()
     example.ingot("deploy", check=True)
@@ -192,3 +195,27 @@ def test_a_bad_config_source_is_refused_naming_the_key(tmp_path: Path) -> None:
     spec.write_text(spec.read_text().replace("{etcd: {endpoints: ['127.0.0.1:2379'], prefix: /a/}}", "{}"))
     empty = example.ingot("validate")
     assert empty.code == 2 and "environments.staging.config_source: expected one source kind" in empty.err, empty.err
+
+
+def test_ingot_watch_deploys_a_change_in_etcd_through_the_usual_deploy(
+        sourced: tuple[ExampleProject, str], etcd: Etcd) -> None:
+    example, prefix = sourced
+    (example.root / ".gitignore").write_text(".ingot/\n__pycache__/\n")
+    for args in (("init", "--quiet", "-b", "main"), ("add", "-A"), ("commit", "--quiet", "-m", "one")):
+        subprocess.run(["git", "-C", str(example.root), *args], check=True, capture_output=True, timeout=60,
+                       env={**os.environ, "GIT_AUTHOR_NAME": "dev", "GIT_AUTHOR_EMAIL": "dev@example.org",
+                            "GIT_COMMITTER_NAME": "dev", "GIT_COMMITTER_EMAIL": "dev@example.org"})
+    watch = ("watch", ".", "--branch", "main", "--env", "staging", "--once", "--json")
+    etcd.put(prefix + "FEATURE_FLAG", "blue")
+    assert '"deployed"' in example.ingot(*watch, check=True).out.strip().splitlines()[-1]
+    first = example.get()
+    assert first["flag"] == "blue"
+    assert '"unchanged"' in example.ingot(*watch, check=True).out.strip().splitlines()[-1]
+
+    revision = etcd.put(prefix + "FEATURE_FLAG", "green")
+    last = example.ingot(*watch, check=True).out.strip().splitlines()[-1]
+    assert '"deployed"' in last and f"config source changed (revision {revision})" in last, last
+    assert example.get()["flag"] == "green" and example.get()["release"] != first["release"]
+    deploys = [e for e in example.ingot("audit", "log", "--json", check=True).json if e["action"] == "watch.deploy"]
+    assert deploys[-1]["payload"]["config_source"]["revision"] == revision
+    assert '"unchanged"' in example.ingot(*watch, check=True).out.strip().splitlines()[-1]
