@@ -120,8 +120,10 @@ def _read(project: Project, environment: str, source: ConfigSource, names: list[
                           environment=environment, service=service,
                           payload={"kind": source.kind, "endpoints": list(source.endpoints), "prefix": source.prefix,
                                    "error": exc.message, "details": exc.details})
-        what = f"the config of {service}" if service else "its config source"
-        raise OperationFailed(f"{environment}: {what} could not be read: {exc.message}",
+        if service is None:
+            raise OperationFailed(f"{environment}: its config source could not be read: {exc.message}",
+                                  details=exc.details) from None
+        raise OperationFailed(f"{environment}: the config of {service} could not be read: {exc.message}",
                               details=[*exc.details, "nothing was built or started: what was serving keeps serving"]
                               ) from None
 
