@@ -6,8 +6,9 @@ config store are. A change in the source is therefore a new release on the next 
 back the values the older release took; running instances never see the source. Secrets are never read from a
 source: they stay in ingot's encrypted store.
 
-One small interface, `ConfigSource.read(names) -> SourceRead`, so that another store (Consul KV) can be a
-second implementation beside `ingot.config_sources.etcd`.
+One small interface, `ConfigSource.read(names) -> SourceRead`, with two implementations: `etcd` (tested
+against a real etcd) and `consul` (Consul KV; tested only against a stand-in that answers as Consul's
+documentation says, no Consul server being installable here).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class SourceUnavailable(OperationFailed):
 class SourceRead:
     """What one read of a source found: values of the names that exist, all at one revision."""
 
-    kind: str  # etcd
+    kind: str  # etcd | consul
     endpoints: tuple[str, ...]
     prefix: str
     revision: int  # the source's revision the values were read at (etcd: the cluster's header revision)
@@ -62,9 +63,12 @@ class ConfigSource(Protocol):
 
 
 def from_spec(spec: ConfigSourceSpec) -> ConfigSource:
+    from ingot.config_sources.consul import ConsulSource
     from ingot.config_sources.etcd import EtcdSource
 
-    assert spec.etcd is not None  # the spec refuses a config_source without a kind
+    if spec.consul is not None:
+        return ConsulSource(tuple(spec.consul.endpoints), spec.consul.prefix, spec.consul.timeout)
+    assert spec.etcd is not None  # the spec refuses a config_source without exactly one kind
     return EtcdSource(tuple(spec.etcd.endpoints), spec.etcd.prefix, spec.etcd.timeout)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import httpx
@@ -73,27 +73,38 @@ class EtcdSource:
         return SourceRead(KIND, self.endpoints, self.prefix, revision, values, versions)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The first endpoint's answer that is one; every endpoint's failure named if none answers."""
-        failures = []
-        for endpoint in self.endpoints:
-            try:
-                response = httpx.post(endpoint + path, json=body, timeout=self.timeout, trust_env=False)
-            except httpx.TimeoutException:
-                failures.append(f"{endpoint}: no answer within {self.timeout:g}s")
-                continue
-            except httpx.HTTPError as exc:
-                failures.append(f"{endpoint}: {_reason(exc)}")
-                continue
-            try:
-                answer = response.json()
-            except ValueError:
-                answer = None
-            if response.status_code == 200 and isinstance(answer, dict):
-                return answer
-            said = answer.get("message") or answer.get("error") if isinstance(answer, dict) else None
-            failures.append(f"{endpoint}: HTTP {response.status_code}" + (f": {said}" if said else ""))
-        raise SourceUnavailable(f"etcd is unreachable: none of its endpoints answered ({', '.join(self.endpoints)})",
-                                details=failures)
+        response = first_answer(KIND, self.endpoints, self.timeout, lambda endpoint: httpx.post(
+            endpoint + path, json=body, timeout=self.timeout, trust_env=False))
+        answer = response.json()
+        if not isinstance(answer, dict):
+            raise SourceUnavailable(f"etcd at {response.url} answered {path} with something other than an object")
+        return answer
+
+
+def first_answer(kind: str, endpoints: tuple[str, ...], timeout: float, send: Callable[[str], httpx.Response],
+                 accept: Callable[[httpx.Response], bool] | None = None) -> httpx.Response:
+    """The first endpoint's answer that is one (`accept`; default: 200 with a JSON body); every endpoint's
+    failure named if none gives one (SourceUnavailable)."""
+    failures = []
+    for endpoint in endpoints:
+        try:
+            response = send(endpoint)
+        except httpx.TimeoutException:
+            failures.append(f"{endpoint}: no answer within {timeout:g}s")
+            continue
+        except httpx.HTTPError as exc:
+            failures.append(f"{endpoint}: {_reason(exc)}")
+            continue
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if accept(response) if accept is not None else (response.status_code == 200 and answer is not None):
+            return response
+        said = (answer.get("message") or answer.get("error")) if isinstance(answer, dict) else None
+        failures.append(f"{endpoint}: HTTP {response.status_code}" + (f": {said}" if said else ""))
+    raise SourceUnavailable(f"{kind} is unreachable: none of its endpoints answered ({', '.join(endpoints)})",
+                            details=failures)
 
 
 def _reason(exc: httpx.HTTPError) -> str:

@@ -860,16 +860,27 @@ class EtcdSource(_Model):
     timeout: Duration = Field(default=5.0, gt=0)  # per endpoint; then the next one is tried
 
 
+class ConsulSource(_Model):
+    """Consul KV over its HTTP API: NAME is read from `prefix` + NAME (Consul keys have no leading /)."""
+
+    endpoints: list[HttpUrl] = Field(min_length=1)  # e.g. http://127.0.0.1:8500; tried in order
+    prefix: str = Field(min_length=1, pattern=r"^[^/]")  # apps/hello/
+    timeout: Duration = Field(default=5.0, gt=0)
+
+
 class ConfigSourceSpec(_Model):
     """Where an environment's config values come from besides ingot's own store (see ingot.config_sources)."""
 
     etcd: EtcdSource | None = None
+    consul: ConsulSource | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> ConfigSourceSpec:
-        if self.etcd is None:
-            raise ValueError("expected one source kind, e.g. etcd: {endpoints: [http://127.0.0.1:2379], "
-                             "prefix: /apps/hello/}")
+        given = [kind for kind in ("etcd", "consul") if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError("expected one source kind, etcd or consul, e.g. etcd: {endpoints: "
+                             "[http://127.0.0.1:2379], prefix: /apps/hello/}" + (f"; got {' and '.join(given)}"
+                                                                                 if given else ""))
         return self
 
 
