@@ -102,8 +102,8 @@ def read_source(project: Project, environment: str, name: str, service: ServiceS
     """The listed keys as the environment's config source holds them (None: it has no source, or the service
     lists no keys). Secret names are read too, only so that one found there is refused.
 
-    An unreachable source fails the operation (exit 1) before anything is built or started, recorded in the
-    ledger (`config_source.fail`) when `record_failure`."""
+    An unreachable source fails the operation (exit 1) before any instance of a new release starts, recorded in
+    the ledger (`config_source.fail`) when `record_failure`."""
     source = config_sources.for_environment(project.spec, environment)
     if source is None or not (service.config or service.secrets):
         return None
@@ -124,8 +124,8 @@ def _read(project: Project, environment: str, source: ConfigSource, names: list[
             raise OperationFailed(f"{environment}: its config source could not be read: {exc.message}",
                                   details=exc.details) from None
         raise OperationFailed(f"{environment}: the config of {service} could not be read: {exc.message}",
-                              details=[*exc.details, "nothing was built or started: what was serving keeps serving"]
-                              ) from None
+                              details=[*exc.details, "no instance of a new release was started: what was serving "
+                                       "keeps serving"]) from None
 
 
 def source_diff(project: Project, environment: str) -> dict[str, Any]:
