@@ -40,8 +40,8 @@ class ConsulSource:
 
     def read(self, names: Collection[str]) -> SourceRead:
         path = "/v1/kv/" + quote(self.prefix)
-        response = first_answer(KIND, self.endpoints, self.timeout, lambda endpoint: httpx.get(
-            endpoint + path, params={"recurse": "true"}, timeout=self.timeout, trust_env=False), accept=_answered)
+        response = first_answer(KIND, self.endpoints, self.timeout, lambda client, endpoint: client.get(
+            endpoint + path, params={"recurse": "true"}), accept=_answered)
         revision = int(response.headers[INDEX])
         entries = response.json() if response.status_code == 200 else []
         if not isinstance(entries, list):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import ssl
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -73,38 +75,53 @@ class EtcdSource:
         return SourceRead(KIND, self.endpoints, self.prefix, revision, values, versions)
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = first_answer(KIND, self.endpoints, self.timeout, lambda endpoint: httpx.post(
-            endpoint + path, json=body, timeout=self.timeout, trust_env=False))
+        response = first_answer(KIND, self.endpoints, self.timeout, lambda client, endpoint: client.post(
+            endpoint + path, json=body))
         answer = response.json()
         if not isinstance(answer, dict):
             raise SourceUnavailable(f"etcd at {response.url} answered {path} with something other than an object")
         return answer
 
 
-def first_answer(kind: str, endpoints: tuple[str, ...], timeout: float, send: Callable[[str], httpx.Response],
+def first_answer(kind: str, endpoints: tuple[str, ...], timeout: float,
+                 send: Callable[[httpx.Client, str], httpx.Response],
                  accept: Callable[[httpx.Response], bool] | None = None) -> httpx.Response:
     """The first endpoint's answer that is one (`accept`; default: 200 with a JSON body); every endpoint's
     failure named if none gives one (SourceUnavailable)."""
     failures = []
-    for endpoint in endpoints:
-        try:
-            response = send(endpoint)
-        except httpx.TimeoutException:
-            failures.append(f"{endpoint}: no answer within {timeout:g}s")
-            continue
-        except httpx.HTTPError as exc:
-            failures.append(f"{endpoint}: {_reason(exc)}")
-            continue
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if accept(response) if accept is not None else (response.status_code == 200 and answer is not None):
-            return response
-        said = (answer.get("message") or answer.get("error")) if isinstance(answer, dict) else None
-        failures.append(f"{endpoint}: HTTP {response.status_code}" + (f": {said}" if said else ""))
+    with httpx.Client(verify=_tls(), timeout=timeout, trust_env=False) as client:
+        for endpoint in endpoints:
+            answered = _attempt(client, endpoint, timeout, send, accept)
+            if isinstance(answered, httpx.Response):
+                return answered
+            failures.append(f"{endpoint}: {answered}")
     raise SourceUnavailable(f"{kind} is unreachable: none of its endpoints answered ({', '.join(endpoints)})",
                             details=failures)
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # Loading the CA bundle is most of what a new httpx client costs (about 0.1 s here): once per process.
+    return ssl.create_default_context()
+
+
+def _attempt(client: httpx.Client, endpoint: str, timeout: float, send: Callable[[httpx.Client, str], httpx.Response],
+             accept: Callable[[httpx.Response], bool] | None) -> httpx.Response | str:
+    """The endpoint's answer, or why it is none."""
+    try:
+        response = send(client, endpoint)
+    except httpx.TimeoutException:
+        return f"no answer within {timeout:g}s"
+    except httpx.HTTPError as exc:
+        return _reason(exc)
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if accept(response) if accept is not None else (response.status_code == 200 and answer is not None):
+        return response
+    said = (answer.get("message") or answer.get("error")) if isinstance(answer, dict) else None
+    return f"HTTP {response.status_code}" + (f": {said}" if said else "")
 
 
 def _reason(exc: httpx.HTTPError) -> str:
