@@ -184,7 +184,7 @@ def expected_release_id(project: Project, environment: str, name: str, service: 
                           steps=build_steps(service))
     if digest is None:
         return None
-    config = config_store.snapshot(project.store, environment, name, service)
+    config, _sourced = config_ops.release_snapshot(project, environment, name, service, record_failure=False)
     return make_release_id(project.spec.project, name, digest, content_digest(config),
                            content_digest(service.release_fields()))
 
@@ -200,7 +200,7 @@ def release(project: Project, environment: str, name: str, artifact: Built,
             commit: str | None = None) -> tuple[ReleaseRow, bool]:
     """The release of this artifact with this spec and config snapshot; created (and signed) only if it is new."""
     service = project.spec.service_for(environment, name)
-    config = config_ops.release_config(project, environment, name, service)
+    config, sourced = config_ops.release_config_read(project, environment, name, service)
     key = signing_key(project)
     candidate = new_release(key=key, project=project.spec.project, service=name,
                             artifact_digest=artifact.digest, spec=service.release_fields(),
@@ -219,7 +219,9 @@ def release(project: Project, environment: str, name: str, artifact: Built,
                       subject=candidate.id,
                       payload={"artifact": candidate.artifact_digest, "config": candidate.config_digest,
                                "spec": candidate.spec_digest, "commit": commit,
-                               **_secret_versions(candidate)})
+                               **_secret_versions(candidate),
+                               # Which revision of the config source the values came from (keys, no values).
+                               **({"config_source": sourced.record(service.config)} if sourced else {})})
     return candidate, True
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingot import config_store
+from ingot import config_sources, config_store, ledger
 from ingot.actor import current_actor
+from ingot.config_sources import ConfigSource, SourceRead, SourceUnavailable
 from ingot.config_store import ConfigEntry, SecretEntry
-from ingot.errors import UserInputError
+from ingot.errors import OperationFailed, UserInputError
 from ingot.project import Project
 from ingot.secrets_box import SecretsKeyError, load_box
 from ingot.spec import ServiceSpec
@@ -86,7 +87,13 @@ def release_config(project: Project, environment: str, name: str, service: Servi
     Refused (exit 2) when a listed key has no value there. With secrets, the secrets key must be at hand
     and be the one that sealed them: a deploy fails here, before anything is built, not at instance start.
     """
-    taken = config_store.snapshot(project.store, environment, name, service)
+    return release_config_read(project, environment, name, service)[0]
+
+
+def release_config_read(project: Project, environment: str, name: str,
+                        service: ServiceSpec) -> tuple[dict[str, Any], SourceRead | None]:
+    """`release_config`, with what the environment's config source gave (None: no source involved)."""
+    taken, sourced = release_snapshot(project, environment, name, service)
     refs = taken.get("secrets") or {}
     if refs:
         box = load_box(project.paths.keys)
@@ -98,4 +105,90 @@ def release_config(project: Project, environment: str, name: str, service: Servi
                     f"secret {secret} in {environment} was encrypted with secrets key {sealed_with}, but the key "
                     f"at {box.path} is {box.key_id}",
                     details=["restore the original key file, or point INGOT_SECRETS_KEY_FILE at it"])
-    return taken
+    return taken, sourced
+
+
+# ---- config sources (ingot.config_sources) ------------------------------------------------------------
+def release_snapshot(project: Project, environment: str, name: str, service: ServiceSpec, *,
+                     record_failure: bool = True) -> tuple[dict[str, Any], SourceRead | None]:
+    """The config snapshot a release takes now (see `config_store.snapshot`), with what the environment's
+    config source gave, read once for this snapshot: its revision goes into the ledger with the release."""
+    sourced = read_source(project, environment, name, service, record_failure=record_failure)
+    return config_store.snapshot(project.store, environment, name, service, sourced), sourced
+
+
+def read_source(project: Project, environment: str, name: str, service: ServiceSpec, *,
+                record_failure: bool = True) -> SourceRead | None:
+    """The listed keys as the environment's config source holds them (None: it has no source, or the service
+    lists no keys). Secret names are read too, only so that one found there is refused.
+
+    An unreachable source fails the operation (exit 1) before any instance of a new release starts, recorded in
+    the ledger (`config_source.fail`) when `record_failure`."""
+    source = config_sources.for_environment(project.spec, environment)
+    if source is None or not (service.config or service.secrets):
+        return None
+    return _read(project, environment, source, [*service.config, *service.secrets], name, record_failure)
+
+
+def _read(project: Project, environment: str, source: ConfigSource, names: list[str], service: str | None,
+          record_failure: bool) -> SourceRead:
+    try:
+        return source.read(names)
+    except SourceUnavailable as exc:
+        if record_failure:
+            ledger.record(project.store, actor=current_actor(), action="config_source.fail",
+                          environment=environment, service=service,
+                          payload={"kind": source.kind, "endpoints": list(source.endpoints), "prefix": source.prefix,
+                                   "error": exc.message, "details": exc.details})
+        if service is None:
+            raise OperationFailed(f"{environment}: its config source could not be read: {exc.message}",
+                                  details=exc.details) from None
+        raise OperationFailed(f"{environment}: the config of {service} could not be read: {exc.message}",
+                              details=[*exc.details, "no instance of a new release was started: what was serving "
+                                       "keeps serving"]) from None
+
+
+def source_diff(project: Project, environment: str) -> dict[str, Any]:
+    """What changed in the environment's config source since each service's live release: per listed key that
+    the source holds (or held when the live release was made), its live and its current value.
+
+    Values are config, never secrets: a secret's name found in the source is reported, not its value."""
+    source = config_sources.for_environment(project.spec, environment)
+    if source is None:
+        raise UserInputError(f"environment {environment} has no config_source in {project.spec.path}",
+                             details=[f"add environments.{environment}.config_source: {{etcd: {{endpoints: "
+                                      "[http://127.0.0.1:2379], prefix: /apps/NAME/}}"])
+    services = {name: project.spec.service_for(environment, name) for name in project.spec.services}
+    names = sorted({key for s in services.values() for key in (*s.config, *s.secrets)})
+    sourced = _read(project, environment, source, names, None, record_failure=False)
+    rows = []
+    for name, service in services.items():
+        if not (service.config or service.secrets):
+            continue
+        current = project.store.current_activation(environment, name)
+        live = project.store.get_release(current.release_id) if current and current.release_id else None
+        live_values: dict[str, Any] = dict(live.config.get("values") or {}) if live else {}
+        made_with = _source_record(project, environment, name, live.id) if live else {}
+        changes = []
+        for key in sorted(service.config):
+            if key not in sourced.values and key not in (made_with.get("keys") or {}):
+                continue  # a key of ingot's own store, not the source's
+            old, new = live_values.get(key), sourced.values.get(key)
+            status = ("removed" if new is None else "added" if key not in live_values
+                      else "unchanged" if old == new else "changed")
+            changes.append({"key": key, "source_key": sourced.key(key), "status": status, "live": old, "source": new,
+                            "version": sourced.versions.get(key)})
+        rows.append({"service": name, "release": live.id if live else None,
+                     "release_revision": made_with.get("revision"), "changes": changes,
+                     "secrets_in_source": sorted(set(service.secrets) & set(sourced.values))})
+    return {"environment": environment, "source": {"kind": sourced.kind, "endpoints": list(sourced.endpoints),
+                                                   "prefix": sourced.prefix, "revision": sourced.revision},
+            "services": rows}
+
+
+def _source_record(project: Project, environment: str, name: str, release_id: str) -> dict[str, Any]:
+    """The config source record of a release's ledger entry: where its values came from, at which revision."""
+    for entry in reversed(ledger.entries(project.store, environment=environment, service=name, actions=["release"])):
+        if entry.subject == release_id:
+            return dict(entry.payload.get("config_source") or {})
+    return {}

@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, func, select
 
@@ -25,6 +25,9 @@ from ingot.secrets_box import SecretsBox, load_box
 from ingot.spec import ServiceSpec
 from ingot.store import ReleaseRow, Store
 from ingot.store import schema as t
+
+if TYPE_CHECKING:
+    from ingot.config_sources import SourceRead
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_VALUE_BYTES = 64 * 1024
@@ -237,32 +240,60 @@ def current_secrets(store: Store, environment: str) -> dict[str, SecretEntry]:
 
 
 # ---- releases ---------------------------------------------------------------------------------
-def snapshot(store: Store, environment: str, name: str, service: ServiceSpec) -> dict[str, Any]:
+def snapshot(store: Store, environment: str, name: str, service: ServiceSpec,
+             sourced: SourceRead | None = None) -> dict[str, Any]:
     """What a release of `service` in `environment` takes from the store: config values, secret versions.
 
     A service with neither snapshots `{"values": {}}`, as releases always have. A key the service lists
     without a value in the environment refuses the release (exit 2), naming the key and the command.
+
+    `sourced`: what the environment's config source (ingot.config_sources) holds of the listed keys. Its values
+    are taken exactly as the store's are. A key in both the source and the store is refused rather than one
+    silently shadowing the other (each variable has one source, as with env/config/secrets in the spec); a
+    secret's name in the source is refused too: a source never supplies secrets.
     """
     config = current_config(store, environment) if service.config else {}
     secrets = current_secrets(store, environment) if service.secrets else {}
+    from_source = sourced.values if sourced is not None else {}
     problems = []
     for key in service.config:
-        if key not in config:
-            problems.append(f"config {key} has no value in {environment}: "
-                            f"ingot config set {key} VALUE --env {environment}")
+        if key in from_source:
+            assert sourced is not None
+            if key in config:
+                problems.append(f"config {key} is set both in {sourced.describe()} at {sourced.key(key)} and in "
+                                f"ingot's config store (version {config[key].version}); each key needs one "
+                                "source: delete one of them")
+            check_value(from_source[key], f"config {key} ({sourced.key(key)} in {sourced.kind})")
+        elif key not in config:
+            problems.append(_missing(key, environment, sourced))
     for secret in service.secrets:
         entry = secrets.get(secret)
-        if entry is None or entry.removed:
+        if secret in from_source:
+            assert sourced is not None
+            problems.append(f"secret {secret} is in {sourced.describe()} at {sourced.key(secret)}: a config "
+                            "source never supplies secrets, which stay in ingot's encrypted store: delete it "
+                            f"there and use ingot secret set {secret} --env {environment}")
+        elif entry is None or entry.removed:
             how = f"was removed from {environment} (by {entry.actor})" if entry else f"has no value in {environment}"
             problems.append(f"secret {secret} {how}: ingot secret set {secret} --env {environment}")
     if problems:
         raise UserInputError(f"services.{name} in {environment} lists keys that have no value in {environment}; "
                              "set them, then deploy again", details=problems)
-    taken: dict[str, Any] = {"values": {key: config[key].value for key in sorted(service.config)}}
+    taken: dict[str, Any] = {"values": {key: from_source[key] if key in from_source else config[key].value
+                                        for key in sorted(service.config)}}
     if service.secrets:
         taken["secrets"] = {secret: {"environment": environment, "version": secrets[secret].version}
                             for secret in sorted(service.secrets)}
     return taken
+
+
+def _missing(key: str, environment: str, sourced: SourceRead | None) -> str:
+    store_hint = f"ingot config set {key} VALUE --env {environment}"
+    if sourced is None:
+        return f"config {key} has no value in {environment}: {store_hint}"
+    return (f"config {key} has no value in {environment}: {sourced.key(key)} is not in {sourced.describe()} "
+            f"(revision {sourced.revision}), nor is {key} in ingot's config store: put it in {sourced.kind} "
+            f"(or {store_hint})")
 
 
 def secret_refs(release: ReleaseRow) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,12 @@ The watcher keeps no state of its own: what it did is in the ledger, and that is
 - `watch.deploy` (subject: the commit): the commit went live in the environment.
 - `watch.fail` (subject: the commit): it did not: its spec is invalid, its build failed, its
   instances failed the health gate, its canary analysis failed, or its verification window failed
-  afterwards. The previous release keeps serving and the commit is not tried again.
+  afterwards. The previous release keeps serving and the commit is not tried again (unless the
+  environment's config source changes).
+
+With a `config_source` in the environment, a change of a key the services list (a new revision of it, a
+key appearing or going) is applied like a new commit: the head is deployed again, the source's revision
+recorded as `config_source` in the attempt's entry.
 - `unpin`: an operator gave a pinned environment back to the watcher.
 
 An operator's own change to the environment after the watcher's last attempt (a rollback, a deploy,
@@ -38,12 +43,14 @@ from typing import Any
 
 import yaml
 
-from ingot import ledger, operations
+from ingot import config_sources, ledger, operations
 from ingot.actor import current_actor
+from ingot.config_sources import SourceRead
 from ingot.errors import IngotError, UserInputError
 from ingot.locks import Locked
 from ingot.paths import StatePaths, explicit_state_dir
 from ingot.project import open_project
+from ingot.spec.loader import parse_spec
 from ingot.spec.models import NAME_PATTERN
 from ingot.state_layout import project_state
 from ingot.store import Store
@@ -359,17 +366,23 @@ class Watcher:
         if late is not None:
             return late
         last = last_attempt(self.store, self.environment)
+        sourced = self._source_state(head)
         if last is None or last.subject != head:
-            return self._apply(head, "new commit", find_pin(self.store, self.environment))
+            return self._apply(head, "new commit", find_pin(self.store, self.environment), sourced)
         unpinned = ledger.last_entry(self.store, actions=(UNPIN,), environment=self.environment)
         if unpinned is not None and unpinned.seq > last.seq:
-            return self._apply(head, "unpinned", None)
+            return self._apply(head, "unpinned", None, sourced)
         pin = find_pin(self.store, self.environment)
         if pin is not None:
             return PollResult("pinned", self.environment, head,
                               f"{self.environment} is pinned by {pin.describe()}: {short(head)} is not deployed "
                               f"again until a newer commit or 'ingot unpin --env {self.environment}'",
                               pin=pin.as_dict(), serving=self._serving())
+        # The environment's config source: a listed key changed (or came, or went) since the last attempt is
+        # applied like a new commit, through the same deploy and gates; a failed attempt is not retried until
+        # the source changes again.
+        if sourced is not None and (last.payload.get("config_source") or {}).get("keys") != sourced.record()["keys"]:
+            return self._apply(head, f"config source changed (revision {sourced.revision})", None, sourced)
         if last.action == WATCH_FAIL:
             return PollResult("unchanged", self.environment, head,
                               f"{short(head)} failed ({last.payload.get('error')}); waiting for the next commit",
@@ -379,11 +392,26 @@ class Watcher:
                           serving=self._serving())
 
     # ---- applying a commit ---------------------------------------------------------------------
-    def _apply(self, commit: str, reason: str, pin: Pin | None) -> PollResult:
+    def _source_state(self, commit: str) -> SourceRead | None:
+        """The keys the services list, as the environment's config source (in the spec at `commit`) holds them
+        now; None when it has none, or cannot be read now (a deploy that is due says why)."""
+        try:
+            spec = parse_spec(_git("--git-dir", str(self.mirror.git_dir), "show", f"{commit}:{self.spec_path}"),
+                              self.spec_path)
+            environment = spec.environments.get(self.environment)
+            if environment is None or environment.config_source is None:
+                return None
+            names = sorted({key for name in spec.services for key in spec.service_for(self.environment, name).config})
+            return config_sources.from_spec(environment.config_source).read(names) if names else None
+        except (GitFailure, IngotError):
+            return None
+
+    def _apply(self, commit: str, reason: str, pin: Pin | None, sourced: SourceRead | None = None) -> PollResult:
         self._emit({"event": "commit", "commit": commit, "reason": reason, "branch": self.branch,
                     "environment": self.environment, "ends_pin": pin.describe() if pin else None})
         base = {"commit": commit, "repo": self.url, "branch": self.branch, "path": self.spec_path,
-                "reason": reason, "ended_pin": pin.as_dict() if pin else None}
+                "reason": reason, "ended_pin": pin.as_dict() if pin else None,
+                **({"config_source": sourced.record()} if sourced is not None else {})}
         phase = "checkout"
         deployments: list[str] = []
 

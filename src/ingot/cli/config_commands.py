@@ -93,6 +93,39 @@ def config_history(key: Annotated[str | None, typer.Argument(help="Only this key
     _print_config(entries, as_json, f"no config versions in {environment}" + (f" for {key}" if key else ""))
 
 
+@config_app.command("diff")
+def config_diff(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> None:
+    """What changed in the environment's config source (etcd) since the live release of each service."""
+    project, environment = _target(file, env)
+    report = main_module().guarded(lambda: config_ops.source_diff(project, environment))
+    if as_json:
+        print_json(report)
+        return
+    source = report["source"]
+    console.print(f"{environment}: {source['kind']} ({', '.join(source['endpoints'])}) prefix {source['prefix']} "
+                  f"at revision {source['revision']}", markup=False)
+    table = Table(show_edge=False)
+    for column in ("service", "key", "change", "live release", "source now"):
+        table.add_column(column, overflow="fold")
+    for row in report["services"]:
+        for change in row["changes"]:
+            if change["status"] != "unchanged":
+                table.add_row(row["service"], change["key"], change["status"], _shown(change["live"]),
+                              _shown(change["source"]))
+        for secret in row["secrets_in_source"]:
+            table.add_row(row["service"], secret, "secret in source (refused)", "-", "-")
+        made = f" (made at revision {row['release_revision']})" if row["release_revision"] is not None else ""
+        console.print(f"{row['service']}: live release {row['release'] or '(none)'}{made}", markup=False)
+    if table.row_count:
+        console.print(table)
+    else:
+        console.print("no source keys changed since the live releases")
+
+
+def _shown(value: str | None) -> str:
+    return "(absent)" if value is None else value
+
+
 def _print_config(entries: list[ConfigEntry], as_json: bool, empty: str) -> None:
     if as_json:
         print_json([e.as_dict() for e in entries])

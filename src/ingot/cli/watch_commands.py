@@ -116,6 +116,8 @@ class _Printer:
         commit, environment = str(event["commit"])[:10], event["environment"]
         if event["reason"] == "unpinned":
             text = f"{commit}: {environment} was unpinned: applying the head of {event['branch']} again"
+        elif str(event["reason"]).startswith("config source"):
+            text = f"{commit}: {event['reason']}: deploying to {environment}"
         else:
             text = f"{commit}: new commit on {event['branch']}: deploying to {environment}"
         if event.get("ends_pin"):

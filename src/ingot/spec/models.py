@@ -845,6 +845,38 @@ class KubernetesTarget(_Model):
     prometheus: PrometheusSpec | None = None  # the canary analysis' metrics source
 
 
+class EtcdSource(_Model):
+    """An etcd v3 cluster (its JSON gateway): a listed config key NAME is read from `prefix` + NAME."""
+
+    endpoints: list[HttpUrl] = Field(min_length=1)  # tried in order until one answers
+    prefix: str = Field(min_length=1)  # taken as written: /apps/hello/ + FLAG is /apps/hello/FLAG
+    timeout: Duration = Field(default=5.0, gt=0)  # per endpoint; then the next one is tried
+
+
+class ConsulSource(_Model):
+    """Consul KV over its HTTP API: NAME is read from `prefix` + NAME (Consul keys have no leading /)."""
+
+    endpoints: list[HttpUrl] = Field(min_length=1)  # e.g. http://127.0.0.1:8500; tried in order
+    prefix: str = Field(min_length=1, pattern=r"^[^/]")  # apps/hello/
+    timeout: Duration = Field(default=5.0, gt=0)
+
+
+class ConfigSourceSpec(_Model):
+    """Where an environment's config values come from besides ingot's own store (see ingot.config_sources)."""
+
+    etcd: EtcdSource | None = None
+    consul: ConsulSource | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ConfigSourceSpec:
+        given = [kind for kind in ("etcd", "consul") if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError("expected one source kind, etcd or consul, e.g. etcd: {endpoints: "
+                             "[http://127.0.0.1:2379], prefix: /apps/hello/}" + (f"; got {' and '.join(given)}"
+                                                                                 if given else ""))
+        return self
+
+
 class EnvironmentSpec(_Model):
     """Per-environment overrides: ``services.<name>`` holds any ServiceSpec fields, merged deeply."""
 
@@ -852,6 +884,8 @@ class EnvironmentSpec(_Model):
     self_heal: StrictBool = True
     target: KubernetesTarget | None = None  # None: this machine
     notify: list[NotifySpec] | None = None  # None: the spec's top-level notify
+    # Config values read at deploy time from an external store, snapshotted into each release.
+    config_source: ConfigSourceSpec | None = None
 
     @field_validator("services", mode="before")
     @classmethod
