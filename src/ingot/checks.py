@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from ingot.httpclients import instance_client
 from ingot.local_command import run_command, tail
 from ingot.runtimes import fence
 from ingot.spec.models import CheckSpec
@@ -86,7 +87,7 @@ async def _http(check: CheckSpec, target: Target) -> CheckResult:
     started = loop.time()
     url = target.url + check.http
     try:
-        async with httpx.AsyncClient(timeout=check.timeout, trust_env=False) as client:
+        async with instance_client(timeout=check.timeout) as client:
             answer = await client.get(url)
         body = answer.text
     except httpx.HTTPError as exc:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from ingot.deploy_params import HealthPolicy
+from ingot.httpclients import instance_client
 from ingot.spec.models import expand_own
 
 # What a health command's output is cut to in a probe's detail.
@@ -130,7 +131,7 @@ async def wait_healthy(
     failing = 0  # failing answers in a row
     probes: list[ProbeResult] = []
     # Probes go straight to the instance, never through a proxy from the environment.
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with instance_client() as client:
         while True:
             died = still_running()
             if died:
@@ -225,7 +226,7 @@ async def watch_instances(instances: Sequence[Watched], policy: HealthPolicy, se
                 return who
             await asyncio.sleep(policy.interval)
 
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with instance_client() as client:
         started = time.monotonic()
         probers = [asyncio.create_task(keep_probing(client, who)) for who in instances if policy.probes]
         try:

@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from ingot.atomic import write_atomically
+from ingot.httpclients import tls_context
 from ingot.spec.models import NotifySpec, SecretRef
 
 SIGNATURE_HEADER = "X-Ingot-Signature"
@@ -150,7 +151,7 @@ async def deliver(entry: NotifySpec, facts: Mapping[str, Any], key: bytes, secre
         return False
     body = json.dumps(message(facts), sort_keys=True).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "ingot", SIGNATURE_HEADER: sign(key, body)}
-    async with httpx.AsyncClient(timeout=entry.timeout, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=entry.timeout, trust_env=False, verify=tls_context()) as client:
         for attempt in range(max(1, first_attempt), entry.attempts + 1):
             final = attempt == entry.attempts
             try:

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from ingot import ledger
 from ingot.artifacts import ArtifactStore, diff_listings, listing_digest
 from ingot.artifacts.fingerprint import DEFAULT_FULL_EVERY, TreeCache
@@ -20,6 +18,7 @@ from ingot.drift import REPLACE, Finding, Observed, ServiceObservation, Stray, e
 from ingot.errors import IngotError, UserInputError
 from ingot.executor import Executor, release_environment
 from ingot.health import probe
+from ingot.httpclients import instance_client
 from ingot.routers.base import Router
 from ingot.runtimes.process import labelled_processes, process_cwd, process_environment, terminate_group
 from ingot.runtimes.registry import Runtimes
@@ -174,7 +173,7 @@ class Healer:
     async def _health(self, row: InstanceRow, params: DeployParams) -> str | None:
         """None if healthy; two failed probes in a row are needed to call an instance unhealthy."""
         policy = replace(params.health, timeout=min(params.health.timeout, 2.0))
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with instance_client() as client:
             for attempt in range(2):
                 result = await probe(client, row.host, row.port, policy, self.executor.check_context(row))
                 if result.ok:

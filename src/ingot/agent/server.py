@@ -17,8 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from ingot import __version__, ledger, locks, oneoff, pidfile
 from ingot.actor import current_actor
 from ingot.agent.cli_answers import CliAnswers
@@ -34,6 +32,7 @@ from ingot.edge.home import EdgeHome
 from ingot.errors import IngotError, UserInputError
 from ingot.executor import Deployment, Executor
 from ingot.health import probe
+from ingot.httpclients import instance_client
 from ingot.notify import Pending, Spool, deliver, webhook_key
 from ingot.paths import StatePaths, private_umask
 from ingot.plan import Plan, StrategyOptions, Target, plan_for
@@ -587,7 +586,7 @@ class Agent:
     async def _probe_health(self, row: InstanceRow, policy: HealthPolicy) -> bool | str:
         self.status_probes += 1
         # Plain HTTP to the instance: no TLS, so no CA bundle to load (that costs 3-400 ms a client here).
-        async with httpx.AsyncClient(trust_env=False, verify=False) as client:
+        async with instance_client() as client:
             result = await probe(client, row.host, row.port, replace(policy, timeout=min(policy.timeout, 2.0)),
                                  self.executor.check_context(row))
         return True if result.ok else f"unhealthy: {result.detail}"

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
-import ssl
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -23,6 +21,7 @@ import httpx
 
 from ingot.config_sources import SourceRead, SourceUnavailable
 from ingot.errors import UserInputError
+from ingot.httpclients import tls_context
 
 KIND = "etcd"
 
@@ -89,7 +88,7 @@ def first_answer(kind: str, endpoints: tuple[str, ...], timeout: float,
     """The first endpoint's answer that is one (`accept`; default: 200 with a JSON body); every endpoint's
     failure named if none gives one (SourceUnavailable)."""
     failures = []
-    with httpx.Client(verify=_tls(), timeout=timeout, trust_env=False) as client:
+    with httpx.Client(verify=tls_context(), timeout=timeout, trust_env=False) as client:
         for endpoint in endpoints:
             answered = _attempt(client, endpoint, timeout, send, accept)
             if isinstance(answered, httpx.Response):
@@ -97,12 +96,6 @@ def first_answer(kind: str, endpoints: tuple[str, ...], timeout: float,
             failures.append(f"{endpoint}: {answered}")
     raise SourceUnavailable(f"{kind} is unreachable: none of its endpoints answered ({', '.join(endpoints)})",
                             details=failures)
-
-
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    # Loading the CA bundle is most of what a new httpx client costs (about 0.1 s here): once per process.
-    return ssl.create_default_context()
 
 
 def _attempt(client: httpx.Client, endpoint: str, timeout: float, send: Callable[[httpx.Client, str], httpx.Response],
