@@ -152,7 +152,7 @@ def test_config_and_secrets_reach_the_cluster_but_never_the_ledger_or_disk(tmp_p
         SPEC.format(image=IMAGE, greeting="hi", strategy="{type: blue-green}", extra="")
         .replace("    port: 8000\n", "    port: 8000\n    config: [FLAG]\n    secrets: [API_KEY]\n"))
     project = open_project(tmp_path / "ingot.yaml", tmp_path / "state")
-    config_ops.set_config(project, "prod", "FLAG", "on")
+    config_ops.set_configs(project, "prod", [("FLAG", "on")])
     config_ops.set_secret(project, "prod", "API_KEY", "value-that-must-stay-secret")
     deploy(project)
     secrets = [obj for (kind, _), obj in cluster.objects.items() if kind == "Secret"]
