@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.harness import ExampleProject, kill_pidfile, load, poll, stop_edge
+from tests.support.harness import ExampleProject, answer_health_with, kill_pidfile, load, poll, stop_edge
 
 
 def process_gone(pid: int) -> bool:
@@ -90,11 +90,7 @@ def test_redeploy_without_changes_makes_no_new_release(example: ExampleProject) 
 def test_unhealthy_release_fails_and_previous_keeps_serving(example: ExampleProject, tmp_path: Path) -> None:
     example.ingot("deploy", check=True)
     good = example.get()["release"]
-    app = example.root / "app.py"
-    app.write_text(app.read_text().replace(
-        'if self.path == "/healthz":\n            self._send(200, b"ok\\n", "text/plain")',
-        'if self.path == "/healthz":\n            print("database unreachable", flush=True)\n'
-        '            self._send(500, b"down\\n", "text/plain")'))
+    answer_health_with(example, 500, "down", printing='"database unreachable"')
     spec = example.root / "ingot.yaml"
     spec.write_text(spec.read_text().replace("deadline: 30s", "deadline: 2s"))
     with load(example.url, tmp_path) as during:
@@ -189,10 +185,7 @@ def test_agent_killed_mid_deploy_loses_nothing(example: ExampleProject) -> None:
 
     example.ingot("deploy", check=True)
     good = example.get()["release"]
-    app = example.root / "app.py"
-    app.write_text(app.read_text().replace(
-        'if self.path == "/healthz":\n            self._send(200, b"ok\\n", "text/plain")',
-        'if self.path == "/healthz":\n            self._send(503, b"warming up\\n", "text/plain")'))
+    answer_health_with(example, 503, "warming up")
     agent_pid = example.ingot("status", "--json", check=True).json["agent"]["pid"]
     deploying = subprocess.Popen([sys.executable, "-m", "ingot", "deploy"], cwd=example.root,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

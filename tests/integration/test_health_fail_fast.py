@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import ExampleProject, load, make_example, stop_everything
+from tests.support.harness import ExampleProject, answer_health_with, load, make_example, stop_everything
 
 
 @pytest.fixture
@@ -31,11 +31,7 @@ def test_a_release_answering_500_fails_its_deploy_at_once_with_its_log_tail(secr
     example.ingot("secret", "set", "API_KEY", "--from-file", str(source), check=True)
     example.ingot("deploy", check=True)
     good = example.get()["release"]
-    app = example.root / "app.py"
-    app.write_text(app.read_text().replace(
-        'if self.path == "/healthz":\n            self._send(200, b"ok\\n", "text/plain")',
-        'if self.path == "/healthz":\n            print("db connect failed with key", os.environ["API_KEY"], '
-        'flush=True)\n            self._send(500, b"broken\\n", "text/plain")'))
+    answer_health_with(example, 500, "broken", printing='"db connect failed with key", os.environ["API_KEY"]')
     with load(example.url, tmp_path) as during:
         failed = example.ingot("deploy")
     assert failed.code == 1, failed.out + failed.err

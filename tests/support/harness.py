@@ -264,6 +264,18 @@ def break_app(example: ExampleProject, body: str) -> None:
 HEALTHY_ANSWER = '            self._send(200, b"ok\\n", "text/plain")\n            return\n'
 
 
+def answer_health_with(example: ExampleProject, status: int, body: str, *, printing: str = "") -> None:
+    """Make the app's /healthz answer `status` with `body`, first printing `printing` (a Python expression,
+    e.g. `"db down", os.environ["X"]`) to its log when given."""
+    app = example.root / "app.py"
+    source = app.read_text()
+    healthy = 'if self.path == "/healthz":\n            self._send(200, b"ok\\n", "text/plain")'
+    assert healthy in source
+    said = f"print({printing}, flush=True)\n            " if printing else ""
+    app.write_text(source.replace(healthy, f'if self.path == "/healthz":\n            {said}'
+                                           f'self._send({status}, {(body + chr(10)).encode()!r}, "text/plain")'))
+
+
 WRITES = "        self.end_headers()\n        self.wfile.write(body)\n"
 WRITES_LOCKED = "        with WRITING:\n            self.end_headers()\n            self.wfile.write(body)\n"
 MAIN = "def main() -> None:"

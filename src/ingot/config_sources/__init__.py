@@ -62,6 +62,15 @@ class ConfigSource(Protocol):
         ...
 
 
+class EndpointsSource:
+    """What both implementations are made of: endpoints tried in order, a key prefix, a per-request timeout."""
+
+    def __init__(self, endpoints: tuple[str, ...], prefix: str, timeout: float = 5.0) -> None:
+        self.endpoints = endpoints
+        self.prefix = prefix
+        self.timeout = timeout
+
+
 def from_spec(spec: ConfigSourceSpec) -> ConfigSource:
     from ingot.config_sources.consul import ConsulSource
     from ingot.config_sources.etcd import EtcdSource

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ingot.config_sources import SourceRead, SourceUnavailable
+from ingot.config_sources import EndpointsSource, SourceRead, SourceUnavailable
 from ingot.config_sources.etcd import first_answer
 from ingot.errors import UserInputError
 
@@ -30,13 +30,8 @@ def _answered(response: httpx.Response) -> bool:
     return response.status_code in (200, 404) and INDEX in response.headers
 
 
-class ConsulSource:
+class ConsulSource(EndpointsSource):
     kind = KIND
-
-    def __init__(self, endpoints: tuple[str, ...], prefix: str, timeout: float = 5.0) -> None:
-        self.endpoints = endpoints
-        self.prefix = prefix
-        self.timeout = timeout
 
     def read(self, names: Collection[str]) -> SourceRead:
         path = "/v1/kv/" + quote(self.prefix)

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from ingot.config_sources import SourceRead, SourceUnavailable
+from ingot.config_sources import EndpointsSource, SourceRead, SourceUnavailable
 from ingot.errors import UserInputError
 from ingot.httpclients import tls_context
 
@@ -39,13 +39,8 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
-class EtcdSource:
+class EtcdSource(EndpointsSource):
     kind = KIND
-
-    def __init__(self, endpoints: tuple[str, ...], prefix: str, timeout: float = 5.0) -> None:
-        self.endpoints = endpoints
-        self.prefix = prefix
-        self.timeout = timeout
 
     def read(self, names: Collection[str]) -> SourceRead:
         # The whole prefix in one request: one revision for every key, whichever of them are there.
