@@ -183,6 +183,13 @@ def kill_pidfile(pid_file: Path) -> None:
         os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def stop_edge(home: Path) -> None:
     """Stop an edge and its supervisor (the supervisor first, so that it does not start the edge again),
     and any haproxy of that home still running (haproxy outlives a killed edge, for the next to adopt)."""
@@ -190,8 +197,10 @@ def stop_edge(home: Path) -> None:
 
     kill_pidfile(home / "supervisor.pid")
     with contextlib.suppress(OSError, ValueError):
-        os.kill(int((home / "edge.pid").read_text().strip()), signal.SIGTERM)
-        poll(lambda: not (home / "edge.pid").read_text().strip(), timeout=10, what="the edge to stop")
+        pid = int((home / "edge.pid").read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+        # Gone, not just its pidfile let go: the process holds its listeners until it has exited.
+        poll(lambda: not _alive(pid), timeout=10, what="the edge to stop")
     kill_pidfile(home / "edge.pid")
     with contextlib.suppress(OSError):
         for workdir in (home / "haproxy").iterdir():
