@@ -51,6 +51,18 @@ def instances(example: ExampleProject) -> list[dict[str, Any]]:
         store.close()
 
 
+def live_params(example: ExampleProject) -> dict[str, Any]:
+    from ingot.store import Store
+
+    store = Store(example.state)
+    try:
+        current = store.current_activation("staging", "web")
+        assert current is not None
+        return dict(current.params)
+    finally:
+        store.close()
+
+
 def ledger(example: ExampleProject, action: str) -> list[dict[str, Any]]:
     from ingot import ledger as entries
     from ingot.store import Store
@@ -89,10 +101,18 @@ def test_scale_up_and_down_under_load_with_no_failed_request(project: ExamplePro
     # The same release, no new one: the history has two scale deployments of it.
     kinds = [(d["kind"], d["release"]) for d in project.ingot("history", "--json", check=True).json[:2]]
     assert kinds == [("scale", release), ("scale", release)]
-    # A deploy of the unchanged spec keeps the scaled count; scaling back to the spec's count ends the override.
+    # A deploy of the unchanged spec keeps the scaled count; a spec that changes replicas wins, also downwards
+    # (a plan that only stops instances records its count too, or drift repair would start them again).
     assert "nothing changed" in project.ingot("deploy", check=True).out
     assert len(instances(project)) == 1
-    project.ingot("scale", "web", "2", check=True)
+    project.ingot("scale", "web", "3", check=True)
+    spec = project.root / "ingot.yaml"
+    spec.write_text(spec.read_text().replace("replicas: 2", "replicas: 1"))
+    project.ingot("deploy", check=True)
+    assert len(instances(project)) == 1 and live_params(project)["replicas"] == 1
+    assert "spec_replicas" not in live_params(project)
+    spec.write_text(spec.read_text().replace("replicas: 1", "replicas: 2"))
+    project.ingot("deploy", check=True)
     assert len(instances(project)) == 2
 
 

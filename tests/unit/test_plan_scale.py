@@ -27,7 +27,7 @@ def test_scale_up_starts_in_batches_each_joining_the_pool_after_its_gate() -> No
 def test_scale_down_drains_then_stops_the_excess() -> None:
     state = ServiceState(weights=LIVE, instances=(("r", 4),))
     plan = plan_scale(state, Target("r", 1))
-    assert kinds(plan) == [("drain_instances", 3), ("stop", 3), ("route", 0)]
+    assert kinds(plan) == [("drain_instances", 3), ("stop", 3)]
     assert plan_scale(apply_to_state(state, plan), Target("r", 1)).empty
 
 

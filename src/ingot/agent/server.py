@@ -461,8 +461,15 @@ class Agent:
     async def _apply(self, dep: Deployment, plan: Plan, emit: Send) -> None:
         if plan.empty:
             self._activate_params(dep)
-        else:
-            await self.executor.apply(dep, plan, emit)
+            return
+        await self.executor.apply(dep, plan, emit)
+        # A plan with no route (fewer replicas: only drains and stops) records its parameters here, or drift
+        # repair would start again what it stopped.
+        current = self.store.current_activation(dep.row.environment, dep.row.service)
+        if current is not None and current.release_id == dep.release.id and current.params != dep.params.as_dict():
+            with self.store.begin() as conn:
+                self.store.activate(conn, environment=dep.row.environment, service=dep.row.service,
+                                    release_id=dep.release.id, deployment_id=dep.row.id, params=dep.params.as_dict())
 
     def _window_ended(self, key: Key, dep: Deployment) -> None:
         if self.controls.get(key) is dep.control:

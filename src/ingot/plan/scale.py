@@ -10,7 +10,7 @@ never the ones the operation itself started).
 Scaling up starts the missing instances `batch` at a time; each batch passes its health gate and then
 joins the pool (the `route`) before the next one starts, so capacity arrives while the rest still
 starts. Scaling down takes the excess out of the pool, waits until their requests in flight are done,
-and stops them; the closing `route` records the new count as the live one.
+and stops them.
 
 A restart goes batch by batch too: `batch` fresh instances start and pass their gate, join the pool,
 and only then as many of the old ones are drained and stopped, so serving capacity never drops below
@@ -38,8 +38,7 @@ def plan_scale(state: ServiceState, target: Target, batch: int = SCALE_BATCH) ->
         have += count
     if have > target.replicas:
         excess = have - target.replicas
-        steps += [Step("drain_instances", release, count=excess), Step("stop", release, count=excess),
-                  Step("route", weights=((release, 100),))]
+        steps += [Step("drain_instances", release, count=excess), Step("stop", release, count=excess)]
     return Plan("scale", target, tuple(steps))
 
 
