@@ -68,11 +68,15 @@ def main() -> None:
                 rows.append({"scale": f"2 -> {args.to} -> 2", "batch": batch, "lower_bound_s": bound,
                              "up_cli_s": up, "up_agent_s": up_op, "ratio": round(up_op / bound, 2),
                              "down_cli_s": down, "down_agent_s": down_op, "cli_start_s": cli,
-                             "requests_during": report["requests"], "failed_requests": len(report["failures"])})
+                             "requests_during": report["requests"], "failed_requests": len(report["failures"]),
+                             "failures": sorted(set(report["failures"]))[:5]})
         finally:
             stop_everything(project)
     print_table(f"ingot scale 2 -> {args.to} -> 2 on the process runtime (lower bound: {args.to - 2} processes "
-                "started directly and polled healthy)", rows)
+                "started directly and polled healthy)", [{k: v for k, v in r.items() if k != "failures"} for r in rows])
+    for row in rows:
+        for failure in row["failures"]:  # type: ignore[attr-defined]
+            print(f"batch {row['batch']}: failed request: {failure}")
     write_json(args.json, {"benchmark": "scale", "to": args.to, "rows": rows})
 
 
