@@ -576,9 +576,13 @@ class Executor:
                 if not stable_running:
                     return problems
                 assert stable is not None
-                # A switch alone: the previous release's instances never stopped.
-                await dep.router.set_backends(stable, [(r.host, r.port) for r in stable_running])
-                if stable != dep.release.id:  # else a failed scale-up: its release keeps serving, without the new
+                if stable == dep.release.id:
+                    # A failed scale-up or restart: the release keeps serving without what this started, whose
+                    # requests in flight finish before it stops.
+                    await dep.router.drain_backends(stable, [(r.host, r.port) for r in dep.started if r.id in mine],
+                                                    dep.params.drain_timeout)
+                else:  # a switch alone: the previous release's instances never stopped
+                    await dep.router.set_backends(stable, [(r.host, r.port) for r in stable_running])
                     await self._switch_back(dep, stable)
                     self._activate(dep, stable)
                     await dep.router.drain(dep.release.id, dep.params.drain_timeout)

@@ -138,6 +138,7 @@ def test_restart_whose_fresh_instances_fail_leaves_the_old_serving(project: Exam
     try:
         with load(project.url, tmp_path) as during:
             result = project.ingot("restart", "web")
+            scaled = project.ingot("scale", "web", "4")
     finally:
         boot.unlink()
     assert result.code == 1, result
@@ -145,3 +146,6 @@ def test_restart_whose_fresh_instances_fail_leaves_the_old_serving(project: Exam
     assert during["failures"] == [], during
     assert {i["id"] for i in instances(project)} == before
     assert ledger(project, "restart.fail")
+    # A failed scale-up likewise: what it started is gone, and the count of record is what it was.
+    assert scaled.code == 1 and "did not become healthy" in scaled.err, scaled
+    assert live_params(project)["replicas"] == 2 and ledger(project, "scale.fail")
