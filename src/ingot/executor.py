@@ -286,10 +286,8 @@ class Executor:
                           payload=verdict)
 
     async def _drain_instances(self, dep: Deployment, release: str, count: int) -> dict[str, Any]:
-        mine = {r.id for r in dep.started}
-        # Oldest first, never one this deployment started while older ones run (a restart retires the old).
-        leaving = sorted((r for r in self.store.live_instances(dep.row.environment, dep.row.service)
-                          if r.release_id == release and r.state == "running"), key=lambda r: r.id in mine)[:count]
+        leaving = [r for r in self.store.live_instances(dep.row.environment, dep.row.service)
+                   if r.release_id == release and r.state == "running"][:count]
         drained = await dep.router.drain_backends(release, [(r.host, r.port) for r in leaving],
                                                   dep.params.drain_timeout)
         dep.drained.extend(r.id for r in leaving)
@@ -576,13 +574,9 @@ class Executor:
                 if not stable_running:
                     return problems
                 assert stable is not None
-                if stable == dep.release.id:
-                    # A failed scale-up or restart: the release keeps serving without what this started, whose
-                    # requests in flight finish before it stops.
-                    await dep.router.drain_backends(stable, [(r.host, r.port) for r in dep.started if r.id in mine],
-                                                    dep.params.drain_timeout)
-                else:  # a switch alone: the previous release's instances never stopped
-                    await dep.router.set_backends(stable, [(r.host, r.port) for r in stable_running])
+                # A switch alone: the previous release's instances never stopped.
+                await dep.router.set_backends(stable, [(r.host, r.port) for r in stable_running])
+                if stable != dep.release.id:  # else a failed scale-up: its release keeps serving, without the new
                     await self._switch_back(dep, stable)
                     self._activate(dep, stable)
                     await dep.router.drain(dep.release.id, dep.params.drain_timeout)

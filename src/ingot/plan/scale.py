@@ -4,8 +4,8 @@ with fresh ones, without a new release.
 Both are made of the rolling planner's steps (`start`, `wait_healthy`, `route`, `drain_instances`,
 `stop`) and applied by the same executor; they only differ from a rolling update in what they replace:
 a rolling update retires the instances of *other* releases, a restart the older instances of the *same*
-release (the executor's `drain_instances` and `stop` take a release's oldest instances first, and
-never the ones the operation itself started).
+release (the executor's `drain_instances` and `stop` take a release's oldest instances first, and the
+ones the operation starts are its newest).
 
 Scaling up starts the missing instances `batch` at a time; each batch passes its health gate and then
 joins the pool (the `route`) before the next one starts, so capacity arrives while the rest still
