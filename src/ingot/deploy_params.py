@@ -6,7 +6,7 @@ release differently, while changing what runs (code, command, env, config) makes
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ingot.edge.front import Route
@@ -56,6 +56,9 @@ class DeployParams:
     routes: tuple[Route, ...] = ()  # on the machine's shared listeners (the edge's front)
     checks: tuple[dict[str, Any], ...] = ()  # smoke checks before traffic (spec CheckSpec, as JSON; ingot.checks)
     worker: bool = False  # port: null: no router, no listener; ready by health.command or after min_ready alive
+    # Set by `ingot scale`: the replicas the service had before it was scaled (its spec's, as deployed), while
+    # `replicas` is the scaled count; later deploys keep the scaled count while the spec still says this.
+    spec_replicas: int | None = None
 
     @property
     def urls(self) -> list[str]:
@@ -91,6 +94,8 @@ class DeployParams:
             data["health"]["command"] = list(self.health.command)
         if not self.worker:
             del data["worker"]
+        if self.spec_replicas is None:
+            del data["spec_replicas"]
         return data
 
     @staticmethod
@@ -111,7 +116,23 @@ class DeployParams:
             routes=tuple(Route.from_dict(r) for r in data.get("routes") or []),
             checks=tuple(dict(c) for c in data.get("checks") or []),
             worker=bool(data.get("worker", False)),
+            spec_replicas=int(data["spec_replicas"]) if data.get("spec_replicas") is not None else None,
         )
+
+    def scaled(self, replicas: int) -> DeployParams:
+        """These parameters scaled to `replicas` by `ingot scale`: back at the spec's count, no override."""
+        base = self.spec_replicas if self.spec_replicas is not None else self.replicas
+        return replace(self, replicas=replicas, spec_replicas=None if replicas == base else base)
+
+    def keeping_scale(self, live: DeployParams | None) -> DeployParams:
+        """A deploy's parameters (from the spec) with the live scale override kept: `ingot scale` outlives
+        deploys, rollbacks and promotions while the spec's replicas are still those it overrode; a spec that
+        changes replicas wins (the change in git is the newer intent)."""
+        if live is None or live.spec_replicas is None or self.spec_replicas is not None:
+            return self
+        if live.spec_replicas != self.replicas:
+            return self
+        return replace(self, replicas=live.replicas, spec_replicas=live.spec_replicas)
 
 
 def _health(data: dict[str, Any]) -> HealthPolicy:

@@ -67,6 +67,11 @@ class Deployment:
     in_window: bool = False  # inside a verify step: the only point where the rest of the plan may be cancelled
     checked: set[str] = field(default_factory=set)  # instances the smoke checks have passed on
     checked_weight: int = 0  # the release's weight after the last route its checks passed before
+    # Instances this deployment started that a route put in the router's pool.
+    pooled: set[str] = field(default_factory=set)
+    # A restart: on a failure, the fresh instances already in the pool stay (they are the same release, and
+    # the old ones they replaced are gone); only the rest of what it started is stopped.
+    keep_pooled: bool = False
 
 
 class Executor:
@@ -485,6 +490,7 @@ class Executor:
             backends = [(r.host, r.port) for r in self.store.live_instances(dep.row.environment, dep.row.service)
                         if r.release_id == release and r.state == "running"]
             await dep.router.set_backends(release, backends)
+            dep.pooled.update(r.id for r in dep.started if r.release_id == release and r.state == "running")
         held = await _switch(dep.router, weights, step.seconds)
         live = [release for release, weight in weights.items() if weight > 0]
         # The live release of record changes only when one release takes all the traffic (or none
@@ -572,10 +578,11 @@ class Executor:
         Returns what could not be undone, in words; every part is tried whatever happens to the others.
         """
         problems: list[str] = []
+        kept = {r.id for r in dep.started if r.id in dep.pooled} if dep.keep_pooled else set()
         if dep.routed:
             key = (dep.row.environment, dep.row.service)
             stable = dep.row.from_release
-            mine = {r.id for r in dep.started}
+            mine = {r.id for r in dep.started} - kept
             try:
                 stable_running = [r for r in self.store.live_instances(*key)
                                   if stable and r.release_id == stable and r.state == "running" and r.id not in mine]
@@ -595,9 +602,10 @@ class Executor:
             except Exception as exc:
                 log.exception("deployment %s: switching traffic back failed", dep.row.id)
                 problems.append(f"switching traffic back failed: {type(exc).__name__}: {exc}")
-        stopped = await asyncio.gather(*(self.stop_instance(r, dep.params.stop_timeout) for r in dep.started),
+        leaving = [r for r in dep.started if r.id not in kept]
+        stopped = await asyncio.gather(*(self.stop_instance(r, dep.params.stop_timeout) for r in leaving),
                                        return_exceptions=True)
-        for row, result in zip(dep.started, stopped, strict=True):
+        for row, result in zip(leaving, stopped, strict=True):
             if isinstance(result, BaseException):
                 problems.append(f"instance {row.id} could not be stopped: {type(result).__name__}: {result}")
         return problems

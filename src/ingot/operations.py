@@ -261,6 +261,13 @@ def _apply(project: Project, environment: str, name: str, row: ReleaseRow, creat
     env_spec = project.spec.environments.get(environment)
     params = deploy_params(project.spec.service_for(environment, name), self_heal=not env_spec or env_spec.self_heal,
                            root=project.spec.root_dir)
+    return _in_agent(project, environment, name, row.id, kind, params, emit, lock, created,
+                     rerun_release_command=rerun_release_command)
+
+
+def _in_agent(project: Project, environment: str, name: str, release: str, kind: str, params: DeployParams,
+              emit: OnEvent, lock: locks.LockInfo, created: bool = False, **request: Any) -> DeployOutcome:
+    """Hand the operation to the agent (with the environment's lock) and follow it to its end."""
     client = ensure_agent(project.paths)
     current = project.store.current_activation(environment, name)
     deployment: list[str] = []
@@ -271,17 +278,60 @@ def _apply(project: Project, environment: str, name: str, row: ReleaseRow, creat
         emit({**event, "service": name})
 
     try:
-        result = client.call("deploy", on_event=forward, environment=environment, service=name, release=row.id,
+        result = client.call("deploy", on_event=forward, environment=environment, service=name, release=release,
                              kind=kind, params=params.as_dict(), actor=current_actor(), lock=lock.handoff(),
-                             rerun_release_command=rerun_release_command)
+                             **request)
     except KeyboardInterrupt:
         # The request is sent: the agent goes on with it, whatever becomes of this process.
-        raise HandedOver(kind, environment, name, row.id, current.release_id if current else None, lock,
+        raise HandedOver(kind, environment, name, release, current.release_id if current else None, lock,
                          deployment[0] if deployment else None) from None
-    url = params.url
-    return DeployOutcome(service=name, release=row.id, release_created=created,
-                         nothing_changed=bool(result.get("nothing_to_do")), url=url,
+    return DeployOutcome(service=name, release=release, release_created=created,
+                         nothing_changed=bool(result.get("nothing_to_do")), url=params.url,
                          deployment=result.get("deployment"), verifying=result.get("verifying"))
+
+
+# ---- scale and restart: the live release, without a new one ----------------------------------------
+def scale(project: Project, environment: str, name: str, replicas: int, *, batch: int | None = None,
+          on_event: OnEvent | None = None) -> DeployOutcome:
+    """`ingot scale`: the live release to `replicas` instances (fresh ones through the health gate, or the
+    excess drained and stopped), recorded as a deployment of kind scale. The count is an override of the
+    spec's replicas that later deploys keep while the spec still says what it said (DeployParams.scaled)."""
+    if replicas < 1:
+        raise UserInputError(f"ingot scale {name} {replicas}: expected 1 or more replicas ('ingot down' stops "
+                             "a service)")
+    return _same_release(project, environment, name, "scale", on_event, batch,
+                         lambda live: live.scaled(replicas))
+
+
+def restart(project: Project, environment: str, name: str, *, batch: int | None = None,
+            on_event: OnEvent | None = None) -> DeployOutcome:
+    """`ingot restart`: every instance of the live release replaced by a fresh one, rolling (each batch
+    through the health gate before as many old ones drain); its live parameters, not the spec's."""
+    return _same_release(project, environment, name, "restart", on_event, batch, lambda live: live)
+
+
+def _same_release(project: Project, environment: str, name: str, kind: str, on_event: OnEvent | None,
+                  batch: int | None, params_of: Callable[[DeployParams], DeployParams]) -> DeployOutcome:
+    if _on_cluster(project, environment):
+        raise UserInputError(f"ingot {kind} does not reach Kubernetes targets yet ({environment}): change "
+                             "replicas in the spec and deploy, or use kubectl")
+    if batch is not None and batch < 1:
+        raise UserInputError(f"--batch {batch}: expected 1 or more instances at a time")
+    project.spec.service_for(environment, name)  # an unknown service is refused by name
+    _live_params(project, environment, name, kind)  # refused before the agent starts or the lock is taken
+    ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
+    with locks.hold(project.store, environment, kind, current_actor()) as lock:
+        release, live = _live_params(project, environment, name, kind)  # again: what ran before may have moved
+        return _in_agent(project, environment, name, release, kind, params_of(live),
+                         on_event or (lambda _e: None), lock, batch=batch)
+
+
+def _live_params(project: Project, environment: str, name: str, kind: str) -> tuple[str, DeployParams]:
+    current = project.store.current_activation(environment, name)
+    if current is None or current.release_id is None:
+        raise UserInputError(f"{name} has no live release in {environment}: nothing to {kind}; deploy it first "
+                             "('ingot deploy')")
+    return current.release_id, DeployParams.from_dict(current.params)
 
 
 def run_command(project: Project, environment: str, name: str, release: str | None, command: list[str], *,
@@ -567,7 +617,9 @@ def plan(project: Project, environment: str, names: list[str]) -> list[dict[str,
     plans = []
     for name in names:
         service = project.spec.service_for(environment, name)
-        params = deploy_params(service, root=project.spec.root_dir)
+        current = project.store.current_activation(environment, name)
+        params = deploy_params(service, root=project.spec.root_dir).keeping_scale(
+            DeployParams.from_dict(current.params) if current else None)
         release_id = build_release.expected_release_id(project, environment, name, service)
         state = service_state(project.store, environment, name)
         target = release_id or "<new build>"

@@ -84,6 +84,18 @@ class Remote:
                                    "rerun_release_command": rerun_release_command})
         return self._until_done(started, progress, on_start)
 
+    def scale(self, environment: str | None, service: str, replicas: int, batch: int | None,
+              progress: Progress | None = None, on_start: OnStart | None = None) -> list[DeployOutcome]:
+        started = self._call("POST", f"{API}/scale", json={"environment": environment, "service": service,
+                                                            "replicas": replicas, "batch": batch})
+        return self._until_done(started, progress, on_start)
+
+    def restart(self, environment: str | None, service: str, batch: int | None,
+                progress: Progress | None = None, on_start: OnStart | None = None) -> list[DeployOutcome]:
+        started = self._call("POST", f"{API}/restart", json={"environment": environment, "service": service,
+                                                              "batch": batch})
+        return self._until_done(started, progress, on_start)
+
     def operation(self, operation_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"{API}/operations/{operation_id}"))
 

@@ -215,3 +215,24 @@ def test_remote_irreversible_deploy_refuses_a_rollback_past_it_unless_forced(
     [entry] = [e for e in log if e["action"] == "rollback.forced"]
     assert entry["subject"] == before and entry["payload"]["past_irreversible"] == [marked]
     assert entry["actor"] == "default (api)"
+
+
+def test_remote_scale_and_restart_keep_the_live_release(served: tuple[ExampleProject, Served], tmp_path: Path) -> None:
+    example, server = served
+    live = example.get()["release"]
+    scaled = remote_ingot(example, server, tmp_path, "scale", "web", "2", "--json")
+    assert scaled.code == 0, scaled.err
+    assert scaled.json["release"] == live and scaled.json["replicas"] == 2
+    restarted = remote_ingot(example, server, tmp_path, "restart", "web")
+    assert restarted.code == 0, restarted.err
+    assert f"fresh instances of release {live}" in restarted.out
+    with server.client() as client:
+        log = client.get("/api/v1/ledger", params={"tail": "true", "limit": 60}).json()["entries"]
+        [start] = [e for e in log if e["action"] == "scale.start"]
+        assert start["payload"]["replicas"] == {"from": 1, "to": 2} and start["actor"] == "default (api)"
+        assert [e["payload"]["outcome"] for e in log if e["action"] == "restart.finish"] == ["succeeded"]
+        services = client.get("/api/v1/services").json()["services"]
+    [web] = [s for s in services if s["service"] == "web"]
+    assert len(web["instances"]) == 2 and {i["release"] for i in web["instances"]} == {live}
+    refused = remote_ingot(example, server, tmp_path, "scale", "web", "0")
+    assert refused.code == 2 and "expected 1 or more replicas" in refused.err

@@ -35,7 +35,7 @@ from ingot.health import probe
 from ingot.httpclients import instance_client
 from ingot.notify import Pending, Spool, deliver, webhook_key
 from ingot.paths import StatePaths, private_umask
-from ingot.plan import Plan, StrategyOptions, Target, plan_for
+from ingot.plan import SCALE_BATCH, Plan, StrategyOptions, Target, plan_for, plan_restart, plan_scale, without_traffic
 from ingot.rollout_control import RolloutControl
 from ingot.routers.base import Router
 from ingot.routers.none import NoRouter
@@ -43,7 +43,7 @@ from ingot.runtimes import fence
 from ingot.runtimes.registry import Runtimes
 from ingot.spec.models import NotifySpec
 from ingot.state import service_state
-from ingot.store import InstanceRow, Store
+from ingot.store import ActivationRow, InstanceRow, Store
 
 Key = tuple[str, str]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -61,6 +61,7 @@ CERTIFICATE_ACTIONS = {"tls_issued": "certificate.issued", "tls_renewed": "certi
                        "tls_failed": "certificate.failed", "tls_refused": "certificate.refused",
                        "tls_damaged": "certificate.damaged", "acme_account": "certificate.account"}
 log = logging.getLogger("ingot.agent")
+SAME_RELEASE = ("scale", "restart")  # operations on the live release itself, with its live parameters
 
 
 class Agent:
@@ -332,8 +333,11 @@ class Agent:
     # ---- operations --------------------------------------------------------------------
     async def deploy(self, key: Key, release_id: str, params: DeployParams, *, kind: str, send: Send,
                      actor: str | None = None, dry_run: bool = False,
-                     rerun_release_command: bool = False) -> dict[str, Any]:
+                     rerun_release_command: bool = False, batch: int | None = None) -> dict[str, Any]:
         """Apply the plan that takes `key` to `release_id`.
+
+        `kind` scale and restart act on the live release with its live parameters (`ingot scale`, `ingot
+        restart`; see ingot.plan.scale), `batch` instances at a time.
 
         Returns when the plan is done, or when its verification window opens: the rest (the window,
         then retiring the previous release) goes on in the background, and ends early if another
@@ -347,15 +351,20 @@ class Agent:
             await send({"event": "waiting", "message": f"another operation on {key[1]} in {key[0]} is running"})
         async with lock:
             current = self.store.current_activation(*key)
+            if kind not in SAME_RELEASE:  # a scale outlives deploys while the spec's replicas are unchanged
+                params = params.keeping_scale(DeployParams.from_dict(current.params) if current else None)
             same_params = current is not None and current.params == params.as_dict()
             window = self.windows.get(key)
-            if window is not None and window.release == release_id and same_params:
+            if window is not None and window.release == release_id and same_params and kind != "restart":
                 return {"nothing_to_do": True, "verifying": window.as_dict(), "plan": {"steps": []}}
             if not dry_run:
                 await self.windows.end(key, f"{kind} of {release_id}")
                 await self.executor.clear_leftovers(key)  # what a failed operation could not record or retire
-            plan = oneoff.with_release_command(self._plan(key, release_id, params, kind), self.store, key[0],
-                                               release, rerun=rerun_release_command)
+            if kind in SAME_RELEASE:
+                plan = self._same_release_plan(key, release_id, params, kind, batch)
+            else:
+                plan = oneoff.with_release_command(self._plan(key, release_id, params, kind), self.store, key[0],
+                                                   release, rerun=rerun_release_command)
             if plan.empty and same_params:
                 return {"nothing_to_do": True, "plan": plan.as_dict()}
             if dry_run:
@@ -367,19 +376,53 @@ class Agent:
                     from_release=current.release_id if current else None, to_release=release_id,
                     strategy=plan.strategy, params=params.as_dict(), actor=actor or self.actor,
                 )
+                scaled = ({"replicas": {"from": DeployParams.from_dict(current.params).replicas,
+                                        "to": params.replicas}} if kind == "scale" and current else {})
                 ledger.append(conn, actor=row.actor, action=f"{kind}.start", environment=key[0],
                               service=key[1], subject=row.id,
-                              payload={"from": row.from_release, "to": release_id, "plan": plan.as_dict()})
+                              payload={"from": row.from_release, "to": release_id, **scaled, "plan": plan.as_dict()})
             await send({"event": "plan", "deployment": row.id, "plan": plan.as_dict()})
             dep = Deployment(row=row, release=release, params=params, router=router)
+            if kind in SAME_RELEASE:
+                # Its checks passed when it went live: only instances it starts are checked (a scale-down none).
+                dep.checked_weight, dep.keep_pooled = 100, kind == "restart"
             log.info("%s %s: %s/%s -> %s (%d steps)", kind, row.id, key[0], key[1], release_id, len(plan.steps))
             answer: dict[str, Any] = {"deployment": row.id, "release": release_id,
                                       "url": params.url}
-            verifying = await self._run_until_verifying(key, dep, plan, send)
+            try:
+                verifying = await self._run_until_verifying(key, dep, plan, send)
+            except IngotError:
+                if kind == "scale" and current is not None:
+                    self._restore_params(key, current)
+                raise
             if verifying is not None:
                 rest, seconds = verifying
                 answer["verifying"] = self.windows.open(key, rest, dep, seconds, self._window_ended).as_dict()
             return answer
+
+    def _same_release_plan(self, key: Key, release_id: str, params: DeployParams, kind: str,
+                           batch: int | None) -> Plan:
+        """The plan of a scale or a restart of the live release `release_id` (see ingot.plan.scale)."""
+        state = service_state(self.store, *key)
+        if state.weight(release_id) < 100:
+            raise UserInputError(f"release {release_id} is not the live release of {key[1]} in {key[0]}")
+        target = Target(release_id, params.replicas)
+        if kind == "scale":
+            plan = plan_scale(state, target, batch or SCALE_BATCH)
+        else:  # a restart replaces as many at a time as a rolling update of the service would
+            plan = plan_restart(state, target, batch or max(1, StrategyOptions.from_mapping(
+                params.strategy_options).max_surge))
+        return without_traffic(plan) if params.worker else plan
+
+    def _restore_params(self, key: Key, before: ActivationRow) -> None:
+        """After a failed scale: the parameters of record back to what they were (its routes recorded the
+        new count as it went), so that drift repair does not start what the scale could not."""
+        now = self.store.current_activation(*key)
+        if now is None or now.params == before.params:
+            return
+        with self.store.begin() as conn:
+            self.store.activate(conn, environment=key[0], service=key[1], release_id=before.release_id,
+                                deployment_id=before.deployment_id, params=before.params)
 
     def _plan(self, key: Key, release_id: str, params: DeployParams, kind: str) -> Plan:
         options = StrategyOptions.from_mapping(params.strategy_options)
@@ -430,8 +473,15 @@ class Agent:
     async def _apply(self, dep: Deployment, plan: Plan, emit: Send) -> None:
         if plan.empty:
             self._activate_params(dep)
-        else:
-            await self.executor.apply(dep, plan, emit)
+            return
+        await self.executor.apply(dep, plan, emit)
+        # A plan with no route (fewer replicas: only drains and stops) records its parameters here, or drift
+        # repair would start again what it stopped.
+        current = self.store.current_activation(dep.row.environment, dep.row.service)
+        if current is not None and current.release_id == dep.release.id and current.params != dep.params.as_dict():
+            with self.store.begin() as conn:
+                self.store.activate(conn, environment=dep.row.environment, service=dep.row.service,
+                                    release_id=dep.release.id, deployment_id=dep.row.id, params=dep.params.as_dict())
 
     def _window_ended(self, key: Key, dep: Deployment) -> None:
         if self.controls.get(key) is dep.control:
@@ -641,7 +691,8 @@ class Agent:
                 return await self.deploy(key, str(request["release"]), params,
                                          kind=str(request.get("kind", "deploy")), send=send,
                                          actor=request.get("actor"), dry_run=bool(request.get("dry_run")),
-                                         rerun_release_command=bool(request.get("rerun_release_command")))
+                                         rerun_release_command=bool(request.get("rerun_release_command")),
+                                         batch=int(request["batch"]) if request.get("batch") else None)
         if op == "notify":
             return self.notify(str(request["environment"]), str(request["service"]), dict(request["facts"]),
                                list(request.get("entries") or []))

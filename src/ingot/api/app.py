@@ -95,6 +95,19 @@ class PromoteBody(_Body):
     rerun_release_command: bool = False
 
 
+class RestartBody(_Body):
+    environment: str | None = None
+    service: str
+    batch: int | None = None  # instances replaced at a time (default: the strategy's max_surge)
+
+
+class ScaleBody(_Body):
+    environment: str | None = None
+    service: str
+    replicas: int
+    batch: int | None = None  # instances started at a time (default 10)
+
+
 class ControlBody(_Body):
     environment: str | None = None
     service: str | None = None
@@ -263,6 +276,25 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
                                  operations.promote(project, source_env, target_env, names, force=body.force,
                                                     on_event=on_event,
                                                     rerun_release_command=body.rerun_release_command)))
+
+    # Scale and restart act on the live release (no build, no new release); refused with 400 without one.
+    @app.post(f"{api}/scale", dependencies=[Auth], status_code=202)
+    def scale(body: ScaleBody) -> JSONResponse:
+        project = source()
+        env = project.environment(body.environment)
+        name = project.services(body.service)[0]
+        locks.refuse_if_busy(project.store, env)
+        return started(ops.start("scale", env, [name], current_actor(), lambda on_event, _on_output: [
+            operations.scale(project, env, name, body.replicas, batch=body.batch, on_event=on_event)]))
+
+    @app.post(f"{api}/restart", dependencies=[Auth], status_code=202)
+    def restart(body: RestartBody) -> JSONResponse:
+        project = source()
+        env = project.environment(body.environment)
+        name = project.services(body.service)[0]
+        locks.refuse_if_busy(project.store, env)
+        return started(ops.start("restart", env, [name], current_actor(), lambda on_event, _on_output: [
+            operations.restart(project, env, name, batch=body.batch, on_event=on_event)]))
 
     @app.get(f"{api}/operations/{{operation_id}}", dependencies=[Auth])
     def operation(operation_id: str) -> dict[str, Any]:

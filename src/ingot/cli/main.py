@@ -806,7 +806,10 @@ def _register_command_modules() -> None:
     app.add_typer(config_commands.config_app, name="config")
     app.add_typer(config_commands.secret_app, name="secret")
 
-    from ingot.cli import volume_commands
+    from ingot.cli import scale_commands, volume_commands
+
+    app.command("scale")(scale_commands.scale_command)
+    app.command("restart")(scale_commands.restart_command)
 
     app.add_typer(volume_commands.volume_app, name="volume")
 

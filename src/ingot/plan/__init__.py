@@ -7,6 +7,7 @@ from ingot.plan.blue_green import apply_to_state, plan_blue_green, stable_releas
 from ingot.plan.canary import plan_abort, plan_canary
 from ingot.plan.model import CanaryStep, Plan, ServiceState, Step, StrategyOptions, Target
 from ingot.plan.rolling import plan_rolling, proportional
+from ingot.plan.scale import SCALE_BATCH, plan_restart, plan_scale
 
 STRATEGIES = ("blue-green", "canary", "rolling")
 
@@ -60,6 +61,7 @@ def _plan_for(strategy: str, state: ServiceState, target: Target, options: Strat
 
 
 __all__ = [
+    "SCALE_BATCH",
     "STRATEGIES",
     "CanaryStep",
     "Plan",
@@ -73,7 +75,9 @@ __all__ = [
     "plan_blue_green",
     "plan_canary",
     "plan_for",
+    "plan_restart",
     "plan_rolling",
+    "plan_scale",
     "proportional",
     "stable_release",
     "with_hold",
