@@ -985,15 +985,18 @@ def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path 
     trusted, source = trusted_key(project.paths.pin, project.paths.keys)
     pinned = project.paths.pin is not None and project.paths.pin.exists()
     point = checkpoint.verified_path(project.paths.root)
-    start, refused = (None, None) if full or trusted is None else \
-        checkpoint.last_verified(point, trusted, project.spec.project)
-    if refused:
-        problems.append(refused)
     chain: ledger.ChainReport | None = None
+    start, refused, missing = None, None, []
     try:
+        missing = project.store.missing_triggers()
         problems.extend(f"trigger {name} is missing: its table is no longer protected in the database "
-                        "(dropped: someone went around the insert-only rule)"
-                        for name in project.store.missing_triggers())
+                        "(dropped: someone went around the insert-only rule)" for name in missing)
+        # With a trigger gone, entries before the verified point may have been edited in place since: the
+        # point vouches for nothing then, and the whole chain is checked.
+        start, refused = (None, None) if full or missing or trusted is None else \
+            checkpoint.last_verified(point, trusted, project.spec.project)
+        if refused:
+            problems.append(refused)
         chain = ledger.check_chain(project.store, trusted, require_signed=pinned, start=start)
         if chain.problem and start is not None and chain.head is None:
             # The verified entry itself is gone or changed: say so, and find where the chain breaks.
@@ -1013,7 +1016,8 @@ def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path 
     if trusted is None and (head or releases):
         problems.append(f"signatures cannot be checked: {source} (restore the pin beside the spec from git, "
                         "or the signing key)")
-    elif chain is not None and chain.problem is None and not refused and chain.head and chain.head != start:
+    elif (chain is not None and chain.problem is None and not refused and not missing and chain.head
+          and chain.head != start):
         checkpoint.keep_verified(point, project.paths.keys, project.spec.project, chain.head)
     for rel in releases:
         problem = verify_release(rel, trusted) if trusted else "there is no key to check its signature against"
