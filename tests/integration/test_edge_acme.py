@@ -138,7 +138,10 @@ def test_a_failed_challenge_is_shown_and_recorded(machine: Machine) -> None:
     poll(failed, timeout=30, what="bad.test's order to fail")
     text = machine.beta.ingot("status", check=True).out
     assert "route https://bad.test/ (certificate: failed: " in text and "retry at" in text, text
-    entries = [e for e in _certificate_entries(machine.beta) if e.subject == "bad.test"]
+    # Recorded by the agent from the edge's events, which reach it with its next poll of the edge's
+    # stats (within a second): not always by the time a status answer already shows the route failed.
+    entries = poll(lambda: [e for e in _certificate_entries(machine.beta) if e.subject == "bad.test"], timeout=10,
+                   what="the failure in beta's ledger")
     assert [e.action for e in entries] == ["certificate.failed"], entries
     assert "127.0.0.2" in str(entries[0].payload["detail"]), entries[0].payload
     with pytest.raises((ssl.SSLError, ConnectionError)):
