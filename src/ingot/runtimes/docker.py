@@ -597,6 +597,10 @@ def _fail_if_exited(container: Any, what: str) -> None:
     if state.get("Status") == "running":
         return
     code = state.get("ExitCode")
+    # Podman may answer an inspect between "running" and "exited" (ExitCode not set yet): the engine's wait
+    # gives the code once it is known (at once for a container that has exited).
+    with suppress(Exception):
+        code = container.wait(timeout=10).get("StatusCode", code)
     lines = _last_log_lines(container, 15, whole_log=is_podman(container.client))
     raise OperationFailed(f"{what} exited at once with code {code}",
                           details=["last log lines:", *[f"  | {line}" for line in lines]])
