@@ -278,23 +278,25 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
                                                     rerun_release_command=body.rerun_release_command)))
 
     # Scale and restart act on the live release (no build, no new release); refused with 400 without one.
+    def on_live_service(kind: str, environment: str | None, service: str,
+                        act: Callable[[Project, str, str, Callable[..., Any]], Any]) -> JSONResponse:
+        project = source()
+        env = project.environment(environment)
+        name = project.services(service)[0]
+        locks.refuse_if_busy(project.store, env)
+        return started(ops.start(kind, env, [name], current_actor(), lambda on_event, _on_output: [
+            act(project, env, name, on_event)]))
+
     @app.post(f"{api}/scale", dependencies=[Auth], status_code=202)
     def scale(body: ScaleBody) -> JSONResponse:
-        project = source()
-        env = project.environment(body.environment)
-        name = project.services(body.service)[0]
-        locks.refuse_if_busy(project.store, env)
-        return started(ops.start("scale", env, [name], current_actor(), lambda on_event, _on_output: [
-            operations.scale(project, env, name, body.replicas, batch=body.batch, on_event=on_event)]))
+        return on_live_service("scale", body.environment, body.service, lambda project, env, name, on_event:
+                               operations.scale(project, env, name, body.replicas, batch=body.batch,
+                                                on_event=on_event))
 
     @app.post(f"{api}/restart", dependencies=[Auth], status_code=202)
     def restart(body: RestartBody) -> JSONResponse:
-        project = source()
-        env = project.environment(body.environment)
-        name = project.services(body.service)[0]
-        locks.refuse_if_busy(project.store, env)
-        return started(ops.start("restart", env, [name], current_actor(), lambda on_event, _on_output: [
-            operations.restart(project, env, name, batch=body.batch, on_event=on_event)]))
+        return on_live_service("restart", body.environment, body.service, lambda project, env, name, on_event:
+                               operations.restart(project, env, name, batch=body.batch, on_event=on_event))
 
     @app.get(f"{api}/operations/{{operation_id}}", dependencies=[Auth])
     def operation(operation_id: str) -> dict[str, Any]:
