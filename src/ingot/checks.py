@@ -132,14 +132,14 @@ def _command(check: CheckSpec, target: Target, project: str, environment: str, s
     return CheckResult(check.label, "command", target.instance, done.ok, summary, done.output, done.seconds)
 
 
-def masker(secrets: Sequence[str]) -> Callable[[str], str]:
-    """Text with these secret values replaced by [secret] (values under 4 characters are left: they would
+def masker(secrets: Sequence[str], mark: str = "[secret]") -> Callable[[str], str]:
+    """Text with these secret values replaced by `mark` (values under 4 characters are left: they would
     mask words)."""
     values = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)  # shorter would mask words
 
     def mask(text: str) -> str:
         for value in values:
-            text = text.replace(value, "[secret]")
+            text = text.replace(value, mark)
         return text
 
     return mask

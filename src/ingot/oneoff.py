@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ingot import ledger
+from ingot.checks import masker
 from ingot.errors import OperationFailed
 from ingot.executor import Deployment, Emit, Executor, StepFailed
 from ingot.plan import Plan, Step
@@ -39,6 +40,7 @@ IRREVERSIBLE = "release.irreversible"  # a release marked irreversible by `ingot
 TAIL_LINES = 20
 KEPT_LINES = 10_000  # of a container one-off's output, kept in its log file
 POLL = 0.05
+SECRET_MARK = "***"  # what a secret value printed by a one-off command is shown as
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
     the command, which decides what it means (a REPL goes on)."""
     request, runtime_name = oneoff.request, oneoff.runtime
     runtime = executor.runtimes.get(runtime_name)
-    mask = _masker(oneoff.secret_values)
+    # Secret values never reach the deploy's output or the ledger, even if the command prints them.
+    mask = masker(oneoff.secret_values, mark=SECRET_MARK)
     started = time.monotonic()
     try:
         row = runtime.start(request)
@@ -239,18 +242,6 @@ def _wait_for_logger(follower: _Follower, on_line: Callable[[str], None], mask: 
         time.sleep(POLL)
     for line in follower.rest():
         on_line(mask(line))
-
-
-def _masker(values: tuple[str, ...]) -> Callable[[str], str]:
-    """Secret values never reach the deploy's output or the ledger, even if the command prints them."""
-    secrets = sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
-
-    def mask(line: str) -> str:
-        for value in secrets:
-            line = line.replace(value, "***")
-        return line
-
-    return mask
 
 
 def _keep_log(request: InstanceRequest, lines: list[str]) -> None:

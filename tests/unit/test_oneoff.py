@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from ingot import ledger, oneoff
+from ingot.checks import masker
 from ingot.plan import ServiceState, Target, plan_blue_green
 from ingot.releases import load_or_create_key, new_release
 from ingot.spec import ServiceSpec
@@ -85,7 +86,7 @@ def test_a_rollback_goes_back_past_the_irreversible_releases_live_since_its_targ
 
 
 def test_secret_values_are_masked_in_what_a_one_off_instance_prints() -> None:
-    mask = oneoff._masker(("s3cr3t-token", "abc", "s3cr3t"))
+    mask = masker(("s3cr3t-token", "abc", "s3cr3t"), mark=oneoff.SECRET_MARK)
     assert mask("token=s3cr3t-token and s3cr3t") == "token=*** and ***"
     assert mask("abc stays: too short to mask without masking everything") == \
         "abc stays: too short to mask without masking everything"
