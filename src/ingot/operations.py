@@ -145,8 +145,9 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
     if _on_cluster(project, environment):
         from ingot.kube import operations as kube
 
-        _refuse_release_command_on_cluster(project, environment, names)
-        return list(kube.deploy(project, environment, names, on_event=on_event, on_output=on_output, commit=commit))
+        emit_cluster = on_event or (lambda _e: None)
+        return list(kube.deploy(project, environment, names, on_event=on_event, on_output=on_output, commit=commit,
+                                through=_cluster_hooks(project, environment, emit_cluster)))
     emit = on_event or (lambda _e: None)
     for name in names:
         service = project.spec.service_for(environment, name)
@@ -173,13 +174,29 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
     return outcomes
 
 
-def _refuse_release_command_on_cluster(project: Project, environment: str, names: list[str]) -> None:
-    """A migration silently skipped would be worse than a refusal: Kubernetes targets do not run them yet."""
-    for name in names:
-        if project.spec.service_for(environment, name).release_command:
-            raise UserInputError(f"{project.spec.path.name}: environments.{environment} / services.{name}."
-                                 "release_command: not run on Kubernetes targets yet; run it as a Job, and "
-                                 "leave release_command out of this environment")
+def _cluster_hooks(project: Project, environment: str, emit: OnEvent) -> Any:
+    """How a Kubernetes environment's rollouts run between the service's hooks, then notify (`_hooked`)."""
+    if project.spec.notify_for(environment):
+        ensure_agent(project.paths)  # the agent delivers webhooks in the background, as for any target
+
+    def through(name: str, row: ReleaseRow, created: bool, kind: str, run: Callable[[], DeployOutcome]
+                ) -> DeployOutcome:
+        held = locks.current(project.store, environment)
+        assert held is not None  # the cluster operation holds the environment's lock while it runs this
+        return _hooked(project, environment, name, row, created, kind, emit, held, run=run)
+
+    return through
+
+
+def _live_release_id(project: Project, environment: str, name: str) -> str | None:
+    """The release that serves now, as the store knows it: a cluster's is its last successful rollout."""
+    if _on_cluster(project, environment):
+        from ingot.kube import operations as kube
+
+        history = kube.deployed_history(project, environment, name)
+        return history[-1] if history else None
+    current = project.store.current_activation(environment, name)
+    return current.release_id if current else None
 
 
 def _announce_pin(project: Project, emit: OnEvent) -> None:
@@ -200,17 +217,17 @@ def _rest_not_started(rest: list[str]) -> Iterator[None]:
 
 
 def _hooked(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
-            emit: OnEvent, lock: locks.LockInfo, rerun_release_command: bool = False) -> DeployOutcome:
-    """`_apply` between the service's hooks (ingot.hooks), then its notification (spec `notify`).
+            emit: OnEvent, lock: locks.LockInfo, rerun_release_command: bool = False,
+            run: Callable[[], DeployOutcome] | None = None) -> DeployOutcome:
+    """`_apply` (or `run`: a Kubernetes target's rollout) between the service's hooks (ingot.hooks), then
+    its notification (spec `notify`).
 
     A failing pre_deploy (deploy and promote; not a rollback, the way back) stops the operation before
-    anything starts. On a Kubernetes target neither hooks nor notifications run yet."""
-    if _on_cluster(project, environment):
-        return _apply(project, environment, name, row, created, kind, emit, lock, rerun_release_command)
+    anything starts."""
     spec = project.spec.service_for(environment, name).hooks
     actor = current_actor()
-    current = project.store.current_activation(environment, name)
-    previous = current.release_id if current else None
+    previous = _live_release_id(project, environment, name)
+    apply = run or (lambda: _apply(project, environment, name, row, created, kind, emit, lock, rerun_release_command))
 
     def after(which: str, outcome: str, deployment: str | None, error: str | None, url: str | None) -> None:
         try:
@@ -232,7 +249,7 @@ def _hooked(project: Project, environment: str, name: str, row: ReleaseRow, crea
             raise OperationFailed(message, details=[*[f"  | {line}" for line in done.output.splitlines()[-15:]],
                                                     "nothing was started", serving])
     try:
-        outcome = _apply(project, environment, name, row, created, kind, emit, lock, rerun_release_command)
+        outcome = apply()
     except IngotError as exc:
         deployment = next((d.id for d in project.store.deployments(environment, name, limit=1)
                            if d.to_release == row.id), None)
@@ -256,7 +273,8 @@ def _apply(project: Project, environment: str, name: str, row: ReleaseRow, creat
         cluster = kube.require_target(project, environment)
         api = kube.open_cluster(cluster)
         api.ensure_namespace({})
-        outcome: DeployOutcome = kube.roll(project, environment, name, row, created, kind, api, emit)
+        outcome: DeployOutcome = kube.roll(project, environment, name, row, created, kind, api, emit,
+                                           rerun_release_command=rerun_release_command)
         return outcome
     env_spec = project.spec.environments.get(environment)
     params = deploy_params(project.spec.service_for(environment, name), self_heal=not env_spec or env_spec.self_heal,
@@ -410,7 +428,10 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
     if _on_cluster(project, environment):
         from ingot.kube import operations as kube
 
-        outcome: DeployOutcome = kube.rollback(project, environment, name, to, on_event=on_event)
+        emit_cluster = on_event or (lambda _e: None)
+        outcome: DeployOutcome = kube.rollback(project, environment, name, to, on_event=on_event,
+                                               through=_cluster_hooks(project, environment, emit_cluster),
+                                               rerun_release_command=rerun_release_command)
         return outcome
     _announce_pin(project, on_event or (lambda _e: None))
     held = locks.current(project.store, environment)
@@ -456,9 +477,7 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     _announce_pin(project, emit)
     actor = current_actor()
     outcomes = []
-    if _on_cluster(project, target):
-        _refuse_release_command_on_cluster(project, target, names)
-    else:
+    if not _on_cluster(project, target) or project.spec.notify_for(target):
         ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, target, "promote", actor) as lock:
         for index, name in enumerate(names):

@@ -3,7 +3,9 @@ rollouts, drift and repair without a cluster.
 
 Objects come back as `server.server_view` makes them (defaults, identity, status, managedFields). A
 Deployment whose image is listed in `crashing` never becomes Available: its pods crash, with events and
-log lines, as the kubelet would report them.
+log lines, as the kubelet would report them. A Job runs its pod to its end at once: its command's exit
+code and log lines are `job_results[" ".join(args)]` (default: 0 and one line), and every Job started is
+in `jobs_started`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class FakeCluster:
         self.crashing: set[str] = set()  # images whose containers exit at once
         self.namespaces: dict[str, dict[str, str]] = {}
         self.calls: list[tuple[str, str, str]] = []  # (verb, kind, name), for assertions on what was done
+        self.job_results: dict[str, tuple[int, list[str]]] = {}  # a Job's command -> (exit code, log lines)
+        self.jobs_started: list[str] = []  # the Jobs applied anew, in order (a Job's command ran once each)
         self._version = 100
 
     # ---- KubeApi ---------------------------------------------------------------------------------
@@ -71,6 +75,8 @@ class FakeCluster:
         if old is not None and old.get("immutable") and kind in ("ConfigMap", "Secret") \
                 and old.get("data") != obj.get("data"):
             raise OperationFailed(f"applying {kind} {name}: field is immutable when `immutable` is set")
+        if kind == "Job" and old is None:
+            self.jobs_started.append(name)
         generation = int((old or {}).get("metadata", {}).get("generation", 0))
         if old is None or old.get("spec") != _merge(old.get("spec"), obj.get("spec")):
             generation += 1
@@ -92,8 +98,9 @@ class FakeCluster:
 
     def find(self, kind: str, selector: str) -> list[dict[str, Any]]:
         if kind == "Pod":
-            return [pod for dep in self._deployments() for pod in self._pods(dep)
-                    if _matches(pod["metadata"]["labels"], selector)]
+            pods = [pod for dep in self._deployments() for pod in self._pods(dep)]
+            pods += [self._job_pod(job) for (k, _), job in sorted(self.objects.items()) if k == "Job"]
+            return [pod for pod in pods if _matches(pod["metadata"]["labels"], selector)]
         return [copy.deepcopy(self._observe(obj)) for (k, _), obj in sorted(self.objects.items())
                 if k == kind and _matches(obj["metadata"].get("labels") or {}, selector)]
 
@@ -138,6 +145,12 @@ class FakeCluster:
     def log_tail(self, pod: str, container: str, lines: int, previous: bool = False) -> list[str]:
         return ["Traceback (most recent call last):", "RuntimeError: the database is not there"][-lines:]
 
+    def pod_log(self, pod: str, container: str) -> list[str] | None:
+        for (kind, _), job in self.objects.items():
+            if kind == "Job" and self._job_pod(job)["metadata"]["name"] == pod:
+                return list(self._job_result(job)[1])
+        return self.log_tail(pod, container, 100)
+
     # ---- the controller's side -------------------------------------------------------------------
 
     def _deployments(self) -> list[dict[str, Any]]:
@@ -146,8 +159,31 @@ class FakeCluster:
     def _crashes(self, dep: Mapping[str, Any]) -> bool:
         return any(c["image"] in self.crashing for c in dep["spec"]["template"]["spec"]["containers"])
 
+    def _job_result(self, job: Mapping[str, Any]) -> tuple[int, list[str]]:
+        args = job["spec"]["template"]["spec"]["containers"][0].get("args") or []
+        command = " ".join(args)
+        return self.job_results.get(command, (0, [f"ran: {command}"]))
+
+    def _job_pod(self, job: Mapping[str, Any]) -> dict[str, Any]:
+        code, _lines = self._job_result(job)
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        return {"metadata": {"name": f"{job['metadata']['name']}-x7k2p", "creationTimestamp": server.TIMESTAMP,
+                             "labels": dict(job["spec"]["template"]["metadata"]["labels"])},
+                "status": {"phase": "Succeeded" if code == 0 else "Failed",
+                           "conditions": [{"type": "Ready", "status": "False"}],
+                           "containerStatuses": [{"name": container["name"], "ready": False, "restartCount": 0,
+                                                  "state": {"terminated": {"exitCode": code, "reason": "Completed"
+                                                                           if code == 0 else "Error"}}}]}}
+
     def _observe(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """A Deployment's status as the controller would have made it by now."""
+        """A Deployment's (or a Job's) status as the controller would have made it by now."""
+        if obj["kind"] == "Job":
+            code, _lines = self._job_result(obj)
+            condition = {"type": "Complete", "status": "True"} if code == 0 else \
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                 "message": "Job has reached the specified backoff limit"}
+            obj["status"] = {"conditions": [condition], **({"succeeded": 1} if code == 0 else {"failed": 1})}
+            return obj
         if obj["kind"] != "Deployment":
             return obj
         replicas = int(obj["spec"].get("replicas", 1))

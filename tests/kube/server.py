@@ -122,6 +122,20 @@ def server_view(applied: dict[str, Any], *, uid: str = "0b6c7c1e-4c1f-4bb4-9a43-
                                {"f:status": {"f:availableReplicas": {}, "f:conditions": {}, "f:observedGeneration": {},
                                              "f:readyReplicas": {}, "f:replicas": {}, "f:updatedReplicas": {}}},
                                subresource="status"))
+    elif kind == "PersistentVolumeClaim":
+        # The binder fills these in: the volume it bound, the default StorageClass, its annotations.
+        volume = f"pvc-{uid}"
+        obj["spec"].update({"volumeMode": "Filesystem", "volumeName": volume})
+        obj["spec"].setdefault("storageClassName", "standard")
+        meta["finalizers"] = ["kubernetes.io/pvc-protection"]
+        meta.setdefault("annotations", {}).update({"pv.kubernetes.io/bind-completed": "yes",
+                                                   "pv.kubernetes.io/bound-by-controller": "yes"})
+        obj["status"] = {"phase": "Bound", "accessModes": obj["spec"]["accessModes"],
+                         "capacity": {"storage": obj["spec"]["resources"]["requests"]["storage"]}}
+        entries.append(managed("kube-controller-manager", "Update", {
+            "f:metadata": {"f:annotations": {"f:pv.kubernetes.io/bind-completed": {},
+                                             "f:pv.kubernetes.io/bound-by-controller": {}}},
+            "f:spec": {"f:volumeName": {}}}))
     elif kind == "Service":
         spec = obj["spec"]
         spec.update({"clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "internalTrafficPolicy": "Cluster",

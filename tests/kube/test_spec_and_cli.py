@@ -90,7 +90,8 @@ def test_new_security_keys_leave_existing_release_digests_alone() -> None:
 def test_the_json_schema_describes_the_target() -> None:
     schema = json_schema()
     target = schema["$defs"]["KubernetesTarget"]
-    assert set(target["properties"]) == {"kind", "context", "namespace", "registry", "gateway", "prometheus"}
+    assert set(target["properties"]) == {"kind", "context", "namespace", "registry", "gateway", "prometheus",
+                                         "volume_size", "storage_class"}
     assert target["required"] == ["kind", "namespace"]
 
 

@@ -22,7 +22,9 @@ API_VERSIONS = {
     "Pod": "v1",
     "Event": "v1",
     "Namespace": "v1",
+    "PersistentVolumeClaim": "v1",
     "Deployment": "apps/v1",
+    "Job": "batch/v1",
     "HTTPRoute": "gateway.networking.k8s.io/v1",
 }
 
@@ -44,7 +46,7 @@ class KubeApi(Protocol):
     def find(self, kind: str, selector: str) -> list[dict[str, Any]]: ...
 
     def delete(self, kind: str, name: str) -> None:
-        """Delete it; gone already is fine."""
+        """Delete it, and what it owns (a Job's pods) in the background; gone already is fine."""
 
     def scale(self, name: str, replicas: int) -> None:
         """Set a Deployment's replicas alone (its pod template is never re-sent to scale it)."""
@@ -55,6 +57,9 @@ class KubeApi(Protocol):
     def events(self, kind: str, name: str) -> list[dict[str, Any]]: ...
 
     def log_tail(self, pod: str, container: str, lines: int, previous: bool = False) -> list[str]: ...
+
+    def pod_log(self, pod: str, container: str) -> list[str] | None:
+        """The container's whole log so far; None while there is none to read (the pod is not running yet)."""
 
 
 def _explain(exc: BaseException) -> str:
@@ -175,7 +180,9 @@ class ClusterApi:
 
         with self._calls(f"deleting {kind} {name}"):
             try:
-                self._dynamic.delete(self._resource(kind), name=name, namespace=self.namespace)
+                # Background: a Job's pods go with it (the API's default for Jobs orphans them).
+                self._dynamic.delete(self._resource(kind), name=name, namespace=self.namespace,
+                                     propagation_policy="Background")
             except NotFoundError:
                 return
 
@@ -206,6 +213,20 @@ class ClusterApi:
         except OperationFailed as exc:
             return [f"(no log: {exc.message})"]
         return str(text or "").splitlines()[-lines:]
+
+    def pod_log(self, pod: str, container: str) -> list[str] | None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        with self._calls(f"reading the log of pod {pod}"):
+            try:
+                text = client.CoreV1Api(self._client).read_namespaced_pod_log(pod, self.namespace,
+                                                                              container=container)
+            except ApiException as exc:
+                if exc.status in (400, 404):  # "waiting to start", or the pod is gone: nothing to read now
+                    return None
+                raise
+        return str(text or "").splitlines()
 
 
 def _connect(context: str | None) -> Any:

@@ -28,6 +28,7 @@ MERGE_KEYS = ("name", "mountPath", "containerPort", "port")
 # Set by controllers on objects they watch, never by a person: not drift.
 IGNORED_FOREIGN = ("metadata.annotations.deployment.kubernetes.io/revision",)
 SECRET_PATHS = ("data", "stringData")
+CONTROLLED_KINDS = ("PersistentVolumeClaim",)  # kinds whose fields controllers fill in after ingot's apply
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,8 @@ def compare_objects(expected: Sequence[Mapping[str, Any]], live: Sequence[Mappin
         if have is None:
             found.append(ObjectDrift(*key, "missing"))
             continue
-        foreign = foreign_fields(want, have)
+        # A claim's binding (volumeName, bind annotations, finalizers) is the volume controller's by design.
+        foreign = foreign_fields(want, have) if key[0] not in CONTROLLED_KINDS else []
         claimed = {d.path for d in foreign}
         # An item another client added shows up in both; who added it is the more useful evidence.
         differences = [*(d for d in compare(want, have) if d.path not in claimed), *foreign]

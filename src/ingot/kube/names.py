@@ -18,6 +18,8 @@ SERVICE = PREFIX + "service"
 RELEASE = PREFIX + "release"
 DEPLOYMENT = PREFIX + "deployment"
 TEMPLATE_DIGEST = PREFIX + "template-digest"
+JOB = PREFIX + "job"  # on a release_command Job's pods (never SERVICE: no Service may select them)
+VOLUME = PREFIX + "volume"  # on a volume's PersistentVolumeClaim: the spec's volume name
 ALL_TRACKS = "*"  # a Service selecting the pods of every Deployment of its service (replica-ratio traffic)
 HTTP_PORT = 80  # the port of every Service; it forwards to the container port named "http"
 
@@ -44,6 +46,17 @@ def secret_name(service: str, environment: str, refs: Mapping[str, Any]) -> str:
     """Named by the secret *versions* it holds, not by their values: a digest of a short secret value
     could be brute-forced from an object name, which every reader of the namespace can list."""
     return f"{service}-secrets-{short_digest({'environment': environment, 'versions': dict(refs)})}"
+
+
+def release_job_name(service: str, release: str) -> str:
+    """The release_command's Job: one per release, so a rerun of the same release reuses its name."""
+    return f"{service}-release-{release}"
+
+
+def volume_claim_name(service: str, volume: str) -> str:
+    """A named volume's PersistentVolumeClaim: per service and volume, never per release (data outlives them)."""
+    name = f"{service}-{volume}"
+    return name if len(name) <= 63 else f"{service}-volume-{short_digest(volume, 12)}"
 
 
 def preview_service(service: str) -> str:

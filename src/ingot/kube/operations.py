@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ingot import build_release, config_ops, config_store, ledger, locks
+from ingot import build_release, config_ops, config_store, ledger, locks, oneoff
 from ingot.actor import current_actor
 from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.kube import api as kube_api
@@ -31,7 +31,12 @@ from ingot.store import DeploymentRow, ReleaseRow
 
 OnEvent = Callable[[dict[str, Any]], None]
 OnOutput = Callable[[str], None]
-KINDS = ("ConfigMap", "Secret", "Deployment", "Service", "HTTPRoute")
+# How one service's rollout is run: (service, release, created, kind, the rollout itself) -> its outcome.
+# ingot.operations runs it between the service's hooks and sends its notification (ingot.hooks).
+Through = Callable[[str, ReleaseRow, bool, str, Callable[[], Any]], Any]
+KINDS = ("ConfigMap", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "HTTPRoute")
+# Never extra, never removed by ingot: a claim holds data that outlives its volume's place in the spec.
+DATA_KINDS = ("PersistentVolumeClaim",)
 # How the cluster is reached; tests put an in-memory cluster here.
 connect: kube_api.ApiFactory = kube_api.connect
 
@@ -62,7 +67,7 @@ def layout_of(target: KubernetesTarget, service: ServiceSpec, api: kube_api.Kube
     gateway = target.gateway
     if gateway is not None and api is not None and not api.serves("HTTPRoute"):
         gateway = None  # no Gateway API here: a canary splits traffic by replica counts instead
-    return Layout(service.strategy.type, gateway)
+    return Layout(service.strategy.type, gateway, worker=service.worker)
 
 
 def options_of(service: ServiceSpec, layout: Layout, target: KubernetesTarget) -> Options:
@@ -71,14 +76,16 @@ def options_of(service: ServiceSpec, layout: Layout, target: KubernetesTarget) -
                    # Only Prometheus can judge a canary on a cluster; without it, steps and pauses alone.
                    analysis=strategy.analysis if target.prometheus is not None else None,
                    verification=strategy.verification, traffic=layout.traffic, retention=service.retention,
-                   max_surge=service.strategy.max_surge)
+                   max_surge=service.strategy.max_surge, services=not layout.worker)
 
 
 def workload_of(project: Project, environment: str, release: ReleaseRow, service: ServiceSpec,
                 target: KubernetesTarget) -> Workload:
     return Workload(project=project.spec.project, environment=environment, service=release.service,
                     namespace=target.namespace, release=release.id, image=release.artifact_digest,
-                    spec=release.spec, config=release.config, replicas=service.replicas, health=service.health)
+                    spec=release.spec, config=release.config, replicas=service.replicas, health=service.health,
+                    min_ready=service.strategy.min_ready, volume_size=target.volume_size,
+                    storage_class=target.storage_class)
 
 
 def _check_image(release: ReleaseRow) -> None:
@@ -125,9 +132,17 @@ def read_state(api: kube_api.KubeApi, project: str, environment: str, service: s
     return ClusterState(tuple(sorted(tracks, key=lambda t: t.deployment)), tuple(sorted(selectors)), route, history)
 
 
-def live_release(state: ClusterState, service: str) -> str | None:
+def live_track(state: ClusterState, service: str) -> Track | None:
+    """The Deployment the stable Service selects; with no Service at all (a worker), the one running most."""
     selected = state.selected(service)
-    track = state.track(selected) if selected else None
+    if selected is None:
+        running = [t for t in state.tracks if t.replicas > 0]
+        return min(running, key=lambda t: (-t.replicas, t.deployment)) if running else None
+    return state.track(selected)
+
+
+def live_release(state: ClusterState, service: str) -> str | None:
+    track = live_track(state, service)
     return track.release if track else None
 
 
@@ -161,7 +176,8 @@ def render_environment(project: Project, environment: str, services: list[str],
         service = project.spec.service_for(environment, name)
         row, _created = release_for(project, environment, name, on_output)
         w = workload_of(project, environment, row, service, target)
-        found.append(RenderedService(name, row.id, render.render_release(w, layout_of(target, service, None))))
+        found.append(RenderedService(name, row.id, render.render_release(w, layout_of(target, service, None),
+                                                                          with_job=True)))
     return found
 
 
@@ -198,7 +214,8 @@ def _namespace_labels(project: Project) -> dict[str, str]:
 
 
 def deploy(project: Project, environment: str, services: list[str], *, on_event: OnEvent | None = None,
-           on_output: OnOutput | None = None, commit: str | None = None) -> list[Any]:
+           on_output: OnOutput | None = None, commit: str | None = None, through: Through | None = None
+           ) -> list[Any]:
     emit = on_event or (lambda _event: None)
     target = require_target(project, environment)
     for name in services:
@@ -211,12 +228,17 @@ def deploy(project: Project, environment: str, services: list[str], *, on_event:
             emit({"event": "build", "service": name})
             row, created = release_for(project, environment, name, on_output, commit)
             emit({"event": "release", "service": name, "release": row.id, "created": created})
-            outcomes.append(roll(project, environment, name, row, created, "deploy", api, emit))
+
+            def run(name: str = name, row: ReleaseRow = row, created: bool = created) -> Any:
+                return roll(project, environment, name, row, created, "deploy", api, emit)
+
+            outcomes.append(through(name, row, created, "deploy", run) if through else run())
     return outcomes
 
 
 def rollback(project: Project, environment: str, name: str, to: str | None, *,
-             on_event: OnEvent | None = None) -> Any:
+             on_event: OnEvent | None = None, through: Through | None = None,
+             rerun_release_command: bool = False) -> Any:
     target = require_target(project, environment)
     api = open_cluster(target)
     history = deployed_history(project, environment, name)
@@ -236,12 +258,25 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
     config_store.check_secrets_for(row, environment)
     _check_image(row)
     with locks.hold(project.store, environment, "rollback", current_actor()):
-        return roll(project, environment, name, row, False, "rollback", api, on_event or (lambda _e: None))
+        def run() -> Any:
+            return roll(project, environment, name, row, False, "rollback", api, on_event or (lambda _e: None),
+                        rerun_release_command=rerun_release_command)
+
+        return through(name, row, False, "rollback", run) if through else run()
+
+
+def release_command_timeout(project: Project, environment: str, row: ReleaseRow, rerun: bool) -> float | None:
+    """The release_command's timeout if it is to run: not yet succeeded in this environment (a rollback or
+    a repeated promotion reuses the release, and its migration is done), or asked again; else None."""
+    if oneoff.release_command(row) is None or (not rerun and oneoff.ran_before(project.store, environment, row)):
+        return None
+    return float(row.spec.get("release_command_timeout") or 600.0)
 
 
 def roll(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
-         api: kube_api.KubeApi, emit: OnEvent) -> Any:
-    """Plan and apply one service's rollout to `row`, recorded as a deployment; undone on failure."""
+         api: kube_api.KubeApi, emit: OnEvent, *, rerun_release_command: bool = False) -> Any:
+    """Plan and apply one service's rollout to `row`, recorded as a deployment; undone on failure. The
+    release_command, when it is to run, is the plan's first step: a Job, before any Deployment changes."""
     from ingot.operations import DeployOutcome
 
     _check_image(row)  # a promotion from this machine brings a local image ID, which no node can pull
@@ -254,7 +289,8 @@ def roll(project: Project, environment: str, name: str, row: ReleaseRow, created
     w = workload_of(project, environment, row, service, target)
     history = deployed_history(project, environment, name)
     state = read_state(api, project.spec.project, environment, name, history)
-    goal = Target(name, render.deployment(w)["metadata"]["name"], row.id, service.replicas)
+    goal = Target(name, render.deployment(w)["metadata"]["name"], row.id, service.replicas,
+                  release_command_timeout(project, environment, row, rerun_release_command))
     plan = plan_rollback(state, goal, options) if kind == "rollback" else plan_rollout(state, goal, options)
     url = f"Service {name} in namespace {target.namespace}"
     if plan.empty:
@@ -266,7 +302,9 @@ def roll(project: Project, environment: str, name: str, row: ReleaseRow, created
                                                                           environment),
                       emit=lambda event: emit({**event, "service": name}),
                       steering=lambda: steering(project, environment, name, recorder.since),
-                      prometheus=target.prometheus)
+                      prometheus=target.prometheus,
+                      job_log=lambda job: project.paths.instance_log(environment, name, job),
+                      release_ran=lambda ok, detail: recorder.release_command(ok, detail))
     try:
         rollout.apply(plan)
     except IngotError as exc:
@@ -282,7 +320,8 @@ def roll(project: Project, environment: str, name: str, row: ReleaseRow, created
 def _undo(api: kube_api.KubeApi, project: Project, environment: str, name: str, before: ClusterState,
           goal: Target, options: Options, rollout: Rollout) -> str:
     """Traffic back to what served before, the new Deployment removed; says what serves now."""
-    stable = next((t for t in before.tracks if t.deployment == before.selected(name)), None)
+    stable = live_track(before, name) if not options.services else \
+        next((t for t in before.tracks if t.deployment == before.selected(name)), None)
     try:
         now = read_state(api, project.spec.project, environment, name, before.history)
         if stable is None or stable.deployment == goal.deployment:
@@ -320,6 +359,14 @@ class _Recorder:
             store.add_step(conn, row.id, name, status, detail)
             ledger.append(conn, actor=row.actor, action=action, environment=row.environment, service=row.service,
                           subject=row.id, payload={"step": name, "status": status, **detail})
+
+    def release_command(self, ok: bool, detail: dict[str, Any]) -> None:
+        """The ledger entry the process runtime writes too: a success keeps a reused release from running
+        it again (`oneoff.ran_before`)."""
+        row = self.row
+        ledger.record(self.project.store, actor=row.actor, action=oneoff.SUCCEEDED if ok else oneoff.FAILED,
+                      environment=row.environment, service=row.service, subject=row.to_release,
+                      payload={"deployment": row.id, "target": "kubernetes", **detail})
 
     def finish(self, outcome: str, detail: dict[str, Any]) -> None:
         store, row = self.project.store, self.row
@@ -394,7 +441,8 @@ def plan(project: Project, environment: str, services: list[str]) -> list[dict[s
             goal = Target(name, f"{name}-<new build>", "<new build>", service.replicas)
         else:
             w = workload_of(project, environment, row, service, target)
-            goal = Target(name, render.deployment(w)["metadata"]["name"], row.id, service.replicas)
+            goal = Target(name, render.deployment(w)["metadata"]["name"], row.id, service.replicas,
+                          release_command_timeout(project, environment, row, False))
         found = plan_rollout(state, goal, options_of(service, layout, target))
         plans.append({"service": name, "environment": environment, "needs_build": row is None,
                       "traffic": layout.traffic, **found.as_dict()})
@@ -515,16 +563,20 @@ def _findings(project: Project, environment: str, api: kube_api.KubeApi, target:
         live = [obj for objs in everything.values() for obj in objs
                 if (obj["metadata"].get("labels") or {}).get(names.SERVICE) == name]
         if expected.goal is None:
-            found.extend(Finding(name, ObjectDrift(str(o["kind"]), str(o["metadata"]["name"]), "extra")) for o in live)
+            found.extend(Finding(name, ObjectDrift(str(o["kind"]), str(o["metadata"]["name"]), "extra")) for o in live
+                         if o["kind"] not in DATA_KINDS)
             continue
-        found.extend(Finding(name, d) for d in compare_objects(expected.objects, live, expected.tolerated))
+        kept_data = {(str(o["kind"]), str(o["metadata"]["name"])) for o in live if o["kind"] in DATA_KINDS}
+        found.extend(Finding(name, d) for d in compare_objects(expected.objects, live,
+                                                               expected.tolerated | kept_data))
         # Kept Deployments scaled when they should not be, releases beyond retention: what a re-plan wants.
         again = plan_switch(expected.state, expected.goal, expected.options, None)
         found.extend(Finding(name, step=s) for s in again.steps if s.kind in ("scale", "delete")
                      and s.deployment != expected.goal.deployment)
     for objs in everything.values():
         for obj in objs:
-            if (obj["metadata"].get("labels") or {}).get(names.SERVICE) not in project.spec.services:
+            if (obj["metadata"].get("labels") or {}).get(names.SERVICE) not in project.spec.services \
+                    and obj["kind"] not in DATA_KINDS:
                 service = str((obj["metadata"].get("labels") or {}).get(names.SERVICE, "?"))
                 found.append(Finding(service, ObjectDrift(str(obj["kind"]), str(obj["metadata"]["name"]), "extra")))
     return found

@@ -21,7 +21,8 @@ from ingot.analysis import Thresholds
 from ingot.kube.names import ALL_TRACKS, canary_service, preview_service
 from ingot.plan.model import CanaryStep
 
-StepKind = Literal["create", "scale", "wait_available", "select", "route", "pause", "analyse", "verify", "delete"]
+StepKind = Literal["release_command", "create", "scale", "wait_available", "select", "route", "pause", "analyse",
+                   "verify", "delete"]
 Traffic = Literal["gateway", "replicas"]
 
 
@@ -29,6 +30,8 @@ Traffic = Literal["gateway", "replicas"]
 class KubeStep:
     """One step of a rollout on a cluster.
 
+    release_command: run `release`'s release_command as its Job, within `seconds`, and wait for it to
+                    succeed before anything else changes; its log is streamed and kept
     create:         apply the objects of `release` as Deployment `deployment` with `replicas` (and its
                     ConfigMap and Secret)
     scale:          set Deployment `deployment` to `replicas`
@@ -56,6 +59,8 @@ class KubeStep:
 
     def describe(self) -> str:
         match self.kind:
+            case "release_command":
+                return f"run the release_command of release {self.release} as a Job (within {self.seconds:g}s)"
             case "create":
                 return f"create Deployment {self.deployment} of release {self.release} with {self.replicas} replica(s)"
             case "scale":
@@ -131,6 +136,9 @@ class Target:
     deployment: str
     release: str
     replicas: int
+    # The release_command's timeout when it is to run (not run yet in this environment, or asked again);
+    # None: nothing to run first.
+    release_command: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,7 @@ class Options:
     traffic: Traffic = "replicas"
     retention: int = 5
     max_surge: int = 1
+    services: bool = True  # False for a worker (`port: null`): no Service to select anything, no route
 
 
 @dataclass(frozen=True)
@@ -215,12 +224,14 @@ class _Builder:
 
     def check_available(self) -> None:
         """A Deployment kept scaled (a rollback inside the verification window) is checked before traffic."""
+        if not self.options.services:
+            return  # a worker takes no traffic: there is no moment to check it before
         if self.state.selected(self.target.service) != self.target.deployment and self.target.replicas > 0 \
                 and (not self.steps or self.steps[-1].kind != "wait_available"):
             self.emit(KubeStep("wait_available", self.target.deployment))
 
     def select(self, service: str, deployment: str) -> None:
-        if self.state.selected(service) != deployment:
+        if self.options.services and self.state.selected(service) != deployment:
             self.emit(KubeStep("select", deployment, service=service))
 
     def route(self, weights: tuple[tuple[str, int], ...]) -> None:
@@ -266,22 +277,30 @@ class _Builder:
             self.emit(KubeStep("pause", manual=True))
 
     def plan(self, strategy: str, note: str = "") -> KubePlan:
-        return KubePlan(strategy, self.target, tuple(self.steps), note if self.steps else "")
+        steps = tuple(self.steps)
+        if steps and self.target.release_command is not None:
+            # Before the new release's Deployment exists or anything moves: a failure leaves all as it was.
+            steps = (KubeStep("release_command", release=self.target.release,
+                              seconds=self.target.release_command), *steps)
+        return KubePlan(strategy, self.target, steps, note if steps else "")
 
 
 def _services(target: Target, options: Options) -> list[str]:
-    """The Services that select the live Deployment at rest (the stable one first)."""
+    """The Services that select the live Deployment at rest (the stable one first); a worker has none."""
+    if not options.services:
+        return []
     extra = {"blue-green": [preview_service(target.service)], "canary": [canary_service(target.service)]}
     return [target.service, *extra.get(options.strategy, [])]
 
 
-def _stable(state: ClusterState, target: Target) -> Track | None:
+def _stable(state: ClusterState, target: Target, options: Options) -> Track | None:
     """What serves now, other than the target: the Deployment the stable Service selects, or when it
-    selects every Deployment (a replica split under way), the biggest of the others."""
+    selects every Deployment (a replica split under way) or there is no Service (a worker), the biggest
+    of the others."""
     selected = state.selected(target.service)
     others = [t for t in state.tracks if t.deployment != target.deployment and t.replicas > 0]
     chosen = next((t for t in others if t.deployment == selected), None)
-    if chosen is None and selected == ALL_TRACKS and others:
+    if chosen is None and (selected == ALL_TRACKS or not options.services) and others:
         chosen = min(others, key=lambda t: (-t.replicas, t.deployment))
     return chosen
 
@@ -316,7 +335,7 @@ def plan_switch(state: ClusterState, target: Target, options: Options, verificat
     """Blue-green, and every rollback or abort: bring the target up beside the others (the preview
     Service shows it meanwhile), switch every Service to it at once, retire the rest."""
     build = _Builder(state, target, options)
-    baseline = _stable(state, target)
+    baseline = _stable(state, target, options)
     build.scale_target(target.replicas, preview=options.strategy == "blue-green")
     build.check_available()
     build.switch()
@@ -335,7 +354,7 @@ _AT_ONCE = "no other release serves traffic to compare with: it goes live at onc
 
 def _canary_by_route(state: ClusterState, target: Target, options: Options) -> KubePlan:
     """The canary at full count behind its own Service, traffic shifted by the HTTPRoute's weights."""
-    stable = _stable(state, target)
+    stable = _stable(state, target, options)
     if stable is None or state.selected(target.service) == target.deployment:
         return plan_switch(state, target, options, options.verification, note=_AT_ONCE)
     canary = canary_service(target.service)
@@ -359,12 +378,14 @@ def _canary_by_route(state: ClusterState, target: Target, options: Options) -> K
 def _by_replicas(state: ClusterState, target: Target, options: Options, steps: Sequence[CanaryStep]) -> KubePlan:
     """Traffic split by pod counts, without a gateway: the stable Service selects both Deployments, and
     their replicas follow the weights (the new one scaled up and Available before the old one shrinks)."""
-    stable = _stable(state, target)
+    stable = _stable(state, target, options)
     if stable is None or state.selected(target.service) == target.deployment:
         return plan_switch(state, target, options, options.verification, strategy=options.strategy, note=_AT_ONCE)
     total = target.replicas
     build = _Builder(state, target, options)
-    current = state.replicas(target.deployment) if state.selected(target.service) == ALL_TRACKS else 0
+    # A split under way (the Service selects both, or a worker's two Deployments) goes on from where it is.
+    splitting = state.selected(target.service) == ALL_TRACKS or not options.services
+    current = state.replicas(target.deployment) if splitting else 0
     final: CanaryStep | None = None
     for step in steps:
         count = min(total, max(1, math.ceil(total * step.weight / 100)))

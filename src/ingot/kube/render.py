@@ -19,7 +19,7 @@ import yaml
 
 from ingot.kube import names
 from ingot.spec import HealthSpec, SecuritySpec
-from ingot.spec.models import GatewayRef, ResourcesSpec
+from ingot.spec.models import DEFAULT_VOLUME_SIZE, GatewayRef, ResourcesSpec, expand_own, volume_variable
 
 Traffic = Literal["gateway", "replicas"]
 
@@ -38,6 +38,33 @@ class Workload:
     config: Mapping[str, Any]  # the release's config snapshot: {"values": {...}, "secrets": {NAME: ref}}
     replicas: int
     health: HealthSpec  # probe timing: the environment's current choice, not the release's
+    min_ready: float = 0.0  # a worker without a health command: minReadySeconds (strategy.min_ready)
+    volume_size: str = DEFAULT_VOLUME_SIZE  # each volume's claim (target.volume_size)
+    storage_class: str | None = None  # target.storage_class; None: the cluster's default
+
+    @property
+    def worker(self) -> bool:
+        """`port: null`: no Service, no HTTP probe (the snapshot has `port` whenever the release has one)."""
+        return "port" in self.spec and self.spec["port"] is None
+
+    @property
+    def port(self) -> int:
+        return int(self.spec.get("port") or 8000)
+
+    @property
+    def health_command(self) -> list[str] | None:
+        command = self.spec.get("health_command")
+        return [str(part) for part in command] if command else None
+
+    @property
+    def volumes(self) -> dict[str, str]:
+        """Volume name -> where the container sees it, from the release's snapshot."""
+        return {str(k): str(v) for k, v in sorted(dict(self.spec.get("volumes") or {}).items())}
+
+    @property
+    def release_command(self) -> list[str] | None:
+        command = self.spec.get("release_command")
+        return [str(part) for part in command] if command else None
 
     @property
     def values(self) -> dict[str, str]:
@@ -63,10 +90,14 @@ class Layout:
 
     strategy: str = "blue-green"
     gateway: GatewayRef | None = None  # an HTTPRoute on this Gateway, when the cluster serves the API
+    worker: bool = False  # `port: null`: no Service and no HTTPRoute at all
 
     @property
     def services(self) -> tuple[str, ...]:
-        """The Service roles: the stable one always, a preview for blue-green, a canary for canaries."""
+        """The Service roles: the stable one always, a preview for blue-green, a canary for canaries;
+        none for a worker, which takes no traffic."""
+        if self.worker:
+            return ()
         if self.strategy == "blue-green":
             return ("stable", "preview")
         if self.strategy == "canary":
@@ -75,7 +106,7 @@ class Layout:
 
     @property
     def traffic(self) -> Traffic:
-        return "gateway" if self.gateway is not None else "replicas"
+        return "gateway" if self.gateway is not None and not self.worker else "replicas"
 
 
 @dataclass(frozen=True)
@@ -121,12 +152,24 @@ def _env(w: Workload, config_map: str | None, secret: str | None) -> list[dict[s
     for key in sorted(w.secret_refs):
         env[key] = {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
     # ingot's own variables win over the release's same-named ones, as on the container runtime.
-    for key, value in (("PORT", str(w.spec.get("port", 8000))), ("INGOT_RELEASE", w.release),
-                       ("INGOT_SERVICE", w.service), ("INGOT_ENVIRONMENT", w.environment)):
+    for key, value in _own_values(w).items():
         env[key] = {"name": key, "value": value}
     env["INGOT_INSTANCE"] = {"name": "INGOT_INSTANCE",
                              "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}
     return [env[key] for key in sorted(env)]
+
+
+def _own_values(w: Workload) -> dict[str, str]:
+    """ingot's variables with one value for every pod: no PORT for a worker, a volume's place by its name."""
+    values = {"INGOT_RELEASE": w.release, "INGOT_SERVICE": w.service, "INGOT_ENVIRONMENT": w.environment}
+    if not w.worker:
+        values["PORT"] = str(w.port)
+    values.update({volume_variable(name): path for name, path in w.volumes.items()})
+    return values
+
+
+def _volume_mount_name(volume: str) -> str:
+    return f"volume-{volume}"  # a spec name is at most 40 characters: within a DNS label
 
 
 def _security_context(security: SecuritySpec) -> dict[str, Any]:
@@ -147,6 +190,29 @@ def _security_context(security: SecuritySpec) -> dict[str, Any]:
     return context
 
 
+def _probes(w: Workload) -> dict[str, Any]:
+    """Readiness by GET health.path, or by health.command run in the container (an exec probe, which also
+    keeps the container alive: liveness, after a startup probe allowed the health deadline); a worker
+    without a command has none (its Deployment waits minReadySeconds instead)."""
+    timing = {"periodSeconds": _seconds(w.health.interval), "timeoutSeconds": _seconds(w.health.timeout)}
+    command = w.health_command
+    if command is not None:
+        action = {"exec": {"command": expand_own(command, _own_values(w))}}
+        return {
+            "readinessProbe": {**action, **timing, "successThreshold": w.health.healthy_threshold,
+                               "failureThreshold": 3},
+            "startupProbe": {**action, **timing, "successThreshold": 1,
+                             "failureThreshold": max(1, math.ceil(w.health.deadline / w.health.interval))},
+            "livenessProbe": {**action, **timing, "successThreshold": 1,
+                              "failureThreshold": w.health.unhealthy_threshold},
+        }
+    if w.worker:
+        return {}
+    return {"readinessProbe": {
+        "httpGet": {"path": str((w.spec.get("health") or {}).get("path", w.health.path)), "port": "http"},
+        **timing, "successThreshold": w.health.healthy_threshold, "failureThreshold": 3}}
+
+
 def pod_template(w: Workload) -> dict[str, Any]:
     """The pod template, without the label naming its Deployment (whose name derives from this)."""
     security = w.security
@@ -157,14 +223,8 @@ def pod_template(w: Workload) -> dict[str, Any]:
         "image": w.image,
         "imagePullPolicy": "IfNotPresent",
         "env": _env(w, config_map, secret),
-        "ports": [{"containerPort": int(w.spec.get("port", 8000)), "name": "http", "protocol": "TCP"}],
-        "readinessProbe": {
-            "httpGet": {"path": str((w.spec.get("health") or {}).get("path", w.health.path)), "port": "http"},
-            "periodSeconds": _seconds(w.health.interval),
-            "timeoutSeconds": _seconds(w.health.timeout),
-            "successThreshold": w.health.healthy_threshold,
-            "failureThreshold": 3,
-        },
+        **({} if w.worker else {"ports": [{"containerPort": w.port, "name": "http", "protocol": "TCP"}]}),
+        **_probes(w),
         "securityContext": _security_context(security),
     }
     if w.spec.get("command"):
@@ -174,11 +234,21 @@ def pod_template(w: Workload) -> dict[str, Any]:
     if resources is not None:
         container["resources"] = {k: dict(v) for k, v in (("limits", resources.limits),
                                                            ("requests", resources.requests)) if v}
-    volumes = [{"name": _volume_name(path), "emptyDir": {"medium": "Memory"}} for path in security.tmpfs]
-    if volumes:
-        container["volumeMounts"] = [{"name": _volume_name(path), "mountPath": path} for path in security.tmpfs]
+    volumes: list[dict[str, Any]] = [{"name": _volume_name(path), "emptyDir": {"medium": "Memory"}}
+                                     for path in security.tmpfs]
+    mounts = [{"name": _volume_name(path), "mountPath": path} for path in security.tmpfs]
+    for name, path in w.volumes.items():
+        volumes.append({"name": _volume_mount_name(name),
+                        "persistentVolumeClaim": {"claimName": names.volume_claim_name(w.service, name)}})
+        mounts.append({"name": _volume_mount_name(name), "mountPath": path})
+    if mounts:
+        container["volumeMounts"] = mounts
     labels = names.common_labels(w.project, w.environment, w.service)
     labels.update({names.RELEASE: w.release, "app.kubernetes.io/version": w.release})
+    pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if w.volumes and security.run_as_user is not None:
+        # A fresh volume belongs to root; the kubelet hands it to this group so that the app can write it.
+        pod_security["fsGroup"] = security.run_as_user
     spec: dict[str, Any] = {
         # The app does not talk to the API server; a token in every pod would only be something to steal.
         "automountServiceAccountToken": False,
@@ -186,7 +256,7 @@ def pod_template(w: Workload) -> dict[str, Any]:
         # on what else runs there would make the same release run differently.
         "enableServiceLinks": False,
         "containers": [container],
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security,
         "terminationGracePeriodSeconds": _seconds(float(w.spec.get("stop_timeout", 10.0))),
     }
     if volumes:
@@ -214,8 +284,59 @@ def deployment(w: Workload, replicas: int | None = None) -> dict[str, Any]:
             "revisionHistoryLimit": 0,
             "selector": {"matchLabels": {names.SERVICE: w.service, names.DEPLOYMENT: name}},
             "template": template,
+            # A worker without a health command has nothing to probe: a pod counts once it has run this long.
+            **({"minReadySeconds": math.ceil(w.min_ready)}
+               if w.worker and w.health_command is None and w.min_ready > 0 else {}),
         },
     }
+
+
+JOB_KEPT_SECONDS = 7 * 24 * 3600  # a finished release_command Job (and its pod's log) stays this long
+
+
+def release_job(w: Workload) -> dict[str, Any] | None:
+    """The release_command as a Job: the release's pod (image, env, config, secrets, volumes, security
+    context, resources) running the command once, never retried (a migration half-run twice is worse
+    than one failure), stopped at release_command_timeout. None: the release has no release_command."""
+    command = w.release_command
+    if command is None:
+        return None
+    template = pod_template(w)
+    container = template["spec"]["containers"][0]
+    for key in ("ports", "readinessProbe", "livenessProbe", "startupProbe"):
+        container.pop(key, None)
+    container["args"] = command  # it replaces the image's CMD, as on the container runtime
+    name = names.release_job_name(w.service, w.release)
+    # The pods carry no SERVICE label: no Service of the service may ever send them traffic.
+    pod_labels = {k: v for k, v in template["metadata"]["labels"].items() if k != names.SERVICE}
+    pod_labels[names.JOB] = name
+    template["metadata"]["labels"] = pod_labels
+    template["spec"]["restartPolicy"] = "Never"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(w, name, {names.RELEASE: w.release, "app.kubernetes.io/version": w.release}),
+        "spec": {
+            "activeDeadlineSeconds": _seconds(float(w.spec.get("release_command_timeout") or 600.0)),
+            "backoffLimit": 0,
+            "template": template,
+            "ttlSecondsAfterFinished": JOB_KEPT_SECONDS,
+        },
+    }
+
+
+def volume_claims(w: Workload) -> list[dict[str, Any]]:
+    """One PersistentVolumeClaim per named volume: ReadWriteOnce (one node at a time), kept across releases."""
+    claims = []
+    for name in w.volumes:
+        spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                                "resources": {"requests": {"storage": w.volume_size}}}
+        if w.storage_class is not None:
+            spec["storageClassName"] = w.storage_class
+        claims.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                       "metadata": _metadata(w, names.volume_claim_name(w.service, name), {names.VOLUME: name}),
+                       "spec": spec})
+    return claims
 
 
 def config_map(w: Workload) -> dict[str, Any] | None:
@@ -276,16 +397,22 @@ def service_name(w: Workload, role: str) -> str:
 AT_REST_WEIGHTS = 100  # the stable Service's weight on the route when no canary is under way
 
 
-def render_release(w: Workload, layout: Layout, secret_values: Mapping[str, str] | None = None) -> Rendered:
-    """The objects of `w` at rest, every Service pointing at its Deployment.
+def render_release(w: Workload, layout: Layout, secret_values: Mapping[str, str] | None = None, *,
+                   with_job: bool = False) -> Rendered:
+    """The objects of `w` at rest, every Service pointing at its Deployment, and its volumes' claims.
 
     Without `secret_values`, the Secret is withheld (named, with its keys) instead of rendered: this is
-    what goes to disk or to a terminal. With them, it is what is sent to the API server.
+    what goes to disk or to a terminal. With them, it is what is sent to the API server. `with_job` adds
+    the release_command's Job (for `ingot render`: a deploy runs it as its own step, before the rest).
     """
     objects: list[dict[str, Any]] = []
     withheld: list[WithheldSecret] = []
     dep = deployment(w)
     objects.append(dep)
+    objects.extend(volume_claims(w))
+    job = release_job(w) if with_job else None
+    if job is not None:
+        objects.append(job)
     name = dep["metadata"]["name"]
     cm = config_map(w)
     if cm is not None:
@@ -300,18 +427,20 @@ def render_release(w: Workload, layout: Layout, secret_values: Mapping[str, str]
             objects.append(sec)
     for role in layout.services:
         objects.append(service(w, service_name(w, role), name))
-    if layout.gateway is not None:
+    if layout.gateway is not None and not layout.worker:
         objects.append(http_route(w, layout.gateway, [(w.service, AT_REST_WEIGHTS)]))
     return Rendered(tuple(sorted(objects, key=object_key)), tuple(withheld), name)
 
 
 # ---- output -------------------------------------------------------------------------------------
 
-KIND_ORDER = {"ConfigMap": 0, "Secret": 1, "Deployment": 2, "Service": 3, "HTTPRoute": 4}
+KIND_ORDER = {"ConfigMap": 0, "Secret": 1, "PersistentVolumeClaim": 2, "Job": 3, "Deployment": 4, "Service": 5,
+              "HTTPRoute": 6}
 
 
 def object_key(obj: Mapping[str, Any]) -> tuple[int, str]:
-    """Apply order: what pods need (config, secrets) before the pods, traffic objects after them."""
+    """Apply order: what pods need (config, secrets, volumes, the release_command) before the pods,
+    traffic objects after them."""
     return KIND_ORDER.get(str(obj["kind"]), 9), str(obj["metadata"]["name"])
 
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ingot.analysis import decide
+from ingot.checks import masker
 from ingot.errors import IngotError, OperationFailed
 from ingot.kube import names, render
 from ingot.kube.api import KubeApi
 from ingot.kube.plan import KubePlan, KubeStep
 from ingot.kube.prometheus import Query, http_query, verdict
 from ingot.kube.render import Layout, Workload
+from ingot.oneoff import KEPT_LINES, SECRET_MARK  # a release_command's log is kept and masked as one-off ones are
 from ingot.rollout_analysis import AnalysisFailed
 from ingot.rollout_control import RolloutAborted
 from ingot.spec.models import PrometheusSpec
@@ -59,6 +62,10 @@ class Rollout:
     clock: Callable[[], float] = time.monotonic
     poll: float = 1.0
     verdicts: list[dict[str, Any]] = field(default_factory=list)
+    # The release_command's Job: where its log is kept (by Job name), and how its end is recorded
+    # (ok, detail): the ledger entry that keeps a reused release from running it again.
+    job_log: Callable[[str], Path] | None = None
+    release_ran: Callable[[bool, dict[str, Any]], None] = lambda _ok, _detail: None
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -84,6 +91,8 @@ class Rollout:
 
     def run(self, step: KubeStep) -> dict[str, Any]:
         match step.kind:
+            case "release_command":
+                return self.run_release_command(step)
             case "create":
                 return self._create(step)
             case "scale":
@@ -118,13 +127,115 @@ class Rollout:
         if rendered.deployment != step.deployment:
             raise OperationFailed(f"the plan creates {step.deployment}, but release {step.release} renders as "
                                   f"{rendered.deployment}; plan again")
-        applied = []
-        for obj in rendered.objects:
-            if obj["kind"] in ("ConfigMap", "Secret"):
-                self.api.apply(obj)
-                applied.append(f"{obj['kind']} {obj['metadata']['name']}")
+        applied = self._apply_what_pods_need(rendered)
         self.api.apply(render.deployment(self.workload, step.replicas))
         return {"applied": [*applied, f"Deployment {step.deployment}"], "replicas": step.replicas}
+
+    def _apply_what_pods_need(self, rendered: render.Rendered) -> list[str]:
+        """The release's ConfigMap and Secret, and its volumes' claims (made once, kept across releases)."""
+        applied = []
+        for obj in rendered.objects:
+            if obj["kind"] == "PersistentVolumeClaim":
+                self._check_claim_is_ours(obj)
+            if obj["kind"] in ("ConfigMap", "Secret", "PersistentVolumeClaim"):
+                self.api.apply(obj)
+                applied.append(f"{obj['kind']} {obj['metadata']['name']}")
+        return applied
+
+    def _check_claim_is_ours(self, claim: Mapping[str, Any]) -> None:
+        """A claim of that name holding another service's (or another tool's) data is never taken over."""
+        name = str(claim["metadata"]["name"])
+        live = self.api.get("PersistentVolumeClaim", name)
+        if live is None:
+            return
+        labels, want = live["metadata"].get("labels") or {}, claim["metadata"]["labels"]
+        keys = (names.PROJECT, names.ENVIRONMENT, names.SERVICE, names.VOLUME)
+        if any(labels.get(key) != want[key] for key in keys):
+            owner = ", ".join(f"{key}={labels.get(key)}" for key in keys if key in labels) or "no ingot labels"
+            raise OperationFailed(f"PersistentVolumeClaim {name} exists in {self.api.where} but is not volume "
+                                  f"{want[names.VOLUME]} of {self.workload.service} ({owner}); ingot does not "
+                                  "take over another's data: rename the volume in the spec or move that claim")
+
+    # ---- the release_command -------------------------------------------------------------------
+
+    def run_release_command(self, step: KubeStep) -> dict[str, Any]:
+        """Its Job applied and followed to its end, its log streamed (secret values masked) and kept;
+        nothing else of the release exists yet but its config and volumes. A failure raises."""
+        job = render.release_job(self.workload)
+        if job is None:
+            raise OperationFailed(f"release {step.release} has no release_command; plan again")
+        name, command = str(job["metadata"]["name"]), list(job["spec"]["template"]["spec"]["containers"][0]["args"])
+        secrets = self.secret_values(self.workload)
+        self._apply_what_pods_need(render.render_release(self.workload, self.layout, secrets))
+        mask = masker(list(secrets.values()), SECRET_MARK)
+        started = self.clock()
+        if self.api.get("Job", name) is not None:
+            # An earlier run of this release (failed, or asked to run again): its Job name is the release's.
+            self.api.delete("Job", name)
+            self._wait_gone("Job", name, float(step.seconds or 0) + 30.0)
+        self.api.apply(job)
+        lines: list[str] = []
+        try:
+            state, why, pod = self._follow_job(name, float(step.seconds or 0), lines, mask)
+        except RolloutAborted as exc:
+            self.api.delete("Job", name)  # stops its pod: nothing of the aborted release is left running
+            self.release_ran(False, {"job": name, "command": command, "aborted": exc.message,
+                                     "log_path": self._keep_log(name, lines)})
+            raise
+        tail = lines[-LOG_LINES:]
+        detail: dict[str, Any] = {"job": name, "command": command, "exit_code": exit_code(pod) if pod else None,
+                                  "seconds": round(self.clock() - started, 3), "log_path": self._keep_log(name, lines),
+                                  "tail": tail}
+        ok = state == "succeeded"
+        self.release_ran(ok, detail)
+        if ok:
+            return detail
+        kept = [f"Job {name} is kept for `kubectl describe job {name}` until its TTL"] \
+            if self.api.get("Job", name) is not None else []
+        raise OperationFailed(f"release command `{' '.join(command)}` of {step.release} failed: {why}",
+                              details=[f"its log: {detail['log_path']}", *(f"  | {line}" for line in tail),
+                                       *kept, "no Deployment of the new release was created"])
+
+    def _follow_job(self, name: str, seconds: float, lines: list[str],
+                    mask: Callable[[str], str]) -> tuple[str, str, dict[str, Any] | None]:
+        """("succeeded" | "failed", why, its pod) once the Job ends, its new log lines emitted meanwhile."""
+        deadline = self.clock() + seconds + 30.0  # the Job's own activeDeadlineSeconds stops it first
+        while True:
+            live = self.api.get("Job", name)
+            if live is None:
+                raise OperationFailed(f"Job {name} was deleted while ingot waited for it")
+            state, why = job_state(live)
+            pods = sorted(self.api.find("Pod", f"{names.JOB}={name}"),
+                          key=lambda p: str(p["metadata"].get("creationTimestamp") or ""))
+            pod = pods[-1] if pods else None
+            if pod is not None:
+                for line in (self.api.pod_log(str(pod["metadata"]["name"]), self.workload.service) or [])[len(lines):]:
+                    lines.append(mask(line))
+                    self.emit({"event": "release_output", "instance": name, "line": lines[-1]})
+            stuck = hopeless(pod) if pod is not None and state == "running" else None
+            if state != "running" or stuck or self.clock() >= deadline:
+                if state == "running":
+                    why = stuck or f"not finished within {seconds:g}s (release_command_timeout)"
+                    self.api.delete("Job", name)
+                    state = "failed"
+                return state, why, pod
+            self._check_abort()
+            self.sleep(self.poll)
+
+    def _wait_gone(self, kind: str, name: str, seconds: float) -> None:
+        deadline = self.clock() + seconds
+        while self.api.get(kind, name) is not None:
+            if self.clock() >= deadline:
+                raise OperationFailed(f"{kind} {name} was deleted but is still there after {seconds:g}s")
+            self.sleep(self.poll)
+
+    def _keep_log(self, job: str, lines: list[str]) -> str | None:
+        if self.job_log is None:
+            return None
+        path = self.job_log(job)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text("".join(f"{line}\n" for line in lines[-KEPT_LINES:]))
+        return str(path)
 
     def wait_available(self, deployment: str) -> dict[str, Any]:
         deadline = self.clock() + self.workload.health.deadline + 5.0  # the controller's own reaction time
@@ -270,6 +381,30 @@ def availability(deployment: Mapping[str, Any]) -> tuple[str, str]:
     if updated >= wanted and available >= wanted and (conditions.get("Available") or {}).get("status") == "True":
         return "ready", ""
     return "waiting", f"{available} of {wanted} replica(s) available, {updated} updated"
+
+
+def job_state(job: Mapping[str, Any]) -> tuple[str, str]:
+    """("succeeded" | "failed" | "running", why) from a Job's conditions."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            return "succeeded", ""
+        if condition.get("type") == "Failed":
+            reason = {"BackoffLimitExceeded": "its command exited non-zero",
+                      "DeadlineExceeded": "it ran past release_command_timeout and was stopped"}.get(
+                str(condition.get("reason")), str(condition.get("reason") or "failed"))
+            message = condition.get("message")
+            return "failed", reason + (f" ({message})" if message else "")
+    return "running", ""
+
+
+def exit_code(pod: Mapping[str, Any]) -> int | None:
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        ended = (container.get("state") or {}).get("terminated")
+        if ended is not None and ended.get("exitCode") is not None:
+            return int(ended["exitCode"])
+    return None
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:

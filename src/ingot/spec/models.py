@@ -48,6 +48,10 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):[0-9]{1,5}$"
 KUBE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # an RFC 1123 label: namespaces, gateways
+DEFAULT_VOLUME_SIZE = "1Gi"  # a volume's PersistentVolumeClaim on a cluster, unless target.volume_size says
+# A health command runs on the host beside the instance, told which one; on a cluster it is an exec probe
+# inside the container, where these name nothing.
+HOST_SIDE_VARIABLES = ("INGOT_CONTAINER", "INGOT_INSTANCE_PID")
 IMAGE_DIGEST_PATTERN = r"^[^@\s]+@sha256:[0-9a-f]{64}$"
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "*", ""}
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -734,7 +738,7 @@ class ServiceSpec(_Model):
         return found
 
     def _worker_problems(self) -> list[tuple[str, str]]:
-        # (On Kubernetes, workers, volumes and health.command are refused by `_kubernetes_problems`.)
+        # (On Kubernetes, a worker is a Deployment without a Service: see ingot.kube.render.)
         if not self.worker:
             return []
         why = "port: null makes a worker, which has no router and takes no traffic"
@@ -843,6 +847,10 @@ class KubernetesTarget(_Model):
     registry: Registry | None = None  # built images are pushed here; the cluster pulls them by digest
     gateway: GatewayRef | None = None  # canary weights on a Gateway API HTTPRoute, if the cluster serves it
     prometheus: PrometheusSpec | None = None  # the canary analysis' metrics source
+    # Each named volume of a service is a PersistentVolumeClaim (ReadWriteOnce) of this size, from this
+    # StorageClass (None: the cluster's default one).
+    volume_size: Quantity = DEFAULT_VOLUME_SIZE
+    storage_class: KubeName | None = None
 
 
 class EtcdSource(_Model):
@@ -1190,13 +1198,18 @@ def _kubernetes_problems(env: str, name: str, service: ServiceSpec, override: Ma
                         "runtime: docker with build: DIR (a Containerfile) or image: repo@sha256:...",
                         related=("environments", env, "target", "kind"))]
     # Routes are the machine edge's shared listeners; on a cluster, host names belong to its Gateway.
-    for key, given in (("port", service.worker), ("volumes", bool(service.volumes)),
-                       ("health", service.health.command is not None), ("routes", bool(service.routes))):
-        if given:
-            what = {"port": "workers (port: null)", "volumes": "volumes", "health": "health.command",
-                    "routes": "routes (host names and TLS are the Gateway's there: see target.gateway)"}[key]
-            return [Problem(where(key), f"environment {env} runs on Kubernetes ({RELATED}), where {what} are not "
-                                        "available yet", related=("environments", env, "target", "kind"))]
+    if service.routes:
+        return [Problem(where("routes"), f"environment {env} runs on Kubernetes ({RELATED}), where routes (host "
+                                         "names and TLS are the Gateway's there: see target.gateway) are not "
+                                         "available yet", related=("environments", env, "target", "kind"))]
+    for index, arg in enumerate(service.health.command or ()):
+        host_side = [name for name in OWN_VARIABLE.findall(arg) if name in HOST_SIDE_VARIABLES]
+        if host_side:
+            return [Problem(where("health"),
+                            f"health.command[{index}]: ${{{host_side[0]}}} names the instance from the host, but "
+                            f"environment {env} runs on Kubernetes ({RELATED}), where health.command runs inside "
+                            "the container as an exec probe: write the check as the container runs it, e.g. "
+                            "[python, check.py]", related=("environments", env, "target", "kind"))]
     if service.image is not None and not re.fullmatch(IMAGE_DIGEST_PATTERN, service.image):
         return [Problem(where("image"),
                         f"environment {env} runs on Kubernetes, where every node must run the same image: pin it "
