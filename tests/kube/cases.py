@@ -13,11 +13,12 @@ SECRET_VALUES = {"API_KEY": "s3cr3t-value-never-on-disk", "DB_PASSWORD": "hunter
 
 
 def workload(service: dict[str, Any], *, config: dict[str, Any] | None = None, replicas: int = 3,
-             health: dict[str, Any] | None = None, release: str = "5e0c1d2a3b4f", name: str = "web") -> Workload:
+             health: dict[str, Any] | None = None, release: str = "5e0c1d2a3b4f", name: str = "web",
+             **target: Any) -> Workload:
     spec = ServiceSpec.model_validate({"runtime": "docker", "image": IMAGE, **service})
     return Workload(project="hello", environment="prod", service=name, namespace="hello-prod", release=release,
                     image=IMAGE, spec=spec.release_fields(), config=config or {"values": {}}, replicas=replicas,
-                    health=HealthSpec.model_validate(health or {}))
+                    health=HealthSpec.model_validate(health or {}), min_ready=spec.strategy.min_ready, **target)
 
 
 GATEWAY = GatewayRef(name="public", namespace="gateways", section="https")
@@ -50,4 +51,24 @@ CASES: dict[str, tuple[Workload, Layout]] = {
         Layout("canary")),
     "rolling": (workload({"strategy": {"type": "rolling", "max_surge": 2}, "stop_timeout": "45s"}, replicas=5),
                 Layout("rolling")),
+    # A worker: no Service, no port, no probe; its pods count once they have run strategy.min_ready.
+    "worker-min-ready": (workload({"port": None, "command": ["python", "consume.py"],
+                                   "strategy": {"type": "rolling", "min_ready": "15s"}}, replicas=2,
+                                  name="queue"),
+                         Layout("rolling", GATEWAY, worker=True)),
+    # A worker judged by a command run in its container: readiness, startup and liveness exec probes.
+    "worker-health-command": (workload({"port": None, "health": {"command": ["python", "check.py",
+                                                                              "${INGOT_RELEASE}"]}},
+                                       health={"interval": "5s", "deadline": "60s", "unhealthy_threshold": 3},
+                                       replicas=1, name="queue"),
+                              Layout("blue-green", worker=True)),
+    # A web service with volumes and a release_command: claims, and the Job a deploy runs first.
+    "volumes-release-command": (
+        workload({"secrets": ["DB_PASSWORD"], "release_command": ["python", "manage.py", "migrate"],
+                  "release_command_timeout": "5m", "volumes": {"uploads": "/srv/uploads", "cache": "/var/cache/app"},
+                  "health": {"command": "curl -fsS http://127.0.0.1:${PORT}/healthz"},
+                  "security": {"run_as_user": 10001}},
+                 config={"values": {}, "secrets": {"DB_PASSWORD": {"environment": "prod", "version": 2}}},
+                 volume_size="5Gi", storage_class="fast-ssd"),
+        Layout("blue-green")),
 }

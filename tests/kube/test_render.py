@@ -33,7 +33,7 @@ VERSIONS = ("1.29", kubernetes_validate.latest_version())
 
 def files(case: str) -> dict[str, str]:
     w, layout = CASES[case]
-    return render.files_of(w.project, w.environment, [render.render_release(w, layout)])
+    return render.files_of(w.project, w.environment, [render.render_release(w, layout, with_job=True)])
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -66,18 +66,19 @@ def test_render_matches_the_golden_files(case: str) -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_render_is_deterministic_byte_for_byte(case: str) -> None:
     w, layout = CASES[case]
-    first = render.files_of(w.project, w.environment, [render.render_release(w, layout)])
+    first = render.files_of(w.project, w.environment, [render.render_release(w, layout, with_job=True)])
     # The same data with its mappings in another order renders the same bytes.
     shuffled = render.Workload(**{**w.__dict__, "spec": dict(reversed(list(w.spec.items()))),
                                   "config": dict(reversed(list(w.config.items())))})
-    assert render.files_of(w.project, w.environment, [render.render_release(shuffled, layout)]) == first
+    assert render.files_of(w.project, w.environment, [render.render_release(shuffled, layout, with_job=True)]) == first
     assert "creationTimestamp" not in "".join(first.values())
+    assert "&id" not in "".join(first.values())  # no YAML aliases: every object is plain to read and to diff
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_rendered_object_is_valid(case: str) -> None:
     w, layout = CASES[case]
-    for obj in render.render_release(w, layout, SECRET_VALUES).objects:
+    for obj in render.render_release(w, layout, SECRET_VALUES, with_job=True).objects:
         validate(obj)
 
 
@@ -166,3 +167,79 @@ def test_the_deployment_name_changes_with_its_pod_template_only() -> None:
     dep = render.deployment(longest)
     assert len(dep["metadata"]["name"]) <= 63
     validate(dep)
+
+
+def test_a_worker_has_no_service_no_port_and_no_http_probe() -> None:
+    w, layout = CASES["worker-min-ready"]
+    objects = render.render_release(w, layout, with_job=True).objects
+    assert [o["kind"] for o in objects] == ["Deployment"]  # no Service, no HTTPRoute though a gateway is set
+    (dep,) = objects
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert "ports" not in container and "readinessProbe" not in container and "livenessProbe" not in container
+    assert "PORT" not in {e["name"] for e in container["env"]}
+    assert dep["spec"]["minReadySeconds"] == 15
+    slow = workload({"port": None, "command": ["python", "consume.py"], "strategy": {"min_ready": "90s"}})
+    assert render.deployment(slow)["spec"]["progressDeadlineSeconds"] == 91  # the server wants it past minReady
+    assert layout.services == () and layout.traffic == "replicas"
+
+
+def test_a_health_command_is_an_exec_probe_in_the_container() -> None:
+    w, _layout = CASES["worker-health-command"]
+    dep = render.deployment(w)
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    # ingot's own variables with one value for all pods are filled in: an exec probe expands nothing.
+    exec_ = {"command": ["python", "check.py", w.release]}
+    assert container["readinessProbe"] == {"exec": exec_, "periodSeconds": 5, "timeoutSeconds": 2,
+                                           "successThreshold": 2, "failureThreshold": 3}
+    assert container["startupProbe"]["failureThreshold"] == 12  # the health deadline, 60s at 5s
+    assert container["livenessProbe"]["failureThreshold"] == 3 and container["livenessProbe"]["exec"] == exec_
+    assert "minReadySeconds" not in dep["spec"]  # the probe says when it is ready
+    web, _ = CASES["volumes-release-command"]
+    probe = render.deployment(web)["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["exec"]["command"] == ["curl", "-fsS", "http://127.0.0.1:8000/healthz"] and "httpGet" not in probe
+
+
+def test_volumes_are_claims_mounted_at_their_paths_and_kept_across_releases() -> None:
+    w, layout = CASES["volumes-release-command"]
+    objects = render.render_release(w, layout).objects
+    claims = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    assert [c["metadata"]["name"] for c in claims] == ["web-cache", "web-uploads"]
+    assert claims[0]["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}},
+                                 "storageClassName": "fast-ssd"}
+    pod = render.deployment(w)["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/srv/uploads"] == "volume-uploads" and mounts["/var/cache/app"] == "volume-cache"
+    assert {"name": "volume-uploads", "persistentVolumeClaim": {"claimName": "web-uploads"}} in pod["volumes"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["INGOT_VOLUME_UPLOADS"] == "/srv/uploads"
+    assert pod["securityContext"]["fsGroup"] == 10001  # the app's user can write a fresh (root-owned) volume
+    # The claim's name is the service's and the volume's, never the release's: a new release mounts the same data.
+    later = workload({**{"volumes": {"uploads": "/srv/uploads"}}}, release="99aa88bb77cc")
+    assert [o["metadata"]["name"] for o in render.volume_claims(later)] == ["web-uploads"]
+    assert len(names.volume_claim_name("s" * 40, "v" * 40)) <= 63
+    # The default size, when the target says none.
+    plain = workload({"volumes": {"data": "/data"}})
+    assert render.volume_claims(plain)[0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert "storageClassName" not in render.volume_claims(plain)[0]["spec"]
+
+
+def test_the_release_command_job_runs_the_release_pod_once_with_the_command_swapped() -> None:
+    w, _layout = CASES["volumes-release-command"]
+    job = render.release_job(w)
+    assert job is not None and job["metadata"]["name"] == f"web-release-{w.release}"
+    dep_pod = render.deployment(w)["spec"]["template"]["spec"]
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["python", "manage.py", "migrate"]
+    assert container["image"] == w.image and container["env"] == dep_pod["containers"][0]["env"]
+    assert container["securityContext"] == dep_pod["containers"][0]["securityContext"]
+    assert container["volumeMounts"] == dep_pod["containers"][0]["volumeMounts"]
+    assert not {"ports", "readinessProbe", "livenessProbe", "startupProbe"} & set(container)
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 300
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert names.SERVICE not in labels and labels[names.JOB] == job["metadata"]["name"]  # no Service selects it
+    assert render.release_job(CASES["blue-green-minimal"][0]) is None
+    # Without with_job (what a deploy applies at rest and drift expects), the Job is not among the objects.
+    assert "Job" not in {o["kind"] for o in render.render_release(w, _layout).objects}
+    validate(job)

@@ -62,6 +62,17 @@ class Workload:
         return {str(k): str(v) for k, v in sorted(dict(self.spec.get("volumes") or {}).items())}
 
     @property
+    def min_ready_seconds(self) -> int:
+        """minReadySeconds: for a worker without a health command only (nothing else says it is ready)."""
+        return math.ceil(self.min_ready) if self.worker and self.health_command is None else 0
+
+    @property
+    def ready_deadline(self) -> float:
+        """The health deadline, past minReadySeconds (the API server refuses a progress deadline within it)."""
+        return max(self.health.deadline, self.min_ready_seconds + 1.0) if self.min_ready_seconds else \
+            self.health.deadline
+
+    @property
     def release_command(self) -> list[str] | None:
         command = self.spec.get("release_command")
         return [str(part) for part in command] if command else None
@@ -197,15 +208,16 @@ def _probes(w: Workload) -> dict[str, Any]:
     timing = {"periodSeconds": _seconds(w.health.interval), "timeoutSeconds": _seconds(w.health.timeout)}
     command = w.health_command
     if command is not None:
-        action = {"exec": {"command": expand_own(command, _own_values(w))}}
-        return {
-            "readinessProbe": {**action, **timing, "successThreshold": w.health.healthy_threshold,
-                               "failureThreshold": 3},
-            "startupProbe": {**action, **timing, "successThreshold": 1,
-                             "failureThreshold": max(1, math.ceil(w.health.deadline / w.health.interval))},
-            "livenessProbe": {**action, **timing, "successThreshold": 1,
-                              "failureThreshold": w.health.unhealthy_threshold},
-        }
+        argv = expand_own(command, _own_values(w))
+
+        def probe(success: int, failure: int) -> dict[str, Any]:
+            # A fresh mapping each: a shared one would be written as a YAML alias.
+            return {"exec": {"command": list(argv)}, **timing, "successThreshold": success,
+                    "failureThreshold": failure}
+
+        return {"readinessProbe": probe(w.health.healthy_threshold, 3),
+                "startupProbe": probe(1, max(1, math.ceil(w.health.deadline / w.health.interval))),
+                "livenessProbe": probe(1, w.health.unhealthy_threshold)}
     if w.worker:
         return {}
     return {"readinessProbe": {
@@ -279,14 +291,13 @@ def deployment(w: Workload, replicas: int | None = None) -> dict[str, Any]:
         "spec": {
             "replicas": w.replicas if replicas is None else replicas,
             # The health deadline: a rollout that is not Available by then has failed.
-            "progressDeadlineSeconds": _seconds(w.health.deadline),
+            "progressDeadlineSeconds": _seconds(w.ready_deadline),
             # Releases are kept as Deployments; the template never changes, so no ReplicaSet history.
             "revisionHistoryLimit": 0,
             "selector": {"matchLabels": {names.SERVICE: w.service, names.DEPLOYMENT: name}},
             "template": template,
             # A worker without a health command has nothing to probe: a pod counts once it has run this long.
-            **({"minReadySeconds": math.ceil(w.min_ready)}
-               if w.worker and w.health_command is None and w.min_ready > 0 else {}),
+            **({"minReadySeconds": w.min_ready_seconds} if w.min_ready_seconds else {}),
         },
     }
 

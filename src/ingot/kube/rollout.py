@@ -238,7 +238,7 @@ class Rollout:
         return str(path)
 
     def wait_available(self, deployment: str) -> dict[str, Any]:
-        deadline = self.clock() + self.workload.health.deadline + 5.0  # the controller's own reaction time
+        deadline = self.clock() + self.workload.ready_deadline + 5.0  # the controller's own reaction time
         while True:
             obj = self.api.get("Deployment", deployment)
             if obj is None:
@@ -250,7 +250,7 @@ class Rollout:
             stuck = [reason for reason in (hopeless(pod) for pod in pods) if reason]
             if state == "failed" or stuck or self.clock() >= deadline:
                 reason = why if state == "failed" else (stuck[0] if stuck else
-                                                         f"not Available within {self.workload.health.deadline:g}s "
+                                                         f"not Available within {self.workload.ready_deadline:g}s "
                                                          f"(the health deadline): {why}")
                 raise OperationFailed(f"Deployment {deployment} did not become Available: {reason}",
                                       details=self.pod_report(pods))
