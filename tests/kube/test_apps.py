@@ -232,7 +232,7 @@ def test_a_claim_of_that_name_that_is_not_this_volumes_is_never_taken_over(tmp_p
 class Receiver(BaseHTTPRequestHandler):
     bodies: list[dict[str, Any]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         Receiver.bodies.append(json.loads(self.rfile.read(length)))
         self.send_response(200)

@@ -24,7 +24,10 @@ CORE = {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
     {"name": n, "singularName": "", "namespaced": ns, "kind": k, "verbs": ["get", "list", "patch", "delete"]}
     for n, k, ns in (("configmaps", "ConfigMap", True), ("secrets", "Secret", True), ("services", "Service", True),
                      ("pods", "Pod", True), ("pods/log", "Pod", True), ("events", "Event", True),
-                     ("namespaces", "Namespace", False))]}
+                     ("persistentvolumeclaims", "PersistentVolumeClaim", True), ("namespaces", "Namespace", False))]}
+BATCH = {"kind": "APIResourceList", "groupVersion": "batch/v1", "resources": [
+    {"name": "jobs", "singularName": "", "namespaced": True, "kind": "Job",
+     "verbs": ["get", "list", "patch", "delete"]}]}
 APPS = {"kind": "APIResourceList", "groupVersion": "apps/v1", "resources": [
     {"name": "deployments", "singularName": "", "namespaced": True, "kind": "Deployment",
      "verbs": ["get", "list", "patch", "delete"]},
@@ -32,7 +35,9 @@ APPS = {"kind": "APIResourceList", "groupVersion": "apps/v1", "resources": [
      "version": "v1", "verbs": ["get", "patch"]}]}
 GROUPS = {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
     {"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-     "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}}]}
+     "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}},
+    {"name": "batch", "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
+     "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"}}]}
 NOT_FOUND = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
              "message": "deployments.apps \"x\" not found"}
 
@@ -66,9 +71,13 @@ class Stub(BaseHTTPRequestHandler):
         path = entry["path"]
         fixed = {"/version": {"major": "1", "minor": "30", "gitVersion": "v1.30.0"},
                  "/api": {"kind": "APIVersions", "versions": ["v1"]}, "/apis": GROUPS, "/api/v1": CORE,
-                 "/apis/apps/v1": APPS}
+                 "/apis/apps/v1": APPS, "/apis/batch/v1": BATCH}
         if path in fixed:
             self._send(200, fixed[path])
+        elif path.endswith("/starting-pod/log"):
+            self._send(400, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "BadRequest",
+                             "code": 400, "message": "container \"web\" in pod \"starting-pod\" is waiting to "
+                                                     "start: ContainerCreating"})
         elif path.endswith("/log"):
             self._send(200, "line one\nline two\nline three\n", "text/plain")
         elif path in self.objects:
@@ -166,3 +175,17 @@ def test_an_unreachable_cluster_and_a_missing_kubeconfig_are_said_plainly(tmp_pa
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(UserInputError, match="cannot use the kubeconfig"):
         ClusterApi("prod", "hello-prod")
+
+
+def test_jobs_and_claims_go_to_their_apis_and_a_job_is_deleted_with_its_pods(stub: type[Stub]) -> None:
+    api = ClusterApi(None, "hello-prod")
+    api.apply({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "web-release-abc"}, "spec": {}})
+    assert last(stub, "PATCH")["path"] == "/apis/batch/v1/namespaces/hello-prod/jobs/web-release-abc"
+    api.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "web-data"}, "spec": {}})
+    assert last(stub, "PATCH")["path"] == "/api/v1/namespaces/hello-prod/persistentvolumeclaims/web-data"
+    api.delete("Job", "web-release-abc")
+    sent = last(stub, "DELETE")
+    # The API's default for a Job orphans its pods: a stopped release_command would go on running.
+    assert sent["path"].endswith("/jobs/web-release-abc") and sent["query"]["propagationPolicy"] == ["Background"]
+    assert api.pod_log("web-release-abc-x1", "web") == ["line one", "line two", "line three"]
+    assert api.pod_log("starting-pod", "web") is None  # not started yet: nothing to read, not an error

@@ -150,3 +150,21 @@ def test_render_of_a_local_environment_says_what_is_missing(tmp_path: Path) -> N
     result = ingot(tmp_path, "render", "--env", "staging")
     assert result.returncode == 2
     assert "environment staging runs on this machine, not on Kubernetes" in result.stderr
+
+
+def test_workers_volumes_health_commands_and_release_commands_are_valid_on_a_cluster(tmp_path: Path) -> None:
+    services = (f"  web:\n    runtime: docker\n    image: {IMAGE}\n    volumes: {{uploads: /srv/uploads}}\n"
+                "    release_command: [python, manage.py, migrate]\n"
+                "    health: {command: [python, check.py, '${INGOT_RELEASE}']}\n"
+                f"  queue:\n    runtime: docker\n    image: {IMAGE}\n    port: null\n")
+    target = "    target: {kind: kubernetes, namespace: hello-prod, volume_size: 10Gi, storage_class: fast}\n"
+    (tmp_path / "ingot.yaml").write_text(spec(services, "  prod:\n" + target))
+    result = ingot(tmp_path, "validate")
+    assert result.returncode == 0, result.stderr
+    loaded = parse_spec((tmp_path / "ingot.yaml").read_text(), tmp_path / "ingot.yaml")
+    cluster = loaded.environments["prod"].target
+    assert cluster is not None and cluster.volume_size == "10Gi" and cluster.storage_class == "fast"
+    (tmp_path / "ingot.yaml").write_text(spec(services, "  prod:\n" + target.replace("10Gi", "ten gigs")))
+    bad = ingot(tmp_path, "validate")
+    assert bad.returncode == 2 and "environments.prod.target.volume_size" in bad.stderr
+    assert "Traceback" not in bad.stderr
