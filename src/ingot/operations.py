@@ -176,8 +176,7 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
 
 def _cluster_hooks(project: Project, environment: str, emit: OnEvent) -> Any:
     """How a Kubernetes environment's rollouts run between the service's hooks, then notify (`_hooked`)."""
-    if project.spec.notify_for(environment):
-        ensure_agent(project.paths)  # the agent delivers webhooks in the background, as for any target
+    _agent_for_webhooks(project, environment)
 
     def through(name: str, row: ReleaseRow, created: bool, kind: str, run: Callable[[], DeployOutcome]
                 ) -> DeployOutcome:
@@ -186,6 +185,17 @@ def _cluster_hooks(project: Project, environment: str, emit: OnEvent) -> Any:
         return _hooked(project, environment, name, row, created, kind, emit, held, run=run)
 
     return through
+
+
+def _agent_for_webhooks(project: Project, environment: str) -> None:
+    """A cluster environment needs no agent, except to deliver its webhooks in the background, as for any
+    target; one that cannot start never stops the deploy (hooks.notify records the notification missed)."""
+    if not project.spec.notify_for(environment):
+        return
+    try:
+        ensure_agent(project.paths)
+    except OperationFailed as exc:
+        log.warning("no agent to deliver the webhooks of %s: %s", environment, exc.message)
 
 
 def _live_release_id(project: Project, environment: str, name: str) -> str | None:
@@ -477,7 +487,9 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     _announce_pin(project, emit)
     actor = current_actor()
     outcomes = []
-    if not _on_cluster(project, target) or project.spec.notify_for(target):
+    if _on_cluster(project, target):
+        _agent_for_webhooks(project, target)
+    else:
         ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, target, "promote", actor) as lock:
         for index, name in enumerate(names):
