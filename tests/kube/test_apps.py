@@ -325,3 +325,18 @@ def test_cli_exit_codes_for_cluster_apps(tmp_path: Path, cluster: FakeCluster) -
     refused = ingot("validate")
     assert refused.exit_code == 2
     assert "health.command[2]: ${INGOT_CONTAINER} names the instance from the host" in " ".join(refused.output.split())
+
+
+def test_a_jobs_end_is_read_from_its_conditions() -> None:
+    from ingot.kube.rollout import exit_code, job_state
+
+    assert job_state({"status": {"active": 1}}) == ("running", "")
+    assert job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) == ("succeeded", "")
+    late = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                       "message": "Job was active longer than specified deadline"}]}}
+    assert job_state(late) == ("failed", "it ran past release_command_timeout and was stopped (Job was active "
+                                         "longer than specified deadline)")
+    # A condition not (yet) true is not an end.
+    assert job_state({"status": {"conditions": [{"type": "Failed", "status": "False"}]}})[0] == "running"
+    assert exit_code({"status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 7}}}]}}) == 7
+    assert exit_code({"status": {"containerStatuses": [{"state": {"running": {}}}]}}) is None
