@@ -112,3 +112,19 @@ def test_a_hold_outlives_its_router_until_the_deadline_given_to_the_next(run: An
             await a.stop()
 
     run(body)
+
+
+def test_without_a_hold_the_releases_overlap(run: Any, haproxy_bin: str, workdir: Path) -> None:
+    """The contrast: a switch without the hold sends new requests to B while A still answers one."""
+    async def body() -> None:
+        a, b = TestBackend("A-1"), TestBackend("B-1")
+        async with routed(workdir, haproxy_bin, {"A": [a], "B": [b]}, {"A": 100}) as (router, base):
+            async with client(base) as http:
+                slow = asyncio.create_task(http.get("/sleep?s=0.8"))
+                await poll_stats(router, lambda s: s["A"].in_flight == 1, "the slow request on A")
+                await router.set_weights({"B": 100})
+                assert (await http.get("/")).headers["X-Backend"] == "B-1"
+                assert not slow.done()  # B served while A was still answering
+                assert (await slow).text == "A-1"
+
+    run(body)

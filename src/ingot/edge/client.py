@@ -41,6 +41,9 @@ class EdgeUnavailable(OperationFailed):
     pass
 
 
+AGAIN_ATTEMPTS = 4  # an idempotent call (`again`) is made this many times at most while the edge keeps dying
+
+
 class EdgeGone(OperationFailed):
     """The edge closed the connection before answering: it died (or was killed) during the call."""
 
@@ -133,17 +136,20 @@ class EdgeClient:
         """`wait`: how long the answer may take (a drain waits for its own timeout first). `again`: the call
         is idempotent and is made once more if the edge died while answering it (its restart restored its
         state, a hold included), rather than failing the operation that made it."""
-        try:
+        attempts = AGAIN_ATTEMPTS if again else 1
+        for attempt in range(1, attempts + 1):
             try:
-                return await self._call(op, wait, arguments)
+                try:
+                    return await self._call(op, wait, arguments)
+                except EdgeUnavailable:
+                    await asyncio.to_thread(ensure_edge, self.home)
+                    return await self._call(op, wait, arguments)
             except EdgeGone:
-                if not again:
+                if attempt == attempts:
                     raise
                 log.warning("the edge died during `%s`; calling it again once it is back", op)
-                return await self._call(op, wait, arguments)
-        except EdgeUnavailable:
-            await asyncio.to_thread(ensure_edge, self.home)
-            return await self._call(op, wait, arguments)
+                await asyncio.sleep(0.1 * attempt)  # its supervisor starts it again within a second
+        raise AssertionError("unreachable")
 
     async def _call(self, op: str, timeout: float, arguments: dict[str, Any]) -> dict[str, Any]:
         try:

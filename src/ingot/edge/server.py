@@ -263,6 +263,10 @@ class Edge:
         if state.maintenance is not None:
             await set_maintenance(router, int(state.maintenance["retry_after"]), state.maintenance.get("page"))
         holding = state.hold_until is not None and state.hold_until > time.time() and can_hold(router)
+        if holding:
+            log.info("router %s: holding new requests again for up to %.2f s (a hold the edge's restart "
+                     "interrupted; its agent's release_hold or the deadline ends it)", state.name,
+                     (state.hold_until or 0.0) - time.time())
         if holding and hasattr(router, "hold_until"):
             setattr(router, "hold_until", state.hold_until)  # noqa: B010  HAProxy: given to the haproxy it adopts or starts
         try:
