@@ -33,35 +33,35 @@ async def until_waiting(router: HAProxyRouter, count: int) -> None:
 def test_hold_keeps_new_requests_until_the_old_release_is_done(run: Any, haproxy_bin: str, workdir: Path) -> None:
     async def body() -> None:
         a, b = TestBackend("A-1"), TestBackend("B-1")
-        async with routed(workdir, haproxy_bin, {"A": [a], "B": [b]}, {"A": 100}) as (router, base):
+        async with routed(workdir, haproxy_bin, {"A": [a], "B": [b]}, {"A": 100}) as (router, base), \
+                client(base) as http:
             assert router.holds
-            async with client(base) as http:
-                slow = asyncio.create_task(http.get("/sleep?s=0.8"))
-                await poll_stats(router, lambda s: s["A"].in_flight == 1, "the slow request on A")
-                await router.hold(5.0)
-                await router.set_weights({"B": 100})
-                held = [asyncio.create_task(http.get("/")) for _ in range(5)]
-                await until_waiting(router, 5)
-                assert not any(t.done() for t in held)
-                assert await router.release_hold() == 5
-                assert (await slow).text == "A-1"
-                ended = time.monotonic()
-                answers = await asyncio.gather(*held)
-                assert [r.headers["X-Backend"] for r in answers] == ["B-1"] * 5
-                assert time.monotonic() - ended < 1.0  # let go at once, not at the deadline
-                stats = await poll_stats(router, lambda s: s["B"].requests == 5, "B's five")
-                assert stats["A"].requests == 1  # held only while A had its request, and never sent to A
-                # Bounded even if nobody ends it: haproxy lets the request go at the deadline itself.
-                await router.hold(0.4)
-                began = time.monotonic()
-                response = await http.get("/")
-                assert response.headers["X-Backend"] == "B-1" and 0.3 < time.monotonic() - began < 2.0
-                assert (await router.api.run(f"show map {router.hold_map}")).strip()  # the stale entry, harmless
-                assert await router.release_hold() == 0
-                assert not (await router.api.run(f"show map {router.hold_map}")).strip()
-                began = time.monotonic()
-                await http.get("/")
-                assert time.monotonic() - began < 0.3  # no hold, no wait
+            slow = asyncio.create_task(http.get("/sleep?s=0.8"))
+            await poll_stats(router, lambda s: s["A"].in_flight == 1, "the slow request on A")
+            await router.hold(5.0)
+            await router.set_weights({"B": 100})
+            held = [asyncio.create_task(http.get("/")) for _ in range(5)]
+            await until_waiting(router, 5)
+            assert not any(t.done() for t in held)
+            assert await router.release_hold() == 5
+            assert (await slow).text == "A-1"
+            ended = time.monotonic()
+            answers = await asyncio.gather(*held)
+            assert [r.headers["X-Backend"] for r in answers] == ["B-1"] * 5
+            assert time.monotonic() - ended < 1.0  # let go at once, not at the deadline
+            stats = await poll_stats(router, lambda s: s["B"].requests == 5, "B's five")
+            assert stats["A"].requests == 1  # held only while A had its request, and never sent to A
+            # Bounded even if nobody ends it: haproxy lets the request go at the deadline itself.
+            await router.hold(0.4)
+            began = time.monotonic()
+            response = await http.get("/")
+            assert response.headers["X-Backend"] == "B-1" and 0.3 < time.monotonic() - began < 2.0
+            assert (await router.api.run(f"show map {router.hold_map}")).strip()  # the stale entry, harmless
+            assert await router.release_hold() == 0
+            assert not (await router.api.run(f"show map {router.hold_map}")).strip()
+            began = time.monotonic()
+            await http.get("/")
+            assert time.monotonic() - began < 0.3  # no hold, no wait
 
     run(body)
 
@@ -118,13 +118,13 @@ def test_without_a_hold_the_releases_overlap(run: Any, haproxy_bin: str, workdir
     """The contrast: a switch without the hold sends new requests to B while A still answers one."""
     async def body() -> None:
         a, b = TestBackend("A-1"), TestBackend("B-1")
-        async with routed(workdir, haproxy_bin, {"A": [a], "B": [b]}, {"A": 100}) as (router, base):
-            async with client(base) as http:
-                slow = asyncio.create_task(http.get("/sleep?s=0.8"))
-                await poll_stats(router, lambda s: s["A"].in_flight == 1, "the slow request on A")
-                await router.set_weights({"B": 100})
-                assert (await http.get("/")).headers["X-Backend"] == "B-1"
-                assert not slow.done()  # B served while A was still answering
-                assert (await slow).text == "A-1"
+        async with routed(workdir, haproxy_bin, {"A": [a], "B": [b]}, {"A": 100}) as (router, base), \
+                client(base) as http:
+            slow = asyncio.create_task(http.get("/sleep?s=0.8"))
+            await poll_stats(router, lambda s: s["A"].in_flight == 1, "the slow request on A")
+            await router.set_weights({"B": 100})
+            assert (await http.get("/")).headers["X-Backend"] == "B-1"
+            assert not slow.done()  # B served while A was still answering
+            assert (await slow).text == "A-1"
 
     run(body)

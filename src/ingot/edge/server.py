@@ -425,7 +425,8 @@ class Edge:
                                      f"not {kind}")
             if clients is not None and ClientPolicy.from_dict(clients).as_dict() != state.clients:
                 await self.set_clients(router_id, clients)  # the spec changed while its agent was away
-            return {"listen": list(self._listen_of(state)), "created": False, "holds": can_hold(self.routers[router_id])}
+            return {"listen": list(self._listen_of(state)), "created": False,
+                    "holds": can_hold(self.routers[router_id])}
         for other in self.states.values():
             if other.id != router_id and other.listen == listen and listen[1] != 0 and listen != NO_LISTENER:
                 raise OperationFailed(
