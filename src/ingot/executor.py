@@ -111,9 +111,11 @@ class Executor:
         if holding is not None and not can_hold(dep.router):
             # Refused before anything starts: a switch without the hold would let the releases overlap.
             await self._fail(dep, holding[1], holding[0], total, StepFailed(
-                "strategy.hold needs a router that can hold requests: the built-in one (router.kind: builtin)",
-                details=["HAProxy has no runtime way to park new requests (its only queue is a chosen server's);",
-                         "remove strategy.hold, or use router.kind: builtin for this service"]), emit)
+                "strategy.hold needs a router that can hold requests: the built-in one, or HAProxy built with Lua",
+                details=["this machine's haproxy has no Lua (`haproxy -vv` lacks USE_LUA=1): it has no other "
+                         "runtime way to park new requests (its only queue is a chosen server's);",
+                         "remove strategy.hold, install a haproxy with Lua (Debian's has it), or use "
+                         "router.kind: builtin for this service"]), emit)
         for index, step in enumerate(plan.steps, start=1):
             try:
                 await dep.control.checkpoint()

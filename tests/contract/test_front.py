@@ -214,3 +214,50 @@ def test_the_router_it_makes_keeps_the_router_contract(run: Run, front_kind: str
             assert (await afetch(http, "a.example.com")).status == 503
 
     run(body)
+
+
+
+def test_each_route_names_its_release_or_not_by_its_own_release_header(run: Run, tmp_path: Path) -> None:
+    """The built-in front: whether the release is named is the route's service's `router.release_header`,
+    per request on one keep-alive connection. Whose X-Forwarded-For is kept is the listener's (the default:
+    nobody's) whatever the route: README, routes. (The HAProxy front applies the defaults to every route.)"""
+    async def body() -> None:
+        import httpx
+
+        front = new_front("builtin", tmp_path)
+        await front.start()
+        policies = {"quiet": ClientPolicy(trusted_proxies=("127.0.0.0/8",), release_header=False),
+                    "plain": ClientPolicy()}
+        routers: list[Router] = []
+        backends: list[TestBackend] = []
+        try:
+            bindings = []
+            for site, policy in policies.items():
+                backend = await TestBackend(site).start()
+                backends.append(backend)
+                router = front.router(f"id-{site}", f"p/{site}", policy)
+                await router.start()
+                await router.set_backends("r1", [backend.address])
+                await router.set_weights({"r1": 1})
+                routers.append(router)
+                bindings.append(Binding(_off(f"{site}.example.com"), f"id-{site}", owner="/s", name=f"p/{site}"))
+            await front.set_table(bindings)
+            assert front.http_address is not None
+            host, port = front.http_address
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", trust_env=False, timeout=10,
+                                         limits=httpx.Limits(max_connections=1)) as http:
+                for site in ["quiet", "plain", "quiet", "plain"]:  # one connection, the host changing each time
+                    response = await http.get("/headers", headers={"Host": f"{site}.example.com",
+                                                                   "X-Forwarded-For": "203.0.113.9"})
+                    assert response.headers["x-backend"] == site
+                    assert ("x-ingot-release" in response.headers) == (site == "plain")
+                    forwarded = [v for k, v in response.json() if k.lower() == "x-forwarded-for"]
+                    assert forwarded == ["127.0.0.1"]  # the listener's trust: a route's own list is not applied
+        finally:
+            for router in routers:
+                await router.stop()
+            await front.stop()
+            for backend in backends:
+                await backend.stop()
+
+    run(body)

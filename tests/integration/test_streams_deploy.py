@@ -8,32 +8,47 @@ while the new release serves new ones, until drain_timeout: then it is closed (a
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from ingot.edge.client import call_sync
+from ingot.edge.home import EdgeHome
+from ingot.errors import OperationFailed
+from ingot.routers.haproxy import running_master
 from tests.support.harness import ExampleProject, Result, load, make_example, poll, stop_everything, use_strategy
 
 STREAM_APP = Path(__file__).resolve().parents[1] / "support" / "stream_app.py"
 DRAIN = 3
 
 
-@pytest.fixture(params=["builtin", "haproxy"])
-def streams(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExampleProject]:
+def stream_example(tmp_path: Path, kind: str, strategy: str) -> ExampleProject:
+    """The example with the stream app, `strategy` and router `kind`."""
     example = make_example(tmp_path, replicas=1)
     shutil.copy(STREAM_APP, example.root / "app.py")
-    use_strategy(example, f"    strategy: {{type: blue-green, drain_timeout: {DRAIN}s}}")
-    if request.param == "haproxy":
+    use_strategy(example, f"    strategy: {strategy}")
+    if kind == "haproxy":
         spec = example.root / "ingot.yaml"
         spec.write_text(spec.read_text().replace(f'router: {{listen: "127.0.0.1:{example.port}"}}',
                                                  f'router: {{listen: "127.0.0.1:{example.port}", kind: haproxy}}'))
-    example.env["TEST_ROUTER_KIND"] = request.param  # read back by the test (harmless to ingot)
+    example.env["TEST_ROUTER_KIND"] = kind  # read back by the test (harmless to ingot)
+    return example
+
+
+@pytest.fixture(params=["builtin", "haproxy"])
+def streams(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExampleProject]:
+    example = stream_example(tmp_path, request.param, f"{{type: blue-green, drain_timeout: {DRAIN}s}}")
     yield example
     stop_everything(example)
 
@@ -146,28 +161,94 @@ def rolled_back(streams: ExampleProject, current: ClientConnection) -> None:
     assert f"1 long-lived connection closed after drain_timeout {DRAIN}s" in out[0].out
 
 
-def test_hold_lets_no_request_overlap_the_switch(tmp_path: Path) -> None:
-    example = make_example(tmp_path, replicas=1)
+def overlap(spans: list[list[Any]]) -> float:
+    """Seconds by which the new release's first request (in the app) began before the old one's last ended."""
+    old = [finished for version, _, finished in spans if version == "1"]
+    new = [started for version, started, _ in spans if version == "2"]
+    assert old and new, spans[:5]
+    return max(old) - min(new)
+
+
+def held_switch(example: ExampleProject) -> dict[str, Any]:
+    log = example.ingot("audit", "log", "--json", "--limit", "200", check=True).json
+    routes = [e["payload"] for e in log if e["action"] == "deploy.step" and e["payload"].get("step") == "route"
+              and e["payload"].get("status") == "done"]
+    return dict(routes[-1])
+
+
+@pytest.mark.parametrize("kind", ["builtin", "haproxy"])
+def test_hold_lets_no_request_overlap_the_switch(tmp_path: Path, kind: str) -> None:
+    # Without the hold the releases overlap at the switch: shown on each router without timing luck in
+    # tests/unit/test_router_streams.py and tests/haproxy/test_haproxy_hold.py.
+    example = stream_example(tmp_path, kind, "{type: blue-green, drain_timeout: 3s, hold: 5s}")
     try:
-        shutil.copy(STREAM_APP, example.root / "app.py")
-        use_strategy(example, "    strategy: {type: blue-green, drain_timeout: 3s, hold: 5s}")
         example.ingot("deploy", check=True)
         example.set_version("2")
         # Each request takes 30 ms in the app: at the switch some are always in flight on the old release.
         with load(f"{example.url}?sleep=0.03", tmp_path, connections=6) as during:
             deployed = example.ingot("deploy", check=True)
             poll(lambda: example.get()["version"] == "2", timeout=10, what="v2 serving")
-        assert "holding new requests up to 5s" in deployed.out
         assert during["failures"] == [], during["failures"][:5]
-        spans = during["spans"]
-        old = [(s, f) for v, s, f in spans if v == "1"]
-        new = [(s, f) for v, s, f in spans if v == "2"]
-        assert old and new
+        assert "holding new requests up to 5s" in deployed.out
         # Not one request of the new release began before the last of the old one had finished.
-        assert max(f for _, f in old) <= min(s for s, _ in new), (max(f for _, f in old), min(s for s, _ in new))
-        log = example.ingot("audit", "log", "--json", "--limit", "200", check=True).json
-        routes = [e["payload"] for e in log if e["action"] == "deploy.step" and e["payload"].get("step") == "route"
-                  and e["payload"].get("status") == "done"]
-        assert routes[-1]["hold"] == 5.0 and routes[-1]["held"] >= 1
+        assert overlap(during["spans"]) <= 0
+        route = held_switch(example)
+        assert route["hold"] == 5.0 and route["held"] >= 1
     finally:
         stop_everything(example)
+
+
+@pytest.mark.parametrize("kind", ["builtin", "haproxy"])
+def test_an_edge_killed_mid_hold_holds_again_until_released(tmp_path: Path, kind: str) -> None:
+    """kill -9 of the edge while it holds: the restarted edge reads the hold (and its deadline) from its state
+    and holds again; the agent's release_hold, made again, ends it once the old release is done."""
+    example = stream_example(tmp_path, kind, "{type: blue-green, drain_timeout: 3s, hold: 10s}")
+    home = EdgeHome.default()
+    try:
+        example.ingot("deploy", check=True)
+        master = running_master(home.router_dir(router_id(example))) if kind == "haproxy" else None
+        example.set_version("2")
+        # 0.4 s requests: the hold lasts until the old release's last one ends, long enough to kill the edge in it.
+        with load(f"{example.url}?sleep=0.4", tmp_path, connections=CONNECTIONS) as during:
+            thread, out = in_background(example, "deploy")
+            poll(lambda: holding(home), timeout=60, interval=0.005, what="the edge to hold")
+            edge = int(call_sync(home, "ping")["pid"])
+            os.kill(edge, signal.SIGKILL)
+            poll(lambda: edge_pid(home) not in (None, edge), timeout=10, what="the edge to start again")
+            thread.join(120)
+            assert out and out[0].code == 0, out[0].out if out else out
+            poll(lambda: example.get()["version"] == "2", timeout=10, what="v2 serving")
+        assert "holding new requests again" in home.log.read_text()
+        assert not holding(home)  # released, and the release persisted
+        if kind == "haproxy":
+            # haproxy outlived the edge, holding: nothing failed, and the adopted one is the same process.
+            assert during["failures"] == [], during["failures"][:5]
+            assert running_master(home.router_dir(router_id(example))) == master
+        else:
+            # The built-in router lost what the killed edge was proxying (held requests included), no more.
+            assert len(during["failures"]) <= CONNECTIONS, during["failures"]
+        assert overlap(during["spans"]) <= 0
+    finally:
+        stop_everything(example)
+
+
+CONNECTIONS = 6
+
+
+def router_id(example: ExampleProject) -> str:
+    return f"{example.state.resolve()}#staging/web@127.0.0.1:{example.port}"
+
+
+def holding(home: EdgeHome) -> bool:
+    """Whether the edge's persisted state has a router holding requests (strategy.hold)."""
+    try:
+        routes = json.loads(home.state_file.read_text())["routes"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(r.get("hold_until") for r in routes)
+
+
+def edge_pid(home: EdgeHome) -> int | None:
+    with contextlib.suppress(OperationFailed, OSError, ValueError, KeyError):
+        return int(call_sync(home, "ping", timeout=1.0)["pid"])
+    return None

@@ -177,6 +177,30 @@ def test_hold_keeps_new_requests_until_the_old_release_is_done(run: Any) -> None
     run(body)
 
 
+def test_without_a_hold_the_releases_overlap(run: Any) -> None:
+    """The contrast: a switch without the hold sends new requests to B while A still answers one."""
+    async def body() -> None:
+        a, b = TestBackend("A-1"), TestBackend("B-1")
+        await a.start()
+        await b.start()
+        router = await started({"A": [a.address], "B": [b.address]}, {"A": 100})
+        try:
+            host, port = router.listen_address
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", trust_env=False, timeout=10) as http:
+                slow = asyncio.create_task(http.get("/sleep?s=0.6"))
+                await until(lambda: router.stats()["A"].in_flight == 1, "the slow request on A")
+                await router.set_weights({"B": 100})
+                assert (await http.get("/")).headers["X-Backend"] == "B-1"
+                assert not slow.done()  # B served while A was still answering
+                assert (await slow).text == "A-1"
+        finally:
+            await router.stop()
+            await a.stop()
+            await b.stop()
+
+    run(body)
+
+
 def test_an_upgrade_the_backend_declines_is_answered_and_the_connection_closed(run: Any) -> None:
     async def body() -> None:
         backend = TestBackend("A-1")

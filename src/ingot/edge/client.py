@@ -41,6 +41,13 @@ class EdgeUnavailable(OperationFailed):
     pass
 
 
+AGAIN_ATTEMPTS = 4  # an idempotent call (`again`) is made this many times at most while the edge keeps dying
+
+
+class EdgeGone(OperationFailed):
+    """The edge closed the connection before answering: it died (or was killed) during the call."""
+
+
 def _raise_for(answer: dict[str, Any]) -> dict[str, Any]:
     if answer.get("ok"):
         return answer
@@ -124,13 +131,25 @@ class EdgeClient:
     def __init__(self, home: EdgeHome) -> None:
         self.home = home
 
-    async def call(self, op: str, wait: float = CALL_TIMEOUT, **arguments: Any) -> dict[str, Any]:
-        """`wait`: how long the answer may take (a drain waits for its own timeout first)."""
-        try:
-            return await self._call(op, wait, arguments)
-        except EdgeUnavailable:
-            await asyncio.to_thread(ensure_edge, self.home)
-            return await self._call(op, wait, arguments)
+    async def call(self, op: str, wait: float = CALL_TIMEOUT, *, again: bool = False,
+                   **arguments: Any) -> dict[str, Any]:
+        """`wait`: how long the answer may take (a drain waits for its own timeout first). `again`: the call
+        is idempotent and is made once more if the edge died while answering it (its restart restored its
+        state, a hold included), rather than failing the operation that made it."""
+        attempts = AGAIN_ATTEMPTS if again else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                try:
+                    return await self._call(op, wait, arguments)
+                except EdgeUnavailable:
+                    await asyncio.to_thread(ensure_edge, self.home)
+                    return await self._call(op, wait, arguments)
+            except EdgeGone:
+                if attempt == attempts:
+                    raise
+                log.warning("the edge died during `%s`; calling it again once it is back", op)
+                await asyncio.sleep(0.1 * attempt)  # its supervisor starts it again within a second
+        raise AssertionError("unreachable")
 
     async def _call(self, op: str, timeout: float, arguments: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -141,13 +160,14 @@ class EdgeClient:
             writer.write(encode({"op": op, **arguments}))
             async with asyncio.timeout(timeout):
                 line = await reader.readline()
-        except (ConnectionError, TimeoutError) as exc:
-            raise OperationFailed(f"the edge did not answer `{op}` ({exc or 'timed out'}); see {self.home.log}") \
-                from exc
+        except ConnectionError as exc:
+            raise EdgeGone(f"the edge did not answer `{op}` ({exc}); see {self.home.log}") from exc
+        except TimeoutError as exc:
+            raise OperationFailed(f"the edge did not answer `{op}` (timed out); see {self.home.log}") from exc
         finally:
             writer.close()
         if not line:
-            raise OperationFailed(f"the edge closed the connection during `{op}`; see {self.home.log}")
+            raise EdgeGone(f"the edge closed the connection during `{op}`; see {self.home.log}")
         return _raise_for(decode(line))
 
 
@@ -180,6 +200,7 @@ class EdgeRouter:
         self._stats: dict[str, ReleaseStats] = {}
         self._backends: dict[str, dict[str, str]] = {}
         self._cut: dict[str, int | None] = {}
+        self._holds = kind == "builtin"  # until the edge says (HAProxy: if built with Lua)
         # What the edge's certificate manager did for this router's hosts (newest last), for the agent's ledger.
         self.certificate_events: list[dict[str, Any]] = []
         self._poller: asyncio.Task[None] | None = None
@@ -195,6 +216,7 @@ class EdgeRouter:
                                         **await asyncio.to_thread(routes_request, self.routes))
         host, port = answer["listen"]
         self._listen = (str(host), int(port))
+        self._holds = bool(answer.get("holds", self.kind == "builtin"))  # an edge from before it said
         await self.refresh()
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
@@ -219,7 +241,7 @@ class EdgeRouter:
         for name, weight in weights.items():
             if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
                 raise ValueError(f"weight of release {name!r} must be an integer >= 0, got {weight!r}")
-        await self.client.call("set_weights", id=self.id, weights=weights)
+        await self.client.call("set_weights", id=self.id, weights=weights, again=True)
         self._weights = {**{r: 0 for r in self._weights}, **weights}
 
     async def drain(self, release: str, timeout: float) -> bool:
@@ -235,13 +257,14 @@ class EdgeRouter:
 
     @property
     def holds(self) -> bool:
-        return self.kind == "builtin"
+        """Whether the edge's router can hold requests (strategy.hold), as its `ensure` said."""
+        return self._holds
 
     async def hold(self, seconds: float) -> None:
-        await self.client.call("hold", id=self.id, seconds=seconds)
+        await self.client.call("hold", id=self.id, seconds=seconds, again=True)
 
     async def release_hold(self) -> int:
-        answer = await self.client.call("release_hold", wait=CALL_TIMEOUT + 60.0, id=self.id)
+        answer = await self.client.call("release_hold", wait=CALL_TIMEOUT + 60.0, id=self.id, again=True)
         return int(answer.get("held") or 0)
 
     async def drain_backends(self, release: str, addrs: list[Address], timeout: float) -> bool:
@@ -258,9 +281,10 @@ class EdgeRouter:
         """The service's routes, from the spec of the deploy; refused (OperationFailed) naming the holder of a
         host+path another service has. Certificate files are read again each time (they may be renewed)."""
         if routes != self.routes or any(r.tls == "files" for r in routes):
-            await self.client.call("ensure", id=self.id, owner=self.owner, name=self.name, kind=self.kind,
-                                   listen=list(self._listen), clients=self.clients.as_dict(),
-                                   **await asyncio.to_thread(routes_request, routes))
+            answer = await self.client.call("ensure", id=self.id, owner=self.owner, name=self.name,
+                                            kind=self.kind, listen=list(self._listen), clients=self.clients.as_dict(),
+                                            **await asyncio.to_thread(routes_request, routes))
+            self._holds = bool(answer.get("holds", self._holds))
             self.routes = routes
 
     async def set_clients(self, clients: ClientPolicy) -> None:

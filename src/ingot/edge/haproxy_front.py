@@ -21,7 +21,8 @@ in files haproxy reads at start and changes through the runtime API afterwards:
   `add ssl crt-list` (an existing one: `set` and `commit` only; connections stay up), and writes the
   files too, so a haproxy started again after a crash has them. ALPN offers h2 and http/1.1.
 - Maintenance: one map (`maint.map`, backend → answer) for every backend; each router sets its own
-  backend's entry (`HAProxyRouter.set_maintenance`) and removes it when it stops.
+  backend's entry (`HAProxyRouter.set_maintenance`) and removes it when it stops. The hold
+  (`strategy.hold`) likewise: one `hold.map` and its Lua action, an entry per held backend.
 - ACME HTTP-01: `challenges` (token → key authorisation) is a map (`acme.map`) that haproxy answers
   from itself (`http-request return`) on plain HTTP for any host, before routing.
 
@@ -69,8 +70,10 @@ from ingot.routers.haproxy_config import (
     check_map_path,
     client_rules,
     global_and_defaults,
+    hold_lua_path,
     is_slot,
     slot_names,
+    write_hold_files,
 )
 
 log = logging.getLogger("ingot.edge.haproxy_front")
@@ -124,7 +127,7 @@ def _cli_word(text: str) -> str:
 def render_front_config(*, socket_path: Path, http_fd: int | None, https_fd: int | None, maxconn: int,
                         timeouts: Timeouts, clients: ClientPolicy, routes_map: Path, acme_map: Path,
                         crt_list: Path, backends: list[tuple[str, Path]], slots: int, maintenance_map: Path,
-                        https_port: int | None = None) -> str:
+                        https_port: int | None = None, hold_map: Path | None = None) -> str:
     routes = check_map_path(routes_map)
     # As the contract says: the redirect names the HTTPS listener's port unless it is 443.
     port = f":{https_port}" if https_port not in (None, 443) else ""
@@ -145,7 +148,7 @@ def render_front_config(*, socket_path: Path, http_fd: int | None, https_fd: int
     lines = [
         "# Written by ingot for the edge's shared listeners; never reloaded: routes, certificates and",
         "# servers change only through the runtime API on the stats socket below.",
-        *global_and_defaults(socket_path, maxconn, timeouts, clients),
+        *global_and_defaults(socket_path, maxconn, timeouts, clients, hold_lua_path(hold_map)),
     ]
     if http_fd is not None:
         lines += [
@@ -174,7 +177,7 @@ def render_front_config(*, socket_path: Path, http_fd: int | None, https_fd: int
             "",
         ]
     for backend, servers_map in backends:
-        lines += backend_lines(backend, servers_map, slots, clients, maintenance_map)
+        lines += backend_lines(backend, servers_map, slots, clients, maintenance_map, hold_map)
     return "\n".join(lines)
 
 
@@ -232,6 +235,8 @@ class _FrontProcess(HAProxyRouter):
                 sockets.append(self._bind(address) if address is not None else None)
             http_sock, https_sock = sockets
             front.write_files(fresh=True)
+            if self.holds:
+                write_hold_files(self.hold_map)  # no backend held: each router sets its entry again
             self.config_path.write_text(render_front_config(
                 socket_path=self.api.path, http_fd=http_sock.fileno() if http_sock else None,
                 https_fd=https_sock.fileno() if https_sock else None, maxconn=self.maxconn,
@@ -239,7 +244,8 @@ class _FrontProcess(HAProxyRouter):
                 acme_map=front.acme_map, crt_list=front.crt_list,
                 backends=[(b, front.servers_map_of(b)) for b in front.backend_names], slots=front.slots,
                 maintenance_map=self.maintenance_map,
-                https_port=https_sock.getsockname()[1] if https_sock else None))
+                https_port=https_sock.getsockname()[1] if https_sock else None,
+                hold_map=self.hold_map if self.holds else None))
             await self._spawn(binary, *(s.fileno() for s in sockets if s is not None))
             for kind, sock in zip(("http", "https"), sockets, strict=True):
                 if sock is not None:
@@ -347,6 +353,8 @@ class _FrontRouter(HAProxyRouter):
                         if not is_slot(server.name):
                             await self.api.run(f"del server {self.backend}/{server.name}")
                     await self.api.run(f"del map {self.maintenance_map} {self.backend}")  # the backend's next router
+                    await self.api.run(f"del map {self.hold_map} {self.backend}")
+                    self.hold_until = None
             self._retiring.clear()
             self._forget_haproxy_servers()
             self._proc = None

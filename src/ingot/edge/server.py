@@ -115,6 +115,9 @@ class RouteState:
     clients: dict[str, Any] | None = None  # a `ClientPolicy` as a dict
     routes: list[dict[str, Any]] = field(default_factory=list)  # `Route`s as dicts, on the shared listeners
     maintenance: dict[str, Any] | None = None  # {"retry_after": seconds, "page": HTML or None, "since": time}
+    # strategy.hold: its deadline (seconds since the epoch) while the router holds new requests. An edge
+    # restarted before it resumes the hold until then; the agent's `release_hold` (or the deadline) ends it.
+    hold_until: float | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RouteState:
@@ -128,6 +131,7 @@ class RouteState:
             clients=dict(raw["clients"]) if raw.get("clients") else None,
             routes=[Route.from_dict(r).as_dict() for r in raw.get("routes", [])],
             maintenance=dict(raw["maintenance"]) if raw.get("maintenance") else None,
+            hold_until=float(raw["hold_until"]) if raw.get("hold_until") is not None else None,
         )
 
     @property
@@ -258,8 +262,18 @@ class Edge:
             await router.drain(release, 0.0)
         if state.maintenance is not None:
             await set_maintenance(router, int(state.maintenance["retry_after"]), state.maintenance.get("page"))
+        holding = state.hold_until is not None and state.hold_until > time.time() and can_hold(router)
+        if holding:
+            log.info("router %s: holding new requests again for up to %.2f s (a hold the edge's restart "
+                     "interrupted; its agent's release_hold or the deadline ends it)", state.name,
+                     (state.hold_until or 0.0) - time.time())
+        if holding and hasattr(router, "hold_until"):
+            setattr(router, "hold_until", state.hold_until)  # noqa: B010  HAProxy: given to the haproxy it adopts or starts
         try:
             await router.start()
+            if holding and not hasattr(router, "hold_until"):
+                # The built-in router: held from its first request (no await in between lets one through).
+                await router.hold(max(0.001, (state.hold_until or 0.0) - time.time()))  # type: ignore[attr-defined]
         except BaseException:
             if state.id in self._held:  # let the supervisor close it: the next try binds afresh
                 self.fds.drop(state.id)
@@ -411,7 +425,8 @@ class Edge:
                                      f"not {kind}")
             if clients is not None and ClientPolicy.from_dict(clients).as_dict() != state.clients:
                 await self.set_clients(router_id, clients)  # the spec changed while its agent was away
-            return {"listen": list(self._listen_of(state)), "created": False}
+            return {"listen": list(self._listen_of(state)), "created": False,
+                    "holds": can_hold(self.routers[router_id])}
         for other in self.states.values():
             if other.id != router_id and other.listen == listen and listen[1] != 0 and listen != NO_LISTENER:
                 raise OperationFailed(
@@ -425,7 +440,7 @@ class Edge:
             state.listen = router.listen_address  # the bound port, so that a restart binds the same one
         self.states[router_id] = state
         self._persist()
-        return {"listen": list(self._listen_of(state)), "created": True}
+        return {"listen": list(self._listen_of(state)), "created": True, "holds": can_hold(router)}
 
     def _listen_of(self, state: RouteState) -> Address:
         """Where the router listens: NO_LISTENER for one on the shared listeners only, whatever its front says."""
@@ -475,10 +490,14 @@ class Edge:
                 "cut": drain_cut(router, release)}
 
     async def hold(self, router_id: str, seconds: float) -> dict[str, Any]:
-        """New requests wait in the router (strategy.hold); not persisted: an edge restart ends a hold."""
+        """New requests wait in the router (strategy.hold). Persisted with its deadline: an edge restarted
+        (even killed) mid-hold holds again until that deadline, or until the agent's `release_hold`."""
         state, router = self._router(router_id)
         if not can_hold(router):
-            raise UserInputError(f"router {state.name} is {state.kind}: it cannot hold requests (strategy.hold)")
+            raise UserInputError(f"router {state.name} is {state.kind}: it cannot hold requests (strategy.hold)",
+                                 details=["HAProxy holds them with Lua: its haproxy was built without it"])
+        state.hold_until = time.time() + seconds
+        self._persist()  # first: a kill between the two leaves a hold the restart resumes, not one it forgets
         await router.hold(seconds)  # type: ignore[attr-defined]
         return {}
 
@@ -493,8 +512,11 @@ class Edge:
         return {"maintenance": state.maintenance, "was": bool(was)}
 
     async def release_hold(self, router_id: str) -> dict[str, Any]:
-        _, router = self._router(router_id)
+        state, router = self._router(router_id)
         held = await router.release_hold() if can_hold(router) else 0  # type: ignore[attr-defined]
+        if state.hold_until is not None:
+            state.hold_until = None
+            self._persist()
         return {"held": held}
 
     async def drain_backends(self, router_id: str, release: str, addrs: list[Address],

@@ -97,10 +97,12 @@ from ingot.routers.haproxy_config import (
     RELEASE_NAME,
     SLOTS,
     Timeouts,
+    haproxy_has_lua,
     is_slot,
     maintenance_value,
     render_config,
     slot_names,
+    write_hold_files,
 )
 from ingot.routers.health import BackendHealth, HealthMonitor, address_key, fail_open
 
@@ -512,6 +514,9 @@ class HAProxyRouter:
         self.backend = BACKEND  # the haproxy backend this router's servers are in (a front's routers: one each)
         self._servers_map = self.workdir / "servers.map"
         self._maintenance: str | None = None  # this backend's maint.map value while in maintenance
+        # strategy.hold: its deadline (seconds since the epoch: haproxy's Lua compares it with its own clock)
+        # while held; set before `start` (`hold_until`), a haproxy started or adopted is given it.
+        self.hold_until: float | None = None
         self._listen = listen
         self._bound: Address | None = None
         self._releases: dict[str, _Release] = {}
@@ -558,6 +563,11 @@ class HAProxyRouter:
         return self.workdir / "maint.map"
 
     @property
+    def hold_map(self) -> Path:
+        """backend → hold deadline (ms since the epoch) while held; its Lua beside it (`hold.lua`)."""
+        return self.workdir / "hold.map"
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "haproxy.log"
 
@@ -597,6 +607,8 @@ class HAProxyRouter:
         try:
             self.servers_map.write_text("")
             self.maintenance_map.write_text("")
+            if self.holds:
+                write_hold_files(self.hold_map)
             self._free, self._slot_base, self._raw_rows = slot_names(self.slots), {}, {}
             self.config_path.write_text(
                 render_config(
@@ -609,6 +621,7 @@ class HAProxyRouter:
                     maintenance_map=self.maintenance_map,
                     slots=self.slots,
                     clients=self.clients,
+                    hold_map=self.hold_map if self.holds else None,
                 )
             )
             await self._spawn(binary, listener.fileno())
@@ -734,18 +747,78 @@ class HAProxyRouter:
 
     async def _apply_maintenance(self) -> None:
         """Make haproxy's entry for this backend the value held (`set map` first: no gap when it is there)."""
-        path, key = self.maintenance_map, self.backend
-        if self._maintenance is None:
+        await self._set_entry(self.maintenance_map, self._maintenance)
+
+    async def _set_entry(self, path: Path, value: str | None) -> None:
+        """This backend's entry in the map `path`: `value`, or none (`set map` first: no gap when it is there)."""
+        key = self.backend
+        if value is None:
             answer = (await self.api.run(f"del map {path} {key}")).strip()
-            # A haproxy from before maintenance (a front adopted across an upgrade) has no map, and no entry.
+            # A haproxy from before the map (a front adopted across an upgrade) has none, and no entry.
             if answer and answer != "Key not found." and not answer.startswith("Unknown map"):
                 raise OperationFailed(f"haproxy refused `del map {path} {key}`: {answer}")
             return
-        answer = (await self.api.run(f"set map {path} {key} {self._maintenance}")).strip()
+        answer = (await self.api.run(f"set map {path} {key} {value}")).strip()
         if answer == "entry not found.":
-            await self.api.expect(f"add map {path} {key} {self._maintenance}")
+            await self.api.expect(f"add map {path} {key} {value}")
         elif answer:
             raise OperationFailed(f"haproxy refused `set map {path} {key}`: {answer[:200]}")
+
+    # ---- strategy.hold ---------------------------------------------------------------------------
+
+    @property
+    def holds(self) -> bool:
+        """Whether `hold` is available (routers.base.can_hold): haproxy built with Lua."""
+        return haproxy_has_lua(self.haproxy)
+
+    async def hold(self, seconds: float) -> None:
+        """From now on new requests wait in haproxy (before a server is picked), for `release_hold`, at most
+        `seconds`: haproxy ends the hold at its deadline itself (see `haproxy_config.hold_lua`)."""
+        if not seconds > 0:
+            raise ValueError(f"hold must be a number of seconds > 0, got {seconds!r}")
+        if not self.holds:
+            raise OperationFailed(f"{self._label()}: {self.haproxy} was built without Lua: it cannot hold requests")
+        async with self._lock:
+            self.hold_until = time.time() + seconds
+            if self._proc is not None:
+                self._require_running()
+                try:
+                    await self._apply_hold()
+                except OperationFailed as exc:
+                    self.hold_until = None
+                    raise OperationFailed(f"{self._label()}: the running haproxy cannot hold requests: {exc}",
+                                          details=["it was started without the hold's map and Lua (by an older "
+                                                   "ingot): it gains them when it is started again"]) from None
+
+    async def release_hold(self) -> int:
+        """End the hold once every release without weight has nothing in flight but tunnels (the switch is
+        complete), or at the hold's deadline. Returns how many requests were waiting at that moment."""
+        held = 0
+        while self.hold_until is not None and time.time() < self.hold_until and self._proc is not None:
+            leaving = [s for r in self._releases.values() if r.weight == 0 or r.draining for s in self._servers_of(r)]
+            raw = parse_stat(await self.api.run(f"show stat {self.backend} 6 -1"))
+            rows = {s.name: raw.get(s.name, {}) for s in leaving}
+            # Sessions in the backend not on a server: the held ones (counted as the builtin router does).
+            held = max(0, raw.get("BACKEND", {}).get("scur", 0)
+                       - sum(row.get("scur", 0) for name, row in raw.items() if name != "BACKEND"))
+            busy = sum(row_busy(row) for row in rows.values())
+            if busy == 0:
+                break
+            # Long-lived connections do not hold the switch (they are drained): only tunnels left is done.
+            if busy <= len(tunnel_sessions(await self.api.run("show sess all"), set(rows))):
+                break
+            await asyncio.sleep(DRAIN_POLL)
+        async with self._lock:
+            self.hold_until = None
+            if self._proc is not None and self._proc.returncode is None:
+                await self._apply_hold()
+        return held
+
+    async def _apply_hold(self) -> None:
+        """haproxy's hold entry for this backend as `hold_until` says (none once its deadline has passed)."""
+        if self.hold_until is not None and self.hold_until <= time.time():
+            self.hold_until = None
+        await self._set_entry(self.hold_map, None if self.hold_until is None else str(int(self.hold_until * 1000)))
 
     async def set_health(self, check: HealthCheck) -> None:
         self._health.configure(check)
@@ -882,6 +955,7 @@ class HAProxyRouter:
         `owners` is the slot → release map; a slot it does not name is free. Counters go on from haproxy's.
         """
         await self._apply_maintenance()  # first: the servers' changes then never serve a request it answers
+        await self._apply_hold()  # a hold that outlived the edge goes on to its deadline, or ends now
         sent = 0
         serials = [int(f.name[len(OVERFLOW_PREFIX):]) for f in found
                    if not is_slot(f.name) and f.name[len(OVERFLOW_PREFIX):].isdigit()]
@@ -1155,6 +1229,7 @@ class HAProxyRouter:
         """Give a (re)started haproxy the pools and weights this router holds (maintenance first: in it, no
         request reaches a server of the new haproxy)."""
         await self._apply_maintenance()
+        await self._apply_hold()
         for rel in self._releases.values():
             for server in rel.pool:
                 await self._add_server(server)

@@ -16,12 +16,22 @@ that it still accepts them and can answer); a duplicate, malformed or (HTTP/1.1)
 400; a client's `X-Forwarded-For` is deleted unless it comes from a trusted proxy, before `option forwardfor`
 adds the peer; the release header is set or deleted. haproxy has no minimum body rate: its `timeout client`
 (inactivity) is what bounds a slow body.
+
+Hold (`strategy.hold`). haproxy's only waiting room is a chosen server's queue, so the configuration carries a
+small Lua action (`hold_lua`, loaded with `lua-load`) that a backend runs while its entry in a map (`hold.map`,
+keyed by backend name, like maintenance) is there: the request waits before any server is picked, in 5 ms
+sleeps, until the entry is removed (`del map`) or the deadline it holds (milliseconds since the epoch) passes.
+haproxy itself ends a hold at its deadline, whatever becomes of the router. Without the entry it costs each
+request one lookup in an empty map, and no Lua at all. A haproxy built without Lua gets no such rule, and its
+router cannot hold (`haproxy_has_lua`).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,25 +99,27 @@ def server_template(slots: int) -> str:
 
 def render_config(*, name: str, socket_path: Path, listen_fd: int, maxconn: int, timeouts: Timeouts,
                   servers_map: Path, maintenance_map: Path, slots: int = SLOTS,
-                  clients: ClientPolicy | None = None) -> str:
+                  clients: ClientPolicy | None = None, hold_map: Path | None = None) -> str:
     """The whole configuration file; `listen_fd` is a listening socket haproxy inherits; `servers_map` the
-    slot → release map and `maintenance_map` the backend → maintenance answer map (both must exist)."""
+    slot → release map and `maintenance_map` the backend → maintenance answer map (both must exist);
+    `hold_map` the backend → hold deadline map, with its Lua beside it (`write_hold_files`), or None (no Lua)."""
     c = clients or ClientPolicy(head_timeout=timeouts.request, max_connections=maxconn)
     lines = [
         f"# Written by ingot for router {name or '(unnamed)'}; never reloaded: servers and weights",
         "# change only through the runtime API on the stats socket below.",
-        *global_and_defaults(socket_path, maxconn, timeouts, c),
+        *global_and_defaults(socket_path, maxconn, timeouts, c, hold_lua_path(hold_map)),
         f"frontend {FRONTEND}",
         f"    bind fd@{listen_fd}",
         *client_rules(c, "http"),
         f"    default_backend {BACKEND}",
         "",
-        *backend_lines(BACKEND, servers_map, slots, c, maintenance_map),
+        *backend_lines(BACKEND, servers_map, slots, c, maintenance_map, hold_map),
     ]
     return "\n".join(lines)
 
 
-def global_and_defaults(socket_path: Path, maxconn: int, timeouts: Timeouts, c: ClientPolicy) -> list[str]:
+def global_and_defaults(socket_path: Path, maxconn: int, timeouts: Timeouts, c: ClientPolicy,
+                        hold_lua: Path | None = None) -> list[str]:
     t = timeouts
     maxconn = min(max(maxconn, c.max_connections + _OVER_CAP), _fd_bound())
     return [
@@ -116,6 +128,7 @@ def global_and_defaults(socket_path: Path, maxconn: int, timeouts: Timeouts, c: 
         f"    stats socket {socket_path} level admin expose-fd listeners",
         "    stats timeout 30s",
         f"    maxconn {maxconn}",
+        *([f"    lua-load {check_map_path(hold_lua)}"] if hold_lua is not None else []),
         "",
         "defaults",
         "    mode http",
@@ -170,9 +183,13 @@ def client_rules(c: ClientPolicy, proto: str) -> list[str]:
     ]
 
 
-def backend_lines(backend: str, servers_map: Path, slots: int, c: ClientPolicy, maintenance_map: Path) -> list[str]:
+def backend_lines(backend: str, servers_map: Path, slots: int, c: ClientPolicy, maintenance_map: Path,
+                  hold_map: Path | None = None) -> list[str]:
     release_of_server = f"srv_name,map({check_map_path(servers_map)})"
     paused = f"be_name,map({check_map_path(maintenance_map)})"
+    # strategy.hold: the Lua action runs only while the backend has an entry in the hold map.
+    held = ([f"    http-request lua.{HOLD_ACTION} if {{ be_name,map({check_map_path(hold_map)}) -m found }}"]
+            if hold_map is not None else [])
     return [
         f"backend {backend}",
         # Maintenance: the backend's entry in the map (`maintenance_value`) is answered here, no server picked.
@@ -180,6 +197,7 @@ def backend_lines(backend: str, servers_map: Path, slots: int, c: ClientPolicy, 
         '    http-request return status 503 content-type "text/html; charset=utf-8" '
         f'hdr Retry-After "%[{paused},field(1,|)]" hdr Cache-Control no-store '
         f'lf-string "%[{paused},field(2,|),b64dec]" if {{ {paused} -m found }}',
+        *held,
         # roundrobin is smooth and honours weight changes at once, which dynamic servers need.
         "    balance roundrobin",
         # One lookup straight into the header, no variable; without the header the map is only referenced, in a
@@ -191,6 +209,53 @@ def backend_lines(backend: str, servers_map: Path, slots: int, c: ClientPolicy, 
         server_template(slots),
         "",
     ]
+
+
+HOLD_ACTION = "ingot_hold"
+HOLD_SLEEP_MS = 5  # how often a held request looks at the map again: the most a release adds to its wait
+
+
+def hold_lua(hold_map: Path) -> str:
+    """The Lua file `lua-load` reads: the `ingot_hold` action over `hold_map` (see the module's docstring).
+    The map is opened once, at load; `add map`/`set map`/`del map` on the same file change what it sees."""
+    return "\n".join([
+        "-- Written by ingot: strategy.hold. While this backend has an entry in the hold map (its deadline in",
+        "-- ms since the epoch), a request waits here, before any server is picked; never reloaded.",
+        f'local holds = Map.new("{check_map_path(hold_map)}", Map._str)',
+        f'core.register_action("{HOLD_ACTION}", {{"http-req"}}, function(txn)',
+        "  local backend = txn.f:be_name()",
+        "  while true do",
+        "    local deadline = tonumber(holds:lookup(backend) or \"\")",
+        "    if deadline == nil then return end",
+        "    local now = core.now()",
+        "    if now.sec * 1000 + now.usec // 1000 >= deadline then return end",
+        f"    core.msleep({HOLD_SLEEP_MS})",
+        "  end",
+        "end, 0)",
+        "",
+    ])
+
+
+def hold_lua_path(hold_map: Path | None) -> Path | None:
+    return hold_map.with_suffix(".lua") if hold_map is not None else None
+
+
+def write_hold_files(hold_map: Path) -> None:
+    """An empty hold map (no backend held) and the Lua that reads it, for a haproxy about to start."""
+    hold_map.write_text("")
+    path = hold_lua_path(hold_map)
+    assert path is not None
+    path.write_text(hold_lua(hold_map))
+
+
+@functools.cache
+def haproxy_has_lua(binary: str) -> bool:
+    """Whether `binary` (a path or a name on PATH) was built with Lua (`haproxy -vv` lists USE_LUA=1)."""
+    try:
+        out = subprocess.run([binary, "-vv"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "USE_LUA=1" in out
 
 
 def maintenance_value(retry_after: int, page: str) -> str:

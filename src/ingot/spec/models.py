@@ -720,11 +720,10 @@ class ServiceSpec(_Model):
             found.append(
                 ("build", f"runtime {self.runtime} needs build (a directory with a Containerfile) or image")
             )
-        if self.strategy.hold is not None and (self.router.kind != "builtin" or self.runtime == "kubernetes"):
-            by = "Kubernetes" if self.runtime == "kubernetes" else f"router.kind {self.router.kind}"
-            found.append(("strategy", f"hold needs the built-in router, which queues requests during the switch; "
-                                      f"{by} has no way to park new requests at runtime: remove strategy.hold "
-                                      "or use router.kind builtin"))
+        if self.strategy.hold is not None and self.runtime == "kubernetes":
+            found.append(("strategy", "hold needs ingot's router (built-in or HAProxy), which holds requests "
+                                      "during the switch; Kubernetes has no way to park new requests at runtime: "
+                                      "remove strategy.hold"))
         found.extend(self._variable_clashes())
         found.extend(self._worker_problems())
         found.extend(self._command_variables())
