@@ -375,7 +375,7 @@ def run_command(project: Project, environment: str, name: str, release: str | No
     ledger.record(project.store, actor=actor, action="run.finish", environment=environment, service=name,
                   subject=row.id, payload={**base, "exit_code": result.exit_code, "seconds": result.seconds})
     return {**base, "detached": False, "exit_code": result.exit_code, "seconds": result.seconds,
-            "log": None if one.request.attach else result.log_path}
+            "log": None if one.request.attach or one.request.terminal else result.log_path}
 
 
 def _one_release(project: Project, name: str, prefix: str) -> ReleaseRow:

@@ -148,6 +148,9 @@ class InstanceRequest:
     # A container one-off of `ingot run`: created with stdin open, the caller's stdin fed to it (`feed_stdin`)
     # and closed at its end, so `ingot run web -- cmd < file` works there too.
     stdin: bool = False
+    # A container one-off of `ingot run` on a terminal (ingot.terminal): created with a TTY of its own and
+    # attached to it before it starts (nothing it writes first is lost); `terminal` joins it to the caller's.
+    terminal: bool = False
     # `ingot run` or a release_command: no instance row, so drift and self-heal must leave it alone.
     oneoff: bool = False
     # The service's volumes: a directory on the host (process runtime) or an engine volume (containers).
@@ -182,6 +185,10 @@ class Runtime(Protocol):
     def observe(self, instance: InstanceRow) -> Observation: ...
 
     def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]: ...
+
+    def interrupt(self, instance: InstanceRow) -> None:
+        """Pass a Ctrl-C (SIGINT) on to an attached one-off's command, which decides what it means."""
+        ...
 
     def follow_log(self, instance: InstanceRow, tail: int | None = None,
                    stop: threading.Event | None = None) -> Iterator[str]:

@@ -116,6 +116,8 @@ class DockerRuntime:
         self._client = client
         # Image ID -> its configured user. An image ID is its content, so this never goes stale.
         self._image_users: dict[str, str] = {}
+        # Container ID -> the socket attached to its TTY before it started (`terminal` takes it over).
+        self._terminals: dict[str, Any] = {}
 
     @property
     def client(self) -> docker.DockerClient:
@@ -138,16 +140,28 @@ class DockerRuntime:
                     f"{what} could not start: image {request.image} is not in the container engine",
                     details=[f"engine: {_explain(exc)}", *_LOAD_HINT],
                 ) from exc
+            attached = None
             try:
+                if request.terminal:  # before the start: what it writes first reaches the terminal too
+                    attached = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1,
+                                                               "stream": 1})
                 container.start()
                 container.reload()
-                _fail_if_exited(container, what)
-                port = 0 if request.container_port is None else _published_port(container.attrs,
-                                                                                 request.container_port)
+                port = 0
+                # A one-off takes no traffic, and its ending (at once or not) is its result, observed as a
+                # process's is: only a serving instance must be found running, with its port published.
+                if not request.oneoff:
+                    _fail_if_exited(container, what)
+                    if request.container_port is not None:
+                        port = _published_port(container.attrs, request.container_port)
             except BaseException:
                 # A container that never served must not linger with the instance's name and labels.
+                if attached is not None:
+                    attached.close()
                 _remove_quietly(container)
                 raise
+            if attached is not None:
+                self._terminals[str(container.id)] = attached
         return InstanceRow(
             id=request.instance_id,
             environment=request.environment,
@@ -239,10 +253,10 @@ class DockerRuntime:
     def observe(self, instance: InstanceRow) -> Observation:
         """Alive iff the container runs. An engine that cannot be asked raises `OperationFailed`:
         not knowing is not dead, and reporting dead would replace instances that still serve."""
-        attrs = self._inspect(instance)
-        if attrs is None:
+        container = self._container(instance)
+        if container is None:
             return Observation(alive=False, detail="container is gone")
-        state = attrs.get("State") or {}
+        state = container.attrs.get("State") or {}
         status = state.get("Status")
         if status == "running":
             return Observation(alive=True)
@@ -251,7 +265,7 @@ class DockerRuntime:
             return Observation(alive=True, detail="container is paused")
         if status == "created":
             return Observation(alive=False, detail="container was created but never started")
-        code = int(state.get("ExitCode") or 0)
+        code = _exit_code(container, state)
         detail = f"exited with code {code}"
         if state.get("OOMKilled"):
             detail += " (killed for running out of memory)"
@@ -304,6 +318,42 @@ class DockerRuntime:
                     sock.shutdown(socket.SHUT_WR)
             finally:
                 attached.close()
+
+    def terminal(self, instance: InstanceRow, in_fd: int, out_fd: int) -> None:
+        """Join the TTY of a container started with `terminal` to `in_fd` (what is typed, raw) and `out_fd`
+        (what it shows), until the container's side ends. Blocking: run it in a thread."""
+        attached = self._terminals.pop(str(instance.handle), None)
+        if attached is None:
+            return
+        sock = getattr(attached, "_sock", attached)  # the SDK wraps the hijacked socket in a SocketIO
+
+        def typed() -> None:
+            with suppress(OSError):  # the container's side closed: it has ended
+                while chunk := os.read(in_fd, 65536):
+                    sock.sendall(chunk)
+
+        # A daemon: a caller's terminal read that never returns must not hold this process at exit.
+        threading.Thread(target=typed, name=f"tty in {instance.id}", daemon=True).start()
+        try:
+            with suppress(OSError):
+                while data := sock.recv(65536):
+                    os.write(out_fd, data)
+        finally:
+            attached.close()
+
+    def resize(self, instance: InstanceRow, rows: int, columns: int) -> None:
+        """Set the window size of the TTY of a container started with `terminal`."""
+        container = self._container(instance)
+        if container is not None:
+            with _engine_errors(f"instance {instance.id}: resizing the container's TTY failed"):
+                container.resize(height=rows, width=columns)
+
+    def interrupt(self, instance: InstanceRow) -> None:
+        """SIGINT to the container's command (as `docker run`'s signal proxy does)."""
+        container = self._container(instance)
+        if container is not None:
+            with suppress(DockerException):  # it may have exited since
+                container.kill(signal="SIGINT")
 
     # -- drift facts -----------------------------------------------------------------------------
 
@@ -582,7 +632,8 @@ def _create_arguments(request: InstanceRequest, name: str, user: str | None = No
                                                           "max-file": str(LOG_BACKUPS + 1)}),
         **({"user": user} if user is not None else {}),
         # Not detached: the SDK then sets StdinOnce, so the command's stdin ends when the attached one does.
-        **({"stdin_open": True, "detach": False} if request.stdin else {}),
+        **({"stdin_open": True, "detach": False} if request.stdin or request.terminal else {}),
+        **({"tty": True} if request.terminal else {}),
         **{key: value for key, value in limits.items() if value is not None},
     }
 
@@ -596,14 +647,20 @@ def _fail_if_exited(container: Any, what: str) -> None:
     state = container.attrs.get("State") or {}
     if state.get("Status") == "running":
         return
-    code = state.get("ExitCode")
-    # Podman may answer an inspect between "running" and "exited" (ExitCode not set yet): the engine's wait
-    # gives the code once it is known (at once for a container that has exited).
-    with suppress(Exception):
-        code = container.wait(timeout=10).get("StatusCode", code)
+    code = _exit_code(container, state)
     lines = _last_log_lines(container, 15, whole_log=is_podman(container.client))
     raise OperationFailed(f"{what} exited at once with code {code}",
                           details=["last log lines:", *[f"  | {line}" for line in lines]])
+
+
+def _exit_code(container: Any, state: dict[str, Any]) -> int:
+    """The exit code of a container that no longer runs. Podman may answer an inspect between "running"
+    and "exited" before it has read the code (ExitCode 0 or unset): the engine's wait gives it once
+    known, at once for a container that has exited."""
+    code = state.get("ExitCode")
+    with suppress(Exception):  # gone meanwhile (removed after a stop): what the inspect said
+        code = container.wait(timeout=10).get("StatusCode", code)
+    return int(code or 0)
 
 
 def _last_log_lines(container: Any, lines: int, *, whole_log: bool) -> list[str]:
