@@ -30,10 +30,12 @@ from ingot.executor import Deployment, Emit, Executor, StepFailed
 from ingot.plan import Plan, Step
 from ingot.rollout_control import RolloutAborted
 from ingot.runtimes.base import InstanceRequest
-from ingot.store import ReleaseRow, Store
+from ingot.runtimes.registry import Runtimes
+from ingot.store import InstanceRow, ReleaseRow, Store
 
 SUCCEEDED = "release_command.succeeded"
 FAILED = "release_command.failed"
+STARTED, DETACHED, FINISHED = "run.start", "run.detached", "run.finish"  # `ingot run`'s ledger entries
 IRREVERSIBLE = "release.irreversible"  # a release marked irreversible by `ingot deploy --irreversible`
 TAIL_LINES = 20
 KEPT_LINES = 10_000  # of a container one-off's output, kept in its log file
@@ -169,15 +171,65 @@ def _wait(runtime: Any, request: InstanceRequest, row: Any, started: float, time
             runtime.interrupt(row)
 
 
-def start_detached(executor: Executor, oneoff: OneOff) -> str:
-    """Start the one-off instance and leave it running on its own (`ingot run --detach`); its log path.
-    Its checkout stays until it ends: the agent removes checkouts no instance runs from as it starts."""
+def start_detached(executor: Executor, oneoff: OneOff) -> InstanceRow:
+    """Start the one-off instance and leave it running on its own (`ingot run --detach`); its row, which
+    the caller records (`DETACHED`) so that `ingot status` lists it and `ingot down` stops it. Its
+    checkout stays until it ends: `stop_detached` removes it, and the agent removes checkouts no instance
+    runs from as it starts."""
     try:
-        executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False, stdin=False, terminal=False))
+        return executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False, stdin=False,
+                                                                   terminal=False))
     except BaseException:
         _cleanup(executor, oneoff.request)
         raise
-    return str(oneoff.request.log_path)
+
+
+def detached(store: Store, environment: str | None) -> list[InstanceRow]:
+    """The detached one-offs started in `environment` (None: every one) with no `FINISHED` entry yet, as
+    their rows were recorded when they started: alive or not, that is for their runtime to say."""
+    finished = {e.payload.get("instance") for e in ledger.entries(store, environment=environment,
+                                                                  actions=[FINISHED])}
+    found = []
+    for entry in ledger.entries(store, environment=environment, actions=[DETACHED]):
+        row = entry.payload.get("row")
+        if isinstance(row, dict) and row.get("id") not in finished:
+            with contextlib.suppress(TypeError):  # an entry of another shape is no row to act on
+                found.append(InstanceRow(**row))
+    return found
+
+
+def running_detached(store: Store, runtimes: Runtimes, environment: str | None) -> list[dict[str, Any]]:
+    """`ingot status`'s one-offs: the detached ones still running (an engine that cannot be asked: not
+    listed, as not known to run)."""
+    running = []
+    for row in detached(store, environment):
+        with contextlib.suppress(OperationFailed):
+            if runtimes.of(row).observe(row).alive:
+                running.append({"id": row.id, "environment": row.environment, "service": row.service,
+                                "release": row.release_id, "runtime": row.runtime, "pid": row.pid,
+                                "started_at": row.started_at, "log": row.log_path})
+    return running
+
+
+def stop_detached(executor: Executor, environment: str | None, actor: str, timeout: float = 10.0) -> list[str]:
+    """`ingot down`'s part for detached one-offs of `environment` (None: all): each stopped (a container
+    also removed, if it had already exited), its checkout removed, and its end recorded (`FINISHED`, with
+    its exit code, and who stopped it if it still ran). The ids of those that were running."""
+    stopped = []
+    for row in detached(executor.store, environment):
+        runtime = executor.runtimes.of(row)
+        seen = runtime.observe(row)
+        runtime.stop(row, timeout)
+        code = seen.exit_code if not seen.alive else runtime.observe(row).exit_code
+        if row.runtime == "process" and row.handle:
+            executor.remove_checkout(Path(row.handle))
+        ledger.record(executor.store, actor=actor, action=FINISHED, environment=row.environment,
+                      service=row.service, subject=row.release_id,
+                      payload={"instance": row.id, "detach": True, "exit_code": code,
+                               "stopped_by": "down" if seen.alive else None})
+        if seen.alive:
+            stopped.append(row.id)
+    return stopped
 
 
 class _Joined:

@@ -1,5 +1,6 @@
 """`ingot run` on a container runtime, as a user at a terminal runs it: a TTY of the command's own joined to
-the caller's (raw keys, window size, Ctrl-C, exit code), on a real pseudo-terminal."""
+the caller's (raw keys, window size, Ctrl-C, exit code), on a real pseudo-terminal; and a detached one,
+listed by `ingot status` and stopped (and recorded) by `ingot down`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import docker  # type: ignore[import-untyped]
 import pytest
 
+from tests.integration.test_release_command import entries
 from tests.support.engines import remove_project_containers
 from tests.support.harness import ExampleProject, make_container_example, stop_everything
 from tests.support.pty_session import ingot_on_pty
@@ -41,7 +43,8 @@ def boxed(engine: docker.DockerClient, tmp_path: Path) -> Iterator[ExampleProjec
     remove_project_containers(engine, example.project)
 
 
-def test_ingot_run_on_a_terminal_gets_a_tty_of_its_size_its_keys_and_its_exit_code(boxed: ExampleProject) -> None:
+def test_ingot_run_on_a_terminal_gets_a_tty_and_a_detached_one_is_listed_and_stopped_by_down(
+        engine: docker.DockerClient, boxed: ExampleProject) -> None:
     boxed.ingot("deploy", check=True)
     session = ingot_on_pty(boxed, "run", "web", "--", "python3", "-c", PROGRAM, rows=31, columns=97)
     cooked = session.modes()
@@ -64,3 +67,21 @@ def test_ingot_run_on_a_terminal_gets_a_tty_of_its_size_its_keys_and_its_exit_co
         assert session.modes() == cooked
     finally:
         session.close()
+
+    # Detached: it runs on after `ingot run` returns, `ingot status` lists it, `ingot down` stops it.
+    started = boxed.ingot("run", "web", "--detach", "--json", "--", "python3", "-c",
+                          "import time; print('detached', flush=True); time.sleep(300)", check=True).json
+    one = started["instance"]
+
+    def running() -> list[object]:
+        return list(engine.containers.list(filters={"label": f"ingot.instance={one}"}))
+
+    assert running()
+    status = boxed.ingot("status", "--json", check=True).json
+    assert [(o["id"], o["service"], o["runtime"]) for o in status["one_offs"]] == [(one, "web", "docker")]
+    assert f"one-off {one} running" in boxed.ingot("status", check=True).out
+    down = boxed.ingot("down", check=True)
+    assert not engine.containers.list(all=True, filters={"label": f"ingot.instance={one}"}), down.out
+    finished = [e for e in entries(boxed, "run.finish") if e["payload"]["instance"] == one]
+    assert [e["payload"]["stopped_by"] for e in finished] == ["down"], finished
+    assert boxed.ingot("status", "--json", check=True).json["one_offs"] == []
