@@ -118,6 +118,8 @@ class DockerRuntime:
         self._image_users: dict[str, str] = {}
         # Container ID -> the socket attached to its TTY before it started (`terminal` takes it over).
         self._terminals: dict[str, Any] = {}
+        # (volume, mount path, owner) given to its owner on Docker Engine (see `_own_volumes`).
+        self._owned_volumes: set[tuple[str, str, str]] = set()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -133,8 +135,10 @@ class DockerRuntime:
         with _engine_errors(f"{what} could not start"):
             try:
                 user = self._user_for(request, what)
-                container = self.client.containers.create(**_create_arguments(request, name, user,
-                                                                                 is_podman(self.client)))
+                podman = is_podman(self.client)
+                if request.volumes and not podman:
+                    self._own_volumes(request, user, what)
+                container = self.client.containers.create(**_create_arguments(request, name, user, podman))
             except NotFound as exc:
                 raise OperationFailed(
                     f"{what} could not start: image {request.image} is not in the container engine",
@@ -205,6 +209,46 @@ class DockerRuntime:
                      "read-only root filesystem), or set a numeric USER (e.g. USER 10001) in its Containerfile",
                      "or, to run it as root, set security.run_as_non_root: false with a reason"],
         )
+
+    def _own_volumes(self, request: InstanceRequest, user: str | None, what: str) -> None:
+        """On Docker Engine, give each of the request's volumes to the user its instance runs as, once.
+
+        A fresh Docker volume takes the image's ownership of the mount path (root's, when the image does not
+        have the path), so a non-root instance could not write to it, and Docker has no mount option to
+        change that (Podman's `U`, used there, chowns it at every mount). So a short helper container does
+        it: root, but with CAP_CHOWN as its only capability, no network, a read-only root, the service's
+        own image (no other image need be there) and the volume mounted where the service mounts it (so
+        that Docker's copy of the image's content into a fresh volume happens first, and cannot undo it).
+        Only the volume's top directory is chowned: files in it keep their owners. Once per volume and
+        owner for this runtime object (the agent's lives as long as it does)."""
+        owner = user if user is not None else self._image_users.get(str(request.image), "")
+        uid = owner.split(":", 1)[0]
+        if not uid.isdigit() or int(uid) == 0:
+            return  # root, or a user the engine resolves by name (only with run_as_non_root off): left as is
+        for mount in request.volumes:
+            if (mount.source, mount.target, owner) in self._owned_volumes:
+                continue
+            helper = f"{mount.source}-chown-{os.urandom(3).hex()}"
+            try:
+                self.client.containers.run(
+                    request.image, entrypoint=["chown", owner, mount.target], command=[], user="0",
+                    cap_drop=["ALL"], cap_add=["CHOWN"], security_opt=["no-new-privileges"], network_mode="none",
+                    read_only=True, remove=True, stdout=True, stderr=True,
+                    volumes={mount.source: {"bind": mount.target, "mode": "rw"}},
+                    labels={"ingot.project": request.project, "ingot.volume": mount.name}, name=helper)
+            except (docker.errors.ContainerError, APIError) as exc:
+                # An image without chown fails to start it: no helper is left behind either way.
+                _ignore_not_found(partial(self._remove_by_name, helper))
+                said = bytes(getattr(exc, "stderr", None) or b"").decode("utf-8", "replace").strip()
+                raise OperationFailed(
+                    f"{what} could not start: its volume {mount.name} ({mount.source}) could not be given to its "
+                    f"user {owner}", details=[f"chown in image {request.image}: {said or _explain(exc)}",
+                                              "the service's image needs a chown program for volumes on Docker "
+                                              "Engine (Podman needs none)"]) from exc
+            self._owned_volumes.add((mount.source, mount.target, owner))
+
+    def _remove_by_name(self, name: str) -> None:
+        self.client.containers.get(name).remove(force=True)
 
     def find(self, instance: InstanceRow, state_dir: str) -> InstanceRow | None:
         """The container created for `instance` (by its `ingot.instance` and `ingot.state` labels), if any."""
@@ -602,8 +646,8 @@ def _create_arguments(request: InstanceRequest, name: str, user: str | None = No
                       podman: bool = False) -> dict[str, Any]:
     hardening = request.hardening
     env = instance_env(request)
-    # A fresh engine volume is root's: Podman's U option gives it to the container's user (Docker copies the
-    # image's ownership of the path instead, when the image has it).
+    # A fresh engine volume is root's: Podman's U option gives it to the container's user (on Docker Engine,
+    # DockerRuntime._own_volumes has done it before).
     mode = "rw,U" if podman else "rw"
     resources = request.resources
     limits = {"mem_limit": resources.memory_bytes, "nano_cpus": resources.nano_cpus,
