@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from ingot import ledger, terminal
 from ingot.checks import masker
 from ingot.errors import OperationFailed
 from ingot.executor import Deployment, Emit, Executor, StepFailed
+from ingot.paths import StatePaths
 from ingot.plan import Plan, Step
 from ingot.rollout_control import RolloutAborted
 from ingot.runtimes.base import InstanceRequest
@@ -35,6 +37,7 @@ from ingot.store import InstanceRow, ReleaseRow, Store
 
 SUCCEEDED = "release_command.succeeded"
 FAILED = "release_command.failed"
+ONEOFFS_DIR = "oneoffs"  # in the state: the rows of detached one-offs, until `ingot down` stops them
 STARTED, DETACHED, FINISHED = "run.start", "run.detached", "run.finish"  # `ingot run`'s ledger entries
 IRREVERSIBLE = "release.irreversible"  # a release marked irreversible by `ingot deploy --irreversible`
 TAIL_LINES = 20
@@ -172,37 +175,47 @@ def _wait(runtime: Any, request: InstanceRequest, row: Any, started: float, time
 
 
 def start_detached(executor: Executor, oneoff: OneOff) -> InstanceRow:
-    """Start the one-off instance and leave it running on its own (`ingot run --detach`); its row, which
-    the caller records (`DETACHED`) so that `ingot status` lists it and `ingot down` stops it. Its
+    """Start the one-off instance and leave it running on its own (`ingot run --detach`); its row, kept
+    (`remember_detached`) so that `ingot status` lists it and `ingot down` stops it. Its
     checkout stays until it ends: `stop_detached` removes it, and the agent removes checkouts no instance
     runs from as it starts."""
     try:
-        return executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False, stdin=False,
-                                                                   terminal=False))
+        row = executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False, stdin=False,
+                                                                  terminal=False))
     except BaseException:
         _cleanup(executor, oneoff.request)
         raise
+    remember_detached(executor.paths, row)
+    return row
 
 
-def detached(store: Store, environment: str | None) -> list[InstanceRow]:
-    """The detached one-offs started in `environment` (None: every one) with no `FINISHED` entry yet, as
-    their rows were recorded when they started: alive or not, that is for their runtime to say."""
-    finished = {e.payload.get("instance") for e in ledger.entries(store, environment=environment,
-                                                                  actions=[FINISHED])}
+def remember_detached(paths: StatePaths, row: InstanceRow) -> None:
+    """Keep a detached one-off's row where `detached` finds it: a file of its own in the state
+    (`oneoffs/<id>.json`), read in time that grows with the one-offs left running, not with the ledger."""
+    directory = paths.root / ONEOFFS_DIR
+    directory.mkdir(mode=0o700, exist_ok=True)
+    (directory / f"{row.id}.json").write_text(json.dumps(asdict(row)))
+
+
+def detached(paths: StatePaths, environment: str | None) -> list[InstanceRow]:
+    """The detached one-offs started in `environment` (None: every one) and not stopped by `ingot down`
+    yet, as their rows were kept when they started: alive or not, that is for their runtime to say."""
     found = []
-    for entry in ledger.entries(store, environment=environment, actions=[DETACHED]):
-        row = entry.payload.get("row")
-        if isinstance(row, dict) and row.get("id") not in finished:
-            with contextlib.suppress(TypeError):  # an entry of another shape is no row to act on
-                found.append(InstanceRow(**row))
+    for path in sorted((paths.root / ONEOFFS_DIR).glob("*.json")):
+        try:
+            row = InstanceRow(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):  # gone meanwhile, or not a row: nothing to act on
+            continue
+        if environment is None or row.environment == environment:
+            found.append(row)
     return found
 
 
-def running_detached(store: Store, runtimes: Runtimes, environment: str | None) -> list[dict[str, Any]]:
+def running_detached(paths: StatePaths, runtimes: Runtimes, environment: str | None) -> list[dict[str, Any]]:
     """`ingot status`'s one-offs: the detached ones still running (an engine that cannot be asked: not
     listed, as not known to run)."""
     running = []
-    for row in detached(store, environment):
+    for row in detached(paths, environment):
         with contextlib.suppress(OperationFailed):
             if runtimes.of(row).observe(row).alive:
                 running.append({"id": row.id, "environment": row.environment, "service": row.service,
@@ -216,7 +229,7 @@ def stop_detached(executor: Executor, environment: str | None, actor: str, timeo
     also removed, if it had already exited), its checkout removed, and its end recorded (`FINISHED`, with
     its exit code, and who stopped it if it still ran). The ids of those that were running."""
     stopped = []
-    for row in detached(executor.store, environment):
+    for row in detached(executor.paths, environment):
         runtime = executor.runtimes.of(row)
         seen = runtime.observe(row)
         runtime.stop(row, timeout)
@@ -227,6 +240,7 @@ def stop_detached(executor: Executor, environment: str | None, actor: str, timeo
                       service=row.service, subject=row.release_id,
                       payload={"instance": row.id, "detach": True, "exit_code": code,
                                "stopped_by": "down" if seen.alive else None})
+        (executor.paths.root / ONEOFFS_DIR / f"{row.id}.json").unlink(missing_ok=True)
         if seen.alive:
             stopped.append(row.id)
     return stopped

@@ -365,7 +365,6 @@ def run_command(project: Project, environment: str, name: str, release: str | No
                   subject=row.id, payload={**base, "detach": detach})
     if detach:
         started = oneoff.start_detached(executor, one)
-        # Its row, to be found again: `ingot status` lists it while it runs, `ingot down` stops it.
         ledger.record(project.store, actor=actor, action=oneoff.DETACHED, environment=environment, service=name,
                       subject=row.id, payload={**base, "row": asdict(started)})
         return {**base, "detached": True, "log": started.log_path, "exit_code": None}
@@ -691,7 +690,7 @@ def status(project: Project, environment: str | None) -> dict[str, Any]:
         item["hardening"] = _hardening_of(project, item.get("release"))
         item["maintenance"] = paused.get((item["environment"], item["service"]))
     return {"project": project.spec.project, "state": str(project.paths.root), "agent": agent, "services": services,
-            "one_offs": oneoff.running_detached(project.store, Runtimes(), environment)}
+            "one_offs": oneoff.running_detached(project.paths, Runtimes(), environment)}
 
 
 def _hardening_of(project: Project, release_id: str | None) -> dict[str, Any] | None:
