@@ -116,8 +116,9 @@ class DockerRuntime:
         self._client = client
         # Image ID -> its configured user. An image ID is its content, so this never goes stale.
         self._image_users: dict[str, str] = {}
-        # Container ID -> the socket attached to its TTY before it started (`terminal` takes it over).
-        self._terminals: dict[str, Any] = {}
+        # Container ID -> the socket attached to its stdin (and TTY) before it started: `feed_stdin` or
+        # `terminal` takes it over.
+        self._attached: dict[str, Any] = {}
         # (volume, mount path, owner) given to its owner on Docker Engine (see `_own_volumes`).
         self._owned_volumes: set[tuple[str, str, str]] = set()
 
@@ -146,9 +147,12 @@ class DockerRuntime:
                 ) from exc
             attached = None
             try:
-                if request.terminal:  # before the start: what it writes first reaches the terminal too
-                    attached = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1,
-                                                               "stream": 1})
+                if request.terminal or request.stdin:
+                    # Before the start, as `docker run -i` does: what a TTY shows first reaches the terminal
+                    # too, and stdin is never attached to a container that has already exited (Podman 4.3
+                    # then resets it to "created" and forgets its exit code: `ingot run` exited 1).
+                    outputs = {"stdout": 1, "stderr": 1} if request.terminal else {}
+                    attached = container.attach_socket(params={"stdin": 1, "stream": 1, **outputs})
                 container.start()
                 container.reload()
                 port = 0
@@ -165,7 +169,7 @@ class DockerRuntime:
                 _remove_quietly(container)
                 raise
             if attached is not None:
-                self._terminals[str(container.id)] = attached
+                self._attached[str(container.id)] = attached
         return InstanceRow(
             id=request.instance_id,
             environment=request.environment,
@@ -347,14 +351,14 @@ class DockerRuntime:
                 yield from _lines(container.logs(stdout=True, stderr=True, stream=True, follow=True, since=since))
 
     def feed_stdin(self, instance: InstanceRow, fd: int) -> None:
-        """Copy what can be read from `fd` to the container's stdin, closing it at the end of `fd`
-        (stdin_once: the command sees its end of input). Blocking: run it in a thread."""
-        container = self._container(instance)
-        if container is None:
+        """Copy what can be read from `fd` to the stdin of a container this object started with `stdin`,
+        closing it at the end of `fd` (stdin_once: the command sees its end of input). Blocking: run it in
+        a thread."""
+        attached = self._attached.pop(str(instance.handle), None)
+        if attached is None:
             return
-        with _engine_errors(f"instance {instance.id}: attaching to the container's stdin failed"):
-            attached = container.attach_socket(params={"stdin": 1, "stream": 1})
-            sock = getattr(attached, "_sock", attached)  # the SDK wraps the hijacked socket in a SocketIO
+        sock = getattr(attached, "_sock", attached)  # the SDK wraps the hijacked socket in a SocketIO
+        with _engine_errors(f"instance {instance.id}: writing to the container's stdin failed"):
             try:
                 while chunk := os.read(fd, 65536):
                     sock.sendall(chunk)
@@ -366,7 +370,7 @@ class DockerRuntime:
     def terminal(self, instance: InstanceRow, in_fd: int, out_fd: int) -> None:
         """Join the TTY of a container started with `terminal` to `in_fd` (what is typed, raw) and `out_fd`
         (what it shows), until the container's side ends. Blocking: run it in a thread."""
-        attached = self._terminals.pop(str(instance.handle), None)
+        attached = self._attached.pop(str(instance.handle), None)
         if attached is None:
             return
         sock = getattr(attached, "_sock", attached)  # the SDK wraps the hijacked socket in a SocketIO
