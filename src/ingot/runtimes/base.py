@@ -14,7 +14,8 @@ process runtime, Podman and Docker Engine, each for real):
   instance, at once, never a hang, and leaves nothing running or labelled behind. An instance that
   dies at once is reported either by `start` (containers: `OperationFailed` with its exit code and
   last log lines, since the engine unpublishes a dead container's port) or by the next `observe`
-  (process): callers handle both.
+  (process, and a one-off container, whose ending is its result and which publishes nothing to
+  read): callers handle both.
 - Environment: the request's `env` (release env, config, decrypted secrets: secrets reach an
   instance only through its environment), then ingot's variables, which win over same-named ones:
   `PORT` (the port to listen on: the host port for a process, `container_port` in a container),
