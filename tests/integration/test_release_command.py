@@ -20,6 +20,7 @@ import pytest
 
 from ingot.runtimes.process import _is_zombie, process_environment
 from tests.support.harness import ExampleProject, load, make_example, poll, processes_of, stop_everything
+from tests.support.pty_session import ingot_on_pty
 
 # The migration the release runs: a table for v1, a NOT NULL column that v2's code reads; "bad" fails.
 MIGRATE = '''\
@@ -224,6 +225,15 @@ def test_ingot_run_runs_a_command_in_a_fresh_instance_of_the_live_release(exampl
     missing = example.ingot("run", "web")
     assert missing.code == 2 and "needs a command" in missing.err
     assert not any("-run-" in row[0] for row in instances(example))  # a one-off is not one of the service's
+    # On a terminal the command has it (the caller's own, inherited), with its size, and its exit code comes back.
+    session = ingot_on_pty(example, "run", "web", "--", "python", "-c",
+                           "import os, sys; print('tty', os.ttyname(0), *os.get_terminal_size(0)); sys.exit(3)",
+                           rows=29, columns=91)
+    try:
+        assert session.wait() == 3, session.text
+        assert "tty /dev/pts/" in session.text and " 91 29" in session.text, session.text
+    finally:
+        session.close()
     # Detached: it runs on after `ingot run` returns, `ingot status` lists it, `ingot down` stops it.
     started = example.ingot("run", "web", "--detach", "--json", "--", "python", "-c",
                             "import time; time.sleep(300)", check=True).json
