@@ -13,29 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
+import json
 import sys
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ingot import ledger
+from ingot import ledger, terminal
 from ingot.checks import masker
 from ingot.errors import OperationFailed
 from ingot.executor import Deployment, Emit, Executor, StepFailed
+from ingot.paths import StatePaths
 from ingot.plan import Plan, Step
 from ingot.rollout_control import RolloutAborted
 from ingot.runtimes.base import InstanceRequest
-from ingot.store import ReleaseRow, Store
+from ingot.runtimes.registry import Runtimes
+from ingot.store import InstanceRow, ReleaseRow, Store
 
 SUCCEEDED = "release_command.succeeded"
 FAILED = "release_command.failed"
+ONEOFFS_DIR = "oneoffs"  # in the state: the rows of detached one-offs, until `ingot down` stops them
+STARTED, DETACHED, FINISHED = "run.start", "run.detached", "run.finish"  # `ingot run`'s ledger entries
 IRREVERSIBLE = "release.irreversible"  # a release marked irreversible by `ingot deploy --irreversible`
 TAIL_LINES = 20
 KEPT_LINES = 10_000  # of a container one-off's output, kept in its log file
@@ -76,11 +79,28 @@ async def prepare(executor: Executor, environment: str, service: str, release: R
     params = DeployParams(replicas=0, health=HealthPolicy(), listen=("", 0), runtime=runtime)
     template = await executor.request_template(environment, service, release, params)
     instance_id = f"{service}-{release.id[:6]}-{purpose}-{uuid.uuid4().hex[:6]}"
+    inherits, fed, on_terminal = _attachment(attach, runtime)
     request = replace(template, instance_id=instance_id, command=tuple(command), state_dir="", oneoff=True,
                       log_path=executor.paths.instance_log(environment, service, instance_id),
-                      attach=attach and runtime == "process", stdin=attach and runtime != "process")
+                      attach=inherits, stdin=fed, terminal=on_terminal)
     secrets = tuple(template.env[name] for name in release.spec.get("secrets") or () if name in template.env)
     return OneOff(request, runtime, secrets)
+
+
+def _attachment(attach: bool, runtime: str) -> tuple[bool, bool, bool]:
+    """How an attached one-off meets the caller: the process runtime hands it the caller's stdin, stdout
+    and stderr (its terminal, if they are one); a container gets a TTY joined to the caller's terminal
+    when there is one (as `docker run -it`), else its stdin fed from the caller's and its output streamed
+    (as `docker run -i`). (inherits, fed, on a terminal): the request's `attach`, `stdin` and `terminal`."""
+    if not attach or runtime == "process":
+        return attach, False, False
+    on_terminal = terminal.attached_to_terminal()
+    return False, not on_terminal, on_terminal
+
+
+def attached(request: InstanceRequest) -> bool:
+    """Whether the one-off runs attached to the caller (then a Ctrl-C of the caller is its command's)."""
+    return request.attach or request.stdin or request.terminal
 
 
 def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
@@ -98,49 +118,30 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
     mask = masker(oneoff.secret_values, mark=SECRET_MARK)
     started = time.monotonic()
     try:
+        # A container one-off that ends at once is not a failed start (see DockerRuntime.start): its end is
+        # observed below, as a process's is.
         row = runtime.start(request)
-    except OperationFailed as exc:
-        if runtime_name == "process" or "exited at once with code" not in exc.message:
-            _cleanup(executor, request)
-            raise
-        # A container engine reports an instance that ended before its port was read as a failed start:
-        # for a one-off that is just its end, with its code in the message.
-        code = _code_in(exc.message)
-        tail = [mask(line.removeprefix("  | ")) for line in exc.details[1:]]
-        _keep_log(request, tail)
-        for line in tail if on_line else ():
-            on_line(line)  # type: ignore[misc]
-        return OneOffResult(request.instance_id, code, False, round(time.monotonic() - started, 3),
-                            str(request.log_path), tail[-TAIL_LINES:])
+    except BaseException:
+        _cleanup(executor, request)
+        raise
     follower = _Follower(Path(request.log_path)) if runtime_name == "process" and not request.attach else None
-    streamed = _Streamed(runtime, row, on_line, mask) if runtime_name != "process" else None
+    streamed = (_Streamed(runtime, row, on_line, mask) if runtime_name != "process" and not request.terminal
+                else None)
     if request.stdin:  # a daemon: a caller's stdin that never ends must not hold this process at exit
         threading.Thread(target=_feed, args=(runtime, row), name=f"stdin {row.id}", daemon=True).start()
-    timed_out = False
+
+    def follow() -> None:
+        if follower is not None and on_line is not None:
+            for line in follower.new_lines():
+                on_line(mask(line))
+
     try:
-        while True:
-            try:
-                seen = runtime.observe(row)
-                if follower is not None and on_line is not None:
-                    for line in follower.new_lines():
-                        on_line(mask(line))
-                if not seen.alive:
-                    break
-                late = timeout is not None and time.monotonic() - started > timeout
-                if late or (given_up is not None and given_up()):
-                    timed_out = late
-                    runtime.stop(row, stop_timeout)
-                    seen = runtime.observe(row)
-                    break
-                time.sleep(POLL)
-            except KeyboardInterrupt:
-                if not request.attach or row.pid is None:
-                    raise
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(row.pid, signal.SIGINT)
+        with _Joined(runtime, row) if request.terminal else contextlib.nullcontext():
+            seen, timed_out = _wait(runtime, request, row, started, timeout, stop_timeout, given_up, follow)
         if follower is not None and on_line is not None:
             _wait_for_logger(follower, on_line, mask)
-        tail = [mask(line) for line in runtime.log_tail(row, TAIL_LINES)] if not request.attach else []
+        shown_directly = request.attach or request.terminal  # the caller saw it all, on its terminal
+        tail = [mask(line) for line in runtime.log_tail(row, TAIL_LINES)] if not shown_directly else []
         if streamed is not None:
             # The engine's log goes with the container: what it wrote is kept where a process's would be.
             _keep_log(request, streamed.rest())
@@ -151,15 +152,131 @@ def run(executor: Executor, oneoff: OneOff, *, timeout: float | None,
         _cleanup(executor, request)
 
 
-def start_detached(executor: Executor, oneoff: OneOff) -> str:
-    """Start the one-off instance and leave it running on its own (`ingot run --detach`); its log path.
-    Its checkout stays until it ends: the agent removes checkouts no instance runs from as it starts."""
+def _wait(runtime: Any, request: InstanceRequest, row: Any, started: float, timeout: float | None,
+          stop_timeout: float, given_up: Callable[[], bool] | None,
+          follow: Callable[[], None]) -> tuple[Any, bool]:
+    """Until the one-off has ended (its last observation), or is stopped for its deadline (True) or
+    for `given_up()`. A Ctrl-C of the caller meanwhile goes to an attached one's command."""
+    while True:
+        try:
+            seen = runtime.observe(row)
+            follow()
+            if not seen.alive:
+                return seen, False
+            late = timeout is not None and time.monotonic() - started > timeout
+            if late or (given_up is not None and given_up()):
+                runtime.stop(row, stop_timeout)
+                return runtime.observe(row), late
+            time.sleep(POLL)
+        except KeyboardInterrupt:
+            if not attached(request):
+                raise
+            runtime.interrupt(row)
+
+
+def start_detached(executor: Executor, oneoff: OneOff) -> InstanceRow:
+    """Start the one-off instance and leave it running on its own (`ingot run --detach`); its row, kept
+    (`remember_detached`) so that `ingot status` lists it and `ingot down` stops it. Its
+    checkout stays until it ends: `stop_detached` removes it, and the agent removes checkouts no instance
+    runs from as it starts."""
     try:
-        executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False, stdin=False))
+        row = executor.runtimes.get(oneoff.runtime).start(replace(oneoff.request, attach=False, stdin=False,
+                                                                  terminal=False))
     except BaseException:
         _cleanup(executor, oneoff.request)
         raise
-    return str(oneoff.request.log_path)
+    remember_detached(executor.paths, row)
+    return row
+
+
+def remember_detached(paths: StatePaths, row: InstanceRow) -> None:
+    """Keep a detached one-off's row where `detached` finds it: a file of its own in the state
+    (`oneoffs/<id>.json`), read in time that grows with the one-offs left running, not with the ledger."""
+    directory = paths.root / ONEOFFS_DIR
+    directory.mkdir(mode=0o700, exist_ok=True)
+    (directory / f"{row.id}.json").write_text(json.dumps(asdict(row)))
+
+
+def detached(paths: StatePaths, environment: str | None) -> list[InstanceRow]:
+    """The detached one-offs started in `environment` (None: every one) and not stopped by `ingot down`
+    yet, as their rows were kept when they started: alive or not, that is for their runtime to say."""
+    found = []
+    for path in sorted((paths.root / ONEOFFS_DIR).glob("*.json")):
+        try:
+            row = InstanceRow(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):  # gone meanwhile, or not a row: nothing to act on
+            continue
+        if environment is None or row.environment == environment:
+            found.append(row)
+    return found
+
+
+def running_detached(paths: StatePaths, runtimes: Runtimes, environment: str | None) -> list[dict[str, Any]]:
+    """`ingot status`'s one-offs: the detached ones still running (an engine that cannot be asked: not
+    listed, as not known to run)."""
+    running = []
+    for row in detached(paths, environment):
+        with contextlib.suppress(OperationFailed):
+            if runtimes.of(row).observe(row).alive:
+                running.append({"id": row.id, "environment": row.environment, "service": row.service,
+                                "release": row.release_id, "runtime": row.runtime, "pid": row.pid,
+                                "started_at": row.started_at, "log": row.log_path})
+    return running
+
+
+def stop_detached(executor: Executor, environment: str | None, actor: str, timeout: float = 10.0) -> list[str]:
+    """`ingot down`'s part for detached one-offs of `environment` (None: all): each stopped (a container
+    also removed, if it had already exited), its checkout removed, and its end recorded (`FINISHED`, with
+    its exit code, and who stopped it if it still ran). The ids of those that were running."""
+    stopped = []
+    for row in detached(executor.paths, environment):
+        runtime = executor.runtimes.of(row)
+        seen = runtime.observe(row)
+        runtime.stop(row, timeout)
+        code = seen.exit_code if not seen.alive else runtime.observe(row).exit_code
+        if row.runtime == "process" and row.handle:
+            executor.remove_checkout(Path(row.handle))
+        ledger.record(executor.store, actor=actor, action=FINISHED, environment=row.environment,
+                      service=row.service, subject=row.release_id,
+                      payload={"instance": row.id, "detach": True, "exit_code": code,
+                               "stopped_by": "down" if seen.alive else None})
+        (executor.paths.root / ONEOFFS_DIR / f"{row.id}.json").unlink(missing_ok=True)
+        if seen.alive:
+            stopped.append(row.id)
+    return stopped
+
+
+class _Joined:
+    """A container one-off's TTY joined to the caller's terminal while the block runs: the terminal raw
+    (keys, Ctrl-C included, go to the command's TTY), its size passed on now and on every change, the
+    container's output written to it as it comes; at the end, what it wrote last, and the terminal back."""
+
+    def __init__(self, runtime: Any, row: Any) -> None:
+        self.runtime, self.row = runtime, row
+        self.in_fd, self.out_fd = sys.stdin.fileno(), sys.stdout.fileno()
+        self.stack = contextlib.ExitStack()
+        self.thread = threading.Thread(target=runtime.terminal, args=(row, self.in_fd, self.out_fd),
+                                       name=f"tty {row.id}", daemon=True)
+
+    def _resize(self, size: terminal.Size) -> None:
+        self.runtime.resize(self.row, *size)
+
+    def __enter__(self) -> _Joined:
+        sys.stdout.flush()
+        self.stack.enter_context(terminal.raw(self.in_fd))
+        self.stack.enter_context(terminal.on_resize(self.out_fd, self._resize))
+        size = terminal.size(self.out_fd)
+        if size is not None:
+            with contextlib.suppress(OperationFailed):  # ended already: nothing to resize
+                self._resize(size)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            self.thread.join(timeout=5)  # its output ends with it: the last of it is on the terminal
+        finally:
+            self.stack.close()
 
 
 class _Follower:
@@ -253,11 +370,6 @@ def _keep_log(request: InstanceRequest, lines: list[str]) -> None:
 def _cleanup(executor: Executor, request: InstanceRequest) -> None:
     if request.artifact_path is not None:
         executor.remove_checkout(request.artifact_path)
-
-
-def _code_in(message: str) -> int | None:
-    text = message.rsplit("code", 1)[-1].strip()
-    return int(text) if text.lstrip("-").isdigit() else None
 
 
 # ---- release_command -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -389,21 +389,23 @@ def run_command(project: Project, environment: str, name: str, release: str | No
                                      attach=not detach))
     actor = current_actor()
     base = {"instance": one.request.instance_id, "release": row.id, "command": command}
-    ledger.record(project.store, actor=actor, action="run.start", environment=environment, service=name,
+    ledger.record(project.store, actor=actor, action=oneoff.STARTED, environment=environment, service=name,
                   subject=row.id, payload={**base, "detach": detach})
     if detach:
-        log_path = oneoff.start_detached(executor, one)
-        return {**base, "detached": True, "log": log_path, "exit_code": None}
+        started = oneoff.start_detached(executor, one)
+        ledger.record(project.store, actor=actor, action=oneoff.DETACHED, environment=environment, service=name,
+                      subject=row.id, payload={**base, "row": asdict(started)})
+        return {**base, "detached": True, "log": started.log_path, "exit_code": None}
     try:
         result = oneoff.run(executor, one, timeout=None, on_line=on_line)
     except BaseException as exc:
-        ledger.record(project.store, actor=actor, action="run.finish", environment=environment, service=name,
+        ledger.record(project.store, actor=actor, action=oneoff.FINISHED, environment=environment, service=name,
                       subject=row.id, payload={**base, "exit_code": None, "error": f"{type(exc).__name__}: {exc}"})
         raise
-    ledger.record(project.store, actor=actor, action="run.finish", environment=environment, service=name,
+    ledger.record(project.store, actor=actor, action=oneoff.FINISHED, environment=environment, service=name,
                   subject=row.id, payload={**base, "exit_code": result.exit_code, "seconds": result.seconds})
     return {**base, "detached": False, "exit_code": result.exit_code, "seconds": result.seconds,
-            "log": None if one.request.attach else result.log_path}
+            "log": None if one.request.attach or one.request.terminal else result.log_path}
 
 
 def _one_release(project: Project, name: str, prefix: str) -> ReleaseRow:
@@ -718,7 +720,8 @@ def status(project: Project, environment: str | None) -> dict[str, Any]:
     for item in services:
         item["hardening"] = _hardening_of(project, item.get("release"))
         item["maintenance"] = paused.get((item["environment"], item["service"]))
-    return {"project": project.spec.project, "state": str(project.paths.root), "agent": agent, "services": services}
+    return {"project": project.spec.project, "state": str(project.paths.root), "agent": agent, "services": services,
+            "one_offs": oneoff.running_detached(project.paths, Runtimes(), environment)}
 
 
 def _hardening_of(project: Project, release_id: str | None) -> dict[str, Any] | None:
@@ -757,10 +760,23 @@ def logs(project: Project, environment: str, name: str, lines: int = 50) -> list
 
 
 def down(project: Project, environment: str | None) -> dict[str, Any]:
-    """Stop every instance and router (of one environment, or all), and the agent once nothing is left.
+    """Stop every instance and router (of one environment, or all), and the agent once nothing is left;
+    and the detached one-offs (`ingot run --detach`) of the environment, which are no service's instances.
 
     On a damaged database it still stops everything it can find, and says what it could not do.
     """
+    result = _down_services(project, environment)
+    try:
+        executor = Executor(project.store, Runtimes(), project.artifacts, project.paths)
+        one_offs = oneoff.stop_detached(executor, environment, current_actor())
+    except (OperationFailed, StoreDamaged) as exc:
+        result["problems"] = [*result["problems"], f"detached one-offs could not be stopped: {exc.message}"]
+    else:
+        result["stopped"] = [*result["stopped"], *one_offs]
+    return result
+
+
+def _down_services(project: Project, environment: str | None) -> dict[str, Any]:
     damage = _store_damage(project)
     if damage:
         return _down_damaged(project, environment, damage)

@@ -152,6 +152,7 @@ def status_text(report: dict[str, Any], out: Console, err: Console) -> None:
         err.print(f"warning: {weaker}", markup=False, soft_wrap=True)
     if not report["services"]:
         out.print("nothing deployed")
+        _one_off_lines(report, out)
         return
     table = Table(show_edge=False)
     for column in ("environment", "service", "release", "url", "instances", "requests", "5xx", "p99 ms"):
@@ -185,6 +186,15 @@ def status_text(report: dict[str, Any], out: Console, err: Console) -> None:
             if instance["health"] != "healthy":
                 out.print(f"  {item['service']}/{instance['id']} (pid {instance['pid']}, port "
                           f"{instance['port']}): {instance['state']}, {instance['health']}")
+    _one_off_lines(report, out)
+
+
+def _one_off_lines(report: dict[str, Any], out: Console) -> None:
+    """The detached one-offs (`ingot run --detach`) still running: no service's instances, stopped by down."""
+    for one in report.get("one_offs") or []:
+        pid = "" if one["pid"] is None else f", pid {one['pid']}"
+        out.print(f"  {one['environment']}/{one['service']}: one-off {one['id']} running ({one['runtime']}{pid}, "
+                  f"release {one['release']}); its output: {one['log']}; 'ingot down' stops it", markup=False)
 
 
 def _self_heal_lines(heal: dict[str, Any] | None) -> list[str]:

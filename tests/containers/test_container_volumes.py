@@ -1,8 +1,10 @@
 """A named engine volume on the container runtime: mounted writable under the read-only root file system,
-the same one for every release, kept across a deploy and a rollback."""
+the same one for every release, kept across a deploy and a rollback; on Podman and on Docker Engine (where a
+fresh volume is root's and ingot gives it to the instance's non-root user first)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import docker  # type: ignore[import-untyped]
 import pytest
 from docker.errors import NotFound  # type: ignore[import-untyped]
 
-from tests.support.engines import remove_project_containers
+from tests.support.engines import DOCKER_HOST_VAR, docker_engine, podman_engine, remove_project_containers
 from tests.support.harness import ExampleProject, make_container_example, poll, stop_everything
 
 # Each container notes its release in the volume (${INGOT_RELEASE} expanded by ingot), then serves.
@@ -20,9 +22,21 @@ VOLUME_YAML = """\
 """
 
 
+@pytest.fixture(params=["podman", "docker"])
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def boxed(engine: docker.DockerClient, tmp_path: Path) -> Iterator[ExampleProject]:
+def engine(engine_kind: str) -> docker.DockerClient:
+    return podman_engine() if engine_kind == "podman" else docker_engine()
+
+
+@pytest.fixture
+def boxed(engine: docker.DockerClient, engine_kind: str, tmp_path: Path) -> Iterator[ExampleProject]:
     example = make_container_example(tmp_path, replicas=1, extra_service_yaml=VOLUME_YAML)
+    if engine_kind == "docker":
+        example.env["DOCKER_HOST"] = os.environ[DOCKER_HOST_VAR]
     yield example
     stop_everything(example)
     remove_project_containers(engine, example.project)

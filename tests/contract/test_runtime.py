@@ -9,11 +9,13 @@ import os
 import signal
 import time
 from dataclasses import replace
+from typing import Any
 
 import pytest
+from docker.errors import APIError, NotFound  # type: ignore[import-untyped]
 
 from ingot.errors import OperationFailed
-from ingot.runtimes.base import LOG_BACKUPS, Hardening, Resources
+from ingot.runtimes.base import LOG_BACKUPS, Hardening, Resources, VolumeMount
 from ingot.runtimes.docker import DockerRuntime
 from tests.contract.runtime_kits import Kit, answering, answers, get_json, intent_of, wait_for
 from tests.support.engines import BASE_IMAGE, client_at
@@ -206,6 +208,47 @@ def test_a_recycled_pid_is_not_the_instance(kit: Kit) -> None:
     assert not kit.fresh().observe(forged).alive
     kit.fresh().stop(forged, 0.1)
     assert kit.runtime.observe(row).alive  # the real instance was left alone
+
+
+# ---- volumes ---------------------------------------------------------------------------------------
+
+
+def test_a_volume_is_writable_by_the_instance_and_kept_for_the_instance_that_replaces_it(kit: Kit) -> None:
+    """Written by the instance's own (non-root) user, also on a fresh engine volume, which Docker Engine gives
+    the image's ownership of the path (root's, here), and what was written is there for its replacement,
+    started by a new runtime object (a restarted agent)."""
+    if kit.kind == "process":
+        assert kit.artifact is not None
+        source = str(kit.artifact.parent / "data")
+    else:
+        source = f"ingot-{kit.project}-staging-data"
+    mount = VolumeMount("data", "/data", source)
+    try:
+        first = kit.start(kit.request(volumes=(mount,)))
+        answering(first)
+        assert get_json(first, "/note?text=one")["notes"] == ["one"]
+        kit.runtime.stop(first, 5.0)
+        later = kit.fresh()
+        second = later.start(kit.request(volumes=(mount,)))
+        kit.started.append(second)
+        answering(second)
+        assert get_json(second, "/note?text=two")["notes"] == ["one", "two"]
+        assert get_json(second, "/whoami")["uid"] != 0
+    finally:
+        if kit.kind != "process":
+            client = client_at(str(kit.engine_url))
+            kit.clean_up()
+            wait_for(lambda: _removed_volume(client, source), what=f"volume {source} removed")
+
+
+def _removed_volume(client: Any, name: str) -> bool:
+    try:
+        client.volumes.get(name).remove(force=True)
+    except NotFound:
+        return True
+    except APIError:  # still in use by a container being removed
+        return False
+    return True
 
 
 # ---- containers: user and resources ---------------------------------------------------------------

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from ingot.runtimes.process import _is_zombie, process_environment
 from tests.support.harness import ExampleProject, load, make_example, poll, processes_of, stop_everything
+from tests.support.pty_session import ingot_on_pty
 
 # The migration the release runs: a table for v1, a NOT NULL column that v2's code reads; "bad" fails.
 MIGRATE = '''\
@@ -82,6 +84,16 @@ def entries(example: ExampleProject, *actions: str) -> list[dict[str, Any]]:
         rows = db.execute(f"SELECT actor, action, subject, payload_json FROM ledger WHERE action IN ({marks}) "
                           "ORDER BY seq", actions).fetchall()
     return [{"actor": a, "action": b, "subject": c, "payload": json.loads(p)} for a, b, c, p in rows]
+
+
+def processes_of_instance(instance: str) -> list[int]:
+    """The pids whose environment says they are `instance` (a one-off carries no INGOT_STATE)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        env = process_environment(int(entry.name)) if entry.name.isdigit() else None
+        if env is not None and env.get("INGOT_INSTANCE") == instance and not _is_zombie(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def instances(example: ExampleProject) -> set[tuple[str, str, int]]:
@@ -213,3 +225,24 @@ def test_ingot_run_runs_a_command_in_a_fresh_instance_of_the_live_release(exampl
     missing = example.ingot("run", "web")
     assert missing.code == 2 and "needs a command" in missing.err
     assert not any("-run-" in row[0] for row in instances(example))  # a one-off is not one of the service's
+    # On a terminal the command has it (the caller's own, inherited), with its size, and its exit code comes back.
+    session = ingot_on_pty(example, "run", "web", "--", "python", "-c",
+                           "import os, sys; print('tty', os.ttyname(0), *os.get_terminal_size(0)); sys.exit(3)",
+                           rows=29, columns=91)
+    try:
+        assert session.wait() == 3, session.text
+        assert "tty /dev/pts/" in session.text and " 91 29" in session.text, session.text
+    finally:
+        session.close()
+    # Detached: it runs on after `ingot run` returns, `ingot status` lists it, `ingot down` stops it.
+    started = example.ingot("run", "web", "--detach", "--json", "--", "python", "-c",
+                            "import time; time.sleep(300)", check=True).json
+    one = started["instance"]
+    [pid] = processes_of_instance(one)
+    [listed] = example.ingot("status", "--json", check=True).json["one_offs"]
+    assert (listed["id"], listed["pid"], listed["runtime"]) == (one, pid, "process")
+    example.ingot("down", check=True)
+    assert processes_of_instance(one) == []
+    [finished] = [e for e in entries(example, "run.finish") if e["payload"]["instance"] == one]
+    assert finished["payload"]["stopped_by"] == "down"
+    assert example.ingot("status", "--json", check=True).json["one_offs"] == []

@@ -14,7 +14,8 @@ process runtime, Podman and Docker Engine, each for real):
   instance, at once, never a hang, and leaves nothing running or labelled behind. An instance that
   dies at once is reported either by `start` (containers: `OperationFailed` with its exit code and
   last log lines, since the engine unpublishes a dead container's port) or by the next `observe`
-  (process): callers handle both.
+  (process, and a one-off container, whose ending is its result and which publishes nothing to
+  read): callers handle both.
 - Environment: the request's `env` (release env, config, decrypted secrets: secrets reach an
   instance only through its environment), then ingot's variables, which win over same-named ones:
   `PORT` (the port to listen on: the host port for a process, `container_port` in a container),
@@ -148,6 +149,9 @@ class InstanceRequest:
     # A container one-off of `ingot run`: created with stdin open, the caller's stdin fed to it (`feed_stdin`)
     # and closed at its end, so `ingot run web -- cmd < file` works there too.
     stdin: bool = False
+    # A container one-off of `ingot run` on a terminal (ingot.terminal): created with a TTY of its own and
+    # attached to it before it starts (nothing it writes first is lost); `terminal` joins it to the caller's.
+    terminal: bool = False
     # `ingot run` or a release_command: no instance row, so drift and self-heal must leave it alone.
     oneoff: bool = False
     # The service's volumes: a directory on the host (process runtime) or an engine volume (containers).
@@ -182,6 +186,10 @@ class Runtime(Protocol):
     def observe(self, instance: InstanceRow) -> Observation: ...
 
     def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]: ...
+
+    def interrupt(self, instance: InstanceRow) -> None:
+        """Pass a Ctrl-C (SIGINT) on to an attached one-off's command, which decides what it means."""
+        ...
 
     def follow_log(self, instance: InstanceRow, tail: int | None = None,
                    stop: threading.Event | None = None) -> Iterator[str]:

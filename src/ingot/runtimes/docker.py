@@ -116,6 +116,11 @@ class DockerRuntime:
         self._client = client
         # Image ID -> its configured user. An image ID is its content, so this never goes stale.
         self._image_users: dict[str, str] = {}
+        # Container ID -> the socket attached to its stdin (and TTY) before it started: `feed_stdin` or
+        # `terminal` takes it over.
+        self._attached: dict[str, Any] = {}
+        # (volume, mount path, owner) given to its owner on Docker Engine (see `_own_volumes`).
+        self._owned_volumes: set[tuple[str, str, str]] = set()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -131,23 +136,40 @@ class DockerRuntime:
         with _engine_errors(f"{what} could not start"):
             try:
                 user = self._user_for(request, what)
-                container = self.client.containers.create(**_create_arguments(request, name, user,
-                                                                                 is_podman(self.client)))
+                podman = is_podman(self.client)
+                if request.volumes and not podman:
+                    self._own_volumes(request, user, what)
+                container = self.client.containers.create(**_create_arguments(request, name, user, podman))
             except NotFound as exc:
                 raise OperationFailed(
                     f"{what} could not start: image {request.image} is not in the container engine",
                     details=[f"engine: {_explain(exc)}", *_LOAD_HINT],
                 ) from exc
+            attached = None
             try:
+                if request.terminal or request.stdin:
+                    # Before the start, as `docker run -i` does: what a TTY shows first reaches the terminal
+                    # too, and stdin is never attached to a container that has already exited (Podman 4.3
+                    # then resets it to "created" and forgets its exit code: `ingot run` exited 1).
+                    outputs = {"stdout": 1, "stderr": 1} if request.terminal else {}
+                    attached = container.attach_socket(params={"stdin": 1, "stream": 1, **outputs})
                 container.start()
                 container.reload()
-                _fail_if_exited(container, what)
-                port = 0 if request.container_port is None else _published_port(container.attrs,
-                                                                                 request.container_port)
+                port = 0
+                # A one-off takes no traffic, and its ending (at once or not) is its result, observed as a
+                # process's is: only a serving instance must be found running, with its port published.
+                if not request.oneoff:
+                    _fail_if_exited(container, what)
+                    if request.container_port is not None:
+                        port = _published_port(container.attrs, request.container_port)
             except BaseException:
                 # A container that never served must not linger with the instance's name and labels.
+                if attached is not None:
+                    attached.close()
                 _remove_quietly(container)
                 raise
+            if attached is not None:
+                self._attached[str(container.id)] = attached
         return InstanceRow(
             id=request.instance_id,
             environment=request.environment,
@@ -191,6 +213,46 @@ class DockerRuntime:
                      "read-only root filesystem), or set a numeric USER (e.g. USER 10001) in its Containerfile",
                      "or, to run it as root, set security.run_as_non_root: false with a reason"],
         )
+
+    def _own_volumes(self, request: InstanceRequest, user: str | None, what: str) -> None:
+        """On Docker Engine, give each of the request's volumes to the user its instance runs as, once.
+
+        A fresh Docker volume takes the image's ownership of the mount path (root's, when the image does not
+        have the path), so a non-root instance could not write to it, and Docker has no mount option to
+        change that (Podman's `U`, used there, chowns it at every mount). So a short helper container does
+        it: root, but with CAP_CHOWN as its only capability, no network, a read-only root, the service's
+        own image (no other image need be there) and the volume mounted where the service mounts it (so
+        that Docker's copy of the image's content into a fresh volume happens first, and cannot undo it).
+        Only the volume's top directory is chowned: files in it keep their owners. Once per volume and
+        owner for this runtime object (the agent's lives as long as it does)."""
+        owner = user if user is not None else self._image_users.get(str(request.image), "")
+        uid = owner.split(":", 1)[0]
+        if not uid.isdigit() or int(uid) == 0:
+            return  # root, or a user the engine resolves by name (only with run_as_non_root off): left as is
+        for mount in request.volumes:
+            if (mount.source, mount.target, owner) in self._owned_volumes:
+                continue
+            helper = f"{mount.source}-chown-{os.urandom(3).hex()}"
+            try:
+                self.client.containers.run(
+                    request.image, entrypoint=["chown", owner, mount.target], command=[], user="0",
+                    cap_drop=["ALL"], cap_add=["CHOWN"], security_opt=["no-new-privileges"], network_mode="none",
+                    read_only=True, remove=True, stdout=True, stderr=True,
+                    volumes={mount.source: {"bind": mount.target, "mode": "rw"}},
+                    labels={"ingot.project": request.project, "ingot.volume": mount.name}, name=helper)
+            except (docker.errors.ContainerError, APIError) as exc:
+                # An image without chown fails to start it: no helper is left behind either way.
+                _ignore_not_found(partial(self._remove_by_name, helper))
+                said = bytes(getattr(exc, "stderr", None) or b"").decode("utf-8", "replace").strip()
+                raise OperationFailed(
+                    f"{what} could not start: its volume {mount.name} ({mount.source}) could not be given to its "
+                    f"user {owner}", details=[f"chown in image {request.image}: {said or _explain(exc)}",
+                                              "the service's image needs a chown program for volumes on Docker "
+                                              "Engine (Podman needs none)"]) from exc
+            self._owned_volumes.add((mount.source, mount.target, owner))
+
+    def _remove_by_name(self, name: str) -> None:
+        self.client.containers.get(name).remove(force=True)
 
     def find(self, instance: InstanceRow, state_dir: str) -> InstanceRow | None:
         """The container created for `instance` (by its `ingot.instance` and `ingot.state` labels), if any."""
@@ -239,10 +301,10 @@ class DockerRuntime:
     def observe(self, instance: InstanceRow) -> Observation:
         """Alive iff the container runs. An engine that cannot be asked raises `OperationFailed`:
         not knowing is not dead, and reporting dead would replace instances that still serve."""
-        attrs = self._inspect(instance)
-        if attrs is None:
+        container = self._container(instance)
+        if container is None:
             return Observation(alive=False, detail="container is gone")
-        state = attrs.get("State") or {}
+        state = container.attrs.get("State") or {}
         status = state.get("Status")
         if status == "running":
             return Observation(alive=True)
@@ -251,7 +313,7 @@ class DockerRuntime:
             return Observation(alive=True, detail="container is paused")
         if status == "created":
             return Observation(alive=False, detail="container was created but never started")
-        code = int(state.get("ExitCode") or 0)
+        code = _exit_code(container, state)
         detail = f"exited with code {code}"
         if state.get("OOMKilled"):
             detail += " (killed for running out of memory)"
@@ -289,14 +351,14 @@ class DockerRuntime:
                 yield from _lines(container.logs(stdout=True, stderr=True, stream=True, follow=True, since=since))
 
     def feed_stdin(self, instance: InstanceRow, fd: int) -> None:
-        """Copy what can be read from `fd` to the container's stdin, closing it at the end of `fd`
-        (stdin_once: the command sees its end of input). Blocking: run it in a thread."""
-        container = self._container(instance)
-        if container is None:
+        """Copy what can be read from `fd` to the stdin of a container this object started with `stdin`,
+        closing it at the end of `fd` (stdin_once: the command sees its end of input). Blocking: run it in
+        a thread."""
+        attached = self._attached.pop(str(instance.handle), None)
+        if attached is None:
             return
-        with _engine_errors(f"instance {instance.id}: attaching to the container's stdin failed"):
-            attached = container.attach_socket(params={"stdin": 1, "stream": 1})
-            sock = getattr(attached, "_sock", attached)  # the SDK wraps the hijacked socket in a SocketIO
+        sock = getattr(attached, "_sock", attached)  # the SDK wraps the hijacked socket in a SocketIO
+        with _engine_errors(f"instance {instance.id}: writing to the container's stdin failed"):
             try:
                 while chunk := os.read(fd, 65536):
                     sock.sendall(chunk)
@@ -304,6 +366,42 @@ class DockerRuntime:
                     sock.shutdown(socket.SHUT_WR)
             finally:
                 attached.close()
+
+    def terminal(self, instance: InstanceRow, in_fd: int, out_fd: int) -> None:
+        """Join the TTY of a container started with `terminal` to `in_fd` (what is typed, raw) and `out_fd`
+        (what it shows), until the container's side ends. Blocking: run it in a thread."""
+        attached = self._attached.pop(str(instance.handle), None)
+        if attached is None:
+            return
+        sock = getattr(attached, "_sock", attached)  # the SDK wraps the hijacked socket in a SocketIO
+
+        def typed() -> None:
+            with suppress(OSError):  # the container's side closed: it has ended
+                while chunk := os.read(in_fd, 65536):
+                    sock.sendall(chunk)
+
+        # A daemon: a caller's terminal read that never returns must not hold this process at exit.
+        threading.Thread(target=typed, name=f"tty in {instance.id}", daemon=True).start()
+        try:
+            with suppress(OSError):
+                while data := sock.recv(65536):
+                    os.write(out_fd, data)
+        finally:
+            attached.close()
+
+    def resize(self, instance: InstanceRow, rows: int, columns: int) -> None:
+        """Set the window size of the TTY of a container started with `terminal`."""
+        container = self._container(instance)
+        if container is not None:
+            with _engine_errors(f"instance {instance.id}: resizing the container's TTY failed"):
+                container.resize(height=rows, width=columns)
+
+    def interrupt(self, instance: InstanceRow) -> None:
+        """SIGINT to the container's command (as `docker run`'s signal proxy does)."""
+        container = self._container(instance)
+        if container is not None:
+            with suppress(DockerException):  # it may have exited since
+                container.kill(signal="SIGINT")
 
     # -- drift facts -----------------------------------------------------------------------------
 
@@ -552,8 +650,8 @@ def _create_arguments(request: InstanceRequest, name: str, user: str | None = No
                       podman: bool = False) -> dict[str, Any]:
     hardening = request.hardening
     env = instance_env(request)
-    # A fresh engine volume is root's: Podman's U option gives it to the container's user (Docker copies the
-    # image's ownership of the path instead, when the image has it).
+    # A fresh engine volume is root's: Podman's U option gives it to the container's user (on Docker Engine,
+    # DockerRuntime._own_volumes has done it before).
     mode = "rw,U" if podman else "rw"
     resources = request.resources
     limits = {"mem_limit": resources.memory_bytes, "nano_cpus": resources.nano_cpus,
@@ -582,7 +680,8 @@ def _create_arguments(request: InstanceRequest, name: str, user: str | None = No
                                                           "max-file": str(LOG_BACKUPS + 1)}),
         **({"user": user} if user is not None else {}),
         # Not detached: the SDK then sets StdinOnce, so the command's stdin ends when the attached one does.
-        **({"stdin_open": True, "detach": False} if request.stdin else {}),
+        **({"stdin_open": True, "detach": False} if request.stdin or request.terminal else {}),
+        **({"tty": True} if request.terminal else {}),
         **{key: value for key, value in limits.items() if value is not None},
     }
 
@@ -596,14 +695,20 @@ def _fail_if_exited(container: Any, what: str) -> None:
     state = container.attrs.get("State") or {}
     if state.get("Status") == "running":
         return
-    code = state.get("ExitCode")
-    # Podman may answer an inspect between "running" and "exited" (ExitCode not set yet): the engine's wait
-    # gives the code once it is known (at once for a container that has exited).
-    with suppress(Exception):
-        code = container.wait(timeout=10).get("StatusCode", code)
+    code = _exit_code(container, state)
     lines = _last_log_lines(container, 15, whole_log=is_podman(container.client))
     raise OperationFailed(f"{what} exited at once with code {code}",
                           details=["last log lines:", *[f"  | {line}" for line in lines]])
+
+
+def _exit_code(container: Any, state: dict[str, Any]) -> int:
+    """The exit code of a container that no longer runs. Podman may answer an inspect between "running"
+    and "exited" before it has read the code (ExitCode 0 or unset): the engine's wait gives it once
+    known, at once for a container that has exited."""
+    code = state.get("ExitCode")
+    with suppress(Exception):  # gone meanwhile (removed after a stop): what the inspect said
+        code = container.wait(timeout=10).get("StatusCode", code)
+    return int(code or 0)
 
 
 def _last_log_lines(container: Any, lines: int, *, whole_log: bool) -> list[str]:

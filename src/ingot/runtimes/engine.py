@@ -80,7 +80,8 @@ def is_podman(client: docker.DockerClient) -> bool:
 
     Only for working around a known difference; everything else is the same API on both.
     """
-    url = str(client.api.base_url)
+    # Every unix socket's base URL is http+docker://localhost: its path tells Podman's from Docker's.
+    url = str(getattr(getattr(client.api, "_custom_adapter", None), "socket_path", None) or client.api.base_url)
     with _lock:
         known = _podman_by_url.get(url)
     if known is None:

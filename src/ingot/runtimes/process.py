@@ -226,6 +226,12 @@ class ProcessRuntime:
         if group is not None:
             fence.cgroups().remove(group)
 
+    def interrupt(self, instance: InstanceRow) -> None:
+        """SIGINT to its process group: started in a session of its own, it gets no Ctrl-C from the caller's
+        terminal itself (that goes to the caller, which passes it on here)."""
+        if instance.pid is not None and instance.pid > 1 and self.observe(instance).alive:
+            _signal_group(instance.pid, signal.SIGINT)
+
     def log_tail(self, instance: InstanceRow, lines: int = 20) -> list[str]:
         path = Path(instance.log_path)
         if not _is_instance_log(path, instance):

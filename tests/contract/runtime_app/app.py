@@ -3,7 +3,8 @@
 Environment: PORT (listen there), CONTRACT_ON_TERM=ignore (ignore SIGTERM; default: say so and exit 0),
 CONTRACT_EXIT_AT_ONCE=N (print a line, exit N before listening). Paths: /healthz, /env (its whole
 environment), /whoami (uid, gid), /spew?lines=N (prints N lines of about 90 bytes), /exit?code=N
-(answers, then exits N).
+(answers, then exits N), /note?text=T (appends T to the file `notes` of its volume `data`, whose path is in
+INGOT_VOLUME_DATA, and answers every note in it).
 """
 
 import json
@@ -36,6 +37,12 @@ class Handler(BaseHTTPRequestHandler):
                 print(f"contract app {instance} spews line {number:08d} " + "x" * 60)
             sys.stdout.flush()
             body = {"spewed": lines}
+        elif url.path == "/note":
+            notes = os.path.join(os.environ["INGOT_VOLUME_DATA"], "notes")
+            with open(notes, "a") as handle:
+                handle.write(parse_qs(url.query)["text"][0] + "\n")
+            with open(notes) as handle:
+                body = {"notes": handle.read().split()}
         elif url.path == "/exit":
             code = int(parse_qs(url.query)["code"][0])
             body = {"exiting": code}
