@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -51,9 +52,12 @@ class _Stream:
         return len(text)
 
 
+SPEC_SETTLE = 2.0  # seconds a spec must have been unchanged for its parse to be kept
+
+
 @dataclass
 class _Opened:
-    signature: tuple[int, int, int]
+    signature: tuple[int, int, int, int]
     project: Project
 
 
@@ -85,14 +89,18 @@ class CliAnswers:
             return _not_served(str(getattr(exc, "message", exc)))
 
     def _project(self, spec: str, state: str | None) -> Project:
+        taken_ns = time.time_ns()
         stat = os.stat(spec)
-        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        signature = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
         known = self._opened.get((spec, state))
         if known is not None and known.signature == signature:
             return known.project
         project = open_project(Path(spec), Path(state) if state else None)
         project.__dict__["store"] = self.store  # the agent's own (same state): no second engine
-        self._opened[(spec, state)] = _Opened(signature, project)
+        # Kept only once the file has been still for a while: two writes of the same size in one tick of
+        # the filesystem's clock look the same to stat (a deploy must never miss an edit of the spec).
+        if max(stat.st_mtime_ns, stat.st_ctime_ns) < taken_ns - int(SPEC_SETTLE * 1e9):
+            self._opened[(spec, state)] = _Opened(signature, project)
         return project
 
     def _run(self, project: Project, request: dict[str, Any]) -> dict[str, Any]:

@@ -221,9 +221,9 @@ def context_input_key(context: Path, python: str = sys.executable, exclude: Iter
                       steps: BuildSteps | None = None, lister: Lister | None = None) -> str:
     """The build cache key of `context`, as `build_artifact` computes it; `lister`: how the context is
     listed (default: hashed in full; a `TreeCache`'s re-hashes it only when its stat fingerprint moved)."""
-    excluded = tuple(exclude)
-    ignore = IgnoreRules.from_context(context, excluded).is_ignored
-    listing = file_listing(context, ignore=ignore) if lister is None else lister(context, ignore, "\0".join(excluded))
+    rules = IgnoreRules.from_context(context, exclude)
+    listing = (file_listing(context, ignore=rules.is_ignored) if lister is None
+               else lister(context, rules.is_ignored, "\n".join(rules.patterns)))
     return input_key(listing_digest(listing), _recipe_tag(python, steps))
 
 

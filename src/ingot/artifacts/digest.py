@@ -106,14 +106,15 @@ def tree_fingerprint(root: Path) -> str:
     return tree_stat(root)[0]
 
 
-def tree_stat(root: Path) -> tuple[str, int]:
-    """`tree_fingerprint(root)`, and the newest mtime or ctime (ns) of an entry in it: a tree changed in
-    the same tick of the filesystem's clock as its fingerprint was taken could change again unseen."""
+def tree_stat(root: Path, *, ignore: IgnoreFn | None = None) -> tuple[str, int]:
+    """`tree_fingerprint(root)` of the entries `ignore` leaves in, and the newest mtime or ctime (ns) of
+    them: a tree changed in the same tick of the filesystem's clock as its fingerprint was taken could
+    change again unseen."""
     h = hashlib.sha256(b"ingot-stat-v1\n")
     st = os.lstat(root)
     newest = max(st.st_mtime_ns, st.st_ctime_ns)
     h.update(b"%d %d %d %d %d\n" % (st.st_dev, st.st_ino, st.st_mode, st.st_mtime_ns, st.st_ctime_ns))
-    for rel, entry in _walk(root, "", None):
+    for rel, entry in _walk(root, "", ignore):
         st = entry.stat(follow_symlinks=False)
         newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
         h.update(_encode(rel) + b"\0%d %d %d %d %d %d\n" % (

@@ -53,13 +53,14 @@ class TreeCache:
         self._guard = threading.Lock()
 
     def listing(self, root: Path, ignore: IgnoreFn | None = None, variant: str = "") -> dict[str, str]:
-        """`variant` names `ignore` (which changes the answer, not the fingerprint) in the cache's key."""
+        """`ignore`: entries left out of the listing, and of the fingerprint (a build context's state dir or
+        bytecode changing is no reason to hash it again); `variant` names `ignore` in the cache's key."""
         key = f"{root}\0{variant}"
         with self._lock_for(key):
             now = self.clock()
             # Taken before hashing: a change made while the hash runs shows in the next fingerprint.
             taken_ns = time.time_ns()
-            fingerprint, newest_ns = tree_stat(root)
+            fingerprint, newest_ns = tree_stat(root, ignore=ignore)
             seen = self._seen.get(key)
             if seen is not None and seen.fingerprint == fingerprint and now - seen.hashed_at < self.full_every:
                 seen.used_at = now
