@@ -74,6 +74,7 @@ class CliAnswers:
         # The spec, parsed once per version of its file: the thin client's whole point is not to pay for it.
         self._opened: dict[tuple[str, str | None], _Opened] = {}
         self.served = 0  # answers given (in `ping`'s answer: tests tell the fast path from the full CLI by it)
+        self.deploys_served = 0  # of which no-change deploys
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("tz") != os.environ.get("TZ"):
@@ -149,6 +150,7 @@ class CliAnswers:
             except deploy_check.Changed as changed:
                 return _not_served(f"a deploy would act: {changed}")
             deploy_check.record(project, environment, found)
+        self.deploys_served += 1
         outcomes = [operations.DeployOutcome(service=item.service, release=item.release.id, release_created=False,
                                              nothing_changed=True, url=item.params.url, deployment=None)
                     for item in found]

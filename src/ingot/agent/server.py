@@ -709,7 +709,8 @@ class Agent:
         if op == "ping":
             return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root),
                     "heal_interval": self.self_healer.interval, "status_probes": self.status_probes,
-                    "cli_answers": self.cli.served, "deploy_context_hashes": self.cli.deploys.contexts.full_hashes}
+                    "cli_answers": self.cli.served, "deploy_answers": self.cli.deploys_served,
+                    "deploy_context_hashes": self.cli.deploys.contexts.full_hashes}
         if op == "status":
             return await self.status()
         if op == "cli":
