@@ -116,6 +116,13 @@ def build(project: Project, environment: str, name: str, on_output: OnOutput | N
         ledger.record(project.store, actor=current_actor(), action="build.fail", environment=environment,
                       service=name, payload={"context": str(context), "error": exc.message, "details": exc.details})
         raise
+    record_build(project, environment, name, service, context, built)
+    return built
+
+
+def record_build(project: Project, environment: str, name: str, service: ServiceSpec, context: Path | None,
+                 built: Built) -> None:
+    """The artifact known under its input key, and the build (or its reuse) in the ledger."""
     project.store.record_artifact(built.digest, name, built.input_key)
     ledger.record(project.store, actor=current_actor(), action="build", environment=environment, service=name,
                   subject=built.digest,
@@ -124,7 +131,6 @@ def build(project: Project, environment: str, name: str, on_output: OnOutput | N
                            **({"deps_cache": {"key": built.deps_cache, "hit": built.deps_cache_hit}}
                               if built.deps_cache else {}),
                            **({"replaced_corrupt": list(built.replaced_corrupt)} if built.replaced_corrupt else {})})
-    return built
 
 
 def _build_for(project: Project, environment: str, name: str, service: ServiceSpec, context: Path | None,

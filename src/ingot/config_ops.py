@@ -90,10 +90,10 @@ def release_config(project: Project, environment: str, name: str, service: Servi
     return release_config_read(project, environment, name, service)[0]
 
 
-def release_config_read(project: Project, environment: str, name: str,
-                        service: ServiceSpec) -> tuple[dict[str, Any], SourceRead | None]:
+def release_config_read(project: Project, environment: str, name: str, service: ServiceSpec, *,
+                        record_failure: bool = True) -> tuple[dict[str, Any], SourceRead | None]:
     """`release_config`, with what the environment's config source gave (None: no source involved)."""
-    taken, sourced = release_snapshot(project, environment, name, service)
+    taken, sourced = release_snapshot(project, environment, name, service, record_failure=record_failure)
     refs = taken.get("secrets") or {}
     if refs:
         box = load_box(project.paths.keys)

@@ -87,7 +87,7 @@ def _route(spec: RouteSpec, root: Path | None) -> Route:
     return Route(host=spec.host, path=spec.path, tls=spec.tls, redirect=spec.redirects, hsts=spec.hsts)
 
 
-def _on_cluster(project: Project, environment: str | None) -> bool:
+def on_cluster(project: Project, environment: str | None) -> bool:
     """Whether the environment runs on Kubernetes (`target: {kind: kubernetes}`): `ingot.kube` serves it."""
     env_spec = project.spec.environments.get(environment) if environment else None
     return env_spec is not None and env_spec.target is not None
@@ -95,10 +95,10 @@ def _on_cluster(project: Project, environment: str | None) -> bool:
 
 def _clusters(project: Project, environment: str | None) -> list[str]:
     """The Kubernetes environments a command for `environment` (None: all) covers."""
-    return [e for e in ([environment] if environment else project.spec.environment_names) if _on_cluster(project, e)]
+    return [e for e in ([environment] if environment else project.spec.environment_names) if on_cluster(project, e)]
 
 
-def _check_supported(project: Project, environment: str, name: str, service: ServiceSpec) -> None:
+def check_supported(project: Project, environment: str, name: str, service: ServiceSpec) -> None:
     where = f"{project.spec.path.name}: environments.{environment} / services.{name}"
     if service.runtime == "kubernetes":
         raise UserInputError(f"{where}: runtime 'kubernetes' is not available yet; use 'process' or 'docker'")
@@ -142,7 +142,7 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
            irreversible: bool = False) -> list[DeployOutcome]:
     """Build, release and deploy; `commit` goes into new releases (default: the spec's work tree's HEAD).
     `irreversible` marks the releases deployed as not safe to roll back past (recorded in the ledger)."""
-    if _on_cluster(project, environment):
+    if on_cluster(project, environment):
         from ingot.kube import operations as kube
 
         emit_cluster = on_event or (lambda _e: None)
@@ -151,7 +151,7 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
     emit = on_event or (lambda _e: None)
     for name in names:
         service = project.spec.service_for(environment, name)
-        _check_supported(project, environment, name, service)
+        check_supported(project, environment, name, service)
         config_ops.release_config(project, environment, name, service)  # a missing key: refused before building
     _announce_pin(project, emit)
     commit = commit or project.git_commit()
@@ -200,7 +200,7 @@ def _agent_for_webhooks(project: Project, environment: str) -> None:
 
 def _live_release_id(project: Project, environment: str, name: str) -> str | None:
     """The release that serves now, as the store knows it: a cluster's is its last successful rollout."""
-    if _on_cluster(project, environment):
+    if on_cluster(project, environment):
         from ingot.kube import operations as kube
 
         history = kube.deployed_history(project, environment, name)
@@ -277,7 +277,7 @@ def _hooked(project: Project, environment: str, name: str, row: ReleaseRow, crea
 
 def _apply(project: Project, environment: str, name: str, row: ReleaseRow, created: bool, kind: str,
            emit: OnEvent, lock: locks.LockInfo, rerun_release_command: bool = False) -> DeployOutcome:
-    if _on_cluster(project, environment):  # a promotion to a cluster
+    if on_cluster(project, environment):  # a promotion to a cluster
         from ingot.kube import operations as kube
 
         cluster = kube.require_target(project, environment)
@@ -340,7 +340,7 @@ def restart(project: Project, environment: str, name: str, *, batch: int | None 
 
 def _same_release(project: Project, environment: str, name: str, kind: str, on_event: OnEvent | None,
                   batch: int | None, params_of: Callable[[DeployParams], DeployParams]) -> DeployOutcome:
-    if _on_cluster(project, environment):
+    if on_cluster(project, environment):
         raise UserInputError(f"ingot {kind} does not reach Kubernetes targets yet ({environment}): change "
                              "replicas in the spec and deploy, or use kubectl")
     if batch is not None and batch < 1:
@@ -370,7 +370,7 @@ def run_command(project: Project, environment: str, name: str, release: str | No
     the ledger with its argv and exit code (never its environment)."""
     if not command:
         raise UserInputError("ingot run needs a command after --, e.g. ingot run web -- python manage.py shell")
-    if _on_cluster(project, environment):
+    if on_cluster(project, environment):
         raise UserInputError(f"ingot run does not reach Kubernetes targets ({environment}); use kubectl run")
     project.spec.service_for(environment, name)  # an unknown service is refused by name
     if release:
@@ -437,7 +437,7 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
              rerun_release_command: bool = False) -> DeployOutcome:
     """Back to the previous release (or `to`). Refused across an irreversible release unless `force`; the
     target's release_command is not run again unless `rerun_release_command`."""
-    if _on_cluster(project, environment):
+    if on_cluster(project, environment):
         from ingot.kube import operations as kube
 
         emit_cluster = on_event or (lambda _e: None)
@@ -489,7 +489,7 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     _announce_pin(project, emit)
     actor = current_actor()
     outcomes = []
-    if _on_cluster(project, target):
+    if on_cluster(project, target):
         _agent_for_webhooks(project, target)
     else:
         ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
@@ -539,7 +539,7 @@ def _promotable(project: Project, source: str, name: str, force: bool) -> Releas
 def control(project: Project, environment: str, service: str | None, action: str) -> dict[str, Any]:
     if action not in ("pause", "resume", "abort"):
         raise UserInputError(f"unknown rollout action {action!r}")
-    if _on_cluster(project, environment):
+    if on_cluster(project, environment):
         from ingot.kube import operations as kube
 
         return kube.control(project, environment, service, action)
@@ -560,7 +560,7 @@ def maintenance(project: Project, environment: str, names: list[str], on: bool, 
     from ingot.edge.client import call_sync, edge_alive
     from ingot.edge.home import EdgeHome
 
-    if _on_cluster(project, environment):
+    if on_cluster(project, environment):
         raise UserInputError(f"maintenance mode needs ingot's own router; {environment} runs on Kubernetes")
     home = EdgeHome.default()
     routes = call_sync(home, "list")["routes"] if edge_alive(home) else []
@@ -643,7 +643,7 @@ def _started_since(store: Store, handed: HandedOver) -> str | None:
 # ---- reading ------------------------------------------------------------------------------
 def plan(project: Project, environment: str, names: list[str]) -> list[dict[str, Any]]:
     """What a deploy would do, computed from the spec and the store; nothing is built or changed."""
-    if _on_cluster(project, environment):
+    if on_cluster(project, environment):
         from ingot.kube import operations as kube
 
         return kube.plan(project, environment, names)
@@ -697,7 +697,7 @@ def history(project: Project, environment: str, name: str | None = None, limit: 
 
 
 def status(project: Project, environment: str | None) -> dict[str, Any]:
-    if _on_cluster(project, environment):
+    if on_cluster(project, environment):
         from ingot.kube import operations as kube
 
         services = kube.status(project, str(environment))

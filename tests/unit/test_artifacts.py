@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import stat
+import time
 import zipfile
 from pathlib import Path
 
@@ -416,7 +417,7 @@ def test_tree_cache_rehashes_on_a_changed_fingerprint_and_on_its_schedule(tree: 
     assert cache.listing(tree) == file_listing(tree) and cache.full_hashes == 3
 
     # What no stat shows (a write below the filesystem, bit rot): only the scheduled full re-hash finds it.
-    monkeypatch.setattr(fingerprint, "tree_fingerprint", lambda _root: "sha256:unchanged")
+    monkeypatch.setattr(fingerprint, "tree_stat", lambda _root, ignore=None: ("sha256:unchanged", 0))
     cache.listing(tree)
     stale = cache.full_hashes
     (tree / "app.py").write_text("print('rot')\n")
@@ -424,3 +425,41 @@ def test_tree_cache_rehashes_on_a_changed_fingerprint_and_on_its_schedule(tree: 
     assert cache.listing(tree) != file_listing(tree) and cache.full_hashes == stale
     now[0] = 60.0 + 59.0
     assert cache.listing(tree) == file_listing(tree) and cache.full_hashes == stale + 1
+
+
+def test_tree_cache_with_settle_keeps_no_listing_of_a_tree_changed_just_now(tree: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two same-size writes in one tick of the filesystem's clock look alike to stat: a build context
+    that changed within `settle` of its fingerprint is hashed again next time, until it has been still."""
+    from ingot.artifacts import fingerprint
+
+    cache = fingerprint.TreeCache(settle=2.0)
+    cache.listing(tree)
+    assert cache.listing(tree) == file_listing(tree) and (cache.full_hashes, cache.stat_hits) == (2, 0)
+    later = time.time_ns() + 10**10  # as if 10 s had passed since the tree was written
+    monkeypatch.setattr(fingerprint.time, "time_ns", lambda: later)
+    cache.listing(tree)
+    assert cache.listing(tree) == file_listing(tree) and (cache.full_hashes, cache.stat_hits) == (3, 1)
+
+
+def test_tree_cache_leaves_ignored_entries_out_of_the_fingerprint_too(tree: Path) -> None:
+    from ingot.artifacts import IgnoreRules, fingerprint
+
+    ignore = IgnoreRules.from_context(tree).is_ignored
+    cache = fingerprint.TreeCache()
+    cache.listing(tree, ignore, "rules")
+    (tree / ".ingot").mkdir(exist_ok=True)  # the state beside the spec changes all the time: not rehashed
+    (tree / ".ingot" / "state.db").write_text("x")
+    assert cache.listing(tree, ignore, "rules") == file_listing(tree, ignore=ignore)
+    assert (cache.full_hashes, cache.stat_hits) == (2, 0)  # the root directory's mtime moved, once
+    (tree / ".ingot" / "state.db").write_text("y")
+    (tree / "__pycache__").mkdir()  # inside lib/ it would move lib/'s mtime; here the root's, again
+    (tree / "lib" / "util.cpython-311.pyc").write_text("z")
+    assert cache.listing(tree, ignore, "rules") == file_listing(tree, ignore=ignore)
+    assert (cache.full_hashes, cache.stat_hits) == (3, 0)
+    (tree / ".ingot" / "state.db").write_text("w")
+    (tree / "lib" / "util.cpython-311.pyc").write_text("zz")
+    assert cache.listing(tree, ignore, "rules") == file_listing(tree, ignore=ignore)
+    assert (cache.full_hashes, cache.stat_hits) == (3, 1)
+    # Another `ignore` is another listing, kept apart.
+    assert cache.listing(tree) == file_listing(tree) and cache.full_hashes == 4

@@ -21,6 +21,9 @@ def test_socket_path_is_the_agents(root: str) -> None:
     (["history", "--limit", "5", "-s", "web", "-e", "staging"], "history",
      {"limit": 5, "service": "web", "env": "staging"}),
     (["logs", "-n", "3", "web", "--file", "y.yaml"], "logs", {"lines": 3, "service": "web", "file": "y.yaml"}),
+    (["deploy"], "deploy", {}),
+    (["-e", "prod", "deploy", "-s", "web", "--json", "-f", "x.yaml"], "deploy",
+     {"service": "web", "--json": True, "file": "x.yaml"}),
 ])
 def test_reads_what_the_full_cli_defines(argv: list[str], command: str, options: dict[str, object]) -> None:
     parsed_command, parsed = fast._parse(argv)
@@ -29,7 +32,8 @@ def test_reads_what_the_full_cli_defines(argv: list[str], command: str, options:
 
 
 @pytest.mark.parametrize("argv", [
-    [], ["deploy"], ["status", "--help"], ["status", "--no-such-flag"], ["status", "extra"], ["logs"],
+    [], ["deploy", "--irreversible"], ["deploy", "web"], ["deploy", "-s", "a", "-s", "b"],
+    ["status", "--help"], ["status", "--no-such-flag"], ["status", "extra"], ["logs"],
     ["logs", "web", "-f", "x.yaml"],  # -f is not logs' --file to the fast path (a follow flag's usual name)
     ["history", "--limit", "-1"], ["history", "--limit", "x"], ["status", "--json", "--json"],
     ["--env", "", "status"], ["--server", "http://x", "status"], ["status", "-e"], ["history", "-s=web"],

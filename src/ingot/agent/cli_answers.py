@@ -1,4 +1,5 @@
-"""The agent's side of the thin client (ingot.cli.fast): `ingot status`, `history` and `logs` answered here.
+"""The agent's side of the thin client (ingot.cli.fast): `ingot status`, `history`, `logs` and a no-change
+`ingot deploy` answered here.
 
 The agent has ingot's heavy modules loaded already, so it opens the spec, runs the same operation the full
 CLI runs and renders the same text (ingot.views) onto a console made to behave as the caller's would: its
@@ -6,17 +7,25 @@ stdout's and stderr's being a terminal or not, its size, encoding and the enviro
 The answer is the text to print, in order, on stdout and stderr. Whatever this cannot answer as the full
 CLI would (an error, another state, another time zone) is answered `served: false`, and the caller runs
 the full CLI, which says it its own way.
+
+A deploy is answered only when it would change nothing (ingot.deploy_check says; anything else is for the
+full CLI to deploy), with what the full CLI records for it (the reused builds, under the caller's actor) and
+prints (its progress lines and outcome, or its JSON).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from ingot import operations, views
-from ingot.agent.protocol import TERMINAL_ENVIRON
+from ingot import deploy_check, deploy_text, operations, views
+from ingot.actor import acting_as
+from ingot.agent.protocol import TERMINAL_ENVIRON, deploy_environ
+from ingot.artifacts.fingerprint import TreeCache
 from ingot.errors import IngotError
 from ingot.project import Project, open_project
 from ingot.store import Store
@@ -43,21 +52,29 @@ class _Stream:
         return len(text)
 
 
+SPEC_SETTLE = 2.0  # seconds a spec must have been unchanged for its parse to be kept
+
+
 @dataclass
 class _Opened:
-    signature: tuple[int, int, int]
+    signature: tuple[int, int, int, int]
     project: Project
 
 
 class CliAnswers:
     """Answers `cli` requests for the agent of state `root`, whose store it shares."""
 
-    def __init__(self, root: Path, store: Store) -> None:
+    def __init__(self, root: Path, store: Store, *, trees: TreeCache | None = None,
+                 deploy_unchanged: deploy_check.AgentVerdict | None = None) -> None:
+        """`trees`: the agent's listings of stored artifacts; `deploy_unchanged`: its verdict on a deploy."""
         self.root = root
         self.store = store
+        self.deploys = deploy_check.DeployCheck(trees if trees is not None else TreeCache())
+        self._deploy_unchanged = deploy_unchanged
         # The spec, parsed once per version of its file: the thin client's whole point is not to pay for it.
         self._opened: dict[tuple[str, str | None], _Opened] = {}
         self.served = 0  # answers given (in `ping`'s answer: tests tell the fast path from the full CLI by it)
+        self.deploys_served = 0  # of which no-change deploys
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("tz") != os.environ.get("TZ"):
@@ -73,14 +90,18 @@ class CliAnswers:
             return _not_served(str(getattr(exc, "message", exc)))
 
     def _project(self, spec: str, state: str | None) -> Project:
+        taken_ns = time.time_ns()
         stat = os.stat(spec)
-        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        signature = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
         known = self._opened.get((spec, state))
         if known is not None and known.signature == signature:
             return known.project
         project = open_project(Path(spec), Path(state) if state else None)
         project.__dict__["store"] = self.store  # the agent's own (same state): no second engine
-        self._opened[(spec, state)] = _Opened(signature, project)
+        # Kept only once the file has been still for a while: two writes of the same size in one tick of
+        # the filesystem's clock look the same to stat (a deploy must never miss an edit of the spec).
+        if max(stat.st_mtime_ns, stat.st_ctime_ns) < taken_ns - int(SPEC_SETTLE * 1e9):
+            self._opened[(spec, state)] = _Opened(signature, project)
         return project
 
     def _run(self, project: Project, request: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +125,45 @@ class CliAnswers:
             service = str(request["service"])
             project.services(service)
             views.logs_text(operations.logs(project, environment, service, int(request["lines"])), out)
+        elif command == "deploy":
+            return self._deploy(project, request, out, chunks)
         else:
             return _not_served(f"unknown command {command!r}")
+        return _served(chunks)
+
+    def _deploy(self, project: Project, request: dict[str, Any], out: Any, chunks: list[list[Any]]) -> dict[str, Any]:
+        """A deploy that would change nothing, as the full CLI records and prints it; else not served."""
+        if self._deploy_unchanged is None:
+            return _not_served("no agent to ask whether the services' plans are empty")
+        if request.get("python") != sys.executable:
+            return _not_served("the caller's python is not the agent's (builds are keyed by the interpreter)")
+        if dict(request.get("environ") or {}) != deploy_environ(dict(os.environ)):
+            return _not_served("the caller's environment differs from the agent's where a deploy reads it")
+        environment = project.environment(request.get("env"))
+        names = project.services(request.get("service"))
+        actor = str(request.get("actor") or "")
+        if not actor:
+            return _not_served("no actor")
+        with acting_as(actor):
+            try:
+                found = self.deploys.unchanged(project, environment, names, self._deploy_unchanged)
+            except deploy_check.Changed as changed:
+                return _not_served(f"a deploy would act: {changed}")
+            deploy_check.record(project, environment, found)
+        self.deploys_served += 1
+        outcomes = [operations.DeployOutcome(service=item.service, release=item.release.id, release_created=False,
+                                             nothing_changed=True, url=item.params.url, deployment=None)
+                    for item in found]
+        if request.get("json"):
+            return _served([[1, views.json_text([o.as_dict() for o in outcomes])]])
+        with deploy_text.DeployProgress(out) as progress:
+            for item in found:
+                progress.event({"event": "build", "service": item.service})
+                progress.event({"event": "built", "service": item.service, "digest": item.built.digest,
+                                "reused": True, "replaced_corrupt": []})
+                progress.event({"event": "release", "service": item.service, "release": item.release.id,
+                                "created": False})
+        deploy_text.deploy_outcomes_text(outcomes, out)
         return _served(chunks)
 
 

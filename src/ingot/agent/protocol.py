@@ -20,3 +20,17 @@ def decode(line: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("a message must be a JSON object")
     return data
+
+
+def deploy_environ(environ: dict[str, str]) -> dict[str, str]:
+    """What of a process's environment can change what a deploy does (the state's and keys' places, the
+    engines, ingot's own settings): a thin client's no-change deploy is answered only when the agent's
+    is the same (ingot.agent.cli_answers). The actor and the spec and state are sent resolved instead."""
+    return {k: v for k, v in environ.items()
+            if (k.startswith("INGOT_") and k not in _NOT_COMPARED) or k in _DEPLOY_ENVIRON}
+
+
+_DEPLOY_ENVIRON = ("HOME", "XDG_RUNTIME_DIR", "XDG_STATE_HOME", "DOCKER_HOST", "KUBECONFIG")
+# Sent resolved (the actor, the spec, the state), or what only says how a process runs (the agent's
+# INGOT_DAEMON, a caller's INGOT_FAST_PATH and INGOT_DEBUG).
+_NOT_COMPARED = ("INGOT_ACTOR", "INGOT_FILE", "INGOT_HOME", "INGOT_FAST_PATH", "INGOT_DEBUG", "INGOT_DAEMON")

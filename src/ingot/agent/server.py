@@ -43,7 +43,7 @@ from ingot.runtimes import fence
 from ingot.runtimes.registry import Runtimes
 from ingot.spec.models import NotifySpec
 from ingot.state import service_state
-from ingot.store import ActivationRow, InstanceRow, Store
+from ingot.store import ActivationRow, InstanceRow, ReleaseRow, Store
 
 Key = tuple[str, str]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -90,7 +90,9 @@ class Agent:
         # Per instance: when its last status probe started, and its verdict (see STATUS_PROBE_MAX_AGE).
         self._probes: dict[str, tuple[float, asyncio.Future[bool | str]]] = {}
         self.status_probes = 0  # probes made for status reports, in `ping`'s answer (for tests and benchmarks)
-        self.cli = CliAnswers(paths.root, self.store)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.cli = CliAnswers(paths.root, self.store, trees=self.healer.trees,
+                              deploy_unchanged=self._unchanged_from_thread)
 
     # ---- lifecycle ---------------------------------------------------------------------
     async def run(self, companions: Sequence[Companion] = ()) -> None:
@@ -100,7 +102,7 @@ class Agent:
             sock.unlink()
         self._server = await asyncio.start_unix_server(self._handle, path=str(sock), limit=2**20)
         os.chmod(sock, 0o600)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         for pending in self.spool.pending():
@@ -351,8 +353,7 @@ class Agent:
             await send({"event": "waiting", "message": f"another operation on {key[1]} in {key[0]} is running"})
         async with lock:
             current = self.store.current_activation(*key)
-            if kind not in SAME_RELEASE:  # a scale outlives deploys while the spec's replicas are unchanged
-                params = params.keeping_scale(DeployParams.from_dict(current.params) if current else None)
+            params = _effective_params(current, params, kind)
             same_params = current is not None and current.params == params.as_dict()
             window = self.windows.get(key)
             if window is not None and window.release == release_id and same_params and kind != "restart":
@@ -363,8 +364,7 @@ class Agent:
             if kind in SAME_RELEASE:
                 plan = self._same_release_plan(key, release_id, params, kind, batch)
             else:
-                plan = oneoff.with_release_command(self._plan(key, release_id, params, kind), self.store, key[0],
-                                                   release, rerun=rerun_release_command)
+                plan = self._release_plan(key, release, params, kind, rerun_release_command)
             if plan.empty and same_params:
                 return {"nothing_to_do": True, "plan": plan.as_dict()}
             if dry_run:
@@ -399,6 +399,39 @@ class Agent:
                 rest, seconds = verifying
                 answer["verifying"] = self.windows.open(key, rest, dep, seconds, self._window_ended).as_dict()
             return answer
+
+    async def deploy_unchanged(self, key: Key, release_id: str, params: DeployParams) -> bool:
+        """Whether a deploy of `release_id` with `params` would do nothing now, and nothing would happen on
+        the way either (the thin client's no-change deploy, see ingot.deploy_check): the release is live with
+        the same parameters, every instance of the service is running and of it, the plan is empty, and no
+        operation, verification window or leftover of a failed one is there for `deploy` to end or clear."""
+        if self.lock(key).locked() or self.windows.get(key) is not None:
+            return False
+        current = self.store.current_activation(*key)
+        if current is None or current.release_id != release_id:
+            return False
+        params = _effective_params(current, params, "deploy")
+        if current.params != params.as_dict():
+            return False
+        instances = self.store.live_instances(*key)
+        if len(instances) != params.replicas or any(r.release_id != release_id or r.state != "running"
+                                                    for r in instances):
+            return False
+        if any(self.store.deployment_outcome(d.id) == "running" for d in self.store.deployments(*key, limit=5)):
+            return False
+        release = self.store.get_release(release_id)
+        return release is not None and self._release_plan(key, release, params, "deploy", False).empty
+
+    def _unchanged_from_thread(self, key: Key, release_id: str, params: DeployParams) -> bool:
+        """`deploy_unchanged`, asked from the thread a `cli` request is answered in."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(self.deploy_unchanged(key, release_id, params), self._loop).result(30)
+
+    def _release_plan(self, key: Key, release: ReleaseRow, params: DeployParams, kind: str,
+                      rerun_release_command: bool) -> Plan:
+        """The plan of a deploy, rollback or promote to `release`, with its release_command if it has one to run."""
+        return oneoff.with_release_command(self._plan(key, release.id, params, kind), self.store, key[0], release,
+                                           rerun=rerun_release_command)
 
     def _same_release_plan(self, key: Key, release_id: str, params: DeployParams, kind: str,
                            batch: int | None) -> Plan:
@@ -676,12 +709,13 @@ class Agent:
         if op == "ping":
             return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root),
                     "heal_interval": self.self_healer.interval, "status_probes": self.status_probes,
-                    "cli_answers": self.cli.served}
+                    "cli_answers": self.cli.served, "deploy_answers": self.cli.deploys_served,
+                    "deploy_context_hashes": self.cli.deploys.contexts.full_hashes}
         if op == "status":
             return await self.status()
         if op == "cli":
-            # `ingot status`, `history`, `logs` for the thin client (ingot.cli.fast); in a thread, as the
-            # operations are synchronous (and `status` asks this agent over its socket, as the CLI does).
+            # `ingot status`, `history`, `logs` and a no-change `deploy` for the thin client (ingot.cli.fast); in a
+            # thread, as the operations are synchronous (and `status` asks this agent over its socket, as the CLI does).
             return await asyncio.to_thread(self.cli.answer, request)
         if op == "deploy":
             key = (str(request["environment"]), str(request["service"]))
@@ -750,3 +784,10 @@ def supervised_main(args: list[str]) -> int:
         print(f"error: {exc.message}", *exc.details, sep="\n  ", file=sys.stderr, flush=True)
         return exc.exit_code
     return 0
+
+
+def _effective_params(current: ActivationRow | None, params: DeployParams, kind: str) -> DeployParams:
+    """The parameters an operation applies: a scale outlives deploys while the spec's replicas are unchanged."""
+    if kind in SAME_RELEASE:
+        return params
+    return params.keeping_scale(DeployParams.from_dict(current.params) if current else None)

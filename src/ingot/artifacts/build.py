@@ -209,9 +209,22 @@ def cached_build(store: ArtifactStore, context: Path, python: str = sys.executab
     """The digest an unchanged `context` already built to, or None if a build is needed."""
     if not context.is_dir():
         return None
-    listing = file_listing(context, ignore=IgnoreRules.from_context(context, exclude).is_ignored)
-    cached = store.lookup_input(input_key(listing_digest(listing), _recipe_tag(python, steps)))
+    cached = store.lookup_input(context_input_key(context, python, exclude, steps))
     return cached if cached is not None and store.has(cached) else None
+
+
+# How a context is listed: (root, ignore, a name for `ignore`) -> the listing (`TreeCache.listing`).
+Lister = Callable[[Path, IgnoreFn, str], dict[str, str]]
+
+
+def context_input_key(context: Path, python: str = sys.executable, exclude: Iterable[str] = (),
+                      steps: BuildSteps | None = None, lister: Lister | None = None) -> str:
+    """The build cache key of `context`, as `build_artifact` computes it; `lister`: how the context is
+    listed (default: hashed in full; a `TreeCache`'s re-hashes it only when its stat fingerprint moved)."""
+    rules = IgnoreRules.from_context(context, exclude)
+    listing = (file_listing(context, ignore=rules.is_ignored) if lister is None
+               else lister(context, rules.is_ignored, "\n".join(rules.patterns)))
+    return input_key(listing_digest(listing), _recipe_tag(python, steps))
 
 
 def deps_dir(artifact_path: Path) -> Path | None:

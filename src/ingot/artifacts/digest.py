@@ -103,14 +103,23 @@ def tree_fingerprint(root: Path) -> str:
     clock set back or a write below the filesystem (the raw device, a failing disk) leaves as it
     was. Those, and nothing else, are left to the periodic full re-hash (see `TreeCache`).
     """
+    return tree_stat(root)[0]
+
+
+def tree_stat(root: Path, *, ignore: IgnoreFn | None = None) -> tuple[str, int]:
+    """`tree_fingerprint(root)` of the entries `ignore` leaves in, and the newest mtime or ctime (ns) of
+    them: a tree changed in the same tick of the filesystem's clock as its fingerprint was taken could
+    change again unseen."""
     h = hashlib.sha256(b"ingot-stat-v1\n")
     st = os.lstat(root)
+    newest = max(st.st_mtime_ns, st.st_ctime_ns)
     h.update(b"%d %d %d %d %d\n" % (st.st_dev, st.st_ino, st.st_mode, st.st_mtime_ns, st.st_ctime_ns))
-    for rel, entry in _walk(root, "", None):
+    for rel, entry in _walk(root, "", ignore):
         st = entry.stat(follow_symlinks=False)
+        newest = max(newest, st.st_mtime_ns, st.st_ctime_ns)
         h.update(_encode(rel) + b"\0%d %d %d %d %d %d\n" % (
             st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino))
-    return DIGEST_PREFIX + h.hexdigest()
+    return DIGEST_PREFIX + h.hexdigest(), newest
 
 
 def path_entry_digest(path: str) -> str:

@@ -1,4 +1,5 @@
-"""The fast path of the `ingot` command: `--version`, `status`, `history` and `logs` without loading the CLI.
+"""The fast path of the `ingot` command: `--version`, `status`, `history`, `logs` and a no-change `deploy`
+without loading the CLI.
 
 Importing the full CLI (Typer, SQLAlchemy, the spec's pydantic models, the build and config modules)
 costs far more than these commands' work. The agent already has all of that loaded and the project's
@@ -14,6 +15,12 @@ or empty option, `--help`, `--server`/INGOT_SERVER, a spec whose `project:` line
 state layout) goes to the full CLI unchanged, and so does everything when no agent answers or the agent
 declines (an error, which the full CLI reports its own way; another state; another time zone). So the
 output is the full CLI's by construction, byte for byte, only sooner. INGOT_FAST_PATH=0 turns it off.
+
+`ingot deploy` is answered here only when it would change nothing (ingot.deploy_check): the agent says so
+and records what the full CLI records for it; any deploy that would act is the full CLI's, unchanged.
+
+Ctrl-C before a command has started anything (while this or the full CLI is importing, parsing, asking)
+ends the command quietly with 130, the shell's code for SIGINT, instead of a traceback.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import os
 import re
 import socket
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 # Options taking a value, by command; for each, the names it may be given by, as the full CLI defines
 # them. `logs` takes `--file` only in its long form: `-f` is the usual spelling of a follow flag.
@@ -32,14 +39,17 @@ _COMMANDS: dict[str, dict[str, tuple[str, ...]]] = {
     "history": {"file": ("--file", "-f"), "env": ("--env", "-e"), "service": ("--service", "-s"),
                 "limit": ("--limit",)},
     "logs": {"file": ("--file",), "env": ("--env", "-e"), "lines": ("--lines", "-n")},
+    "deploy": {"file": ("--file", "-f"), "env": ("--env", "-e"), "service": ("--service", "-s")},
 }
-_FLAGS = {"status": ("--json",), "history": ("--json",), "logs": ()}
-_POSITIONALS = {"status": 0, "history": 0, "logs": 1}
+# `deploy --irreversible` records that it was given: the full CLI's.
+_FLAGS = {"status": ("--json",), "history": ("--json",), "logs": (), "deploy": ("--json",)}
+_POSITIONALS = {"status": 0, "history": 0, "logs": 1, "deploy": 0}
 _INTEGERS = ("limit", "lines")
 _DEFAULTS: dict[str, dict[str, Any]] = {"history": {"limit": 30}, "logs": {"lines": 50}}
 _PROJECT_LINE = re.compile(r"""^project:[ \t]*(["']?)([A-Za-z0-9][A-Za-z0-9_.-]*)\1[ \t]*(#.*)?$""", re.M)
 OFF_ENV = "INGOT_FAST_PATH"  # "0": always the full CLI (to compare the two, or to rule this out)
 STATUS_TIMEOUT = 10.0  # as the full CLI's own status call to the agent
+INTERRUPTED_EXIT = 130  # Ctrl-C: the shell's code for "ended by SIGINT"
 _MAX_SOCKET_PATH = 100  # as ingot.paths's (tests/unit/test_cli_fast.py checks the two agree)
 
 
@@ -49,12 +59,20 @@ class _Declined(Exception):
 
 def main() -> None:
     """The `ingot` command: the fast path when it can answer, else the full CLI."""
-    code = try_fast(sys.argv[1:])
-    if code is not None:
-        sys.exit(code)
-    from ingot.cli.main import run
-
+    try:
+        code = try_fast(sys.argv[1:])
+        if code is not None:
+            sys.exit(code)
+        from ingot.cli.main import run
+    except KeyboardInterrupt:
+        interrupted()
     run()
+
+
+def interrupted() -> NoReturn:
+    """Ctrl-C before anything started: no traceback, the shell's exit code for SIGINT. The fast path's
+    requests change nothing until the agent has answered them, and the agent finishes what it answers."""
+    os._exit(INTERRUPTED_EXIT)  # not sys.exit: a second Ctrl-C while exiting would print a traceback
 
 
 def try_fast(argv: list[str]) -> int | None:
@@ -146,6 +164,12 @@ def _request(command: str, options: dict[str, Any]) -> dict[str, Any]:
         "service": options.get("service"), "limit": options.get("limit"), "lines": options.get("lines"),
         "tz": os.environ.get("TZ"), "terminal": _terminal(), "root": state or _default_root(spec),
     }
+    if command == "deploy":
+        from ingot.actor import current_actor
+        from ingot.agent.protocol import deploy_environ
+
+        # What the agent needs to act as this process would have: who it is, its interpreter, its settings.
+        request.update(actor=current_actor(), python=sys.executable, environ=deploy_environ(dict(os.environ)))
     return request
 
 

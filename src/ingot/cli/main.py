@@ -16,6 +16,7 @@ from rich.table import Table
 from ingot import __version__, build_release, ledger, operations, views
 from ingot.cli.options import AsJson, Env, SpecFile
 from ingot.cli.output import Progress, console, errors, pinned_note, print_json, short, when
+from ingot.deploy_text import deploy_outcomes_text, verifying_text
 from ingot.diskspace import disk_full_error, is_disk_full
 from ingot.errors import IngotError, UserInputError
 from ingot.paths import private_umask
@@ -199,13 +200,7 @@ def deploy(file: SpecFile = None, env: Env = None, service: Service = None,
     if as_json:
         print_json([o.as_dict() for o in outcomes])
         return
-    for outcome in outcomes:
-        if outcome.nothing_changed:
-            console.print(f"{outcome.service}: nothing changed — release {outcome.release} already serves "
-                          f"{outcome.url} (no new release)")
-        else:
-            console.print(f"{outcome.service}: release {outcome.release} is live at {outcome.url}")
-        _print_window(outcome)
+    deploy_outcomes_text(outcomes, console)
 
 
 def handed_over(project: Project, action: Callable[[Progress], T]) -> T:
@@ -268,11 +263,7 @@ def follow(operation: Annotated[str, typer.Argument(help="The operation's id (pr
 
 
 def _print_window(outcome: operations.DeployOutcome) -> None:
-    window = outcome.verifying
-    if window and window.get("previous"):
-        console.print(f"  verifying until {window['until']} ({window['seconds']:g}s): release "
-                      f"{window['previous']} stays warm meanwhile; 'ingot rollback' before then is a traffic "
-                      "switch, a failed verification switches back by itself", markup=False)
+    verifying_text(outcome, console)
 
 
 @app.command()
