@@ -326,9 +326,7 @@ class Agent:
         router = router or self.routers.get(key)
         if router is None:
             return
-        running = [(r.host, r.port) for r in self.store.live_instances(*key)
-                   if r.release_id == release_id and r.state == "running"]
-        await router.set_backends(release_id, running)
+        await router.set_backends(release_id, self.executor.pool(*key, release_id))
 
     # ---- operations --------------------------------------------------------------------
     async def deploy(self, key: Key, release_id: str, params: DeployParams, *, kind: str, send: Send,
