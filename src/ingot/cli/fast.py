@@ -1,4 +1,4 @@
-"""The fast path of the `ingot` command: `--version`, `status`, `history` and `logs` without loading the CLI.
+"""The fast path of the `ingot` command: `--version`, `status`, `history`, `logs`, `drift` without loading the CLI.
 
 Importing the full CLI (Typer, SQLAlchemy, the spec's pydantic models, the build and config modules)
 costs far more than these commands' work. The agent already has all of that loaded and the project's
@@ -32,9 +32,10 @@ _COMMANDS: dict[str, dict[str, tuple[str, ...]]] = {
     "history": {"file": ("--file", "-f"), "env": ("--env", "-e"), "service": ("--service", "-s"),
                 "limit": ("--limit",)},
     "logs": {"file": ("--file",), "env": ("--env", "-e"), "lines": ("--lines", "-n")},
+    "drift": {"file": ("--file", "-f"), "env": ("--env", "-e")},
 }
-_FLAGS = {"status": ("--json",), "history": ("--json",), "logs": ()}
-_POSITIONALS = {"status": 0, "history": 0, "logs": 1}
+_FLAGS = {"status": ("--json",), "history": ("--json",), "logs": (), "drift": ("--json",)}
+_POSITIONALS = {"status": 0, "history": 0, "logs": 1, "drift": 0}
 _INTEGERS = ("limit", "lines")
 _DEFAULTS: dict[str, dict[str, Any]] = {"history": {"limit": 30}, "logs": {"lines": 50}}
 _PROJECT_LINE = re.compile(r"""^project:[ \t]*(["']?)([A-Za-z0-9][A-Za-z0-9_.-]*)\1[ \t]*(#.*)?$""", re.M)
@@ -79,7 +80,7 @@ def try_fast(argv: list[str]) -> int | None:
         return None
     for fd, text in answer["output"]:
         (sys.stdout if fd == 1 else sys.stderr).write(text)
-    return 0
+    return int(answer.get("code") or 0)
 
 
 def _parse(argv: list[str]) -> tuple[str, dict[str, Any]]:
