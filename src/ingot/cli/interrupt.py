@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TextIO
 
 import typer
@@ -63,11 +64,12 @@ def after_interrupt(project: Project, handed: operations.HandedOver,
                      f"'ingot abort --env {handed.environment}'", markup=False)
         raise typer.Exit(DETACHED_EXIT)
     errors.print(f"aborting {handed.describe()} ...", markup=False)
-    code = 0
-    # A deploy of several services in parallel handed them all over: each is aborted (it is its own deployment).
-    for one in (handed, *handed.others):
-        code = max(code, _abort(project, one, not_started, guarded))
-    raise typer.Exit(code)
+    # A deploy of several services in parallel handed them all over: each is aborted (it is its own deployment),
+    # all at once, since the lock they share is let go only when the last of them ends.
+    every = [handed, *handed.others]
+    with ThreadPoolExecutor(len(every)) as pool:
+        codes = list(pool.map(lambda one: _abort(project, one, not_started, guarded), every))
+    raise typer.Exit(max(codes))
 
 
 def _abort(project: Project, handed: operations.HandedOver, not_started: str,
