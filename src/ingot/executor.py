@@ -80,6 +80,10 @@ class Executor:
         self.runtimes = runtimes
         self.artifacts = artifacts
         self.paths = paths
+        # Instances a `drain_instances` step took out of their router pool, until they are stopped: a pool
+        # refreshed meanwhile (the agent's, after an instance exits) must not put them back, or requests go
+        # to instances being stopped (a scale-down's 502s when all its tries land on those).
+        self.leaving: set[str] = set()
 
     # ---- recording ---------------------------------------------------------------------
     def _record(self, dep: Deployment, name: str, status: str, detail: dict[str, Any],
@@ -116,6 +120,13 @@ class Executor:
                          "runtime way to park new requests (its only queue is a chosen server's);",
                          "remove strategy.hold, install a haproxy with Lua (Debian's has it), or use "
                          "router.kind: builtin for this service"]), emit)
+        try:
+            await self._steps(dep, plan, emit)
+        finally:  # what it took out of a pool and did not stop is no longer on its way out
+            self.leaving.difference_update(dep.drained)
+
+    async def _steps(self, dep: Deployment, plan: Plan, emit: Emit) -> None:
+        total = len(plan.steps)
         for index, step in enumerate(plan.steps, start=1):
             try:
                 await dep.control.checkpoint()
@@ -306,9 +317,10 @@ class Executor:
     async def _drain_instances(self, dep: Deployment, release: str, count: int) -> dict[str, Any]:
         leaving = [r for r in self.store.live_instances(dep.row.environment, dep.row.service)
                    if r.release_id == release and r.state == "running"][:count]
+        self.leaving.update(r.id for r in leaving)
+        dep.drained.extend(r.id for r in leaving)
         drained = await dep.router.drain_backends(release, [(r.host, r.port) for r in leaving],
                                                   dep.params.drain_timeout)
-        dep.drained.extend(r.id for r in leaving)
         return {"instances": [r.id for r in leaving], "drained": drained,
                 **_cut_note(release, drain_cut(dep.router, release), dep.params.drain_timeout),
                 **_drain_warning(drained, dep.params.drain_timeout)}
@@ -489,9 +501,7 @@ class Executor:
         weights = dict(step.weights)
         checked = await self._smoke_check(dep, weights.get(dep.release.id, 0))
         for release in weights:
-            backends = [(r.host, r.port) for r in self.store.live_instances(dep.row.environment, dep.row.service)
-                        if r.release_id == release and r.state == "running"]
-            await dep.router.set_backends(release, backends)
+            await dep.router.set_backends(release, self.pool(dep.row.environment, dep.row.service, release))
             dep.pooled.update(r.id for r in dep.started if r.release_id == release and r.state == "running")
         held = await _switch(dep.router, weights, step.seconds)
         live = [release for release, weight in weights.items() if weight > 0]
@@ -557,7 +567,13 @@ class Executor:
         row = await asyncio.to_thread(self.resolve, row)  # a row still `spawning` is found by its labels
         await asyncio.to_thread(self.runtimes.of(row).stop, row, timeout)
         self.store.set_instance_state(row.id, state, stopped=True)
+        self.leaving.discard(row.id)
         self.release_checkout(row)
+
+    def pool(self, environment: str, service: str, release: str) -> list[tuple[str, int]]:
+        """The addresses `release`'s router pool should hold: its running instances, but those on their way out."""
+        return [(r.host, r.port) for r in self.store.live_instances(environment, service)
+                if r.release_id == release and r.state == "running" and r.id not in self.leaving]
 
     def release_checkout(self, row: InstanceRow) -> None:
         """Remove a process instance's run directory once no live instance runs from it."""

@@ -133,6 +133,12 @@ def hold(store: Store, environment: str, operation: str, actor: str) -> Iterator
                     conn.execute(t.locks.delete().where(mine_only))
 
 
+# In the agent: how many of its operations carry each lock token now (a deploy of several services hands
+# each over with the same lock; the lock is the agent's until the last of them ends). Only the agent's
+# event loop thread touches it.
+_carriers: dict[str, int] = {}
+
+
 @contextmanager
 def carry(store: Store, environment: str, handoff: dict[str, Any] | None, actor: str) -> Iterator[None]:
     """The agent's side: hold the lock handed over with an operation until the block (the operation) ends.
@@ -145,6 +151,19 @@ def carry(store: Store, environment: str, handoff: dict[str, Any] | None, actor:
         yield
         return
     token = str(handoff["token"])
+    if not _carriers.get(token):  # else one deploy of several services, in parallel: the first took it over
+        _take_over(store, environment, token, handoff, actor)
+    _carriers[token] = _carriers.get(token, 0) + 1
+    try:
+        yield
+    finally:
+        _carriers[token] -= 1
+        if not _carriers[token]:
+            del _carriers[token]
+            _let_go(store, environment, token)
+
+
+def _take_over(store: Store, environment: str, token: str, handoff: dict[str, Any], actor: str) -> None:
     host, pid, proc_start = _me()
     with store.begin() as conn:
         held = _row(conn, environment)
@@ -158,17 +177,18 @@ def carry(store: Store, environment: str, handoff: dict[str, Any] | None, actor:
                          .values(agent_pid=pid, agent_proc_start=proc_start))
         else:
             raise _refusal(held)
-    try:
-        yield
-    finally:
-        with store.begin() as conn:
-            held = _row(conn, environment)
-            if held is not None and held.token == token:
-                only = t.locks.c.environment == environment
-                if held.caller_alive:  # it goes on (the next service of the same command, say)
-                    conn.execute(t.locks.update().where(only).values(agent_pid=None, agent_proc_start=None))
-                else:
-                    conn.execute(t.locks.delete().where(only))
+
+
+def _let_go(store: Store, environment: str, token: str) -> None:
+    """The agent's last operation carrying lock `token` has ended: the caller keeps the lock, or it goes."""
+    with store.begin() as conn:
+        held = _row(conn, environment)
+        if held is not None and held.token == token:
+            only = t.locks.c.environment == environment
+            if held.caller_alive:  # it goes on (the next service of the same command, say)
+                conn.execute(t.locks.update().where(only).values(agent_pid=None, agent_proc_start=None))
+            else:
+                conn.execute(t.locks.delete().where(only))
 
 
 def carried(store: Store, environment: str, token: str | None) -> bool:

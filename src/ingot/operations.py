@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,10 @@ from ingot.supervision import stop_supervisor
 OnEvent = Callable[[dict[str, Any]], None]
 OnOutput = Callable[[str], None]
 log = logging.getLogger("ingot")
+# Services one `ingot deploy` hands to the agent at once: each spends most of its deploy waiting (health
+# gates, drains), so a fleet goes in about the time of its slowest few, not of all of them in a row.
+DEPLOY_CONCURRENCY = 16
+DEPLOY_CONCURRENCY_ENV = "INGOT_DEPLOY_CONCURRENCY"
 
 
 def deploy_params(service: ServiceSpec, *, self_heal: bool = True, root: Path | None = None) -> DeployParams:
@@ -132,9 +137,11 @@ class HandedOver(KeyboardInterrupt):
         self.kind, self.environment, self.service, self.release = kind, environment, service, release
         self.previous, self.lock, self.deployment = previous, lock, deployment
         self.not_started: list[str] = []  # services of the same command that were not handed over
+        self.others: list[HandedOver] = []  # the other services the same command had handed over (in parallel)
 
     def describe(self) -> str:
-        return f"the {self.kind} of {self.service} to release {self.release} in {self.environment}"
+        also = "".join(f", and of {o.service} to release {o.release}" for o in self.others)
+        return f"the {self.kind} of {self.service} to release {self.release}{also} in {self.environment}"
 
 
 def deploy(project: Project, environment: str, names: list[str], *, on_event: OnEvent | None = None,
@@ -158,7 +165,9 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
     outcomes = []
     ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, environment, "deploy", current_actor()) as lock:
-        for index, name in enumerate(names):
+        # Every service is built and released first: one that cannot be is refused before anything changes.
+        built: list[tuple[str, ReleaseRow, bool]] = []
+        for name in names:
             emit({"event": "build", "service": name})
             artifact = build_release.build(project, environment, name, on_output)
             emit({"event": "built", "service": name, "digest": artifact.digest, "reused": artifact.reused,
@@ -169,8 +178,12 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
                 ledger.record(project.store, actor=current_actor(), action=oneoff.IRREVERSIBLE,
                               environment=environment, service=name, subject=row.id,
                               payload={"by": "ingot deploy --irreversible"})
-            with _rest_not_started(names[index + 1:]):
-                outcomes.append(_hooked(project, environment, name, row, created, "deploy", emit, lock))
+            built.append((name, row, created))
+        if len(built) == 1:
+            name, row, created = built[0]
+            outcomes.append(_hooked(project, environment, name, row, created, "deploy", emit, lock))
+        else:
+            outcomes = _in_parallel(project, environment, built, emit, lock)
     return outcomes
 
 
@@ -207,6 +220,79 @@ def _live_release_id(project: Project, environment: str, name: str) -> str | Non
         return history[-1] if history else None
     current = project.store.current_activation(environment, name)
     return current.release_id if current else None
+
+
+def deploy_concurrency() -> int:
+    """How many services one deploy hands to the agent at once ($INGOT_DEPLOY_CONCURRENCY, default
+    DEPLOY_CONCURRENCY); at least 1."""
+    given = os.environ.get(DEPLOY_CONCURRENCY_ENV, "")
+    return max(1, int(given)) if given.isdigit() else DEPLOY_CONCURRENCY
+
+
+def _in_parallel(project: Project, environment: str, built: list[tuple[str, ReleaseRow, bool]], emit: OnEvent,
+                 lock: locks.LockInfo) -> list[DeployOutcome]:
+    """Deploy several services at once, at most `deploy_concurrency()` in the agent at a time (each one its
+    own deployment there, with its own ledger entries, under the one environment lock this command holds).
+
+    A failure is the failing service's alone: the others go on, and the command then fails naming every
+    service that failed (with why) and those that are live. Ctrl-C hands the services in flight over to
+    the agent (`HandedOver`, naming them all) and starts no more."""
+    printing, books = threading.Lock(), threading.Lock()
+    queue = list(built)
+    flying: dict[str, ReleaseRow] = {}
+    results: dict[str, DeployOutcome | IngotError] = {}
+    stopping = threading.Event()
+    previous = {name: current.release_id if (current := project.store.current_activation(environment, name))
+                else None for name, _row, _created in built}
+
+    def said(event: dict[str, Any]) -> None:
+        with printing:  # one event at a time, whole, whichever service it is from
+            emit(event)
+
+    def work() -> None:
+        while not stopping.is_set():
+            with books:
+                if not queue:
+                    return
+                name, row, created = queue.pop(0)
+                flying[name] = row
+            try:
+                result: DeployOutcome | IngotError = _hooked(project, environment, name, row, created, "deploy",
+                                                             said, lock)
+            except IngotError as exc:
+                result = exc
+            except Exception as exc:  # a bug: this service's failure, not the others'
+                log.exception("deploying %s failed", name)
+                result = OperationFailed(f"unexpected {type(exc).__name__}: {exc}")
+            with books:
+                results[name] = result
+                del flying[name]
+
+    workers = [threading.Thread(target=work, name=f"deploy-{i}", daemon=True)
+               for i in range(min(deploy_concurrency(), len(built)))]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        stopping.set()
+        with books:
+            handed = [HandedOver("deploy", environment, name, row.id, previous[name], lock, None)
+                      for name, row in flying.items()]
+            rest = [name for name, _row, _created in queue]
+        if not handed:
+            raise
+        handed[0].others, handed[0].not_started = handed[1:], rest
+        raise handed[0] from None
+    failed = [(name, r) for name, r in results.items() if isinstance(r, IngotError)]
+    if failed:
+        live = [name for name, _row, _created in built if isinstance(results.get(name), DeployOutcome)]
+        error = UserInputError if all(isinstance(r, UserInputError) for _n, r in failed) else OperationFailed
+        details = [line for name, r in failed for line in (f"{name}: {r.message}", *(f"  {d}" for d in r.details))]
+        raise error(f"deploy of {len(failed)} of {len(built)} services failed: {', '.join(n for n, _r in failed)}",
+                    details=[*details, f"deployed: {', '.join(live)}" if live else "no service was deployed"])
+    return [result for name, _row, _created in built if isinstance(result := results[name], DeployOutcome)]
 
 
 def _announce_pin(project: Project, emit: OnEvent) -> None:

@@ -248,3 +248,24 @@ def logs_text(tails: list[tuple[str, list[str]]], out: Console) -> None:
         out.print(f"==> {instance} <==", style="bold")
         for line in text:
             out.print(line, markup=False, highlight=False)
+
+
+def drift_text(findings: list[dict[str, Any]], out: Console) -> None:
+    """What `ingot drift` prints (the full CLI and the agent's answer to the thin client alike)."""
+    if not findings:
+        out.print("no drift: everything runs as its release says")
+        return
+    for finding in findings:
+        who = f"instance {finding['instance']}" if finding["instance"] else f"service {finding['service']}"
+        out.print(f"{finding['environment']}/{finding['service']}: {who}: [bold]{finding['kind']}[/bold]")
+        for name, value in finding["evidence"].items():
+            out.print(f"    {name}: {_evidence(value)}", markup=False)
+        out.print(f"    repair: {finding['repair']}", markup=False)
+
+
+def _evidence(value: Any) -> str:
+    if isinstance(value, list):
+        return "; ".join(_evidence(v) for v in value) if value else "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)

@@ -27,7 +27,7 @@ from ingot.agent.client import AgentClient
 from ingot.agent.server import STATUS_PROBE_MAX_AGE
 from ingot.cli import fast as fast_path
 from ingot.paths import StatePaths
-from tests.support.harness import ExampleProject, Result, make_example, stop_everything
+from tests.support.harness import ExampleProject, Result, make_example, poll, stop_everything
 
 FULL = {"INGOT_FAST_PATH": "0"}
 
@@ -69,7 +69,8 @@ def _fast(example: ExampleProject, *args: str) -> Result:
 
 
 @pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("history",), ("--env", "staging", "history",
-                                  "--limit", "5", "--json"), ("history", "-s", "web"), ("logs", "web", "-n", "3")])
+                                  "--limit", "5", "--json"), ("history", "-s", "web"), ("logs", "web", "-n", "3"),
+                                  ("drift",), ("drift", "--json")])
 def test_fast_path_prints_what_the_full_cli_prints(deployed: ExampleProject, args: tuple[str, ...]) -> None:
     fast = _fast(deployed, *args)
     full = deployed.ingot(*args, extra_env=FULL)
@@ -309,3 +310,24 @@ def test_ctrl_c_while_the_cli_starts_exits_130_without_a_traceback(deployed: Exa
     if proc.returncode == 0:
         pytest.skip(f"the deploy was done {delay}s in")  # the machine was quick: nothing left to interrupt
     assert proc.returncode == 130, (out, text[-3000:])
+
+
+def test_drift_with_findings_exits_1_on_both_paths(deployed: ExampleProject) -> None:
+    """Last in the module: it kills an instance (and repairs it after)."""
+    from ingot.store import Store
+
+    store = Store(deployed.state)
+    try:
+        victim = store.live_instances("staging", "web")[0]
+    finally:
+        store.close()
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    full = poll(lambda: (r := deployed.ingot("drift", extra_env=FULL)).code == 1 and r, what="drift to see the kill")
+    fast = _fast(deployed, "drift")
+    assert (fast.code, fast.out, fast.err) == (full.code, full.out, full.err)
+    assert victim.id in fast.out and "repair:" in fast.out
+    fast_json = _fast(deployed, "drift", "--json")
+    assert fast_json.code == 1 and victim.id in {f["instance"] for f in fast_json.json}
+    deployed.ingot("reconcile", check=True)
+    assert _fast(deployed, "drift").code == 0

@@ -116,6 +116,23 @@ def test_scale_up_and_down_under_load_with_no_failed_request(project: ExamplePro
     assert len(instances(project)) == 2
 
 
+def test_scale_to_twelve_and_back_under_load_fails_no_request(project: ExampleProject, tmp_path: Path) -> None:
+    """2 -> 12 -> 2, one command each, load from another process. The excess leaves the pool and finishes its
+    requests before it is stopped, and stays out while it stops: the agent, seeing the first of them exit,
+    refreshes the pool from what runs, which once put the others back (502s: the least busy backends, the
+    ones being stopped, took every retry)."""
+    assert len(instances(project)) == 2
+    with load(project.url, tmp_path) as during:
+        project.ingot("scale", "web", "12", check=True)
+        assert len(instances(project)) == 12
+        project.ingot("scale", "web", "2", check=True)
+    assert during["failures"] == [] and during["requests"] > 100, during
+    assert len(instances(project)) == 2
+    drained = ledger(project, "scale.step")
+    assert any(e["payload"].get("step") == "drain_instances" and e["payload"].get("status") == "done"
+               and len(e["payload"]["instances"]) == 10 for e in drained), drained[-6:]
+
+
 def test_restart_replaces_every_instance_under_load(project: ExampleProject, tmp_path: Path) -> None:
     release = project.get()["release"]
     before = {i["id"] for i in instances(project)}

@@ -42,7 +42,8 @@ def test_scale_up_and_down_of_the_live_release() -> None:
     assert [s.kind for s in up.steps] == ["start", "wait_healthy", "route"]
     assert up.steps[0].count == 2
     down = plan_blue_green(state, Target("r1", 1))
-    assert down.steps == (Step("stop", "r1", count=1),)
+    # The excess serves until it is out of the pool and has finished its requests: only then is it stopped.
+    assert down.steps == (Step("drain_instances", "r1", count=1), Step("stop", "r1", count=1))
 
 
 def test_plan_as_dict_is_readable() -> None:

@@ -1,5 +1,5 @@
-"""The agent's side of the thin client (ingot.cli.fast): `ingot status`, `history`, `logs` and a no-change
-`ingot deploy` answered here.
+"""The agent's side of the thin client (ingot.cli.fast): `ingot status`, `history`, `logs`, `drift` and a
+no-change `ingot deploy` answered here.
 
 The agent has ingot's heavy modules loaded already, so it opens the spec, runs the same operation the full
 CLI runs and renders the same text (ingot.views) onto a console made to behave as the caller's would: its
@@ -127,6 +127,13 @@ class CliAnswers:
             views.logs_text(operations.logs(project, environment, service, int(request["lines"])), out)
         elif command == "deploy":
             return self._deploy(project, request, out, chunks)
+        elif command == "drift":
+            findings = operations.drift(project, project.environment(env) if env else None)
+            code = 1 if findings else 0  # as the full CLI: exit 1 when anything differs
+            if as_json:
+                return _served([[1, views.json_text(findings)]], code)
+            views.drift_text(findings, out)
+            return _served(chunks, code)
         else:
             return _not_served(f"unknown command {command!r}")
         return _served(chunks)
@@ -184,9 +191,9 @@ def _console(terminal: dict[str, Any], chunks: list[list[Any]], *, stderr: bool)
                    _environ=environ, **views.CONSOLE_OPTIONS)
 
 
-def _served(output: list[list[Any]]) -> dict[str, Any]:
-    """`output`: what to write, in order: [1 (stdout) or 2 (stderr), text]."""
-    return {"served": True, "output": output}
+def _served(output: list[list[Any]], code: int = 0) -> dict[str, Any]:
+    """`output`: what to write, in order: [1 (stdout) or 2 (stderr), text]; `code`: the command's exit code."""
+    return {"served": True, "output": output, "code": code}
 
 
 def _not_served(why: str) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The fast path of the `ingot` command: `--version`, `status`, `history`, `logs` and a no-change `deploy`
-without loading the CLI.
+"""The fast path of the `ingot` command: `--version`, `status`, `history`, `logs`, `drift` and a no-change
+`deploy` without loading the CLI.
 
 Importing the full CLI (Typer, SQLAlchemy, the spec's pydantic models, the build and config modules)
 costs far more than these commands' work. The agent already has all of that loaded and the project's
@@ -40,10 +40,11 @@ _COMMANDS: dict[str, dict[str, tuple[str, ...]]] = {
                 "limit": ("--limit",)},
     "logs": {"file": ("--file",), "env": ("--env", "-e"), "lines": ("--lines", "-n")},
     "deploy": {"file": ("--file", "-f"), "env": ("--env", "-e"), "service": ("--service", "-s")},
+    "drift": {"file": ("--file", "-f"), "env": ("--env", "-e")},
 }
 # `deploy --irreversible` records that it was given: the full CLI's.
-_FLAGS = {"status": ("--json",), "history": ("--json",), "logs": (), "deploy": ("--json",)}
-_POSITIONALS = {"status": 0, "history": 0, "logs": 1, "deploy": 0}
+_FLAGS = {"status": ("--json",), "history": ("--json",), "logs": (), "deploy": ("--json",), "drift": ("--json",)}
+_POSITIONALS = {"status": 0, "history": 0, "logs": 1, "deploy": 0, "drift": 0}
 _INTEGERS = ("limit", "lines")
 _DEFAULTS: dict[str, dict[str, Any]] = {"history": {"limit": 30}, "logs": {"lines": 50}}
 _PROJECT_LINE = re.compile(r"""^project:[ \t]*(["']?)([A-Za-z0-9][A-Za-z0-9_.-]*)\1[ \t]*(#.*)?$""", re.M)
@@ -97,7 +98,7 @@ def try_fast(argv: list[str]) -> int | None:
         return None
     for fd, text in answer["output"]:
         (sys.stdout if fd == 1 else sys.stderr).write(text)
-    return 0
+    return int(answer.get("code") or 0)
 
 
 def _parse(argv: list[str]) -> tuple[str, dict[str, Any]]:

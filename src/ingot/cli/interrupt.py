@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TextIO
 
 import typer
@@ -63,13 +64,25 @@ def after_interrupt(project: Project, handed: operations.HandedOver,
                      f"'ingot abort --env {handed.environment}'", markup=False)
         raise typer.Exit(DETACHED_EXIT)
     errors.print(f"aborting {handed.describe()} ...", markup=False)
+    # A deploy of several services in parallel handed them all over: each is aborted (it is its own deployment),
+    # all at once, since the lock they share is let go only when the last of them ends.
+    every = [handed, *handed.others]
+    with ThreadPoolExecutor(len(every)) as pool:
+        codes = list(pool.map(lambda one: _abort(project, one, not_started, guarded), every))
+    raise typer.Exit(max(codes))
+
+
+def _abort(project: Project, handed: operations.HandedOver, not_started: str,
+           guarded: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]]) -> int:
+    """Abort one handed-over operation and say how it ended; the exit code that outcome calls for."""
     result = guarded(lambda: operations.abort_handed_over(project, handed))
     serving = f"release {result['serving']} serves" if result["serving"] else "nothing serves it"
     if result["outcome"] == "aborted":
         errors.print(f"aborted: {serving} {handed.service} in {handed.environment}; deployment "
                      f"{result['deployment']} is recorded as aborted{not_started}", markup=False)
-        raise typer.Exit(1)
+        return 1
     how = result["outcome"] or "had nothing to do and ended"
-    errors.print(f"too late to abort: {handed.describe()} {how} first; {serving} {handed.service} now"
-                 f"{not_started} ('ingot rollback' goes back)", markup=False)
-    raise typer.Exit(0 if result["outcome"] in ("succeeded", None) else 1)
+    errors.print(f"too late to abort: the {handed.kind} of {handed.service} to release {handed.release} in "
+                 f"{handed.environment} {how} first; {serving} {handed.service} now{not_started} "
+                 "('ingot rollback' goes back)", markup=False)
+    return 0 if result["outcome"] in ("succeeded", None) else 1

@@ -595,25 +595,10 @@ def drift(file: SpecFile = None, env: Env = None, as_json: AsJson = False) -> No
                                  lambda project: operations.drift(project, chosen_environment(project, env)))
     if as_json:
         print_json(findings)
-    elif not findings:
-        console.print("no drift: everything runs as its release says")
     else:
-        for finding in findings:
-            who = f"instance {finding['instance']}" if finding["instance"] else f"service {finding['service']}"
-            console.print(f"{finding['environment']}/{finding['service']}: {who}: [bold]{finding['kind']}[/bold]")
-            for name, value in finding["evidence"].items():
-                console.print(f"    {name}: {_evidence(value)}", markup=False)
-            console.print(f"    repair: {finding['repair']}", markup=False)
+        views.drift_text(findings, console)
     if findings:
         raise typer.Exit(1)
-
-
-def _evidence(value: Any) -> str:
-    if isinstance(value, list):
-        return "; ".join(_evidence(v) for v in value) if value else "-"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    return str(value)
 
 
 @app.command()

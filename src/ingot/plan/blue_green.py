@@ -68,7 +68,10 @@ def plan_blue_green(state: ServiceState, target: Target, verification: float | N
     else:  # scaled to zero: nothing goes live, so nothing settles or is verified
         steps.extend(retire_previous(state, release))
     if have > target.replicas:
-        steps.append(Step("stop", release, count=have - target.replicas))
+        excess = have - target.replicas
+        if wanted_weights:  # it serves: the excess leaves its pool, and finishes its requests, before it stops
+            steps.append(Step("drain_instances", release, count=excess))
+        steps.append(Step("stop", release, count=excess))
     return Plan("blue-green", target, tuple(steps))
 
 
