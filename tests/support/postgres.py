@@ -102,11 +102,22 @@ class PostgresServer:
             cursor = conn.execute(statement.encode())
             return cursor.fetchall() if cursor.description else []
 
-    def new_database(self, owner: str = SUPERUSER) -> str:
+    def new_database(self, owner: str = SUPERUSER, *, template: str = "template0") -> str:
+        """A new database (a copy of `template`: an empty one by default)."""
         name = "t_" + uuid.uuid4().hex[:12]
-        self.sql(f'CREATE DATABASE {name} OWNER "{owner}"')
+        self.sql(f'CREATE DATABASE {name} OWNER "{owner}" TEMPLATE {template} STRATEGY FILE_COPY')
         self.databases.append(name)
         return name
+
+    def migrated_database(self) -> str:
+        """A new database holding ingot's schema at its current version, made from a template migrated once
+        per session (a migration costs more than copying its result)."""
+        if not self.sql("SELECT 1 FROM pg_database WHERE datname = 'ingot_template'"):
+            from ingot.store import Store
+
+            self.sql("CREATE DATABASE ingot_template TEMPLATE template0")
+            Store(self.root, url=self.url("ingot_template")).close()
+        return self.new_database(template="ingot_template")
 
 
 def start_server(listen: str = "127.0.0.1", port: int | None = None) -> PostgresServer:

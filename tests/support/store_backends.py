@@ -2,7 +2,9 @@
 
 `backend` is parametrised: for "postgresql" it points $INGOT_DATABASE_URL at a fresh database of the session's
 server (`pg_server`, started once), so every `Store(...)` the test opens, and every ingot process it starts,
-uses it. Import the fixtures into a test module (`from tests.support.store_backends import backend, pg_server`).
+uses it; that database has ingot's schema already (`migrated_database`), so the migrations themselves are
+tested where a test opens a database of its own. The fixtures are registered for every test by
+tests/conftest.py (`pytest_plugins`), so that one server serves the session.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
         return Backend("sqlite")
     server: PostgresServer = request.getfixturevalue("pg_server")
-    database = server.new_database()
+    database = server.migrated_database()
     url = server.url(database)
     monkeypatch.setenv(DATABASE_URL_ENV, url)
     return Backend("postgresql", url, server, database)

@@ -142,9 +142,10 @@ class Store:
     $INGOT_DATABASE_URL (or `url`) names. The state directory holds the rest either way (keys, artifacts,
     logs, the agent's socket)."""
 
-    def __init__(self, state_dir: Path, url: str | None = None) -> None:
+    def __init__(self, state_dir: Path, url: str | None = None, *, local: bool = False) -> None:
+        """`local`: the state directory's SQLite store, whatever $INGOT_DATABASE_URL says."""
         self.state_dir = state_dir
-        self.url = url or database_url()
+        self.url = None if local else (url or database_url())
         self.engine: Engine = open_engine(state_dir, self.url)
         # Its ledger entries are signed with the state's signing key (or $INGOT_SIGNING_KEY's).
         register_store(self.engine, StatePaths(state_dir).keys)

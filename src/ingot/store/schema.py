@@ -256,8 +256,8 @@ def insert_only_triggers(dialect: str = "sqlite") -> dict[str, str]:
 PG_TRIGGER_KINDS = ("no_update", "no_delete", "no_truncate")
 PG_GUARD_FUNCTION = "ingot_insert_only"
 
-# One function raises for every insert-only table (no '%' in it: the driver would read it as a placeholder); its SQLSTATE (restrict_violation, class 23) makes the
-# refusal an integrity error, as SQLite's RAISE(ABORT) is.
+# One function raises for every insert-only table (no '%' in it: the driver would read it as a placeholder).
+# Its SQLSTATE (restrict_violation, class 23) makes the refusal an integrity error, as SQLite's RAISE(ABORT) is.
 PG_GUARD_DDL = f"""CREATE OR REPLACE FUNCTION {PG_GUARD_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   RAISE EXCEPTION USING ERRCODE = 'restrict_violation', MESSAGE = TG_TABLE_NAME || ' is insert-only: rows are '
