@@ -674,8 +674,8 @@ class Agent:
     async def _dispatch(self, request: dict[str, Any], send: Send) -> dict[str, Any]:
         op = request.get("op")
         if op == "ping":
-            return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root), "store": self.store.where,
-                    "heal_interval": self.self_healer.interval, "status_probes": self.status_probes,
+            return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root),
+                    "store": self.store.where, "heal_interval": self.self_healer.interval, "status_probes": self.status_probes,
                     "cli_answers": self.cli.served}
         if op == "status":
             return await self.status()
