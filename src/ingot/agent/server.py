@@ -675,8 +675,8 @@ class Agent:
         op = request.get("op")
         if op == "ping":
             return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root),
-                    "store": self.store.where, "heal_interval": self.self_healer.interval, "status_probes": self.status_probes,
-                    "cli_answers": self.cli.served}
+                    "store": self.store.where, "heal_interval": self.self_healer.interval,
+                    "status_probes": self.status_probes, "cli_answers": self.cli.served}
         if op == "status":
             return await self.status()
         if op == "cli":
