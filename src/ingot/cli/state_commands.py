@@ -33,6 +33,14 @@ def migrate_command(
         errors.print(f"error: no SQLite state in {root} (no state.db): nothing to copy; give --state or -f",
                      markup=False)
         raise typer.Exit(2)
+    from ingot.agent.client import AgentClient
+    from ingot.paths import StatePaths
+
+    agent = AgentClient(StatePaths(root))
+    if agent.alive():
+        errors.print(f"error: the agent for {root} runs (pid {agent.pinged.get('pid')}): it would go on writing to "
+                     "the SQLite store during and after the copy; stop it first ('ingot down')", markup=False)
+        raise typer.Exit(2)
     source = cli.guarded(lambda: Store(root, local=True))
     try:
         target = cli.guarded(lambda: Store(root, url=to))
