@@ -3,7 +3,6 @@ verified there and deployed on from there; two ingot hosts (network namespaces) 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -6,6 +6,7 @@ own connection to the file. The PostgreSQL server is a real one the tests start 
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -57,7 +58,7 @@ def test_two_processes_appending_at_once_never_fork_the_chain(tmp_path: Path, ba
     assert sorted(e.actor for e in entries).count("alice") == APPENDS
     assert ledger.verify_chain(store) == (2 * APPENDS, None)
     # Interleaved, not one after the other: the two really wrote at the same time.
-    switches = sum(1 for a, b in zip(entries, entries[1:], strict=False) if a.actor != b.actor)
+    switches = sum(1 for a, b in itertools.pairwise(entries) if a.actor != b.actor)
     assert switches > 1
 
 
