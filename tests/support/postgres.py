@@ -89,11 +89,16 @@ class PostgresServer:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
 
+    @property
+    def host(self) -> str:
+        """Where this machine reaches it: the first address it listens on."""
+        return self.listen.split(",")[0].strip()
+
     def url(self, database: str, user: str = SUPERUSER, host: str | None = None) -> str:
-        return f"postgresql://{user}@{host or self.listen}:{self.port}/{database}"
+        return f"postgresql://{user}@{host or self.host}:{self.port}/{database}"
 
     def _connect(self, database: str, user: str = SUPERUSER) -> psycopg.Connection:
-        return psycopg.connect(host=self.listen, port=self.port, dbname=database, user=user, autocommit=True,
+        return psycopg.connect(host=self.host, port=self.port, dbname=database, user=user, autocommit=True,
                                connect_timeout=5)
 
     def sql(self, statement: str, database: str = "postgres", user: str = SUPERUSER) -> list[tuple[object, ...]]:
