@@ -53,7 +53,9 @@ def shared_server(two_hosts: list[Host]) -> Iterator[PostgresServer]:
         yield server
 
 
-def _on(host: Host, example: ExampleProject, url: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def _on(host: Host, example: ExampleProject, url: str, *args: str,
+        timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """`ingot ARGS` run on `host`, with the shared store at `url` (its address as that host reaches it)."""
     env = {**os.environ, "INGOT_ACTOR": f"ci@{host.hostname}", "COLUMNS": "200", DATABASE_URL_ENV: url}
     env.pop("INGOT_HOME", None)
     return subprocess.run(host.command([sys.executable, "-m", "ingot", "--state", str(example.state), *args]),
