@@ -7,7 +7,8 @@ nothing that matters on a crash). Its superuser is `ingot_admin`, trusted on 127
 database of its own (`new_database`). Without the binaries a test that needs them is skipped with the
 reason, except in CI (`CI` set), where that is a failure.
 
-$INGOT_TEST_PG_PORT picks the port (else a free one).
+$INGOT_TEST_PG_PORT picks the port (else a free one); under pytest-xdist each worker runs a server of its
+own, on that port plus the worker's number.
 """
 
 from __future__ import annotations
@@ -132,7 +133,9 @@ def start_server(listen: str = "127.0.0.1", port: int | None = None) -> Postgres
     root = Path(tempfile.mkdtemp(prefix="ingot-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, UNPRIVILEGED)
-    chosen = port or int(os.environ.get("INGOT_TEST_PG_PORT") or 0) or free_port()
+    base = int(os.environ.get("INGOT_TEST_PG_PORT") or 0)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    chosen = port or (base + int(worker) if base and worker.isdigit() else 0) or free_port()
     server = PostgresServer(bin_dir, root, chosen, listen)
     try:
         server.start()

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ingot import ledger
-from ingot.errors import UserInputError
+from ingot.errors import OperationFailed, UserInputError
 from ingot.store import Store
 from ingot.store.db import MIGRATIONS, StoreUnreachable, check_url
 from ingot.store.schema import INSERT_ONLY_TABLES, runtime_grants
@@ -35,8 +35,13 @@ _APPENDER = textwrap.dedent("""
     go = Path(sys.argv[2])
     while not go.exists():  # both start appending at the same moment
         time.sleep(0.005)
-    for number in range(int(sys.argv[3])):
-        ledger.record(store, actor=sys.argv[4], action="build", payload={"n": number})
+    count, me, other = int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    for number in range(count - 1):
+        ledger.record(store, actor=me, action="build", payload={"n": number})
+    # The last one only once the other has appended: the two appended during the same span, by construction.
+    while not any(entry.actor == other for entry in ledger.entries(store)):
+        time.sleep(0.01)
+    ledger.record(store, actor=me, action="build", payload={"n": count - 1})
 """)
 
 
@@ -51,15 +56,14 @@ def _run_together(script: str, tmp_path: Path, *args_per_process: list[str]) -> 
 
 def test_two_processes_appending_at_once_never_fork_the_chain(tmp_path: Path, backend: Backend) -> None:
     Store(tmp_path / "state").close()  # the schema first, so both start appending at once
-    _run_together(_APPENDER, tmp_path, [str(APPENDS), "alice"], [str(APPENDS), "bob"])
+    _run_together(_APPENDER, tmp_path, [str(APPENDS), "alice", "bob"], [str(APPENDS), "bob", "alice"])
     store = Store(tmp_path / "state")
     entries = ledger.entries(store)
     assert [e.seq for e in entries] == list(range(1, 2 * APPENDS + 1))
     assert sorted(e.actor for e in entries).count("alice") == APPENDS
     assert ledger.verify_chain(store) == (2 * APPENDS, None)
-    # Interleaved, not one after the other: the two really wrote at the same time.
-    switches = sum(1 for a, b in itertools.pairwise(entries) if a.actor != b.actor)
-    assert switches > 1
+    # Each one's last entry came after the other's first: never one block, then the other.
+    assert sum(1 for a, b in itertools.pairwise(entries) if a.actor != b.actor) >= 2
 
 
 _LOCKER = textwrap.dedent("""
@@ -157,6 +161,25 @@ def test_a_role_that_does_not_own_the_tables_may_not_change_history(tmp_path: Pa
         with pytest.raises(DBAPIError, match="must be owner"), store.begin() as conn:
             conn.execute(text(f"DROP TRIGGER {table}_no_update ON {table}"))
     assert ledger.verify_chain(store) == (1, None)
+
+
+def test_a_role_that_may_not_migrate_is_told_to_run_as_the_owner(tmp_path: Path, pg: PostgresServer,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingot.store import db
+
+    role = "ingot_late_" + tmp_path.name[-8:].replace("-", "_")
+    pg.sql(f'CREATE ROLE "{role}" LOGIN')
+    database = pg.migrated_database()
+    for grant in runtime_grants(role):
+        pg.sql(grant, database)
+    # An ingot one migration newer than the store, run as the runtime role (no CREATE on the schema).
+    newer = db.Migration(sqlite=db._nothing, postgresql=lambda conn: conn.exec_driver_sql("CREATE TABLE extra (x int)"))
+    monkeypatch.setattr(db, "MIGRATIONS", [*db.MIGRATIONS, newer])
+    with pytest.raises(OperationFailed, match=f"schema is at version {len(MIGRATIONS)}, this ingot needs "
+                                              f"{len(MIGRATIONS) + 1}") as refused:
+        Store(tmp_path, url=pg.url(database, user=role))
+    assert "as the database's owner" in " ".join(refused.value.details)
+    assert pg.sql("SELECT max(version) FROM schema_version", database) == [(len(MIGRATIONS),)]
 
 
 def test_a_bad_or_unreachable_database_url_is_said_plainly(tmp_path: Path, pg: PostgresServer) -> None:
