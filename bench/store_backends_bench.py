@@ -18,14 +18,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.postgres import running_server
+
 from bench._common import print_table, write_json
 from ingot import ledger
 from ingot.store import Store
-from tests.support.postgres import running_server
 
 _APPENDER = ("import sys; from pathlib import Path; from ingot import ledger; from ingot.store import Store\n"
              "store = Store(Path(sys.argv[1]), url=sys.argv[3] or None)\n"
-             "for n in range(int(sys.argv[2])): ledger.record(store, actor='bench', action='build', payload={'n': n})\n")
+             "for n in range(int(sys.argv[2])):\n"
+             "    ledger.record(store, actor='bench', action='build', payload={'n': n})\n")
 
 
 def measure(name: str, url: str | None, appends: int) -> dict[str, Any]:
