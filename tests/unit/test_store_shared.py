@@ -191,3 +191,17 @@ def test_a_bad_or_unreachable_database_url_is_said_plainly(tmp_path: Path, pg: P
     with pytest.raises(StoreUnreachable, match="cannot be reached") as refused:
         Store(tmp_path, url=closed)
     assert "s3cret" not in refused.value.message and "***" in refused.value.message
+
+
+def test_the_metrics_read_the_ledger_on_both_backends(tmp_path: Path, backend: Backend) -> None:
+    """The one query written in SQL text (a JSON field of the payload) has each dialect's spelling."""
+    from types import SimpleNamespace
+
+    from ingot.api.metrics import _Snapshot
+
+    store = Store(tmp_path / "state")
+    for verdict in ("fail", "pass", "fail"):
+        ledger.record(store, actor="a", action="deploy.analysis", payload={"decision": {"action": verdict}})
+    ledger.record(store, actor="a", action="rollback.start")
+    actions, failed = _Snapshot(SimpleNamespace(store=store))._ledger_counts()  # type: ignore[arg-type]
+    assert (actions["deploy.analysis"], actions["rollback.start"], failed) == (3, 1, 2)
