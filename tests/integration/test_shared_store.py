@@ -71,4 +71,7 @@ def test_a_sqlite_state_moves_to_postgresql_with_its_chain_and_goes_on_there(
     example.ingot("audit", "verify", check=True)
     deploys = [e for e in ledger.entries(shared) if e.action == "deploy.finish"]
     assert len(deploys) >= 2
+    # A command without the URL meets an agent that keeps the state in PostgreSQL: refused, not split in two.
+    mixed = example.ingot("deploy", extra_env={DATABASE_URL_ENV: ""})
+    assert mixed.code == 1 and f"keeps its state in {url}" in mixed.err, mixed.err
     shared.close()

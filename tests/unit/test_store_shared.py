@@ -205,3 +205,25 @@ def test_the_metrics_read_the_ledger_on_both_backends(tmp_path: Path, backend: B
     ledger.record(store, actor="a", action="rollback.start")
     actions, failed = _Snapshot(SimpleNamespace(store=store))._ledger_counts()  # type: ignore[arg-type]
     assert (actions["deploy.analysis"], actions["rollback.start"], failed) == (3, 1, 2)
+
+
+def test_an_agent_keeping_another_store_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingot.agent.client import AgentClient, _same_store
+    from ingot.paths import StatePaths
+
+    paths = StatePaths(tmp_path)
+    client = AgentClient(paths)
+    shared = "postgresql://ingot:s3cret@db:5432/ingot"
+    monkeypatch.delenv("INGOT_DATABASE_URL", raising=False)
+    for running in ({}, {"database": None}):  # an older agent, a SQLite one: the same as this command's
+        client.pinged = running
+        _same_store(client, paths)
+    client.pinged = {"database": "postgresql://ingot:***@db:5432/ingot"}
+    with pytest.raises(OperationFailed, match=r"keeps its state in postgresql://ingot:\*\*\*@db:5432/ingot, and "
+                                              "this command's is the SQLite file"):
+        _same_store(client, paths)
+    monkeypatch.setenv("INGOT_DATABASE_URL", shared)
+    _same_store(client, paths)  # the same URL (the password never compared in the clear, nor shown)
+    client.pinged = {"database": None}
+    with pytest.raises(OperationFailed, match="keeps its state in the SQLite file"):
+        _same_store(client, paths)

@@ -132,17 +132,20 @@ def ensure_agent(paths: StatePaths) -> AgentClient:
 
 def _same_store(client: AgentClient, paths: StatePaths) -> None:
     """Refuse an agent that keeps this state in another store than this command would ($INGOT_DATABASE_URL
-    set or changed since it started): the two would act on two histories."""
+    set or changed since it started): the two would act on two histories. (Compared by URL only: the
+    state directory is the same one, the agent's socket is in it.)"""
     from ingot.store.db import database_url, shown
 
+    if "database" not in client.pinged:  # an agent from before the shared store: SQLite
+        return
     url = database_url()
-    wanted = shown(url) if url else str(paths.root / "state.db")
-    running = client.pinged.get("store")
-    if running is not None and running != wanted:
-        raise OperationFailed(f"the agent for {paths.root} keeps its state in {running}, and this command's is "
-                              f"{wanted}", details=["stop the agent ('ingot down' stops it with everything it runs) "
-                                                    "and run the command again, or set INGOT_DATABASE_URL as the "
-                                                    "agent has it"])
+    wanted = shown(url) if url else None
+    running = client.pinged["database"]
+    if running != wanted:
+        raise OperationFailed(f"the agent for {paths.root} keeps its state in {running or 'the SQLite file'}, and "
+                              f"this command's is {wanted or 'the SQLite file'}",
+                              details=["stop the agent ('ingot down' stops it with everything it runs) and run "
+                                       "the command again, or set INGOT_DATABASE_URL as the agent has it"])
 
 
 def _wait_alive(client: AgentClient, child: subprocess.Popen[bytes] | None) -> bool:

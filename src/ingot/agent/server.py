@@ -44,6 +44,7 @@ from ingot.runtimes.registry import Runtimes
 from ingot.spec.models import NotifySpec
 from ingot.state import service_state
 from ingot.store import ActivationRow, InstanceRow, Store
+from ingot.store.db import shown
 
 Key = tuple[str, str]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -675,8 +676,9 @@ class Agent:
         op = request.get("op")
         if op == "ping":
             return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root),
-                    "store": self.store.where, "heal_interval": self.self_healer.interval,
-                    "status_probes": self.status_probes, "cli_answers": self.cli.served}
+                    "database": shown(self.store.url) if self.store.url else None,  # (None: SQLite)
+                    "heal_interval": self.self_healer.interval, "status_probes": self.status_probes,
+                    "cli_answers": self.cli.served}
         if op == "status":
             return await self.status()
         if op == "cli":
