@@ -19,6 +19,9 @@ import pytest
 
 from tests.support.harness import ExampleProject, free_port, make_example, stop_edge, stop_everything
 
+# The store's two backends (`backend`, `pg_server`: one PostgreSQL server for the session, started on first use).
+pytest_plugins = ["tests.support.store_backends"]
+
 if "INGOT_EDGE_HOME" not in os.environ:
     os.environ["INGOT_EDGE_HOME"] = tempfile.mkdtemp(prefix="ingot-edge-")
 # Its shared listeners on free loopback ports, never the machine's :80 and :443 (read when the edge starts).

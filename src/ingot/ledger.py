@@ -28,6 +28,7 @@ from ingot.canonical import canonical_json, sha256_hex
 from ingot.signing import sign, signature_valid, signer_for
 from ingot.store import Store
 from ingot.store import schema as t
+from ingot.store.db import lock_ledger
 
 GENESIS = "0" * 64
 
@@ -92,6 +93,9 @@ def append(
     subject: str | None = None,
     payload: dict[str, Any] | None = None,
 ) -> LedgerEntry:
+    # One appender at a time reads the head and links to it, on every machine sharing the store: the chain
+    # cannot fork (two entries claiming one seq would also fail its primary key, but only after one lost).
+    lock_ledger(conn)
     last = conn.execute(select(t.ledger.c.seq, t.ledger.c.hash).order_by(t.ledger.c.seq.desc()).limit(1)).first()
     seq = (last.seq + 1) if last else 1
     prev_hash = last.hash if last else GENESIS

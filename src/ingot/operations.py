@@ -1109,7 +1109,7 @@ def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path 
     after it, and that the entry at it is unchanged. If that entry is gone or differs, the chain is
     checked in full to name where it breaks."""
     problems: list[str] = []
-    database = project.paths.root / "state.db"
+    database = project.store.where
     if deep:
         try:
             problems.extend(f"database {database}: {p}" for p in project.store.integrity_problems())

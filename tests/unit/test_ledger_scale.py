@@ -106,7 +106,7 @@ def test_a_version_6_store_gets_the_indexes_and_keeps_its_triggers(tmp_path: Pat
     with db.transaction(engine) as conn:
         db.schema_version.create(conn)
         for step in db.MIGRATIONS[:6]:
-            step(conn)
+            db.step_for(step, "sqlite")(conn)
         for index in ("ix_ledger_environment_seq", "ix_ledger_service_seq", "ix_ledger_environment_service_seq"):
             conn.execute(text(f"DROP INDEX {index}"))  # as version 1 made the table, without them
         conn.execute(db.schema_version.insert().values(version=6, applied_at=0.0))

@@ -15,10 +15,12 @@ from ingot import ledger, locks
 from ingot.runtimes.process import process_start_time
 from ingot.store import Store
 from ingot.store import schema as t
+from tests.support.store_backends import Backend
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path, backend: Backend) -> Store:
+    """The store on each backend (SQLite, a real PostgreSQL server)."""
     return Store(tmp_path / "state")
 
 

@@ -29,6 +29,7 @@ class AgentUnavailable(OperationFailed):
 class AgentClient:
     def __init__(self, paths: StatePaths) -> None:
         self.paths = paths
+        self.pinged: dict[str, Any] = {}  # what the agent answered to the last `alive`
 
     def _connect(self, timeout: float | None) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -56,7 +57,7 @@ class AgentClient:
 
     def alive(self) -> bool:
         try:
-            self.call("ping", timeout=2.0)
+            self.pinged = self.call("ping", timeout=2.0)
         except (AgentUnavailable, OSError, IngotError):
             return False
         return True
@@ -97,6 +98,7 @@ def ensure_agent(paths: StatePaths) -> AgentClient:
     """Connect to the agent, starting it in the background first if it does not answer."""
     client = AgentClient(paths)
     if client.alive():
+        _same_store(client, paths)
         return client
     if running_supervisor(paths.supervisor_pid) is not None:
         # Its supervisor is starting it again (perhaps after a backoff): a second supervisor would leave
@@ -126,6 +128,24 @@ def ensure_agent(paths: StatePaths) -> AgentClient:
             child.kill()
     tail = _tail(paths)
     raise OperationFailed("the agent did not start", details=[f"its log ({paths.agent_log}):", *tail])
+
+
+def _same_store(client: AgentClient, paths: StatePaths) -> None:
+    """Refuse an agent that keeps this state in another store than this command would ($INGOT_DATABASE_URL
+    set or changed since it started): the two would act on two histories. (Compared by URL only: the
+    state directory is the same one, the agent's socket is in it.)"""
+    from ingot.store.db import database_url, shown
+
+    if "database" not in client.pinged:  # an agent from before the shared store: SQLite
+        return
+    url = database_url()
+    wanted = shown(url) if url else None
+    running = client.pinged["database"]
+    if running != wanted:
+        raise OperationFailed(f"the agent for {paths.root} keeps its state in {running or 'the SQLite file'}, and "
+                              f"this command's is {wanted or 'the SQLite file'}",
+                              details=["stop the agent ('ingot down' stops it with everything it runs) and run "
+                                       "the command again, or set INGOT_DATABASE_URL as the agent has it"])
 
 
 def _wait_alive(client: AgentClient, child: subprocess.Popen[bytes] | None) -> bool:

@@ -44,6 +44,7 @@ from ingot.runtimes.registry import Runtimes
 from ingot.spec.models import NotifySpec
 from ingot.state import service_state
 from ingot.store import ActivationRow, InstanceRow, ReleaseRow, Store
+from ingot.store.db import shown
 
 Key = tuple[str, str]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -711,6 +712,7 @@ class Agent:
         op = request.get("op")
         if op == "ping":
             return {"pid": os.getpid(), "version": __version__, "state": str(self.paths.root),
+                    "database": shown(self.store.url) if self.store.url else None,  # (None: SQLite)
                     "heal_interval": self.self_healer.interval, "status_probes": self.status_probes,
                     "cli_answers": self.cli.served, "deploy_answers": self.cli.deploys_served,
                     "deploy_context_hashes": self.cli.deploys.contexts.full_hashes}

@@ -52,9 +52,10 @@ class _Snapshot(Collector):
         with self.project.store.engine.connect() as conn:
             actions = Counter({str(a): int(n) for a, n in
                                conn.execute(text("SELECT action, count(*) FROM ledger GROUP BY action"))})
+            decision = ("CAST(payload_json AS json) -> 'decision' ->> 'action'" if conn.dialect.name == "postgresql"
+                        else "json_extract(payload_json, '$.decision.action')")
             failed = conn.execute(text(
-                "SELECT count(*) FROM ledger WHERE action LIKE '%.analysis' "
-                "AND json_extract(payload_json, '$.decision.action') = 'fail'")).scalar_one()
+                f"SELECT count(*) FROM ledger WHERE action LIKE '%.analysis' AND {decision} = 'fail'")).scalar_one()
         return actions, int(failed)
 
     def _live(self) -> Iterator[Metric]:

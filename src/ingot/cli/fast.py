@@ -13,7 +13,8 @@ It is deliberately narrow. It recognises only these commands with the options it
 spelled as the full CLI defines them (cli/main.py): anything else (another command or option, a repeated
 or empty option, `--help`, `--server`/INGOT_SERVER, a spec whose `project:` line it cannot read, a legacy
 state layout) goes to the full CLI unchanged, and so does everything when no agent answers or the agent
-declines (an error, which the full CLI reports its own way; another state; another time zone). So the
+declines (an error, which the full CLI reports its own way; another state; another time zone), and when
+INGOT_DATABASE_URL names a shared store (the agent may have been started with another). So the
 output is the full CLI's by construction, byte for byte, only sooner. INGOT_FAST_PATH=0 turns it off.
 
 `ingot deploy` is answered here only when it would change nothing (ingot.deploy_check): the agent says so
@@ -85,8 +86,8 @@ def try_fast(argv: list[str]) -> int | None:
 
         sys.stdout.write(f"ingot {__version__}\n")
         return 0
-    if os.environ.get("INGOT_SERVER"):
-        return None
+    if os.environ.get("INGOT_SERVER") or os.environ.get("INGOT_DATABASE_URL"):
+        return None  # (a shared store: the agent may have been started with another one)
     os.umask(0o077)  # as the full CLI (ingot.paths.private_umask), should anything be made on the way
     try:
         command, options = _parse(argv)

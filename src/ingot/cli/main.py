@@ -21,7 +21,7 @@ from ingot.diskspace import disk_full_error, is_disk_full
 from ingot.errors import IngotError, UserInputError
 from ingot.paths import private_umask
 from ingot.project import Project, open_project
-from ingot.store.db import store_error
+from ingot.store.db import DATABASE_URL_ENV, check_url, store_error
 
 if TYPE_CHECKING:
     from ingot.remote import Remote
@@ -56,8 +56,15 @@ def main(
     token_file: Annotated[Path | None, typer.Option("--token-file", envvar="INGOT_TOKEN_FILE",
                                                     help="File holding the server's token (or set "
                                                     "INGOT_TOKEN).")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", help="Keep the state store in this PostgreSQL database (postgresql://USER@HOST/DB; "
+        "default: $INGOT_DATABASE_URL, else SQLite in the state directory).")] = None,
 ) -> None:
     _global.update(state=state, file=file, env=env, server=server, token_file=token_file)
+    if database_url is not None:
+        # Through the environment, so that the agent this command may start uses the same store.
+        guarded(lambda: check_url(database_url, "--database-url"))
+        os.environ[DATABASE_URL_ENV] = database_url
     if version:
         console.print(f"ingot {__version__}")
         raise typer.Exit(0)
@@ -789,6 +796,10 @@ def _register_command_modules() -> None:
 
     app.add_typer(volume_commands.volume_app, name="volume")
 
+    from ingot.cli import state_commands
+
+    app.add_typer(state_commands.state_app, name="state")
+
     from ingot.cli import watch_commands
 
     app.command("watch")(watch_commands.watch_command)
@@ -812,6 +823,9 @@ def run() -> None:
     private_umask()  # ingot's own files (state, logs, keys, sockets) are its alone, 0600/0700
     try:
         app()
+    except IngotError as exc:  # raised outside a command's guard (opening the store, say): said as such
+        _print_error(exc)
+        sys.exit(exc.exit_code)
     except Exception as exc:  # a bug, not bad input: say so plainly
         if os.environ.get("INGOT_DEBUG"):
             raise

@@ -14,6 +14,7 @@ import typer
 
 from ingot.cli.options import SpecFile
 from ingot.cli.output import console, errors
+from ingot.store.db import database_url
 
 if TYPE_CHECKING:
     from ingot.gitops import PollResult
@@ -191,7 +192,7 @@ def unpin_command(file: SpecFile = None, env: Env = None) -> None:
         return project.paths.root, project.environment(environment)
 
     root, environment = guarded(target)
-    if not (root / "state.db").exists():
+    if not (root / "state.db").exists() and not database_url():
         errors.print(f"error: no ingot state in {root}: give the watcher's --state (or run beside its spec)",
                      markup=False)
         raise typer.Exit(2)

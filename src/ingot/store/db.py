@@ -1,21 +1,45 @@
-"""Opening the state store and bringing its schema up to date."""
+"""Opening the state store and bringing its schema up to date.
+
+Two dialects: SQLite (the default, `state.db` in the state directory) and PostgreSQL, chosen by
+`$INGOT_DATABASE_URL` (or the CLI's `--database-url`, which sets it for the agent it starts too). Both keep
+the same guarantees: insert-only tables refused UPDATE and DELETE by the database, one writer at a time
+(SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped advisory lock taken as a write transaction
+begins, so writers on different machines serialise as processes on one machine do), and one versioned
+migration history whose every step says what it does on each dialect (`Migration`).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy import Connection, Engine, String, create_engine, event, inspect, select, text
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.ext.compiler import compiles
 
 from ingot.diskspace import HEADROOM, DiskFull, free_bytes, human
-from ingot.errors import OperationFailed
-from ingot.store.schema import HISTORY_INDEXES, INSERT_ONLY_TABLES, metadata, schema_version, sqlite_triggers
+from ingot.errors import OperationFailed, UserInputError
+from ingot.store.schema import (
+    HISTORY_INDEXES,
+    INSERT_ONLY_TABLES,
+    PG_GUARD_DDL,
+    metadata,
+    postgresql_triggers,
+    schema_version,
+    sqlite_triggers,
+)
 
 WRITE = "ingot_write"
+DATABASE_URL_ENV = "INGOT_DATABASE_URL"
+# pg_advisory_xact_lock keys (any two bigints unlikely to clash with another application's in the database).
+WRITER_LOCK = 0x696E676F74  # "ingot": every write transaction, as SQLite's BEGIN IMMEDIATE
+LEDGER_LOCK = 0x696E676F74 + 1  # the ledger's head: taken by every append, whatever else the transaction did
 # SQLite's primary result codes (the low byte of an extended code) that are not ingot's bugs.
 SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
 
@@ -78,6 +102,91 @@ def _sqlite_engine(path: Path) -> Engine:
     return engine
 
 
+@compiles(String, "postgresql")
+def _unbounded_varchar(element: String, compiler: Any, **kw: Any) -> str:
+    """VARCHAR without its length on PostgreSQL: SQLite never enforced the declared lengths, so a value a
+    SQLite store kept must fit in PostgreSQL too (`ingot state migrate` copies whatever is there)."""
+    return "VARCHAR"
+
+
+def database_url() -> str | None:
+    """The PostgreSQL store's URL from $INGOT_DATABASE_URL; None (empty or unset) for the SQLite default."""
+    url = os.environ.get(DATABASE_URL_ENV, "").strip()
+    if not url:
+        return None
+    check_url(url, DATABASE_URL_ENV)
+    return url
+
+
+def check_url(url: str, where: str) -> str:
+    """`url` as SQLAlchemy takes it (postgresql+psycopg://), refused with a clear message if it is not one."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UserInputError(f"{where}: {url!r} is not a database URL; expected "
+                             "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE") from None
+    if parsed.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
+        raise UserInputError(f"{where}: {parsed.drivername}:// is not supported; expected "
+                             "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (SQLite is the default: leave it "
+                             "unset)")
+    if not parsed.database:
+        raise UserInputError(f"{where}: {shown(url)} names no database; expected "
+                             "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def shown(url: str) -> str:
+    """The URL as it may be printed or logged: its password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(an unparsable database URL)"
+
+
+class StoreUnreachable(OperationFailed):
+    """The PostgreSQL server could not be reached or refused ingot (down, wrong address, credentials)."""
+
+
+def _postgres_engine(url: str) -> Engine:
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy imports it itself; asked here to say what is missing)
+    except ImportError:
+        raise OperationFailed(f"${DATABASE_URL_ENV} names a PostgreSQL store, and the driver is not installed",
+                              details=["pip install 'ingot[postgresql]' (psycopg 3)"]) from None
+    engine = create_engine(check_url(url, DATABASE_URL_ENV), pool_pre_ping=True,
+                           connect_args={"connect_timeout": 10, "application_name": "ingot"})
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        if context.is_pre_ping:  # the pool reconnects by itself
+            return
+        if context.is_disconnect or context.connection is None:
+            original = context.original_exception
+            first_line = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+            raise StoreUnreachable(
+                f"the state database {shown(url)} cannot be reached: {first_line}",
+                details=[f"check the server, the address and the credentials in ${DATABASE_URL_ENV} "
+                         "(or --database-url); nothing was changed"]) from original
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers queue for one lock (released as their transaction ends), so that read-then-write (the deploy
+        # lock's row, the ledger's head) cannot interleave between processes on any machine. Readers do not:
+        # they read committed rows, never waiting for a writer. READ COMMITTED (the default) matters: each
+        # statement after the lock sees what the writer before committed.
+        if conn.get_execution_options().get(WRITE):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITER_LOCK})")
+
+    return engine
+
+
+def lock_ledger(conn: Connection) -> None:
+    """Serialise appends to the ledger's chain for the rest of `conn`'s transaction (PostgreSQL; SQLite's
+    write transactions are serial already)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LEDGER_LOCK})")
+
+
 def _sqlite_triggers(table: str) -> list[str]:
     """The UPDATE and DELETE triggers migrations 1 and 4 made (the no-replace ones came with migration 6)."""
     return list(sqlite_triggers(table, ("no_update", "no_delete")).values())
@@ -135,7 +244,7 @@ def _migration_5(conn: Connection) -> None:
 def _migration_6(conn: Connection) -> None:
     # Signed ledger entries, and inserts that would replace a row of an insert-only table refused.
     # (Migration 1 makes the ledger from the current table definition, which has the column already.)
-    columns = {str(row[1]) for row in conn.exec_driver_sql("PRAGMA table_info(ledger)")}
+    columns = {str(column["name"]) for column in inspect(conn).get_columns("ledger")}
     if "signature" not in columns:
         conn.execute(text("ALTER TABLE ledger ADD COLUMN signature VARCHAR(128)"))
     for table in INSERT_ONLY_TABLES:
@@ -146,7 +255,7 @@ def _migration_6(conn: Connection) -> None:
 def _migration_7(conn: Connection) -> None:
     # `ingot config unset`: a config version says whether it sets or unsets its key. (Migration 4 makes
     # the table from the current definition, which has the column already.)
-    columns = {str(row[1]) for row in conn.exec_driver_sql("PRAGMA table_info(config_values)")}
+    columns = {str(column["name"]) for column in inspect(conn).get_columns("config_values")}
     if "action" not in columns:
         conn.execute(text("ALTER TABLE config_values ADD COLUMN action VARCHAR(8) NOT NULL DEFAULT 'set'"))
 
@@ -159,28 +268,97 @@ def _migration_8(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
-# Each migration moves the schema from version N-1 to N; they are applied in order and never edited.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3, _migration_4,
-                                                   _migration_5, _migration_6, _migration_7,
-                                                   _migration_8]
+def _pg_initial(conn: Connection) -> None:
+    """PostgreSQL's version 1: the schema SQLite reaches at version 8, at once (no PostgreSQL store predates
+    8, so its steps 2-8 have nothing to do), with the insert-only triggers and privileges."""
+    metadata.create_all(conn, tables=[table for name, table in metadata.tables.items() if name != "schema_version"])
+    conn.exec_driver_sql(PG_GUARD_DDL)
+    for table in INSERT_ONLY_TABLES:
+        for statement in postgresql_triggers(table).values():
+            conn.exec_driver_sql(statement)
+    # Nobody but the owner may change history; the owner still meets the triggers (see schema.runtime_grants
+    # for the role ingot runs as).
+    conn.exec_driver_sql(f"REVOKE UPDATE, DELETE, TRUNCATE ON {', '.join(INSERT_ONLY_TABLES)} FROM PUBLIC")
+
+
+def _nothing(conn: Connection) -> None:
+    """A step with nothing to do on this dialect (see its migration's note)."""
+
+
+Step = Callable[[Connection], None]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema version: what it does on SQLite and on PostgreSQL. A plain function in MIGRATIONS stands
+    for the same step on both (portable SQLAlchemy DDL: `Index.create(conn, checkfirst=True)`, say)."""
+
+    sqlite: Step
+    postgresql: Step
+
+    def step(self, dialect: str) -> Step:
+        return self.postgresql if dialect == "postgresql" else self.sqlite
+
+
+# Each migration moves the schema from version N-1 to N on both dialects; they are applied in order and never
+# edited. PostgreSQL's migration 1 makes version 8's schema (see `_pg_initial`), so 2-8 are nothing there; a
+# step added later runs on both (give PostgreSQL its own DDL where SQLite's does not fit it).
+MIGRATIONS: list[Migration | Step] = [
+    Migration(sqlite=_migration_1, postgresql=_pg_initial),
+    *(Migration(sqlite=step, postgresql=_nothing)
+      for step in (_migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7, _migration_8)),
+]
+
+
+def step_for(migration: Migration | Step, dialect: str) -> Step:
+    return migration.step(dialect) if isinstance(migration, Migration) else migration
 
 
 def migrate(engine: Engine) -> int:
+    dialect = engine.dialect.name
     with transaction(engine) as conn:
-        schema_version.create(conn, checkfirst=True)
-        current = conn.execute(select(schema_version.c.version).order_by(schema_version.c.version.desc()))
-        row = current.first()
-        version = row[0] if row else 0
-        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-            step(conn)
-            conn.execute(schema_version.insert().values(version=number, applied_at=time.time()))
+        # (A write transaction: two processes opening a new store queue, and one makes the schema.)
+        current_version = _current_version(conn)
+        if current_version < len(MIGRATIONS):
+            _apply(conn, dialect, current_version)
         return len(MIGRATIONS)
 
 
-def open_engine(state_dir: Path) -> Engine:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    engine = _sqlite_engine(state_dir / "state.db")
-    migrate(engine)
+def _current_version(conn: Connection) -> int:
+    if not inspect(conn).has_table("schema_version"):
+        schema_version.create(conn)
+        return 0
+    row = conn.execute(select(schema_version.c.version).order_by(schema_version.c.version.desc())).first()
+    return int(row[0]) if row else 0
+
+
+def _apply(conn: Connection, dialect: str, version: int) -> None:
+    try:
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            step_for(migration, dialect)(conn)
+            conn.execute(schema_version.insert().values(version=number, applied_at=time.time()))
+    except DBAPIError as exc:
+        if dialect != "postgresql" or getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        raise OperationFailed(
+            f"the state database's schema is at version {version}, this ingot needs {len(MIGRATIONS)}, and its "
+            "role may not change the schema",
+            details=["run one ingot command (e.g. 'ingot audit verify') once as the database's owner, which "
+                     "migrates it, then grant the role again (README: Running ingot for a team)"]) from exc
+
+
+def open_engine(state_dir: Path, url: str | None = None) -> Engine:
+    """The store's engine, its schema migrated: PostgreSQL at `url`, else SQLite in `state_dir`."""
+    if url is not None:
+        engine = _postgres_engine(url)
+    else:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        engine = _sqlite_engine(state_dir / "state.db")
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 

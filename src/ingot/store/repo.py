@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, and_, func, select
 from ingot.paths import StatePaths
 from ingot.signing import register_store
 from ingot.store import schema as t
-from ingot.store.db import open_engine, transaction
+from ingot.store.db import database_url, open_engine, shown, transaction
 
 # An instance whose row is written before it is spawned: intent first, so that whatever ingot starts is
 # recorded even if the agent dies the next moment. Its pid, port and handle are filled in once it runs;
@@ -138,28 +138,48 @@ def _instance(row: Any) -> InstanceRow:
 
 
 class Store:
-    """ingot's durable state: one SQLite database in the state directory."""
+    """ingot's durable state: one SQLite database in the state directory, or the PostgreSQL database that
+    $INGOT_DATABASE_URL (or `url`) names. The state directory holds the rest either way (keys, artifacts,
+    logs, the agent's socket)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, url: str | None = None, *, local: bool = False) -> None:
+        """`local`: the state directory's SQLite store, whatever $INGOT_DATABASE_URL says."""
         self.state_dir = state_dir
-        self.engine: Engine = open_engine(state_dir)
+        self.url = None if local else (url or database_url())
+        self.engine: Engine = open_engine(state_dir, self.url)
         # Its ledger entries are signed with the state's signing key (or $INGOT_SIGNING_KEY's).
         register_store(self.engine, StatePaths(state_dir).keys)
+
+    @property
+    def dialect(self) -> str:
+        """"sqlite" or "postgresql"."""
+        return str(self.engine.dialect.name)
+
+    @property
+    def where(self) -> str:
+        """The database as it may be printed: its file, or its URL with the password masked."""
+        return shown(self.url) if self.url else str(self.state_dir / "state.db")
 
     def close(self) -> None:
         self.engine.dispose()
 
     def missing_triggers(self) -> list[str]:
-        """The insert-only triggers (see `schema.insert_only_triggers`) the database does not have."""
+        """The insert-only triggers (see `schema.insert_only_triggers`) the database does not have (or has
+        disabled, on PostgreSQL)."""
+        query = ("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled <> 'D'"
+                 if self.dialect == "postgresql" else "SELECT name FROM sqlite_master WHERE type = 'trigger'")
         with self.engine.connect() as conn:
-            present = {str(r[0]) for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-        return [name for name in t.insert_only_triggers() if name not in present]
+            present = {str(r[0]) for r in conn.exec_driver_sql(query)}
+        return [name for name in t.insert_only_triggers(self.dialect) if name not in present]
 
     def integrity_problems(self, limit: int = 20, *, quick: bool = False) -> list[str]:
         """SQLite's own check of every page and index (`PRAGMA integrity_check`); empty when sound.
 
         `quick` skips checking that indexes match their tables (`quick_check`): several times faster.
+        A PostgreSQL server checks its own pages (data checksums, amcheck: its administrator's tools): empty.
         """
+        if self.dialect == "postgresql":
+            return []
         pragma = "quick_check" if quick else "integrity_check"
         with self.engine.connect() as conn:
             rows = [str(r[0]) for r in conn.exec_driver_sql(f"PRAGMA {pragma}({int(limit)})")]

@@ -3,7 +3,10 @@
 Insert-only tables (releases, deployments, deployment_steps, activations, ledger, artifacts, config_values,
 secret_versions) are protected by database triggers: an UPDATE, a DELETE, or an INSERT that would replace a
 row (`INSERT OR REPLACE`, `REPLACE`, an UPSERT) fails in the database itself, whoever issues it. The
-triggers are defined here, once (`insert_only_triggers`); `ingot audit verify` checks every one is there.
+triggers are defined here, once per dialect (`insert_only_triggers`); `ingot audit verify` checks every one
+is there. On PostgreSQL they are PL/pgSQL triggers refusing UPDATE, DELETE and TRUNCATE (a replacing insert
+is a unique violation there, or an UPDATE: `ON CONFLICT DO UPDATE` fires the UPDATE trigger), and ingot's
+role is granted no UPDATE or DELETE on those tables when it is not their owner (`runtime_grants`).
 """
 
 from __future__ import annotations
@@ -244,6 +247,49 @@ def sqlite_triggers(table: str, kinds: tuple[str, ...] = TRIGGER_KINDS) -> dict[
     return found
 
 
-def insert_only_triggers() -> dict[str, str]:
-    """Every trigger that keeps the insert-only tables insert-only: name -> SQLite DDL."""
-    return {name: ddl for table in INSERT_ONLY_TABLES for name, ddl in sqlite_triggers(table).items()}
+def insert_only_triggers(dialect: str = "sqlite") -> dict[str, str]:
+    """Every trigger that keeps the insert-only tables insert-only in `dialect`: name -> DDL."""
+    return {name: ddl for table in INSERT_ONLY_TABLES for name, ddl in triggers_of(dialect, table).items()}
+
+
+# PostgreSQL ------------------------------------------------------------------------------------------------
+PG_TRIGGER_KINDS = ("no_update", "no_delete", "no_truncate")
+PG_GUARD_FUNCTION = "ingot_insert_only"
+
+# One function raises for every insert-only table (no '%' in it: the driver would read it as a placeholder).
+# Its SQLSTATE (restrict_violation, class 23) makes the refusal an integrity error, as SQLite's RAISE(ABORT) is.
+PG_GUARD_DDL = f"""CREATE OR REPLACE FUNCTION {PG_GUARD_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = 'restrict_violation', MESSAGE = TG_TABLE_NAME || ' is insert-only: rows are '
+    || 'never ' || CASE TG_OP WHEN 'UPDATE' THEN 'updated' WHEN 'DELETE' THEN 'deleted' ELSE 'truncated' END;
+END
+$$"""
+
+
+def postgresql_triggers(table: str, kinds: tuple[str, ...] = PG_TRIGGER_KINDS) -> dict[str, str]:
+    """The insert-only triggers of `table` on PostgreSQL (name -> DDL).
+
+    Statement-level: any UPDATE, DELETE or TRUNCATE statement on the table is refused, even one matching no
+    row, and an `INSERT ... ON CONFLICT DO UPDATE` (which fires the UPDATE statement trigger) with it.
+    """
+    operation = {"no_update": "UPDATE", "no_delete": "DELETE", "no_truncate": "TRUNCATE"}
+    return {f"{table}_{kind}": (f"CREATE TRIGGER {table}_{kind} BEFORE {operation[kind]} ON {table} "
+                                f"FOR EACH STATEMENT EXECUTE FUNCTION {PG_GUARD_FUNCTION}()")
+            for kind in kinds}
+
+
+def triggers_of(dialect: str, table: str) -> dict[str, str]:
+    """The insert-only triggers of `table` in `dialect` ("sqlite" or "postgresql"): name -> DDL."""
+    return postgresql_triggers(table) if dialect == "postgresql" else sqlite_triggers(table)
+
+
+def runtime_grants(role: str) -> list[str]:
+    """What a database owner grants the role ingot runs as, when that role does not own the tables: read
+    and append everywhere, change only the tables that change (instances, locks). No UPDATE, DELETE or
+    TRUNCATE on an insert-only table: PostgreSQL refuses them by privilege before any trigger runs."""
+    quoted = '"' + role.replace('"', '""') + '"'
+    mutable = [name for name in metadata.tables if name not in INSERT_ONLY_KEYS and name != "schema_version"]
+    return [f"GRANT USAGE ON SCHEMA public TO {quoted}",
+            f"GRANT SELECT, INSERT ON {', '.join([*INSERT_ONLY_TABLES, 'schema_version'])} TO {quoted}",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(mutable)} TO {quoted}",
+            f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}"]
