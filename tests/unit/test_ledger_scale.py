@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from ingot import checkpoint, ledger, views
+from ingot import chain_scan, checkpoint, ledger, views
 from ingot.canonical import canonical_json
 from ingot.signing import load_or_create_key, public_key_text, sign
 from ingot.store import Store, schema
@@ -93,10 +93,16 @@ def test_filtered_newest_first_reads_walk_an_index(filled: Store) -> None:
     assert filled.missing_triggers() == []
 
 
-def test_the_fast_hash_is_the_entry_hash(filled: Store) -> None:
-    for entry in ledger.entries(filled, limit=50):
-        assert ledger._fast_hash(entry.seq, entry.at, entry.actor, entry.action, entry.environment, entry.service,
-                                 entry.subject, canonical_json(entry.payload), entry.prev_hash) == entry.hash
+def test_the_batch_check_agrees_with_the_exact_one_entry_by_entry(filled: Store) -> None:
+    """A batch that passes column-wise is one whose every entry passes the exact check (payload decoded)."""
+    with filled.engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"{chain_scan.SELECT} ORDER BY seq LIMIT 500").all()
+    whole = chain_scan.scan_batches([rows], chain_scan.Scan(1, ledger.GENESIS))
+    assert whole.problem is None and whole.checked == 500 and whole.last == (500, rows[-1][9], False)
+    exact = chain_scan.Scan(1, ledger.GENESIS)
+    for row in rows:
+        assert chain_scan.check_row(row, exact) is None
+        exact.expected, exact.prev = row[0] + 1, row[9]
 
 
 def test_a_version_6_store_gets_the_indexes_and_keeps_its_triggers(tmp_path: Path) -> None:
