@@ -83,7 +83,8 @@ class Scan:
 
 def _batch_holds(batch: Sequence[Sequence[Any]], scan: Scan) -> bool:
     """Whether every entry of `batch` is the next in seq, links to the one before and matches its hash."""
-    seqs, ats, actors, actions, environments, services, subjects, payloads, prevs, hashes, _signed = zip(*batch, strict=True)
+    columns = zip(*batch, strict=True)
+    seqs, ats, actors, actions, environments, services, subjects, payloads, prevs, hashes, _signed = columns
     if seqs != tuple(range(scan.expected, scan.expected + len(batch))) or prevs[0] != scan.prev \
             or prevs[1:] != hashes[:-1]:
         return False

@@ -323,11 +323,12 @@ def _scan_in_parts(store: Store, conn: Connection, initial: chain_scan.Scan, hea
         return None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(chain_scan.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    started = [subprocess.Popen([sys.executable, "-S", "-m", "ingot.chain_scan", database, str(first),
-                                 str(min(first + size - 1, head)), str(links[first - 1])],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-               for first in firsts[1:]]
+    started: list[subprocess.Popen[str]] = []
     try:
+        for first in firsts[1:]:
+            started.append(subprocess.Popen([sys.executable, "-S", "-m", "ingot.chain_scan", database, str(first),
+                                             str(min(first + size - 1, head)), str(links[first - 1])],
+                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True))
         scan = _scan_here(conn, replace(initial), firsts[1] - 1, signed_matters)
         parts: list[chain_scan.Scan] = []
         for worker in started:

@@ -223,3 +223,85 @@ def test_a_moved_or_forged_verified_point_is_refused(signed: tuple[Store, str, P
     assert "signature does not verify" in (checkpoint.last_verified(point, trusted, "p")[1] or "")
     point.write_text(json.dumps(written))
     assert "of project 'p', not 'q'" in (checkpoint.last_verified(point, trusted, "q")[1] or "")
+
+
+# ---- a long chain checked in parts by worker processes ----------------------------------------------
+@pytest.fixture
+def in_parts(monkeypatch: pytest.MonkeyPatch, signed: tuple[Store, str, Path]) -> tuple[Store, str, Path]:
+    """The signed 300-entry ledger, verified in two parts (a worker process for the second) as a long one is."""
+    monkeypatch.setattr(ledger, "PARALLEL_MIN", 100)
+    monkeypatch.setattr(ledger, "_workers", lambda: 2)
+    return signed
+
+
+def test_a_chain_checked_in_parts_reports_what_one_pass_does(in_parts: tuple[Store, str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    store, trusted, state = in_parts
+    started: list[list[str]] = []
+    real_popen = ledger.subprocess.Popen
+
+    def popen(argv: list[str], **kwargs: Any) -> Any:
+        started.append(argv)
+        return real_popen(argv, **kwargs)
+
+    monkeypatch.setattr(ledger.subprocess, "Popen", popen)
+    whole = ledger.check_chain(store, trusted, require_signed=True)
+    assert whole.problem is None and whole.checked == 300 and whole.head is not None and whole.head[0] == 300
+    assert len(started) == 1 and started[0][-3:-1] == ["151", "300"]  # the second half, by a worker
+    # Each kind of break, in the part a worker reads, is named as a single pass names it.
+    with _raw(state) as db:
+        db.execute("UPDATE ledger SET actor = 'mallory' WHERE seq = 200")
+    edited = ledger.check_chain(store, trusted, require_signed=True)
+    assert edited.problem is not None and edited.problem.seq == 200 and "altered" in edited.problem.reason
+    with _raw(state) as db:
+        db.execute("UPDATE ledger SET actor = 'ålice' WHERE seq = 200")
+        _rewrite_from(db, 260)
+    rewritten = ledger.check_chain(store, trusted, require_signed=True)
+    assert rewritten.problem is not None and rewritten.problem.seq == 260, rewritten
+    assert "signature does not verify" in rewritten.problem.reason
+    with _raw(state) as db:
+        db.execute("DELETE FROM ledger WHERE seq = 151")  # the first entry of the worker's part
+    gap = ledger.check_chain(store, trusted, require_signed=True)
+    assert gap.problem is not None and gap.problem.seq == 151 and "missing (next is 152)" in gap.problem.reason
+
+
+def test_parts_tell_an_unsigned_entry_after_signing_began_and_a_failing_worker(
+        in_parts: tuple[Store, str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    store, trusted, state = in_parts
+    with _raw(state) as db:
+        db.execute("UPDATE ledger SET signature = NULL WHERE seq = 151")  # its hash still matches
+    unsigned = ledger.check_chain(store, trusted, require_signed=True)
+    assert unsigned.problem is not None and unsigned.problem.seq == 151
+    assert "it is not signed, though entries are signed since 1" in unsigned.problem.reason
+    with _raw(state) as db:
+        db.execute("UPDATE ledger SET signature = 'x' WHERE seq = 151")  # back to signed (a forged one)
+    # A worker that cannot run leaves the verdict to a pass in this process: the same, only slower.
+    monkeypatch.setattr(ledger.sys, "executable", "/nonexistent/python")
+    assert ledger.check_chain(store, trusted, require_signed=True).problem is None
+
+
+def test_a_forged_signature_in_the_middle_is_found_only_when_every_signature_is_checked(
+        signed: tuple[Store, str, Path]) -> None:
+    """The newest entry's signature vouches for the chain; a middle entry's own signature, edited alone
+    (its hash and every hash after it intact), is found when each one is verified."""
+    store, trusted, state = signed
+    with _raw(state) as db:
+        good = db.execute("SELECT signature FROM ledger WHERE seq = 299").fetchone()[0]
+        db.execute("UPDATE ledger SET signature = ? WHERE seq = 120", (good,))  # another entry's signature
+    assert ledger.check_chain(store, trusted, require_signed=True).problem is None
+    every = ledger.check_chain(store, trusted, require_signed=True, every_signature=True)
+    assert every.problem is not None and every.problem.seq == 120 and "signature does not verify" in \
+        every.problem.reason
+
+
+def test_a_payload_stored_in_another_spelling_or_a_value_of_another_type(signed: tuple[Store, str, Path]) -> None:
+    """The batch check fails for both; the exact check accepts the first (same content) and names the second."""
+    store, trusted, state = signed
+    with _raw(state) as db:
+        payload = db.execute("SELECT payload_json FROM ledger WHERE seq = 40").fetchone()[0]
+        db.execute("UPDATE ledger SET payload_json = ? WHERE seq = 40", (json.dumps(json.loads(payload), indent=1),))
+    assert ledger.check_chain(store, trusted, require_signed=True).problem is None
+    with _raw(state) as db:
+        db.execute("UPDATE ledger SET actor = 7 WHERE seq = 41")
+    typed = ledger.check_chain(store, trusted, require_signed=True)
+    assert typed.problem is not None and typed.problem.seq == 41 and "altered" in typed.problem.reason

@@ -749,7 +749,8 @@ def audit_verify(file: SpecFile = None,
                      "store): fail if the ledger is shorter than it or differs at its entry.")] = None,
                  full: Annotated[bool, typer.Option(
                      "--full", help="Recompute the whole chain from its first entry, not only the entries after "
-                     "the last verified one.")] = False,
+                     "the last verified one, and run SQLite's full integrity check (indexes against their tables "
+                     "too) instead of its quick check.")] = False,
                  as_json: AsJson = False) -> None:
     """Check the ledger's hash chain and signatures and every release signature against the pinned key, the
     insert-only triggers, every stored artifact's digest and the database's integrity; exit 1 naming what
@@ -769,7 +770,8 @@ def audit_verify(file: SpecFile = None,
         console.print(f"ledger intact: {report.ledger_head} entries chained and signed{since}; "
                       f"{report.releases_checked} release signatures valid (checked against {report.trusted}); "
                       f"insert-only triggers in place; {report.artifacts_checked} stored artifacts match their "
-                      f"digests; database integrity ok{against}", markup=False)
+                      f"digests; database integrity ok ({'full' if full else 'quick'} check){against}",
+                      markup=False)
     else:
         for problem in report.problems:
             label = "DAMAGED" if problem.startswith(("database", "artifact", "the ledger and releases")) else "TAMPERED"
