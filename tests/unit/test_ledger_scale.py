@@ -305,3 +305,55 @@ def test_a_payload_stored_in_another_spelling_or_a_value_of_another_type(signed:
         db.execute("UPDATE ledger SET actor = 7 WHERE seq = 41")
     typed = ledger.check_chain(store, trusted, require_signed=True)
     assert typed.problem is not None and typed.problem.seq == 41 and "altered" in typed.problem.reason
+
+
+# ---- history: a page in a fixed number of queries ------------------------------------------------
+def _old_history(store: Store, environment: str | None, service: str | None, limit: int) -> list[tuple[Any, ...]]:
+    """What `ingot history` read before: per row, its release, its steps and its service's live activation."""
+    rows = []
+    for dep in store.deployments(environment, service, limit):
+        rel = store.get_release(dep.to_release)
+        current = store.current_activation(dep.environment, dep.service)
+        rows.append((dep.id, rel.commit if rel else None, rel.artifact_digest if rel else None,
+                     store.deployment_outcome(dep.id),
+                     bool(current and current.release_id == dep.to_release and current.deployment_id == dep.id)))
+    return rows
+
+
+def test_history_reads_what_the_per_row_read_did_in_four_queries(tmp_path: Path) -> None:
+    from sqlalchemy import event
+
+    from ingot.releases import new_release
+
+    store = Store(tmp_path / "state")
+    key = load_or_create_key(tmp_path / "state" / "keys")
+    releases = [new_release(key=key, project="p", service="web", artifact_digest=f"sha256:{n:064d}",
+                            spec={"n": n}, config={}, actor="t", commit=f"c{n}" if n else None) for n in range(3)]
+    with store.begin() as conn:
+        for release in releases:
+            store.insert_release(conn, release)
+        for n in range(40):
+            env, svc = ("production", "staging")[n % 2], ("web", "api", "worker")[n % 3]
+            dep = store.create_deployment(conn, environment=env, service=svc, kind="deploy", from_release=None,
+                                          to_release=releases[n % 3].id if n != 7 else "gone", strategy="b",
+                                          params={}, actor="t")
+            store.add_step(conn, dep.id, "start", "started", {})
+            if n % 5 == 1:  # two finishes: the last one says the outcome
+                store.add_step(conn, dep.id, "finish", "done", {"outcome": "failed"})
+            if n % 4:  # every fourth never finished: running
+                store.add_step(conn, dep.id, "finish", "done", {"outcome": "succeeded"} if n % 3 else {})
+            if n % 6 != 5:  # the newest activation of a service is not always its newest deployment's
+                store.activate(conn, environment=env, service=svc, release_id=dep.to_release if n % 9 else None,
+                               deployment_id=dep.id, params={})
+    queries: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+    for environment, service, limit in (("production", None, 20), ("staging", "web", 5), (None, None, 100),
+                                        ("qa", None, 20)):
+        queries.clear()
+        got = store.deployment_history(environment, service, limit)
+        assert len([q for q in queries if q.startswith("SELECT")]) <= 4, queries
+        assert [(r.deployment.id, r.commit, r.artifact, r.outcome, r.live) for r in got] == \
+            _old_history(store, environment, service, limit)
+    outcomes = {r.outcome for r in store.deployment_history(None, None, 100)}
+    lives = [r.live for r in store.deployment_history(None, None, 100)]
+    assert outcomes == {"succeeded", "failed", "running"} and any(lives) and not all(lives)
