@@ -949,7 +949,7 @@ class AuditReport:
 
 
 def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path | None = None,
-                 full: bool = False) -> AuditReport:
+                 full: bool = False, every_signature: bool = False) -> AuditReport:
     """The ledger's hash chain and signatures, every release signature (both against the pinned key) and
     the insert-only triggers; with `checkpoint_file`, that the ledger still reaches that checkpoint;
     `deep` also checks the database's integrity and recomputes the digest of every stored artifact. The
@@ -959,7 +959,8 @@ def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path 
 
     The chain is checked from the last verified point (see ingot.checkpoint), unless `full`: the entries
     after it, and that the entry at it is unchanged. If that entry is gone or differs, the chain is
-    checked in full to name where it breaks."""
+    checked in full to name where it breaks. `every_signature`: each checked entry's own signature is
+    verified too (~100 times the cost of its hash), not only the newest one's."""
     problems: list[str] = []
     database = project.paths.root / "state.db"
     if deep:
@@ -982,7 +983,8 @@ def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path 
             checkpoint.last_verified(point, trusted, project.spec.project)
         if refused:
             problems.append(refused)
-        chain = ledger.check_chain(project.store, trusted, require_signed=pinned, start=start)
+        chain = ledger.check_chain(project.store, trusted, require_signed=pinned, start=start,
+                                   every_signature=every_signature)
         if chain.problem and start is not None and chain.head is None:
             # The verified entry itself is gone or changed: say so, and find where the chain breaks.
             problems.append(f"ledger entry {chain.problem.seq} (the last verified, in {point}): "
