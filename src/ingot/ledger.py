@@ -13,24 +13,27 @@ entries is told by a signed checkpoint kept outside the store (see ingot.checkpo
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, select
 
-from ingot.canonical import canonical_json, sha256_hex
+from ingot import chain_scan
+from ingot.canonical import canonical_json
 from ingot.signing import sign, signature_valid, signer_for
 from ingot.store import Store
 from ingot.store import schema as t
 from ingot.store.db import lock_ledger
 
-GENESIS = "0" * 64
+GENESIS = chain_scan.GENESIS
 
 
 @dataclass(frozen=True)
@@ -63,19 +66,8 @@ def entry_hash(
     payload: dict[str, Any],
     prev_hash: str,
 ) -> str:
-    body = canonical_json(
-        {
-            "seq": seq,
-            "at": repr(at),
-            "actor": actor,
-            "action": action,
-            "environment": environment,
-            "service": service,
-            "subject": subject,
-            "payload": payload,
-        }
-    )
-    return sha256_hex(prev_hash + "\n" + body)
+    return chain_scan.entry_digest(seq=seq, at=at, actor=actor, action=action, environment=environment,
+                                   service=service, subject=subject, payload=payload, prev_hash=prev_hash)
 
 
 def signed_head(digest: str) -> bytes:
@@ -217,8 +209,8 @@ def verify_chain(store: Store, trusted: str | None = None, *,
     return report.checked, report.problem
 
 
-# How many rows a verification fetches at a time: the chain is read once, never held whole.
-_BATCH = 20_000
+# A chain at least this long (from where a verify starts) is split among worker processes on SQLite.
+PARALLEL_MIN = 200_000
 
 
 def check_chain(store: Store, trusted: str | None = None, *, require_signed: bool = False,
@@ -234,13 +226,13 @@ def check_chain(store: Store, trusted: str | None = None, *, require_signed: boo
     signed every later one must be (unsigned ones can only be older than signing); `every_signature`
     verifies each one's too (slow: for a signature column edited alone). `require_signed` (a key is
     pinned, so ingot has signed this ledger): the last entry must be signed.
+
+    The hashes are recomputed a batch of rows at a time (see ingot.chain_scan); a long chain on SQLite is
+    split among `_workers()` processes, each checking its part in a read-only transaction of its own up to
+    the newest entry when the verify began. Whatever goes wrong there (a break, a worker that fails) is
+    checked again in this process from the start, which names the break as a single pass does.
     """
-    prev, expected_seq, checked = GENESIS, 1, 0
-    signed_since: int | None = None
-    last: tuple[int, str, object] | None = None  # seq, hash, its signature (or whether it has one)
-    # Whether an entry is signed, not its signature: only the newest one's is verified (below).
-    columns = [*(getattr(t.ledger.c, name) for name in _COLUMNS),
-               t.ledger.c.signature if every_signature else t.ledger.c.signature.isnot(None)]
+    begun = start[0] if start else 0
     # One connection, one read transaction: the chain is checked as of one moment, however many append.
     with store.engine.connect() as conn:
 
@@ -257,13 +249,7 @@ def check_chain(store: Store, trusted: str | None = None, *, require_signed: boo
             return ChainProblem(low, "its signature does not verify against the trusted key (the ledger was "
                                      "rewritten from here on)")
 
-        def broken(problem: ChainProblem) -> ChainReport:
-            # A signature failing before the break is the earlier problem: the rewrite started there.
-            earlier = first_bad_signature(signed_since, last[0]) if signed_since is not None and last else None
-            found = earlier or problem
-            done = checked if earlier is None else earlier.seq - (start[0] if start else 0) - 1
-            return ChainReport(done, last[:2] if last else start, found, start[0] if start else 0)
-
+        initial = chain_scan.Scan(1, GENESIS)
         if start is not None:
             row = conn.execute(select(t.ledger.c.hash, t.ledger.c.signature)
                                .where(t.ledger.c.seq == start[0])).first()
@@ -273,80 +259,116 @@ def check_chain(store: Store, trusted: str | None = None, *, require_signed: boo
             if row.hash != start[1]:
                 return ChainReport(0, None, ChainProblem(start[0], "it differs from when it was verified: "
                                                                    "the ledger was rewritten"), start[0])
-            prev, expected_seq = start[1], start[0] + 1
-            signed_since = start[0] if row.signature else None
-            last = (start[0], start[1], row.signature)
-        query = select(*columns).where(t.ledger.c.seq >= expected_seq).order_by(t.ledger.c.seq)
-        for seq, at, actor, action, environment, service, subject, payload_json, prev_hash, digest, signature \
-                in itertools.chain.from_iterable(conn.execute(query).partitions(_BATCH)):
-            if seq != expected_seq:
-                return broken(ChainProblem(expected_seq, f"entry {expected_seq} is missing (next is {seq})"))
-            if prev_hash != prev:
-                return broken(ChainProblem(seq, "its previous-hash link does not match the entry before it"))
-            if _fast_hash(seq, at, actor, action, environment, service, subject, payload_json, prev) != digest \
-                    and entry_hash(seq=seq, at=at, actor=actor, action=action, environment=environment,
-                                   service=service, subject=subject, payload=json.loads(payload_json),
-                                   prev_hash=prev) != digest:
-                return broken(ChainProblem(seq, "its content does not match its hash (it was altered)"))
-            if trusted is not None:
-                if signature:
-                    if every_signature and not signature_valid(trusted, signature, signed_head(digest)):
-                        return broken(ChainProblem(seq, "its signature does not verify against the trusted key "
-                                                        "(the ledger was rewritten from here on)"))
-                    if signed_since is None:
-                        signed_since = seq
-                elif signed_since is not None:
-                    return broken(ChainProblem(seq, f"it is not signed, though entries are signed since "
-                                                    f"{signed_since} (it was rewritten or added)"))
-            prev = digest
-            expected_seq += 1
-            checked += 1
-            last = (seq, digest, signature)
+            initial = chain_scan.Scan(start[0] + 1, start[1], last=(start[0], start[1], bool(row.signature)),
+                                      signed_since=start[0] if row.signature and trusted is not None else None)
+        newest = conn.execute(select(t.ledger.c.seq).order_by(t.ledger.c.seq.desc()).limit(1)).scalar()
+        head = int(newest) if newest is not None else 0
+        scan = _scan_in_parts(store, conn, initial, head, trusted is not None)
+        if scan is None:
+            scan = _scan_here(conn, replace(initial), head, trusted is not None)
+        signed_since, last, checked = scan.signed_since, scan.last, scan.checked
+        if scan.problem is not None:
+            # A signature failing before the break is the earlier problem: the rewrite started there.
+            problem = ChainProblem(*scan.problem)
+            earlier = first_bad_signature(signed_since, last[0]) if signed_since is not None and last else None
+            done = checked if earlier is None else earlier.seq - begun - 1
+            return ChainReport(done, last[:2] if last else start, earlier or problem, begun)
+        if trusted is not None and every_signature and signed_since is not None and last is not None and checked:
+            forged = _first_forged_signature(conn, trusted, max(signed_since, begun + 1), last[0])
+            if forged is not None:
+                return ChainReport(forged.seq - begun - 1, last[:2], forged, begun)
         if trusted is not None and signed_since is not None and last is not None and checked:
-            bad = first_bad_signature(max(signed_since, (start[0] if start else 0) + 1), last[0])
+            bad = first_bad_signature(max(signed_since, begun + 1), last[0])
             if bad is not None:
-                return ChainReport(bad.seq - (start[0] if start else 0) - 1, last[:2], bad,
-                                   start[0] if start else 0)
+                return ChainReport(bad.seq - begun - 1, last[:2], bad, begun)
     if trusted is not None and require_signed and last is not None and not last[2]:
         return ChainReport(checked, last[:2], ChainProblem(last[0], "no entry up to it is signed, though a key "
                                                                     "is pinned (the signatures were stripped)"),
-                           start[0] if start else 0)
-    return ChainReport(checked, last[:2] if last else None, None, start[0] if start else 0)
+                           begun)
+    return ChainReport(checked, last[:2] if last else None, None, begun)
 
 
-_COLUMNS = ("seq", "at", "actor", "action", "environment", "service", "subject", "payload_json", "prev_hash",
-            "hash")
+def _rows_sql(conn: Connection, upper: bool) -> str:
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return f"{chain_scan.SELECT} WHERE seq >= {mark}{f' AND seq <= {mark}' if upper else ''} ORDER BY seq"
+
+
+def _scan_here(conn: Connection, scan: chain_scan.Scan, head: int, signed_matters: bool) -> chain_scan.Scan:
+    """Entries from `scan.expected` to `head` through this connection's own cursor (its read transaction)."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(_rows_sql(conn, upper=True), (scan.expected, head))
+        return chain_scan.scan_batches(chain_scan.cursor_batches(cursor), scan, signed_matters=signed_matters)
+    finally:
+        cursor.close()
+
+
+def _workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _scan_in_parts(store: Store, conn: Connection, initial: chain_scan.Scan, head: int,
+                   signed_matters: bool) -> chain_scan.Scan | None:
+    """The chain from `initial` to `head` checked in parts at once: the first here, the others each by a
+    worker process reading the database file. None when it is not split (short, one core, not SQLite) or
+    when any part is not sound (a break, a part not linking to the one before, a worker failing): the
+    caller then checks it here in one pass, which names the break."""
+    workers = _workers()
+    database = conn.engine.url.database
+    total = head - initial.expected + 1
+    if workers < 2 or total < PARALLEL_MIN or conn.dialect.name != "sqlite" or not database:
+        return None
+    size = -(-total // workers)
+    firsts = [initial.expected + size * k for k in range(workers)]
+    # Each part starts from the stored hash of the entry before it; its predecessor must end on that hash.
+    links = dict(conn.execute(select(t.ledger.c.seq, t.ledger.c.hash)
+                              .where(t.ledger.c.seq.in_([first - 1 for first in firsts[1:]]))).all())
+    if len(links) != workers - 1:
+        return None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(chain_scan.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    started: list[subprocess.Popen[str]] = []
+    try:
+        for first in firsts[1:]:
+            started.append(subprocess.Popen([sys.executable, "-S", "-m", "ingot.chain_scan", database, str(first),
+                                             str(min(first + size - 1, head)), str(links[first - 1])],
+                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True))
+        scan = _scan_here(conn, replace(initial), firsts[1] - 1, signed_matters)
+        parts: list[chain_scan.Scan] = []
+        for worker in started:
+            out, _ = worker.communicate()
+            parts.append(chain_scan.Scan(**json.loads(out)) if worker.returncode == 0 else chain_scan.Scan(0, ""))
+    except (OSError, ValueError, TypeError):
+        return None
+    finally:
+        for worker in started:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    for first, part in zip(firsts[1:], parts, strict=True):
+        if scan.problem is not None or scan.expected != first or part.problem is not None or part.last is None:
+            return None
+        if signed_matters:
+            # Once an entry is signed, every later one is: a part after signing began is signed from its first.
+            if scan.signed_since is not None and part.signed_since != first:
+                return None
+            scan.signed_since = scan.signed_since if scan.signed_since is not None else part.signed_since
+        scan.expected, scan.prev, scan.checked = part.expected, part.prev, scan.checked + part.checked
+        scan.last = (int(part.last[0]), str(part.last[1]), bool(part.last[2]))
+    return scan if scan.problem is None and scan.expected == head + 1 else None
+
+
+def _first_forged_signature(conn: Connection, trusted: str, low: int, high: int) -> ChainProblem | None:
+    """The first entry in [low, high] whose own signature does not verify (each one checked: slow)."""
+    rows = conn.execute(select(t.ledger.c.seq, t.ledger.c.hash, t.ledger.c.signature)
+                        .where(t.ledger.c.seq >= low, t.ledger.c.seq <= high).order_by(t.ledger.c.seq))
+    for seq, digest, signature in itertools.chain.from_iterable(rows.partitions(chain_scan.BATCH)):
+        if not signature_valid(trusted, signature, signed_head(digest)):
+            return ChainProblem(seq, "its signature does not verify against the trusted key (forged, or the "
+                                     "ledger was rewritten from here on)")
+    return None
 
 
 def _signature_holds(conn: Connection, trusted: str, seq: int) -> bool:
     row = conn.execute(select(t.ledger.c.hash, t.ledger.c.signature).where(t.ledger.c.seq == seq)).first()
     return row is not None and signature_valid(trusted, row.signature, signed_head(row.hash))
-
-
-_sha256 = hashlib.sha256
-
-# JSON of the few values that repeat in every entry (actors, actions, environments, services): encoded once.
-_encoded: dict[str | None, str] = {None: "null"}
-
-
-def _json_string(value: str | None) -> str:
-    found = _encoded.get(value)
-    if found is None:
-        found = encode_basestring(value)  # type: ignore[arg-type]  # None is in the cache
-        if len(_encoded) < 10_000:
-            _encoded[value] = found
-    return found
-
-
-def _fast_hash(seq: int, at: float, actor: str, action: str, environment: str | None, service: str | None,
-               subject: str | None, payload_json: str, prev_hash: str) -> str:
-    """`entry_hash` of a stored row without decoding its payload: the row's canonical JSON is put together
-    as text (keys in sorted order), the payload as stored (`append` stores it canonical). A payload stored
-    otherwise gives another hash here: the caller then computes `entry_hash` the slow way."""
-    known = _encoded  # (`or`: a cache miss; no encoded value is empty)
-    return _sha256(
-        f'{prev_hash}\n{{"action":{known.get(action) or _json_string(action)},'
-        f'"actor":{known.get(actor) or _json_string(actor)},"at":"{at!r}",'
-        f'"environment":{known.get(environment) or _json_string(environment)},"payload":{payload_json},'
-        f'"seq":{seq},"service":{known.get(service) or _json_string(service)},'
-        f'"subject":{"null" if subject is None else encode_basestring(subject)}}}'.encode()).hexdigest()

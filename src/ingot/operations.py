@@ -43,7 +43,7 @@ from ingot.signing import trusted_key
 from ingot.spec import SecuritySpec, ServiceSpec
 from ingot.spec.models import RouteFiles, RouteSpec
 from ingot.state import service_state
-from ingot.store import ActivationRow, ReleaseRow, Store
+from ingot.store import ReleaseRow, Store
 from ingot.store.db import StoreDamaged
 from ingot.supervision import stop_supervisor
 
@@ -757,29 +757,12 @@ def plan(project: Project, environment: str, names: list[str]) -> list[dict[str,
 
 
 def history(project: Project, environment: str, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    rows = []
-    # Each row costs a few key lookups: the deployments come newest first from an index, and the live
-    # activation is read once per service (not once per row, nor the service's whole history).
-    current_of: dict[tuple[str, str], ActivationRow | None] = {}
-    releases: dict[str, ReleaseRow | None] = {}
-    for dep in project.store.deployments(environment, name, limit):
-        if dep.to_release not in releases:  # deployments of one release (rollbacks, scales) read it once
-            releases[dep.to_release] = project.store.get_release(dep.to_release)
-        rel = releases[dep.to_release]
-        key = (dep.environment, dep.service)
-        if key not in current_of:
-            current_of[key] = project.store.current_activation(*key)
-        current = current_of[key]
-        rows.append({
-            "deployment": dep.id, "environment": dep.environment, "service": dep.service, "kind": dep.kind,
-            "release": dep.to_release, "from": dep.from_release,
-            "commit": rel.commit if rel else None,
-            "artifact": rel.artifact_digest if rel else None,
-            "actor": dep.actor, "at": dep.started_at,
-            "outcome": project.store.deployment_outcome(dep.id),
-            "live": bool(current and current.release_id == dep.to_release and current.deployment_id == dep.id),
-        })
-    return rows
+    # A few queries for the whole page, not a few per row (see Store.deployment_history).
+    return [{"deployment": dep.id, "environment": dep.environment, "service": dep.service, "kind": dep.kind,
+             "release": dep.to_release, "from": dep.from_release, "commit": row.commit, "artifact": row.artifact,
+             "actor": dep.actor, "at": dep.started_at, "outcome": row.outcome, "live": row.live}
+            for row in project.store.deployment_history(environment, name, limit)
+            for dep in (row.deployment,)]
 
 
 def status(project: Project, environment: str | None) -> dict[str, Any]:
@@ -1099,20 +1082,23 @@ class AuditReport:
 
 
 def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path | None = None,
-                 full: bool = False) -> AuditReport:
+                 full: bool = False, every_signature: bool = False) -> AuditReport:
     """The ledger's hash chain and signatures, every release signature (both against the pinned key) and
     the insert-only triggers; with `checkpoint_file`, that the ledger still reaches that checkpoint;
-    `deep` also checks the database's integrity (SQLite's own check of every page) and recomputes the
-    digest of every stored artifact. Never makes a key.
+    `deep` also checks the database's integrity and recomputes the digest of every stored artifact. The
+    database check is SQLite's `quick_check` (every page readable and well formed), or with `full` its
+    `integrity_check`, which also checks every index against its table (at a million entries, several
+    times slower: tens of seconds). Never makes a key.
 
     The chain is checked from the last verified point (see ingot.checkpoint), unless `full`: the entries
     after it, and that the entry at it is unchanged. If that entry is gone or differs, the chain is
-    checked in full to name where it breaks."""
+    checked in full to name where it breaks. `every_signature`: each checked entry's own signature is
+    verified too (~100 times the cost of its hash), not only the newest one's."""
     problems: list[str] = []
     database = project.store.where
     if deep:
         try:
-            problems.extend(f"database {database}: {p}" for p in project.store.integrity_problems())
+            problems.extend(f"database {database}: {p}" for p in project.store.integrity_problems(quick=not full))
         except StoreDamaged as exc:
             problems.append(f"database {database}: {exc.message}")
     trusted, source = trusted_key(project.paths.pin, project.paths.keys)
@@ -1130,7 +1116,8 @@ def audit_verify(project: Project, *, deep: bool = False, checkpoint_file: Path 
             checkpoint.last_verified(point, trusted, project.spec.project)
         if refused:
             problems.append(refused)
-        chain = ledger.check_chain(project.store, trusted, require_signed=pinned, start=start)
+        chain = ledger.check_chain(project.store, trusted, require_signed=pinned, start=start,
+                                   every_signature=every_signature)
         if chain.problem and start is not None and chain.head is None:
             # The verified entry itself is gone or changed: say so, and find where the chain breaks.
             problems.append(f"ledger entry {chain.problem.seq} (the last verified, in {point}): "

@@ -206,6 +206,21 @@ def test_a_consistently_rewritten_ledger_fails_verify(example: ExampleProject, s
     assert f"ledger entry {total - 2}: " in verify.err and expected in verify.err
 
 
+def test_a_middle_entry_signature_edited_alone_is_found_by_verify_signatures(example: ExampleProject) -> None:
+    """Its hash and the chain are intact, so the newest entry's signature still vouches for every entry's
+    content and a plain verify passes (as documented); `--signatures` verifies each entry's own."""
+    _ledger_with_history(example)
+    with database(example) as db:
+        total = db.execute("SELECT max(seq) FROM ledger").fetchone()[0]
+        other = db.execute("SELECT signature FROM ledger WHERE seq = ?", (total,)).fetchone()[0]
+        db.execute("DROP TRIGGER ledger_no_update")
+        db.execute("UPDATE ledger SET signature = ? WHERE seq = ?", (other, total - 2))
+        db.execute(insert_only_triggers()["ledger_no_update"])
+    assert example.ingot("audit", "verify", "--full").code == 0
+    every = example.ingot("audit", "verify", "--full", "--signatures")
+    assert every.code == 1 and f"ledger entry {total - 2}: its signature does not verify" in every.err, every.err
+
+
 def test_a_ledger_cut_at_its_end_fails_verify_against_a_checkpoint(example: ExampleProject, tmp_path: Path) -> None:
     _ledger_with_history(example)
     kept = tmp_path / "elsewhere" / "ledger.checkpoint"

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from ingot import checkpoint, ledger, views
+from ingot import chain_scan, checkpoint, ledger, views
 from ingot.canonical import canonical_json
 from ingot.signing import load_or_create_key, public_key_text, sign
 from ingot.store import Store, schema
@@ -93,10 +93,16 @@ def test_filtered_newest_first_reads_walk_an_index(filled: Store) -> None:
     assert filled.missing_triggers() == []
 
 
-def test_the_fast_hash_is_the_entry_hash(filled: Store) -> None:
-    for entry in ledger.entries(filled, limit=50):
-        assert ledger._fast_hash(entry.seq, entry.at, entry.actor, entry.action, entry.environment, entry.service,
-                                 entry.subject, canonical_json(entry.payload), entry.prev_hash) == entry.hash
+def test_the_batch_check_agrees_with_the_exact_one_entry_by_entry(filled: Store) -> None:
+    """A batch that passes column-wise is one whose every entry passes the exact check (payload decoded)."""
+    with filled.engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"{chain_scan.SELECT} ORDER BY seq LIMIT 500").all()
+    whole = chain_scan.scan_batches([rows], chain_scan.Scan(1, ledger.GENESIS))
+    assert whole.problem is None and whole.checked == 500 and whole.last == (500, rows[-1][9], False)
+    exact = chain_scan.Scan(1, ledger.GENESIS)
+    for row in rows:
+        assert chain_scan.check_row(row, exact) is None
+        exact.expected, exact.prev = row[0] + 1, row[9]
 
 
 def test_a_version_6_store_gets_the_indexes_and_keeps_its_triggers(tmp_path: Path) -> None:
@@ -217,3 +223,137 @@ def test_a_moved_or_forged_verified_point_is_refused(signed: tuple[Store, str, P
     assert "signature does not verify" in (checkpoint.last_verified(point, trusted, "p")[1] or "")
     point.write_text(json.dumps(written))
     assert "of project 'p', not 'q'" in (checkpoint.last_verified(point, trusted, "q")[1] or "")
+
+
+# ---- a long chain checked in parts by worker processes ----------------------------------------------
+@pytest.fixture
+def in_parts(monkeypatch: pytest.MonkeyPatch, signed: tuple[Store, str, Path]) -> tuple[Store, str, Path]:
+    """The signed 300-entry ledger, verified in two parts (a worker process for the second) as a long one is."""
+    monkeypatch.setattr(ledger, "PARALLEL_MIN", 100)
+    monkeypatch.setattr(ledger, "_workers", lambda: 2)
+    return signed
+
+
+def test_a_chain_checked_in_parts_reports_what_one_pass_does(in_parts: tuple[Store, str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    store, trusted, state = in_parts
+    started: list[list[str]] = []
+    real_popen = ledger.subprocess.Popen
+
+    def popen(argv: list[str], **kwargs: Any) -> Any:
+        started.append(argv)
+        return real_popen(argv, **kwargs)
+
+    monkeypatch.setattr(ledger.subprocess, "Popen", popen)
+    whole = ledger.check_chain(store, trusted, require_signed=True)
+    assert whole.problem is None and whole.checked == 300 and whole.head is not None and whole.head[0] == 300
+    assert len(started) == 1 and started[0][-3:-1] == ["151", "300"]  # the second half, by a worker
+    # Each kind of break, in the part a worker reads, is named as a single pass names it.
+    with _raw(state) as db:
+        db.execute("UPDATE ledger SET actor = 'mallory' WHERE seq = 200")
+    edited = ledger.check_chain(store, trusted, require_signed=True)
+    assert edited.problem is not None and edited.problem.seq == 200 and "altered" in edited.problem.reason
+    with _raw(state) as db:
+        db.execute("UPDATE ledger SET actor = 'ålice' WHERE seq = 200")
+        _rewrite_from(db, 260)
+    rewritten = ledger.check_chain(store, trusted, require_signed=True)
+    assert rewritten.problem is not None and rewritten.problem.seq == 260, rewritten
+    assert "signature does not verify" in rewritten.problem.reason
+    with _raw(state) as db:
+        db.execute("DELETE FROM ledger WHERE seq = 151")  # the first entry of the worker's part
+    gap = ledger.check_chain(store, trusted, require_signed=True)
+    assert gap.problem is not None and gap.problem.seq == 151 and "missing (next is 152)" in gap.problem.reason
+
+
+def test_parts_tell_an_unsigned_entry_after_signing_began_and_a_failing_worker(
+        in_parts: tuple[Store, str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    store, trusted, state = in_parts
+    with _raw(state) as db:
+        db.execute("UPDATE ledger SET signature = NULL WHERE seq = 151")  # its hash still matches
+    unsigned = ledger.check_chain(store, trusted, require_signed=True)
+    assert unsigned.problem is not None and unsigned.problem.seq == 151
+    assert "it is not signed, though entries are signed since 1" in unsigned.problem.reason
+    with _raw(state) as db:
+        db.execute("UPDATE ledger SET signature = 'x' WHERE seq = 151")  # back to signed (a forged one)
+    # A worker that cannot run leaves the verdict to a pass in this process: the same, only slower.
+    monkeypatch.setattr(ledger.sys, "executable", "/nonexistent/python")
+    assert ledger.check_chain(store, trusted, require_signed=True).problem is None
+
+
+def test_a_forged_signature_in_the_middle_is_found_only_when_every_signature_is_checked(
+        signed: tuple[Store, str, Path]) -> None:
+    """The newest entry's signature vouches for the chain; a middle entry's own signature, edited alone
+    (its hash and every hash after it intact), is found when each one is verified."""
+    store, trusted, state = signed
+    with _raw(state) as db:
+        good = db.execute("SELECT signature FROM ledger WHERE seq = 299").fetchone()[0]
+        db.execute("UPDATE ledger SET signature = ? WHERE seq = 120", (good,))  # another entry's signature
+    assert ledger.check_chain(store, trusted, require_signed=True).problem is None
+    every = ledger.check_chain(store, trusted, require_signed=True, every_signature=True)
+    assert every.problem is not None and every.problem.seq == 120 and "signature does not verify" in \
+        every.problem.reason
+
+
+def test_a_payload_stored_in_another_spelling_or_a_value_of_another_type(signed: tuple[Store, str, Path]) -> None:
+    """The batch check fails for both; the exact check accepts the first (same content) and names the second."""
+    store, trusted, state = signed
+    with _raw(state) as db:
+        payload = db.execute("SELECT payload_json FROM ledger WHERE seq = 40").fetchone()[0]
+        db.execute("UPDATE ledger SET payload_json = ? WHERE seq = 40", (json.dumps(json.loads(payload), indent=1),))
+    assert ledger.check_chain(store, trusted, require_signed=True).problem is None
+    with _raw(state) as db:
+        db.execute("UPDATE ledger SET actor = 7 WHERE seq = 41")
+    typed = ledger.check_chain(store, trusted, require_signed=True)
+    assert typed.problem is not None and typed.problem.seq == 41 and "altered" in typed.problem.reason
+
+
+# ---- history: a page in a fixed number of queries ------------------------------------------------
+def _old_history(store: Store, environment: str | None, service: str | None, limit: int) -> list[tuple[Any, ...]]:
+    """What `ingot history` read before: per row, its release, its steps and its service's live activation."""
+    rows = []
+    for dep in store.deployments(environment, service, limit):
+        rel = store.get_release(dep.to_release)
+        current = store.current_activation(dep.environment, dep.service)
+        rows.append((dep.id, rel.commit if rel else None, rel.artifact_digest if rel else None,
+                     store.deployment_outcome(dep.id),
+                     bool(current and current.release_id == dep.to_release and current.deployment_id == dep.id)))
+    return rows
+
+
+def test_history_reads_what_the_per_row_read_did_in_four_queries(tmp_path: Path) -> None:
+    from sqlalchemy import event
+
+    from ingot.releases import new_release
+
+    store = Store(tmp_path / "state")
+    key = load_or_create_key(tmp_path / "state" / "keys")
+    releases = [new_release(key=key, project="p", service="web", artifact_digest=f"sha256:{n:064d}",
+                            spec={"n": n}, config={}, actor="t", commit=f"c{n}" if n else None) for n in range(3)]
+    with store.begin() as conn:
+        for release in releases:
+            store.insert_release(conn, release)
+        for n in range(40):
+            env, svc = ("production", "staging")[n % 2], ("web", "api", "worker")[n % 3]
+            dep = store.create_deployment(conn, environment=env, service=svc, kind="deploy", from_release=None,
+                                          to_release=releases[n % 3].id if n != 7 else "gone", strategy="b",
+                                          params={}, actor="t")
+            store.add_step(conn, dep.id, "start", "started", {})
+            if n % 5 == 1:  # two finishes: the last one says the outcome
+                store.add_step(conn, dep.id, "finish", "done", {"outcome": "failed"})
+            if n % 4:  # every fourth never finished: running
+                store.add_step(conn, dep.id, "finish", "done", {"outcome": "succeeded"} if n % 3 else {})
+            if n % 6 != 5:  # the newest activation of a service is not always its newest deployment's
+                store.activate(conn, environment=env, service=svc, release_id=dep.to_release if n % 9 else None,
+                               deployment_id=dep.id, params={})
+    queries: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+    for environment, service, limit in (("production", None, 20), ("staging", "web", 5), (None, None, 100),
+                                        ("qa", None, 20)):
+        queries.clear()
+        got = store.deployment_history(environment, service, limit)
+        assert len([q for q in queries if q.startswith("SELECT")]) <= 4, queries
+        assert [(r.deployment.id, r.commit, r.artifact, r.outcome, r.live) for r in got] == \
+            _old_history(store, environment, service, limit)
+    outcomes = {r.outcome for r in store.deployment_history(None, None, 100)}
+    lives = [r.live for r in store.deployment_history(None, None, 100)]
+    assert outcomes == {"succeeded", "failed", "running"} and any(lives) and not all(lives)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, select
+from sqlalchemy import Connection, Engine, and_, func, select, union_all
 
 from ingot.paths import StatePaths
 from ingot.signing import register_store
@@ -54,6 +54,16 @@ class DeploymentRow:
     params: dict[str, Any]
     actor: str
     started_at: float
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """A deployment as `ingot history` lists it."""
+    deployment: DeploymentRow
+    commit: str | None
+    artifact: str | None
+    outcome: str
+    live: bool
 
 
 @dataclass(frozen=True)
@@ -335,6 +345,43 @@ class Store:
             query = query.where(t.deployments.c.service == service)
         with self.engine.connect() as conn:
             return [_deployment(r) for r in conn.execute(query)]
+
+    def deployment_history(self, environment: str | None = None, service: str | None = None,
+                           limit: int = 100) -> list[HistoryRow]:
+        """The newest `limit` deployments (as `deployments`) with what `ingot history` shows of each: its
+        release's commit and artifact, its outcome (as `deployment_outcome`), whether it is the live one.
+
+        Four queries on one connection, whatever `limit`: the deployments (an index walked from its end),
+        their releases and their `finish` steps (key lookups of the ids found), and the newest activation
+        of each service among them (one index seek each, in one UNION ALL)."""
+        with self.engine.connect() as conn:
+            query = select(t.deployments).order_by(t.deployments.c.started_at.desc()).limit(limit)
+            if environment:
+                query = query.where(t.deployments.c.environment == environment)
+            if service:
+                query = query.where(t.deployments.c.service == service)
+            deployments = [_deployment(r) for r in conn.execute(query)]
+            if not deployments:
+                return []
+            releases = {r.id: (r.commit, r.artifact_digest) for r in conn.execute(
+                select(t.releases.c.id, t.releases.c.commit, t.releases.c.artifact_digest)
+                .where(t.releases.c.id.in_({d.to_release for d in deployments})))}
+            outcomes: dict[str, str] = {}
+            steps = t.deployment_steps
+            for r in conn.execute(select(steps.c.deployment_id, steps.c.detail_json)
+                                  .where(steps.c.deployment_id.in_([d.id for d in deployments]),
+                                         steps.c.name == "finish")
+                                  .order_by(steps.c.deployment_id, steps.c.seq)):
+                outcomes[r.deployment_id] = str(json.loads(r.detail_json).get("outcome", "succeeded"))  # the last
+            acts = t.activations
+            newest = [select(acts.c.environment, acts.c.service, acts.c.release_id, acts.c.deployment_id)
+                      .where(acts.c.environment == env, acts.c.service == svc)
+                      .order_by(acts.c.id.desc()).limit(1).subquery()
+                      for env, svc in dict.fromkeys((d.environment, d.service) for d in deployments)]
+            live = {(r.environment, r.service): (r.release_id, r.deployment_id)
+                    for r in conn.execute(union_all(*(select(sub) for sub in newest)))}
+        return [HistoryRow(d, *releases.get(d.to_release, (None, None)), outcomes.get(d.id, "running"),
+                           live.get((d.environment, d.service)) == (d.to_release, d.id)) for d in deployments]
 
     def get_deployment(self, deployment_id: str) -> DeploymentRow | None:
         with self.engine.connect() as conn:
