@@ -211,21 +211,26 @@ class ClientProtocol(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method()
         http10 = parser.get_http_version() == "1.0"
-        upgrade = parser.should_upgrade() and method != b"CONNECT" and not http10
+        switching = parser.should_upgrade()  # Upgrade or CONNECT: the connection carries nothing after it
+        upgrade = switching and method != b"CONNECT" and not http10
         head, chunked, expect, host = request_head_for_backend(self, method, http10, upgrade)
-        ex = Exchange(self, head, chunked=chunked, http10=http10, keep_alive=parser.should_keep_alive())
+        ex = Exchange(self, head, chunked=chunked, http10=http10,
+                      keep_alive=not switching and parser.should_keep_alive())
         ex.host = host
         ex.url = self.url
         ex.is_head = method == b"HEAD"
         ex.idempotent = method in IDEMPOTENT_METHODS
-        ex.expect_continue = expect and not http10
+        if expect and not http10:
+            ex.expect_continue = True
         ex.upgrade = upgrade
-        if parser.should_upgrade():
-            ex.client_keep_alive = False
         self.parsing = ex
-        self.queue.append(ex)
-        if len(self.queue) == 1:
-            self._activate(ex)
+        queue = self.queue
+        queue.append(ex)
+        if len(queue) == 1:
+            if ex.expect_continue:
+                self._activate(ex)
+            else:
+                self.router.dispatch(ex)  # _activate's usual case, inline
         else:
             self.pause(PAUSE_PIPELINE)  # answer in order; read on when it is this one's turn
 
@@ -255,8 +260,10 @@ class ClientProtocol(asyncio.Protocol):
         queue = self.queue
         if queue and queue[0] is ex:
             queue.popleft()
-        self.resume(PAUSE_UPSTREAM | PAUSE_BUFFER)
-        self.flush()
+        if self.paused & (PAUSE_UPSTREAM | PAUSE_BUFFER):
+            self.resume(PAUSE_UPSTREAM | PAUSE_BUFFER)
+        if self.wbuf:
+            self.flush()
         if not ex.req_done:
             self._linger()
         elif not ex.client_keep_alive or self.upgraded or (self.eof and not queue):

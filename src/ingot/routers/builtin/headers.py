@@ -44,6 +44,9 @@ _PLAIN_CONNECTION_TOKENS = frozenset({b"", b"keep-alive", b"close", b"upgrade", 
 _STATUS_LINES: dict[int, bytes] = {}
 # RFC 3986 host (reg-name, IPv4, or an IP literal in brackets) with an optional port; empty is allowed (RFC 9110 7.2).
 _VALID_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]{0,5})?")
+_host_is_valid = _VALID_HOST.fullmatch
+# A Content-Type that makes the response an event stream: one C call where three method calls were.
+_is_event_stream = re.compile(rb"[ \t]*text/event-stream", re.IGNORECASE).match
 
 
 class BadHost(Exception):
@@ -100,7 +103,7 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
             lname = name.lower()
             if lname in _REQ_SPECIAL or lname.startswith(b"proxy-"):
                 if lname == b"host":
-                    if host is not None or not _VALID_HOST.fullmatch(value):
+                    if host is not None or not _host_is_valid(value):
                         raise BadHost
                     host = value
                     parts += (name, b": ", value, b"\r\n")
@@ -120,8 +123,10 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
             if drop and lname in drop:
                 continue
             parts += (name, b": ", value, b"\r\n")
+        if connection is None or drop:
+            break
         extra = _extra_connection_tokens(connection)
-        if not extra or drop:
+        if not extra:
             break
         drop = extra
         xff = te = connection = host = protocol = None
@@ -153,7 +158,7 @@ def response_head_for_client(
 ) -> tuple[bytes, int, bool, bool]:
     """The response head for the client, its body framing, whether the client may keep alive, and whether it is
     an event stream (`text/event-stream`: long-lived, counted as a stream)."""
-    parts = [status_line(status), reason, b"\r\n"]
+    parts = [_STATUS_LINES.get(status) or status_line(status), reason, b"\r\n"]
     events = False
     te: bytes | None = None
     has_length = False
@@ -175,10 +180,12 @@ def response_head_for_client(
             if drop and lname in drop:
                 continue
             if lname == b"content-type":
-                events = value.lstrip().lower().startswith(b"text/event-stream")
+                events = _is_event_stream(value) is not None
             parts += (name, b": ", value, b"\r\n")
+        if connection is None or drop:
+            break
         extra = _extra_connection_tokens(connection)
-        if not extra or drop:
+        if not extra:
             break
         drop = extra
     # Answered before the whole request arrived: the client connection cannot be reused.
@@ -196,11 +203,11 @@ def response_head_for_client(
         # Ends when the backend closes (or HTTP/1.0 client of a chunked body): so must the client side.
         framing = FRAMING_CLOSE
         keep = False
-    parts.append(connection_header(ex.http10, keep))
-    assert ex.release is not None
-    parts.append(ex.release.header)
-    parts.append(ex.extra)  # what the edge adds for the route (HSTS), usually nothing
-    parts.append(b"\r\n")
+    rel = ex.release
+    assert rel is not None
+    # connection_header, inline; ex.extra: what the edge adds for the route (HSTS), usually nothing.
+    parts += (b"Connection: close\r\n" if not keep else b"Connection: keep-alive\r\n" if ex.http10 else b"",
+              rel.header, ex.extra, b"\r\n")
     return b"".join(parts), framing, keep, events
 
 
