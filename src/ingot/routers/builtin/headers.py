@@ -108,7 +108,9 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, switching: b
     """
     headers = client.headers
     memo = client.head_memo
-    if memo is not None and memo[0] == headers and switching is memo[1] and (method == b"CONNECT") is memo[2]:
+    # Kept alive with the same headers (so no Connection header either): HTTP/1.1 again, as the memo's was.
+    if (memo is not None and keep_alive and memo[0] == headers and switching is memo[1]
+            and (method == b"CONNECT") is memo[2]):
         rest: RequestHead = memo[3]
         return RequestHead(b"".join((method, b" ", client.url, b" HTTP/1.1\r\n", rest[0])), *rest[1:])
     protocol: bytes | None = None

@@ -44,8 +44,7 @@ def install_fast_loop() -> bool:
     try:
         import uvloop
     except ImportError:
-        log.warning("uvloop is not installed: the built-in router runs on asyncio's own event loop, "
-                    "with about two thirds of its throughput")
+        log.warning("uvloop is not installed: the built-in router runs on asyncio's own event loop, slower")
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return True
