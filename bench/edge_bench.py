@@ -139,6 +139,9 @@ def front_kinds() -> dict[str, str | None]:
 
 
 def serve_tls_front(kind: str, http: int, https: int, backend: int, workdir: str, cert: str, key: str) -> None:
+    from ingot.routers.builtin import install_fast_loop
+
+    install_fast_loop()  # the loop the edge process runs on (edge/server.py `run_edge`)
     asyncio.run(serve_front(kind, http, https, backend, Path(workdir), Path(cert).read_bytes(),
                             Path(key).read_bytes()))
 

@@ -207,6 +207,36 @@ def test_expect_100_continue_is_answered(run: Any) -> None:
 # ---- headers ----------------------------------------------------------------------------------------
 
 
+def test_each_request_on_a_keep_alive_connection_gets_its_own_head(run: Any) -> None:
+    """A connection's repeated headers are rewritten once and remembered (headers.request_head_for_backend): a
+    later request with other headers, or the same ones in HTTP/1.0, must not get the remembered rewrite."""
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, _):
+            reader, writer = await raw_connect(router)
+
+            async def seen(request: bytes) -> tuple[dict[str, str], dict[str, str]]:
+                writer.write(request)
+                status, response_headers, payload = await read_response(reader)
+                assert status == 200
+                return response_headers, {name.lower(): value for name, value in json.loads(payload)}
+
+            one = b"GET /headers HTTP/1.1\r\nHost: a.example\r\nX-Kept: 1\r\n\r\n"
+            for _ in range(3):  # the second and third from the memo
+                _, backend = await seen(one)
+                assert (backend["host"], backend["x-forwarded-host"], backend["x-kept"]) == ("a.example",) * 2 + ("1",)
+            _, backend = await seen(b"GET /headers HTTP/1.1\r\nHost: b.example\r\n\r\n")
+            assert (backend["host"], backend["x-forwarded-host"]) == ("b.example", "b.example")
+            assert "x-kept" not in backend
+            # The same headers as the last request, in HTTP/1.0: no keep-alive, a 1.0 answer framed for it.
+            writer.write(b"GET /blob?size=1000 HTTP/1.0\r\nHost: b.example\r\n\r\n")
+            status, response_headers, payload = await read_response(reader)
+            assert status == 200 and "transfer-encoding" not in response_headers and len(payload) == 1000
+            assert await closed_by_peer(reader)
+            writer.close()
+
+    run(body)
+
+
 def test_forwarded_headers_added_and_hop_by_hop_stripped(run: Any) -> None:
     async def body() -> None:
         # From a trusted proxy, the client's X-Forwarded-For is kept (tests/security: from others it is not).

@@ -65,6 +65,9 @@ class Release(ReleaseCounters):
         """
         backends = self.usable
         n = len(backends)
+        if n == 1:  # the usual pool of one: it is the answer whether down or not (see above)
+            b = backends[0]
+            return None if tried is not None and b in tried else b
         if n == 0:
             return None
         start = self.rr
@@ -90,7 +93,7 @@ class Release(ReleaseCounters):
 
     def leave(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0 and self.waiters:
+        if self.waiters and self.in_flight == 0:
             waiters, self.waiters = self.waiters, []
             for fut in waiters:
                 if not fut.done():

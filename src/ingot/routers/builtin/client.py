@@ -20,7 +20,7 @@ import httptools
 
 from ingot.routers.builtin.exchange import Exchange
 from ingot.routers.builtin.flow import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_UPSTREAM
-from ingot.routers.builtin.headers import BadHost, request_head_for_backend
+from ingot.routers.builtin.headers import BadHost, RequestHead, request_head_for_backend
 
 if TYPE_CHECKING:
     from ingot.routers.builtin.router import BuiltinRouter
@@ -47,6 +47,7 @@ class ClientProtocol(asyncio.Protocol):
         "eof",
         "feeding",
         "head_begun",
+        "head_memo",
         "head_since",
         "head_size",
         "headers",
@@ -76,6 +77,8 @@ class ClientProtocol(asyncio.Protocol):
         self.parsing: Exchange | None = None  # the exchange whose body is being read
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        # The last request head's headers and what they were rewritten to (headers.request_head_for_backend).
+        self.head_memo: tuple[list[tuple[bytes, bytes]], bool, bool, RequestHead] | None = None
         self.head_size = 0
         self.wbuf: list[bytes] = []  # response bytes collected during one parse, written at once
         self.paused = 0
@@ -210,22 +213,26 @@ class ClientProtocol(asyncio.Protocol):
         self.body_bytes = 0
         parser = self.parser
         method = parser.get_method()
-        http10 = parser.get_http_version() == "1.0"
-        upgrade = parser.should_upgrade() and method != b"CONNECT" and not http10
-        head, chunked, expect, host = request_head_for_backend(self, method, http10, upgrade)
-        ex = Exchange(self, head, chunked=chunked, http10=http10, keep_alive=parser.should_keep_alive())
+        switching = parser.should_upgrade()  # Upgrade or CONNECT: the connection carries nothing after it
+        keep_alive = parser.should_keep_alive()
+        head, chunked, expect, host, http10, upgrade = request_head_for_backend(
+            self, method, switching, keep_alive, parser.get_http_version)
+        ex = Exchange(self, head, chunked=chunked, http10=http10, keep_alive=keep_alive and not switching)
         ex.host = host
         ex.url = self.url
         ex.is_head = method == b"HEAD"
         ex.idempotent = method in IDEMPOTENT_METHODS
-        ex.expect_continue = expect and not http10
+        if expect and not http10:
+            ex.expect_continue = True
         ex.upgrade = upgrade
-        if parser.should_upgrade():
-            ex.client_keep_alive = False
         self.parsing = ex
-        self.queue.append(ex)
-        if len(self.queue) == 1:
-            self._activate(ex)
+        queue = self.queue
+        queue.append(ex)
+        if len(queue) == 1:
+            if ex.expect_continue:
+                self._activate(ex)
+            else:
+                self.router.dispatch(ex)  # _activate's usual case, inline
         else:
             self.pause(PAUSE_PIPELINE)  # answer in order; read on when it is this one's turn
 
@@ -255,8 +262,10 @@ class ClientProtocol(asyncio.Protocol):
         queue = self.queue
         if queue and queue[0] is ex:
             queue.popleft()
-        self.resume(PAUSE_UPSTREAM | PAUSE_BUFFER)
-        self.flush()
+        if self.paused & (PAUSE_UPSTREAM | PAUSE_BUFFER):
+            self.resume(PAUSE_UPSTREAM | PAUSE_BUFFER)
+        if self.wbuf:
+            self.flush()
         if not ex.req_done:
             self._linger()
         elif not ex.client_keep_alive or self.upgraded or (self.eof and not queue):

@@ -363,8 +363,17 @@ class Exchange:
         self.done = True
         if rel is not None:
             rel.record(status, _perf() - self.start if latency and not self.long_lived else None)
-        self._leave_release()
-        self.drop_backend()
+        # _leave_release and drop_backend, inline: this runs once per request.
+        left = self.release
+        if left is not None:
+            if self.long_lived:
+                left.streams.discard(self)
+            left.leave()
+            self.release = None
+        b = self.backend
+        if b is not None:
+            b.in_flight -= 1
+            self.backend = None
         self.client.exchange_done(self)
 
     def _leave_release(self) -> None:

@@ -8,7 +8,8 @@ proxy), `X-Ingot-Release` on responses (unless turned off: then the release's he
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ingot.routers.builtin.client import ClientProtocol
@@ -44,6 +45,9 @@ _PLAIN_CONNECTION_TOKENS = frozenset({b"", b"keep-alive", b"close", b"upgrade", 
 _STATUS_LINES: dict[int, bytes] = {}
 # RFC 3986 host (reg-name, IPv4, or an IP literal in brackets) with an optional port; empty is allowed (RFC 9110 7.2).
 _VALID_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]{0,5})?")
+_host_is_valid = _VALID_HOST.fullmatch
+# A Content-Type that makes the response an event stream: one C call where three method calls were.
+_is_event_stream = re.compile(rb"[ \t]*text/event-stream", re.IGNORECASE).match
 
 
 class BadHost(Exception):
@@ -77,17 +81,40 @@ def _is_chunked(transfer_encoding: bytes) -> bool:
     return transfer_encoding.rstrip().lower().endswith(b"chunked")
 
 
-def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool,
-                             upgrade: bool = False) -> tuple[bytes, bool, bool, bytes]:
-    """The request head for the backend; also whether the body is chunked, 100-continue expected, and the Host
-    (what the edge's shared listeners route by).
+class RequestHead(NamedTuple):
+    """What `request_head_for_backend` made of a request head."""
 
-    With `upgrade` (the client asked for a protocol switch, a WebSocket), its `Upgrade` goes on to the
-    backend with `Connection: Upgrade`: the one hop-by-hop header pair passed through (RFC 9110 7.8).
+    head: bytes  # for the backend
+    chunked: bool  # the body is chunked
+    expect: bool  # `Expect: 100-continue`
+    host: bytes  # the Host (what the edge's shared listeners route by)
+    http10: bool
+    upgrade: bool  # a protocol switch (a WebSocket) passed on to the backend
+
+
+def request_head_for_backend(client: ClientProtocol, method: bytes, switching: bool, keep_alive: bool,
+                             version: Callable[[], str]) -> RequestHead:
+    """The request head for the backend, from the head `client` just parsed; `switching`, `keep_alive` and
+    `version` are the parser's `should_upgrade()`, `should_keep_alive()` and `get_http_version`.
+
+    A protocol switch the client asked for (not CONNECT, not HTTP/1.0) goes on to the backend: its `Upgrade`
+    with `Connection: Upgrade`, the one hop-by-hop header pair passed through (RFC 9110 7.8).
+
+    The version is asked of the parser only when the head does not settle it (httptools formats it as a string,
+    ten times the cost of anything else it is asked): a request kept alive without a `Connection` header is
+    HTTP/1.1 (llhttp keeps a request alive by default only from 1.1 on; 2.0 has minor 0). Such a head's
+    rewriting, which depends on nothing but its headers and the connection, is remembered for the
+    connection's next request (`client.head_memo`): a keep-alive client usually repeats its headers.
     """
     headers = client.headers
+    memo = client.head_memo
+    # Kept alive with the same headers (so no Connection header either): HTTP/1.1 again, as the memo's was.
+    if (memo is not None and keep_alive and memo[0] == headers and switching is memo[1]
+            and (method == b"CONNECT") is memo[2]):
+        rest: RequestHead = memo[3]
+        return RequestHead(b"".join((method, b" ", client.url, b" HTTP/1.1\r\n", rest[0])), *rest[1:])
     protocol: bytes | None = None
-    parts = [method, b" ", client.url, b" HTTP/1.1\r\n"]
+    parts: list[bytes] = []
     host: bytes | None = None
     xff: bytes | None = None
     te: bytes | None = None
@@ -95,12 +122,12 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
     expect = False
     drop: frozenset[bytes] = frozenset()
     for _ in range(2):  # a second pass only when Connection names end-to-end headers to remove
-        del parts[4:]
+        del parts[:]
         for name, value in headers:
             lname = name.lower()
             if lname in _REQ_SPECIAL or lname.startswith(b"proxy-"):
                 if lname == b"host":
-                    if host is not None or not _VALID_HOST.fullmatch(value):
+                    if host is not None or not _host_is_valid(value):
                         raise BadHost
                     host = value
                     parts += (name, b": ", value, b"\r\n")
@@ -120,11 +147,16 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
             if drop and lname in drop:
                 continue
             parts += (name, b": ", value, b"\r\n")
+        if connection is None or drop:
+            break
         extra = _extra_connection_tokens(connection)
-        if not extra or drop:
+        if not extra:
             break
         drop = extra
         xff = te = connection = host = protocol = None
+    settled = connection is None and keep_alive  # HTTP/1.1 (see above)
+    http10 = False if settled else version() == "1.0"
+    upgrade = switching and method != b"CONNECT" and not http10
     if host is None:
         if not http10:
             raise BadHost
@@ -145,7 +177,10 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, http10: bool
         host,
         b"\r\n\r\n",
     )
-    return b"".join(parts), chunked, expect, host
+    rest = RequestHead(b"".join(parts), chunked, expect, host, http10, upgrade)
+    # Only a head whose version its headers settle: the request line's version is not in the memo's key.
+    client.head_memo = (headers, switching, method == b"CONNECT", rest) if settled else None
+    return RequestHead(b"".join((method, b" ", client.url, b" HTTP/1.1\r\n", rest[0])), *rest[1:])
 
 
 def response_head_for_client(
@@ -153,7 +188,7 @@ def response_head_for_client(
 ) -> tuple[bytes, int, bool, bool]:
     """The response head for the client, its body framing, whether the client may keep alive, and whether it is
     an event stream (`text/event-stream`: long-lived, counted as a stream)."""
-    parts = [status_line(status), reason, b"\r\n"]
+    parts = [_STATUS_LINES.get(status) or status_line(status), reason, b"\r\n"]
     events = False
     te: bytes | None = None
     has_length = False
@@ -175,10 +210,12 @@ def response_head_for_client(
             if drop and lname in drop:
                 continue
             if lname == b"content-type":
-                events = value.lstrip().lower().startswith(b"text/event-stream")
+                events = _is_event_stream(value) is not None
             parts += (name, b": ", value, b"\r\n")
+        if connection is None or drop:
+            break
         extra = _extra_connection_tokens(connection)
-        if not extra or drop:
+        if not extra:
             break
         drop = extra
     # Answered before the whole request arrived: the client connection cannot be reused.
@@ -196,11 +233,11 @@ def response_head_for_client(
         # Ends when the backend closes (or HTTP/1.0 client of a chunked body): so must the client side.
         framing = FRAMING_CLOSE
         keep = False
-    parts.append(connection_header(ex.http10, keep))
-    assert ex.release is not None
-    parts.append(ex.release.header)
-    parts.append(ex.extra)  # what the edge adds for the route (HSTS), usually nothing
-    parts.append(b"\r\n")
+    rel = ex.release
+    assert rel is not None
+    # connection_header, inline; ex.extra: what the edge adds for the route (HSTS), usually nothing.
+    parts += (b"Connection: close\r\n" if not keep else b"Connection: keep-alive\r\n" if ex.http10 else b"",
+              rel.header, ex.extra, b"\r\n")
     return b"".join(parts), framing, keep, events
 
 

@@ -39,10 +39,12 @@ DEFAULT_MAINTENANCE_PAGE = (
 
 
 def install_fast_loop() -> bool:
-    """Use uvloop's event loop policy if uvloop is importable; True if it was installed."""
+    """Use uvloop's event loop policy if uvloop is importable (a runtime dependency where it has wheels);
+    True if it was installed. Without it the routers work the same on asyncio's loop, only slower."""
     try:
         import uvloop
     except ImportError:
+        log.warning("uvloop is not installed: the built-in router runs on asyncio's own event loop, slower")
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return True
@@ -454,12 +456,13 @@ class BuiltinRouter:
         if self._held is not None:
             self._held.append(ex)  # a hold lasts: sent on when it ends
             return
-        rel = choose_release(self._active)
+        active = self._active
+        rel = active[0] if len(active) == 1 else choose_release(active)
         if rel is None:
             ex.respond_error(503, None)
             return
         ex.release = ex.chosen = rel
-        rel.enter()
+        rel.in_flight += 1  # rel.enter(), inline
         self._attempt(ex, fresh=False)
 
     def _attempt(self, ex: Exchange, *, fresh: bool) -> None:
@@ -530,7 +533,8 @@ class BuiltinRouter:
             up.close()
             return
         up.idle_since = self._now()
-        up.resume()
+        if up.reading_paused:
+            up.resume()
         b.idle.append(up)
 
     # ---- housekeeping ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from ingot.routers.builtin.flow import PAUSE_UPSTREAM
-from ingot.routers.builtin.headers import informational_head_for_client
+from ingot.routers.builtin.headers import FRAMING_CHUNKED, informational_head_for_client
 
 if TYPE_CHECKING:
     from ingot.routers.builtin.balancing import Backend
@@ -137,12 +137,8 @@ class UpstreamProtocol(asyncio.Protocol):
             ex.client.resume(PAUSE_UPSTREAM)
 
     # ---- httptools callbacks -----------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self.msg_done:
-            raise _StopParsing  # a second response to one request
-        self.headers = []
-        self.informational = False
+    # No `on_message_begin`: one callback fewer per response. The head's parts are taken (and reset) in
+    # `on_headers_complete`, which is also where a second response to one request is refused.
 
     def on_status(self, reason: bytes) -> None:
         self.reason = reason
@@ -151,8 +147,12 @@ class UpstreamProtocol(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.msg_done:
+            raise _StopParsing  # a second response to one request
         ex = self.ex
         assert ex is not None
+        headers, self.headers = self.headers, []
+        reason, self.reason = self.reason, b""
         parser = self.parser
         status = parser.get_status_code()
         if status == 101:
@@ -160,17 +160,18 @@ class UpstreamProtocol(asyncio.Protocol):
                 raise _StopParsing  # a protocol switch nobody asked for: a broken backend
             self.backend.fails = 0
             self.tunnel = True
-            ex.switch_protocols(self.reason, self.headers)
+            ex.switch_protocols(reason, headers)
             return
         if status < 200:
             self.informational = True
             # 100 answers an Expect the router answered itself; HTTP/1.0 clients get no 1xx at all.
             if status != 100 and not ex.http10:
-                ex.client.wbuf.append(informational_head_for_client(status, self.reason, self.headers))
+                ex.client.wbuf.append(informational_head_for_client(status, reason, headers))
             return
+        self.informational = False
         self.keep_alive = parser.should_keep_alive()
         self.backend.fails = 0  # an answer (5xx too): the backend's run of failed requests ends
-        ex.response_head(status, self.reason, self.headers)
+        ex.response_head(status, reason, headers)
         if ex.is_head:
             self.head_only = True
             raise _StopParsing
@@ -178,7 +179,10 @@ class UpstreamProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.ex
         if ex is not None:
-            ex.response_body(body)
+            if ex.resp_framing == FRAMING_CHUNKED:
+                ex.response_body(body)
+            else:
+                ex.client.wbuf.append(body)  # the usual case, inline (Exchange.response_body)
 
     def on_message_complete(self) -> None:
         if self.tunnel:
@@ -188,7 +192,7 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         self.msg_done = True
         ex = self.ex
-        if ex is not None:
+        if ex is not None and ex.resp_framing == FRAMING_CHUNKED:
             ex.response_end()  # before the flush, so the last chunk shares the write
 
     # ---- helpers -----------------------------------------------------------------------------
