@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -144,35 +146,42 @@ def test_drain_keeps_streams_until_its_timeout_then_cuts_them(run: Any, stream_a
     run(body)
 
 
+@asynccontextmanager
+async def a_slow_request_on_a() -> AsyncIterator[tuple[BuiltinRouter, httpx.AsyncClient, asyncio.Task[Any]]]:
+    """Releases A (all the weight) and B, and a request that A takes 0.6 s to answer, under way."""
+    a, b = TestBackend("A-1"), TestBackend("B-1")
+    await a.start()
+    await b.start()
+    router = await started({"A": [a.address], "B": [b.address]}, {"A": 100})
+    try:
+        host, port = router.listen_address
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", trust_env=False, timeout=10) as http:
+            slow = asyncio.create_task(http.get("/sleep?s=0.6"))
+            await until(lambda: router.stats()["A"].in_flight == 1, "the slow request on A")
+            yield router, http, slow
+    finally:
+        await router.stop()
+        await a.stop()
+        await b.stop()
+
+
 def test_hold_keeps_new_requests_until_the_old_release_is_done(run: Any) -> None:
     async def body() -> None:
-        a, b = TestBackend("A-1"), TestBackend("B-1")
-        await a.start()
-        await b.start()
-        router = await started({"A": [a.address], "B": [b.address]}, {"A": 100})
-        try:
-            host, port = router.listen_address
-            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", trust_env=False, timeout=10) as http:
-                slow = asyncio.create_task(http.get("/sleep?s=0.6"))
-                await until(lambda: router.stats()["A"].in_flight == 1, "the slow request on A")
-                await router.hold(3.0)
-                await router.set_weights({"B": 100})
-                held = [asyncio.create_task(http.get("/")) for _ in range(5)]
-                await until(lambda: router._held is not None and len(router._held) == 5, "the requests to be held")
-                assert not any(t.done() for t in held)
-                assert await router.release_hold() == 5
-                assert (await slow).text == "A-1"
-                answers = await asyncio.gather(*held)
-                assert [r.headers["X-Backend"] for r in answers] == ["B-1"] * 5
-                # Held only while A still had its request: answered after it, never by A.
-                assert router.stats()["A"].requests == 1
-                # And a hold is bounded even if nobody ends it.
-                await router.hold(0.3)
-                assert (await http.get("/")).headers["X-Backend"] == "B-1"
-        finally:
-            await router.stop()
-            await a.stop()
-            await b.stop()
+        async with a_slow_request_on_a() as (router, http, slow):
+            await router.hold(3.0)
+            await router.set_weights({"B": 100})
+            held = [asyncio.create_task(http.get("/")) for _ in range(5)]
+            await until(lambda: router._held is not None and len(router._held) == 5, "the requests to be held")
+            assert not any(t.done() for t in held)
+            assert await router.release_hold() == 5
+            assert (await slow).text == "A-1"
+            answers = await asyncio.gather(*held)
+            assert [r.headers["X-Backend"] for r in answers] == ["B-1"] * 5
+            # Held only while A still had its request: answered after it, never by A.
+            assert router.stats()["A"].requests == 1
+            # And a hold is bounded even if nobody ends it.
+            await router.hold(0.3)
+            assert (await http.get("/")).headers["X-Backend"] == "B-1"
 
     run(body)
 
@@ -180,23 +189,11 @@ def test_hold_keeps_new_requests_until_the_old_release_is_done(run: Any) -> None
 def test_without_a_hold_the_releases_overlap(run: Any) -> None:
     """The contrast: a switch without the hold sends new requests to B while A still answers one."""
     async def body() -> None:
-        a, b = TestBackend("A-1"), TestBackend("B-1")
-        await a.start()
-        await b.start()
-        router = await started({"A": [a.address], "B": [b.address]}, {"A": 100})
-        try:
-            host, port = router.listen_address
-            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", trust_env=False, timeout=10) as http:
-                slow = asyncio.create_task(http.get("/sleep?s=0.6"))
-                await until(lambda: router.stats()["A"].in_flight == 1, "the slow request on A")
-                await router.set_weights({"B": 100})
-                assert (await http.get("/")).headers["X-Backend"] == "B-1"
-                assert not slow.done()  # B served while A was still answering
-                assert (await slow).text == "A-1"
-        finally:
-            await router.stop()
-            await a.stop()
-            await b.stop()
+        async with a_slow_request_on_a() as (router, http, slow):
+            await router.set_weights({"B": 100})
+            assert (await http.get("/")).headers["X-Backend"] == "B-1"
+            assert not slow.done()  # B served while A was still answering
+            assert (await slow).text == "A-1"
 
     run(body)
 
