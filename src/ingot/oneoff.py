@@ -461,10 +461,22 @@ def is_irreversible(store: Store, environment: str, release: ReleaseRow) -> bool
                                                                service=release.service, actions=[IRREVERSIBLE]))
 
 
-def irreversible_between(store: Store, environment: str, target: ReleaseRow) -> list[ReleaseRow]:
+def mark_irreversible(store: Store, actor: str, environment: str, release: ReleaseRow) -> None:
+    """Record `release` as not safe to roll back past in `environment` (`ingot deploy --irreversible`),
+    once: a release already marked (by its spec or an earlier mark) is left as it is."""
+    if not is_irreversible(store, environment, release):
+        ledger.record(store, actor=actor, action=IRREVERSIBLE, environment=environment, service=release.service,
+                      subject=release.id, payload={"by": "ingot deploy --irreversible"})
+
+
+def irreversible_between(store: Store, environment: str, target: ReleaseRow,
+                         history: list[str] | None = None) -> list[ReleaseRow]:
     """The irreversible releases that went live in `environment` after `target` last did (all those
-    newer than it, if it never did): a rollback to `target` would run its code on what they changed."""
-    history = [a.release_id for a in store.activation_history(environment, target.service) if a.release_id]
+    newer than it, if it never did): a rollback to `target` would run its code on what they changed.
+    `history`: the releases that went live, oldest first, where the store's activations do not say it (a
+    Kubernetes target's successful rollouts)."""
+    if history is None:
+        history = [a.release_id for a in store.activation_history(environment, target.service) if a.release_id]
     if target.id in history:
         last = len(history) - 1 - history[::-1].index(target.id)
         later = history[last + 1:]

@@ -154,7 +154,8 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
 
         emit_cluster = on_event or (lambda _e: None)
         return list(kube.deploy(project, environment, names, on_event=on_event, on_output=on_output, commit=commit,
-                                through=_cluster_hooks(project, environment, emit_cluster)))
+                                through=_cluster_hooks(project, environment, emit_cluster),
+                                irreversible=irreversible))
     emit = on_event or (lambda _e: None)
     for name in names:
         service = project.spec.service_for(environment, name)
@@ -174,10 +175,8 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
                   "replaced_corrupt": list(artifact.replaced_corrupt)})
             row, created = build_release.release(project, environment, name, artifact, commit)
             emit({"event": "release", "service": name, "release": row.id, "created": created})
-            if irreversible and not oneoff.is_irreversible(project.store, environment, row):
-                ledger.record(project.store, actor=current_actor(), action=oneoff.IRREVERSIBLE,
-                              environment=environment, service=name, subject=row.id,
-                              payload={"by": "ingot deploy --irreversible"})
+            if irreversible:
+                oneoff.mark_irreversible(project.store, current_actor(), environment, row)
             built.append((name, row, created))
         if len(built) == 1:
             name, row, created = built[0]
@@ -529,7 +528,7 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
         emit_cluster = on_event or (lambda _e: None)
         outcome: DeployOutcome = kube.rollback(project, environment, name, to, on_event=on_event,
                                                through=_cluster_hooks(project, environment, emit_cluster),
-                                               rerun_release_command=rerun_release_command)
+                                               rerun_release_command=rerun_release_command, force=force)
         return outcome
     _announce_pin(project, on_event or (lambda _e: None))
     held = locks.current(project.store, environment)
@@ -548,9 +547,11 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
                        rerun_release_command)
 
 
-def check_reversible(project: Project, environment: str, name: str, target: ReleaseRow, force: bool) -> None:
-    """A rollback to `target` across a release marked irreversible is refused, unless forced (recorded)."""
-    blockers = oneoff.irreversible_between(project.store, environment, target)
+def check_reversible(project: Project, environment: str, name: str, target: ReleaseRow, force: bool,
+                     history: list[str] | None = None) -> None:
+    """A rollback to `target` across a release marked irreversible is refused, unless forced (recorded).
+    `history`: what went live, where the store's activations do not say it (see oneoff.irreversible_between)."""
+    blockers = oneoff.irreversible_between(project.store, environment, target, history)
     if not blockers:
         return
     said = ", ".join(r.id for r in blockers)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ingot import config_ops, ledger, oneoff, operations
 from ingot.agent.client import AgentClient
-from ingot.errors import OperationFailed
+from ingot.errors import OperationFailed, UserInputError
 from ingot.kube import names
 from ingot.kube import operations as kube
 from ingot.project import Project, open_project
@@ -340,3 +340,23 @@ def test_a_jobs_end_is_read_from_its_conditions() -> None:
     assert job_state({"status": {"conditions": [{"type": "Failed", "status": "False"}]}})[0] == "running"
     assert exit_code({"status": {"containerStatuses": [{"state": {"terminated": {"exitCode": 7}}}]}}) == 7
     assert exit_code({"status": {"containerStatuses": [{"state": {"running": {}}}]}}) is None
+
+
+def test_a_rollback_past_an_irreversible_release_is_refused_unless_forced(tmp_path: Path,
+                                                                          cluster: FakeCluster) -> None:
+    first = deploy(project_at(tmp_path))
+    project = project_at(tmp_path, greeting="bonjour")
+    (second,) = operations.deploy(project, "prod", ["web"], irreversible=True)
+    assert [e.subject for e in ledger.entries(project.store, actions=[oneoff.IRREVERSIBLE])] == [second.release]
+    cluster.calls.clear()
+    with pytest.raises(UserInputError) as refused:
+        operations.rollback(project, "prod", "web", None)
+    text = str(refused.value) + "\n".join(refused.value.details)
+    assert f"to {first.release} refused" in text and f"irreversible release {second.release}" in text
+    assert "--force" in text
+    # Refused before the cluster was changed: nothing applied, scaled, patched or deleted.
+    assert not [c for c in cluster.calls if c[0] in ("apply", "scale", "patch", "delete")]
+    back = operations.rollback(project, "prod", "web", None, force=True)
+    assert back.release == first.release
+    (forced,) = payloads(project, "rollback.forced")
+    assert forced["past_irreversible"] == [second.release]

@@ -214,8 +214,8 @@ def _namespace_labels(project: Project) -> dict[str, str]:
 
 
 def deploy(project: Project, environment: str, services: list[str], *, on_event: OnEvent | None = None,
-           on_output: OnOutput | None = None, commit: str | None = None, through: Through | None = None
-           ) -> list[Any]:
+           on_output: OnOutput | None = None, commit: str | None = None, through: Through | None = None,
+           irreversible: bool = False) -> list[Any]:
     emit = on_event or (lambda _event: None)
     target = require_target(project, environment)
     for name in services:
@@ -228,6 +228,8 @@ def deploy(project: Project, environment: str, services: list[str], *, on_event:
             emit({"event": "build", "service": name})
             row, created = release_for(project, environment, name, on_output, commit)
             emit({"event": "release", "service": name, "release": row.id, "created": created})
+            if irreversible:
+                oneoff.mark_irreversible(project.store, current_actor(), environment, row)
 
             def run(name: str = name, row: ReleaseRow = row, created: bool = created) -> Any:
                 return roll(project, environment, name, row, created, "deploy", api, emit)
@@ -238,7 +240,11 @@ def deploy(project: Project, environment: str, services: list[str], *, on_event:
 
 def rollback(project: Project, environment: str, name: str, to: str | None, *,
              on_event: OnEvent | None = None, through: Through | None = None,
-             rerun_release_command: bool = False) -> Any:
+             rerun_release_command: bool = False, force: bool = False) -> Any:
+    """Back to the previous release that succeeded on the cluster (or `to`); refused across an irreversible
+    release unless `force`, as on any target (ingot.operations.check_reversible)."""
+    from ingot.operations import check_reversible
+
     target = require_target(project, environment)
     api = open_cluster(target)
     history = deployed_history(project, environment, name)
@@ -258,6 +264,8 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
     config_store.check_secrets_for(row, environment)
     _check_image(row)
     with locks.hold(project.store, environment, "rollback", current_actor()):
+        check_reversible(project, environment, name, row, force, list(history))
+
         def run() -> Any:
             return roll(project, environment, name, row, False, "rollback", api, on_event or (lambda _e: None),
                         rerun_release_command=rerun_release_command)
