@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -455,19 +456,19 @@ def run_command(project: Project, environment: str, name: str, release: str | No
     the ledger with its argv and exit code (never its environment)."""
     if not command:
         raise UserInputError("ingot run needs a command after --, e.g. ingot run web -- python manage.py shell")
-    if on_cluster(project, environment):
-        raise UserInputError(f"ingot run does not reach Kubernetes targets ({environment}); use kubectl run")
     project.spec.service_for(environment, name)  # an unknown service is refused by name
     if release:
         row = _one_release(project, name, release)
     else:
-        current = project.store.current_activation(environment, name)
-        if current is None or current.release_id is None:
+        live = _live_release_id(project, environment, name)
+        if live is None:
             raise UserInputError(f"{name} is not deployed in {environment}: give --release, or deploy it first")
-        found = project.store.get_release(current.release_id)
+        found = project.store.get_release(live)
         assert found is not None
         row = found
     config_store.check_secrets_for(row, environment)
+    if on_cluster(project, environment):
+        return _run_on_cluster(project, environment, name, row, command, detach, on_line)
     runtime = str(row.spec.get("runtime") or "process")
     executor = Executor(project.store, Runtimes(), project.artifacts, project.paths)
     one = asyncio.run(oneoff.prepare(executor, environment, name, row, runtime, command, purpose="run",
@@ -491,6 +492,35 @@ def run_command(project: Project, environment: str, name: str, release: str | No
                   subject=row.id, payload={**base, "exit_code": result.exit_code, "seconds": result.seconds})
     return {**base, "detached": False, "exit_code": result.exit_code, "seconds": result.seconds,
             "log": None if one.request.attach or one.request.terminal else result.log_path}
+
+
+def _run_on_cluster(project: Project, environment: str, name: str, row: ReleaseRow, command: list[str],
+                    detach: bool, on_line: OnOutput | None) -> dict[str, Any]:
+    """`ingot run` on a Kubernetes target: a Job of the release's pod (see ingot.kube.operations.run),
+    recorded as on this machine; the outcome's `log` says where its output is."""
+    from ingot.kube import names as kube_names
+    from ingot.kube import operations as kube
+
+    job = kube_names.run_job_name(name, uuid.uuid4().hex[:8])
+    actor = current_actor()
+    base = {"instance": job, "release": row.id, "command": command, "target": "kubernetes"}
+    ledger.record(project.store, actor=actor, action=oneoff.STARTED, environment=environment, service=name,
+                  subject=row.id, payload={**base, "detach": detach})
+    try:
+        ran = kube.run(project, environment, name, row, command, job, detach=detach, on_line=on_line)
+    except BaseException as exc:
+        ledger.record(project.store, actor=actor, action=oneoff.FINISHED, environment=environment, service=name,
+                      subject=row.id, payload={**base, "exit_code": None, "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    if detach:
+        return {**base, "detached": True, "log": f"kubectl logs job/{job}", "exit_code": None}
+    ledger.record(project.store, actor=actor, action=oneoff.FINISHED, environment=environment, service=name,
+                  subject=row.id, payload={**base, "exit_code": ran["exit_code"], "seconds": ran["seconds"]})
+    if ran["exit_code"] is None:  # it never ran: an image that cannot be pulled, a pod that cannot be placed
+        raise OperationFailed(f"ingot run of {name} on the cluster failed: Job {job}: {ran['why']}",
+                              details=[f"`kubectl describe job {job}` says more; it is kept for its TTL"])
+    return {**base, "detached": False, "exit_code": ran["exit_code"], "seconds": ran["seconds"],
+            "log": ran["log_path"]}
 
 
 def _one_release(project: Project, name: str, prefix: str) -> ReleaseRow:

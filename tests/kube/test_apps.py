@@ -360,3 +360,48 @@ def test_a_rollback_past_an_irreversible_release_is_refused_unless_forced(tmp_pa
     assert back.release == first.release
     (forced,) = payloads(project, "rollback.forced")
     assert forced["past_irreversible"] == [second.release]
+
+
+# ---- ingot run ---------------------------------------------------------------------------------------
+
+
+def test_ingot_run_on_a_cluster_is_a_job_of_the_live_release_with_its_exit_code_and_masked_output(
+        tmp_path: Path, cluster: FakeCluster) -> None:
+    project = project_at(tmp_path, extra="    secrets: [DB_PASSWORD]\n")
+    config_ops.set_secret(project, "prod", "DB_PASSWORD", "pw-that-must-stay-secret")
+    live = deploy(project)
+    (deployment,) = cluster.deployment_names()
+    before = json.dumps(cluster.objects[("Deployment", deployment)]["spec"], sort_keys=True)
+    cluster.job_results["python manage.py createsuperuser --noinput"] = (
+        4, ["connecting with pw-that-must-stay-secret", "error: that user exists"])
+    cluster.calls.clear()
+    lines: list[str] = []
+    outcome = operations.run_command(project, "prod", "web", None,
+                                     ["python", "manage.py", "createsuperuser", "--noinput"], on_line=lines.append)
+    assert outcome["exit_code"] == 4 and outcome["release"] == live.release
+    assert lines == ["connecting with ***", "error: that user exists"]
+    job = outcome["instance"]
+    assert job.startswith("web-run-") and cluster.jobs_started == [job]
+    pod = cluster.objects[("Job", job)]["spec"]
+    assert "activeDeadlineSeconds" not in pod  # a one-off runs until it ends, unlike a release_command
+    container = pod["template"]["spec"]["containers"][0]
+    assert container["image"] == IMAGE and container["args"][:2] == ["python", "manage.py"]
+    assert names.SERVICE not in pod["template"]["metadata"]["labels"]  # no Service sends it traffic
+    assert "pw-that-must-stay-secret" not in Path(outcome["log"]).read_text()
+    # The running release is not touched: no Deployment or Service applied, scaled, patched or deleted.
+    assert not [c for c in cluster.calls if c[1] in ("Deployment", "Service") and c[0] != "get"]
+    assert json.dumps(cluster.objects[("Deployment", deployment)]["spec"], sort_keys=True) == before
+    started, finished = payloads(project, oneoff.STARTED), payloads(project, oneoff.FINISHED)
+    assert [p["instance"] for p in started] == [job] and finished[0]["exit_code"] == 4
+    everything = json.dumps([e.as_dict() for e in ledger.entries(project.store)])
+    assert "pw-that-must-stay-secret" not in everything
+    # Detached: the Job is applied and left; nothing waits for it.
+    detached = operations.run_command(project, "prod", "web", None, ["python", "worker.py"], detach=True)
+    assert detached["detached"] and detached["log"] == f"kubectl logs job/{detached['instance']}"
+    assert cluster.jobs_started[-1] == detached["instance"]
+
+
+def test_ingot_run_on_a_cluster_needs_a_live_release(tmp_path: Path, cluster: FakeCluster) -> None:
+    with pytest.raises(UserInputError, match="not deployed in prod"):
+        operations.run_command(project_at(tmp_path), "prod", "web", None, ["true"])
+    assert cluster.jobs_started == []

@@ -53,6 +53,11 @@ def release_job_name(service: str, release: str) -> str:
     return f"{service}-release-{release}"
 
 
+def run_job_name(service: str, run_id: str) -> str:
+    """An `ingot run` one-off's Job: one per run (`run_id` is fresh each time), never a release's."""
+    return f"{service}-run-{run_id}"
+
+
 def volume_claim_name(service: str, volume: str) -> str:
     """A named volume's PersistentVolumeClaim: per service and volume, never per release (data outlives them)."""
     name = f"{service}-{volume}"

@@ -273,6 +273,29 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
         return through(name, row, False, "rollback", run) if through else run()
 
 
+def run(project: Project, environment: str, name: str, row: ReleaseRow, command: list[str], job: str, *,
+        detach: bool = False, on_line: OnOutput | None = None) -> dict[str, Any]:
+    """`ingot run` on a cluster: `command` in a Job `job` of `row`'s pod (its image, env, config, secrets,
+    volumes, security context and limits), with no TTY and no stdin: its log is streamed to `on_line`. The
+    Deployments are not touched. `detach` applies the Job and returns; it is kept for its TTL."""
+    _check_image(row)
+    refuse_untrusted(project.store, project.paths, environment, name, row, actor=current_actor())
+    target = require_target(project, environment)
+    service = project.spec.service_for(environment, name)
+    api = open_cluster(target)
+    w = workload_of(project, environment, row, service, target)
+
+    def said(event: dict[str, Any]) -> None:
+        if on_line is not None and event.get("event") == "release_output":
+            on_line(str(event["line"]))
+
+    rollout = Rollout(api=api, layout=layout_of(target, service, api), workload=w, record=lambda *_step: None,
+                      secret_values=lambda _w: config_store.secret_values(project.store, project.paths.keys, row,
+                                                                          environment),
+                      emit=said, job_log=lambda job_name: project.paths.instance_log(environment, name, job_name))
+    return rollout.run_one_off(render.command_job(w, command, job, None), detach=detach)
+
+
 def release_command_timeout(project: Project, environment: str, row: ReleaseRow, rerun: bool) -> float | None:
     """The release_command's timeout if it is to run: not yet succeeded in this environment (a rollback or
     a repeated promotion reuses the release, and its migration is done), or asked again; else None."""

@@ -312,12 +312,18 @@ def release_job(w: Workload) -> dict[str, Any] | None:
     command = w.release_command
     if command is None:
         return None
+    return command_job(w, command, names.release_job_name(w.service, w.release),
+                       float(w.spec.get("release_command_timeout") or 600.0))
+
+
+def command_job(w: Workload, command: list[str], name: str, deadline: float | None) -> dict[str, Any]:
+    """`command` once in a pod of the release `w` (a release_command, an `ingot run`), never retried and
+    never sent traffic; stopped after `deadline` seconds (None: runs until it ends)."""
     template = pod_template(w)
     container = template["spec"]["containers"][0]
     for key in ("ports", "readinessProbe", "livenessProbe", "startupProbe"):
         container.pop(key, None)
     container["args"] = command  # it replaces the image's CMD, as on the container runtime
-    name = names.release_job_name(w.service, w.release)
     # The pods carry no SERVICE label: no Service of the service may ever send them traffic.
     pod_labels = {k: v for k, v in template["metadata"]["labels"].items() if k != names.SERVICE}
     pod_labels[names.JOB] = name
@@ -328,7 +334,7 @@ def release_job(w: Workload) -> dict[str, Any] | None:
         "kind": "Job",
         "metadata": _metadata(w, name, {names.RELEASE: w.release, "app.kubernetes.io/version": w.release}),
         "spec": {
-            "activeDeadlineSeconds": _seconds(float(w.spec.get("release_command_timeout") or 600.0)),
+            **({"activeDeadlineSeconds": _seconds(deadline)} if deadline is not None else {}),
             "backoffLimit": 0,
             "template": template,
             "ttlSecondsAfterFinished": JOB_KEPT_SECONDS,

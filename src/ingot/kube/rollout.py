@@ -9,6 +9,7 @@ the last lines of its log.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -195,6 +196,27 @@ class Rollout:
         raise OperationFailed(f"release command `{' '.join(command)}` of {step.release} failed: {why}",
                               details=[f"its log: {detail['log_path']}", *(f"  | {line}" for line in tail),
                                        *kept, "no Deployment of the new release was created"])
+
+    def run_one_off(self, job: dict[str, Any], *, detach: bool) -> dict[str, Any]:
+        """`ingot run`'s Job applied, with what its pod needs, and unless `detach` followed to its end: its log
+        streamed through `emit` (secret values masked) and kept. Interrupted (Ctrl-C), the Job is deleted,
+        which stops its pod, before the interruption goes on."""
+        name = str(job["metadata"]["name"])
+        secrets = self.secret_values(self.workload)
+        self._apply_what_pods_need(render.render_release(self.workload, self.layout, secrets))
+        self.api.apply(job)
+        if detach:
+            return {"job": name, "state": "running", "why": "", "exit_code": None, "log_path": None}
+        mask = masker(list(secrets.values()), SECRET_MARK)
+        started = self.clock()
+        lines: list[str] = []
+        try:
+            state, why, pod = self._follow_job(name, math.inf, lines, mask)
+        except BaseException:
+            self.api.delete("Job", name)
+            raise
+        return {"job": name, "state": state, "why": why, "exit_code": exit_code(pod) if pod else None,
+                "seconds": round(self.clock() - started, 3), "log_path": self._keep_log(name, lines)}
 
     def _follow_job(self, name: str, seconds: float, lines: list[str],
                     mask: Callable[[str], str]) -> tuple[str, str, dict[str, Any] | None]:
