@@ -140,12 +140,36 @@ def remove_volume(project: Project, environment: str, name: str, actor: str) -> 
     if info.runtime == "process":
         force_rmtree(Path(info.location))
     else:
-        from ingot.runtimes.engine import connect_engine
-
-        try:
-            connect_engine().volumes.get(info.location).remove()
-        except Exception as exc:
-            raise OperationFailed(f"engine volume {info.location} could not be removed: {exc}") from exc
+        _remove_engine_volume(project.spec.project, info)
     ledger.record(project.store, actor=actor, action="volume.rm", environment=environment, subject=name,
                   payload={"runtime": info.runtime, "location": info.location})
     return info
+
+
+def _remove_engine_volume(project_name: str, info: VolumeInfo) -> None:
+    """Remove an engine volume, first the exited containers of this project still holding it.
+
+    An instance's exited container is removed in the background after it stops (see DockerRuntime.stop),
+    and the engine refuses to remove a volume any container names, exited or not. A running container, or
+    another's, is not ingot's to remove: the volume is kept and the message names it."""
+    from ingot.runtimes.engine import connect_engine
+
+    try:
+        engine = connect_engine()
+        holders = engine.containers.list(all=True, filters={"volume": info.location})
+    except Exception as exc:
+        raise OperationFailed(f"engine volume {info.location} could not be removed: {exc}") from exc
+    for container in holders:
+        labels = (container.attrs.get("Config") or {}).get("Labels") or {}
+        if container.status in ("running", "paused", "restarting") or labels.get("ingot.project") != project_name:
+            raise UserInputError(
+                f"volume {info.name} in {info.environment} is mounted by container {container.name} "
+                f"({container.status}); not removed",
+                details=["stop and remove that container first" if labels.get("ingot.project") != project_name
+                         else "`ingot status` shows what runs; a --detach'ed `ingot run` is stopped by `ingot down`"])
+    try:
+        for container in holders:
+            container.remove(force=True)
+        engine.volumes.get(info.location).remove()
+    except Exception as exc:
+        raise OperationFailed(f"engine volume {info.location} could not be removed: {exc}") from exc

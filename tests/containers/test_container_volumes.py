@@ -12,7 +12,7 @@ import docker  # type: ignore[import-untyped]
 import pytest
 from docker.errors import NotFound  # type: ignore[import-untyped]
 
-from tests.support.engines import DOCKER_HOST_VAR, docker_engine, podman_engine, remove_project_containers
+from tests.support.engines import BASE_IMAGE, DOCKER_HOST_VAR, docker_engine, podman_engine, remove_project_containers
 from tests.support.harness import ExampleProject, make_container_example, poll, stop_everything
 
 # Each container notes its release in the volume (${INGOT_RELEASE} expanded by ingot), then serves.
@@ -73,3 +73,30 @@ def test_a_volume_is_kept_across_deploy_and_rollback(engine: docker.DockerClient
     boxed.ingot("volume", "rm", "data", check=True)
     with pytest.raises(NotFound):
         engine.volumes.get(name)
+
+
+def test_volume_rm_takes_this_projects_exited_holders_and_refuses_anothers(engine: docker.DockerClient,
+                                                                             boxed: ExampleProject) -> None:
+    """An instance's exited container is removed in the background after `ingot down`; the engine refuses to
+    remove a volume any container names. Such a leftover is taken with the volume; a running container or one
+    not of this project is not ingot's to remove."""
+    boxed.ingot("deploy", check=True)
+    boxed.ingot("down", check=True)
+    name = f"ingot-{boxed.project}-staging-data"
+    mounts = {name: {"bind": "/data", "mode": "rw"}}
+    foreign = engine.containers.run(BASE_IMAGE, ["sleep", "300"], detach=True, volumes=mounts,
+                                    labels={"ingot.test": boxed.project})
+    try:
+        refused = boxed.ingot("volume", "rm", "data")
+        assert refused.code == 2, refused.err
+        assert f"mounted by container {foreign.name} (running)" in refused.err
+        assert engine.volumes.get(name) is not None  # kept
+    finally:
+        foreign.remove(force=True)
+    leftover = engine.containers.create(BASE_IMAGE, ["true"], volumes=mounts,
+                                        labels={"ingot.project": boxed.project})
+    boxed.ingot("volume", "rm", "data", check=True)
+    with pytest.raises(NotFound):
+        engine.volumes.get(name)
+    with pytest.raises(NotFound):
+        engine.containers.get(leftover.id)

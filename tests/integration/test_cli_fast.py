@@ -309,7 +309,9 @@ def test_ctrl_c_while_the_cli_starts_exits_130_without_a_traceback(deployed: Exa
     assert b"Traceback (most recent call last)" not in text, text.decode()[-3000:]
     if proc.returncode == 0:
         pytest.skip(f"the deploy was done {delay}s in")  # the machine was quick: nothing left to interrupt
-    assert proc.returncode == 130, (out, text[-3000:])
+    # 130, or ended by the signal itself when it lands as the interpreter finalises (its handlers already the
+    # defaults): a shell says 130 for both, and neither printed a traceback.
+    assert proc.returncode in (130, -signal.SIGINT), (out, text[-3000:])
 
 
 def test_drift_with_findings_exits_1_on_both_paths(deployed: ExampleProject) -> None:

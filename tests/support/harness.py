@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from ingot.runtimes import ports
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hello"
 LOAD_CLIENT = Path(__file__).with_name("load_client.py")
@@ -30,10 +32,23 @@ TEST_MIN_READY = "500ms"
 EXAMPLE_STRATEGY = "strategy: {type: blue-green, drain_timeout: 10s, min_ready: 3s}"
 
 
+# Ports the tests' listeners take: below the instances' range (ingot.runtimes.ports) and the kernel's ephemeral
+# range, so neither an instance nor an outgoing connection takes one between the probe and the listener's bind.
+# Each xdist worker has a slice of its own, and no port is given twice in a session.
+TEST_PORTS = (10000, 19999)
+_given_ports: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (TEST_PORTS[1] - TEST_PORTS[0] + 1) // workers
+    low = TEST_PORTS[0] + worker * size
+    for port in random.sample(range(low, low + size), size):
+        if port not in _given_ports and ports.is_free(port):
+            _given_ports.add(port)
+            return port
+    raise RuntimeError(f"no free test port in {low}-{low + size - 1}")
 
 
 def poll(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:

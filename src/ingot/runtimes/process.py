@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from typing import IO
 from ingot import volumes
 from ingot.errors import OperationFailed
 from ingot.paths import runs_home, state_tag
-from ingot.runtimes import fence, logpipe
+from ingot.runtimes import fence, logpipe, ports
 from ingot.runtimes.base import LOG_BACKUPS, InstanceRequest, Observation, log_max_bytes
 from ingot.spec.models import expand_own
 from ingot.store import InstanceRow
@@ -40,10 +39,6 @@ log = logging.getLogger("ingot.agent")
 # The interpreter ingot runs on is the one an artifact's dependencies were installed for.
 PYTHON_ALIASES = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def process_start_time(pid: int) -> str | None:
@@ -90,9 +85,9 @@ class ProcessRuntime:
                                       details=[f"checkouts belong under {runs_home()}"])
         for volume in request.volumes:
             fence.own_volume(Path(volume.source), identity)
-        # Bound as the instance's user: a port above 1024, free now (the agent's probe socket is closed).
-        # A worker has none.
-        port = 0 if request.worker else free_port()
+        # Bound as the instance's user: a port above 1024, free now, outside the range outgoing connections
+        # take theirs from (see ingot.runtimes.ports). A worker has none.
+        port = 0 if request.worker else ports.instance_port()
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         if identity is not None:
             env["HOME"] = fence.NO_HOME  # ingot's home (/root) is not its to read
