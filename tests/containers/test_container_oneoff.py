@@ -1,9 +1,10 @@
 """`ingot run` on a container runtime, as a user at a terminal runs it: a TTY of the command's own joined to
 the caller's (raw keys, window size, Ctrl-C, exit code), on a real pseudo-terminal; and a detached one,
-listed by `ingot status` and stopped (and recorded) by `ingot down`."""
+listed by `ingot status` and stopped (and recorded) by `ingot down`. On Podman and on Docker Engine."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import docker  # type: ignore[import-untyped]
 import pytest
 
 from tests.integration.test_release_command import entries
-from tests.support.engines import remove_project_containers
+from tests.support.engines import DOCKER_HOST_VAR, docker_engine, podman_engine, remove_project_containers
 from tests.support.harness import ExampleProject, make_container_example, stop_everything
 from tests.support.pty_session import ingot_on_pty
 
@@ -35,9 +36,21 @@ sys.exit(6)
 """
 
 
+@pytest.fixture(params=["podman", "docker"])
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def boxed(engine: docker.DockerClient, tmp_path: Path) -> Iterator[ExampleProject]:
+def engine(engine_kind: str) -> docker.DockerClient:
+    return podman_engine() if engine_kind == "podman" else docker_engine()
+
+
+@pytest.fixture
+def boxed(engine: docker.DockerClient, engine_kind: str, tmp_path: Path) -> Iterator[ExampleProject]:
     example = make_container_example(tmp_path, replicas=1)
+    if engine_kind == "docker":
+        example.env["DOCKER_HOST"] = os.environ[DOCKER_HOST_VAR]
     yield example
     stop_everything(example)
     remove_project_containers(engine, example.project)
