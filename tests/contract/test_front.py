@@ -35,10 +35,11 @@ def ca() -> TestCA:
 
 
 @asynccontextmanager
-async def serving_front(kind: str, home: Path, sites: dict[str, list[Route]]) -> AsyncIterator[
-        tuple[Front, dict[str, Router]]]:
-    """A started front with one router per site (a backend answering the site's name) bound to its routes."""
-    front = new_front(kind, home)
+async def serving_front(kind: str, home: Path, sites: dict[str, list[Route]],
+                        clients: ClientPolicy | None = None) -> AsyncIterator[tuple[Front, dict[str, Router]]]:
+    """A started front with one router per site (a backend answering the site's name) bound to its routes;
+    `clients`: the shared listeners' limits (the machine's settings)."""
+    front = new_front(kind, home, clients)
     await front.start()
     backends: list[TestBackend] = []
     routers: dict[str, Router] = {}
@@ -259,5 +260,39 @@ def test_each_route_names_its_release_or_not_by_its_own_release_header(run: Run,
             await front.stop()
             for backend in backends:
                 await backend.stop()
+
+    run(body)
+
+
+def test_the_machines_listener_limits_apply_on_the_shared_listeners(run: Run, front_kind: str,
+                                                                  tmp_path: Path) -> None:
+    """settings.json's `head_timeout` and `trusted_proxies` (README, "Client limits with routes"): a client
+    that never finishes its head is cut at the machine's deadline while another is served, and what stands in
+    front of the edge (here loopback) has its X-Forwarded-For kept, on every route."""
+    async def body() -> None:
+        import time
+
+        import httpx
+
+        machine = ClientPolicy(head_timeout=1.0, trusted_proxies=("127.0.0.0/8",))
+        async with serving_front(front_kind, tmp_path, {"app": [_off("app.example.com")]}, machine) as (front, _):
+            assert front.http_address is not None
+            host, port = front.http_address
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: app.example.com\r\nX-Slow: ")  # never ends its head
+            await writer.drain()
+            started = time.monotonic()
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}", trust_env=False, timeout=10) as http:
+                response = await http.get("/headers", headers={"Host": "app.example.com",
+                                                               "X-Forwarded-For": "203.0.113.9"})
+            assert response.headers["x-backend"] == "app"
+            forwarded = [v for k, v in response.json() if k.lower() == "x-forwarded-for"]
+            # A trusted peer's header kept, the peer added (haproxy adds it as a second field line: the same list).
+            assert ", ".join(forwarded) == "203.0.113.9, 127.0.0.1", forwarded
+            left = await asyncio.wait_for(reader.read(), timeout=8)  # the default's 10 s would pass this
+            waited = time.monotonic() - started
+            writer.close()
+            assert waited < 5, waited
+            assert left == b"" or left.startswith(b"HTTP/1.1 408"), left
 
     run(body)

@@ -13,6 +13,7 @@ from ingot.edge.front import Binding, Route
 from ingot.edge.routing import Table, conflicts, host_candidates, normal_host, path_matches, request_path
 from ingot.edge.settings import LETS_ENCRYPT, EdgeSettings, parse_listener
 from ingot.errors import UserInputError
+from ingot.routers.base import ClientPolicy
 
 label = st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True)
 segment = st.from_regex(r"[a-z0-9._-]{1,6}", fullmatch=True)
@@ -104,6 +105,19 @@ def test_settings_default_then_file_then_environment(tmp_path: Path) -> None:
     assert EdgeSettings.load(tmp_path, {"INGOT_EDGE_HTTP": ""}).http is None
 
 
+def test_the_shared_listeners_client_limits_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    assert EdgeSettings.load(tmp_path, {}).clients == ClientPolicy()
+    (tmp_path / "settings.json").write_text(json.dumps({"head_timeout": "2.5s", "min_body_rate": 0,
+                                                        "max_connections": 300,
+                                                        "trusted_proxies": ["10.0.0.0/8", "fd00::/8"]}))
+    clients = EdgeSettings.load(tmp_path, {}).clients
+    assert (clients.head_timeout, clients.min_body_rate, clients.max_connections) == (2.5, 0, 300)
+    assert clients.trusted_proxies == ("10.0.0.0/8", "fd00::/8")
+    env = EdgeSettings.load(tmp_path, {"INGOT_EDGE_HEAD_TIMEOUT": "500ms", "INGOT_EDGE_TRUSTED_PROXIES": "",
+                                       "INGOT_EDGE_MAX_CONNECTIONS": "12"}).clients
+    assert (env.head_timeout, env.max_connections, env.trusted_proxies, env.min_body_rate) == (0.5, 12, (), 0)
+
+
 @pytest.mark.parametrize(("environ", "file", "says"), [
     ({"INGOT_EDGE_KIND": "nginx"}, None, "INGOT_EDGE_KIND: unknown edge kind 'nginx'"),
     ({"INGOT_EDGE_HTTP": "80"}, None, "INGOT_EDGE_HTTP: expected HOST:PORT or :PORT"),
@@ -114,6 +128,13 @@ def test_settings_default_then_file_then_environment(tmp_path: Path) -> None:
     ({"INGOT_ACME_CA_BUNDLE": "/nonexistent.pem"}, None, "INGOT_ACME_CA_BUNDLE: no such file"),
     ({}, {"http": 80}, "settings.json: key 'http' must be a string"),
     ({}, {"htps": ":443"}, "settings.json: unknown key 'htps'"),
+    ({"INGOT_EDGE_HEAD_TIMEOUT": "soon"}, None, "INGOT_EDGE_HEAD_TIMEOUT: expected a duration like 500ms"),
+    ({"INGOT_EDGE_HEAD_TIMEOUT": "0s"}, None, "INGOT_EDGE_HEAD_TIMEOUT: must be more than 0 seconds"),
+    ({"INGOT_EDGE_MAX_CONNECTIONS": "0"}, None, "INGOT_EDGE_MAX_CONNECTIONS: expected a whole number of at least 1"),
+    ({}, {"min_body_rate": -5}, "settings.json: key 'min_body_rate': expected a whole number of at least 0"),
+    ({}, {"max_connections": True}, "settings.json: key 'max_connections' must be a number or a string"),
+    ({"INGOT_EDGE_TRUSTED_PROXIES": "10.0.0.0/8, lb"}, None, "INGOT_EDGE_TRUSTED_PROXIES: 'lb' is not an IP network"),
+    ({}, {"trusted_proxies": [10]}, "settings.json: key 'trusted_proxies' must be a list of CIDR strings"),
     ({}, "[1", "settings.json: not valid JSON"),
 ])
 def test_bad_settings_name_the_variable_or_the_key(tmp_path: Path, environ: dict[str, str], file: object,

@@ -42,8 +42,8 @@ class _Listener(BuiltinRouter):
     """One shared listener: a router whose dispatch is the front's routing."""
 
     def __init__(self, front: BuiltinFront, listen: Address, *, tls: ssl.SSLContext | None,
-                 sock: socket.socket | None) -> None:
-        super().__init__(listen, name="edge-https" if tls else "edge-http", sock=sock, tls=tls)
+                 sock: socket.socket | None, clients: ClientPolicy) -> None:
+        super().__init__(listen, name="edge-https" if tls else "edge-http", sock=sock, tls=tls, clients=clients)
         self.front = front
 
     def dispatch(self, ex: Exchange) -> None:
@@ -74,7 +74,7 @@ class BuiltinFront:
     """`Front` on asyncio; `socks`: listening sockets held across edge restarts ("http", "https")."""
 
     def __init__(self, http: Address | None, https: Address | None, *,
-                 socks: dict[str, socket.socket] | None = None) -> None:
+                 socks: dict[str, socket.socket] | None = None, clients: ClientPolicy | None = None) -> None:
         self.challenges: MutableMapping[str, str] = {}
         self.table: Table[Binding] = Table()
         # Weak: a router the edge released (and dropped) leaves the front with it.
@@ -82,8 +82,10 @@ class BuiltinFront:
         self._contexts: dict[str, ssl.SSLContext] = {}
         self.https_port = b""  # what redirects add to the host: ":8443" when HTTPS is not on 443
         socks = socks or {}
-        self._http = _Listener(self, http, tls=None, sock=socks.get("http")) if http is not None else None
-        self._https = _Listener(self, https, tls=self._sni_context(), sock=socks.get("https")) \
+        clients = clients or ClientPolicy()  # the machine's settings: the same for every route
+        self._http = _Listener(self, http, tls=None, sock=socks.get("http"), clients=clients) \
+            if http is not None else None
+        self._https = _Listener(self, https, tls=self._sni_context(), sock=socks.get("https"), clients=clients) \
             if https is not None else None
 
     # ---- Front ---------------------------------------------------------------------------------

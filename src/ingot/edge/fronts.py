@@ -17,7 +17,7 @@ def make_front(settings: EdgeSettings, *, home: Path | None = None,
     if settings.kind == "builtin":
         from ingot.edge.builtin_front import BuiltinFront
 
-        return BuiltinFront(settings.http, settings.https, socks=socks)
+        return BuiltinFront(settings.http, settings.https, socks=socks, clients=settings.clients)
     if settings.kind == "haproxy":
         from ingot.edge.haproxy_front import HAProxyFront
 
@@ -25,5 +25,5 @@ def make_front(settings: EdgeSettings, *, home: Path | None = None,
             raise ValueError("an HAProxy front keeps its haproxy's files in the edge's home: give `home`")
         # Its own directory, not under home/haproxy (the dedicated routers' workdirs, whose strays the edge
         # stops). Held sockets are not used: its haproxy outlives the edge and is adopted by the next one.
-        return HAProxyFront(home / "front", http=settings.http, https=settings.https)
+        return HAProxyFront(home / "front", http=settings.http, https=settings.https, clients=settings.clients)
     raise UserInputError(f"INGOT_EDGE_KIND: unknown edge kind {settings.kind!r}; expected builtin or haproxy")

@@ -576,7 +576,7 @@ class Edge:
         front = None
         if self.front is not None:
             front = {"kind": self.settings.kind, "http": address_text(self.front.http_address),
-                     "https": address_text(self.front.https_address)}
+                     "https": address_text(self.front.https_address), "clients": self.settings.clients.as_dict()}
         return {"pid": os.getpid(), "version": __version__, "home": str(self.home.root), "routes": routes,
                 "front": front}
 
@@ -606,8 +606,11 @@ class Edge:
         for short, fd in (listening() if listening is not None else {}).items():
             if short not in socks:
                 self.fds.keep(FRONT_FDS[short], fd)
-        log.info("shared listeners (%s): http %s, https %s", self.settings.kind,
-                 address_text(front.http_address), address_text(front.https_address))
+        clients = self.settings.clients
+        log.info("shared listeners (%s): http %s, https %s; head timeout %gs, min body rate %d B/s, max connections "
+                 "%d, trusted proxies %s", self.settings.kind, address_text(front.http_address),
+                 address_text(front.https_address), clients.head_timeout, clients.min_body_rate,
+                 clients.max_connections, ", ".join(clients.trusted_proxies) or "none")
         self.front = front
         return front
 
