@@ -563,8 +563,8 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
                                                through=_cluster_hooks(project, environment, emit_cluster),
                                                rerun_release_command=rerun_release_command, force=force)
         return outcome
+    refuse_if_elsewhere(project.store, environment, "rollback")  # before anything is written
     _announce_pin(project, on_event or (lambda _e: None))
-    refuse_if_elsewhere(project.store, environment, "rollback")
     held = locks.current(project.store, environment)
     if held is None or not held.alive:  # (a running operation is what to report, not what it is changing)
         rollback_target(project, environment, name, to)  # bad input is refused before anything starts
@@ -607,13 +607,14 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     if source == target:
         raise UserInputError(f"--from and --to are both {source}: promotion goes from one environment to another")
     emit = on_event or (lambda _e: None)
+    if not on_cluster(project, target):
+        refuse_if_elsewhere(project.store, target, "promote")  # before anything is written
     _announce_pin(project, emit)
     actor = current_actor()
     outcomes = []
     if on_cluster(project, target):
         _agent_for_webhooks(project, target)
     else:
-        refuse_if_elsewhere(project.store, target, "promote")
         ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, target, "promote", actor) as lock:
         for index, name in enumerate(names):
