@@ -5,18 +5,25 @@ machine is refused before anything changes. On both store backends (SQLite, a re
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from ingot import ledger
+from ingot import ledger, views
 from ingot.agent.server import Agent
+from ingot.deploy_params import DeployParams, HealthPolicy
 from ingot.errors import UserInputError
 from ingot.machine import MACHINE_ENV, machine_name, refuse_if_elsewhere
 from ingot.paths import StatePaths
+from ingot.runtimes.process import process_start_time
 from ingot.store import InstanceRow, Store
 from ingot.store import schema as t
 from tests.support.harness import make_example
@@ -202,3 +209,52 @@ def test_migration_9_names_no_machine_on_older_rows_and_keeps_history_insert_onl
     with pytest.raises(DBAPIError, match="insert-only"), upgraded.begin() as conn:
         conn.execute(text("UPDATE deployments SET machine = 'host-b'"))
     upgraded.close()
+
+
+def test_an_agent_adopting_a_legacy_instance_running_here_claims_it_for_its_machine(
+        tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    host_a = _store_on("host-a", state, monkeypatch)
+    # An instance from before machines, running here (a process of its own session, carrying its id).
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                             env={**os.environ, "INGOT_INSTANCE": "old1"})
+    try:
+        legacy = replace(_instance("old1", "staging", pid=child.pid), proc_start=process_start_time(child.pid))
+        with host_a.begin() as conn:
+            conn.execute(t.instances.insert().values(**{**legacy.__dict__, "machine": None}))
+            conn.execute(t.activations.insert().values(environment="staging", service="web", release_id="r1",
+                                                       deployment_id=None, params_json="{}", at=time.time()))
+        host_b = _store_on("host-b", state, monkeypatch)
+        assert [a.environment for a in host_b.active_services(mine=True)] == ["staging"]  # legacy: anyone's
+
+        monkeypatch.setenv(MACHINE_ENV, "host-a")
+        agent = Agent(StatePaths(state))
+        try:
+            params = DeployParams(replicas=1, health=HealthPolicy(), listen=("127.0.0.1", 8080))
+            adopted, stopped = asyncio.run(agent._adopt(("staging", "web"), "r1", params))
+        finally:
+            agent.store.close()
+        assert ([r.id for r in adopted], stopped) == (["old1"], [])
+        assert child.poll() is None  # adopted, not stopped
+        assert [r.machine for r in host_b.live_instances("staging")] == ["host-a"]
+        assert host_b.active_services(mine=True) == []  # now host A's, for host B's agent too
+        assert host_b.machines_of("staging") == {"host-a"}
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_status_text_names_the_machine_of_an_environment_elsewhere() -> None:
+    from rich.console import Console
+
+    def service(environment: str, machine: str | None) -> dict[str, Any]:
+        return {"environment": environment, "service": "web", "release": "r1", "url": "-", "machine": machine,
+                "instances": [], "router": {"stats": {}}}
+
+    report = {"project": "hello", "agent": {"running": False}, "machine": "host-b",
+              "services": [service("staging", "host-a"), service("production", "host-b"), service("qa", None)]}
+    out, err = Console(record=True, width=200), Console(record=True, width=200)
+    views.status_text(report, out, err)
+    text = out.export_text()
+    assert "staging (on host-a)" in text
+    assert "production (on" not in text and "qa (on" not in text  # this machine's, and a legacy one's

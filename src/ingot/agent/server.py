@@ -265,6 +265,9 @@ class Agent:
             # Dead ones are stopped too: that removes what a container leaves behind.
             await self.executor.stop_instance(row, params.stop_timeout, state="stopped" if alive else "failed")
             stopped.append(row.id)
+        # Rows from before the store knew machines that run here are this machine's: said so in the store, so
+        # that another machine's agent starting later does not take their service for its own.
+        self.store.claim_instances([r.id for r in adopted if r.machine is None])
         return adopted, stopped
 
     async def _replace_missing(self, key: Key, release_id: str, params: DeployParams, have: int) -> int:

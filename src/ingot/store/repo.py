@@ -518,6 +518,18 @@ class Store:
                                 .values(state="failed", stopped_at=time.time()))
         return bool(done.rowcount)
 
+    def claim_instances(self, instance_ids: list[str]) -> int:
+        """Name this machine on those of `instance_ids` that name none (recorded before the store knew
+        machines) once its agent has found them running here: from then on they are this machine's to every
+        other machine's agent too (which then leaves their service alone; see `active_services`)."""
+        if not instance_ids:
+            return 0
+        with self.begin() as conn:
+            done = conn.execute(t.instances.update()
+                                .where(t.instances.c.id.in_(instance_ids), t.instances.c.machine.is_(None))
+                                .values(machine=self.machine))
+        return int(done.rowcount)
+
     def get_instance(self, instance_id: str) -> InstanceRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(t.instances).where(t.instances.c.id == instance_id)).first()
