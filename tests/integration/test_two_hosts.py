@@ -215,6 +215,11 @@ def test_an_agent_on_each_host_keeps_to_its_own_machine(tmp_path: Path, two_host
         report = json.loads(status.stdout)
         assert {s["environment"]: s["machine"] for s in report["services"]} == {
             "staging": first.hostname, "production": second.hostname}
+        staging = next(s for s in report["services"] if s["environment"] == "staging")
+        assert [(i["machine"], i["health"]) for i in staging["instances"]] == [
+            (first.hostname, f"not observed (on machine {first.hostname})")] * 2  # its pids are host 1's
+        at_home = json.loads(_on(first, examples[0], urls[0], "status", "--json", "--env", "staging").stdout)
+        assert [i["health"] for i in at_home["services"][0]["instances"]] == ["healthy"] * 2
         text = _on(second, examples[1], urls[1], "status")
         assert f"staging (on {first.hostname})" in text.stdout and "production (on" not in text.stdout, text.stdout
     finally:
