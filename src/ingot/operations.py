@@ -169,6 +169,8 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
     outcomes = []
     ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, environment, "deploy", current_actor()) as lock:
+        # Again under the lock: another machine may have deployed the environment since the first check.
+        refuse_if_elsewhere(project.store, environment, "deploy")
         # Every service is built and released first: one that cannot be is refused before anything changes.
         built: list[tuple[str, ReleaseRow, bool]] = []
         for name in names:
@@ -438,6 +440,7 @@ def _same_release(project: Project, environment: str, name: str, kind: str, on_e
     _live_params(project, environment, name, kind)  # refused before the agent starts or the lock is taken
     ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, environment, kind, current_actor()) as lock:
+        refuse_if_elsewhere(project.store, environment, kind)  # again, under the lock (see deploy)
         release, live = _live_params(project, environment, name, kind)  # again: what ran before may have moved
         return _in_agent(project, environment, name, release, kind, params_of(live),
                          on_event or (lambda _e: None), lock, batch=batch)
@@ -570,6 +573,7 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
         rollback_target(project, environment, name, to)  # bad input is refused before anything starts
     ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, environment, "rollback", current_actor()) as lock:
+        refuse_if_elsewhere(project.store, environment, "rollback")  # again, under the lock (see deploy)
         # Chosen under the lock: an operation that was running may have changed what is live.
         target = rollback_target(project, environment, name, to)
         check_reversible(project, environment, name, target, force)
@@ -617,6 +621,8 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     else:
         ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, target, "promote", actor) as lock:
+        if not on_cluster(project, target):
+            refuse_if_elsewhere(project.store, target, "promote")  # again, under the lock (see deploy)
         for index, name in enumerate(names):
             live = _promotable(project, source, name, force)
             built = build_release.Built(live.artifact_digest, True, f"promoted:{live.id}",
@@ -847,7 +853,7 @@ def _offline_services(project: Project) -> list[dict[str, Any]]:
         instances = []
         rows = project.store.live_instances(activation.environment, activation.service)
         for row in rows:
-            here = row.machine in (None, project.store.machine)  # another machine's pid is not seen from here
+            here = project.store.on_this_machine(row.machine)  # another machine's pid is not seen from here
             alive = here and runtimes.of(row).observe(row).alive
             instances.append({"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port,
                               "state": row.state if alive or not here else "exited",

@@ -17,12 +17,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from ingot import ledger, views
+from ingot import ledger, locks, operations, views
 from ingot.agent.server import Agent
 from ingot.deploy_params import DeployParams, HealthPolicy
 from ingot.errors import UserInputError
 from ingot.machine import MACHINE_ENV, machine_name, refuse_if_elsewhere
 from ingot.paths import StatePaths
+from ingot.project import open_project
 from ingot.runtimes.process import process_start_time
 from ingot.store import InstanceRow, Store
 from ingot.store import schema as t
@@ -258,3 +259,24 @@ def test_status_text_names_the_machine_of_an_environment_elsewhere() -> None:
     text = out.export_text()
     assert "staging (on host-a)" in text
     assert "production (on" not in text and "qa (on" not in text  # this machine's, and a legacy one's
+
+
+def test_a_deploy_is_refused_again_under_the_lock_when_another_machine_took_the_environment_meanwhile(
+        tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = make_example(tmp_path)
+    monkeypatch.setenv(MACHINE_ENV, "host-b")
+    project = open_project(example.root / "ingot.yaml")
+    host_a = _store_on("host-a", example.state, monkeypatch)
+    monkeypatch.setenv(MACHINE_ENV, "host-b")
+
+    def agent_starting(_paths: StatePaths) -> None:  # meanwhile, host A deploys staging
+        if not host_a.live_instances("staging"):
+            _occupy(host_a, "staging", _instance("a1", "staging"))
+
+    monkeypatch.setattr(operations, "ensure_agent", agent_starting)
+    with pytest.raises(UserInputError, match=r"^staging runs on machine host-a, not on this one \(host-b\)"):
+        operations.deploy(project, "staging", ["web"])
+    assert locks.current(host_a, "staging") is None  # let go
+    assert project.store.all_releases() == []  # refused before anything was built
+    host_a.close()
+    project.store.close()

@@ -629,7 +629,8 @@ class Agent:
             instances = [
                 {"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port, "state": state,
                  "health": verdict, "started_at": row.started_at, "runtime": row.runtime, "machine": row.machine,
-                 "user": fence.user_of(row.pid) if row.runtime == "process" and self._here(row) else None}
+                 "user": fence.user_of(row.pid)
+                 if row.runtime == "process" and self.store.on_this_machine(row.machine) else None}
                 for row, (state, verdict) in zip(rows, health, strict=True)
             ]
             window = self.windows.get(key)
@@ -667,7 +668,7 @@ class Agent:
         """The instance's state (observed now) and a live probe of its health path at most
         STATUS_PROBE_MAX_AGE old, as evidence for `ingot status`. Another machine's instance is not observed
         from here (its pid is that machine's): its recorded state is what is known."""
-        if not self._here(row):
+        if not self.store.on_this_machine(row.machine):
             return row.state, f"not observed (on machine {row.machine})"
         if not self.runtimes.of(row).observe(row).alive:
             return "exited", "not running"
@@ -681,9 +682,6 @@ class Agent:
             self._probes[row.id] = known
         # Shielded: one caller going away must not cancel the probe the others wait for.
         return row.state, ("healthy" if (verdict := await asyncio.shield(known[1])) is True else str(verdict))
-
-    def _here(self, row: InstanceRow) -> bool:
-        return row.machine in (None, self.store.machine)
 
     async def _probe_health(self, row: InstanceRow, policy: HealthPolicy) -> bool | str:
         self.status_probes += 1

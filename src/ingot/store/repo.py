@@ -181,8 +181,13 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def on_this_machine(self, machine: str | None) -> bool:
+        """Whether a row naming `machine` is this machine's: its own name, or none (recorded before the store
+        knew machines, when it was its own). `mine=True` reads select the same rows."""
+        return machine in (None, self.machine)
+
     def _mine(self, column: Any) -> ColumnElement[bool]:
-        """Rows of this machine, and those recorded before the store knew machines (they were its own)."""
+        """`on_this_machine` as a condition on `column`."""
         return or_(column == self.machine, column.is_(None))
 
     def machines_of(self, environment: str) -> set[str]:
