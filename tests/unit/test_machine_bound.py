@@ -280,3 +280,24 @@ def test_a_deploy_is_refused_again_under_the_lock_when_another_machine_took_the_
     assert project.store.all_releases() == []  # refused before anything was built
     host_a.close()
     project.store.close()
+
+
+def test_the_no_change_fast_path_never_answers_for_another_machines_environment(
+        tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    params = DeployParams(replicas=1, health=HealthPolicy(), listen=("127.0.0.1", 8080))
+    host_a = _store_on("host-a", state, monkeypatch)
+    host_a.add_instances([_instance("a1", "staging")])
+    with host_a.begin() as conn:  # staging live on host A with exactly these parameters
+        host_a.activate(conn, environment="staging", service="web", release_id="r1", deployment_id=None,
+                        params=params.as_dict())
+    read_release: list[str] = []  # which agents got as far as the release (everything before it unchanged)
+    for machine in ("host-a", "host-b"):
+        monkeypatch.setenv(MACHINE_ENV, machine)
+        agent = Agent(StatePaths(state))
+        monkeypatch.setattr(agent.store, "get_release", lambda _id, m=machine: read_release.append(m))
+        try:
+            assert asyncio.run(agent.deploy_unchanged(("staging", "web"), "r1", params)) is False
+        finally:
+            agent.store.close()
+    assert read_release == ["host-a"]  # host B's agent said no at once: the full CLI refuses it, naming host A
