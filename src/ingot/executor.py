@@ -402,18 +402,19 @@ class Executor:
         be in progress then.
         """
         cleared = []
-        for row in self.store.live_instances(*(key or (None, None))):
+        # This machine's only: another machine's instances starting are its agent's operation, in progress.
+        for row in self.store.live_instances(*(key or (None, None)), mine=True):
             if row.state in (SPAWNING, "starting"):
                 await self.stop_instance(row, 10.0, state="failed")
                 cleared.append(row.id)
         if key is None:
             # Checkouts no instance runs from: copied by an operation that was killed before it recorded them.
-            used = {r.handle for r in self.store.live_instances() if r.runtime == "process"}
+            used = {r.handle for r in self.store.live_instances(mine=True) if r.runtime == "process"}
             for run_dir in self.paths.runs.iterdir() if self.paths.runs.is_dir() else ():
                 if str(run_dir) not in used:
                     self.remove_checkout(run_dir)
         if key is not None:
-            for dep in self.store.deployments(*key, limit=20):
+            for dep in self.store.deployments(*key, limit=20, mine=True):
                 if dep.params.get("target") == "kubernetes" or self.store.deployment_outcome(dep.id) != "running":
                     continue
                 with self.store.begin() as conn:

@@ -31,6 +31,7 @@ from ingot.deploy_params import NO_LISTENER, DeployParams, HealthPolicy
 from ingot.edge.front import Route
 from ingot.errors import IngotError, OperationFailed, UserInputError
 from ingot.executor import Executor, resolve_instance
+from ingot.machine import refuse_if_elsewhere, service_machine
 from ingot.paths import StatePaths
 from ingot.plan import StrategyOptions, Target, plan_for
 from ingot.project import Project
@@ -158,6 +159,7 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
                                 through=_cluster_hooks(project, environment, emit_cluster),
                                 irreversible=irreversible))
     emit = on_event or (lambda _e: None)
+    refuse_if_elsewhere(project.store, environment, "deploy")  # before anything is built or started
     for name in names:
         service = project.spec.service_for(environment, name)
         check_supported(project, environment, name, service)
@@ -167,6 +169,8 @@ def deploy(project: Project, environment: str, names: list[str], *, on_event: On
     outcomes = []
     ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, environment, "deploy", current_actor()) as lock:
+        # Again under the lock: another machine may have deployed the environment since the first check.
+        refuse_if_elsewhere(project.store, environment, "deploy")
         # Every service is built and released first: one that cannot be is refused before anything changes.
         built: list[tuple[str, ReleaseRow, bool]] = []
         for name in names:
@@ -432,9 +436,11 @@ def _same_release(project: Project, environment: str, name: str, kind: str, on_e
     if batch is not None and batch < 1:
         raise UserInputError(f"--batch {batch}: expected 1 or more instances at a time")
     project.spec.service_for(environment, name)  # an unknown service is refused by name
+    refuse_if_elsewhere(project.store, environment, kind)
     _live_params(project, environment, name, kind)  # refused before the agent starts or the lock is taken
     ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, environment, kind, current_actor()) as lock:
+        refuse_if_elsewhere(project.store, environment, kind)  # again, under the lock (see deploy)
         release, live = _live_params(project, environment, name, kind)  # again: what ran before may have moved
         return _in_agent(project, environment, name, release, kind, params_of(live),
                          on_event or (lambda _e: None), lock, batch=batch)
@@ -560,12 +566,14 @@ def rollback(project: Project, environment: str, name: str, to: str | None, *,
                                                through=_cluster_hooks(project, environment, emit_cluster),
                                                rerun_release_command=rerun_release_command, force=force)
         return outcome
+    refuse_if_elsewhere(project.store, environment, "rollback")  # before anything is written
     _announce_pin(project, on_event or (lambda _e: None))
     held = locks.current(project.store, environment)
     if held is None or not held.alive:  # (a running operation is what to report, not what it is changing)
         rollback_target(project, environment, name, to)  # bad input is refused before anything starts
     ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, environment, "rollback", current_actor()) as lock:
+        refuse_if_elsewhere(project.store, environment, "rollback")  # again, under the lock (see deploy)
         # Chosen under the lock: an operation that was running may have changed what is live.
         target = rollback_target(project, environment, name, to)
         check_reversible(project, environment, name, target, force)
@@ -603,6 +611,8 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     if source == target:
         raise UserInputError(f"--from and --to are both {source}: promotion goes from one environment to another")
     emit = on_event or (lambda _e: None)
+    if not on_cluster(project, target):
+        refuse_if_elsewhere(project.store, target, "promote")  # before anything is written
     _announce_pin(project, emit)
     actor = current_actor()
     outcomes = []
@@ -611,6 +621,8 @@ def promote(project: Project, source: str, target: str, names: list[str], *, for
     else:
         ensure_agent(project.paths)  # an agent starting clears the lock of one that died (see ingot.locks)
     with locks.hold(project.store, target, "promote", actor) as lock:
+        if not on_cluster(project, target):
+            refuse_if_elsewhere(project.store, target, "promote")  # again, under the lock (see deploy)
         for index, name in enumerate(names):
             live = _promotable(project, source, name, force)
             built = build_release.Built(live.artifact_digest, True, f"promoted:{live.id}",
@@ -821,6 +833,7 @@ def status(project: Project, environment: str | None) -> dict[str, Any]:
         item["hardening"] = _hardening_of(project, item.get("release"))
         item["maintenance"] = paused.get((item["environment"], item["service"]))
     return {"project": project.spec.project, "state": str(project.paths.root), "agent": agent, "services": services,
+            "machine": project.store.machine,  # this machine: a service's `machine` names where it runs
             "one_offs": oneoff.running_detached(project.paths, Runtimes(), environment)}
 
 
@@ -838,15 +851,20 @@ def _offline_services(project: Project) -> list[dict[str, Any]]:
     services = []
     for activation in project.store.active_services():
         instances = []
-        for row in project.store.live_instances(activation.environment, activation.service):
-            alive = runtimes.of(row).observe(row).alive
+        rows = project.store.live_instances(activation.environment, activation.service)
+        for row in rows:
+            here = project.store.on_this_machine(row.machine)  # another machine's pid is not seen from here
+            alive = here and runtimes.of(row).observe(row).alive
             instances.append({"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port,
-                              "state": row.state if alive else "exited", "health": "unknown (agent not running)",
-                              "started_at": row.started_at, "runtime": row.runtime,
+                              "state": row.state if alive or not here else "exited",
+                              "health": "unknown (agent not running)" if here else
+                              f"not observed (on machine {row.machine})",
+                              "started_at": row.started_at, "runtime": row.runtime, "machine": row.machine,
                               "user": fence.user_of(row.pid) if row.runtime == "process" and alive else None})
         params = DeployParams.from_dict(activation.params)
         services.append({"environment": activation.environment, "service": activation.service,
-                         "release": activation.release_id, "url": params.url, "worker": params.worker,
+                         "release": activation.release_id, "machine": service_machine(activation, rows),
+                         "url": params.url, "worker": params.worker,
                          "instances": instances, "router": {"listening": False, "weights": {}, "stats": {}}})
     return services
 
@@ -880,9 +898,11 @@ def _down_services(project: Project, environment: str | None) -> dict[str, Any]:
     damage = _store_damage(project)
     if damage:
         return _down_damaged(project, environment, damage)
+    if environment:
+        refuse_if_elsewhere(project.store, environment, "down")
     client = AgentClient(project.paths)
     if not client.alive():
-        if agent_pid(project.paths) is None and not project.store.live_instances():
+        if agent_pid(project.paths) is None and not project.store.live_instances(mine=True):
             return {"stopped": [], "agent_was_running": False, "problems": []}
         try:
             client = ensure_agent(project.paths)
@@ -912,7 +932,7 @@ def _down_without_agent(project: Project, environment: str | None) -> dict[str, 
     released = release_owned(EdgeHome.default(), str(project.paths.root), environment)
     runtimes = Runtimes()
     stopped = []
-    for row in project.store.live_instances(environment):
+    for row in project.store.live_instances(environment, mine=True):
         row = resolve_instance(project.store, runtimes, str(project.paths.root), row)
         runtimes.of(row).stop(row, timeout=10.0)
         project.store.set_instance_state(row.id, "stopped", stopped=True)
@@ -920,7 +940,7 @@ def _down_without_agent(project: Project, environment: str | None) -> dict[str, 
     problems: list[str] = []
     stopped.extend(_stop_by_labels(project, environment, runtimes, problems))
     with project.store.begin() as conn:
-        for activation in project.store.active_services():
+        for activation in project.store.active_services(mine=True):
             if environment and activation.environment != environment:
                 continue
             project.store.activate(conn, environment=activation.environment, service=activation.service,

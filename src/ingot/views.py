@@ -160,7 +160,9 @@ def status_text(report: dict[str, Any], out: Console, err: Console) -> None:
     for item in report["services"]:
         stats = item["router"]["stats"].get(item["release"] or "", {})
         healthy = sum(1 for i in item["instances"] if i["health"] == "healthy")
-        table.add_row(item["environment"], item["service"], item["release"] or "-", item["url"],
+        elsewhere = item.get("machine") and item["machine"] != report.get("machine")
+        table.add_row(item["environment"] + (f" (on {item['machine']})" if elsewhere else ""), item["service"],
+                      item["release"] or "-", item["url"],
                       f"{healthy}/{len(item['instances'])} healthy", str(stats.get("requests", "-")),
                       str(stats.get("errors_5xx", "-")), f"{stats['p99_ms']:.1f}" if stats else "-")
     out.print(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingot import ledger
+from ingot.machine import MACHINE_ENV
+from ingot.store import InstanceRow, Store
 from tests.support.api_server import Served, deployed_and_served, finished, serving
 from tests.support.harness import ExampleProject, make_example, poll, stop_everything
 
@@ -166,3 +170,28 @@ def test_token_rotation_locks_the_old_token_out(served: tuple[ExampleProject, Se
         assert new.get("/api/v1/services").status_code == 200
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert any(e["action"] == "token.rotate" for e in example.ingot("audit", "log", "--json").json)
+
+
+def test_an_environment_running_on_another_machine_is_refused_with_400_and_nothing_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = make_example(tmp_path)
+    monkeypatch.setenv(MACHINE_ENV, "host-a")  # staging runs on host A (its instance recorded there)
+    store = Store(example.state)
+    store.add_instance(InstanceRow(id="a1", environment="staging", service="web", release_id="r1",
+                                   runtime="process", pid=999_999, proc_start="1", host="127.0.0.1", port=20_001,
+                                   log_path="/dev/null", started_at=time.time(), stopped_at=None, state="running"))
+    before = len(ledger.entries(store))
+    monkeypatch.setenv(MACHINE_ENV, "host-b")  # and this `ingot serve` is host B's
+    try:
+        with serving(example) as server, server.client() as client:
+            for path, body in (("deploy", {"environment": "staging"}), ("rollback", {"environment": "staging"}),
+                               ("restart", {"environment": "staging", "service": "web"}),
+                               ("scale", {"environment": "staging", "service": "web", "replicas": 3})):
+                refused = client.post(f"/api/v1/{path}", json=body)
+                assert refused.status_code == 400, (path, refused.text)
+                assert "staging runs on machine host-a, not on this one (host-b)" in refused.json()["error"]
+        assert [r.id for r in store.live_instances("staging")] == ["a1"] and store.deployments() == []
+        assert [e.action for e in ledger.entries(store)[before:]] == ["agent.start"]  # serve's agent, nothing else
+    finally:
+        store.close()
+        stop_everything(example)

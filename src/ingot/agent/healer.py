@@ -84,14 +84,16 @@ class Healer:
         return findings
 
     def _active(self, environment: str | None) -> list[ActivationRow]:
-        return [a for a in self.store.active_services() if environment is None or a.environment == environment]
+        # This machine's services only: another machine's drift is its agent's to see and repair.
+        return [a for a in self.store.active_services(mine=True)
+                if environment is None or a.environment == environment]
 
     async def observe(self, activation: ActivationRow, *, only_live: bool = False) -> ServiceObservation:
         key = (activation.environment, activation.service)
         release = self.store.get_release(activation.release_id or "")
         assert release is not None
         params = DeployParams.from_dict(activation.params)
-        tracked = self.store.live_instances(*key) + self.store.exited_instances(*key)
+        tracked = self.store.live_instances(*key, mine=True) + self.store.exited_instances(*key, mine=True)
         # In a verification window the previous release runs on purpose, idle, for a switch back.
         only_live = only_live or self.verifying(key)
         rows = [r for r in tracked if r.release_id == release.id] if only_live else tracked

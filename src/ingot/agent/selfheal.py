@@ -182,7 +182,7 @@ class SelfHealer:
 
     # ---- one pass ----------------------------------------------------------------------
     async def heal_once(self) -> None:
-        active = self.store.active_services()
+        active = self.store.active_services(mine=True)  # another machine's are its agent's to heal
         keys = {(a.environment, a.service) for a in active}
         for gone in set(self.services) - keys:
             del self.services[gone]

@@ -33,6 +33,7 @@ from ingot.errors import IngotError, UserInputError
 from ingot.executor import Deployment, Executor
 from ingot.health import probe
 from ingot.httpclients import instance_client
+from ingot.machine import service_machine
 from ingot.notify import Pending, Spool, deliver, webhook_key
 from ingot.paths import StatePaths, private_umask
 from ingot.plan import SCALE_BATCH, Plan, StrategyOptions, Target, plan_for, plan_restart, plan_scale, without_traffic
@@ -201,7 +202,9 @@ class Agent:
         await self.executor.clear_leftovers()
         # The operations of an agent that died died with it: their locks go too, so no 'ingot unlock'.
         locks.clear_abandoned(self.store, self.actor)
-        for activation in self.store.active_services():
+        # Only this machine's services: another machine's instances are its agent's, alive or not as seen
+        # from there (a shared store, README: Running ingot for a team).
+        for activation in self.store.active_services(mine=True):
             key = (activation.environment, activation.service)
             try:
                 await self._recover_service(key, activation.release_id or "", activation.params)
@@ -218,7 +221,8 @@ class Agent:
         await self.adopt_router(key, router)
         # Traffic first goes (or stays) on the live release's instances that still run; only then are the
         # others (a rollout the agent's death interrupted) taken out and stopped.
-        serving = [r for r in self.store.live_instances(*key) if r.release_id == release_id and r.state == "running"
+        serving = [r for r in self.store.live_instances(*key, mine=True)
+                   if r.release_id == release_id and r.state == "running"
                    and self.runtimes.of(r).observe(r).alive]
         await router.set_backends(release_id, [(r.host, r.port) for r in serving])
         await router.set_weights({release_id: 100})
@@ -237,7 +241,8 @@ class Agent:
         )
 
     def _close_interrupted_deployments(self) -> None:
-        for dep in self.store.deployments(limit=50):
+        # This machine's only: a deployment another machine's agent runs is running there, not interrupted.
+        for dep in self.store.deployments(limit=50, mine=True):
             if self.store.deployment_outcome(dep.id) != "running":
                 continue
             if dep.params.get("target") == "kubernetes":
@@ -252,7 +257,7 @@ class Agent:
     async def _adopt(self, key: Key, release_id: str, params: DeployParams) -> tuple[list[InstanceRow], list[str]]:
         adopted: list[InstanceRow] = []
         stopped: list[str] = []
-        for row in self.store.live_instances(*key):
+        for row in self.store.live_instances(*key, mine=True):
             alive = self.runtimes.of(row).observe(row).alive
             if alive and row.release_id == release_id and row.state == "running":
                 adopted.append(row)
@@ -260,6 +265,9 @@ class Agent:
             # Dead ones are stopped too: that removes what a container leaves behind.
             await self.executor.stop_instance(row, params.stop_timeout, state="stopped" if alive else "failed")
             stopped.append(row.id)
+        # Rows from before the store knew machines that run here are this machine's: said so in the store, so
+        # that another machine's agent starting later does not take their service for its own.
+        self.store.claim_instances([r.id for r in adopted if r.machine is None])
         return adopted, stopped
 
     async def _replace_missing(self, key: Key, release_id: str, params: DeployParams, have: int) -> int:
@@ -278,7 +286,7 @@ class Agent:
         while True:
             await asyncio.sleep(SUPERVISE_INTERVAL)
             self._record_certificate_events()
-            for row in self.store.live_instances():
+            for row in self.store.live_instances(mine=True):  # (another machine's are not seen from here)
                 if row.state != "running" or self.runtimes.of(row).observe(row).alive:
                     continue
                 # Out of the pool at once; replacing it is drift repair's job, which reports it as exited.
@@ -406,6 +414,8 @@ class Agent:
         operation, verification window or leftover of a failed one is there for `deploy` to end or clear."""
         if self.lock(key).locked() or self.windows.get(key) is not None:
             return False
+        if self.store.machines_of(key[0]) - {self.store.machine}:
+            return False  # another machine's environment: the full CLI refuses the deploy, naming it
         current = self.store.current_activation(*key)
         if current is None or current.release_id != release_id:
             return False
@@ -575,7 +585,7 @@ class Agent:
 
     async def down(self, environment: str | None, actor: str) -> dict[str, Any]:
         stopped: list[str] = []
-        for activation in self.store.active_services():
+        for activation in self.store.active_services(mine=True):
             key = (activation.environment, activation.service)
             if environment and key[0] != environment:
                 continue
@@ -595,12 +605,12 @@ class Agent:
                     ledger.append(conn, actor=actor, action="down", environment=key[0], service=key[1],
                                   subject=activation.release_id, payload={"stopped": stopped})
         # Instances that no environment claims (left by a crash) are stopped too: nothing is left running.
-        for row in self.store.live_instances():
+        for row in self.store.live_instances(mine=True):
             if environment and row.environment != environment:
                 continue
             await self.executor.stop_instance(row, 5.0)
             stopped.append(row.id)
-        remaining = self.store.active_services()
+        remaining = self.store.active_services(mine=True)  # other machines' services are not this agent's to keep
         if not remaining:
             self._stopping.set()
         return {"stopped": stopped, "agent_stopping": not remaining}
@@ -620,13 +630,15 @@ class Agent:
             health = [next(verdicts) for _row in rows]
             instances = [
                 {"id": row.id, "release": row.release_id, "pid": row.pid, "port": row.port, "state": state,
-                 "health": verdict, "started_at": row.started_at, "runtime": row.runtime,
-                 "user": fence.user_of(row.pid) if row.runtime == "process" else None}
+                 "health": verdict, "started_at": row.started_at, "runtime": row.runtime, "machine": row.machine,
+                 "user": fence.user_of(row.pid)
+                 if row.runtime == "process" and self.store.on_this_machine(row.machine) else None}
                 for row, (state, verdict) in zip(rows, health, strict=True)
             ]
             window = self.windows.get(key)
             services.append({
                 "environment": key[0], "service": key[1], "release": activation.release_id,
+                "machine": service_machine(activation, rows),
                 "verifying": window.as_dict() if window else None,
                 "self_heal": self.self_healer.describe(activation),
                 "url": params.url, "worker": params.worker, "instances": instances,
@@ -656,7 +668,10 @@ class Agent:
 
     async def _health_of(self, row: InstanceRow, policy: HealthPolicy) -> tuple[str, str]:
         """The instance's state (observed now) and a live probe of its health path at most
-        STATUS_PROBE_MAX_AGE old, as evidence for `ingot status`."""
+        STATUS_PROBE_MAX_AGE old, as evidence for `ingot status`. Another machine's instance is not observed
+        from here (its pid is that machine's): its recorded state is what is known."""
+        if not self.store.on_this_machine(row.machine):
+            return row.state, f"not observed (on machine {row.machine})"
         if not self.runtimes.of(row).observe(row).alive:
             return "exited", "not running"
         now = asyncio.get_running_loop().time()

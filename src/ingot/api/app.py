@@ -27,6 +27,7 @@ from ingot.api.guard import MAX_BODY_DEFAULT, Backoff, Guard
 from ingot.api.metrics import render_metrics
 from ingot.api.tasks import FINAL, Operation, Operations, sse
 from ingot.errors import IngotError, UserInputError
+from ingot.machine import refuse_if_elsewhere
 from ingot.operations import OnEvent, OnOutput
 from ingot.project import Project, open_project
 from ingot.store import Store
@@ -241,6 +242,7 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
         env = project.environment(body.environment)
         names = project.services(body.service)
         locks.refuse_if_busy(project.store, env)  # 409 now rather than an operation that fails at once
+        refuse_if_elsewhere(project.store, env, "deploy")  # 400 now: another machine's agent owns what runs
         return started(ops.start("deploy", env, names, current_actor(), lambda on_event, on_output: operations.deploy(
             project, env, names, on_event=on_event, on_output=on_output, irreversible=body.irreversible)))
 
@@ -252,6 +254,7 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
         if body.to and len(names) > 1:
             raise UserInputError("'to' needs 'service' when the spec has several services")
         locks.refuse_if_busy(project.store, env)
+        refuse_if_elsewhere(project.store, env, "rollback")
         for name in names:  # as operations.rollback does: a bad target is refused at once, so is one past an
             # irreversible release unless forced (checked again under the lock, where --force is recorded)
             target = operations.rollback_target(project, env, name, body.to)
@@ -272,6 +275,7 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
             raise UserInputError(f"source and target are both {source_env}: promotion goes from one "
                                  "environment to another")
         locks.refuse_if_busy(project.store, target_env)
+        refuse_if_elsewhere(project.store, target_env, "promote")
         return started(ops.start("promote", target_env, names, current_actor(), lambda on_event, _on_output:
                                  operations.promote(project, source_env, target_env, names, force=body.force,
                                                     on_event=on_event,
@@ -284,6 +288,7 @@ def create_app(source: ProjectSource, *, max_body: int = MAX_BODY_DEFAULT, backo
         env = project.environment(environment)
         name = project.services(service)[0]
         locks.refuse_if_busy(project.store, env)
+        refuse_if_elsewhere(project.store, env, kind)
         return started(ops.start(kind, env, [name], current_actor(), lambda on_event, _on_output: [
             act(project, env, name, on_event)]))
 

@@ -268,6 +268,20 @@ def _migration_8(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+# The tables that name their machine since version 9 (see ingot.machine).
+_MACHINE_TABLES = ("instances", "deployments", "activations")
+
+
+def _migration_9(conn: Connection) -> None:
+    # Machine-bound rows, on both dialects: a nullable column added, so rows written before it read NULL
+    # ("this machine", as they were in a store one machine used) and no row of an insert-only table is
+    # updated (adding a column fires no UPDATE trigger). Tables made from the current definitions (a fresh
+    # store's deployments and activations, every PostgreSQL table) have it already.
+    for table in _MACHINE_TABLES:
+        if "machine" not in {str(column["name"]) for column in inspect(conn).get_columns(table)}:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN machine VARCHAR(253)"))
+
+
 def _pg_initial(conn: Connection) -> None:
     """PostgreSQL's version 1: the schema SQLite reaches at version 8, at once (no PostgreSQL store predates
     8, so its steps 2-8 have nothing to do), with the insert-only triggers and privileges."""
@@ -302,11 +316,13 @@ class Migration:
 
 # Each migration moves the schema from version N-1 to N on both dialects; they are applied in order and never
 # edited. PostgreSQL's migration 1 makes version 8's schema (see `_pg_initial`), so 2-8 are nothing there; a
-# step added later runs on both (give PostgreSQL its own DDL where SQLite's does not fit it).
+# step added later runs on both (give PostgreSQL its own DDL where SQLite's does not fit it). Since `_pg_initial`
+# makes the current tables, a later step must find its work done on a fresh PostgreSQL store (as 9 does).
 MIGRATIONS: list[Migration | Step] = [
     Migration(sqlite=_migration_1, postgresql=_pg_initial),
     *(Migration(sqlite=step, postgresql=_nothing)
       for step in (_migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7, _migration_8)),
+    _migration_9,
 ]
 
 

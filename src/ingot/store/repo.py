@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, select, union_all
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, union_all
 
+from ingot.machine import machine_name
 from ingot.paths import StatePaths
 from ingot.signing import register_store
 from ingot.store import schema as t
@@ -54,6 +55,7 @@ class DeploymentRow:
     params: dict[str, Any]
     actor: str
     started_at: float
+    machine: str | None = None  # None: recorded before the store knew machines (see ingot.machine)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class ActivationRow:
     deployment_id: str | None
     params: dict[str, Any]
     at: float
+    machine: str | None = None  # None: recorded before the store knew machines (see ingot.machine)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ class InstanceRow:
     stopped_at: float | None
     state: str
     handle: str | None = None
+    machine: str | None = None  # where it runs; None: before the store knew machines (see ingot.machine)
 
 
 def _release(row: Any) -> ReleaseRow:
@@ -134,12 +138,14 @@ def _deployment(row: Any) -> DeploymentRow:
         params=json.loads(row.params_json),
         actor=row.actor,
         started_at=row.started_at,
+        machine=row.machine,
     )
 
 
 def _activation(row: Any) -> ActivationRow:
     return ActivationRow(
-        row.environment, row.service, row.release_id, row.deployment_id, json.loads(row.params_json), row.at
+        row.environment, row.service, row.release_id, row.deployment_id, json.loads(row.params_json), row.at,
+        row.machine,
     )
 
 
@@ -156,6 +162,8 @@ class Store:
         """`local`: the state directory's SQLite store, whatever $INGOT_DATABASE_URL says."""
         self.state_dir = state_dir
         self.url = None if local else (url or database_url())
+        # This machine, as its rows record it; `mine=True` reads keep to its rows (see ingot.machine).
+        self.machine = machine_name()
         self.engine: Engine = open_engine(state_dir, self.url)
         # Its ledger entries are signed with the state's signing key (or $INGOT_SIGNING_KEY's).
         register_store(self.engine, StatePaths(state_dir).keys)
@@ -172,6 +180,26 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def on_this_machine(self, machine: str | None) -> bool:
+        """Whether a row naming `machine` is this machine's: its own name, or none (recorded before the store
+        knew machines, when it was its own). `mine=True` reads select the same rows."""
+        return machine in (None, self.machine)
+
+    def _mine(self, column: Any) -> ColumnElement[bool]:
+        """`on_this_machine` as a condition on `column`."""
+        return or_(column == self.machine, column.is_(None))
+
+    def machines_of(self, environment: str) -> set[str]:
+        """The machines the environment runs on now: those of its live instances and of its services'
+        current activations (a service may have no instance live). Empty if it runs nowhere or only in rows
+        that name no machine."""
+        with self.engine.connect() as conn:
+            found = set(conn.execute(select(t.instances.c.machine).distinct().where(
+                t.instances.c.environment == environment, t.instances.c.state.in_(LIVE_STATES),
+                t.instances.c.machine.is_not(None))).scalars())
+        found |= {a.machine for a in self.active_services() if a.environment == environment and a.machine}
+        return {str(m) for m in found}
 
     def missing_triggers(self) -> list[str]:
         """The insert-only triggers (see `schema.insert_only_triggers`) the database does not have (or has
@@ -285,6 +313,7 @@ class Store:
             params=params,
             actor=actor,
             started_at=time.time(),
+            machine=self.machine,
         )
         conn.execute(
             t.deployments.insert().values(
@@ -298,6 +327,7 @@ class Store:
                 params_json=json.dumps(params, sort_keys=True),
                 actor=actor,
                 started_at=row.started_at,
+                machine=self.machine,
             )
         )
         return row
@@ -336,9 +366,12 @@ class Store:
             ]
 
     def deployments(
-        self, environment: str | None = None, service: str | None = None, limit: int = 100
+        self, environment: str | None = None, service: str | None = None, limit: int = 100, *, mine: bool = False
     ) -> list[DeploymentRow]:
+        """The newest `limit` deployments; `mine`: of this machine only (and those that name no machine)."""
         query = select(t.deployments).order_by(t.deployments.c.started_at.desc()).limit(limit)
+        if mine:
+            query = query.where(self._mine(t.deployments.c.machine))
         if environment:
             query = query.where(t.deployments.c.environment == environment)
         if service:
@@ -415,6 +448,7 @@ class Store:
                 deployment_id=deployment_id,
                 params_json=json.dumps(params, sort_keys=True),
                 at=time.time(),
+                machine=self.machine,
             )
         )
 
@@ -436,16 +470,27 @@ class Store:
             row = conn.execute(query).first()
         return _activation(row) if row else None
 
-    def active_services(self) -> list[ActivationRow]:
-        """The newest activation of every (environment, service) that is not taken down."""
+    def active_services(self, *, mine: bool = False) -> list[ActivationRow]:
+        """The newest activation of every (environment, service) that is not taken down.
+
+        `mine`: only this machine's, for its agent to recover, supervise and heal: activated here (or before
+        the store knew machines), and with no instance live on another machine (a service activated before
+        machines were known and running elsewhere since is that machine's)."""
         with self.engine.connect() as conn:
             newest = (
                 select(func.max(t.activations.c.id))
                 .group_by(t.activations.c.environment, t.activations.c.service)
                 .scalar_subquery()
             )
-            rows = conn.execute(select(t.activations).where(t.activations.c.id.in_(newest)))
-            result = [_activation(r) for r in rows]
+            query = select(t.activations).where(t.activations.c.id.in_(newest))
+            if mine:
+                query = query.where(self._mine(t.activations.c.machine))
+            result = [_activation(r) for r in conn.execute(query)]
+            if mine:
+                elsewhere = set(conn.execute(select(t.instances.c.environment).distinct().where(
+                    t.instances.c.state.in_(LIVE_STATES), t.instances.c.machine.is_not(None),
+                    t.instances.c.machine != self.machine)).scalars())
+                result = [a for a in result if a.environment not in elsewhere]
         return [a for a in result if a.release_id is not None]
 
     # instances ----------------------------------------------------------------------------
@@ -455,7 +500,7 @@ class Store:
     def add_instances(self, rows: list[InstanceRow]) -> None:
         with self.begin() as conn:
             for row in rows:
-                conn.execute(t.instances.insert().values(**row.__dict__))
+                conn.execute(t.instances.insert().values(**{**row.__dict__, "machine": row.machine or self.machine}))
 
     def fill_instance(self, row: InstanceRow) -> bool:
         """Fill in what a spawned instance turned out to be (pid, port, handle), once.
@@ -478,6 +523,18 @@ class Store:
                                 .values(state="failed", stopped_at=time.time()))
         return bool(done.rowcount)
 
+    def claim_instances(self, instance_ids: list[str]) -> int:
+        """Name this machine on those of `instance_ids` that name none (recorded before the store knew
+        machines) once its agent has found them running here: from then on they are this machine's to every
+        other machine's agent too (which then leaves their service alone; see `active_services`)."""
+        if not instance_ids:
+            return 0
+        with self.begin() as conn:
+            done = conn.execute(t.instances.update()
+                                .where(t.instances.c.id.in_(instance_ids), t.instances.c.machine.is_(None))
+                                .values(machine=self.machine))
+        return int(done.rowcount)
+
     def get_instance(self, instance_id: str) -> InstanceRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(t.instances).where(t.instances.c.id == instance_id)).first()
@@ -497,16 +554,23 @@ class Store:
         with self.engine.connect() as conn:
             return {str(r.id): str(r.state) for r in conn.execute(query)}
 
-    def exited_instances(self, environment: str, service: str) -> list[InstanceRow]:
-        """Instances that died on their own and have not been replaced yet."""
+    def exited_instances(self, environment: str, service: str, *, mine: bool = False) -> list[InstanceRow]:
+        """Instances that died on their own and have not been replaced yet (`mine`: of this machine)."""
         query = select(t.instances).where(and_(t.instances.c.state == "exited",
                                                t.instances.c.environment == environment,
                                                t.instances.c.service == service))
+        if mine:
+            query = query.where(self._mine(t.instances.c.machine))
         with self.engine.connect() as conn:
             return [_instance(r) for r in conn.execute(query.order_by(t.instances.c.started_at))]
 
-    def live_instances(self, environment: str | None = None, service: str | None = None) -> list[InstanceRow]:
+    def live_instances(self, environment: str | None = None, service: str | None = None, *,
+                       mine: bool = False) -> list[InstanceRow]:
+        """Instances recorded live; `mine`: only those on this machine (and those that name no machine), the
+        only ones its agent can see, stop or adopt."""
         query = select(t.instances).where(t.instances.c.state.in_(LIVE_STATES))
+        if mine:
+            query = query.where(self._mine(t.instances.c.machine))
         if environment:
             query = query.where(t.instances.c.environment == environment)
         if service:

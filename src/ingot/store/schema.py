@@ -65,6 +65,8 @@ deployments = Table(
     Column("params_json", Text, nullable=False),
     Column("actor", String(128), nullable=False),
     Column("started_at", Float, nullable=False),
+    # Since schema 9: the machine that ran it (INGOT_MACHINE, else the host name); NULL before (see ingot.machine).
+    Column("machine", String(253), nullable=True),
 )
 
 deployment_steps = Table(
@@ -91,6 +93,8 @@ activations = Table(
     Column("deployment_id", String(40), nullable=True),
     Column("params_json", Text, nullable=False),
     Column("at", Float, nullable=False),
+    # Since schema 9: the machine the service runs on from this row on; NULL before (see ingot.machine).
+    Column("machine", String(253), nullable=True),
 )
 
 ledger = Table(
@@ -130,6 +134,8 @@ instances = Table(
     # spawning (recorded, not known to run yet) | starting | running | exited | stopped | failed | replaced
     Column("state", String(16), nullable=False),
     Column("handle", String(128), nullable=True),  # the runtime's own id (a container ID)
+    # Since schema 9: the machine it runs on, whose agent alone supervises it; NULL before (see ingot.machine).
+    Column("machine", String(253), nullable=True),
     UniqueConstraint("id"),
 )
 
