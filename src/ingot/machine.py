@@ -36,7 +36,7 @@ def machine_name() -> str:
 def refuse_if_elsewhere(store: Store, environment: str, command: str) -> None:
     """Refuse (exit 2, before anything changes) an operation on `environment` when what runs of it runs on
     another machine: only that machine's agent can start, stop or route its instances."""
-    others = store.machines_of(environment) - {store.machine}
+    others = store.elsewhere(environment)
     if not others:
         return
     there = sorted(others)[0]

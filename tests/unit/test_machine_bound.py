@@ -301,3 +301,22 @@ def test_the_no_change_fast_path_never_answers_for_another_machines_environment(
         finally:
             agent.store.close()
     assert read_release == ["host-a"]  # host B's agent said no at once: the full CLI refuses it, naming host A
+
+
+def test_a_sqlite_store_names_no_machine_unless_told_so_a_renamed_host_keeps_its_services(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQLite file is one machine's: a host name that changes (a laptop on another network, a cloned VM) must
+    not make its own environments "another machine's"."""
+    import socket
+
+    monkeypatch.delenv(MACHINE_ENV, raising=False)
+    monkeypatch.setattr(socket, "gethostname", lambda: "laptop-home")
+    store = Store(tmp_path)
+    assert store.machine is None
+    _occupy(store, "staging", _instance("i1", "staging"))
+    assert [row.machine for row in store.live_instances("staging")] == [None]
+    monkeypatch.setattr(socket, "gethostname", lambda: "laptop-office")
+    renamed = Store(tmp_path)
+    assert renamed.elsewhere("staging") == set()
+    refuse_if_elsewhere(renamed, "staging", "deploy")  # not refused
+    assert [row.id for row in renamed.live_instances("staging", mine=True)] == ["i1"]

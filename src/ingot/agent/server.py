@@ -414,7 +414,7 @@ class Agent:
         operation, verification window or leftover of a failed one is there for `deploy` to end or clear."""
         if self.lock(key).locked() or self.windows.get(key) is not None:
             return False
-        if self.store.machines_of(key[0]) - {self.store.machine}:
+        if self.store.elsewhere(key[0]):
             return False  # another machine's environment: the full CLI refuses the deploy, naming it
         current = self.store.current_activation(*key)
         if current is None or current.release_id != release_id:

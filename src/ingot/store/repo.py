@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, union_all
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, or_, select, true, union_all
 
-from ingot.machine import machine_name
+from ingot.machine import MACHINE_ENV, machine_name
 from ingot.paths import StatePaths
 from ingot.signing import register_store
 from ingot.store import schema as t
@@ -162,9 +163,11 @@ class Store:
         """`local`: the state directory's SQLite store, whatever $INGOT_DATABASE_URL says."""
         self.state_dir = state_dir
         self.url = None if local else (url or database_url())
-        # This machine, as its rows record it; `mine=True` reads keep to its rows (see ingot.machine).
-        self.machine = machine_name()
         self.engine: Engine = open_engine(state_dir, self.url)
+        # This machine, as its rows record it; `mine=True` reads keep to its rows (see ingot.machine). A SQLite
+        # file is one machine's: its rows name none unless $INGOT_MACHINE says, so that a renamed host (a
+        # laptop's name changing with its network, a cloned VM) is still the machine that runs its services.
+        self.machine = machine_name() if self.dialect != "sqlite" or os.environ.get(MACHINE_ENV) else None
         # Its ledger entries are signed with the state's signing key (or $INGOT_SIGNING_KEY's).
         register_store(self.engine, StatePaths(state_dir).keys)
 
@@ -184,11 +187,15 @@ class Store:
     def on_this_machine(self, machine: str | None) -> bool:
         """Whether a row naming `machine` is this machine's: its own name, or none (recorded before the store
         knew machines, when it was its own). `mine=True` reads select the same rows."""
-        return machine in (None, self.machine)
+        return self.machine is None or machine in (None, self.machine)
 
     def _mine(self, column: Any) -> ColumnElement[bool]:
         """`on_this_machine` as a condition on `column`."""
-        return or_(column == self.machine, column.is_(None))
+        return true() if self.machine is None else or_(column == self.machine, column.is_(None))
+
+    def elsewhere(self, environment: str) -> set[str]:
+        """The other machines `environment` runs on (none when this store names no machine)."""
+        return set() if self.machine is None else self.machines_of(environment) - {self.machine}
 
     def machines_of(self, environment: str) -> set[str]:
         """The machines the environment runs on now: those of its live instances and of its services'
