@@ -306,7 +306,8 @@ def test_ctrl_c_while_the_cli_starts_exits_130_without_a_traceback(deployed: Exa
         proc.wait(timeout=120)
         reader.join()
     text = b"".join(err)
-    assert b"Traceback (most recent call last)" not in text, text.decode()[-3000:]
+    said = b"\n".join(line for line in text.splitlines() if not line.startswith((b"import ", b"# ")))
+    assert b"Traceback (most recent call last)" not in said, said.decode()[-3000:]  # less Python's verbose lines
     if proc.returncode == 0:
         pytest.skip(f"the deploy was done {delay}s in")  # the machine was quick: nothing left to interrupt
     # 130, or ended by the signal itself when it lands as the interpreter finalises (its handlers already the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,28 @@ def test_reads_what_the_full_cli_defines(argv: list[str], command: str, options:
 def test_declines_anything_else(argv: list[str]) -> None:
     with pytest.raises(fast._Declined):
         fast._parse(argv)
+
+
+def test_ctrl_c_while_python_finishes_after_the_command_ends_quietly_with_130() -> None:
+    """A command that has ended still waits for worker threads as Python finishes; a Ctrl-C then would raise
+    KeyboardInterrupt in that wait, which Python prints as an ignored exception with a traceback (seen in CI)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    program = ("import sys, threading, time\n"
+               "threading.Thread(target=time.sleep, args=(30,)).start()  # not a daemon: Python waits for it\n"
+               "sys.argv = ['ingot', '--version']\n"
+               "from ingot.cli.fast import main\n"
+               "main()\n")
+    with subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "INGOT_FAST_PATH": "1"}) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"ingot ")  # the command has ended; Python is waiting
+        time.sleep(0.2)  # not a wait for a condition: the main thread must be in its wait for the thread
+        proc.send_signal(signal.SIGINT)
+        err = proc.stderr.read()
+        code = proc.wait(timeout=20)
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err.decode()
+    assert code == 130

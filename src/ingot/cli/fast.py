@@ -26,8 +26,10 @@ ends the command quietly with 130, the shell's code for SIGINT, instead of a tra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import sys
 from typing import Any, NoReturn
@@ -62,13 +64,26 @@ class _Declined(Exception):
 def main() -> None:
     """The `ingot` command: the fast path when it can answer, else the full CLI."""
     try:
-        code = try_fast(sys.argv[1:])
-        if code is not None:
-            sys.exit(code)
-        from ingot.cli.main import run
-    except KeyboardInterrupt:
-        interrupted()
-    run()
+        try:
+            code = try_fast(sys.argv[1:])
+            if code is not None:
+                sys.exit(code)
+            from ingot.cli.main import run
+        except KeyboardInterrupt:
+            interrupted()
+        run()
+    finally:
+        signal.signal(signal.SIGINT, _ended)
+
+
+def _ended(_signum: int, _frame: object) -> None:
+    """Ctrl-C once the command has ended, while Python finishes (joining worker threads, atexit): the default
+    handler would raise KeyboardInterrupt there, which Python prints as an ignored exception's traceback.
+    What was printed is flushed; the exit code is the shell's for SIGINT."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream: nothing more can be said on it
+            stream.flush()
+    os._exit(INTERRUPTED_EXIT)
 
 
 def interrupted() -> NoReturn:
