@@ -362,13 +362,20 @@ class Exchange:
             return
         self.done = True
         if rel is not None:
-            rel.record(status, _perf() - self.start if latency and not self.long_lived else None)
-        # _leave_release and drop_backend, inline: this runs once per request.
+            # rel.record, inline: this runs once per request.
+            rel.requests += 1
+            if status >= 500:
+                rel.errors += 1
+            if latency and not self.long_lived:
+                rel.add_latency(_perf() - self.start)
+        # _leave_release and drop_backend, inline.
         left = self.release
         if left is not None:
             if self.long_lived:
                 left.streams.discard(self)
-            left.leave()
+            left.in_flight -= 1  # left.leave(), inline but for waking drains
+            if left.waiters:
+                left.wake_drained()
             self.release = None
         b = self.backend
         if b is not None:
