@@ -237,6 +237,41 @@ def test_each_request_on_a_keep_alive_connection_gets_its_own_head(run: Any) -> 
     run(body)
 
 
+def test_each_response_on_a_pooled_connection_gets_its_own_head(run: Any) -> None:
+    """A backend connection's repeated response head is rewritten once and remembered (Exchange.response_head):
+    the same head answering a HEAD, an HTTP/1.0 client or a client that asked to close must still be framed and
+    closed for that exchange, not as the remembered one was."""
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, _):
+            reader, writer = await raw_connect(router)
+            for _ in range(3):  # the second and third from the memo, on the one pooled backend connection
+                writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                status, headers, payload = await read_response(reader)
+                assert (status, payload, headers["x-ingot-release"]) == (200, b"A-1", "A")
+                assert "connection" not in headers
+            writer.write(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, headers, _ = await read_response(reader, head=True)
+            assert (status, headers["content-length"]) == (200, "3")
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")  # in sync: the HEAD's answer had no body
+            assert (await read_response(reader))[2] == b"A-1"
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            status, headers, payload = await read_response(reader)
+            assert (status, payload, headers["connection"]) == (200, b"A-1", "close")
+            assert await closed_by_peer(reader)
+            writer.close()
+
+            reader, writer = await raw_connect(router)
+            writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await read_response(reader))[2] == b"A-1"
+            writer.write(b"GET / HTTP/1.0\r\nHost: t\r\n\r\n")  # the same backend head, for a 1.0 client
+            status, headers, payload = await read_response(reader)
+            assert (status, payload, headers["connection"]) == (200, b"A-1", "close")
+            assert await closed_by_peer(reader)
+            writer.close()
+
+    run(body)
+
+
 def test_forwarded_headers_added_and_hop_by_hop_stripped(run: Any) -> None:
     async def body() -> None:
         # From a trusted proxy, the client's X-Forwarded-For is kept (tests/security: from others it is not).

@@ -93,7 +93,12 @@ class Release(ReleaseCounters):
 
     def leave(self) -> None:
         self.in_flight -= 1
-        if self.waiters and self.in_flight == 0:
+        if self.waiters:
+            self.wake_drained()
+
+    def wake_drained(self) -> None:
+        """Wake the `drain` calls waiting for this release once nothing is in flight."""
+        if self.in_flight == 0:
             waiters, self.waiters = self.waiters, []
             for fut in waiters:
                 if not fut.done():

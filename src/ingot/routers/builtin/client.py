@@ -246,7 +246,9 @@ class ClientProtocol(asyncio.Protocol):
         ex = self.parsing
         if ex is not None:
             self.parsing = None
-            ex.end_body()
+            ex.req_done = True  # Exchange.end_body, inline when there is no last chunk to add
+            if ex.chunked:
+                ex.end_body()
 
     # ---- exchange life cycle -----------------------------------------------------------------
 

@@ -219,7 +219,20 @@ class Exchange:
             self.replayable = False  # nothing to replay once the backend answered
             del self.out[: self.sent]
             self.sent = 0
-        head, framing, keep, events = response_head_for_client(self, status, reason, headers)
+        # A backend connection usually answers with the same head again (but for a Date, once a second): its
+        # rewriting, which depends on nothing but the head and these of the exchange, is remembered on it.
+        up = self.up
+        rel = self.release
+        assert up is not None and rel is not None
+        key = (status, reason, self.client_keep_alive and self.req_done, self.is_head, self.http10, rel.header,
+               self.extra)
+        memo = up.head_memo
+        if memo is not None and memo[1] == key and memo[0] == headers:
+            head, framing, keep, events = memo[2]
+        else:
+            rewritten = response_head_for_client(self, status, reason, headers)
+            up.head_memo = (headers, key, rewritten)
+            head, framing, keep, events = rewritten
         self.resp_framing = framing
         if not keep:
             self.client_keep_alive = False
@@ -362,13 +375,20 @@ class Exchange:
             return
         self.done = True
         if rel is not None:
-            rel.record(status, _perf() - self.start if latency and not self.long_lived else None)
-        # _leave_release and drop_backend, inline: this runs once per request.
+            # rel.record, inline: this runs once per request.
+            rel.requests += 1
+            if status >= 500:
+                rel.errors += 1
+            if latency and not self.long_lived:
+                rel.add_latency(_perf() - self.start)
+        # _leave_release and drop_backend, inline.
         left = self.release
         if left is not None:
             if self.long_lived:
                 left.streams.discard(self)
-            left.leave()
+            left.in_flight -= 1  # left.leave(), inline but for waking drains
+            if left.waiters:
+                left.wake_drained()
             self.release = None
         b = self.backend
         if b is not None:

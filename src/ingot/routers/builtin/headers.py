@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ingot.routers.builtin.client import ClientProtocol
@@ -81,15 +81,11 @@ def _is_chunked(transfer_encoding: bytes) -> bool:
     return transfer_encoding.rstrip().lower().endswith(b"chunked")
 
 
-class RequestHead(NamedTuple):
-    """What `request_head_for_backend` made of a request head."""
-
-    head: bytes  # for the backend
-    chunked: bool  # the body is chunked
-    expect: bool  # `Expect: 100-continue`
-    host: bytes  # the Host (what the edge's shared listeners route by)
-    http10: bool
-    upgrade: bool  # a protocol switch (a WebSocket) passed on to the backend
+# What `request_head_for_backend` made of a request head: (the head for the backend; the body is chunked;
+# `Expect: 100-continue`; the Host, what the edge's shared listeners route by; HTTP/1.0; a protocol switch, a
+# WebSocket, passed on to the backend). A plain tuple, not a NamedTuple: that one's constructor is a Python
+# call, made once per request.
+RequestHead = tuple[bytes, bool, bool, bytes, bool, bool]
 
 
 def request_head_for_backend(client: ClientProtocol, method: bytes, switching: bool, keep_alive: bool,
@@ -112,7 +108,8 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, switching: b
     if (memo is not None and keep_alive and memo[0] == headers and switching is memo[1]
             and (method == b"CONNECT") is memo[2]):
         rest: RequestHead = memo[3]
-        return RequestHead(b"".join((method, b" ", client.url, b" HTTP/1.1\r\n", rest[0])), *rest[1:])
+        return (b"".join((method, b" ", client.url, b" HTTP/1.1\r\n", rest[0])), rest[1], rest[2], rest[3],
+                rest[4], rest[5])
     protocol: bytes | None = None
     parts: list[bytes] = []
     host: bytes | None = None
@@ -177,10 +174,10 @@ def request_head_for_backend(client: ClientProtocol, method: bytes, switching: b
         host,
         b"\r\n\r\n",
     )
-    rest = RequestHead(b"".join(parts), chunked, expect, host, http10, upgrade)
+    rest = (b"".join(parts), chunked, expect, host, http10, upgrade)
     # Only a head whose version its headers settle: the request line's version is not in the memo's key.
     client.head_memo = (headers, switching, method == b"CONNECT", rest) if settled else None
-    return RequestHead(b"".join((method, b" ", client.url, b" HTTP/1.1\r\n", rest[0])), *rest[1:])
+    return b"".join((method, b" ", client.url, b" HTTP/1.1\r\n", rest[0])), chunked, expect, host, http10, upgrade
 
 
 def response_head_for_client(

@@ -29,11 +29,14 @@ class ReleaseCounters:
         if status >= 500:
             self.errors += 1
         if seconds is not None:
-            i = self.lat_i
-            self.lat[i] = seconds
-            self.lat_i = i + 1 if i + 1 < LATENCY_WINDOW else 0
-            if self.lat_n < LATENCY_WINDOW:
-                self.lat_n += 1
+            self.add_latency(seconds)
+
+    def add_latency(self, seconds: float) -> None:
+        i = self.lat_i
+        self.lat[i] = seconds
+        self.lat_i = i + 1 if i + 1 < LATENCY_WINDOW else 0
+        if self.lat_n < LATENCY_WINDOW:
+            self.lat_n += 1
 
     def snapshot(self) -> ReleaseStats:
         n = self.lat_n

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from ingot.routers.builtin.router import BuiltinRouter
 
 
+# (the headers, the rest of what their rewriting depends on, what they were rewritten to)
+ResponseHeadMemo = tuple[list[tuple[bytes, bytes]], tuple[object, ...], tuple[bytes, int, bool, bool]]
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback to end a HEAD response at its headers (httptools cannot skip)."""
 
@@ -31,6 +35,7 @@ class UpstreamProtocol(asyncio.Protocol):
         "backend",
         "ex",
         "got",
+        "head_memo",
         "head_only",
         "headers",
         "idle_since",
@@ -61,6 +66,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.informational = False
         self.reading_paused = False
         self.headers: list[tuple[bytes, bytes]] = []
+        # The last response head's headers, what else its rewriting depended on, and what it was rewritten to
+        # (Exchange.response_head).
+        self.head_memo: ResponseHeadMemo | None = None
         self.reason = b""
         self.idle_since = 0.0
         self.last = 0.0
