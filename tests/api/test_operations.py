@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from tests.support.api_server import Served, deployed_and_served, finished
-from tests.support.harness import ExampleProject, make_example, use_strategy
+from tests.support.harness import ExampleProject, interrupt, make_example, use_strategy
 
 pytestmark = pytest.mark.integration
 
@@ -166,16 +165,11 @@ def test_ctrl_c_detaches_from_a_remote_deploy_and_follow_picks_it_up(
     env.pop("INGOT_HOME", None)
     process = subprocess.Popen([sys.executable, "-m", "ingot", "deploy"], cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if "steps" in line:  # planned: the agent runs it now
-                break
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "steps" in line:  # planned: the agent runs it now
+            break
+    out, err = interrupt(process, timeout=30)
     assert process.returncode == 130, out + err
     assert "detached: operation " in err and "follow" in err
     operation = err.split("detached: operation ", 1)[1].split()[0]

@@ -17,7 +17,7 @@ import pytest
 
 from ingot.runtimes.docker import DockerRuntime
 from tests.containers.helpers import BASE_IMAGE, BuiltImage
-from tests.support.engines import podman_engine, remove_project_containers
+from tests.support.engines import docker_engine, podman_engine, remove_project_containers
 
 APP_DIR = Path(__file__).with_name("app")
 APP_TAG = "localhost/ingot-test-app:latest"
@@ -26,6 +26,18 @@ APP_TAG = "localhost/ingot-test-app:latest"
 @pytest.fixture(scope="session")
 def engine() -> docker.DockerClient:
     return podman_engine()
+
+
+@pytest.fixture(params=["podman", "docker"])
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    """For tests that run on each engine: "podman" or "docker"."""
+    return str(request.param)
+
+
+@pytest.fixture
+def each_engine(engine_kind: str) -> docker.DockerClient:
+    """The engine `engine_kind` names, provisioned if needed."""
+    return podman_engine() if engine_kind == "podman" else docker_engine()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import docker  # type: ignore[import-untyped]
 import pytest
 
 from tests.integration.test_release_command import entries
-from tests.support.engines import DOCKER_HOST_VAR, docker_engine, podman_engine, remove_project_containers
+from tests.support.engines import DOCKER_HOST_VAR, remove_project_containers
 from tests.support.harness import ExampleProject, make_container_example, stop_everything
 from tests.support.pty_session import ingot_on_pty
 
@@ -36,14 +36,9 @@ sys.exit(6)
 """
 
 
-@pytest.fixture(params=["podman", "docker"])
-def engine_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
-def engine(engine_kind: str) -> docker.DockerClient:
-    return podman_engine() if engine_kind == "podman" else docker_engine()
+def engine(each_engine: docker.DockerClient) -> docker.DockerClient:
+    return each_engine  # on Podman and on Docker Engine (conftest's engine_kind)
 
 
 @pytest.fixture

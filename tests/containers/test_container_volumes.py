@@ -12,7 +12,7 @@ import docker  # type: ignore[import-untyped]
 import pytest
 from docker.errors import NotFound  # type: ignore[import-untyped]
 
-from tests.support.engines import BASE_IMAGE, DOCKER_HOST_VAR, docker_engine, podman_engine, remove_project_containers
+from tests.support.engines import BASE_IMAGE, DOCKER_HOST_VAR, remove_project_containers
 from tests.support.harness import ExampleProject, make_container_example, poll, stop_everything
 
 # Each container notes its release in the volume (${INGOT_RELEASE} expanded by ingot), then serves.
@@ -22,14 +22,9 @@ VOLUME_YAML = """\
 """
 
 
-@pytest.fixture(params=["podman", "docker"])
-def engine_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
-def engine(engine_kind: str) -> docker.DockerClient:
-    return podman_engine() if engine_kind == "podman" else docker_engine()
+def engine(each_engine: docker.DockerClient) -> docker.DockerClient:
+    return each_engine  # on Podman and on Docker Engine (conftest's engine_kind)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.harness import ExampleProject, free_port, load, make_example, poll, stop_everything
+from tests.support.harness import ExampleProject, free_port, interrupt, load, make_example, poll, stop_everything
 from tests.support.pty_session import ingot_on_pty
 
 SERVICES = ("web", "api", "docs")
@@ -113,15 +112,9 @@ def test_ctrl_c_without_a_terminal_detaches_every_service_and_each_finishes(slow
     proc = subprocess.Popen([sys.executable, "-m", "ingot", "deploy"], cwd=example.root, env=env,
                             stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        # Every service in its settle: each has its new release taking traffic, so all three are in flight.
-        poll(lambda: all(slow_fleet.version(name) == "2" for name in SERVICES), timeout=120,
-             what="every service switched")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # Every service in its settle: each has its new release taking traffic, so all three are in flight.
+    poll(lambda: all(slow_fleet.version(name) == "2" for name in SERVICES), timeout=120, what="every service switched")
+    out, err = interrupt(proc)
     assert proc.returncode == 130, out + err
     assert "detached" in err and all(f"of {name} to release" in err for name in SERVICES), err
     # Nothing was undone: each deployment finishes in the agent on its own.

@@ -193,6 +193,18 @@ def load(url: str, tmp: Path, connections: int = 4) -> Iterator[dict[str, Any]]:
         report.update(json.loads(out.read_text()))
 
 
+def interrupt(proc: subprocess.Popen[str], timeout: float = 60.0) -> tuple[str, str]:
+    """Ctrl-C (SIGINT) to a running command, then its stdout and stderr once it has ended (killed if it has not
+    within `timeout`, and the test then fails on its exit code)."""
+    try:
+        proc.send_signal(signal.SIGINT)
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def kill_pidfile(pid_file: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
