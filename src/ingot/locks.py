@@ -19,7 +19,6 @@ watcher) takes it before building, and the lock belongs to the *operation*, not 
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from sqlalchemy import Connection, select
 
 from ingot import ledger
 from ingot.errors import OperationFailed, UserInputError
+from ingot.machine import machine_name
 from ingot.runtimes.process import process_alive, process_start_time
 from ingot.store import Store
 from ingot.store import schema as t
@@ -40,7 +40,7 @@ def _running(host: str, pid: int | None, proc_start: str | None) -> bool:
     """Whether that process still runs (only knowable on its own host; elsewhere assume so)."""
     if pid is None:
         return False
-    if host != socket.gethostname():
+    if host != machine_name():
         return True
     return proc_start is not None and process_alive(pid) and process_start_time(pid) == proc_start
 
@@ -103,7 +103,9 @@ def current(store: Store, environment: str) -> LockInfo | None:
 
 
 def _me() -> tuple[str, int, str | None]:
-    return socket.gethostname(), os.getpid(), process_start_time(os.getpid())
+    # The machine as the rows name it ($INGOT_MACHINE, else the host name): two clones with one host name are
+    # told apart by it, so neither takes the other's live lock for an abandoned one of its own.
+    return machine_name(), os.getpid(), process_start_time(os.getpid())
 
 
 @contextmanager

@@ -72,7 +72,7 @@ def follow(store: Store, environment: str, service: str, lines: int,
     first = True
     try:
         while True:
-            live = {r.id: r for r in store.live_instances(environment, service) if r.state != SPAWNING}
+            live = {r.id: r for r in store.live_instances(environment, service, mine=True) if r.state != SPAWNING}
             if first and not live:
                 yield Notice(f"{service} has no running instances in {environment}; waiting for some")
             for instance_id, row in live.items():

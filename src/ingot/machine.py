@@ -45,7 +45,8 @@ def refuse_if_elsewhere(store: Store, environment: str, command: str) -> None:
         f"start or stop instances that machine's agent owns",
         details=[f"run 'ingot {command}' on {there}, or from here with --server pointing at {there}'s "
                  "'ingot serve'",
-                 f"or take it down there first ('ingot down --env {environment}' on {there}) to move it here"])
+                 f"or take it down there first ('ingot down --env {environment}' on {there}) to move it here",
+                 f"if this is {there} under a new name, set {MACHINE_ENV}={there}"])
 
 
 def service_machine(activation: ActivationRow, live: Sequence[InstanceRow]) -> str | None:

@@ -870,8 +870,13 @@ def _offline_services(project: Project) -> list[dict[str, Any]]:
 
 
 def logs(project: Project, environment: str, name: str, lines: int = 50) -> list[tuple[str, list[str]]]:
-    instances = project.store.live_instances(environment, name)
+    instances = project.store.live_instances(environment, name, mine=True)  # another machine's are not here
     if not instances:
+        elsewhere = project.store.elsewhere(environment)
+        if elsewhere:
+            raise UserInputError(f"{name} in {environment} runs on machine {sorted(elsewhere)[0]}, whose logs are "
+                                 f"there, not on this one ({project.store.machine})",
+                                 details=["run 'ingot logs' on that machine"])
         raise UserInputError(f"{name} has no running instances in {environment}")
     runtimes = Runtimes()
     return [(row.id, runtimes.of(row).log_tail(row, lines)) for row in instances]

@@ -12,7 +12,9 @@ the service sees the same one. It is declared state, not part of an artifact or 
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -146,17 +148,23 @@ def remove_volume(project: Project, environment: str, name: str, actor: str) -> 
     return info
 
 
+VOLUME_RM_TRIES = 25  # 0.2 s apart: Podman takes about 0.3 s to remove an exited container
+
+
 def _remove_engine_volume(project_name: str, info: VolumeInfo) -> None:
     """Remove an engine volume, first the exited containers of this project still holding it.
 
     An instance's exited container is removed in the background after it stops (see DockerRuntime.stop),
     and the engine refuses to remove a volume any container names, exited or not. A running container, or
     another's, is not ingot's to remove: the volume is kept and the message names it."""
+    from docker.errors import APIError, NotFound  # type: ignore[import-untyped]
+
     from ingot.runtimes.engine import connect_engine
 
     try:
         engine = connect_engine()
-        holders = engine.containers.list(all=True, filters={"volume": info.location})
+        # ignore_removed: a container the background removal takes meanwhile is not an error.
+        holders = engine.containers.list(all=True, filters={"volume": info.location}, ignore_removed=True)
     except Exception as exc:
         raise OperationFailed(f"engine volume {info.location} could not be removed: {exc}") from exc
     for container in holders:
@@ -169,7 +177,20 @@ def _remove_engine_volume(project_name: str, info: VolumeInfo) -> None:
                          else "`ingot status` shows what runs; a --detach'ed `ingot run` is stopped by `ingot down`"])
     try:
         for container in holders:
-            container.remove(force=True)
-        engine.volumes.get(info.location).remove()
+            with contextlib.suppress(NotFound):
+                try:
+                    container.remove(force=True)
+                except APIError as exc:
+                    if exc.status_code != 409:  # 409: its removal is already in progress (the background one)
+                        raise
+        # The engine lets go of the volume once the holders' removal has ended: a few tries, briefly apart.
+        for attempt in range(VOLUME_RM_TRIES):
+            try:
+                engine.volumes.get(info.location).remove()
+                break
+            except APIError as exc:
+                if exc.status_code != 409 or attempt == VOLUME_RM_TRIES - 1:
+                    raise
+                time.sleep(0.2)
     except Exception as exc:
         raise OperationFailed(f"engine volume {info.location} could not be removed: {exc}") from exc

@@ -155,6 +155,9 @@ def test_the_cli_refuses_before_anything_changes(tmp_path: Path, backend: Backen
     assert not StatePaths(example.state).agent_socket.exists()  # no agent was started for it
     assert not (example.root / "ingot.pub").exists()  # nor the signing key pinned
     assert {r.id: r.state for r in host_a.live_instances()} == {"a1": "running"}
+    # Its logs are on host A too: said so, not an empty tail of an instance that is not here.
+    logs = example.ingot("logs", "web", "--env", "staging", extra_env={MACHINE_ENV: "host-b", "INGOT_FAST_PATH": "0"})
+    assert logs.code == 2 and "web in staging runs on machine host-a, whose logs are there" in logs.err, logs.err
 
 
 def test_an_agent_starting_leaves_another_machines_instances_and_operations_alone(
@@ -320,3 +323,16 @@ def test_a_sqlite_store_names_no_machine_unless_told_so_a_renamed_host_keeps_its
     assert renamed.elsewhere("staging") == set()
     refuse_if_elsewhere(renamed, "staging", "deploy")  # not refused
     assert [row.id for row in renamed.live_instances("staging", mine=True)] == ["i1"]
+
+
+
+def test_a_store_that_names_no_machine_keeps_services_whose_rows_name_one(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows written while INGOT_MACHINE was set, read by an agent started without it (SQLite): still its own."""
+    named = _store_on("ci-1", tmp_path, monkeypatch)
+    _occupy(named, "staging", _instance("i1", "staging"))
+    monkeypatch.delenv(MACHINE_ENV)
+    unnamed = Store(tmp_path)
+    assert unnamed.machine is None
+    assert [a.environment for a in unnamed.active_services(mine=True)] == ["staging"]
+    assert [r.id for r in unnamed.live_instances(mine=True)] == ["i1"]

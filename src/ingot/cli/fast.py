@@ -73,7 +73,8 @@ def main() -> None:
             interrupted()
         run()
     finally:
-        signal.signal(signal.SIGINT, _ended)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not one ignored by the caller (`&`)
+            signal.signal(signal.SIGINT, _ended)
 
 
 def _ended(_signum: int, _frame: object) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,7 +140,7 @@ def parse_clients(values: Mapping[str, tuple[str, str]]) -> ClientPolicy:
     numbers = {}
     for key, least in (("min_body_rate", 0), ("max_connections", 1)):
         text, where = values[key]
-        if not text.strip().isdigit() or int(text) < least:
+        if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) < least:
             raise UserInputError(f"{where}: expected a whole number of at least {least}, got {text!r}")
         numbers[key] = int(text)
     text, where = values["trusted_proxies"]

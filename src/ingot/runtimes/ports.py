@@ -14,8 +14,10 @@ picks meet, and then one of two apps fails to start, about once in tens of thous
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from ingot.errors import OperationFailed, UserInputError
 
+log = logging.getLogger("ingot.agent")
 PORTS_ENV = "INGOT_INSTANCE_PORTS"
 DEFAULT_PORTS = (20000, 32000)
 HELD_FOR = 120.0
@@ -37,7 +40,7 @@ def configured_range() -> tuple[int, int]:
     if not given:
         return DEFAULT_PORTS
     low, dash, high = given.partition("-")
-    if not (dash and low.strip().isdigit() and high.strip().isdigit()):
+    if not (dash and re.fullmatch(r"[0-9]+", low.strip()) and re.fullmatch(r"[0-9]+", high.strip())):
         raise UserInputError(f"${PORTS_ENV} is {given!r}: expected a range of ports like 20000-32000")
     first, last = int(low), int(high)
     if not 1024 < first <= last <= 65535:
@@ -60,6 +63,9 @@ def candidates(wanted: tuple[int, int], ephemeral: tuple[int, int] | None) -> li
     if ephemeral is None:
         return list(ports)
     outside = [port for port in ports if not ephemeral[0] <= port <= ephemeral[1]]
+    if not outside:
+        log.warning("$%s %d-%d lies inside the kernel's ephemeral range %d-%d: an outgoing connection may take "
+                    "an instance's port before it binds it", PORTS_ENV, wanted[0], wanted[1], *ephemeral)
     return outside or list(ports)
 
 

@@ -493,7 +493,7 @@ class Store:
             if mine:
                 query = query.where(self._mine(t.activations.c.machine))
             result = [_activation(r) for r in conn.execute(query)]
-            if mine:
+            if mine and self.machine is not None:  # a store that names no machine has no elsewhere
                 elsewhere = set(conn.execute(select(t.instances.c.environment).distinct().where(
                     t.instances.c.state.in_(LIVE_STATES), t.instances.c.machine.is_not(None),
                     t.instances.c.machine != self.machine)).scalars())
