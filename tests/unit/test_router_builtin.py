@@ -272,6 +272,28 @@ def test_each_response_on_a_pooled_connection_gets_its_own_head(run: Any) -> Non
     run(body)
 
 
+def test_a_remembered_chunked_head_is_not_reused_for_an_http10_client_asking_to_keep_alive(run: Any) -> None:
+    """The memo's key holds the client's HTTP version: a 1.0 client (even one sending `Connection: keep-alive`)
+    must never get the chunked framing remembered from 1.1 answers on the same backend connection."""
+    async def body() -> None:
+        async with routed({"A": [TestBackend("A-1")]}, {"A": 1}) as (router, _):
+            wanted = b"".join(blob_chunks(3000, "m"))
+            reader, writer = await raw_connect(router)
+            for _ in range(2):
+                writer.write(b"GET /blob?size=3000&seed=m HTTP/1.1\r\nHost: t\r\n\r\n")
+                status, headers, payload = await read_response(reader)
+                assert (status, headers.get("transfer-encoding"), payload) == (200, "chunked", wanted)
+            writer.close()
+            reader, writer = await raw_connect(router)
+            writer.write(b"GET /blob?size=3000&seed=m HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
+            status, headers, payload = await read_response(reader)
+            writer.close()
+            assert status == 200 and "chunked" not in headers.get("transfer-encoding", ""), headers
+            assert payload == wanted  # the bytes themselves, not chunk framing
+
+    run(body)
+
+
 def test_forwarded_headers_added_and_hop_by_hop_stripped(run: Any) -> None:
     async def body() -> None:
         # From a trusted proxy, the client's X-Forwarded-For is kept (tests/security: from others it is not).
