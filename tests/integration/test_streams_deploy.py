@@ -184,8 +184,10 @@ def test_hold_lets_no_request_overlap_the_switch(tmp_path: Path, kind: str) -> N
     try:
         example.ingot("deploy", check=True)
         example.set_version("2")
-        # Each request takes 30 ms in the app: at the switch some are always in flight on the old release.
-        with load(f"{example.url}?sleep=0.03", tmp_path, connections=6) as during:
+        # Each request takes 200 ms in the app (a wait, not CPU): at the switch several are in flight on the old
+        # release, however busy the machine, so the next ones from the connections that finish first are held.
+        # (At 30 ms a CI machine under load once had none in flight then: nothing to hold, `held` 0.)
+        with load(f"{example.url}?sleep=0.2", tmp_path, connections=6) as during:
             deployed = example.ingot("deploy", check=True)
             poll(lambda: example.get()["version"] == "2", timeout=10, what="v2 serving")
         assert during["failures"] == [], during["failures"][:5]
