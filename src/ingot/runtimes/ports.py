@@ -81,17 +81,18 @@ def is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 def instance_port(host: str = "127.0.0.1") -> int:
     """A port for a new instance: free now, not given out lately by this process."""
-    pool = candidates(configured_range(), ephemeral_range())
+    low, high = configured_range()
+    pool = candidates((low, high), ephemeral_range())
+    tries = min(len(pool), 256)
     now = time.monotonic()
     with _giving:
         for port, since in list(_given.items()):
             if now - since > HELD_FOR:
                 del _given[port]
-        for port in random.sample(pool, min(len(pool), 256)):
+        for port in random.sample(pool, tries):
             if port not in _given and is_free(port, host):
                 _given[port] = now
                 return port
-    low, high = configured_range()
     raise OperationFailed(f"no free port for a new instance in {low}-{high}: {len(pool)} ports, every one of "
-                          "256 tried is in use or was given out in the last two minutes",
+                          f"{tries} tried is in use or was given out in the last two minutes",
                           details=[f"widen the range with ${PORTS_ENV}=LOW-HIGH"])
