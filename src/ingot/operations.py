@@ -383,6 +383,14 @@ def _apply(project: Project, environment: str, name: str, row: ReleaseRow, creat
                      rerun_release_command=rerun_release_command)
 
 
+def listen_ports(project: Project) -> list[int]:
+    """Every port a service of the spec has a listener of its own on, in any environment."""
+    spec = project.spec
+    found = {listen[1] for env in spec.environment_names for name in spec.services
+             if (listen := spec.service_for(env, name).dedicated_listen) is not None}
+    return sorted(found)
+
+
 def _in_agent(project: Project, environment: str, name: str, release: str, kind: str, params: DeployParams,
               emit: OnEvent, lock: locks.LockInfo, created: bool = False, **request: Any) -> DeployOutcome:
     """Hand the operation to the agent (with the environment's lock) and follow it to its end."""
@@ -398,7 +406,7 @@ def _in_agent(project: Project, environment: str, name: str, release: str, kind:
     try:
         result = client.call("deploy", on_event=forward, environment=environment, service=name, release=release,
                              kind=kind, params=params.as_dict(), actor=current_actor(), lock=lock.handoff(),
-                             **request)
+                             reserve_ports=listen_ports(project), **request)
     except KeyboardInterrupt:
         # The request is sent: the agent goes on with it, whatever becomes of this process.
         raise HandedOver(kind, environment, name, release, current.release_id if current else None, lock,

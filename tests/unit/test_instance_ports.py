@@ -68,3 +68,37 @@ def test_a_port_is_given_again_once_its_hold_has_passed(monkeypatch: pytest.Monk
     monkeypatch.setattr(ports, "ephemeral_range", lambda: None)
     monkeypatch.setattr(ports, "_given", {port: -ports.HELD_FOR - 1.0})
     assert ports.instance_port() == port
+
+
+def test_a_routers_listen_port_is_never_given_to_an_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unbound until its router starts (a first deploy of many services at once), so only the reservation keeps it.
+    monkeypatch.setenv(ports.PORTS_ENV, f"{QUIET[0]}-{QUIET[0] + 9}")
+    monkeypatch.setattr(ports, "ephemeral_range", lambda: None)
+    monkeypatch.setattr(ports, "_given", {})
+    monkeypatch.setattr(ports, "_reserved", set())
+    listens = {QUIET[0] + 2, QUIET[0] + 7}
+    ports.reserve([*listens, 0])  # 0: a service with no listener of its own
+    given = {ports.instance_port() for _ in range(8)}
+    assert given == set(range(QUIET[0], QUIET[0] + 10)) - listens
+    with pytest.raises(OperationFailed) as raised:
+        ports.instance_port()
+    assert "a router's listen port" in raised.value.message
+
+
+def test_the_listen_ports_of_every_service_in_every_environment(tmp_path: pytest.TempPathFactory) -> None:
+    from ingot.operations import listen_ports
+    from ingot.project import open_project
+
+    root = tmp_path  # type: ignore[assignment]
+    (root / "ingot.yaml").write_text(  # type: ignore[operator]
+        "project: ports\n"
+        "services:\n"
+        "  web: {command: [python, app.py], router: {listen: '127.0.0.1:24001'}}\n"
+        "  site: {command: [python, app.py], routes: [{host: a.example.com}]}\n"
+        "  jobs: {command: [python, worker.py], port: null}\n"
+        "environments:\n"
+        "  staging: {}\n"
+        "  production: {services: {web: {router: {listen: '127.0.0.1:24002'}},\n"
+        "                          site: {routes: [{host: b.example.com}]}}}\n")
+    project = open_project(root / "ingot.yaml", state_dir=root / "state")  # type: ignore[operator]
+    assert listen_ports(project) == [24001, 24002]

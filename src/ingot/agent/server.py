@@ -40,7 +40,7 @@ from ingot.plan import SCALE_BATCH, Plan, StrategyOptions, Target, plan_for, pla
 from ingot.rollout_control import RolloutControl
 from ingot.routers.base import Router
 from ingot.routers.none import NoRouter
-from ingot.runtimes import fence
+from ingot.runtimes import fence, ports
 from ingot.runtimes.registry import Runtimes
 from ingot.spec.models import NotifySpec
 from ingot.state import service_state
@@ -740,6 +740,8 @@ class Agent:
         if op == "deploy":
             key = (str(request["environment"]), str(request["service"]))
             params = DeployParams.from_dict(request["params"])
+            # Before any instance of this or another service of the spec starts: their routers' ports stay theirs.
+            ports.reserve([params.listen[1], *(int(p) for p in request.get("reserve_ports") or [])])
             # The environment's lock is the agent's from here until the operation ends, caller or not.
             with locks.carry(self.store, key[0], request.get("lock"), str(request.get("actor") or self.actor)):
                 return await self.deploy(key, str(request["release"]), params,

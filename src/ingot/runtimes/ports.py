@@ -10,6 +10,11 @@ out whatever part of the range the kernel's ephemeral range overlaps.
 A port given out is not given again by this process for `HELD_FOR` seconds, the time an app takes to
 bind it. Two agents on one machine pick at random from about 12,000 ports, checked free by a bind: their
 picks meet, and then one of two apps fails to start, about once in tens of thousands of starts at once.
+
+A router's own `listen` port inside the range is free until its router binds it, which for a service
+deployed for the first time (one of many deployed in parallel, say) comes after other services' instances
+start: the agent reserves every `router.listen` port of the specs it deploys (`reserve`), and no instance
+is given one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from ingot.errors import OperationFailed, UserInputError
@@ -31,7 +37,14 @@ DEFAULT_PORTS = (20000, 32000)
 HELD_FOR = 120.0
 EPHEMERAL_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _given: dict[int, float] = {}
+_reserved: set[int] = set()
 _giving = threading.Lock()
+
+
+def reserve(ports: Iterable[int]) -> None:
+    """Never give these ports to an instance (routers' listen ports), for the life of this process."""
+    with _giving:
+        _reserved.update(int(port) for port in ports if port)
 
 
 def configured_range() -> tuple[int, int]:
@@ -90,9 +103,9 @@ def instance_port(host: str = "127.0.0.1") -> int:
             if now - since > HELD_FOR:
                 del _given[port]
         for port in random.sample(pool, tries):
-            if port not in _given and is_free(port, host):
+            if port not in _given and port not in _reserved and is_free(port, host):
                 _given[port] = now
                 return port
     raise OperationFailed(f"no free port for a new instance in {low}-{high}: {len(pool)} ports, every one of "
-                          f"{tries} tried is in use or was given out in the last two minutes",
+                          f"{tries} tried is in use, a router's listen port or was given out in the last two minutes",
                           details=[f"widen the range with ${PORTS_ENV}=LOW-HIGH"])
